@@ -1,0 +1,26 @@
+"""The host-side compiler: export, checks, lowering to TVM, packaging.
+
+Importing this package is cheap; TVM and PyTorch are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["export", "compile_model", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "export":
+        from edgert.compiler.exporter import export
+
+        return export
+    if name == "compile_model":
+        from edgert.compiler.pipeline import compile_model
+
+        return compile_model
+    if name == "load_model":
+        from edgert.compiler.check import load_model
+
+        return load_model
+    raise AttributeError(f"module 'edgert.compiler' has no attribute {name!r}")

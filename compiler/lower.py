@@ -1,0 +1,97 @@
+"""Lower an ONNX model to TVM (Relax) and build a shared library for a target.
+
+This is the fp32 path: TVM's Relax ONNX frontend, inference-time op decomposition, then
+``tvm.compile`` with the target's dict. CPU targets use TVM's default pipeline for now (it
+legalizes and fuses but does not schedule); CUDA targets get dlight's default GPU schedules,
+which every GPU kernel needs to bind its loops to threads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from typing import Any
+
+import onnx
+
+from edgert.errors import CompileError, TargetError
+from edgert.targets import Target, host_arch
+
+
+@lru_cache(maxsize=1)
+def supported_ops() -> frozenset[tuple[str, str]]:
+    """``(domain, op_type)`` pairs the compiler can lower (TVM's ONNX frontend table)."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return frozenset(("", op) for op in onnx_frontend._get_convert_map())
+
+
+def to_relax(model: onnx.ModelProto, source: str = "model") -> Any:
+    """Import an ONNX model into a Relax IRModule (weights embedded as constants)."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(model, keep_params_in_input=False)
+        return relax.transform.DecomposeOpsForInference()(mod)
+    except Exception as e:
+        raise CompileError(f"{source}: TVM's ONNX import failed: {_short(e)}") from None
+
+
+def build_library(mod: Any, target: Target, *, threads: int | None = None,
+                  source: str = "model") -> bytes:
+    """Compile a Relax module for ``target`` and return the shared library's bytes."""
+    import tvm
+
+    cc = _linker_for(target)
+    tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=threads))
+    try:
+        if target.cuda_arch:
+            mod = _schedule_for_gpu(mod, tvm_target)
+        executable = tvm.compile(mod, target=tvm_target)
+    except Exception as e:
+        raise CompileError(f"{source}: TVM failed to compile for {target.name}: {_short(e)}") from None
+    with tempfile.TemporaryDirectory(prefix="edgert-build-") as tmp:
+        lib_path = os.path.join(tmp, "model.so")
+        try:
+            if cc:
+                executable.export_library(lib_path, cc=cc)
+            else:
+                executable.export_library(lib_path)
+        except Exception as e:
+            raise CompileError(f"{source}: linking the library for {target.name} failed: "
+                               f"{_short(e)}") from None
+        with open(lib_path, "rb") as f:
+            return f.read()
+
+
+def _linker_for(target: Target) -> str | None:
+    """The cross compiler for ``target``, or ``None`` to use the native one."""
+    if target.arch == host_arch() or not target.cross_cc:
+        return None
+    if shutil.which(target.cross_cc) is None:
+        raise TargetError(
+            f"target {target.name} needs the cross compiler {target.cross_cc}; install it with "
+            f"`apt-get install {target.cross_package}`"
+        )
+    return target.cross_cc
+
+
+def _schedule_for_gpu(mod: Any, tvm_target: Any) -> Any:
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    mod = relax.transform.LegalizeOps()(mod)
+    with tvm_target:
+        return dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+            dl.gpu.Fallback(),
+        )(mod)
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,42 @@
+"""edgert: an on-device edge inference runtime.
+
+``edgert.Session`` runs compiled ``.edgert`` artifacts; the compiler (``edgert.compiler``) is
+imported only when asked for, so this package imports quickly on a device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgert.errors import (
+    ArtifactError,
+    CompileError,
+    EdgertError,
+    InputError,
+    ModelError,
+    TargetError,
+    UnsupportedOpError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Session",
+    "NodeArg",
+    "EdgertError",
+    "ModelError",
+    "UnsupportedOpError",
+    "InputError",
+    "ArtifactError",
+    "TargetError",
+    "CompileError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Session", "NodeArg"):
+        from edgert import session
+
+        return getattr(session, name)
+    raise AttributeError(f"module 'edgert' has no attribute {name!r}")

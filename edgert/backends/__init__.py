@@ -1,0 +1,35 @@
+"""Execution backends behind :class:`edgert.Session`.
+
+A backend takes a verified :class:`~edgert.artifact.Artifact` and runs its graph on a list of
+validated input arrays, returning the outputs in graph order. Each backend module is imported
+only when a session asks for it, so ``import edgert`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from edgert.artifact import Artifact
+from edgert.errors import InputError
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the graph; inputs and outputs in graph order."""
+        ...
+
+
+BACKENDS = ("tvm",)
+
+
+def load_backend(name: str, artifact: Artifact, *, threads: int | None = None) -> Backend:
+    """Create the backend ``name`` for ``artifact``."""
+    if name == "tvm":
+        from edgert.backends.tvm_vm import TvmBackend
+
+        return TvmBackend(artifact, threads=threads)
+    raise InputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")

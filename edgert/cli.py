@@ -1,0 +1,221 @@
+"""The ``edgert`` command line (also ``python -m edgert``).
+
+Every user mistake ends in one line on stderr and a distinct exit code (see
+:mod:`edgert.errors`); tracebacks are kept for real bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgert.errors import EdgertError, InputError
+
+app = typer.Typer(
+    help="edgert: compile ONNX models for edge devices (integer-only, low-bit) and run them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target name (see `edgert targets`); "
+                                        "`host` is the CPU this command runs on.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Worker threads "
+                                                   "(default: all cores).")]
+
+
+@app.command()
+def export(
+    factory: Annotated[str, typer.Argument(help="MODULE:FACTORY, a Python module (or .py file) and "
+                                           "a function returning (torch_module, example_inputs).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    static_batch: Annotated[bool, typer.Option("--static-batch", help="Keep the example's batch "
+                                               "size fixed instead of a dynamic batch axis.")] = False,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the exporter's).")] = None,
+) -> None:
+    """Export a PyTorch model to ONNX (dynamic batch axis by default). Needs PyTorch (the `export` extra)."""
+    from edgert.compiler.exporter import export as export_fn, load_factory
+
+    module, example = load_factory(factory)
+    path = export_fn(module, example, output, dynamic_batch=not static_batch, opset=opset)
+    out.print(f"wrote {path}")
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to compile.")],
+    target: TargetOpt = "host",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact to write "
+                                                   "(default: MODEL with suffix .edgert).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Compile an ONNX model into a .edgert artifact for a target.
+
+    The model is checked (ONNX checker, shape inference, every operator supported: all
+    unsupported ones are listed at once), lowered with TVM and packaged into one file that
+    `edgert run` and `edgert.Session` load. The file is written atomically.
+    """
+    from edgert.compiler.pipeline import compile_model
+
+    output = output or model.with_suffix(".edgert")
+    with err.status("compiling") as status:
+        path = compile_model(model, output, target=target, threads=threads,
+                             on_stage=lambda s: status.update(s))
+    out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@app.command()
+def run(
+    artifact: Annotated[Path, typer.Argument(help="A .edgert artifact.")],
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help="NAME=file.npy for one input, "
+                                              "or one .npz file holding every input by name.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Save all outputs to "
+                                                   "this .npz file.")] = None,
+    backend: Annotated[str, typer.Option(help="Execution backend.")] = "tvm",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Run an artifact on inputs from .npy/.npz files and summarize the outputs."""
+    from edgert.session import Session
+
+    sess = Session(artifact, backend=backend, threads=threads)
+    feed = _load_inputs(inputs)
+    names = [o.name for o in sess.get_outputs()]
+    results = sess.run(None, feed)
+    table = Table("output", "shape", "dtype", "min", "max", "mean")
+    for name, value in zip(names, results):
+        stats = [f"{value.min():.6g}", f"{value.max():.6g}", f"{value.mean():.6g}"] if value.size else ["-"] * 3
+        table.add_row(name, str(list(value.shape)), str(value.dtype), *stats)
+    out.print(table)
+    if output:
+        _save_npz(output, dict(zip(names, results)))
+        out.print(f"wrote {output}")
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="An .onnx model or a .edgert artifact.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a model's ops (counts, dtypes), inputs, outputs, target, versions and float-op count."""
+    from edgert.model_info import inspect_path
+
+    info = inspect_path(path)
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    out.print(f"[bold]{info['path']}[/bold] ({info['kind']})")
+    if info["kind"] == "edgert":
+        out.print(f"target {info['target']}, edgert {info['edgert_version']}, TVM {info['tvm_version']}, "
+                  f"format {info['format_version']}")
+    out.print(f"opsets {info['opsets']}; {info['nodes']} nodes; {info['parameters']} parameters "
+              f"({info['parameter_bytes'] / 1024:.1f} KiB)")
+    out.print(f"float ops inside the graph: {info['float_ops']} (boundary quantize/dequantize: "
+              f"{info['boundary_ops']})")
+    io = Table("", "name", "shape", "dtype")
+    for kind in ("inputs", "outputs"):
+        for v in info[kind]:
+            io.add_row(kind[:-1], v["name"], str(v["shape"]), v["dtype"])
+    out.print(io)
+    ops = Table("op", "count", "dtypes")
+    for op, d in info["ops"].items():
+        ops.add_row(op, str(d["count"]), ", ".join(d["dtypes"]))
+    out.print(ops)
+
+
+@app.command()
+def targets(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the known compilation targets and whether this machine can run each."""
+    from edgert.targets import can_run_here, list_targets, resolve_host
+
+    rows = []
+    for t in list_targets():
+        ok, why = can_run_here(t)
+        rows.append({**t.to_json(), "runs_here": ok, "why_not": why})
+    if as_json:
+        out.print_json(json.dumps({"host": resolve_host().name, "targets": rows}))
+        return
+    table = Table("target", "description", "device", "vector ISA", "runs here")
+    for r in rows:
+        table.add_row(r["name"], r["description"], r["device"] + (f" {r['cuda_arch']}" if r["cuda_arch"] else ""),
+                      r["vector_isa"], "yes" if r["runs_here"] else f"no: {r['why_not']}")
+    out.print(table)
+    out.print(f"host = {resolve_host().name}")
+
+
+@app.command()
+def demo(
+    threads: ThreadsOpt = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Batch-1 latency samples per runtime.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compile the built-in tiny ViT (scikit-learn digits) for this machine and compare with onnxruntime."""
+    from edgert.demo import run_demo
+
+    with err.status("compiling the demo model") as status:
+        result = run_demo(threads=threads, repeats=repeats, on_stage=lambda s: status.update(s))
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    out.print(f"tiny ViT on scikit-learn digits: {result['test_images']} held-out 8x8 images, "
+              f"compiled for {result['target']} in {result['compile_s']:.1f} s")
+    table = Table("runtime", "accuracy", "p50 latency, batch 1", "p90")
+    for name in ("onnxruntime", "edgert"):
+        lat = result["latency_batch1"][name]
+        table.add_row(name, f"{100 * result['accuracy'][name]:.2f}%", f"{lat['p50_ms']:.3f} ms",
+                      f"{lat['p90_ms']:.3f} ms")
+    out.print(table)
+    ratio = result["latency_batch1"]["edgert"]["p50_ms"] / result["latency_batch1"]["onnxruntime"]["p50_ms"]
+    out.print(f"edgert/onnxruntime latency ratio {ratio:.2f}; predictions agree on "
+              f"{100 * result['agreement']:.1f}%; max |logit difference| {result['max_abs_logit_diff']:.2e}")
+
+
+def _load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
+    feed: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep:
+            file, name = spec, ""
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(f"--input {spec}: no such file {file}")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise InputError(f"--input {spec}: not a .npy/.npz file ({e})") from None
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            if name:
+                raise InputError(f"--input {spec}: give a .npz file alone, without NAME=")
+            feed.update({k: loaded[k] for k in loaded.files})
+        elif not name:
+            raise InputError(f"--input {spec}: a .npy file needs a name: --input NAME={file}")
+        else:
+            feed[name] = loaded
+    return feed
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from edgert.fileio import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def main() -> None:
+    """Entry point: run the app, turning edgert errors into one line and an exit code."""
+    try:
+        app()
+    except EdgertError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,192 @@
+"""``Session``: run a compiled ``.edgert`` artifact, with onnxruntime's habits.
+
+    sess = edgert.Session("model.edgert")
+    [logits] = sess.run(None, {"x": batch})
+
+Inputs are validated before anything runs (names, dtypes, ranks, fixed dimensions and the
+consistency of symbolic dimensions across inputs); any mismatch is an :class:`InputError`
+naming the input and what was expected. ``run`` may be called from several threads: calls
+into one backend are serialized by a lock (the TVM virtual machine keeps per-call state).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgert.artifact import Artifact, read_artifact
+from edgert.errors import ArtifactError, InputError
+
+_ONNX_TYPE_NAMES = {
+    "float32": "float", "float64": "double", "float16": "float16", "int8": "int8",
+    "uint8": "uint8", "int16": "int16", "uint16": "uint16", "int32": "int32",
+    "int64": "int64", "bool": "bool",
+}
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output of a model.
+
+    Attributes:
+        name: tensor name in the ONNX graph.
+        shape: one entry per axis: an int for a fixed size, a str for a symbolic one
+            (``"batch"``), ``None`` when unknown.
+        dtype: numpy dtype name (``"float32"``, ``"int8"``...).
+    """
+
+    name: str
+    shape: list[int | str | None]
+    dtype: str
+
+    @property
+    def type(self) -> str:
+        """onnxruntime-style type string, e.g. ``tensor(float)``."""
+        return f"tensor({_ONNX_TYPE_NAMES.get(self.dtype, self.dtype)})"
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> NodeArg:
+        return cls(str(d["name"]), list(d["shape"]), str(d["dtype"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+class Session:
+    """Load an artifact once, then run it many times.
+
+    Args:
+        path: a ``.edgert`` file written by ``edgert compile``.
+        backend: ``"tvm"`` (the compiled library; default).
+        threads: worker threads for the compiled kernels (default: TVM's choice, the
+            number of physical cores).
+
+    Raises:
+        ArtifactError: the file is damaged or of an unknown format version.
+        TargetError: the artifact was compiled for a machine this one is not.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, backend: str = "tvm",
+                 threads: int | None = None) -> None:
+        from edgert.backends import load_backend
+
+        self._artifact: Artifact = read_artifact(path)
+        manifest = self._artifact.manifest
+        try:
+            self._inputs = [NodeArg.from_json(d) for d in manifest["inputs"]]
+            self._outputs = [NodeArg.from_json(d) for d in manifest["outputs"]]
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{path}: manifest.json has malformed inputs/outputs ({e})") from None
+        self._output_index = {o.name: i for i, o in enumerate(self._outputs)}
+        self._backend = load_backend(backend, self._artifact, threads=threads)
+        self._lock = threading.Lock()
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The artifact's manifest (target, versions, compile options...)."""
+        return self._artifact.manifest
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend executing this session."""
+        return self._backend.name
+
+    def get_inputs(self) -> list[NodeArg]:
+        """The model inputs, in order."""
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[NodeArg]:
+        """The model outputs, in order."""
+        return list(self._outputs)
+
+    def run(self, output_names: Sequence[str] | None,
+            input_feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model.
+
+        Args:
+            output_names: which outputs to return, in that order; ``None`` for all.
+            input_feed: input name -> array of the declared dtype and shape.
+
+        Returns:
+            One numpy array per requested output.
+
+        Raises:
+            InputError: a missing, unknown or mismatched input, or an unknown output name.
+        """
+        wanted = self._output_positions(output_names)
+        arrays = self._validate(input_feed)
+        with self._lock:
+            outputs = self._backend.run(arrays)
+        return [outputs[i] for i in wanted]
+
+    def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
+        if output_names is None:
+            return list(range(len(self._outputs)))
+        if isinstance(output_names, str):
+            output_names = [output_names]
+        unknown = [n for n in output_names if n not in self._output_index]
+        if unknown:
+            raise InputError(
+                f"unknown output name(s) {', '.join(map(repr, unknown))}; "
+                f"the model's outputs are {', '.join(o.name for o in self._outputs)}"
+            )
+        return [self._output_index[n] for n in output_names]
+
+    def _validate(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if not isinstance(feed, Mapping):
+            raise InputError("input_feed must be a dict mapping input names to numpy arrays")
+        names = [i.name for i in self._inputs]
+        missing = [n for n in names if n not in feed]
+        unknown = [n for n in feed if n not in names]
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
+            if unknown:
+                parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
+            raise InputError(f"{'; '.join(parts)}; the model's inputs are {', '.join(names)}")
+        symbols: dict[str, tuple[int, str]] = {}
+        arrays = []
+        for spec in self._inputs:
+            arrays.append(_check_input(spec, feed[spec.name], symbols))
+        return arrays
+
+
+def _check_input(spec: NodeArg, value: Any, symbols: dict[str, tuple[int, str]]) -> np.ndarray:
+    """Validate one input against its spec; returns it as a C-contiguous array."""
+    if not isinstance(value, np.ndarray):
+        raise InputError(
+            f"input {spec.name!r}: expected a numpy array, got {type(value).__name__}"
+        )
+    if value.dtype != np.dtype(spec.dtype):
+        raise InputError(
+            f"input {spec.name!r}: expected dtype {spec.dtype}, got {value.dtype}"
+        )
+    if value.ndim != len(spec.shape):
+        raise InputError(
+            f"input {spec.name!r}: expected rank {len(spec.shape)} (shape {_fmt(spec.shape)}), "
+            f"got rank {value.ndim} (shape {list(value.shape)})"
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
+        if isinstance(want, int) and want != got:
+            raise InputError(
+                f"input {spec.name!r}: axis {axis} must be {want} (shape {_fmt(spec.shape)}), "
+                f"got {got} (shape {list(value.shape)})"
+            )
+        if isinstance(want, str):
+            seen = symbols.setdefault(want, (got, spec.name))
+            if seen[0] != got:
+                raise InputError(
+                    f"input {spec.name!r}: axis {axis} ({want!r}) is {got}, but input "
+                    f"{seen[1]!r} has {want!r} = {seen[0]}"
+                )
+    return np.ascontiguousarray(value)
+
+
+def _fmt(shape: Sequence[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
