@@ -41,9 +41,8 @@ def run_demo(*, target: str = "host", threads: int | None = None, repeats: int =
     Returns:
         A dict with accuracy, agreement and latency figures for both runtimes.
     """
-    import onnxruntime as ort
-
     from edgert.compiler import compile_model
+    from edgert.peers import onnxruntime_session
     from edgert.session import Session
 
     model_path, data_path = demo_files()
@@ -56,10 +55,7 @@ def run_demo(*, target: str = "host", threads: int | None = None, repeats: int =
                                  threads=threads, on_stage=on_stage)
         compile_s = time.perf_counter() - t0
         sess = Session(artifact, threads=threads)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    ref = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    ref = onnxruntime_session(model_path, threads)
     name = sess.get_inputs()[0].name
 
     [ours] = sess.run(None, {name: images})

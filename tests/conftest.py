@@ -1,0 +1,117 @@
+"""Shared fixtures: small fp32 models exported from PyTorch (or built with onnx.helper)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m edgert ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max |ours - ref| / max |ref| (the fp32 agreement measure used throughout the tests)."""
+    return float(np.abs(ours.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def _torch_models() -> dict:
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 5))
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(16, 10),
+    )
+    # Give BatchNorm non-trivial statistics so folding errors would show.
+    with torch.no_grad():
+        for m in cnn:
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    encoder = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True), 2,
+        enable_nested_tensor=False,
+    )
+    return {
+        "mlp": (mlp, torch.randn(2, 20)),
+        "cnn": (cnn, torch.randn(2, 3, 16, 16)),
+        "encoder": (encoder, torch.randn(2, 32, 64)),
+    }
+
+
+def batchnorm_cnn_onnx(path: Path) -> Path:
+    """Conv -> BatchNormalization -> Relu -> MaxPool -> GlobalAveragePool, as explicit ONNX ops
+    (the torch exporter folds BatchNorm into Conv, so this keeps the op itself under test)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.uniform(-0.2, 0.2, 8).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.uniform(-0.5, 0.5, 8).astype(np.float32), "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, 8).astype(np.float32), "var"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"], name="bn"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["y"], name="gap"),
+    ]
+    graph = helper.make_graph(
+        nodes, "bn_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 1, 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """name -> ONNX file: mlp, cnn, encoder (torch exports), bn_cnn (onnx.helper), vit (packaged)."""
+    from edgert.compiler import export
+    from edgert.demo import demo_files
+
+    out = tmp_path_factory.mktemp("models")
+    files = {}
+    for name, (module, example) in _torch_models().items():
+        files[name] = export(module, (example,), out / f"{name}.onnx", input_names=["x"],
+                             output_names=["y"])
+    files["bn_cnn"] = batchnorm_cnn_onnx(out / "bn_cnn.onnx")
+    files["vit"] = demo_files()[0]
+    return files
+
+
+@pytest.fixture(scope="session")
+def mlp_artifact(model_files, tmp_path_factory) -> Path:
+    """The MLP compiled for this machine (shared by the artifact/session/CLI tests)."""
+    from edgert.compiler import compile_model
+
+    return compile_model(model_files["mlp"], tmp_path_factory.mktemp("art") / "mlp.edgert")
+
+
+def random_input(spec_shape: list, batch: int, seed: int = 0) -> np.ndarray:
+    """A float32 input for a shape with a symbolic batch axis."""
+    shape = [batch if not isinstance(d, int) else d for d in spec_shape]
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

@@ -1,0 +1,85 @@
+"""Session API: onnxruntime-like introspection, input validation, threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import edgert
+from edgert.errors import InputError
+
+from conftest import random_input
+
+
+@pytest.fixture(scope="module")
+def sess(mlp_artifact):
+    return edgert.Session(mlp_artifact)
+
+
+def test_introspection(sess):
+    [i] = sess.get_inputs()
+    [o] = sess.get_outputs()
+    assert (i.name, i.shape, i.dtype, i.type) == ("x", ["batch", 20], "float32", "tensor(float)")
+    assert (o.name, o.shape, o.dtype) == ("y", ["batch", 5], "float32")
+    assert sess.backend == "tvm"
+
+
+def test_output_selection(sess):
+    x = random_input(["batch", 20], 2)
+    [all_] = sess.run(None, {"x": x})
+    [named] = sess.run(["y"], {"x": x})
+    np.testing.assert_array_equal(all_, named)
+    with pytest.raises(InputError, match="unknown output name.*'z'.*outputs are y"):
+        sess.run(["z"], {"x": x})
+
+
+@pytest.mark.parametrize("feed, message", [
+    ({}, "missing input.*'x'"),
+    ({"x": np.zeros((1, 20), np.float32), "extra": np.zeros(1)}, "unknown input.*'extra'"),
+    ({"x": np.zeros((1, 20), np.float64)}, "input 'x': expected dtype float32, got float64"),
+    ({"x": np.zeros((20,), np.float32)}, r"input 'x': expected rank 2 \(shape \[batch, 20\]\), got rank 1"),
+    ({"x": np.zeros((1, 21), np.float32)}, "input 'x': axis 1 must be 20"),
+    ({"x": [[0.0] * 20]}, "input 'x': expected a numpy array, got list"),
+])
+def test_bad_inputs_name_the_input(sess, feed, message):
+    with pytest.raises(InputError, match=message):
+        sess.run(None, feed)
+
+
+def test_non_contiguous_input(sess):
+    x = random_input(["batch", 40], 3)[:, ::2]
+    assert not x.flags.c_contiguous
+    [a] = sess.run(None, {"x": x})
+    [b] = sess.run(None, {"x": np.ascontiguousarray(x)})
+    np.testing.assert_array_equal(a, b)
+
+
+def test_threads_share_a_session(mlp_artifact):
+    sess = edgert.Session(mlp_artifact, threads=1)
+    inputs = [random_input(["batch", 20], 1 + i % 3, seed=i) for i in range(8)]
+    expected = [sess.run(None, {"x": x})[0] for x in inputs]
+    results: dict[int, list] = {}
+    errors = []
+
+    def worker(k):
+        try:
+            results[k] = [sess.run(None, {"x": x})[0] for _ in range(20) for x in inputs]
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for outs in results.values():
+        for j, out in enumerate(outs):
+            np.testing.assert_array_equal(out, expected[j % len(inputs)])
+
+
+def test_unknown_backend(mlp_artifact):
+    with pytest.raises(InputError, match="unknown backend 'fpga'"):
+        edgert.Session(mlp_artifact, backend="fpga")
