@@ -154,7 +154,7 @@ def can_run_here(target: Target) -> tuple[bool, str]:
     missing = [f for f in target.cpu_features if f not in host_cpu_features()]
     if missing:
         return False, f"this CPU lacks {', '.join(missing)}"
-    if target.cuda_arch and not _cuda_device_present():
+    if target.cuda_arch and not cuda_device_present():
         return False, f"it needs an NVIDIA GPU ({target.cuda_arch}) and none was found"
     return True, ""
 
@@ -168,7 +168,7 @@ def check_can_run(target: Target) -> None:
         )
 
 
-def _cuda_device_present() -> bool:
+def cuda_device_present() -> bool:
     """True when an NVIDIA driver and GPU are visible (checked without importing TVM)."""
     return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
 
@@ -187,5 +187,6 @@ __all__ = [
     "check_can_run",
     "host_cpu_features",
     "host_arch",
+    "cuda_device_present",
     "list_targets",
 ]

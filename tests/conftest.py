@@ -115,3 +115,15 @@ def random_input(spec_shape: list, batch: int, seed: int = 0) -> np.ndarray:
     """A float32 input for a shape with a symbolic batch axis."""
     shape = [batch if not isinstance(d, int) else d for d in spec_shape]
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` cleanly when no NVIDIA GPU is present."""
+    from edgert.targets import cuda_device_present
+
+    if cuda_device_present():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none found)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

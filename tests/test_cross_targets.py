@@ -1,0 +1,67 @@
+"""Compiling for targets other than this machine: rpi5 (cross-linked) and CUDA (built without a GPU)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import edgert
+from edgert.artifact import read_artifact
+from edgert.compiler import compile_model
+from edgert.errors import TargetError
+from edgert.targets import can_run_here, get_target, host_arch
+
+from conftest import random_input, rel_err
+
+ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
+
+
+def _elf_machine(lib: bytes) -> int:
+    assert lib[:4] == b"\x7fELF"
+    return int.from_bytes(lib[18:20], "little")
+
+
+def test_missing_cross_compiler_names_the_package(model_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(TargetError, match="aarch64-linux-gnu-gcc.*apt-get install gcc-aarch64-linux-gnu"):
+        compile_model(model_files["mlp"], tmp_path / "m.edgert", target="rpi5")
+    assert not (tmp_path / "m.edgert").exists()
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or host_arch() == "aarch64",
+                    reason="needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
+def test_rpi5_artifact_is_an_aarch64_library(model_files, tmp_path):
+    art = compile_model(model_files["mlp"], tmp_path / "m.edgert", target="rpi5")
+    manifest = read_artifact(art).manifest
+    assert manifest["target"]["name"] == "rpi5"
+    assert _elf_machine(read_artifact(art).members["lib/model.so"]) == ELF_MACHINE["aarch64"]
+    with pytest.raises(TargetError, match="compiled for rpi5"):
+        edgert.Session(art)
+
+
+@pytest.fixture(scope="module")
+def cuda_artifact(model_files, tmp_path_factory):
+    return compile_model(model_files["mlp"], tmp_path_factory.mktemp("cuda") / "m.edgert",
+                         target="cuda-sm80")
+
+
+def test_cuda_artifact_builds_without_a_gpu(cuda_artifact):
+    art = read_artifact(cuda_artifact)
+    assert art.manifest["target"]["cuda_arch"] == "sm_80"
+    assert _elf_machine(art.members["lib/model.so"]) == ELF_MACHINE[host_arch()]
+    if not can_run_here(get_target("cuda-sm80"))[0]:
+        with pytest.raises(TargetError, match="needs an NVIDIA GPU"):
+            edgert.Session(cuda_artifact)
+
+
+@pytest.mark.gpu
+def test_cuda_artifact_matches_onnxruntime(cuda_artifact, model_files):
+    sess = edgert.Session(cuda_artifact)
+    x = random_input(["batch", 20], 4)
+    [ours] = sess.run(None, {"x": x})
+    [ref] = ort.InferenceSession(str(model_files["mlp"])).run(None, {"x": x})
+    assert rel_err(ours, ref) <= 1e-4
+    assert np.isfinite(ours).all()
