@@ -1,0 +1,141 @@
+"""``Shiftmax``: integer softmax over the last axis (I-ViT, with our pinned choices).
+
+Specification (``shared/reference/ivit.md``, "Shiftmax"); input int8 ``q`` at scale ``s``,
+output k-bit probabilities at scale ``2**-(k-1)``:
+    x  = q - max_row(q)                                  (x <= 0)
+    e  = shift_exp(x, x0, n)                             (steps 2-7; ~ exp(x*s)*|x0|*2**n)
+    S  = sum_row(e)
+    f  = (2**31 - 1) // S;  sh = 31 - (k - 1)
+    out = min((e*f + 2**(sh-1)) >> sh, 2**(k-1) - 1)     (round half up)
+``x0 = floor(-1/s)``, ``n = 15`` by default, ``k = 16`` by default (k = 8 is I-ViT's).
+
+The final ``min`` is ours: when one element holds (almost) all the mass, ``e*f`` comes within
+``2**(sh-1)`` of ``2**31`` and the rounded value is ``2**(k-1)``, one past the largest signed
+k-bit value (it would wrap to -128 / -32768). Clamping costs at most one unit of 2**-(k-1).
+
+Range check (compile time): ``L * |x0| * 2**n < 2**31`` for row length L, so S fits int32.
+
+ONNX (domain ``edgert``): ``Shiftmax(q: int8|int16) -> int8 (k=8) | int16 (k=16)``,
+attributes ``x0``, ``n``, ``k``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from edgert.ops._intmath import INT31_MAX, shift_exp, shift_exp_nb
+
+OP_TYPE = "Shiftmax"
+
+
+def out_dtype(k: int) -> str:
+    """Output dtype for k-bit probabilities."""
+    if k <= 8:
+        return "int8"
+    if k <= 16:
+        return "int16"
+    raise ValueError(f"Shiftmax output bits k must be <= 16, got {k}")
+
+
+def params(scale: float, row_len: int, *, k: int = 16, n: int = 15) -> dict[str, int]:
+    """Choose ``x0`` and check the shift budget for rows of ``row_len`` elements.
+
+    ``n`` is lowered until ``row_len * |x0| * 2**n < 2**31`` holds (values below
+    ``-n`` in the exponent then clamp). Raises ``ValueError`` when even ``n = 1`` fails:
+    the input scale is too fine for that row length; the quantizer must pick a coarser one.
+    """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"Shiftmax input scale must be finite and > 0, got {scale}")
+    out_dtype(k)
+    x0 = math.floor(-1.0 / scale)
+    while n >= 1 and row_len * abs(x0) * 2**n >= 2**31:
+        n -= 1
+    if n < 1:
+        raise ValueError(
+            f"Shiftmax: rows of {row_len} with input scale {scale} overflow int32 "
+            f"(|x0| = {abs(x0)}); use a coarser input scale"
+        )
+    return {"x0": x0, "n": n, "k": k}
+
+
+def reference(q: np.ndarray, *, x0: int, n: int, k: int = 16) -> np.ndarray:
+    """Normative numpy Shiftmax over the last axis; int64 intermediates."""
+    q = q.astype(np.int64)
+    x = q - q.max(axis=-1, keepdims=True)
+    e = shift_exp(x, x0, n)
+    s = e.sum(axis=-1, keepdims=True)
+    f = INT31_MAX // s
+    sh = 31 - (k - 1)
+    out = np.minimum((e * f + (1 << (sh - 1))) >> sh, (1 << (k - 1)) - 1)
+    return out.astype(out_dtype(k))
+
+
+@njit(cache=True, parallel=True)
+def _shiftmax_nb(q2d, x0, n, k, out2d):
+    rows, cols = q2d.shape
+    sh = 31 - (k - 1)
+    top = (np.int64(1) << (k - 1)) - 1
+    for r in prange(rows):
+        e = np.empty(cols, np.int64)
+        mx = np.int64(q2d[r, 0])
+        for c in range(1, cols):
+            mx = max(mx, np.int64(q2d[r, c]))
+        s = np.int64(0)
+        for c in range(cols):
+            e[c] = shift_exp_nb(np.int64(q2d[r, c]) - mx, x0, n)
+            s += e[c]
+        f = np.int64(2147483647) // s
+        for c in range(cols):
+            out2d[r, c] = min((e[c] * f + (np.int64(1) << (sh - 1))) >> sh, top)
+
+
+def numba_kernel(q: np.ndarray, *, x0: int, n: int, k: int = 16) -> np.ndarray:
+    """numba twin of :func:`reference` (bit-identical)."""
+    q2d = np.ascontiguousarray(q).reshape(-1, q.shape[-1])
+    out = np.empty(q2d.shape, out_dtype(k))
+    _shiftmax_nb(q2d, np.int64(x0), np.int64(n), np.int64(k), out)
+    return out.reshape(q.shape)
+
+
+def te_shift_exp(x: Any, x0: int, n: int) -> Any:
+    """TIR expression twin of :func:`~edgert.ops._intmath.shift_exp` (x: int64 expr <= 0)."""
+    from tvm import tirx
+
+    c = lambda v: tirx.const(v, "int64")  # noqa: E731
+    x = x + tirx.shift_right(x, c(1)) - tirx.shift_right(x, c(4))
+    x = tirx.max(x, c(n * x0))
+    qi = tirx.floordiv(x, c(x0))
+    rem = x - qi * c(x0)
+    e = tirx.shift_right(rem, c(1)) - c(x0)
+    return tirx.shift_left(e, c(n) - qi)
+
+
+def te_compute(q: Any, *, x0: int, n: int, k: int = 16) -> Any:
+    """TVM TE Shiftmax over the last axis of ``q`` (any rank >= 1)."""
+    from tvm import te, tirx
+
+    *lead, length = q.shape
+    r = te.reduce_axis((0, length), name="r")
+    mx = te.compute(lead, lambda *i: te.max(q(*i, r).astype("int64"), axis=r), name="row_max")
+    e = te.compute(q.shape, lambda *i: te_shift_exp(q(*i).astype("int64") - mx(*i[:-1]), x0, n),
+                   name="shift_exp")
+    r2 = te.reduce_axis((0, length), name="r2")
+    s = te.compute(lead, lambda *i: te.sum(e(*i, r2), axis=r2), name="row_sum")
+    sh = 31 - (k - 1)
+    top = tirx.const((1 << (k - 1)) - 1, "int64")
+
+    def body(*i):
+        f = tirx.floordiv(tirx.const(INT31_MAX, "int64"), s(*i[:-1]))
+        v = tirx.shift_right(e(*i) * f + tirx.const(1 << (sh - 1), "int64"), tirx.const(sh, "int64"))
+        return tirx.min(v, top).astype(out_dtype(k))
+
+    return te.compute(q.shape, body, name="shiftmax")
+
+
+def to_float(out: np.ndarray, k: int = 16) -> np.ndarray:
+    """Probabilities as float64 (output scale 2**-(k-1))."""
+    return out.astype(np.float64) / 2.0 ** (k - 1)

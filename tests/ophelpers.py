@@ -1,0 +1,34 @@
+"""Helpers for op tests: build a TE compute for this machine and run it on numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def run_te(compute: Callable[..., Any], arrays: list[np.ndarray], **attrs: Any) -> np.ndarray:
+    """Build ``compute(*placeholders, **attrs)`` with TVM for the host CPU and run it."""
+    import tvm
+    from tvm import te
+
+    from edgert.targets import resolve_host
+
+    phs = [te.placeholder(a.shape, dtype=str(a.dtype), name=f"in{i}") for i, a in enumerate(arrays)]
+    out = compute(*phs, **attrs)
+    func = te.create_prim_func([*phs, out])
+    lib = tvm.compile(func, target=tvm.target.Target(resolve_host().tvm_target_dict()))
+    shape = [int(d) for d in out.shape]
+    result = tvm.runtime.tensor(np.zeros(shape, str(out.dtype)))
+    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays], result)
+    return result.numpy()
+
+
+def assert_bit_exact(name: str, got: np.ndarray, want: np.ndarray) -> None:
+    """Same dtype, same shape, same values; on failure say where the first difference is."""
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    diff = np.argwhere(got != want)
+    assert diff.size == 0, (f"{name}: {len(diff)} elements differ, first at {tuple(diff[0])}: "
+                            f"{got[tuple(diff[0])]} != {want[tuple(diff[0])]}")
