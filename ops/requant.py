@@ -93,3 +93,19 @@ def te_compute(q: Any, m: Any, e: Any, *, lo: int, hi: int, out_dtype: str = "in
         return tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(out_dtype)
 
     return te.compute(q.shape, body, name="requant")
+
+
+def schema() -> object:
+    """ONNX schema of ``edgert.Requant``."""
+    from edgert.ops import make_schema
+
+    return make_schema(
+        OP_TYPE, __doc__ or "",
+        inputs=[("q", "T", "integer tensor at scale s_in"),
+                ("multiplier", "tensor(int64)", "m, scalar or one per channel of the last axis"),
+                ("shift", "tensor(int64)", "e in [1, 62], same shape as multiplier")],
+        outputs=[("out", "U", "integer tensor at scale s_out")],
+        type_constraints=[("T", ["tensor(int8)", "tensor(int16)", "tensor(int32)"], "input"),
+                          ("U", ["tensor(int8)", "tensor(int16)", "tensor(int32)"], "output")],
+        attributes=[("lo", "INT", "lower clamp"), ("hi", "INT", "upper clamp")],
+    )

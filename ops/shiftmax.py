@@ -139,3 +139,18 @@ def te_compute(q: Any, *, x0: int, n: int, k: int = 16) -> Any:
 def to_float(out: np.ndarray, k: int = 16) -> np.ndarray:
     """Probabilities as float64 (output scale 2**-(k-1))."""
     return out.astype(np.float64) / 2.0 ** (k - 1)
+
+
+def schema() -> object:
+    """ONNX schema of ``edgert.Shiftmax``."""
+    from edgert.ops import make_schema
+
+    return make_schema(
+        OP_TYPE, __doc__ or "",
+        inputs=[("q", "T", "integer logits at scale s; softmax over the last axis")],
+        outputs=[("p", "U", "probabilities at scale 2**-(k-1)")],
+        type_constraints=[("T", ["tensor(int8)", "tensor(int16)"], "input"),
+                          ("U", ["tensor(int8)", "tensor(int16)"], "output (int8 for k<=8)")],
+        attributes=[("x0", "INT", "floor(-1/s)"), ("n", "INT", "shift budget"),
+                    ("k", "INT", "output bits (8 or 16)")],
+    )

@@ -1,0 +1,45 @@
+"""The edgert op schemas register with ONNX, and the checker accepts graphs that use them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgert.ops import DOMAIN, OP_MODULES, register_schemas
+
+
+def _graph(nodes, inputs, outputs, inits=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid(DOMAIN, 1)])
+
+
+def test_every_op_module_has_a_schema():
+    import importlib
+
+    for name in OP_MODULES:
+        mod = importlib.import_module(f"edgert.ops.{name}")
+        s = mod.schema()
+        assert (s.name, s.domain) == (mod.OP_TYPE, DOMAIN)
+
+
+def test_checker_accepts_registered_ops_and_rejects_wrong_types():
+    register_schemas()
+    register_schemas()  # idempotent
+    m, e = np.array([1 << 30], np.int64), np.array([31], np.int64)
+    inits = [numpy_helper.from_array(m, "m"), numpy_helper.from_array(e, "e")]
+    nodes = [
+        helper.make_node("Requant", ["acc", "m", "e"], ["q"], domain=DOMAIN, lo=-128, hi=127),
+        helper.make_node("Shiftmax", ["q"], ["p"], domain=DOMAIN, x0=-16, n=15, k=16),
+    ]
+    good = _graph(nodes, [helper.make_tensor_value_info("acc", TensorProto.INT32, [2, 8])],
+                  [helper.make_tensor_value_info("p", TensorProto.INT16, [2, 8])], inits)
+    onnx.checker.check_model(good, full_check=True)
+
+    bad = _graph([helper.make_node("Shiftmax", ["x"], ["p"], domain=DOMAIN, x0=-16, n=15, k=16)],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                 [helper.make_tensor_value_info("p", TensorProto.INT16, [2, 8])])
+    with pytest.raises(onnx.shape_inference.InferenceError, match=r"unsupported type: tensor\(float\)"):
+        onnx.checker.check_model(bad, full_check=True)
