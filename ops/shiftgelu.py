@@ -1,0 +1,164 @@
+"""``ShiftGELU``: integer-only GELU, ``GELU(x) ~ x * sigmoid(1.702 * x)`` (I-ViT, per-element form).
+
+Specification (``shared/reference/ivit.md``, "ShiftGELU"):
+    input q: int8 or int16 at scale s; compile time: s' = 1.702 * s (float64),
+    x0 = floor(-1 / s')  (the negative integer standing for -1),
+    n = 23, reduced until |x0| * 2**n * 2 < 2**31 (and recorded).
+    Per element, int64 throughout:
+        m   = max(q, 0)                        (per element, not the row max)
+        e1  = shift_exp(q - m, x0, n)          (Shiftmax steps 2-7; both arguments <= 0,
+        e2  = shift_exp(-m, x0, n)              one of them exactly 0, i.e. e**0)
+        sig = (((2**31 - 1) // (e1 + e2)) * e1) >> 24     in [0, 127], scale 2**-7
+        out = q * sig                          int32 at scale s * 2**-7
+The output is followed by a ``Requant`` to int8 in the graph.
+
+Beyond the spec: ``params(..., sum_bits=24)`` tightens the range check to ``< 2**24`` so that the
+reciprocal keeps >= 7 bits; the kernels only see ``x0`` and ``n`` and are unchanged. Measured
+errors of both settings are in ``tests/test_op_shiftgelu.py``.
+
+ONNX (domain ``edgert``): ``ShiftGELU(q: int8|int16) -> int32`` with int attributes ``x0``, ``n``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from ._intmath import INT31_MAX, shift_exp, shift_exp_nb
+
+OP_TYPE = "ShiftGELU"
+DEFAULT_N = 23
+SIG_SHIFT = 24          # 31 - 7: sigmoid as a 7-bit fraction
+OUT_FRAC_BITS = 7       # output scale = s * 2**-7
+SUM_BITS = 31           # spec range check: |x0| * 2**n * 2 < 2**31
+IN_DTYPES = (np.int8, np.int16)
+
+
+def params(scale: float, n: int = DEFAULT_N, *, sum_bits: int = SUM_BITS) -> dict[str, int]:
+    """Compile-time constants for an input scale ``s`` (real value = q * s).
+
+    Args:
+        scale: input scale s, finite and > 0.
+        n: requested shift budget (default 23); lowered until ``|x0| * 2**n * 2 < 2**sum_bits``.
+        sum_bits: bound on ``e1 + e2``; 31 (the spec) only prevents overflow. The reciprocal
+            ``(2**31 - 1) // (e1 + e2)`` then keeps as little as 1-2 bits when ``|x0|`` is large
+            (int16 inputs, small int8 ranges) and the sigmoid is off by up to 40/128 (e.g. 112/128
+            where it should be 127/128); ``sum_bits=24`` keeps >= 7 bits (errors: see the tests).
+
+    Returns:
+        ``{"x0": x0, "n": n_used}`` (plain ints), ready for ``reference(q, **params(s))``.
+
+    Raises:
+        ValueError: a scale that is not finite and positive, a negative ``n``, or an ``x0`` so
+            large that even ``n = 0`` fails the check (``|x0| * 2 >= 2**sum_bits``).
+    """
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"ShiftGELU input scale must be finite and > 0, got {scale}")
+    if n < 0:
+        raise ValueError(f"ShiftGELU shift budget n must be >= 0, got {n}")
+    if not 1 <= sum_bits <= SUM_BITS:
+        raise ValueError(f"ShiftGELU sum_bits must be in [1, 31], got {sum_bits}")
+    x0 = math.floor(-1.0 / (1.702 * float(scale)))
+    n_used = int(n)
+    while n_used >= 0 and not _fits(x0, n_used, sum_bits):
+        n_used -= 1
+    if n_used < 0:
+        raise ValueError(f"ShiftGELU: x0 = {x0} (scale {scale}) gives |x0| * 2 >= 2**{sum_bits} "
+                         "even with n = 0")
+    return {"x0": int(x0), "n": n_used}
+
+
+def _fits(x0: int, n: int, sum_bits: int = SUM_BITS) -> bool:
+    """Compile-time range check: ``e1 + e2 <= |x0| * 2**(n+1)`` must stay below ``2**sum_bits``."""
+    return abs(x0) * 2 ** (n + 1) < 2**sum_bits
+
+
+def _check_input(q: np.ndarray, x0: int, n: int) -> None:
+    if q.dtype not in IN_DTYPES:
+        raise TypeError(f"ShiftGELU input must be int8 or int16, got {q.dtype}")
+    if x0 >= 0 or n < 0 or not _fits(x0, n):
+        raise ValueError(f"ShiftGELU constants out of range: x0={x0}, n={n} (use params())")
+
+
+def reference(q: np.ndarray, *, x0: int, n: int) -> np.ndarray:
+    """Normative numpy ShiftGELU.
+
+    Args:
+        q: int8 or int16 array of any shape, at scale s.
+        x0, n: from :func:`params`.
+
+    Returns:
+        int32 array of ``q``'s shape, at scale ``s * 2**-7``.
+    """
+    q = np.asarray(q)
+    _check_input(q, x0, n)
+    q64 = q.astype(np.int64)
+    m = np.maximum(q64, 0)
+    e1 = shift_exp(q64 - m, x0, n)
+    e2 = shift_exp(-m, x0, n)
+    sig = ((INT31_MAX // (e1 + e2)) * e1) >> SIG_SHIFT
+    return (q64 * sig).astype(np.int32)
+
+
+@njit(cache=True, parallel=True)
+def _shiftgelu_nb(q1d, x0, n, out1d):
+    for i in prange(q1d.size):
+        v = np.int64(q1d[i])
+        m = v if v > 0 else np.int64(0)
+        e1 = shift_exp_nb(v - m, x0, n)
+        e2 = shift_exp_nb(-m, x0, n)
+        sig = ((np.int64(2147483647) // (e1 + e2)) * e1) >> 24
+        out1d[i] = v * sig
+
+
+def numba_kernel(q: np.ndarray, *, x0: int, n: int) -> np.ndarray:
+    """numba twin of :func:`reference` (bit-identical): int8/int16 in, int32 out, same shape."""
+    q = np.asarray(q)
+    _check_input(q, x0, n)
+    q1d = np.ascontiguousarray(q).reshape(-1)
+    out = np.empty(q1d.shape, np.int32)
+    _shiftgelu_nb(q1d, np.int64(x0), np.int64(n), out)
+    return out.reshape(q.shape)
+
+
+def _te_shift_exp(x: Any, x0: int, n: int) -> Any:
+    """TE expression of :func:`shift_exp` for one int64 element ``x <= 0``."""
+    from tvm import tirx
+
+    c = lambda v: tirx.const(v, "int64")  # noqa: E731
+    x = x + tirx.shift_right(x, c(1)) - tirx.shift_right(x, c(4))
+    x = tirx.max(x, c(n * x0))
+    # x <= 0 and x0 < 0: divide the non-negative -x by |x0|, where floor == truncation. (TVM's
+    # floordiv lowering by the constant -1 trips an analyzer binding error, so avoid it.)
+    qi = tirx.truncdiv(-x, c(-x0))
+    rem = x - qi * c(x0)
+    e = tirx.shift_right(rem, c(1)) - c(x0)
+    return tirx.shift_left(e, c(n) - qi)
+
+
+def te_compute(q: Any, *, x0: int, n: int) -> Any:
+    """TVM TE compute: ``q`` an int8/int16 tensor of any rank -> int32 tensor of the same shape."""
+    from tvm import te, tirx
+
+    if x0 >= 0 or n < 0 or not _fits(x0, n):
+        raise ValueError(f"ShiftGELU constants out of range: x0={x0}, n={n} (use params())")
+
+    def body(*idx):
+        v = q(*idx).astype("int64")
+        m = tirx.max(v, tirx.const(0, "int64"))
+        e1 = _te_shift_exp(v - m, x0, n)
+        e2 = _te_shift_exp(-m, x0, n)
+        # Positive numerator, e1 + e2 > 0: floor == truncation.
+        recip = tirx.truncdiv(tirx.const(INT31_MAX, "int64"), e1 + e2)
+        sig = tirx.shift_right(recip * e1, tirx.const(SIG_SHIFT, "int64"))
+        return (v * sig).astype("int32")
+
+    return te.compute(q.shape, body, name="shiftgelu")
+
+
+def to_float(out: np.ndarray, scale: float) -> np.ndarray:
+    """The float GELU estimate of an int32 ShiftGELU output: ``out * scale * 2**-7`` (float64)."""
+    return np.asarray(out, np.float64) * (float(scale) * 2.0**-OUT_FRAC_BITS)
