@@ -8,11 +8,12 @@ path uses standard ONNX ops only; the integer-only and low-bit ops are added by 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 DOMAIN = "edgert"
 OPSET_VERSION = 1
-OP_MODULES = ("requant", "shiftmax")
+OP_MODULES = ("requant", "shiftmax", "shiftgelu", "ilayernorm", "intmatmul")
 
 _registered = False
 
@@ -20,25 +21,53 @@ _registered = False
 def make_schema(op_type: str, doc: str, inputs: Sequence[tuple[str, str, str]],
                 outputs: Sequence[tuple[str, str, str]],
                 type_constraints: Sequence[tuple[str, Sequence[str], str]],
-                attributes: Sequence[tuple[str, str, str]]) -> object:
+                attributes: Sequence[tuple[str, str, str]],
+                infer: Callable[[Any], None] | None = None) -> object:
     """An ``onnx.defs.OpSchema`` in the edgert domain.
 
     Args:
-        inputs / outputs: ``(name, type_str, description)``.
+        inputs / outputs: ``(name, type_str, description)``; a name ending in ``?`` is optional.
         type_constraints: ``(type_str, allowed types, description)``.
         attributes: ``(name, "INT"|"FLOAT"|"INTS"..., description)``, all required.
+        infer: type and shape inference function (``onnx`` InferenceContext -> None).
     """
     from onnx import defs
 
-    fp = defs.OpSchema.FormalParameter
-    return defs.OpSchema(
+    def param(name: str, type_str: str, desc: str) -> object:
+        option = defs.OpSchema.FormalParameterOption
+        opt = name.endswith("?")
+        return defs.OpSchema.FormalParameter(
+            name.rstrip("?"), type_str, desc, param_option=option.Optional if opt else option.Single)
+
+    schema = defs.OpSchema(
         op_type, DOMAIN, OPSET_VERSION, doc,
-        inputs=[fp(n, t, d) for n, t, d in inputs],
-        outputs=[fp(n, t, d) for n, t, d in outputs],
+        inputs=[param(*i) for i in inputs],
+        outputs=[param(*o) for o in outputs],
         type_constraints=[(t, list(allowed), d) for t, allowed, d in type_constraints],
         attributes=[defs.OpSchema.Attribute(n, getattr(defs.OpSchema.AttrType, kind), d)
                     for n, kind, d in attributes],
     )
+    if infer is not None:
+        schema.set_type_and_shape_inference_function(infer)
+    return schema
+
+
+def same_shape_output(elem_type: int | Callable[[Any], int]) -> Callable[[Any], None]:
+    """Inference function: output 0 has input 0's shape and element type ``elem_type``
+    (a TensorProto type, or a function of the ONNX InferenceContext returning one)."""
+
+    def infer(ctx: Any) -> None:
+        import onnx
+
+        in_type = ctx.get_input_type(0)
+        if in_type is None or not in_type.HasField("tensor_type"):
+            return
+        out = onnx.TypeProto()
+        out.CopyFrom(in_type)
+        out.tensor_type.elem_type = elem_type(ctx) if callable(elem_type) else elem_type
+        ctx.set_output_type(0, out)
+
+    return infer
 
 
 def register_schemas() -> None:

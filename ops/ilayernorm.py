@@ -228,3 +228,20 @@ def te_compute(x: Any, bias: Any | None = None) -> Any:
 def to_float(out: np.ndarray, n_channels: int) -> np.ndarray:
     """The float layer-norm estimate ``(x - mean) / std`` of an int32 output (float64)."""
     return np.asarray(out, np.float64) * output_scale(n_channels)
+
+
+def schema() -> object:
+    """ONNX schema of ``edgert.ILayerNorm``."""
+    from onnx import TensorProto
+
+    from edgert.ops import make_schema, same_shape_output
+
+    return make_schema(
+        OP_TYPE, __doc__ or "",
+        inputs=[("x", "T", "integer input [..., N], any scale"),
+                ("bias?", "tensor(int32)", "folded beta/gamma [N] at the output scale")],
+        outputs=[("out", "tensor(int32)", "(x - mean) / std at scale sqrt(N) / 2**30")],
+        type_constraints=[("T", ["tensor(int8)", "tensor(int16)", "tensor(int32)"], "input")],
+        attributes=[],
+        infer=same_shape_output(TensorProto.INT32),
+    )

@@ -4,11 +4,16 @@ Specification (``shared/reference/ivit.md``, "Dyadic requantization"):
     ratio r = s_in / s_out (float64, at compile time) = mant * 2**exp, mant in [0.5, 1)
     m = round_half_up(mant * 2**31)  (m <= 2**31),  e = 31 - exp  (1 <= e <= 62 enforced)
     out = clamp((q * m + 2**(e-1)) >> e, lo, hi)   in int64  (round half up)
-Per-channel: ``m`` and ``e`` are vectors over the last axis.
+Per-channel: ``m`` and ``e`` are vectors along ``axis`` (default the last axis).
+
+Beyond the spec: a ratio may be negative (a LayerNorm gamma < 0 folds into it; then
+``mant`` in (-1, -0.5] and ``m < 0``, the runtime formula is unchanged) or zero (``m = 0``,
+``e = 1``: the output is 0).
 
 ONNX (domain ``edgert``): ``Requant(q: int8|int16|int32, multiplier: int64, shift: int64)
--> int8|int16|int32`` with attributes ``to`` (output TensorProto type), ``lo``, ``hi``.
-``multiplier``/``shift`` are scalars or 1-D over the last axis of ``q``.
+-> int8|int16|int32`` with attributes ``to`` (output TensorProto type), ``lo``, ``hi``
+(clamp, inside the range of ``to``) and ``axis`` (the channel axis of per-channel
+``multiplier``/``shift``; ignored when they hold one value).
 """
 
 from __future__ import annotations
@@ -30,31 +35,53 @@ def params(ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         ``(m, e)`` int64 arrays of ratio's shape.
 
     Raises:
-        ValueError: a ratio that is not finite and positive, or outside [2**-31, 2**30)
-            (the shift must stay in [1, 62] so that int64 holds q*m and the rounding term).
+        ValueError: a ratio that is not finite, or with ``|ratio|`` outside [2**-31, 2**30)
+            and nonzero (the shift must stay in [1, 62] so that int64 holds q*m and the
+            rounding term).
     """
     r = np.asarray(ratio, dtype=np.float64)
     m = np.empty(r.shape, np.int64)
     e = np.empty(r.shape, np.int64)
     for idx, value in np.ndenumerate(r):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"requantization ratio must be finite and > 0, got {value}")
+        if not math.isfinite(value):
+            raise ValueError(f"requantization ratio must be finite, got {value}")
+        if value == 0.0:
+            m[idx], e[idx] = 0, 1
+            continue
         mant, exp = math.frexp(float(value))
         mult = math.floor(mant * 2.0**31 + 0.5)
         shift = 31 - exp
         if not 1 <= shift <= 62:
-            raise ValueError(f"requantization ratio {value} is outside [2**-31, 2**30)")
+            raise ValueError(f"requantization ratio {value}: |ratio| is outside [2**-31, 2**30)")
         m[idx], e[idx] = mult, shift
     return m, e
 
 
+def _channel_shape(ndim: int, size: int, axis: int) -> tuple[int, ...]:
+    """Broadcast shape of a per-channel vector of ``size`` along ``axis`` of an ndim tensor."""
+    if size == 1:
+        return (1,) * max(ndim, 1)
+    shape = [1] * ndim
+    shape[axis] = size
+    return tuple(shape)
+
+
 def reference(q: np.ndarray, m: np.ndarray, e: np.ndarray, *, lo: int, hi: int,
-              out_dtype: str = "int8") -> np.ndarray:
-    """Normative numpy Requant: int64 arithmetic, round half up, clamp, cast to ``out_dtype``."""
-    m = np.asarray(m, np.int64)
-    e = np.asarray(e, np.int64)
+              to: str = "int8", axis: int = -1) -> np.ndarray:
+    """Normative numpy Requant: int64 arithmetic, round half up, clamp, cast to ``to``.
+
+    Args:
+        q: int8/int16/int32 tensor at scale s_in.
+        m, e: int64, one value or one per channel of ``q``'s ``axis``.
+        lo, hi: clamp bounds (inside ``to``'s range).
+        to: output dtype name, "int8", "int16" or "int32".
+    """
+    q = np.asarray(q)
+    shape = _channel_shape(q.ndim, np.size(m), axis)
+    m = np.asarray(m, np.int64).reshape(shape)
+    e = np.asarray(e, np.int64).reshape(shape)
     acc = q.astype(np.int64) * m + (np.int64(1) << (e - 1))
-    return np.clip(acc >> e, lo, hi).astype(OUT_DTYPES[out_dtype])
+    return np.clip(acc >> e, lo, hi).astype(OUT_DTYPES[to])
 
 
 @njit(cache=True, parallel=True)
@@ -70,42 +97,50 @@ def _requant_nb(q2d, m, e, lo, hi, out2d):
 
 
 def numba_kernel(q: np.ndarray, m: np.ndarray, e: np.ndarray, *, lo: int, hi: int,
-                 out_dtype: str = "int8") -> np.ndarray:
+                 to: str = "int8", axis: int = -1) -> np.ndarray:
     """numba twin of :func:`reference` (bit-identical)."""
+    q = np.asarray(q)
     m = np.ascontiguousarray(np.asarray(m, np.int64).reshape(-1))
     e = np.ascontiguousarray(np.asarray(e, np.int64).reshape(-1))
-    q2d = np.ascontiguousarray(q).reshape(-1, q.shape[-1] if q.ndim else 1)
-    out = np.empty(q2d.shape, OUT_DTYPES[out_dtype])
+    moved = m.size > 1 and q.ndim > 1 and axis not in (-1, q.ndim - 1)
+    x = np.moveaxis(q, axis, -1) if moved else q
+    q2d = np.ascontiguousarray(x).reshape(-1, x.shape[-1] if x.ndim else 1)
+    out = np.empty(q2d.shape, OUT_DTYPES[to])
     _requant_nb(q2d, m, e, np.int64(lo), np.int64(hi), out)
-    return out.reshape(q.shape)
+    out = out.reshape(x.shape)
+    return np.ascontiguousarray(np.moveaxis(out, -1, axis)) if moved else out
 
 
-def te_compute(q: Any, m: Any, e: Any, *, lo: int, hi: int, out_dtype: str = "int8") -> Any:
+def te_compute(q: Any, m: Any, e: Any, *, lo: int, hi: int, to: str = "int8", axis: int = -1) -> Any:
     """TVM TE compute: ``q`` of any rank, ``m``/``e`` int64 tensors of shape [1] or [C]."""
     from tvm import te, tirx
 
     per_channel = int(m.shape[0]) != 1
+    ax = axis % len(q.shape) if len(q.shape) else 0
 
     def body(*idx):
-        c = idx[-1] if per_channel else 0
+        c = idx[ax] if per_channel else 0
         acc = q(*idx).astype("int64") * m[c] + tirx.shift_left(tirx.const(1, "int64"), e[c] - 1)
         v = tirx.shift_right(acc, e[c])
-        return tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(out_dtype)
+        return tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(to)
 
     return te.compute(q.shape, body, name="requant")
 
 
 def schema() -> object:
     """ONNX schema of ``edgert.Requant``."""
-    from edgert.ops import make_schema
+    from edgert.ops import make_schema, same_shape_output
 
     return make_schema(
         OP_TYPE, __doc__ or "",
         inputs=[("q", "T", "integer tensor at scale s_in"),
-                ("multiplier", "tensor(int64)", "m, scalar or one per channel of the last axis"),
+                ("multiplier", "tensor(int64)", "m, one value or one per channel of `axis`"),
                 ("shift", "tensor(int64)", "e in [1, 62], same shape as multiplier")],
         outputs=[("out", "U", "integer tensor at scale s_out")],
         type_constraints=[("T", ["tensor(int8)", "tensor(int16)", "tensor(int32)"], "input"),
                           ("U", ["tensor(int8)", "tensor(int16)", "tensor(int32)"], "output")],
-        attributes=[("lo", "INT", "lower clamp"), ("hi", "INT", "upper clamp")],
+        attributes=[("to", "INT", "output TensorProto type (INT8, INT16 or INT32)"),
+                    ("lo", "INT", "lower clamp"), ("hi", "INT", "upper clamp"),
+                    ("axis", "INT", "channel axis of per-channel multiplier/shift")],
+        infer=same_shape_output(lambda ctx: ctx.get_attribute("to").i),
     )

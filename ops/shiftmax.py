@@ -143,7 +143,12 @@ def to_float(out: np.ndarray, k: int = 16) -> np.ndarray:
 
 def schema() -> object:
     """ONNX schema of ``edgert.Shiftmax``."""
-    from edgert.ops import make_schema
+    from onnx import TensorProto
+
+    from edgert.ops import make_schema, same_shape_output
+
+    def elem(ctx: Any) -> int:
+        return TensorProto.INT8 if ctx.get_attribute("k").i <= 8 else TensorProto.INT16
 
     return make_schema(
         OP_TYPE, __doc__ or "",
@@ -153,4 +158,5 @@ def schema() -> object:
                           ("U", ["tensor(int8)", "tensor(int16)"], "output (int8 for k<=8)")],
         attributes=[("x0", "INT", "floor(-1/s)"), ("n", "INT", "shift budget"),
                     ("k", "INT", "output bits (8 or 16)")],
+        infer=same_shape_output(elem),
     )

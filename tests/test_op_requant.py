@@ -19,10 +19,20 @@ def test_params_represent_the_ratio(ratio):
     assert abs(int(m) / 2.0 ** int(e) / ratio - 1) <= 2.0**-31
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan"), 2.0**30, 2.0**-33])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 2.0**30, 2.0**-33, -(2.0**30)])
 def test_params_refuse_bad_ratios(bad):
     with pytest.raises(ValueError):
         requant.params(bad)
+
+
+def test_negative_and_zero_ratios():
+    """A negative ratio (LayerNorm gamma < 0 folded in) negates the result exactly: round half
+    up of -q*r equals -(round half down of q*r); a zero ratio gives 0."""
+    m, e = requant.params(np.array([-0.5, 0.0, 0.5]))
+    assert int(m[0]) == -int(m[2]) and (int(m[1]), int(e[1])) == (0, 1)
+    q = np.array([[-5, 7, 3], [4, -9, -3]], np.int32)
+    out = requant.reference(q, m, e, lo=-128, hi=127)
+    np.testing.assert_array_equal(out, [[3, 0, 2], [-2, 0, -1]])   # 2.5 -> 3, 1.5 -> 2, -1.5 -> -1
 
 
 def test_reference_rounds_half_up_and_clamps():
@@ -39,7 +49,7 @@ def test_accuracy_against_float_rescale():
     q = rng.integers(-(2**31) + 1, 2**31 - 1, size=20000, dtype=np.int64).astype(np.int32)
     for ratio in [1e-7, 3.1e-5, 0.002]:
         m, e = requant.params(ratio)
-        out = requant.reference(q, m, e, lo=-(2**31), hi=2**31 - 1, out_dtype="int32")
+        out = requant.reference(q, m, e, lo=-(2**31), hi=2**31 - 1, to="int32")
         exact = q.astype(np.float64) * ratio
         # Error = rounding (<= 0.5) + multiplier error (|q| * ratio * 2**-31 < 1).
         assert np.abs(out - exact).max() <= 0.5 + 1.0
@@ -62,12 +72,12 @@ def test_backends_bit_exact(case):
     q = rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
     q.reshape(-1)[:4] = [info.min, info.max, 0, -1]  # saturating and edge values
     channels = shape[-1] if per_channel else 1
-    ratios = rng.uniform(1e-5, 2.0, channels)
+    ratios = rng.uniform(1e-5, 2.0, channels) * rng.choice([-1, 1], channels)
     m, e = requant.params(ratios)
     lo, hi = int(np.iinfo(out_dtype).min), int(np.iinfo(out_dtype).max)
-    want = requant.reference(q, m, e, lo=lo, hi=hi, out_dtype=out_dtype)
-    assert_bit_exact("numba", requant.numba_kernel(q, m, e, lo=lo, hi=hi, out_dtype=out_dtype), want)
-    got = run_te(requant.te_compute, [q, m, e], lo=lo, hi=hi, out_dtype=out_dtype)
+    want = requant.reference(q, m, e, lo=lo, hi=hi, to=out_dtype)
+    assert_bit_exact("numba", requant.numba_kernel(q, m, e, lo=lo, hi=hi, to=out_dtype), want)
+    got = run_te(requant.te_compute, [q, m, e], lo=lo, hi=hi, to=out_dtype)
     assert_bit_exact("tvm", got, want)
 
 
@@ -77,3 +87,19 @@ def test_relu_clamp():
     out = requant.reference(q, m, e, lo=0, hi=127)
     np.testing.assert_array_equal(out, np.maximum(q, 0))
     assert_bit_exact("numba", requant.numba_kernel(q, m, e, lo=0, hi=127), out)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -2])
+def test_per_channel_along_another_axis(axis):
+    """``axis`` picks the channel axis (e.g. 1 for an NCHW convolution accumulator)."""
+    rng = np.random.default_rng(3)
+    q = rng.integers(-(2**20), 2**20, size=(2, 5, 3, 4)).astype(np.int32)
+    ratios = rng.uniform(1e-5, 1e-3, q.shape[axis])
+    m, e = requant.params(ratios)
+    want = requant.reference(q, m, e, lo=-128, hi=127, axis=axis)
+    shape = [1] * 4
+    shape[axis] = -1
+    exact = np.floor(q * ratios.reshape(shape) + 0.5)
+    assert np.abs(want - np.clip(exact, -128, 127)).max() <= 1
+    assert_bit_exact("numba", requant.numba_kernel(q, m, e, lo=-128, hi=127, axis=axis), want)
+    assert_bit_exact("tvm", run_te(requant.te_compute, [q, m, e], lo=-128, hi=127, axis=axis), want)

@@ -27,26 +27,29 @@ def all_values(dtype: type) -> np.ndarray:
 
 # --- parameters -------------------------------------------------------------------------------
 
-def test_params_default_keeps_n23_for_int8_scales():
-    p = shiftgelu.params(16 / 127)          # s' = 0.2144 -> x0 = floor(-4.66) = -5
+def test_params_spec_check_keeps_n23_for_int8_scales():
+    p = shiftgelu.params(16 / 127, sum_bits=31)    # s' = 0.2144 -> x0 = floor(-4.66) = -5
     assert p == {"x0": -5, "n": 23}
     assert abs(p["x0"]) * 2 ** (p["n"] + 1) < 2**31
+    # our default check (sum_bits 24): 5 * 2**21 < 2**24 <= 5 * 2**22 -> n = 20
+    assert shiftgelu.params(16 / 127) == {"x0": -5, "n": 20}
 
 
-@pytest.mark.parametrize("scale", [1e-3, 16 / 32767, 1 / 127, 3e-6, 1e-8])
-def test_params_reduce_n_to_the_largest_that_fits(scale):
-    p = shiftgelu.params(scale)
+@pytest.mark.parametrize("scale,sum_bits", [(s, b) for s in [1e-3, 16 / 32767, 1 / 127, 3e-6]
+                                             for b in (24, 31)] + [(1e-8, 31)])
+def test_params_reduce_n_to_the_largest_that_fits(scale, sum_bits):
+    p = shiftgelu.params(scale, sum_bits=sum_bits)
     x0, n = p["x0"], p["n"]
     assert x0 == math.floor(-1 / (1.702 * scale)) and x0 < 0
-    assert abs(x0) * 2 ** (n + 1) < 2**31
-    assert n == 23 or abs(x0) * 2 ** (n + 2) >= 2**31      # n + 1 would overflow
+    assert abs(x0) * 2 ** (n + 1) < 2**sum_bits
+    assert n == 23 or abs(x0) * 2 ** (n + 2) >= 2**sum_bits      # n + 1 would not fit
 
 
 def test_params_reduced_n_example():
     # s' = 1.702e-3 -> x0 = -588; 588 * 2**21 < 2**31 <= 588 * 2**22 -> n = 20.
-    assert shiftgelu.params(1e-3) == {"x0": -588, "n": 20}
+    assert shiftgelu.params(1e-3, sum_bits=31) == {"x0": -588, "n": 20}
     assert shiftgelu.params(1e-3, n=12) == {"x0": -588, "n": 12}     # a smaller request is kept
-    assert shiftgelu.params(1e-3, sum_bits=24)["n"] == 13           # 588 * 2**14 < 2**24
+    assert shiftgelu.params(1e-3)["n"] == 13           # default sum_bits 24: 588 * 2**14 < 2**24
 
 
 @pytest.mark.parametrize("scale", [0.0, -0.1, float("inf"), float("nan"), 1e-10])
