@@ -14,6 +14,7 @@ from edgert.errors import (
     EdgertError,
     InputError,
     ModelError,
+    QuantizationError,
     TargetError,
     UnsupportedOpError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "EdgertError",
     "ModelError",
     "UnsupportedOpError",
+    "QuantizationError",
     "InputError",
     "ArtifactError",
     "TargetError",

@@ -35,6 +35,13 @@ class UnsupportedOpError(ModelError):
         )
 
 
+class QuantizationError(ModelError):
+    """A model cannot be made integer-only: a node without an integer form, a range check
+    that no scale choice can satisfy, or missing calibration data."""
+
+    exit_code = 9
+
+
 class InputError(EdgertError):
     """An input given to a session (or on the command line) does not match the model."""
 
@@ -63,6 +70,7 @@ __all__ = [
     "EdgertError",
     "ModelError",
     "UnsupportedOpError",
+    "QuantizationError",
     "InputError",
     "ArtifactError",
     "TargetError",

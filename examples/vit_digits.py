@@ -1,6 +1,6 @@
 """The tiny ViT behind `edgert demo`: train on scikit-learn's digits, export, compile, run.
 
-    python examples/vit_digits.py                 # rebuild edgert/data/vit_digits.{onnx,_test.npz}
+    python examples/vit_digits.py                 # rebuild edgert/data/vit_digits{.onnx,_test.npz,_calib.npz}
     python examples/vit_digits.py --out /tmp/vit  # write somewhere else
 
 Steps: load the 8x8 digits (1797 images) and split off a stratified 20% held-out test set;
@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path = export(model, (torch.from_numpy(x_test[:2]),), args.out / "vit_digits.onnx",
                        input_names=["image"], output_names=["logits"])
     np.savez_compressed(args.out / "vit_digits_test.npz", images=x_test, labels=y_test)
+    # calibration samples for --int-only: 128 training images (never the held-out ones)
+    calib = np.random.default_rng(0).choice(len(x_train), 128, replace=False)
+    np.savez_compressed(args.out / "vit_digits_calib.npz", image=x_train[calib])
 
     ort_logits = ort.InferenceSession(str(onnx_path)).run(None, {"image": x_test})[0]
     ort_err = float(np.abs(ort_logits - torch_logits).max())
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     rel = float(np.abs(ours - ort_logits).max() / np.abs(ort_logits).max())
     ours_acc = float((ours.argmax(1) == y_test).mean())
     print(f"edgert vs onnxruntime: max relative diff {rel:.2e}; edgert accuracy {ours_acc:.4f}")
-    print(f"wrote {onnx_path} and {args.out / 'vit_digits_test.npz'}")
+    print(f"wrote {onnx_path}, {args.out / 'vit_digits_test.npz'} and vit_digits_calib.npz")
     return 0 if ort_err < 1e-4 and rel < 1e-4 else 1
 
 

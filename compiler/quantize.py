@@ -1,0 +1,586 @@
+"""The quantizer: an fp32 ONNX graph plus calibrated ranges -> the integer ONNX graph.
+
+The result follows ``docs/integer-onnx.md``. Every float tensor of the input graph is carried as
+a :class:`QTensor` (an integer tensor with a scale). Scales change only through ``Requant``, and
+lazily: a producer leaves its int32 accumulator as it is, and each consumer asks
+(:meth:`Quantizer.need`) for the dtype and scale it wants, so a Linear feeding a residual add is
+requantized once, straight to the add's scale.
+
+Activation dtypes follow one documented policy (``act_bits``):
+- ``"auto"`` (default; the post-training recipe of ``shared/reference/ivit.md``): int16 for the
+  residual stream, LayerNorm and GELU inputs, and the two FFN Linear inputs (a Linear whose
+  output feeds a GELU, or whose input comes from one); int8 for other Linear inputs, Q/K/V,
+  attention scores (Shiftmax input) and convolutions.
+- ``"8"``: int8 everywhere (I-ViT as published).  ``"16"``: int16 wherever an op allows it
+  (all Linear inputs and the residual stream; attention operands and convolutions stay int8).
+Shiftmax outputs are 16-bit probabilities (k = 16).
+
+Range checks at compile time: every int32 accumulator is bounded from the integer weights and
+the activation range (:func:`edgert.ops.intmatmul.accumulator_bound`); when the bound fails
+the activation range is narrowed (the Requant clamps to a smaller ``qmax``), never overflowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgert.compiler.calibrate import TensorRange
+from edgert.errors import QuantizationError, UnsupportedOpError
+from edgert.onnx_graph import node_label
+from edgert.ops import DOMAIN, OPSET_VERSION, ilayernorm, intmatmul, register_schemas, requant
+from edgert.ops import shiftgelu, shiftmax
+
+ACT_BITS = ("auto", "8", "16")
+QMAX = {"int8": 127, "int16": 32767}
+ELEM = {"int8": TensorProto.INT8, "int16": TensorProto.INT16, "int32": TensorProto.INT32}
+INT32_MAX = (1 << 31) - 1
+ADD_EXTRA_BITS = 8          # residual sums are kept 8 bits finer than their output scale
+SHIFTMAX_BITS = 16
+DEFAULT_ROW_LEN = 4096      # Shiftmax range check when the row length is not static
+OPSET = 21
+SHAPE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather",
+             "Expand", "Identity", "Concat"}
+WEIGHT_EPS = float(np.finfo(np.float32).eps)
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """An integer tensor of the new graph standing for a float tensor of the old one.
+
+    Attributes:
+        name: tensor name in the integer graph.
+        dtype: "int8", "int16" or "int32".
+        scale: real value of one unit, float64; shape () or [C] along ``axis``.
+        axis: channel axis of a per-channel scale (negative, counted from the end).
+        bound: proven bound on ``|value|``.
+        row_sum: for Shiftmax outputs, a bound on the sum of a row (else None).
+    """
+
+    name: str
+    dtype: str
+    scale: np.ndarray
+    axis: int = -1
+    bound: int = 0
+    row_sum: int | None = None
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.scale.ndim == 0
+
+
+@dataclass
+class QuantizeReport:
+    """What the quantizer did: dtype chosen per quantized float tensor, narrowed ranges."""
+
+    act_bits: str
+    dtypes: dict[str, str] = field(default_factory=dict)
+    narrowed: dict[str, int] = field(default_factory=dict)
+
+
+class Quantizer:
+    """Rewrite one fp32 model. Use :func:`quantize_model`."""
+
+    def __init__(self, model: onnx.ModelProto, ranges: dict[str, TensorRange], *,
+                 act_bits: str = "auto", source: str = "model") -> None:
+        if act_bits not in ACT_BITS:
+            raise QuantizationError(f"act_bits must be one of {', '.join(ACT_BITS)}, got {act_bits!r}")
+        self.model, self.ranges, self.act_bits, self.source = model, ranges, act_bits, source
+        g = model.graph
+        self.inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.types: dict[str, int] = {}
+        self.shapes: dict[str, list[int | None]] = {}
+        for v in [*g.input, *g.value_info, *g.output]:
+            tt = v.type.tensor_type
+            self.types[v.name] = tt.elem_type
+            if tt.HasField("shape"):
+                self.shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None
+                                       for d in tt.shape.dim]
+        for name, arr in self.inits.items():
+            self.types[name] = helper.np_dtype_to_tensor_dtype(arr.dtype)
+            self.shapes[name] = list(arr.shape)
+        self.graph_inputs = {i.name for i in g.input if i.name not in self.inits}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        for node in g.node:
+            for i in node.input:
+                self.consumers.setdefault(i, []).append(node)
+            for o in node.output:
+                self.producer[o] = node
+        self.outputs = {o.name for o in g.output}
+        self.q: dict[str, QTensor] = {}
+        self.nodes: list[onnx.NodeProto] = []
+        self.new_inits: list[onnx.TensorProto] = []
+        self.value_types: dict[str, int] = {}
+        self.used = {n for n in self.types} | {o for n in g.node for o in n.output} | set(self.inits)
+        self.cache: dict[tuple, QTensor] = {}
+        self.skip: set[int] = set()
+        self.report = QuantizeReport(act_bits)
+        self.index = {id(n): i for i, n in enumerate(g.node)}
+        self.current = "model"
+
+    # --- small helpers ---------------------------------------------------------------------
+    def is_float(self, name: str) -> bool:
+        return self.types.get(name) == TensorProto.FLOAT
+
+    def fresh(self, base: str) -> str:
+        name, i = f"{base}_q", 1
+        while name in self.used:
+            name, i = f"{base}_q{i}", i + 1
+        self.used.add(name)
+        return name
+
+    def emit(self, op: str, inputs: list[str], base: str, out_elem: int, *, domain: str = "",
+             **attrs) -> str:
+        out = self.fresh(base)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
+        self.value_types[out] = out_elem
+        return out
+
+    def const(self, array: np.ndarray, base: str) -> str:
+        name = self.fresh(base)
+        self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def fail(self, message: str) -> QuantizationError:
+        return QuantizationError(f"{self.source}: node {self.current}: {message}")
+
+    def amax(self, name: str) -> float:
+        if name in self.inits:
+            return float(np.abs(self.inits[name]).max()) if self.inits[name].size else 0.0
+        if name not in self.ranges:
+            raise self.fail(f"no calibrated range for tensor {name!r}")
+        return self.ranges[name].amax
+
+    def static_dim(self, name: str, axis: int) -> int | None:
+        shape = self.shapes.get(name)
+        if not shape or not -len(shape) <= axis < len(shape):
+            return None
+        return shape[axis]
+
+    # --- the one place scales change ---------------------------------------------------------
+    def need(self, name: str, dtype: str, *, scale: float | None = None, qmax: int | None = None,
+             lo: int | None = None) -> QTensor:
+        """``name`` (a float tensor of the old graph) as ``dtype`` at a per-tensor scale.
+
+        The scale defaults to ``amax / qmax`` from calibration. ``lo`` (default ``-qmax``)
+        lets a Relu clamp at 0.
+        """
+        qmax = qmax or QMAX[dtype]
+        if scale is None:
+            scale = max(self.amax(name), 1e-12) / qmax
+        lo = -qmax if lo is None else lo
+        key = (name, dtype, float(scale), qmax, lo)
+        if key in self.cache:
+            return self.cache[key]
+        self.report.dtypes.setdefault(name, dtype)
+        if name in self.inits:
+            value = np.asarray(self.inits[name], np.float64)
+            ints = np.clip(np.rint(value / scale), lo, qmax).astype(dtype)
+            t = QTensor(self.const(ints, name), dtype, np.asarray(scale), bound=qmax)
+        elif name in self.graph_inputs and name not in self.q:
+            s32 = np.float32(scale)
+            zp = self.const(np.array(0, dtype), f"{name}_zero_point")
+            sc = self.const(np.array(s32, np.float32), f"{name}_scale")
+            out = self.emit("QuantizeLinear", [name, sc, zp], name, ELEM[dtype])
+            t = QTensor(out, dtype, np.asarray(float(s32)), bound=qmax + 1)
+            if lo > -qmax or qmax < QMAX[dtype]:
+                t = self._requant(t, dtype, float(s32), qmax, lo)
+        else:
+            src = self.q.get(name)
+            if src is None:
+                raise self.fail(f"tensor {name!r} has no integer form")
+            if (src.dtype == dtype and src.per_tensor and float(src.scale) == float(scale)
+                    and src.bound <= qmax and lo <= -qmax):
+                return src
+            t = self._requant(src, dtype, float(scale), qmax, lo)
+        self.cache[key] = t
+        return t
+
+    def _requant(self, src: QTensor, dtype: str, scale: float, qmax: int, lo: int) -> QTensor:
+        try:
+            m, e = requant.params(src.scale / scale)
+        except ValueError as err:
+            raise self.fail(str(err)) from None
+        out = self.emit("Requant", [src.name, self.const(m.reshape(-1), f"{src.name}_m"),
+                                    self.const(e.reshape(-1), f"{src.name}_e")],
+                        src.name, ELEM[dtype], domain=DOMAIN, to=ELEM[dtype], lo=lo, hi=qmax,
+                        axis=src.axis)
+        return QTensor(out, dtype, np.asarray(scale), bound=qmax)
+
+    # --- dtype policy -----------------------------------------------------------------------
+    def wide(self) -> str:
+        return "int8" if self.act_bits == "8" else "int16"
+
+    def linear_dtype(self, node: onnx.NodeProto, a: str) -> str:
+        if self.act_bits != "auto":
+            return "int8" if self.act_bits == "8" else "int16"
+        after = self._bias_add(node)
+        out = after[0].output[0] if after else node.output[0]
+        ffn = (self._through_shape_ops_up(a) in {"Gelu"}
+               or any(c.op_type == "Gelu" for c in self.consumers.get(out, [])))
+        return "int16" if ffn else "int8"
+
+    def _through_shape_ops_up(self, name: str) -> str | None:
+        node = self.producer.get(name)
+        while node is not None and node.op_type in SHAPE_OPS - {"Concat"}:
+            node = self.producer.get(node.input[0])
+        return node.op_type if node is not None else None
+
+    def downstream_dtype(self, name: str) -> str:
+        """The widest dtype any consumer of ``name`` wants (looking through shape ops)."""
+        wants = set()
+        for c in self.consumers.get(name, []):
+            if c.op_type in SHAPE_OPS and c.input[0] == name or c.op_type == "Concat":
+                wants.add(self.downstream_dtype(c.output[0]))
+            elif c.op_type in ("MatMul", "Gemm") and c.input[0] == name and self._weight(c) is not None:
+                wants.add(self.linear_dtype(c, name))
+            elif c.op_type in ("Add", "LayerNormalization", "Gelu"):
+                wants.add(self.wide())
+            else:
+                wants.add("int8")
+        if name in self.outputs:
+            wants.add(self.wide())
+        return "int16" if "int16" in wants else "int8"
+
+    # --- graph walk ---------------------------------------------------------------------------
+    def run(self) -> onnx.ModelProto:
+        handlers = self.handlers()
+        bad = [(n.op_type, node_label(n, i)) for i, n in enumerate(self.model.graph.node)
+               if self._is_float_node(n) and n.op_type not in handlers]
+        if bad:
+            raise UnsupportedOpError(bad, source=f"{self.source} (no integer form)")
+        for i, node in enumerate(self.model.graph.node):
+            if i in self.skip:
+                continue
+            self.current = node_label(node, i)
+            if not self._is_float_node(node):
+                self.nodes.append(node)
+                continue
+            handlers[node.op_type](node)
+        return self._finish()
+
+    def _is_float_node(self, node: onnx.NodeProto) -> bool:
+        return any(self.is_float(n) for n in [*node.input, *node.output] if n)
+
+    def handlers(self) -> dict[str, Callable[[onnx.NodeProto], None]]:
+        table = {"MatMul": self.matmul, "Gemm": self.gemm, "Conv": self.conv, "Add": self.add,
+                 "Mul": self.scale_by_const, "Div": self.scale_by_const, "Softmax": self.softmax,
+                 "Gelu": self.gelu, "LayerNormalization": self.layernorm, "Relu": self.relu,
+                 "Shape": self.shape}
+        table.update({op: self.shape_op for op in SHAPE_OPS})
+        return table
+
+    def _finish(self) -> onnx.ModelProto:
+        g = self.model.graph
+        for out in g.output:
+            if not self.is_float(out.name):
+                continue
+            t = self.q[out.name]
+            axis = t.axis % len(self.shapes[out.name]) if not t.per_tensor else 0
+            scale = self.const(t.scale.astype(np.float32), f"{out.name}_scale")
+            attrs = {} if t.per_tensor else {"axis": axis}
+            self.nodes.append(helper.make_node("DequantizeLinear", [t.name, scale], [out.name],
+                                               name=f"{out.name}_dequantize", **attrs))
+        kept = [t for t in g.initializer if not self.is_float(t.name)
+                and any(t.name in n.input for n in self.nodes)]
+        vi = [helper.make_tensor_value_info(n, elem, None) for n, elem in self.value_types.items()]
+        inputs = [i for i in g.input if i.name in self.graph_inputs]
+        graph = helper.make_graph(self.nodes, f"{g.name}_int", inputs, list(g.output),
+                                  kept + self.new_inits, value_info=vi)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                        helper.make_opsetid(DOMAIN, OPSET_VERSION)],
+                                  producer_name="edgert", ir_version=10)
+        register_schemas()
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as e:  # the checker raises several types
+            raise QuantizationError(f"{self.source}: the integer graph fails the ONNX checker "
+                                    f"(a quantizer bug): {str(e).splitlines()[0]}") from None
+        return model
+
+    # --- handlers -----------------------------------------------------------------------------
+    def _weight(self, node: onnx.NodeProto) -> np.ndarray | None:
+        """The float weight [K, N] of a MatMul/Gemm with a constant right operand, else None."""
+        if node.op_type == "Gemm":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transA", 0) or node.input[1] not in self.inits:
+                return None
+            w = np.asarray(self.inits[node.input[1]], np.float64)
+            w = w.T if attrs.get("transB", 0) else w
+            return w * attrs.get("alpha", 1.0)
+        b = node.input[1]
+        if b in self.inits and self.inits[b].ndim == 2 and self.is_float(b):
+            return np.asarray(self.inits[b], np.float64)
+        return None
+
+    def _bias_add(self, node: onnx.NodeProto) -> tuple[onnx.NodeProto, np.ndarray] | None:
+        """The ``Add(node_output, bias[N])`` right after a MatMul, when there is exactly one."""
+        users = self.consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add" or node.output[0] in self.outputs:
+            return None
+        add = users[0]
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if other not in self.inits or not self.is_float(other):
+            return None
+        bias = np.asarray(self.inits[other], np.float64)
+        n = self._weight(node).shape[1]
+        if bias.size != n or bias.shape[-1] != n:
+            return None
+        return add, bias.reshape(n)
+
+    def matmul(self, node: onnx.NodeProto) -> None:
+        w = self._weight(node)
+        if w is None:
+            self.act_matmul(node)
+            return
+        found = self._bias_add(node)
+        bias, out = (found[1], found[0].output[0]) if found else (None, node.output[0])
+        if found:
+            self.skip.add(self.index[id(found[0])])
+        self.linear(node, node.input[0], w, bias, out)
+
+    def gemm(self, node: onnx.NodeProto) -> None:
+        w = self._weight(node)
+        if w is None:
+            raise self.fail("Gemm needs a constant B and transA = 0")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            if node.input[2] not in self.inits:
+                raise self.fail("Gemm with a non-constant C")
+            bias = np.broadcast_to(np.asarray(self.inits[node.input[2]], np.float64)
+                                   * attrs.get("beta", 1.0), (w.shape[1],))
+        self.linear(node, node.input[0], w, bias, node.output[0])
+
+    def _weights_per_channel(self, w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """int8 weights, symmetric per output channel along ``axis``; returns (wq, scale[C])."""
+        other = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+        s = np.maximum(np.abs(w).max(axis=other) / 127.0, WEIGHT_EPS)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        return np.clip(np.rint(w / s.reshape(shape)), -127, 127).astype(np.int8), s
+
+    def _fit_accumulator(self, a: str, dtype: str, l1: np.ndarray,
+                         bias: np.ndarray | None, s_w: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """Largest activation ``qmax`` (<= the dtype's) for which ``qmax * l1 + |bias_q|`` fits
+        int32; returns (qmax, bias_q)."""
+        qmax = QMAX[dtype]
+        amax = max(self.amax(a), 1e-12)
+        while True:
+            s_a = amax / qmax
+            bias_q = None if bias is None else np.rint(bias / (s_a * s_w)).astype(np.int64)
+            extra = np.zeros_like(l1) if bias_q is None else np.abs(bias_q)
+            worst = int(((qmax + 1) * l1 + extra).max())     # +1: boundary saturation at -qmax-1
+            if worst <= INT32_MAX:
+                return qmax, bias_q
+            new = int((INT32_MAX - int(extra.max())) // max(int(l1.max()), 1)) - 1
+            if new < 1 or new >= qmax:
+                raise self.fail(f"int32 accumulator cannot hold this layer (bound {worst})")
+            qmax = new
+            self.report.narrowed[a] = qmax
+
+    def linear(self, node: onnx.NodeProto, a: str, w: np.ndarray, bias: np.ndarray | None,
+               out: str) -> None:
+        dtype = self.linear_dtype(node, a)
+        wq, s_w = self._weights_per_channel(w, axis=1)
+        l1 = np.abs(wq.astype(np.int64)).sum(axis=0)
+        qmax, bias_q = self._fit_accumulator(a, dtype, l1, bias, s_w)
+        x = self.need(a, dtype, qmax=qmax)
+        op, domain = ("MatMulInteger", "") if dtype == "int8" else ("IntMatMul", DOMAIN)
+        acc = self.emit(op, [x.name, self.const(wq, f"{node.input[1]}_int8")], out,
+                        TensorProto.INT32, domain=domain)
+        bound = int((x.bound * l1).max())
+        if bias_q is not None:
+            acc = self.emit("Add", [acc, self.const(bias_q.astype(np.int32), f"{out}_bias")], out,
+                            TensorProto.INT32)
+            bound = int((x.bound * l1 + np.abs(bias_q)).max())
+        self.q[out] = QTensor(acc, "int32", float(x.scale) * s_w, axis=-1, bound=bound)
+
+    def act_matmul(self, node: onnx.NodeProto) -> None:
+        a_name, b_name = node.input
+        prev = self.q.get(a_name)
+        a = prev if prev is not None and prev.row_sum is not None else self.need(a_name, "int8")
+        b = self.need(b_name, "int8")
+        k = self.static_dim(a_name, -1)
+        if a.row_sum is not None:
+            bound = a.row_sum * b.bound
+        elif k is not None:
+            bound = a.bound * b.bound * k
+        else:
+            raise self.fail("the inner dimension of an activation MatMul must be static")
+        if bound > INT32_MAX:
+            raise self.fail(f"int32 accumulator bound {bound} exceeded (inner dimension {k})")
+        op, domain = ("MatMulInteger", "") if a.dtype == b.dtype == "int8" else ("IntMatMul", DOMAIN)
+        acc = self.emit(op, [a.name, b.name], node.output[0], TensorProto.INT32, domain=domain)
+        self.q[node.output[0]] = QTensor(acc, "int32", np.asarray(float(a.scale) * float(b.scale)),
+                                         bound=bound)
+
+    def conv(self, node: onnx.NodeProto) -> None:
+        if node.input[1] not in self.inits:
+            raise self.fail("Conv needs a constant weight")
+        w = np.asarray(self.inits[node.input[1]], np.float64)
+        wq, s_w = self._weights_per_channel(w, axis=0)
+        l1 = np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1)
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = np.asarray(self.inits[node.input[2]], np.float64).reshape(-1)
+        qmax, bias_q = self._fit_accumulator(node.input[0], "int8", l1, bias, s_w)
+        x = self.need(node.input[0], "int8", qmax=qmax)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        out = node.output[0]
+        acc = self.emit("ConvInteger", [x.name, self.const(wq, f"{node.input[1]}_int8")], out,
+                        TensorProto.INT32, **attrs)
+        bound = int((x.bound * l1).max())
+        if bias_q is not None:
+            b = bias_q.astype(np.int32).reshape(-1, *([1] * (w.ndim - 2)))
+            acc = self.emit("Add", [acc, self.const(b, f"{out}_bias")], out, TensorProto.INT32)
+            bound = int((x.bound * l1 + np.abs(bias_q)).max())
+        rank = len(self.shapes.get(out) or [0] * w.ndim)
+        self.q[out] = QTensor(acc, "int32", float(x.scale) * s_w, axis=1 - rank, bound=bound)
+
+    def add(self, node: onnx.NodeProto) -> None:
+        out = node.output[0]
+        dtype = self.wide()
+        s_out = max(self.amax(out), 1e-12) / QMAX[dtype] / 2**ADD_EXTRA_BITS
+        lim = (1 << 30) - 1
+        parts, bound = [], 0
+        for name in node.input:
+            if name in self.inits:
+                v = np.clip(np.rint(np.asarray(self.inits[name], np.float64) / s_out), -lim, lim)
+                parts.append(self.const(v.astype(np.int32), f"{out}_addend"))
+                bound += int(np.abs(v).max()) if v.size else 0
+                continue
+            src = self.q.get(name) or self.need(name, dtype)
+            t = self._requant_to_int32(src, s_out, lim)
+            parts.append(t.name)
+            bound += t.bound
+        if bound > INT32_MAX:
+            raise self.fail(f"residual sum bound {bound} exceeds int32")
+        acc = self.emit("Add", parts, out, TensorProto.INT32)
+        self.q[out] = QTensor(acc, "int32", np.asarray(s_out), bound=bound)
+
+    def _requant_to_int32(self, src: QTensor, scale: float, lim: int) -> QTensor:
+        ratio = np.abs(src.scale / scale)
+        bound = min(lim, int(math.ceil(src.bound * float(ratio.max()))) + 1)
+        t = self._requant(src, "int32", scale, lim, -lim)
+        return replace(t, bound=bound)
+
+    def scale_by_const(self, node: onnx.NodeProto) -> None:
+        x, c = node.input
+        if c not in self.inits and node.op_type == "Mul" and x in self.inits:
+            x, c = c, x
+        if c not in self.inits or self.inits[c].size != 1 or x in self.inits:
+            raise self.fail(f"{node.op_type} of two activations has no integer form here")
+        value = float(np.asarray(self.inits[c]).reshape(()))
+        if value == 0.0 or not math.isfinite(value):
+            raise self.fail(f"{node.op_type} by {value}")
+        src = self.q.get(x) or self.need(x, self.downstream_dtype(x))
+        factor = value if node.op_type == "Mul" else 1.0 / value
+        self.q[node.output[0]] = replace(src, scale=src.scale * factor)
+
+    def softmax(self, node: onnx.NodeProto) -> None:
+        x = node.input[0]
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)
+        rank = len(self.shapes.get(x) or [])
+        if axis not in (-1, rank - 1):
+            raise self.fail(f"Softmax over axis {axis}; only the last axis is supported")
+        t = self.need(x, "int8")
+        length = self.static_dim(x, -1) or DEFAULT_ROW_LEN
+        try:
+            p = shiftmax.params(float(t.scale), length, k=SHIFTMAX_BITS)
+        except ValueError as e:
+            raise self.fail(str(e)) from None
+        dtype = shiftmax.out_dtype(SHIFTMAX_BITS)
+        out = self.emit("Shiftmax", [t.name], node.output[0], ELEM[dtype], domain=DOMAIN, **p)
+        top = 1 << (SHIFTMAX_BITS - 1)
+        self.q[node.output[0]] = QTensor(out, dtype, np.asarray(1.0 / top), bound=top - 1,
+                                         row_sum=top + length)
+
+    def gelu(self, node: onnx.NodeProto) -> None:
+        t = self.need(node.input[0], self.wide())
+        try:
+            p = shiftgelu.params(float(t.scale))
+        except ValueError as e:
+            raise self.fail(str(e)) from None
+        out = self.emit("ShiftGELU", [t.name], node.output[0], TensorProto.INT32, domain=DOMAIN, **p)
+        self.q[node.output[0]] = QTensor(out, "int32", np.asarray(float(t.scale) * 2.0**-7),
+                                         bound=t.bound * 127)
+
+    def layernorm(self, node: onnx.NodeProto) -> None:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        x = node.input[0]
+        rank = len(self.shapes.get(x) or [])
+        if attrs.get("axis", -1) not in (-1, rank - 1):
+            raise self.fail("LayerNormalization over more than the last axis")
+        n = self.static_dim(x, -1)
+        if n is None or node.input[1] not in self.inits:
+            raise self.fail("LayerNormalization needs a static channel count and constant scale")
+        gamma = np.broadcast_to(np.asarray(self.inits[node.input[1]], np.float64), (n,))
+        beta = np.zeros(n)
+        if len(node.input) > 2 and node.input[2]:
+            beta = np.broadcast_to(np.asarray(self.inits[node.input[2]], np.float64), (n,))
+        t = self.need(x, self.wide())
+        try:
+            bias = ilayernorm.fold_beta(beta, gamma, n)
+        except ValueError as e:
+            raise self.fail(str(e)) from None
+        out = self.emit("ILayerNorm", [t.name, self.const(bias, f"{node.output[0]}_beta")],
+                        node.output[0], TensorProto.INT32, domain=DOMAIN)
+        self.q[node.output[0]] = QTensor(out, "int32", ilayernorm.output_scale(n) * gamma,
+                                         bound=INT32_MAX)
+
+    def relu(self, node: onnx.NodeProto) -> None:
+        out = node.output[0]
+        dtype = self.downstream_dtype(out)
+        t = self.need(node.input[0], dtype, scale=max(self.amax(out), 1e-12) / QMAX[dtype], lo=0)
+        self.q[out] = t
+
+    def shape(self, node: onnx.NodeProto) -> None:
+        x = node.input[0]
+        t = self.q.get(x) or self.need(x, self.downstream_dtype(x))
+        self.nodes.append(helper.make_node("Shape", [t.name], list(node.output), name=node.name,
+                                           **{a.name: helper.get_attribute_value(a)
+                                              for a in node.attribute}))
+
+    def shape_op(self, node: onnx.NodeProto) -> None:
+        out = node.output[0]
+        dtype = self.downstream_dtype(out)
+        data = [0] if node.op_type != "Concat" else range(len(node.input))
+        inputs = list(node.input)
+        src = None
+        for i in data:
+            name = node.input[i]
+            if not self.is_float(name):
+                continue
+            if node.op_type == "Concat":
+                src = self.need(name, dtype, scale=max(self.amax(out), 1e-12) / QMAX[dtype])
+            else:
+                have = self.q.get(name)
+                src = have if have is not None and have.per_tensor and have.dtype != "int32" \
+                    else self.need(name, dtype)
+            inputs[i] = src.name
+        new = self.fresh(out)
+        self.nodes.append(helper.make_node(node.op_type, inputs, [new], name=new,
+                                           **{a.name: helper.get_attribute_value(a)
+                                              for a in node.attribute}))
+        self.value_types[new] = ELEM[src.dtype]
+        self.q[out] = replace(src, name=new)
+
+
+def quantize_model(model: onnx.ModelProto, ranges: dict[str, TensorRange], *,
+                   act_bits: str = "auto", source: str = "model",
+                   ) -> tuple[onnx.ModelProto, QuantizeReport]:
+    """Rewrite a shape-inferred fp32 model into the integer ONNX graph.
+
+    Raises:
+        UnsupportedOpError: nodes without an integer form (all listed at once).
+        QuantizationError: a node whose range checks cannot be met (named).
+    """
+    q = Quantizer(model, ranges, act_bits=act_bits, source=source)
+    return q.run(), q.report
