@@ -34,8 +34,19 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return check_model(model, source=str(path))
 
 
+def register_schemas_for(model: onnx.ModelProto) -> None:
+    """Register the edgert op schemas with ONNX when ``model`` imports the edgert domain (the
+    checker and shape inference need them; importing the op modules costs numba's import)."""
+    from edgert.ops import DOMAIN, register_schemas
+
+    if any(o.domain == DOMAIN for o in model.opset_import):
+        register_schemas()
+
+
 def check_model(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
-    """Run the ONNX checker and strict shape inference on an in-memory model."""
+    """Run the ONNX checker and strict shape inference on an in-memory model (edgert op
+    schemas registered first when the model uses them)."""
+    register_schemas_for(model)
     try:
         onnx.checker.check_model(model)
     except Exception as e:

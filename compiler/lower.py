@@ -16,25 +16,35 @@ from typing import Any
 
 import onnx
 
+from edgert.compiler.check import register_schemas_for
 from edgert.errors import CompileError, TargetError
 from edgert.targets import Target, host_arch
 
 
 @lru_cache(maxsize=1)
 def supported_ops() -> frozenset[tuple[str, str]]:
-    """``(domain, op_type)`` pairs the compiler can lower (TVM's ONNX frontend table)."""
+    """``(domain, op_type)`` pairs the compiler can lower: TVM's ONNX frontend table (default
+    domain) plus the integer-graph converters of :mod:`edgert.compiler.lower_int`."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    return frozenset(("", op) for op in onnx_frontend._get_convert_map())
+    from edgert.compiler import lower_int
+
+    tvm_ops = frozenset(("", op) for op in onnx_frontend._get_convert_map())
+    return tvm_ops | lower_int.supported_ops()
 
 
 def to_relax(model: onnx.ModelProto, source: str = "model") -> Any:
-    """Import an ONNX model into a Relax IRModule (weights embedded as constants)."""
+    """Import an ONNX model (fp32 or the integer graph of ``docs/integer-onnx.md``) into a Relax
+    IRModule (weights embedded as constants)."""
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from edgert.compiler.lower_int import integer_converters
+
+    register_schemas_for(model)   # from_onnx runs the ONNX checker first
     try:
-        mod = from_onnx(model, keep_params_in_input=False)
+        with integer_converters():
+            mod = from_onnx(model, keep_params_in_input=False)
         return relax.transform.DecomposeOpsForInference()(mod)
     except Exception as e:
         raise CompileError(f"{source}: TVM's ONNX import failed: {_short(e)}") from None

@@ -12,10 +12,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
+
 from edgert import __version__
 from edgert.artifact import MODEL_MEMBER, sha256, write_artifact
 from edgert.compiler.check import load_model, require_supported
 from edgert.compiler.lower import build_library, supported_ops, to_relax
+from edgert.errors import InputError
 from edgert.onnx_graph import graph_inputs, value_info_json
 from edgert.targets import get_target
 
@@ -24,7 +27,10 @@ LIB_MEMBER = "lib/model.so"
 
 def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   target: str = "host", threads: int | None = None,
-                  on_stage: Callable[[str], None] | None = None) -> Path:
+                  on_stage: Callable[[str], None] | None = None,
+                  int_only: bool = False, calib: str | os.PathLike | None = None,
+                  calib_method: str = "minmax", act_bits: str = "auto",
+                  on_progress: Callable[[int, int], None] | None = None) -> Path:
     """Compile an fp32 ONNX model into a ``.edgert`` artifact.
 
     Args:
@@ -33,12 +39,20 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         target: a target name from ``edgert targets`` (``host`` = this machine).
         threads: worker threads the kernels are built for (default: all cores).
         on_stage: progress callback, called with a label as each stage starts.
+        int_only: calibrate and rewrite the graph into the integer ONNX graph
+            (``docs/integer-onnx.md``) before lowering; needs ``calib``.
+        calib: calibration inputs (``.npz`` or a directory, see
+            :func:`edgert.compiler.calibrate.load_samples`).
+        calib_method: ``minmax`` or ``percentile``.
+        act_bits: activation dtype policy, ``auto``, ``8`` or ``16`` (see
+            :mod:`edgert.compiler.quantize`).
+        on_progress: called with (batches done, batches in all) during calibration.
 
     Returns:
         The artifact path.
 
     Raises:
-        ModelError, UnsupportedOpError, TargetError, CompileError.
+        ModelError, UnsupportedOpError, QuantizationError, InputError, TargetError, CompileError.
     """
     import tvm
 
@@ -48,6 +62,13 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
 
     stage("checking the model")
     model = load_model(model_path)
+    options = {"target": target, "threads": threads, "precision": "fp32"}
+    extra = {}
+    if int_only:
+        model, extra = integer_model(model, calib, method=calib_method, act_bits=act_bits,
+                                     source=source, stage=stage, on_progress=on_progress)
+        options.update(precision="int-only", calib=Path(calib).name, calib_method=calib_method,
+                       act_bits=act_bits)
     require_supported(model, supported_ops(), source=source)
     inputs = [value_info_json(v, source) for v in graph_inputs(model)]
     outputs = [value_info_json(v, source) for v in model.graph.output]
@@ -69,6 +90,33 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         "outputs": outputs,
         "lib": LIB_MEMBER,
         "source_model": {"name": Path(model_path).name, "sha256": sha256(Path(model_path).read_bytes())},
-        "compile_options": {"target": target, "threads": threads, "precision": "fp32"},
+        "compile_options": options,
+        **extra,
     }
     return write_artifact(output, manifest, {MODEL_MEMBER: model_bytes, LIB_MEMBER: lib})
+
+
+def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, method: str,
+                  act_bits: str, source: str, stage: Callable[[str], None],
+                  on_progress: Callable[[int, int], None] | None) -> tuple[onnx.ModelProto, dict]:
+    """Calibrate ``model`` and rewrite it into the integer graph; returns it and the manifest's
+    ``quantization`` section."""
+    from edgert.compiler.calibrate import calibrate, load_samples
+    from edgert.compiler.quantize import quantize_model
+
+    if calib is None:
+        raise InputError(
+            "--int-only needs calibration data (--calib samples.npz, or a directory of .npz/.npy "
+            "files): the integer scale of every tensor comes from the ranges that typical inputs "
+            "produce, and without them any choice would clip or waste the integer range")
+    names = [i["name"] for i in (value_info_json(v, source) for v in graph_inputs(model))]
+    feeds = load_samples(calib, names)
+    stage("calibrating")
+    ranges = calibrate(model, feeds, method=method, progress=on_progress)
+    stage("quantizing")
+    qmodel, report = quantize_model(model, ranges, act_bits=act_bits, source=source)
+    counts: dict[str, int] = {}
+    for dtype in report.dtypes.values():
+        counts[dtype] = counts.get(dtype, 0) + 1
+    return qmodel, {"quantization": {"act_bits": act_bits, "calib_method": method,
+                                     "activation_dtypes": counts, "narrowed": report.narrowed}}

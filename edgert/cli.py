@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgert.backends import BACKENDS
 from edgert.errors import EdgertError, InputError
 
 app = typer.Typer(
@@ -57,19 +58,35 @@ def compile_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact to write "
                                                    "(default: MODEL with suffix .edgert).")] = None,
     threads: ThreadsOpt = None,
+    int_only: Annotated[bool, typer.Option("--int-only", help="Rewrite the model into an "
+                                           "integer-only graph (I-ViT ops, int8/int16 "
+                                           "activations); needs --calib.")] = False,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration inputs for --int-only: an .npz "
+                                                  "with one array per input (samples on axis 0) "
+                                                  "or a directory of .npz/.npy files.")] = None,
+    calib_method: Annotated[str, typer.Option(help="How ranges are taken from the calibration "
+                                              "data: minmax or percentile.")] = "minmax",
+    act_bits: Annotated[str, typer.Option(help="Activation dtypes: auto (int16 residual stream, "
+                                          "LayerNorm and FFN inputs, int8 elsewhere), 8 or 16.")] = "auto",
 ) -> None:
     """Compile an ONNX model into a .edgert artifact for a target.
 
     The model is checked (ONNX checker, shape inference, every operator supported: all
-    unsupported ones are listed at once), lowered with TVM and packaged into one file that
-    `edgert run` and `edgert.Session` load. The file is written atomically.
+    unsupported ones are listed at once), optionally calibrated and rewritten into an
+    integer-only graph (--int-only --calib DATA), lowered with TVM and packaged into one file
+    that `edgert run` and `edgert.Session` load. The file is written atomically.
     """
     from edgert.compiler.pipeline import compile_model
 
     output = output or model.with_suffix(".edgert")
     with err.status("compiling") as status:
+        def progress(done: int, total: int) -> None:
+            filled = 20 * done // total
+            status.update(f"calibrating [{'#' * filled}{'.' * (20 - filled)}] {done}/{total} batches")
+
         path = compile_model(model, output, target=target, threads=threads,
-                             on_stage=lambda s: status.update(s))
+                             on_stage=lambda s: status.update(s), int_only=int_only, calib=calib,
+                             calib_method=calib_method, act_bits=act_bits, on_progress=progress)
     out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -80,7 +97,8 @@ def run(
                                               "or one .npz file holding every input by name.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Save all outputs to "
                                                    "this .npz file.")] = None,
-    backend: Annotated[str, typer.Option(help="Execution backend.")] = "tvm",
+    backend: Annotated[Literal[BACKENDS], typer.Option(help="Execution backend: tvm runs the "
+                                                       "compiled library, numba the graph.")] = "tvm",
     threads: ThreadsOpt = None,
 ) -> None:
     """Run an artifact on inputs from .npy/.npz files and summarize the outputs."""
@@ -118,8 +136,13 @@ def inspect(
                   f"format {info['format_version']}")
     out.print(f"opsets {info['opsets']}; {info['nodes']} nodes; {info['parameters']} parameters "
               f"({info['parameter_bytes'] / 1024:.1f} KiB)")
+    untyped = f"; {info['untyped_tensors']} tensors of unknown type" if info["untyped_tensors"] else ""
     out.print(f"float ops inside the graph: {info['float_ops']} (boundary quantize/dequantize: "
-              f"{info['boundary_ops']})")
+              f"{info['boundary_ops']}{untyped})")
+    if info.get("quantization"):
+        q = info["quantization"]
+        out.print(f"integer-only: act-bits {q['act_bits']}, calibration {q['calib_method']}, "
+                  f"activation dtypes {q['activation_dtypes']}")
     io = Table("", "name", "shape", "dtype")
     for kind in ("inputs", "outputs"):
         for v in info[kind]:

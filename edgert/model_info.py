@@ -26,12 +26,15 @@ _DEQUANTIZE = {"DequantizeLinear", "Dequantize"}
 
 
 def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
-    """Summarise an (already shape-inferred) ONNX model.
+    """Summarise an ONNX model (types of every tensor inferred first, edgert ops included).
 
     Returns:
         ``{"opsets", "inputs", "outputs", "ops": {op: {"count", "dtypes"}}, "nodes",
-        "float_ops", "boundary_ops", "parameters", "parameter_bytes"}``.
+        "float_ops", "boundary_ops", "untyped_tensors", "parameters", "parameter_bytes"}``;
+        ``untyped_tensors`` counts node outputs whose type inference could not find (they could
+        hide float ops, so a proof of ``float_ops == 0`` needs it to be 0 too).
     """
+    model = _inferred(model)
     g = model.graph
     types: dict[str, int] = {}
     for v in list(g.input) + list(g.output) + list(g.value_info):
@@ -59,6 +62,7 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
                 boundary += 1
             else:
                 float_ops += 1
+    untyped = sum(1 for node in iter_nodes(g) for o in node.output if o and o not in types)
     params = sum(int(_numel(t)) for t in g.initializer)
     param_bytes = sum(len(t.raw_data) if t.raw_data else _numel(t) * _itemsize(t.data_type)
                       for t in g.initializer)
@@ -70,9 +74,22 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
         "nodes": sum(counts.values()),
         "float_ops": float_ops,
         "boundary_ops": boundary,
+        "untyped_tensors": untyped,
         "parameters": params,
         "parameter_bytes": int(param_bytes),
     }
+
+
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with shape inference run (edgert schemas registered when it uses them)."""
+    if any(o.domain == "edgert" for o in model.opset_import):
+        from edgert.ops import register_schemas
+
+        register_schemas()
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model inference rejects is still described with what it holds
+        return model
 
 
 def inspect_path(path: str | os.PathLike) -> dict[str, Any]:
@@ -95,6 +112,7 @@ def inspect_path(path: str | os.PathLike) -> dict[str, Any]:
         "tvm_version": m.get("tvm_version"),
         "target": m.get("target", {}).get("name"),
         "compile_options": m.get("compile_options", {}),
+        "quantization": m.get("quantization"),
         "members": {name: len(data) for name, data in art.members.items()},
     }
     info.update(describe_model(check_model(onnx.load_from_string(art.model_bytes), str(path))))

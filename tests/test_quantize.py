@@ -88,6 +88,7 @@ def test_vit_integer_graph_has_no_float_ops_and_keeps_accuracy(vit):
     qmodel, report = quantize_model(model, ranges)
     info = describe_model(qmodel)
     assert info["float_ops"] == 0 and info["boundary_ops"] == 2      # QuantizeLinear + DequantizeLinear
+    assert info["untyped_tensors"] == 0
     ops = {n.op_type for n in qmodel.graph.node}
     assert {"Shiftmax", "ShiftGELU", "ILayerNorm", "Requant", "MatMulInteger", "ConvInteger"} <= ops
     [logits] = run_reference(qmodel, {"image": images})

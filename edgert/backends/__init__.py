@@ -23,7 +23,7 @@ class Backend(Protocol):
         ...
 
 
-BACKENDS = ("tvm",)
+BACKENDS = ("tvm", "numba")
 
 
 def load_backend(name: str, artifact: Artifact, *, threads: int | None = None) -> Backend:
@@ -32,4 +32,8 @@ def load_backend(name: str, artifact: Artifact, *, threads: int | None = None) -
         from edgert.backends.tvm_vm import TvmBackend
 
         return TvmBackend(artifact, threads=threads)
+    if name == "numba":
+        from edgert.backends.numba_backend import NumbaBackend
+
+        return NumbaBackend(artifact, threads=threads)
     raise InputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
