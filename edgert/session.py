@@ -62,7 +62,8 @@ class Session:
 
     Args:
         path: a ``.edgert`` file written by ``edgert compile``.
-        backend: ``"tvm"`` (the compiled library; default).
+        backend: ``"tvm"`` (the compiled library; default) or ``"numba"`` (interprets the
+            artifact's integer ONNX graph with the numba kernels of ``edgert.ops``; no TVM).
         threads: worker threads for the compiled kernels (default: TVM's choice, the
             number of physical cores).
 
