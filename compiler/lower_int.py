@@ -159,6 +159,12 @@ def _make_converters() -> dict[str, Any]:
         def attributes(cls, attrs: dict[str, Any]) -> dict[str, Any]:
             return {**attrs, "to": _dtype_name(attrs["to"])}   # TensorProto enum -> dtype name
 
+    def refuse_zero_points(op: str, inputs: list, attr: dict[str, Any]) -> None:
+        for zp in inputs[2:4]:
+            if zp is not None and not is_zero_constant(zp):
+                raise ValueError(f"{op} {node_name(attr)}: zero points are not supported "
+                                 "(the integer graph is symmetric)")
+
     def edgert_op(name: str, module: str) -> type:
         return type(name, (EdgertOp,), {"module": module})
 
@@ -168,10 +174,7 @@ def _make_converters() -> dict[str, Any]:
         @classmethod
         def _impl_v10(cls, bb, inputs, attr, params):
             a, b = inputs[0], inputs[1]
-            for zp in inputs[2:4]:
-                if zp is not None and not is_zero_constant(zp):
-                    raise ValueError(f"MatMulInteger {node_name(attr)}: zero points are not "
-                                     "supported (the integer graph is symmetric)")
+            refuse_zero_points("MatMulInteger", inputs, attr)
             if ndim(a) < 2 or ndim(b) < 2 or ndim(b) > ndim(a):
                 raise ValueError(f"MatMulInteger {node_name(attr)}: operands of rank >= 2 with "
                                  f"rank(B) <= rank(A) are supported, got {a.ty} and {b.ty}")
@@ -185,10 +188,7 @@ def _make_converters() -> dict[str, Any]:
         @classmethod
         def _impl_v10(cls, bb, inputs, attr, params):
             x, w = inputs[0], inputs[1]
-            for zp in inputs[2:4]:
-                if zp is not None and not is_zero_constant(zp):
-                    raise ValueError(f"ConvInteger {node_name(attr)}: zero points are not "
-                                     "supported (the integer graph is symmetric)")
+            refuse_zero_points("ConvInteger", inputs, attr)
             x32 = bb.normalize(relax.op.astype(x, "int32"))
             w32 = bb.normalize(relax.op.astype(w, "int32"))
             return Conv._impl_v11(bb, [x32, w32, None], dict(attr), params)
