@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import edgert
     from edgert.compiler import compile_model
-    from edgert.demo import demo_files
+    from edgert.demo import demo_calib_file, demo_files
     from edgert.peers import onnxruntime_session
     from edgert.timing import interleaved_latencies, summarize
 
     model, test = demo_files()
-    calib_path = model.parent / "vit_digits_calib.npz"
+    calib_path = demo_calib_file()
     data = np.load(test)
     images, labels = data["images"], data["labels"]
     rows, accuracy = [], {}

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgert.errors import InputError
+from edgert.onnx_graph import graph_inputs
 
 METHODS = ("minmax", "percentile")
 BATCH = 32
@@ -78,17 +79,15 @@ def _batches(feeds: list[dict[str, np.ndarray]], batch: int) -> Iterator[dict[st
 
 
 def float_tensors(model: object) -> list[str]:
-    """Names of every float32 tensor computed by a node (after shape inference), in graph order."""
+    """Names of the float32 graph inputs and of every float32 tensor computed by a node (after
+    shape inference), in graph order."""
     from onnx import TensorProto
 
     types = {v.name: v.type.tensor_type.elem_type for v in
              [*model.graph.value_info, *model.graph.output, *model.graph.input]}
-    names = []
-    for node in model.graph.node:
-        for o in node.output:
-            if o and types.get(o) == TensorProto.FLOAT:
-                names.append(o)
-    return names
+    names = [v.name for v in graph_inputs(model)]
+    names += [o for node in model.graph.node for o in node.output if o]
+    return [n for n in names if types.get(n) == TensorProto.FLOAT]
 
 
 def calibrate(model: object, feeds: list[dict[str, np.ndarray]], *, method: str = "minmax",
@@ -109,19 +108,18 @@ def calibrate(model: object, feeds: list[dict[str, np.ndarray]], *, method: str 
 
     if method not in METHODS:
         raise InputError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
-    inputs = [i.name for i in model.graph.input
-              if i.name not in {t.name for t in model.graph.initializer}]
-    watched = [i for i in inputs if _is_float_input(model, i)] + float_tensors(model)
+    watched = float_tensors(model)
+    watch_set = set(watched)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
     for v in probe.graph.value_info:
-        if v.name in watched and v.name not in existing:
+        if v.name in watch_set and v.name not in existing:
             probe.graph.output.append(v)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    out_names = [o.name for o in sess.get_outputs() if o.name in set(watched)]
+    out_names = [o.name for o in sess.get_outputs() if o.name in watch_set]
     batches = list(_batches(feeds, BATCH))
     if not batches:
         raise InputError("calibration data holds no samples")
@@ -150,11 +148,4 @@ def calibrate(model: object, feeds: list[dict[str, np.ndarray]], *, method: str 
         amax = float(max(vals)) if method == "minmax" else float(np.mean(vals))
         ranges[name] = TensorRange(amax, chan.get(name))
     return ranges
-
-
-def _is_float_input(model: object, name: str) -> bool:
-    from onnx import TensorProto
-
-    return any(i.name == name and i.type.tensor_type.elem_type == TensorProto.FLOAT
-               for i in model.graph.input)
 

@@ -14,6 +14,7 @@ import onnx
 
 from edgert.errors import ModelError, UnsupportedOpError
 from edgert.onnx_graph import iter_nodes, node_label
+from edgert.ops import register_schemas_for
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -32,15 +33,6 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as e:
         raise ModelError(f"{path}: not a readable ONNX model ({_first_line(e)})") from None
     return check_model(model, source=str(path))
-
-
-def register_schemas_for(model: onnx.ModelProto) -> None:
-    """Register the edgert op schemas with ONNX when ``model`` imports the edgert domain (the
-    checker and shape inference need them; importing the op modules costs numba's import)."""
-    from edgert.ops import DOMAIN, register_schemas
-
-    if any(o.domain == DOMAIN for o in model.opset_import):
-        register_schemas()
 
 
 def check_model(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:

@@ -16,8 +16,8 @@ from typing import Any
 
 import onnx
 
-from edgert.compiler.check import register_schemas_for
 from edgert.errors import CompileError, TargetError
+from edgert.ops import register_schemas_for
 from edgert.targets import Target, host_arch
 
 

@@ -165,6 +165,10 @@ def _make_converters() -> dict[str, Any]:
                 raise ValueError(f"{op} {node_name(attr)}: zero points are not supported "
                                  "(the integer graph is symmetric)")
 
+    def refuse_blocked(op: str, attr: dict[str, Any]) -> None:
+        if attr.get("block_size", 0):
+            raise ValueError(f"{op} {node_name(attr)}: blocked quantization is not supported")
+
     def edgert_op(name: str, module: str) -> type:
         return type(name, (EdgertOp,), {"module": module})
 
@@ -200,9 +204,7 @@ def _make_converters() -> dict[str, Any]:
         def _impl_v10(cls, bb, inputs, attr, params):
             x, scale = inputs[0], inputs[1]
             zp = inputs[2] if len(inputs) > 2 else None
-            if attr.get("block_size", 0):
-                raise ValueError(f"QuantizeLinear {node_name(attr)}: blocked quantization is "
-                                 "not supported")
+            refuse_blocked("QuantizeLinear", attr)
             out = (_dtype_name(attr["output_dtype"]) if attr.get("output_dtype")
                    else dtype(zp) if zp is not None else "uint8")
             if out not in ("int8", "uint8", "int16", "uint16"):
@@ -233,9 +235,7 @@ def _make_converters() -> dict[str, Any]:
         def _impl_v10(cls, bb, inputs, attr, params):
             q, scale = inputs[0], inputs[1]
             zp = inputs[2] if len(inputs) > 2 else None
-            if attr.get("block_size", 0):
-                raise ValueError(f"DequantizeLinear {node_name(attr)}: blocked quantization is "
-                                 "not supported")
+            refuse_blocked("DequantizeLinear", attr)
             if dtype(scale) != "float32" or not dtype(q).startswith(("int", "uint")):
                 raise ValueError(f"DequantizeLinear {node_name(attr)}: integer q and float32 "
                                  f"scale expected, got {dtype(q)} and {dtype(scale)}")

@@ -109,8 +109,7 @@ def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, me
             "--int-only needs calibration data (--calib samples.npz, or a directory of .npz/.npy "
             "files): the integer scale of every tensor comes from the ranges that typical inputs "
             "produce, and without them any choice would clip or waste the integer range")
-    names = [i["name"] for i in (value_info_json(v, source) for v in graph_inputs(model))]
-    feeds = load_samples(calib, names)
+    feeds = load_samples(calib, [v.name for v in graph_inputs(model)])
     stage("calibrating")
     ranges = calibrate(model, feeds, method=method, progress=on_progress)
     stage("quantizing")

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgert.compiler.calibrate import TensorRange
 from edgert.errors import QuantizationError, UnsupportedOpError
-from edgert.onnx_graph import node_label
+from edgert.onnx_graph import graph_inputs, node_label
 from edgert.ops import DOMAIN, OPSET_VERSION, ilayernorm, intmatmul, register_schemas, requant
 from edgert.ops import shiftgelu, shiftmax
 
@@ -104,7 +104,7 @@ class Quantizer:
         for name, arr in self.inits.items():
             self.types[name] = helper.np_dtype_to_tensor_dtype(arr.dtype)
             self.shapes[name] = list(arr.shape)
-        self.graph_inputs = {i.name for i in g.input if i.name not in self.inits}
+        self.graph_inputs = {i.name for i in graph_inputs(model)}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
         for node in g.node:
@@ -122,6 +122,7 @@ class Quantizer:
         self.skip: set[int] = set()
         self.report = QuantizeReport(act_bits)
         self.index = {id(n): i for i, n in enumerate(g.node)}
+        self.weights: dict[int, np.ndarray | None] = {}
         self.current = "model"
 
     # --- small helpers ---------------------------------------------------------------------
@@ -290,9 +291,8 @@ class Quantizer:
         kept = [t for t in g.initializer if not self.is_float(t.name)
                 and any(t.name in n.input for n in self.nodes)]
         vi = [helper.make_tensor_value_info(n, elem, None) for n, elem in self.value_types.items()]
-        inputs = [i for i in g.input if i.name in self.graph_inputs]
-        graph = helper.make_graph(self.nodes, f"{g.name}_int", inputs, list(g.output),
-                                  kept + self.new_inits, value_info=vi)
+        graph = helper.make_graph(self.nodes, f"{g.name}_int", graph_inputs(self.model),
+                                  list(g.output), kept + self.new_inits, value_info=vi)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                         helper.make_opsetid(DOMAIN, OPSET_VERSION)],
                                   producer_name="edgert", ir_version=10)
@@ -306,7 +306,14 @@ class Quantizer:
 
     # --- handlers -----------------------------------------------------------------------------
     def _weight(self, node: onnx.NodeProto) -> np.ndarray | None:
-        """The float weight [K, N] of a MatMul/Gemm with a constant right operand, else None."""
+        """The float weight [K, N] of a MatMul/Gemm with a constant right operand, else None
+        (computed once per node: the dtype policy asks for it again and again)."""
+        key = id(node)
+        if key not in self.weights:
+            self.weights[key] = self._read_weight(node)
+        return self.weights[key]
+
+    def _read_weight(self, node: onnx.NodeProto) -> np.ndarray | None:
         if node.op_type == "Gemm":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if attrs.get("transA", 0) or node.input[1] not in self.inits:

@@ -20,12 +20,18 @@ from edgert.timing import interleaved_latencies, summarize
 
 DEMO_MODEL = "vit_digits.onnx"
 DEMO_DATA = "vit_digits_test.npz"
+DEMO_CALIB = "vit_digits_calib.npz"
 
 
 def demo_files() -> tuple[Path, Path]:
     """Paths of the packaged demo model and test set."""
     data = resources.files("edgert") / "data"
     return Path(str(data / DEMO_MODEL)), Path(str(data / DEMO_DATA))
+
+
+def demo_calib_file() -> Path:
+    """Path of the packaged calibration inputs of the demo model (128 training images)."""
+    return Path(str(resources.files("edgert") / "data" / DEMO_CALIB))
 
 
 def run_demo(*, target: str = "host", threads: int | None = None, repeats: int = 100,

@@ -82,10 +82,9 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with shape inference run (edgert schemas registered when it uses them)."""
-    if any(o.domain == "edgert" for o in model.opset_import):
-        from edgert.ops import register_schemas
+    from edgert.ops import register_schemas_for
 
-        register_schemas()
+    register_schemas_for(model)
     try:
         return onnx.shape_inference.infer_shapes(model)
     except Exception:  # a model inference rejects is still described with what it holds

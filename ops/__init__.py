@@ -82,3 +82,11 @@ def register_schemas() -> None:
         if not defs.has(schema.name, schema.since_version, schema.domain):
             defs.register_schema(schema)
     _registered = True
+
+
+def register_schemas_for(model: Any) -> None:
+    """Register the edgert op schemas when ``model`` (an ``onnx.ModelProto``) imports the edgert
+    domain: the checker and shape inference need them. Importing the op modules costs numba's
+    import, so models without edgert ops skip it."""
+    if any(o.domain == DOMAIN for o in model.opset_import):
+        register_schemas()

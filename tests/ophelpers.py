@@ -32,3 +32,21 @@ def assert_bit_exact(name: str, got: np.ndarray, want: np.ndarray) -> None:
     diff = np.argwhere(got != want)
     assert diff.size == 0, (f"{name}: {len(diff)} elements differ, first at {tuple(diff[0])}: "
                             f"{got[tuple(diff[0])]} != {want[tuple(diff[0])]}")
+
+
+def integer_model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers: list[Any],
+                  *, check: bool = True) -> Any:
+    """An integer ONNX graph as the compiler writes it (default opset 21 + edgert 1), checked
+    with the edgert schemas registered unless ``check`` is False."""
+    import onnx
+    from onnx import helper
+
+    from edgert.ops import DOMAIN, register_schemas
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid(DOMAIN, 1)])
+    if check:
+        register_schemas()
+        onnx.checker.check_model(model, full_check=True)
+    return model

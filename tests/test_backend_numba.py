@@ -25,11 +25,11 @@ from edgert.backends.numba_backend import Plan, supported_ops
 from edgert.backends.reference import run_reference
 from edgert.errors import ModelError, UnsupportedOpError
 from edgert.onnx_graph import graph_inputs, value_info_json
-from edgert.ops import DOMAIN, ilayernorm, register_schemas, requant, shiftgelu, shiftmax
+from edgert.ops import DOMAIN, ilayernorm, requant, shiftgelu, shiftmax
 from edgert.targets import TARGETS
 
 from conftest import run_cli
-from ophelpers import assert_bit_exact
+from ophelpers import assert_bit_exact, integer_model
 
 SX = 2.0**-5        # int8 input scale: a power of two, so (k + 0.5) * SX / SX is an exact tie
 S16 = 2.0**-12      # int16 input scale
@@ -62,12 +62,7 @@ class _G:
         return self.n("Requant", [x, mult, shift], out, to=to, lo=lo, hi=hi, axis=axis)
 
     def model(self, inputs, outputs) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "g", inputs, outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                        helper.make_opsetid(DOMAIN, 1)])
-        register_schemas()
-        onnx.checker.check_model(model, full_check=True)
-        return model
+        return integer_model(self.nodes, inputs, outputs, self.inits)
 
 
 def _vi(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:
@@ -438,10 +433,9 @@ def _unsupported_model() -> onnx.ModelProto:
                                     axis=1, block_size=2))
     g.c("s", np.ones((2, 2), np.float32))
     g.c("z", np.zeros((2, 2), np.int8))
-    graph = helper.make_graph(g.nodes, "g", [_vi("acc", TP.INT32, [2, 4]), _vi("f", TP.FLOAT, [2, 4])],
-                              [_vi("r", TP.INT8, [2, 4]), _vi("qb", TP.INT8, [2, 4])], g.inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                   helper.make_opsetid(DOMAIN, 1)])
+    return integer_model(g.nodes, [_vi("acc", TP.INT32, [2, 4]), _vi("f", TP.FLOAT, [2, 4])],
+                         [_vi("r", TP.INT8, [2, 4]), _vi("qb", TP.INT8, [2, 4])], g.inits,
+                         check=False)
 
 
 def test_unsupported_op_names_the_node(tmp_path):

@@ -16,12 +16,12 @@ from edgert import Session
 from edgert.artifact import MODEL_MEMBER, read_artifact
 from edgert.backends.reference import run_reference
 from edgert.compiler import compile_model
-from edgert.demo import demo_files
+from edgert.demo import demo_calib_file, demo_files
 
 from conftest import run_cli
 from ophelpers import assert_bit_exact
 
-CALIB = demo_files()[0].parent / "vit_digits_calib.npz"
+CALIB = demo_calib_file()
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from onnx import helper, numpy_helper
 import edgert
 from edgert.compiler import compile_model
 from edgert.errors import CompileError, UnsupportedOpError
-from edgert.ops import DOMAIN, ilayernorm, intmatmul, register_schemas, requant, shiftgelu, shiftmax
+from edgert.ops import DOMAIN, ilayernorm, intmatmul, requant, shiftgelu, shiftmax
 
-from ophelpers import assert_bit_exact
+from ophelpers import assert_bit_exact, integer_model
 
 BATCHES = [1, 3]
 BUILD_SECONDS: dict[str, float] = {}
@@ -79,13 +79,8 @@ def ratio_for(acc: np.ndarray, target: float, axis: int | None = None) -> np.nda
 # ---------------------------------------------------------------- graph building
 
 def make_model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs,
-                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                    helper.make_opsetid(DOMAIN, 1)])
-    register_schemas()
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return integer_model(nodes, inputs, outputs,
+                         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
 
 
 def vi(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:

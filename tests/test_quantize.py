@@ -12,11 +12,11 @@ from edgert.backends.reference import run_reference
 from edgert.compiler.calibrate import calibrate, load_samples
 from edgert.compiler.check import check_model, load_model
 from edgert.compiler.quantize import quantize_model
-from edgert.demo import demo_files
+from edgert.demo import demo_calib_file, demo_files
 from edgert.errors import InputError, QuantizationError, UnsupportedOpError
 from edgert.model_info import describe_model
 
-CALIB = demo_files()[0].parent / "vit_digits_calib.npz"
+CALIB = demo_calib_file()
 
 
 @pytest.fixture(scope="module")
