@@ -44,7 +44,8 @@ def check_model(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProt
     except Exception as e:
         raise ModelError(f"{source}: the ONNX checker rejects the model: {_first_line(e)}") from None
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False,
+                                                 data_prop=True)
     except Exception as e:
         raise ModelError(f"{source}: shape inference failed: {_first_line(e)}") from None
 

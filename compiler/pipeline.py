@@ -16,7 +16,7 @@ import onnx
 
 from edgert import __version__
 from edgert.artifact import MODEL_MEMBER, sha256, write_artifact
-from edgert.compiler.check import load_model, require_supported
+from edgert.compiler.check import check_model, load_model, require_supported
 from edgert.compiler.lower import build_library, supported_ops, to_relax
 from edgert.errors import InputError
 from edgert.onnx_graph import graph_inputs, value_info_json
@@ -102,6 +102,7 @@ def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, me
     """Calibrate ``model`` and rewrite it into the integer graph; returns it and the manifest's
     ``quantization`` section."""
     from edgert.compiler.calibrate import calibrate, load_samples
+    from edgert.compiler.fuse import fuse_patterns
     from edgert.compiler.quantize import quantize_model
 
     if calib is None:
@@ -110,6 +111,9 @@ def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, me
             "files): the integer scale of every tensor comes from the ranges that typical inputs "
             "produce, and without them any choice would clip or waste the integer range")
     feeds = load_samples(calib, [v.name for v in graph_inputs(model)])
+    stage("fusing patterns")
+    model, fused = fuse_patterns(model)
+    model = check_model(model, source)
     stage("calibrating")
     ranges = calibrate(model, feeds, method=method, progress=on_progress)
     stage("quantizing")
@@ -118,4 +122,5 @@ def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, me
     for dtype in report.dtypes.values():
         counts[dtype] = counts.get(dtype, 0) + 1
     return qmodel, {"quantization": {"act_bits": act_bits, "calib_method": method,
-                                     "activation_dtypes": counts, "narrowed": report.narrowed}}
+                                     "activation_dtypes": counts, "narrowed": report.narrowed,
+                                     "fused": {k: v for k, v in fused.items() if v}}}

@@ -15,6 +15,13 @@ Activation dtypes follow one documented policy (``act_bits``):
   (all Linear inputs and the residual stream; attention operands and convolutions stay int8).
 Shiftmax outputs are 16-bit probabilities (k = 16).
 
+Integer-valued float tensors: a ``Cast`` from an integer tensor (attention masks) is carried
+exactly (scale 1, int32, clamped to its calibrated range) with a proven interval; ``Sub``,
+``Mul``, ``ReduceSum``, ``Clip`` and ``Div`` on such tensors stay integer, which makes the
+mean pooling ``sum(x * mask) / max(sum(mask), eps)`` integer (the division truncates: at most
+one unit of the output scale). A scores bias ``mask * C`` with ``C <= -10000`` added before a
+Softmax becomes Shiftmax's ``exclude`` input (fp32 ``exp(-10000)`` is exactly 0 as well).
+
 Range checks at compile time: every int32 accumulator is bounded from the integer weights and
 the activation range (:func:`edgert.ops.intmatmul.accumulator_bound`); when the bound fails
 the activation range is narrowed (the Requant clamps to a smaller ``qmax``), never overflowed.
@@ -42,7 +49,8 @@ ELEM = {"int8": TensorProto.INT8, "int16": TensorProto.INT16, "int32": TensorPro
 INT32_MAX = (1 << 31) - 1
 ADD_EXTRA_BITS = 8          # residual sums are kept 8 bits finer than their output scale
 SHIFTMAX_BITS = 16
-DEFAULT_ROW_LEN = 4096      # Shiftmax range check when the row length is not static
+DEFAULT_ROW_LEN = 4096      # row length assumed by range checks when it is not static
+MASK_BIAS = 1e4             # |C| of a scores bias mask * C that excludes an element
 OPSET = 21
 SHAPE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather",
              "Expand", "Identity", "Concat"}
@@ -60,6 +68,7 @@ class QTensor:
         axis: channel axis of a per-channel scale (negative, counted from the end).
         bound: proven bound on ``|value|``.
         row_sum: for Shiftmax outputs, a bound on the sum of a row (else None).
+        interval: for integer-valued tensors (scale 1), proven (min, max) of the values.
     """
 
     name: str
@@ -68,6 +77,7 @@ class QTensor:
     axis: int = -1
     bound: int = 0
     row_sum: int | None = None
+    interval: tuple[int, int] | None = None
 
     @property
     def per_tensor(self) -> bool:
@@ -124,6 +134,8 @@ class Quantizer:
         self.index = {id(n): i for i, n in enumerate(g.node)}
         self.weights: dict[int, np.ndarray | None] = {}
         self.current = "model"
+        self.mask_bias: dict[str, QTensor] = {}           # old name -> the exact mask it scales
+        self.masked: dict[str, tuple[str, str]] = {}      # Add output -> (scores, exclude tensor)
 
     # --- small helpers ---------------------------------------------------------------------
     def is_float(self, name: str) -> bool:
@@ -273,7 +285,8 @@ class Quantizer:
         table = {"MatMul": self.matmul, "Gemm": self.gemm, "Conv": self.conv, "Add": self.add,
                  "Mul": self.scale_by_const, "Div": self.scale_by_const, "Softmax": self.softmax,
                  "Gelu": self.gelu, "LayerNormalization": self.layernorm, "Relu": self.relu,
-                 "Shape": self.shape}
+                 "Shape": self.shape, "Cast": self.cast, "Sub": self.sub,
+                 "ReduceSum": self.reduce_sum, "Clip": self.clip}
         table.update({op: self.shape_op for op in SHAPE_OPS})
         return table
 
@@ -453,6 +466,15 @@ class Quantizer:
 
     def add(self, node: onnx.NodeProto) -> None:
         out = node.output[0]
+        biases = [n for n in node.input if n in self.mask_bias]
+        if biases:
+            users = self.consumers.get(out, [])
+            if len(biases) != 1 or out in self.outputs or any(u.op_type != "Softmax" for u in users):
+                raise self.fail("an attention-mask bias (mask * C, C <= -1e4) must be added to "
+                                "scores that only feed a Softmax")
+            scores = next(n for n in node.input if n not in self.mask_bias)
+            self.masked[out] = (scores, self.mask_bias[biases[0]].name)
+            return
         dtype = self.wide()
         s_out = max(self.amax(out), 1e-12) / QMAX[dtype] / 2**ADD_EXTRA_BITS
         lim = (1 << 30) - 1
@@ -482,6 +504,9 @@ class Quantizer:
         x, c = node.input
         if c not in self.inits and node.op_type == "Mul" and x in self.inits:
             x, c = c, x
+        if c not in self.inits and x not in self.inits:
+            self.int_product(node)
+            return
         if c not in self.inits or self.inits[c].size != 1 or x in self.inits:
             raise self.fail(f"{node.op_type} of two activations has no integer form here")
         value = float(np.asarray(self.inits[c]).reshape(()))
@@ -489,10 +514,143 @@ class Quantizer:
             raise self.fail(f"{node.op_type} by {value}")
         src = self.q.get(x) or self.need(x, self.downstream_dtype(x))
         factor = value if node.op_type == "Mul" else 1.0 / value
-        self.q[node.output[0]] = replace(src, scale=src.scale * factor)
+        out = replace(src, scale=src.scale * factor)
+        self.q[node.output[0]] = out
+        if self.exact(x) is not None and src.interval[0] >= 0 and float(out.scale) <= -MASK_BIAS:
+            self.mask_bias[node.output[0]] = src
+
+    # --- integer-valued tensors (masks, counts) --------------------------------------------------
+    def exact(self, name: str) -> QTensor | None:
+        """The integer form of an integer-valued float tensor (scale 1, known interval)."""
+        t = self.q.get(name)
+        ok = t is not None and t.interval is not None and t.per_tensor and float(t.scale) == 1.0
+        return t if ok else None
+
+    def as_int32(self, name: str) -> QTensor:
+        """``name`` as a per-tensor int32 tensor whose values are at most int16-sized (or exact)."""
+        t = self.q.get(name)
+        if t is None or not t.per_tensor or (t.interval is None and t.bound > QMAX["int16"]):
+            t = self.need(name, self.wide())
+        if t.dtype != "int32":
+            t = replace(t, dtype="int32", name=self.emit("Cast", [t.name], name, TensorProto.INT32,
+                                                         to=TensorProto.INT32))
+        return t
+
+    def int_const(self, name: str) -> int:
+        value = np.asarray(self.inits[name], np.float64)
+        if value.size != 1 or value.reshape(()) != np.rint(value.reshape(())):
+            raise self.fail(f"constant {name!r} is not one integer value")
+        return int(value.reshape(()))
+
+    def cast(self, node: onnx.NodeProto) -> None:
+        src, out = node.input[0], node.output[0]
+        if self.is_float(src):
+            raise self.fail("Cast of a float tensor has no integer form")
+        if self.types.get(src) == TensorProto.BOOL:
+            a, name, interval = 1, src, (0, 1)
+        else:
+            a = max(1, math.ceil(self.amax(out)))
+            dtype = helper.tensor_dtype_to_np_dtype(self.types[src])
+            name = self.emit("Clip", [src, self.const(np.array(-a, dtype), f"{out}_lo"),
+                                      self.const(np.array(a, dtype), f"{out}_hi")], out, self.types[src])
+            interval = (-a, a)
+        c = self.emit("Cast", [name], out, TensorProto.INT32, to=TensorProto.INT32)
+        self.q[out] = QTensor(c, "int32", np.asarray(1.0), bound=a, interval=interval)
+
+    def sub(self, node: onnx.NodeProto) -> None:
+        ends = []
+        for name in node.input:
+            if name in self.inits:
+                v = self.int_const(name)
+                ends.append((self.const(np.array(v, np.int32), f"{node.output[0]}_c"), (v, v)))
+            elif (t := self.exact(name)) is not None:
+                ends.append((t.name, t.interval))
+            else:
+                raise self.fail("Sub of float activations has no integer form here (only of "
+                                "integer-valued tensors such as masks)")
+        (a, (alo, ahi)), (b, (blo, bhi)) = ends
+        lo, hi = alo - bhi, ahi - blo
+        out = self.emit("Sub", [a, b], node.output[0], TensorProto.INT32)
+        self.q[node.output[0]] = QTensor(out, "int32", np.asarray(1.0), bound=max(-lo, hi),
+                                         interval=(lo, hi))
+
+    def int_product(self, node: onnx.NodeProto) -> None:
+        """``x * mask`` or ``x / count`` with an integer-valued mask or count (pooling)."""
+        a, b = node.input
+        if node.op_type == "Mul" and self.exact(a) is not None:
+            a, b = b, a
+        e = self.exact(b)
+        if e is None:
+            raise self.fail(f"{node.op_type} of two activations has no integer form here (one "
+                            "operand must be an integer-valued tensor such as a mask)")
+        x = self.as_int32(a)
+        lo, hi = e.interval
+        if node.op_type == "Mul":
+            bound = x.bound * max(-lo, hi)
+            if bound > INT32_MAX:
+                raise self.fail(f"int32 product bound {bound} exceeded")
+            interval = None
+            if x.interval is not None:
+                corners = [p * q for p in x.interval for q in e.interval]
+                interval = (min(corners), max(corners))
+        else:
+            if lo < 1:
+                raise self.fail("integer division by a tensor that may be 0 (clip it to >= 1)")
+            bound, interval = x.bound, None
+        out = self.emit(node.op_type, [x.name, e.name], node.output[0], TensorProto.INT32)
+        self.q[node.output[0]] = QTensor(out, "int32", x.scale, bound=bound, interval=interval)
+
+    def reduce_sum(self, node: onnx.NodeProto) -> None:
+        x, out = node.input[0], node.output[0]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        rank = len(self.shapes.get(x) or [])
+        if len(node.input) > 1 and node.input[1]:
+            if node.input[1] not in self.inits:
+                raise self.fail("ReduceSum needs constant axes")
+            axes = [int(v) for v in np.asarray(self.inits[node.input[1]]).reshape(-1)]
+        else:
+            axes = list(attrs.get("axes", [] if attrs.get("noop_with_empty_axes") else range(rank)))
+        count = 1
+        for ax in axes:
+            count *= self.static_dim(x, ax) or DEFAULT_ROW_LEN
+        t = self.as_int32(x)
+        bound = t.bound * count
+        if bound > INT32_MAX:
+            raise self.fail(f"ReduceSum bound {bound} exceeds int32")
+        new = self.emit("ReduceSum", [t.name, *node.input[1:]], out, TensorProto.INT32,
+                        **{k: v for k, v in attrs.items() if k in ("keepdims", "noop_with_empty_axes")})
+        interval = None if t.interval is None else (min(0, t.interval[0] * count),
+                                                    max(0, t.interval[1] * count))
+        self.q[out] = QTensor(new, "int32", t.scale, bound=bound, interval=interval)
+
+    def clip(self, node: onnx.NodeProto) -> None:
+        x, out = node.input[0], node.output[0]
+        t = self.q.get(x) or self.need(x, self.downstream_dtype(x))
+        if not t.per_tensor or float(t.scale) <= 0:
+            raise self.fail("Clip needs a per-tensor positive scale")
+        top = QMAX.get(t.dtype, INT32_MAX)
+        limits = [-top - 1, top]
+        for i, pick in ((1, math.ceil), (2, math.floor)):
+            if len(node.input) > i and node.input[i]:
+                if node.input[i] not in self.inits:
+                    raise self.fail("Clip needs constant bounds")
+                v = pick(float(np.asarray(self.inits[node.input[i]]).reshape(())) / float(t.scale))
+                limits[i - 1] = min(max(v, -top - 1), top)
+        lo, hi = limits
+        np_dtype = np.dtype(t.dtype)
+        new = self.emit("Clip", [t.name, self.const(np.array(lo, np_dtype), f"{out}_lo"),
+                                 self.const(np.array(hi, np_dtype), f"{out}_hi")], out, ELEM[t.dtype])
+        interval = None
+        if t.interval is not None:
+            interval = (min(max(t.interval[0], lo), hi), max(min(t.interval[1], hi), lo))
+        self.q[out] = QTensor(new, t.dtype, t.scale, bound=min(t.bound, max(-lo, hi)),
+                              interval=interval)
 
     def softmax(self, node: onnx.NodeProto) -> None:
-        x = node.input[0]
+        x, exclude = node.input[0], []
+        if x in self.masked:
+            x, mask = self.masked[x]
+            exclude = [mask]
         axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)
         rank = len(self.shapes.get(x) or [])
         if axis not in (-1, rank - 1):
@@ -504,7 +662,8 @@ class Quantizer:
         except ValueError as e:
             raise self.fail(str(e)) from None
         dtype = shiftmax.out_dtype(SHIFTMAX_BITS)
-        out = self.emit("Shiftmax", [t.name], node.output[0], ELEM[dtype], domain=DOMAIN, **p)
+        out = self.emit("Shiftmax", [t.name, *exclude], node.output[0], ELEM[dtype], domain=DOMAIN,
+                        **p)
         top = 1 << (SHIFTMAX_BITS - 1)
         self.q[node.output[0]] = QTensor(out, dtype, np.asarray(1.0 / top), bound=top - 1,
                                          row_sum=top + length)

@@ -9,13 +9,19 @@ output k-bit probabilities at scale ``2**-(k-1)``:
     out = min((e*f + 2**(sh-1)) >> sh, 2**(k-1) - 1)     (round half up)
 ``x0 = floor(-1/s)``, ``n = 15`` by default, ``k = 16`` by default (k = 8 is I-ViT's).
 
+Optional ``exclude`` (ours, for attention masks): an integer or bool tensor broadcastable to
+``q``; where it is nonzero the element is left out of the row (not in ``max_row`` or ``S``) and
+its probability is 0. It stands for the fp32 graph's ``scores + (1 - mask) * -10000`` (or
+``* finfo.min``), whose exponentials underflow to exactly 0 in fp32 too. A row with every
+element excluded gives all zeros (fp32 would give a uniform row; no pooled output reads it).
+
 The final ``min`` is ours: when one element holds (almost) all the mass, ``e*f`` comes within
 ``2**(sh-1)`` of ``2**31`` and the rounded value is ``2**(k-1)``, one past the largest signed
 k-bit value (it would wrap to -128 / -32768). Clamping costs at most one unit of 2**-(k-1).
 
 Range check (compile time): ``L * |x0| * 2**n < 2**31`` for row length L, so S fits int32.
 
-ONNX (domain ``edgert``): ``Shiftmax(q: int8|int16) -> int8 (k=8) | int16 (k=16)``,
+ONNX (domain ``edgert``): ``Shiftmax(q: int8|int16, exclude?) -> int8 (k=8) | int16 (k=16)``,
 attributes ``x0``, ``n``, ``k``.
 """
 
@@ -62,12 +68,22 @@ def params(scale: float, row_len: int, *, k: int = 16, n: int = 15) -> dict[str,
     return {"x0": x0, "n": n, "k": k}
 
 
-def reference(q: np.ndarray, *, x0: int, n: int, k: int = 16) -> np.ndarray:
+def _keep(q: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+    """bool mask of the elements that take part, broadcast to ``q``'s shape."""
+    if exclude is None:
+        return np.ones(q.shape, bool)
+    return np.broadcast_to(np.asarray(exclude) == 0, q.shape)
+
+
+def reference(q: np.ndarray, exclude: np.ndarray | None = None, *, x0: int, n: int,
+              k: int = 16) -> np.ndarray:
     """Normative numpy Shiftmax over the last axis; int64 intermediates."""
     q = q.astype(np.int64)
-    x = q - q.max(axis=-1, keepdims=True)
-    e = shift_exp(x, x0, n)
-    s = e.sum(axis=-1, keepdims=True)
+    keep = _keep(q, exclude)
+    mx = np.where(keep, q, np.iinfo(np.int64).min).max(axis=-1, keepdims=True)
+    x = np.where(keep, q - np.where(keep.any(axis=-1, keepdims=True), mx, 0), 0)
+    e = np.where(keep, shift_exp(x, x0, n), 0)
+    s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
     f = INT31_MAX // s
     sh = 31 - (k - 1)
     out = np.minimum((e * f + (1 << (sh - 1))) >> sh, (1 << (k - 1)) - 1)
@@ -75,29 +91,33 @@ def reference(q: np.ndarray, *, x0: int, n: int, k: int = 16) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True)
-def _shiftmax_nb(q2d, x0, n, k, out2d):
+def _shiftmax_nb(q2d, keep2d, x0, n, k, out2d):
     rows, cols = q2d.shape
     sh = 31 - (k - 1)
     top = (np.int64(1) << (k - 1)) - 1
     for r in prange(rows):
-        e = np.empty(cols, np.int64)
-        mx = np.int64(q2d[r, 0])
-        for c in range(1, cols):
-            mx = max(mx, np.int64(q2d[r, c]))
+        e = np.zeros(cols, np.int64)
+        mx = np.iinfo(np.int64).min
+        for c in range(cols):
+            if keep2d[r, c]:
+                mx = max(mx, np.int64(q2d[r, c]))
         s = np.int64(0)
         for c in range(cols):
-            e[c] = shift_exp_nb(np.int64(q2d[r, c]) - mx, x0, n)
-            s += e[c]
-        f = np.int64(2147483647) // s
+            if keep2d[r, c]:
+                e[c] = shift_exp_nb(np.int64(q2d[r, c]) - mx, x0, n)
+                s += e[c]
+        f = np.int64(2147483647) // max(s, np.int64(1))
         for c in range(cols):
             out2d[r, c] = min((e[c] * f + (np.int64(1) << (sh - 1))) >> sh, top)
 
 
-def numba_kernel(q: np.ndarray, *, x0: int, n: int, k: int = 16) -> np.ndarray:
+def numba_kernel(q: np.ndarray, exclude: np.ndarray | None = None, *, x0: int, n: int,
+                 k: int = 16) -> np.ndarray:
     """numba twin of :func:`reference` (bit-identical)."""
     q2d = np.ascontiguousarray(q).reshape(-1, q.shape[-1])
+    keep2d = np.ascontiguousarray(_keep(q, exclude)).reshape(q2d.shape)
     out = np.empty(q2d.shape, out_dtype(k))
-    _shiftmax_nb(q2d, np.int64(x0), np.int64(n), np.int64(k), out)
+    _shiftmax_nb(q2d, keep2d, np.int64(x0), np.int64(n), np.int64(k), out)
     return out.reshape(q.shape)
 
 
@@ -114,22 +134,42 @@ def te_shift_exp(x: Any, x0: int, n: int) -> Any:
     return tirx.shift_left(e, c(n) - qi)
 
 
-def te_compute(q: Any, *, x0: int, n: int, k: int = 16) -> Any:
+def _te_keep(q: Any, exclude: Any | None) -> Any:
+    """TIR predicate: element ``i`` of ``q`` takes part (``exclude`` broadcast numpy-style)."""
+    from tvm import tirx
+
+    if exclude is None:
+        return lambda *i: tirx.const(True, "bool")
+    offset = len(q.shape) - len(exclude.shape)
+
+    def keep(*i):
+        idx = [0 if isinstance(d, tirx.IntImm) and d.value == 1 else i[offset + j]
+               for j, d in enumerate(exclude.shape)]
+        v = exclude(*idx)
+        return tirx.Not(v) if exclude.dtype == "bool" else v == tirx.const(0, exclude.dtype)
+    return keep
+
+
+def te_compute(q: Any, exclude: Any | None = None, *, x0: int, n: int, k: int = 16) -> Any:
     """TVM TE Shiftmax over the last axis of ``q`` (any rank >= 1)."""
     from tvm import te, tirx
 
+    keep = _te_keep(q, exclude)
     *lead, length = q.shape
+    low = tirx.min_value("int64")
+    zero = tirx.const(0, "int64")
     r = te.reduce_axis((0, length), name="r")
-    mx = te.compute(lead, lambda *i: te.max(q(*i, r).astype("int64"), axis=r), name="row_max")
-    e = te.compute(q.shape, lambda *i: te_shift_exp(q(*i).astype("int64") - mx(*i[:-1]), x0, n),
-                   name="shift_exp")
+    mx = te.compute(lead, lambda *i: te.max(tirx.Select(keep(*i, r), q(*i, r).astype("int64"), low),
+                                            axis=r), name="row_max")
+    e = te.compute(q.shape, lambda *i: tirx.Select(
+        keep(*i), te_shift_exp(q(*i).astype("int64") - mx(*i[:-1]), x0, n), zero), name="shift_exp")
     r2 = te.reduce_axis((0, length), name="r2")
     s = te.compute(lead, lambda *i: te.sum(e(*i, r2), axis=r2), name="row_sum")
     sh = 31 - (k - 1)
     top = tirx.const((1 << (k - 1)) - 1, "int64")
 
     def body(*i):
-        f = tirx.floordiv(tirx.const(INT31_MAX, "int64"), s(*i[:-1]))
+        f = tirx.floordiv(tirx.const(INT31_MAX, "int64"), tirx.max(s(*i[:-1]), tirx.const(1, "int64")))
         v = tirx.shift_right(e(*i) * f + tirx.const(1 << (sh - 1), "int64"), tirx.const(sh, "int64"))
         return tirx.min(v, top).astype(out_dtype(k))
 
@@ -152,10 +192,13 @@ def schema() -> object:
 
     return make_schema(
         OP_TYPE, __doc__ or "",
-        inputs=[("q", "T", "integer logits at scale s; softmax over the last axis")],
+        inputs=[("q", "T", "integer logits at scale s; softmax over the last axis"),
+                ("exclude?", "M", "nonzero where an element is left out (attention mask)")],
         outputs=[("p", "U", "probabilities at scale 2**-(k-1)")],
         type_constraints=[("T", ["tensor(int8)", "tensor(int16)"], "input"),
-                          ("U", ["tensor(int8)", "tensor(int16)"], "output (int8 for k<=8)")],
+                          ("U", ["tensor(int8)", "tensor(int16)"], "output (int8 for k<=8)"),
+                          ("M", ["tensor(bool)", "tensor(int8)", "tensor(int32)", "tensor(int64)"],
+                           "exclusion mask")],
         attributes=[("x0", "INT", "floor(-1/s)"), ("n", "INT", "shift budget"),
                     ("k", "INT", "output bits (8 or 16)")],
         infer=same_shape_output(elem),

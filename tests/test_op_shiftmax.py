@@ -92,3 +92,35 @@ def test_dominant_element_does_not_wrap(q, scale, k):
     out = shiftmax.reference(q, **p)
     assert out.max() == 2 ** (k - 1) - 1
     assert_bit_exact("numba", shiftmax.numba_kernel(q, **p), out)
+
+
+def _mask_cases():
+    rng = np.random.default_rng(7)
+    q = rng.integers(-128, 128, (2, 3, 5, 12)).astype(np.int8)
+    pad = np.ones((2, 1, 1, 12), np.int64)
+    pad[0, ..., 9:] = 0                                            # padded sentence 0
+    yield "attention_padding", q, (1 - pad), 8 / 127
+    yield "bool_per_element", q, rng.random((2, 3, 5, 12)) < 0.3, 8 / 127
+    masked_high = q.copy()
+    masked_high[..., -2:] = 127                                    # excluded maxima do not count
+    yield "excluded_maxima", masked_high, np.broadcast_to(np.arange(12) >= 10, (12,)).astype(np.int32), 8 / 127
+    yield "all_excluded_row", q[0, 0], np.ones((5, 1), np.int8), 8 / 127
+
+
+@pytest.mark.parametrize("name, q, exclude, scale", list(_mask_cases()),
+                         ids=[c[0] for c in _mask_cases()])
+def test_exclude_mask(name, q, exclude, scale):
+    p = shiftmax.params(scale, q.shape[-1])
+    want = shiftmax.reference(q, exclude, **p)
+    keep = np.broadcast_to(np.asarray(exclude) == 0, q.shape)
+    assert (want[~keep] == 0).all()
+    rows = keep.any(-1)
+    if rows.any():
+        # Kept elements equal Shiftmax over the kept elements alone (row by row).
+        for idx in zip(*np.nonzero(rows)):
+            alone = shiftmax.reference(q[idx][keep[idx]][None], **p)[0]
+            np.testing.assert_array_equal(want[idx][keep[idx]], alone)
+    else:
+        assert (want == 0).all()
+    assert_bit_exact("numba", shiftmax.numba_kernel(q, exclude, **p), want)
+    assert_bit_exact("tvm", run_te(shiftmax.te_compute, [q, np.asarray(exclude)], **p), want)

@@ -300,7 +300,7 @@ def _requant(node: _Node) -> Handler:
 @_op("Shiftmax", domain=DOMAIN)
 def _shiftmax(node: _Node) -> Handler:
     kw = dict(x0=int(node.attr("x0")), n=int(node.attr("n")), k=int(node.attr("k")))
-    return lambda q: (shiftmax.numba_kernel(q, **kw),)
+    return lambda q, exclude=None: (shiftmax.numba_kernel(q, exclude, **kw),)
 
 
 @_op("ShiftGELU", domain=DOMAIN)
@@ -416,6 +416,63 @@ def _im2col(x: np.ndarray, kshape: Sequence[int], pads: Sequence[int], strides: 
 @_op("Add")
 def _add(node: _Node) -> Handler:
     return lambda a, b: (np.asarray(np.add(a, b)),)
+
+
+@_op("Sub")
+def _sub(node: _Node) -> Handler:
+    return lambda a, b: (np.asarray(np.subtract(a, b)),)
+
+
+@_op("Mul")
+def _mul(node: _Node) -> Handler:
+    return lambda a, b: (np.asarray(np.multiply(a, b)),)
+
+
+@_op("Div")
+def _div(node: _Node) -> Handler:
+    def run(a, b):
+        if a.dtype.kind not in "iu":
+            raise ModelError(f"node {node.label}: Div of {a.dtype} (the numba backend runs "
+                             "integer graphs)")
+        q = np.floor_divide(a, b)                # ONNX integer Div truncates toward zero
+        return (np.asarray(q + ((q < 0) & (q * b != a))).astype(a.dtype, copy=False),)
+    return run
+
+
+@_op("ReduceSum")
+def _reduce_sum(node: _Node) -> Handler:
+    keepdims, noop = bool(node.attr("keepdims", 1)), bool(node.attr("noop_with_empty_axes", 0))
+
+    def run(x, axes=None):
+        if axes is None or axes.size == 0:
+            if noop:
+                return (x,)
+            axes = np.arange(x.ndim)
+        return (np.sum(x, axis=tuple(int(a) for a in axes), keepdims=keepdims, dtype=x.dtype),)
+    return run
+
+
+@_op("Clip")
+def _clip(node: _Node) -> Handler:
+    def run(x, lo=None, hi=None):
+        return (x if lo is None and hi is None else np.clip(x, lo, hi).astype(x.dtype, copy=False),)
+    return run
+
+
+@_op("Equal")
+def _equal(node: _Node) -> Handler:
+    return lambda a, b: (np.asarray(np.equal(a, b)),)
+
+
+@_op("Where")
+def _where(node: _Node) -> Handler:
+    return lambda c, a, b: (np.asarray(np.where(c, a, b)),)
+
+
+@_op("ConstantOfShape")
+def _constant_of_shape(node: _Node) -> Handler:
+    value = np.asarray(node.attr("value", np.zeros(1, np.float32))).reshape(-1)
+    return lambda shape: (np.full(tuple(int(d) for d in shape), value[0], value.dtype),)
 
 
 # --- boundary ops ---------------------------------------------------------------------------------

@@ -36,12 +36,12 @@ class Requant(OpRun):
 
 
 class Shiftmax(OpRun):
-    """``edgert.Shiftmax(q)`` over the last axis."""
+    """``edgert.Shiftmax(q, exclude?)`` over the last axis."""
 
     op_domain = DOMAIN
 
-    def _run(self, q, x0=None, n=None, k=None):  # noqa: D102
-        return (shiftmax.reference(q, x0=int(x0), n=int(n), k=int(k)),)
+    def _run(self, q, exclude=None, x0=None, n=None, k=None):  # noqa: D102
+        return (shiftmax.reference(q, exclude, x0=int(x0), n=int(n), k=int(k)),)
 
 
 class ShiftGELU(OpRun):
