@@ -49,8 +49,8 @@ GELU_ATOL = 1e-5
 GELU_REGION_MAX = 32
 REDUCE_AXES_18 = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax",
                   "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSumSquare"}
-COUNT_KEYS = ("constant_to_initializer", "constant_folded", "Gelu(erf)", "Gelu(tanh)",
-              "LayerNormalization", "Softmax")
+COUNT_KEYS = ("constant_to_initializer", "constant_folded", "static_shape", "Gelu(erf)",
+              "Gelu(tanh)", "LayerNormalization", "Softmax")
 _EVAL = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
          "Pow": np.power, "Erf": np.vectorize(math.erf, otypes=[np.float64]), "Tanh": np.tanh}
 _GELU_REF = {"none": 0.5 * GELU_GRID * (1 + _EVAL["Erf"](GELU_GRID / math.sqrt(2))),
@@ -184,6 +184,34 @@ def _try_fold(g: _Graph, n: onnx.NodeProto) -> list[np.ndarray] | None:
     outs = _evaluate(n, {i: g.const(i) for i in ins}, g.opset)
     ok = outs is not None and len(outs) == len(n.output) and all(o.size <= limit for o in outs)
     return outs if ok else None
+
+
+def _fold_static_shapes(g: _Graph, shapes: dict[str, list[int | None]]) -> int:
+    """``Shape(x)`` and ``Gather(Shape(x), const)`` become constants where the dims they read are
+    static (e.g. the last dim in ``chunk``'s slice arithmetic); returns how many were folded."""
+    prod, count, keep = g.index()[0], 0, []
+    for n in g.nodes:
+        value = None
+        if n.op_type == "Shape" and n.domain in DEFAULT and n.output[0] not in g.outputs:
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            dims = (shapes.get(n.input[0]) or [None])
+            dims = dims[attrs.get("start", 0):attrs.get("end", len(dims))] if dims != [None] else [None]
+            value = dims if None not in dims else None
+        elif (n.op_type == "Gather" and n.domain in DEFAULT and g.const(n.input[1]) is not None
+              and (src := prod.get(n.input[0])) is not None and src.op_type == "Shape"
+              and not src.attribute and n.output[0] not in g.outputs):
+            dims = shapes.get(src.input[0]) or []
+            idx = g.const(n.input[1])
+            picked = [dims[int(i)] if -len(dims) <= int(i) < len(dims) else None
+                      for i in idx.reshape(-1)]
+            value = np.array(picked).reshape(idx.shape) if None not in picked else None
+        if value is None:
+            keep.append(n)
+            continue
+        g.set_const(n.output[0], np.array(value, np.int64))
+        count += 1
+    g.nodes, g._index = keep, None
+    return count
 
 
 def _fold_constants(g: _Graph) -> int:
@@ -395,7 +423,7 @@ def _raise_opset(g: _Graph, need: int) -> None:
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Static dims (None where unknown) of every tensor shape inference can type."""
     try:
-        graph = onnx.shape_inference.infer_shapes(model).graph
+        graph = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
     except Exception:  # noqa: BLE001 - without shapes only the axis=-1 / [C]-param forms match
         graph = model.graph
     return {v.name: [d.dim_value if d.HasField("dim_value") else None
@@ -468,6 +496,11 @@ def fuse_patterns(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, in
     counts["constant_folded"] = _fold_constants(g)
     _write(new, g)
     shapes, g = _shapes(new), _Graph(new)
+    counts["static_shape"] = _fold_static_shapes(g, shapes)
+    if counts["static_shape"]:
+        counts["constant_folded"] += _fold_constants(g)
+        _write(new, g)
+        shapes, g = _shapes(new), _Graph(new)
     for op, need in (("Gelu", 20), ("LayerNormalization", 17), ("Softmax", 1)):
         if g.opset >= min(need, 13):                 # raising the opset from below 13 is unsafe
             _fuse(g, op, counts, shapes)

@@ -345,3 +345,28 @@ def test_minilm():
     feeds = {"input_ids": ids, "attention_mask": mask}
     for a, b in zip(run(model, feeds), run(fused, feeds)):
         np.testing.assert_allclose(b, a, atol=1e-4, rtol=0)
+
+
+def test_static_dims_of_dynamic_shapes_fold():
+    """``Gather(Shape(x), 1)`` with dim 1 static folds (torch's ``chunk`` emits such arithmetic),
+    so the Reshape gets a constant shape; the dynamic batch dim stays dynamic."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "one"], ["d"], axis=0),
+             helper.make_node("Unsqueeze", ["d", "zero"], ["u"]),
+             helper.make_node("Concat", ["minus_one", "u"], ["c"], axis=0),
+             helper.make_node("Reshape", ["x", "c"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(1, np.int64), "one"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         ["batch", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fused, counts = fuse_patterns(model)
+    assert counts["static_shape"] == 1
+    reshape = next(n for n in fused.graph.node if n.op_type == "Reshape")
+    shape = {t.name: numpy_helper.to_array(t) for t in fused.graph.initializer}[reshape.input[1]]
+    np.testing.assert_array_equal(shape, [-1, 6])
+    assert "Gather" not in {n.op_type for n in fused.graph.node}
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(run(fused, {"x": x})[0], x)
