@@ -692,14 +692,27 @@ class Quantizer:
         if len(node.input) > 2 and node.input[2]:
             beta = np.broadcast_to(np.asarray(self.inits[node.input[2]], np.float64), (n,))
         t = self.need(x, self.wide())
+        # A channel whose beta/gamma exceeds ILayerNorm's bias range (a tiny gamma) gets its
+        # beta added after the per-channel scale is applied, on a fine int32 scale.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = beta / gamma / ilayernorm.output_scale(n)
+        late = ~(np.abs(np.floor(ratio + 0.5)) <= ilayernorm.BIAS_LIMIT)
         try:
-            bias = ilayernorm.fold_beta(beta, gamma, n)
+            bias = ilayernorm.fold_beta(np.where(late, 0.0, beta), gamma, n)
         except ValueError as e:
             raise self.fail(str(e)) from None
-        out = self.emit("ILayerNorm", [t.name, self.const(bias, f"{node.output[0]}_beta")],
-                        node.output[0], TensorProto.INT32, domain=DOMAIN)
-        self.q[node.output[0]] = QTensor(out, "int32", ilayernorm.output_scale(n) * gamma,
-                                         bound=INT32_MAX)
+        out = node.output[0]
+        acc = self.emit("ILayerNorm", [t.name, self.const(bias, f"{out}_beta")], out,
+                        TensorProto.INT32, domain=DOMAIN)
+        q = QTensor(acc, "int32", ilayernorm.output_scale(n) * gamma, bound=INT32_MAX)
+        if late.any():
+            s_out = max(self.amax(out), 1e-12) / QMAX[self.wide()] / 2**ADD_EXTRA_BITS
+            fine = self._requant_to_int32(q, s_out, (1 << 30) - 1)
+            late_q = np.where(late, np.rint(beta / s_out), 0).astype(np.int64)
+            acc = self.emit("Add", [fine.name, self.const(late_q.astype(np.int32), f"{out}_late_beta")],
+                            out, TensorProto.INT32)
+            q = QTensor(acc, "int32", np.asarray(s_out), bound=fine.bound + int(np.abs(late_q).max()))
+        self.q[out] = q
 
     def relu(self, node: onnx.NodeProto) -> None:
         out = node.output[0]
@@ -728,8 +741,9 @@ class Quantizer:
                 src = self.need(name, dtype, scale=max(self.amax(out), 1e-12) / QMAX[dtype])
             else:
                 have = self.q.get(name)
-                src = have if have is not None and have.per_tensor and have.dtype != "int32" \
-                    else self.need(name, dtype)
+                keep = have is not None and have.per_tensor and (have.dtype != "int32"
+                                                                 or have.interval is not None)
+                src = have if keep else self.need(name, dtype)
             inputs[i] = src.name
         new = self.fresh(out)
         self.nodes.append(helper.make_node(node.op_type, inputs, [new], name=new,

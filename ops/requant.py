@@ -35,9 +35,10 @@ def params(ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         ``(m, e)`` int64 arrays of ratio's shape.
 
     Raises:
-        ValueError: a ratio that is not finite, or with ``|ratio|`` outside [2**-31, 2**30)
-            and nonzero (the shift must stay in [1, 62] so that int64 holds q*m and the
-            rounding term).
+        ValueError: a ratio that is not finite, or with ``|ratio| >= 2**30`` (the shift must
+            stay in [1, 62] so that int64 holds q*m and the rounding term). Below 2**-32 (a
+            LayerNorm gamma that is practically 0) the ratio is 0: for int32 inputs
+            ``|q * ratio| < 1/2`` rounds to 0 anyway, so this is exact.
     """
     r = np.asarray(ratio, dtype=np.float64)
     m = np.empty(r.shape, np.int64)
@@ -45,7 +46,7 @@ def params(ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     for idx, value in np.ndenumerate(r):
         if not math.isfinite(value):
             raise ValueError(f"requantization ratio must be finite, got {value}")
-        if value == 0.0:
+        if abs(value) < 2.0**-32:
             m[idx], e[idx] = 0, 1
             continue
         mant, exp = math.frexp(float(value))

@@ -19,10 +19,20 @@ def test_params_represent_the_ratio(ratio):
     assert abs(int(m) / 2.0 ** int(e) / ratio - 1) <= 2.0**-31
 
 
-@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 2.0**30, 2.0**-33, -(2.0**30)])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), 2.0**30, -(2.0**30)])
 def test_params_refuse_bad_ratios(bad):
     with pytest.raises(ValueError):
         requant.params(bad)
+
+
+def test_ratios_below_two_to_minus_32_are_exactly_zero():
+    """|q * r| < 1/2 for every int32 q when |r| < 2**-32: rounding gives 0, so m = 0 is exact."""
+    m, e = requant.params(np.array([2.0**-33, -1.5e-34]))
+    assert m.tolist() == [0, 0]
+    q = np.array([2**31 - 1, -(2**31)], np.int64)
+    assert (np.floor(q * 2.0**-33 + 0.5) == 0).all()
+    np.testing.assert_array_equal(requant.reference(q.astype(np.int32), m[:1], e[:1], lo=-128,
+                                                    hi=127), [0, 0])
 
 
 def test_negative_and_zero_ratios():

@@ -1,0 +1,1 @@
+"""Pretrained models used by the tests and benchmarks (fetched from PyPI wheels, cached)."""
