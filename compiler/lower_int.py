@@ -133,7 +133,7 @@ def _make_converters() -> dict[str, Any]:
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
             mod = importlib.import_module(f"edgert.ops.{cls.module}")
-            args = [x for x in inputs if x is not None]
+            args = [bb.normalize(x) for x in inputs if x is not None]
             attrs = cls.attributes(attrs_of(attr))
             return bb.emit_te(mod.te_compute, *cls.prepare(bb, args), **attrs,
                               primfunc_name_hint=cls.module)
