@@ -194,9 +194,10 @@ def _fold_static_shapes(g: _Graph, shapes: dict[str, list[int | None]]) -> int:
         value = None
         if n.op_type == "Shape" and n.domain in DEFAULT and n.output[0] not in g.outputs:
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-            dims = (shapes.get(n.input[0]) or [None])
-            dims = dims[attrs.get("start", 0):attrs.get("end", len(dims))] if dims != [None] else [None]
-            value = dims if None not in dims else None
+            dims = shapes.get(n.input[0])
+            if dims is not None:
+                dims = dims[attrs.get("start", 0):attrs.get("end", len(dims))]
+                value = dims if None not in dims else None
         elif (n.op_type == "Gather" and n.domain in DEFAULT and g.const(n.input[1]) is not None
               and (src := prod.get(n.input[0])) is not None and src.op_type == "Shape"
               and not src.attribute and n.output[0] not in g.outputs):

@@ -694,9 +694,7 @@ class Quantizer:
         t = self.need(x, self.wide())
         # A channel whose beta/gamma exceeds ILayerNorm's bias range (a tiny gamma) gets its
         # beta added after the per-channel scale is applied, on a fine int32 scale.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = beta / gamma / ilayernorm.output_scale(n)
-        late = ~(np.abs(np.floor(ratio + 0.5)) <= ilayernorm.BIAS_LIMIT)
+        late = ~ilayernorm.bias_fits(beta, gamma, n)
         try:
             bias = ilayernorm.fold_beta(np.where(late, 0.0, beta), gamma, n)
         except ValueError as e:

@@ -60,6 +60,19 @@ def check_range(n_channels: int, lo: int, hi: int) -> None:
         raise ValueError(f"ILayerNorm: {n_channels} channels in [{lo}, {hi}] can overflow int64")
 
 
+def _folded(beta: np.ndarray, gamma: np.ndarray, n_channels: int) -> np.ndarray:
+    """``round_half_up(beta / gamma / output_scale)`` as float64 [N] (inf/nan where gamma = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.floor(np.asarray(beta, np.float64) / np.asarray(gamma, np.float64)
+                        / output_scale(n_channels) + 0.5)
+
+
+def bias_fits(beta: np.ndarray, gamma: np.ndarray, n_channels: int) -> np.ndarray:
+    """bool [N]: the channels whose folded bias lies in ``[-2**30, 2**30]`` (a tiny gamma
+    pushes ``beta / gamma`` out; the quantizer adds those betas after the scale instead)."""
+    return np.abs(_folded(beta, gamma, n_channels)) <= BIAS_LIMIT
+
+
 def fold_beta(beta: np.ndarray, gamma: np.ndarray, n_channels: int) -> np.ndarray:
     """The int32 bias for ``gamma * LN + beta``: ``round_half_up(beta / gamma / output_scale)``.
 
@@ -77,10 +90,9 @@ def fold_beta(beta: np.ndarray, gamma: np.ndarray, n_channels: int) -> np.ndarra
     gamma = np.asarray(gamma, np.float64)
     if np.any(gamma == 0) or not np.all(np.isfinite(gamma)) or not np.all(np.isfinite(beta)):
         raise ValueError("ILayerNorm: beta/gamma must be finite and gamma nonzero")
-    b = np.floor(beta / gamma / output_scale(n_channels) + 0.5)
-    if np.any(np.abs(b) > BIAS_LIMIT):
+    if not bias_fits(beta, gamma, n_channels).all():
         raise ValueError("ILayerNorm: folded bias beta/gamma exceeds 2**30 output units")
-    return b.astype(np.int32)
+    return _folded(beta, gamma, n_channels).astype(np.int32)
 
 
 def _check_inputs(x: np.ndarray, bias: np.ndarray | None) -> None:
