@@ -1,9 +1,10 @@
 """Lower an ONNX model to TVM (Relax) and build a shared library for a target.
 
 This is the fp32 path: TVM's Relax ONNX frontend, inference-time op decomposition, then
-``tvm.compile`` with the target's dict. CPU targets use TVM's default pipeline for now (it
-legalizes and fuses but does not schedule); CUDA targets get dlight's default GPU schedules,
-which every GPU kernel needs to bind its loops to threads.
+``tvm.compile`` with the target's dict. CPU targets use TVM's default pipeline (it legalizes
+and fuses but does not schedule), except for the integer matmuls, which x86 AVX2 targets run on
+the kernels of :mod:`edgert.compiler.schedule_x86`; CUDA targets get dlight's default GPU
+schedules, which every GPU kernel needs to bind its loops to threads.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
     try:
         if target.cuda_arch:
             mod = _schedule_for_gpu(mod, tvm_target)
+        else:
+            mod = _schedule_for_cpu(mod, target, tvm_target)
         executable = tvm.compile(mod, target=tvm_target)
     except Exception as e:
         raise CompileError(f"{source}: TVM failed to compile for {target.name}: {_short(e)}") from None
@@ -87,6 +90,16 @@ def _linker_for(target: Target) -> str | None:
             f"`apt-get install {target.cross_package}`"
         )
     return target.cross_cc
+
+
+def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
+    """Our CPU kernels where the target has them (integer matmuls on x86 AVX2: see
+    :mod:`edgert.compiler.schedule_x86`); everything else stays on TVM's default pipeline."""
+    from edgert.compiler import schedule_x86
+
+    if schedule_x86.target_has_avx2(target):
+        mod = schedule_x86.schedule_int_matmuls(mod, tvm_target)
+    return mod
 
 
 def _schedule_for_gpu(mod: Any, tvm_target: Any) -> Any:

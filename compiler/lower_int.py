@@ -35,6 +35,9 @@ EDGERT_OPS = {"Requant": "requant", "Shiftmax": "shiftmax", "ShiftGELU": "shiftg
 STANDARD_OPS = ("MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLinear", "Gather")
 """Default-domain ops converted here instead of (or in the absence of) TVM's converters."""
 
+INT_MATMUL_ATTRS = {"edgert.op": "intmatmul"}
+"""PrimFunc attributes of the integer matmuls: ``compiler/schedule_x86.py`` finds them by it."""
+
 _lock = threading.RLock()
 
 
@@ -184,7 +187,21 @@ def _make_converters() -> dict[str, Any]:
                                  f"rank(B) <= rank(A) are supported, got {a.ty} and {b.ty}")
             from edgert.ops import intmatmul
 
-            return bb.emit_te(intmatmul.te_compute, a, b, primfunc_name_hint="matmul_integer")
+            return bb.emit_te(intmatmul.te_compute, a, b, primfunc_name_hint="matmul_integer",
+                              primfunc_attrs=INT_MATMUL_ATTRS)
+
+    class IntMatMul(EdgertOp):
+        """``edgert.IntMatMul`` (int8/int16 operands) on the IntMatMul compute."""
+
+        module = "intmatmul"
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            from edgert.ops import intmatmul
+
+            a, b = [x for x in inputs if x is not None]
+            return bb.emit_te(intmatmul.te_compute, a, b, primfunc_name_hint=cls.module,
+                              primfunc_attrs=INT_MATMUL_ATTRS)
 
     class ConvInteger(OnnxOpConverter):
         """int8 NCHW (or 1-D/3-D) convolution -> int32: operands cast to int32, then ``Conv``."""
@@ -269,6 +286,7 @@ def _make_converters() -> dict[str, Any]:
 
     table = {op: edgert_op(op, module) for op, module in EDGERT_OPS.items()}
     table["Requant"] = Requant
+    table["IntMatMul"] = IntMatMul
     table.update(MatMulInteger=MatMulInteger, ConvInteger=ConvInteger, Gather=Gather,
                  QuantizeLinear=QuantizeLinear, DequantizeLinear=DequantizeLinear)
     return table

@@ -18,6 +18,9 @@ from edgert.errors import (
     TargetError,
     UnsupportedOpError,
 )
+from edgert.threads import reserve_tvm_pool
+
+reserve_tvm_pool()
 
 __version__ = "0.1.0"
 

@@ -31,7 +31,7 @@ err = Console(stderr=True)
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target name (see `edgert targets`); "
                                         "`host` is the CPU this command runs on.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Worker threads "
-                                                   "(default: all cores).")]
+                                                   "(default: the physical cores).")]
 
 
 @app.command()

@@ -64,8 +64,9 @@ class Session:
         path: a ``.edgert`` file written by ``edgert compile``.
         backend: ``"tvm"`` (the compiled library; default) or ``"numba"`` (interprets the
             artifact's integer ONNX graph with the numba kernels of ``edgert.ops``; no TVM).
-        threads: worker threads for the compiled kernels (default: TVM's choice, the
-            number of physical cores).
+        threads: worker threads for the compiled kernels (default: the physical cores
+            this process may use). Each session keeps its own count, also with several
+            sessions in one process.
 
     Raises:
         ArtifactError: the file is damaged or of an unknown format version.

@@ -15,6 +15,7 @@ import numpy as np
 from edgert.artifact import Artifact
 from edgert.errors import ArtifactError, InputError, TargetError
 from edgert.targets import TARGETS, check_can_run
+from edgert.threads import physical_cores
 
 
 class TvmBackend:
@@ -33,7 +34,7 @@ class TvmBackend:
             raise ArtifactError(f"{artifact.path}: no compiled library in the artifact")
         if threads is not None and threads < 1:
             raise InputError(f"threads must be >= 1, got {threads}")
-        self.threads = threads
+        self.threads = threads if threads is not None else physical_cores()
 
         import tvm
         from tvm.runtime.vm import VirtualMachine
@@ -55,7 +56,7 @@ class TvmBackend:
 
     def _configure_threads(self) -> None:
         # TVM's thread pool is per calling thread: configure each thread on first use.
-        if self.threads is None or getattr(self._configured, "done", False):
+        if getattr(self._configured, "done", False):
             return
         config = self._tvm.get_global_func("runtime.config_threadpool")
         config(1, self.threads)

@@ -1,0 +1,478 @@
+"""x86 AVX2 kernels for the integer matmuls (``MatMulInteger``, ``edgert.IntMatMul``).
+
+TVM's default CPU pipeline schedules nothing, so the TE reduction the converters emit
+(:func:`edgert.ops.intmatmul.te_compute`) runs as a scalar triple loop. On x86 targets with
+AVX2, :func:`schedule_int_matmuls` replaces every such call (recognised by the PrimFunc
+attribute ``edgert.op = "intmatmul"`` that ``lower_int`` sets) with a hand-written TVMScript
+kernel built around ``vpmaddwd`` (``llvm.x86.avx2.pmadd.wd``):
+
+- Operands are sign-extended to int16 and consumed in pairs of K: one ``vpmaddwd`` multiplies
+  16 int16 pairs and adds each pair into one of 8 int32 lanes (16 MACs). The arithmetic is
+  int32 modulo 2**32 like every int32 accumulation, so results are bit-identical with
+  :func:`edgert.ops.intmatmul.reference` whenever the int32 bound holds (the quantizer proves it).
+- Layout of B (the right operand) for the kernel, int16 ``[ceil(N/NR), ceil(K/2), NR, 2]``:
+  ``packed[nb, p, j, h] = B[2p + h, nb*NR + j]``, zero where ``2p + h >= K`` or the column is
+  past N (:func:`pack_weight`); the kernel takes the same bytes as int32 ``[.., NR]``, one pair
+  per int32 (:func:`pack_weight_pairs`). A constant weight [K, N] is packed once, by numpy,
+  when the module is rewritten, so the runtime never re-packs it. A B that is an activation
+  (attention ``Q·K^T`` and ``P·V``, batched) is packed by the kernel, one column chunk per task.
+- A is packed per task into a panel of ``MP`` rows of int32 pairs (sign-extended int16
+  ``a[2p]`` low, ``a[2p+1]`` high; zero past K and past M); a pair is broadcast to 8 lanes.
+- Micro-kernel: ``MR`` rows x ``NR`` columns (default 4 x 16: 8 ymm accumulators, 2 ymm of B,
+  1 broadcast), K innermost. Tails: a row tail of at most ``MR/2`` rows runs a 1-row kernel per
+  row, a longer one the ``MR``-row kernel over zero rows; a column tail uses masked stores.
+- Parallelism: one parallel loop over tasks = (batch, panel of ``MP`` rows, chunk of columns),
+  the chunk width picked so that even ``M = 1`` yields ``2 * num-cores`` tasks; no parallel
+  loop at all when ``num-cores`` is 1 or ``K * N`` is small (``parallel_min_kn``). (A run-time
+  choice on M would duplicate the kernel body: twice the parse and compile time.)
+
+The kernels carry ``tir.is_scheduled`` so that nothing downstream re-schedules them, and are
+marked opaque for operator fusion. Other targets (aarch64, CUDA) keep the generic compute; an
+aarch64 ``sdot`` kernel would be a sibling of this module (same rewrite, another micro-kernel).
+
+Not rewritten (left on the generic compute): batch dims of B that are neither absent/all 1
+nor equal to A's (a broadcast between different batch shapes). A symbolic K or N (activation
+B only) is handled by the unspecialized kernel, which takes it as an argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+OP_ATTR = "edgert.op"
+"""PrimFunc attribute that marks a generic integer matmul (value ``"intmatmul"``)."""
+OP_NAME = "intmatmul"
+INT_DTYPES = ("int8", "int16")
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    """Knobs of the x86 kernel.
+
+    Attributes:
+        mr: rows of the register tile.
+        nr: columns of the register tile (a multiple of 8: one ymm of int32 per 8 columns);
+            also the column block of the packed B layout.
+        mp: rows of A packed per task (a multiple of ``mr``).
+        max_chunk: most column blocks (of ``nr``) one task computes.
+        parallel_min_kn: kernels with ``K * N`` below this run serially (at typical M, a
+            parallel launch costs more than such a matmul: ~1-5 us against ~0.5 us of work
+            for 17 x 32 x 96); a symbolic K or N always gets the parallel loop.
+    """
+
+    mr: int = 4
+    nr: int = 16
+    mp: int = 32
+    max_chunk: int = 4
+    parallel_min_kn: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.nr % 8 or self.nr <= 0 or self.mr <= 0 or self.mp % self.mr:
+            raise ValueError(f"invalid MatmulConfig {self}")
+
+
+DEFAULT_CONFIG = MatmulConfig()
+
+
+def target_has_avx2(target: Any) -> bool:
+    """Whether an edgert :class:`~edgert.targets.Target` runs x86-64 code with AVX2 on its CPU
+    side (AVX-512 targets include AVX2)."""
+    if target.arch != "x86_64" or target.cuda_arch:
+        return False
+    feats = set(target.cpu_features)
+    return "avx2" in feats or any(f.startswith("avx512") for f in feats)
+
+
+def num_cores(tvm_target: Any) -> int:
+    """``num-cores`` of a TVM target (the machine's CPU count when the target does not say)."""
+    import os
+
+    try:
+        value = tvm_target.attrs.get("num-cores")
+    except Exception:   # noqa: BLE001 - attrs of an unusual target kind
+        value = None
+    if value:
+        return max(int(value), 1)
+    return max(os.cpu_count() or 1, 1)
+
+
+# ---------------------------------------------------------------- packing (numpy)
+
+def pack_weight(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr) -> np.ndarray:
+    """Pack an int8/int16 weight [K, N] into the kernel's int16 [ceil(N/nr), ceil(K/2), nr, 2]
+    layout (zero padding in K and N)."""
+    b = np.asarray(b)
+    if b.ndim != 2 or b.dtype.name not in INT_DTYPES:
+        raise ValueError(f"pack_weight needs an int8/int16 [K, N] matrix, got {b.dtype} {b.shape}")
+    k, n = b.shape
+    k2, nbr = (k + 1) // 2, -(-n // nr)
+    padded = np.zeros((2 * k2, nbr * nr), np.int16)
+    padded[:k, :n] = b
+    return np.ascontiguousarray(padded.reshape(k2, 2, nbr, nr).transpose(2, 0, 3, 1))
+
+
+def pack_weight_pairs(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr) -> np.ndarray:
+    """:func:`pack_weight` as the kernel takes it: int32 [ceil(N/nr), ceil(K/2), nr], one pair
+    per int32 (the same bytes: the even K in the low half, the odd K in the high half)."""
+    pairs = pack_weight(b, nr)
+    return pairs.view(np.int32).reshape(pairs.shape[:3])
+
+
+# ---------------------------------------------------------------- the TVMScript kernel
+
+def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, *,
+                      b_packed: bool, b_batched: bool = False,
+                      config: MatmulConfig = DEFAULT_CONFIG, cores: int = 1,
+                      name: str = "int_matmul_x86") -> Any:
+    """The AVX2 kernel as a TIR PrimFunc ``(A, B, C)``, specialized to ``k`` and ``n``.
+
+    Args:
+        a_dtype, b_dtype: ``int8`` or ``int16``.
+        k, n: the inner and output dims; ``None`` leaves one symbolic: the PrimFunc then takes
+            it as an int64 argument after B (``(A, B, k, n, C)``, as ``call_tir`` passes them).
+        b_packed: B is the constant int32 [ceil(n/NR), ceil(k/2), NR] of
+            :func:`pack_weight_pairs` (``k`` and ``n`` static); otherwise B is ``[BB, k, n]``
+            of ``b_dtype``, packed by the kernel.
+        b_batched: (unpacked B) ``BB`` equals A's batch; otherwise ``BB = 1`` is broadcast.
+        cores: ``num-cores`` of the target (1: no parallel loop at all).
+
+    A is ``[BA, M, k]`` (BA, M symbolic), C is ``[BA, M, n]`` int32.
+    """
+    if a_dtype not in INT_DTYPES or (not b_packed and b_dtype not in INT_DTYPES):
+        raise ValueError(f"int8/int16 operands expected, got {a_dtype} and {b_dtype}")
+    if b_packed and (k is None or n is None):
+        raise ValueError("a packed (constant) B needs static k and n")
+    template = _template(a_dtype, "int32" if b_packed else b_dtype, b_packed,
+                         bool(b_batched) and not b_packed, config, max(int(cores), 1))
+    from tvm import tirx
+
+    k_var, n_var, nbc_var = template.params[2:5]
+    bind = {v: tirx.IntImm("int64", int(value))     # int64 like the params (not Python ints)
+            for v, value in ((k_var, k), (n_var, n), (nbc_var, _chunk_blocks(n, config, cores)))
+            if value is not None}
+    return template.specialize(bind).with_attr("global_symbol", name)
+
+
+def _chunk_blocks(n: int | None, cfg: MatmulConfig, cores: int) -> int:
+    """Column blocks per task: enough chunks for ``2 * cores`` tasks at M = 1, at most
+    ``cfg.max_chunk`` blocks (1 when n is symbolic)."""
+    if n is None:
+        return 1
+    nbr = -(-n // cfg.nr)
+    return max(1, min(cfg.max_chunk, nbr // max(2 * cores, 1)))
+
+
+@lru_cache(maxsize=None)
+def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: MatmulConfig,
+              cores: int) -> Any:
+    """The kernel ``(A, B, k, n, nbc, C)`` with symbolic ``k``, ``n`` and column blocks per
+    task ``nbc`` (int64 params), parsed once per signature; :func:`int_matmul_kernel`
+    specializes it (TVMScript parsing costs ~0.5 s, specializing ~1 ms)."""
+    from tvm.script import tirx as T
+
+    MR, NR, MP = cfg.mr, cfg.nr, cfg.mp
+    NV = NR // 8                          # ymm vectors per tile row
+    PAR = cores > 1
+    BSEL = 1 if b_batched else 0          # batch index of B = BSEL * batch index of A
+    PMADD = "llvm.x86.avx2.pmadd.wd"
+
+    @T.macro
+    def tile(rows, ap32, a0, bsrc, b0, Cf, c0, valid, cols, K2, n):
+        # rows x NR register tile over all of K: acc += pmaddwd(bcast(A pair), B pairs).
+        # a0/b0: offsets of the A pairs and of the B block; c0: C offset of the tile's first
+        # element; valid/cols: rows/columns of the tile that lie inside C.
+        acc = T.alloc_buffer((rows * NR,), "int32")
+        for i in T.unroll(rows * NV):
+            acc[T.Ramp(i * 8, 1, 8)] = T.Broadcast(T.int32(0), 8)
+        for p in range(K2):
+            for v in T.unroll(NV):
+                for r in T.unroll(rows):
+                    acc[T.Ramp((r * NV + v) * 8, 1, 8)] = acc[T.Ramp((r * NV + v) * 8, 1, 8)] + \
+                        T.call_llvm_pure_intrin(
+                            "int32x8", PMADD,
+                            T.reinterpret("int16x16", T.Broadcast(ap32[a0 + r * K2 + p], 8)),
+                            T.reinterpret("int16x16", bsrc[T.Ramp(b0 + p * NR + v * 8, 1, 8)]))
+        if cols >= NR:
+            for r in T.unroll(rows):
+                if r < valid:
+                    for v in T.unroll(NV):
+                        Cf[T.Ramp(c0 + r * n + v * 8, 1, 8)] = acc[T.Ramp((r * NV + v) * 8, 1, 8)]
+        else:                  # column tail: masked stores (vpmaskmovd)
+            for r in T.unroll(rows):
+                if r < valid:
+                    for v in T.unroll(NV):
+                        T.evaluate(T.masked_store(
+                            Cf, acc[T.Ramp((r * NV + v) * 8, 1, 8)],
+                            T.Ramp(c0 + r * n + v * 8, 1, 8),
+                            T.Ramp(0, 1, 8) < T.Broadcast(T.Cast("int32", cols) - v * 8, 8)))
+
+    @T.macro
+    def block(ap32, bsrc, b0, Cf, row0, rows, ncol, K2, n):
+        # every row of the panel against one column block of B (at b0 in bsrc)
+        full: T.let[T.int32] = T.floordiv(rows, MR)
+        tail: T.let[T.int32] = rows - full * MR
+        cols: T.let[T.int64] = n - ncol
+        for mi in range(full):
+            tile(MR, ap32, mi * MR * K2, bsrc, b0, Cf, (row0 + mi * MR) * n + ncol,
+                 rows - mi * MR, cols, K2, n)
+        if tail * 2 > MR:      # a long row tail: the MR-row tile over zero rows
+            tile(MR, ap32, full * MR * K2, bsrc, b0, Cf, (row0 + full * MR) * n + ncol,
+                 tail, cols, K2, n)
+        else:                  # a short one: row by row
+            for r in range(tail):
+                tile(1, ap32, (full * MR + r) * K2, bsrc, b0, Cf,
+                     (row0 + full * MR + r) * n + ncol, 1, cols, K2, n)
+
+    @T.macro
+    def task(t, Af, Bf, Cf, M, MPN, k, n, K2, NBR, NBC, NCH):
+        # task t: batch bi, rows [mp*MP, +MP) of it, column blocks [nc*NBC, +NBC)
+        bi: T.let[T.int64] = t // (MPN * NCH)
+        rest: T.let[T.int64] = t - bi * (MPN * NCH)
+        mp: T.let[T.int64] = rest // NCH
+        nc: T.let[T.int64] = rest - mp * NCH
+        row0: T.let[T.int64] = bi * M + mp * MP           # first row of the panel in A and C
+        rows: T.let[T.int32] = T.Cast("int32", T.min(T.int64(MP), M - mp * MP))
+        nblocks: T.let[T.int64] = T.min(NBC, NBR - nc * NBC)
+        # A panel: rows of K2 int32 = pairs of sign-extended int16 (a[2p] low, a[2p+1] high);
+        # zero rows up to a multiple of MR. (Every buffer the kernel writes is accessed with
+        # its own dtype only: TVM miscompiled stores through a view of another dtype.)
+        ap32 = T.alloc_buffer((MP * K2,), "int32")
+        for r in range((rows + MR - 1) // MR * MR):
+            if r < rows:
+                for p in range(k // 2):
+                    ap32[r * K2 + p] = T.bitwise_or(
+                        T.bitwise_and(T.Cast("int32", Af[(row0 + r) * k + 2 * p]), 65535),
+                        T.shift_left(T.Cast("int32", Af[(row0 + r) * k + 2 * p + 1]), 16))
+                if k % 2 == 1:
+                    ap32[r * K2 + K2 - 1] = T.bitwise_and(
+                        T.Cast("int32", Af[(row0 + r) * k + k - 1]), 65535)
+            else:
+                for p in range(K2):
+                    ap32[r * K2 + p] = 0
+        if b_packed:
+            for nbi in range(nblocks):
+                block(ap32, Bf, (nc * NBC + nbi) * (K2 * NR), Cf, row0, rows,
+                      (nc * NBC + nbi) * NR, K2, n)
+        else:
+            # this task's column chunk of B[bi or 0], packed into the same layout
+            b_base: T.let[T.int64] = bi * BSEL * (k * n)
+            bp32 = T.alloc_buffer((NBC * K2 * NR,), "int32")
+            for nbi in range(nblocks):
+                col0: T.let[T.int64] = (nc * NBC + nbi) * NR
+                if col0 + NR <= n:
+                    # whole block: 8 columns of 2 K rows -> 8 pairs (lo & 0xffff) | hi << 16
+                    for p in range(k // 2):
+                        for v in T.unroll(NV):
+                            src: T.let[T.int64] = b_base + 2 * p * n + col0 + v * 8
+                            bp32[T.Ramp((nbi * K2 + p) * NR + v * 8, 1, 8)] = T.bitwise_or(
+                                T.bitwise_and(T.Cast("int32x8", Bf[T.Ramp(src, 1, 8)]),
+                                              T.Broadcast(T.int32(65535), 8)),
+                                T.shift_left(T.Cast("int32x8", Bf[T.Ramp(src + n, 1, 8)]),
+                                             T.Broadcast(T.int32(16), 8)))
+                    if k % 2 == 1:
+                        for v in T.unroll(NV):
+                            src: T.let[T.int64] = b_base + (k - 1) * n + col0 + v * 8
+                            bp32[T.Ramp((nbi * K2 + K2 - 1) * NR + v * 8, 1, 8)] = T.bitwise_and(
+                                T.Cast("int32x8", Bf[T.Ramp(src, 1, 8)]),
+                                T.Broadcast(T.int32(65535), 8))
+                else:
+                    # the ragged last block, pair by pair with zero padding
+                    for p, j in T.grid(K2, NR):
+                        bp32[(nbi * K2 + p) * NR + j] = T.bitwise_or(
+                            T.bitwise_and(T.if_then_else(
+                                col0 + j < n,
+                                T.Cast("int32", Bf[b_base + 2 * p * n + T.min(col0 + j, n - 1)]),
+                                0), 65535),
+                            T.shift_left(T.if_then_else(
+                                2 * p + 1 < k and col0 + j < n,
+                                T.Cast("int32", Bf[b_base + T.min(2 * p + 1, k - 1) * n
+                                                   + T.min(col0 + j, n - 1)]),
+                                0), 16))
+            for nbi in range(nblocks):
+                block(ap32, bp32, nbi * (K2 * NR), Cf, row0, rows, (nc * NBC + nbi) * NR,
+                      K2, n)
+
+    @T.macro
+    def run_tasks(Af, Bf, Cf, BA, M, k, n, NBC):
+        K2: T.let[T.int64] = (k + 1) // 2
+        NBR: T.let[T.int64] = (n + NR - 1) // NR
+        NCH: T.let[T.int64] = T.max((NBR + NBC - 1) // NBC, T.int64(1))   # (max: a divisor)
+        MPN: T.let[T.int64] = (M + MP - 1) // MP
+        if PAR:
+            for t in T.parallel(BA * MPN * NCH):
+                task(t, Af, Bf, Cf, M, MPN, k, n, K2, NBR, NBC, NCH)
+        else:
+            for t in range(BA * MPN * NCH):
+                task(t, Af, Bf, Cf, M, MPN, k, n, K2, NBR, NBC, NCH)
+
+    if b_packed:
+        @T.prim_func
+        def kernel(a: T.handle, b: T.handle, k: T.int64, n: T.int64, nbc: T.int64,
+                   c: T.handle):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            BA = T.int64()
+            M = T.int64()
+            A = T.match_buffer(a, (BA, M, k), a_dtype)
+            B = T.match_buffer(b, ((n + NR - 1) // NR, (k + 1) // 2, NR), "int32")
+            C = T.match_buffer(c, (BA, M, n), "int32")
+            Af = T.decl_buffer((BA * M * k,), a_dtype, data=A.data)
+            Bf = T.decl_buffer(((n + NR - 1) // NR * ((k + 1) // 2) * NR,), "int32",
+                               data=B.data)
+            Cf = T.decl_buffer((BA * M * n,), "int32", data=C.data)
+            run_tasks(Af, Bf, Cf, BA, M, k, n, nbc)
+    else:
+        @T.prim_func
+        def kernel(a: T.handle, b: T.handle, k: T.int64, n: T.int64, nbc: T.int64,
+                   c: T.handle):
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            BA = T.int64()
+            M = T.int64()
+            BB = T.int64()
+            A = T.match_buffer(a, (BA, M, k), a_dtype)
+            B = T.match_buffer(b, (BB, k, n), b_dtype)
+            C = T.match_buffer(c, (BA, M, n), "int32")
+            Af = T.decl_buffer((BA * M * k,), a_dtype, data=A.data)
+            Bf = T.decl_buffer((BB * k * n,), b_dtype, data=B.data)
+            Cf = T.decl_buffer((BA * M * n,), "int32", data=C.data)
+            run_tasks(Af, Bf, Cf, BA, M, k, n, nbc)
+
+    return kernel
+
+
+# ---------------------------------------------------------------- the Relax rewrite
+
+def _static(dim: Any) -> int | None:
+    from tvm import tirx
+
+    return int(dim.value) if isinstance(dim, tirx.IntImm) else None
+
+
+def _product(dims: list) -> Any:
+    """Product of shape dims (PrimExprs), folded when static."""
+    from tvm import tirx
+
+    out: Any = tirx.IntImm("int64", 1)
+    for d in dims:
+        out = tirx.IntImm("int64", int(out.value) * int(d.value)) if (
+            isinstance(out, tirx.IntImm) and isinstance(d, tirx.IntImm)) else out * d
+    return out
+
+
+def _same_dims(xs: list, ys: list) -> bool:
+    from tvm.sym.analyzer import Analyzer
+
+    analyzer = Analyzer()
+    return len(xs) == len(ys) and all(
+        x.same_as(y) or analyzer.can_prove_equal(x, y) for x, y in zip(xs, ys))
+
+
+def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAULT_CONFIG) -> Any:
+    """Replace the generic integer matmuls of a Relax module by the AVX2 kernels.
+
+    Every ``call_tir`` of a PrimFunc marked ``edgert.op = "intmatmul"`` is rewritten: A
+    reshaped to ``[batch, M, K]``, a constant B packed now (numpy), an activation B passed as
+    ``[1 or batch, K, N]`` (a symbolic K or N goes to the kernel as an argument), then the
+    kernel and a reshape back. Kernels are shared
+    between calls of the same signature; the generic PrimFuncs left unused are removed. Other
+    calls and functions are left alone. The caller checks that the target has AVX2.
+    """
+    import tvm
+    from tvm import relax, tirx
+
+    names = {gv.name_hint for gv, f in mod.functions_items()
+             if isinstance(f, tirx.PrimFunc) and f.attrs is not None
+             and str(f.attrs.get(OP_ATTR, "")) == OP_NAME}
+    if not names:
+        return mod
+    cores = num_cores(tvm_target)
+    call_tir_op = tvm.ir.Op.get("relax.call_tir")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def __init__(self, module: Any) -> None:
+            super().__init__(module)
+            self.kernels: dict[tuple, Any] = {}
+            self.rewritten = 0
+
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if (isinstance(call, relax.Call) and call.op.same_as(call_tir_op)
+                    and isinstance(call.args[0], tvm.ir.GlobalVar)
+                    and call.args[0].name_hint in names):
+                new = self.rewrite(call)
+                if new is not None:
+                    self.rewritten += 1
+                    return new
+            return call
+
+        def kernel(self, a_dtype: str, b_dtype: str, k: int | None, n: int | None,
+                   packed: bool, batched: bool) -> Any:
+            key = (a_dtype, b_dtype, k, n, packed, batched)
+            if key not in self.kernels:
+                name = (f"int_matmul_x86_{a_dtype}_{'packed' if packed else b_dtype}"
+                        f"{'_batched' if batched else ''}_k{k or 'var'}_n{n or 'var'}")
+                small = k is not None and n is not None and k * n < config.parallel_min_kn
+                func = int_matmul_kernel(a_dtype, b_dtype, k, n, b_packed=packed,
+                                         b_batched=batched, config=config,
+                                         cores=1 if small else cores, name=name)
+                func = func.with_attr("op_pattern", 8)   # kOpaque: not fused
+                self.kernels[key] = self.builder_.add_func(func, name)
+            return self.kernels[key]
+
+        def rewrite(self, call: Any) -> Any | None:
+            args = call.args[1]
+            if not isinstance(args, relax.Tuple) or len(args.fields) != 2 or len(call.args) > 2:
+                return None
+            a, b = args.fields
+            a_ty, b_ty, out_ty = a.ty, b.ty, call.ty
+            if not all(isinstance(t, relax.TensorType) and isinstance(t.shape, relax.ShapeExpr)
+                       for t in (a_ty, b_ty, out_ty)):
+                return None
+            a_dtype, b_dtype = str(a_ty.dtype), str(b_ty.dtype)
+            a_shape, b_shape = list(a_ty.shape.values), list(b_ty.shape.values)
+            if (a_dtype not in INT_DTYPES or b_dtype not in INT_DTYPES or len(a_shape) < 2
+                    or len(b_shape) < 2 or len(b_shape) > len(a_shape)
+                    or not _same_dims(a_shape[-1:], b_shape[-2:-1])):
+                return None
+            k_dim, n_dim, m = a_shape[-1], b_shape[-1], a_shape[-2]
+            k, n = _static(k_dim), _static(n_dim)
+            if k == 0 or n == 0:
+                return None
+            a_batch, b_batch = a_shape[:-2], b_shape[:-2]
+            one = tirx.IntImm("int64", 1)
+            bb = self.builder_
+            if all(_static(d) == 1 for d in b_batch):          # one B for every row of A
+                batch, m = one, _product(a_shape[:-1])
+                b_const = isinstance(b, tvm.ir.GenericConst)
+                gv = self.kernel(a_dtype, "int32" if b_const else b_dtype, k, n, b_const, False)
+                if b_const:                                    # packed now, once
+                    b3 = relax.const(pack_weight_pairs(b.value.numpy().reshape(k, n), config.nr))
+                else:
+                    b3 = b if len(b_shape) == 3 else bb.emit(
+                        relax.op.reshape(b, [one, k_dim, n_dim]))
+            elif _same_dims(a_batch, b_batch):                   # batched activations
+                batch = _product(a_batch)
+                gv = self.kernel(a_dtype, b_dtype, k, n, False, True)
+                b3 = b if len(b_shape) == 3 else bb.emit(
+                    relax.op.reshape(b, [batch, k_dim, n_dim]))
+            else:
+                return None
+            a3 = a if len(a_shape) == 3 and batch is not one else bb.emit(
+                relax.op.reshape(a, [batch, m, k_dim]))
+            dims = [relax.prim_value(d) for d, v in ((k_dim, k), (n_dim, n)) if v is None]
+            out = bb.emit(relax.call_tir(gv, [a3, b3, *dims],
+                                         relax.TensorType([batch, m, n_dim], "int32")))
+            return relax.op.reshape(out, out_ty.shape)
+
+    rewriter = Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    new_mod = rewriter.builder_.get()
+    if not rewriter.rewritten:
+        return mod
+    return relax.transform.DeadCodeElimination()(new_mod)

@@ -1,0 +1,239 @@
+"""The x86 AVX2 integer matmul kernels (``compiler/schedule_x86.py``) are bit-exact.
+
+Kernels are compared with ``intmatmul.reference`` (the normative numpy IntMatMul) over a grid of
+shapes with ragged M, K and N: constant weights (packed at compile time), activation x
+activation (batched and broadcast, int8/int16), symbolic dims; then through the Relax rewrite
+and the whole pipeline (``compile_model``), where the library must contain ``vpmaddwd``.
+Several kernels share one ``tvm.compile`` to keep the file fast (~0.25 s a kernel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from edgert.compiler import schedule_x86
+from edgert.compiler.schedule_x86 import (MatmulConfig, int_matmul_kernel, pack_weight,
+                                          pack_weight_pairs)
+from edgert.ops import DOMAIN, intmatmul
+from edgert.targets import TARGETS, host_arch, host_cpu_features
+
+from ophelpers import assert_bit_exact, integer_model
+
+HOST_AVX2 = host_arch() == "x86_64" and "avx2" in host_cpu_features()
+needs_avx2 = pytest.mark.skipif(not HOST_AVX2, reason="needs an x86-64 CPU with AVX2")
+TVM_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2}
+
+MS, KS, NS = (1, 3, 17, 128), (1, 7, 64, 384, 1536), (1, 5, 64, 384)
+
+
+def operand(rng: np.random.Generator, dtype: str, shape: tuple, k: int, other: str) -> np.ndarray:
+    """Random operand over the full range of ``dtype``, narrowed only where K terms of
+    |a| * |b| could leave int32 (the bound the quantizer proves for real graphs)."""
+    info = np.iinfo(dtype)
+    peer = np.iinfo(other).max + 1
+    amax = min(info.max, (2**31 - 1) // (max(k, 1) * peer))
+    x = rng.integers(-amax - (amax == info.max), amax + 1, shape, dtype=np.int64)
+    flat = x.reshape(-1)
+    flat[: min(2, flat.size)] = [-amax - (amax == info.max), amax][: min(2, flat.size)]
+    return x.astype(dtype)
+
+
+def build(funcs: dict) -> object:
+    """Compile PrimFuncs together; returns the runtime module."""
+    import tvm
+
+    return tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(TVM_TARGET)).mod
+
+
+def call(lib, name: str, a: np.ndarray, b: np.ndarray, out_shape: tuple, *scalars) -> np.ndarray:
+    import tvm
+
+    c = tvm.runtime.tensor(np.zeros(out_shape, np.int32))
+    lib[name](tvm.runtime.tensor(a), tvm.runtime.tensor(b), *scalars, c)
+    return c.numpy()
+
+
+# ---------------------------------------------------------------- layout and target choice
+
+def test_pack_weight_layout():
+    b = np.arange(-40, 37, dtype=np.int8).reshape(7, 11)
+    p = pack_weight(b, nr=8)
+    assert p.shape == (2, 4, 8, 2) and p.dtype == np.int16
+    for nb, kp, j, h in np.ndindex(*p.shape):
+        k, n = 2 * kp + h, nb * 8 + j
+        assert p[nb, kp, j, h] == (b[k, n] if k < 7 and n < 11 else 0)
+    pairs = pack_weight_pairs(b, nr=8)                   # the kernel's view: one pair an int32
+    assert pairs.shape == (2, 4, 8) and pairs.dtype == np.int32
+    assert np.array_equal((pairs << 16 >> 16).astype(np.int16), p[..., 0])
+    assert np.array_equal((pairs >> 16).astype(np.int16), p[..., 1])
+
+
+def test_only_x86_targets_with_avx2_get_the_kernels():
+    chosen = {name for name, t in TARGETS.items() if schedule_x86.target_has_avx2(t)}
+    assert chosen == {"x86-avx2", "x86-avx512"}   # not aarch64/rpi5, not the CUDA targets
+
+
+def test_other_targets_keep_the_generic_compute(monkeypatch):
+    from edgert.compiler import lower
+
+    monkeypatch.setattr(schedule_x86, "schedule_int_matmuls",
+                        lambda *a, **k: pytest.fail("x86 kernels used for an Arm target"))
+    sentinel = object()
+    assert lower._schedule_for_cpu(sentinel, TARGETS["rpi5"], None) is sentinel
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError):
+        MatmulConfig(nr=12)
+    with pytest.raises(ValueError):
+        int_matmul_kernel("int32", "int8", 4, 4, b_packed=True)
+
+
+# ---------------------------------------------------------------- kernels against the reference
+
+@needs_avx2
+@pytest.mark.parametrize("a_dtype", ["int8", "int16"])
+def test_constant_weight_kernels_bit_exact(a_dtype):
+    """Every (K, N) of the grid as its own specialized kernel, every M through each."""
+    funcs = {f"w_{k}_{n}": int_matmul_kernel(a_dtype, "int16", k, n, b_packed=True, cores=2,
+                                             name=f"w_{k}_{n}") for k in KS for n in NS}
+    lib = build(funcs)
+    rng = np.random.default_rng(1)
+    for k in KS:
+        for n in NS:
+            w = operand(rng, "int8", (k, n), k, a_dtype)
+            packed = pack_weight_pairs(w)
+            for m in MS:
+                a = operand(rng, a_dtype, (1, m, k), k, "int8")
+                got = call(lib, f"w_{k}_{n}", a, packed, (1, m, n))
+                assert_bit_exact(f"{a_dtype} M={m} K={k} N={n}", got, intmatmul.reference(a, w))
+
+
+@needs_avx2
+def test_activation_kernels_bit_exact():
+    """B an activation: batched (attention) and broadcast, int8/int16 on both sides."""
+    cases = [  # (a, b, batched, k, n)
+        ("int8", "int8", True, 8, 17), ("int16", "int8", True, 17, 8),
+        ("int16", "int16", True, 64, 5), ("int8", "int16", False, 7, 64),
+        ("int8", "int8", False, 384, 384),
+    ]
+    funcs = {f"act{i}": int_matmul_kernel(a, b, k, n, b_packed=False, b_batched=bat, cores=2,
+                                          name=f"act{i}")
+             for i, (a, b, bat, k, n) in enumerate(cases)}
+    lib = build(funcs)
+    rng = np.random.default_rng(2)
+    for i, (a_dt, b_dt, batched, k, n) in enumerate(cases):
+        for batch, m in [(1, 1), (3, 17), (8, 3), (2, 128)]:
+            a = operand(rng, a_dt, (batch, m, k), k, b_dt)
+            b = operand(rng, b_dt, (batch if batched else 1, k, n), k, a_dt)
+            want = intmatmul.reference(a, b if batched else b[0])
+            assert_bit_exact(f"case {i} batch={batch} M={m}", call(lib, f"act{i}", a, b,
+                                                                    (batch, m, n)), want)
+
+
+@needs_avx2
+def test_symbolic_k_and_n_kernel_bit_exact():
+    """K and N unknown at compile time (dynamic sequence length): passed as arguments."""
+    lib = build({"sym": int_matmul_kernel("int16", "int8", None, None, b_packed=False,
+                                          b_batched=True, cores=2, name="sym")})
+    rng = np.random.default_rng(3)
+    for batch, m, k, n in [(2, 17, 17, 8), (3, 1, 1, 1), (1, 128, 384, 64), (4, 3, 7, 5)]:
+        a = operand(rng, "int16", (batch, m, k), k, "int8")
+        b = operand(rng, "int8", (batch, k, n), k, "int16")
+        assert_bit_exact(f"{batch}x{m}x{k}x{n}", call(lib, "sym", a, b, (batch, m, n), k, n),
+                         intmatmul.reference(a, b))
+
+
+# ---------------------------------------------------------------- the Relax rewrite
+
+def vi(name: str, elem: int, shape: list):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def attention_model(seq: int | str):
+    """Linear (MatMulInteger, constant int8 weight) -> Q·K^T (batched 4-D int8 x int8) ->
+    P·V (IntMatMul int16 x int8) -> Linear (IntMatMul int16 x constant int8 weight)."""
+    rng = np.random.default_rng(4)
+    w1 = rng.integers(-127, 128, (24, 40), dtype=np.int8)
+    w2 = rng.integers(-127, 128, (8, 33), dtype=np.int8)
+    nodes = [
+        helper.make_node("MatMulInteger", ["x", "w1"], ["lin1"], name="lin1"),
+        helper.make_node("MatMulInteger", ["q", "kt"], ["scores"], name="scores"),
+        helper.make_node("IntMatMul", ["p", "v"], ["ctx"], name="ctx", domain=DOMAIN),
+        helper.make_node("IntMatMul", ["ctx16", "w2"], ["lin2"], name="lin2", domain=DOMAIN),
+    ]
+    ins = [vi("x", TP.INT8, ["batch", seq, 24]), vi("q", TP.INT8, ["batch", 3, seq, 8]),
+           vi("kt", TP.INT8, ["batch", 3, 8, seq]), vi("p", TP.INT16, ["batch", 3, seq, seq]),
+           vi("v", TP.INT8, ["batch", 3, seq, 8]), vi("ctx16", TP.INT16, ["batch", seq, 8])]
+    outs = [vi("lin1", TP.INT32, ["batch", seq, 40]),
+            vi("scores", TP.INT32, ["batch", 3, seq, seq]),
+            vi("ctx", TP.INT32, ["batch", 3, seq, 8]), vi("lin2", TP.INT32, ["batch", seq, 33])]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+
+    def feed(batch: int, s: int) -> dict[str, np.ndarray]:
+        r = np.random.default_rng(batch * 100 + s)
+        p_max = (2**31 - 1) // (s * 128)
+        return {"x": r.integers(-128, 128, (batch, s, 24), dtype=np.int8),
+                "q": r.integers(-128, 128, (batch, 3, s, 8), dtype=np.int8),
+                "kt": r.integers(-128, 128, (batch, 3, 8, s), dtype=np.int8),
+                "p": r.integers(-min(p_max, 32768), min(p_max, 32767) + 1, (batch, 3, s, s),
+                                dtype=np.int16),
+                "v": r.integers(-128, 128, (batch, 3, s, 8), dtype=np.int8),
+                "ctx16": r.integers(-32768, 32768, (batch, s, 8), dtype=np.int16)}
+
+    def oracle(f: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [intmatmul.reference(f["x"], w1), intmatmul.reference(f["q"], f["kt"]),
+                intmatmul.reference(f["p"], f["v"]), intmatmul.reference(f["ctx16"], w2)]
+
+    return integer_model(nodes, ins, outs, inits), feed, oracle
+
+
+@needs_avx2
+@pytest.mark.parametrize("seq", [17, "seq"])
+def test_relax_rewrite_bit_exact_and_uses_vpmaddwd(seq):
+    import tvm
+    from tvm import relax
+
+    from edgert.compiler.lower import to_relax
+
+    model, feed, oracle = attention_model(seq)
+    target = tvm.target.Target(TVM_TARGET)
+    mod = schedule_x86.schedule_int_matmuls(to_relax(model), target)
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    kernels = {n for n in names if n.startswith("int_matmul_x86")}
+    assert len(kernels) == 4 and not names & {"matmul_integer", "intmatmul"}, names
+    assert any("packed" in n for n in kernels) and any("batched" in n for n in kernels)
+    ex = tvm.compile(mod, target=target)
+    asm = ex.mod.imports[0].inspect_source("asm")
+    assert "vpmaddwd" in asm
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    for batch, s in [(1, 17), (3, 17)] + ([(2, 5), (1, 40)] if seq == "seq" else []):
+        f = feed(batch, s)
+        got = vm["main"](*[tvm.runtime.tensor(f[k]) for k in ("x", "q", "kt", "p", "v", "ctx16")])
+        for i, (g, w) in enumerate(zip(got, oracle(f))):
+            assert_bit_exact(f"output {i} batch={batch} seq={s}", g.numpy(), w)
+
+
+@needs_avx2
+def test_compile_model_builds_the_kernels(tmp_path):
+    """The whole pipeline (build_library for the host target) uses the kernels, bit-exact."""
+    import onnx
+
+    import edgert
+    from edgert.artifact import read_artifact
+    from edgert.compiler import compile_model
+    from edgert.compiler.pipeline import LIB_MEMBER
+
+    model, feed, oracle = attention_model(17)
+    path = tmp_path / "att.onnx"
+    onnx.save(model, path)
+    art = compile_model(path, tmp_path / "att.edgert", threads=2)
+    assert b"int_matmul_x86" in read_artifact(art).members[LIB_MEMBER]
+    session = edgert.Session(art, threads=2)
+    for batch in (1, 2):
+        f = feed(batch, 17)
+        for i, (g, w) in enumerate(zip(session.run(None, f), oracle(f))):
+            assert_bit_exact(f"output {i} batch={batch}", g, w)
