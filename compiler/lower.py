@@ -1,10 +1,12 @@
 """Lower an ONNX model to TVM (Relax) and build a shared library for a target.
 
-This is the fp32 path: TVM's Relax ONNX frontend, inference-time op decomposition, then
-``tvm.compile`` with the target's dict. CPU targets use TVM's default pipeline (it legalizes
-and fuses but does not schedule), except for the integer matmuls, which x86 AVX2 targets run on
-the kernels of :mod:`edgert.compiler.schedule_x86`; CUDA targets get dlight's default GPU
-schedules, which every GPU kernel needs to bind its loops to threads.
+TVM's Relax ONNX frontend (with the integer-graph converters of ``lower_int``), inference-time
+op decomposition, then ``tvm.compile`` with the target's dict. CPU targets: the integer matmuls
+run on the kernels of :mod:`edgert.compiler.schedule_x86` (x86 AVX2), and TVM's default CPU
+pipeline gets the elementwise and row-reduction schedules of
+:mod:`edgert.compiler.schedule_cpu` after operator fusion (fp32 matmuls stay unscheduled).
+CUDA targets get dlight's default GPU schedules, which every GPU kernel needs to bind its
+loops to threads.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import onnx
 
+from edgert.compiler import schedule_cpu
 from edgert.errors import CompileError, TargetError
 from edgert.ops import register_schemas_for
 from edgert.targets import Target, host_arch
@@ -60,10 +63,11 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
     tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=threads))
     try:
         if target.cuda_arch:
-            mod = _schedule_for_gpu(mod, tvm_target)
+            executable = tvm.compile(_schedule_for_gpu(mod, tvm_target), target=tvm_target)
         else:
-            mod = _schedule_for_cpu(mod, target, tvm_target)
-        executable = tvm.compile(mod, target=tvm_target)
+            executable = tvm.compile(_schedule_for_cpu(mod, target, tvm_target),
+                                     target=tvm_target,
+                                     relax_pipeline=schedule_cpu.cpu_pipeline(tvm_target))
     except Exception as e:
         raise CompileError(f"{source}: TVM failed to compile for {target.name}: {_short(e)}") from None
     with tempfile.TemporaryDirectory(prefix="edgert-build-") as tmp:

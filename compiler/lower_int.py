@@ -139,11 +139,16 @@ def _make_converters() -> dict[str, Any]:
             args = [bb.normalize(x) for x in inputs if x is not None]
             attrs = cls.attributes(attrs_of(attr))
             return bb.emit_te(mod.te_compute, *cls.prepare(bb, args), **attrs,
-                              primfunc_name_hint=cls.module)
+                              **cls.tables(args, attrs), primfunc_name_hint=cls.module)
 
         @classmethod
         def prepare(cls, bb: Any, args: list) -> list:
             return args
+
+        @classmethod
+        def tables(cls, args: list, attrs: dict[str, Any]) -> dict[str, Any]:
+            """Constant lookup tables the TE compute takes as keyword arguments."""
+            return {}
 
         @classmethod
         def attributes(cls, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -156,11 +161,40 @@ def _make_converters() -> dict[str, Any]:
         def prepare(cls, bb: Any, args: list) -> list:
             # te_compute indexes multiplier/shift as [1] or [C]: give scalars a dimension.
             q, m, e = args
+            if isinstance(m, tvm.ir.GenericConst) and isinstance(e, tvm.ir.GenericConst):
+                from edgert.ops import requant
+
+                narrowed = requant.narrow(m.value.numpy().reshape(-1), e.value.numpy().reshape(-1))
+                if narrowed is not None:    # int32 multipliers: a vectorizable multiply
+                    return [q, *map(relax.const, narrowed)]
             return [q, *(v if ndim(v) else as_vector(bb, v) for v in (m, e))]
 
         @classmethod
         def attributes(cls, attrs: dict[str, Any]) -> dict[str, Any]:
             return {**attrs, "to": _dtype_name(attrs["to"])}   # TensorProto enum -> dtype name
+
+    class ShiftGELU(EdgertOp):
+        """The kernel looks each result up in a table of every input value."""
+
+        module = "shiftgelu"
+
+        @classmethod
+        def tables(cls, args: list, attrs: dict[str, Any]) -> dict[str, Any]:
+            from edgert.ops import shiftgelu
+
+            return {"table": relax.const(shiftgelu.lookup_table(str(args[0].ty.dtype), **attrs))}
+
+    class Shiftmax(EdgertOp):
+        """The kernel looks each exponential up in a table of every ``q - max_row(q)``."""
+
+        module = "shiftmax"
+
+        @classmethod
+        def tables(cls, args: list, attrs: dict[str, Any]) -> dict[str, Any]:
+            from edgert.ops import shiftmax
+
+            table = shiftmax.exp_table(str(args[0].ty.dtype), x0=attrs["x0"], n=attrs["n"])
+            return {"table": relax.const(table)}
 
     def refuse_zero_points(op: str, inputs: list, attr: dict[str, Any]) -> None:
         for zp in inputs[2:4]:
@@ -285,6 +319,7 @@ def _make_converters() -> dict[str, Any]:
             return TvmGather._impl_v13(bb, inputs, attr, params)
 
     table = {op: edgert_op(op, module) for op, module in EDGERT_OPS.items()}
+    table.update(ShiftGELU=ShiftGELU, Shiftmax=Shiftmax)
     table["Requant"] = Requant
     table["IntMatMul"] = IntMatMul
     table.update(MatMulInteger=MatMulInteger, ConvInteger=ConvInteger, Gather=Gather,

@@ -26,7 +26,7 @@ kernel built around ``vpmaddwd`` (``llvm.x86.avx2.pmadd.wd``):
   loop at all when ``num-cores`` is 1 or ``K * N`` is small (``parallel_min_kn``). (A run-time
   choice on M would duplicate the kernel body: twice the parse and compile time.)
 
-The kernels carry ``tir.is_scheduled`` so that nothing downstream re-schedules them, and are
+The kernels carry ``tirx.is_scheduled`` so that nothing downstream re-schedules them, and are
 marked opaque for operator fusion. Other targets (aarch64, CUDA) keep the generic compute; an
 aarch64 ``sdot`` kernel would be a sibling of this module (same rewrite, another micro-kernel).
 
@@ -313,7 +313,7 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         @T.prim_func
         def kernel(a: T.handle, b: T.handle, k: T.int64, n: T.int64, nbc: T.int64,
                    c: T.handle):
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             BA = T.int64()
             M = T.int64()
             A = T.match_buffer(a, (BA, M, k), a_dtype)
@@ -328,7 +328,7 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         @T.prim_func
         def kernel(a: T.handle, b: T.handle, k: T.int64, n: T.int64, nbc: T.int64,
                    c: T.handle):
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
             BA = T.int64()
             M = T.int64()
             BB = T.int64()

@@ -58,6 +58,27 @@ def params(ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     return m, e
 
 
+def narrow(m: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The same Requant with an int32 multiplier, or ``None`` where none exists.
+
+    ``m = 2**31`` (the rounding can reach it) becomes ``(2**30, e - 1)``: for ``e >= 2``,
+    ``(q * 2**31 + 2**(e-1)) >> e == (q * 2**30 + 2**(e-2)) >> (e-1)`` exactly. Kernels use
+    it because x86 multiplies int32 by int32 into int64 in vector registers (``vpmuldq``) but
+    has no vector int64 x int64 multiply before AVX-512.
+
+    Returns:
+        ``(m int32, e int64)`` of the input shapes.
+    """
+    m, e = np.asarray(m, np.int64).copy(), np.asarray(e, np.int64).copy()
+    top = m == 2**31
+    if (top & (e < 2)).any():
+        return None
+    m[top], e[top] = 2**30, e[top] - 1
+    if (m < -(2**31)).any() or (m >= 2**31).any():
+        return None
+    return m.astype(np.int32), e
+
+
 def _channel_shape(ndim: int, size: int, axis: int) -> tuple[int, ...]:
     """Broadcast shape of a per-channel vector of ``size`` along ``axis`` of an ndim tensor."""
     if size == 1:
@@ -113,7 +134,8 @@ def numba_kernel(q: np.ndarray, m: np.ndarray, e: np.ndarray, *, lo: int, hi: in
 
 
 def te_compute(q: Any, m: Any, e: Any, *, lo: int, hi: int, to: str = "int8", axis: int = -1) -> Any:
-    """TVM TE compute: ``q`` of any rank, ``m``/``e`` int64 tensors of shape [1] or [C]."""
+    """TVM TE compute: ``q`` of any rank; ``m`` int64 (or int32, see :func:`narrow`) and ``e``
+    int64 tensors of shape [1] or [C]."""
     from tvm import te, tirx
 
     per_channel = int(m.shape[0]) != 1
@@ -121,7 +143,8 @@ def te_compute(q: Any, m: Any, e: Any, *, lo: int, hi: int, to: str = "int8", ax
 
     def body(*idx):
         c = idx[ax] if per_channel else 0
-        acc = q(*idx).astype("int64") * m[c] + tirx.shift_left(tirx.const(1, "int64"), e[c] - 1)
+        acc = q(*idx).astype("int64") * m[c].astype("int64") + tirx.shift_left(
+            tirx.const(1, "int64"), e[c] - 1)
         v = tirx.shift_right(acc, e[c])
         return tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(to)
 

@@ -150,27 +150,55 @@ def _te_keep(q: Any, exclude: Any | None) -> Any:
     return keep
 
 
-def te_compute(q: Any, exclude: Any | None = None, *, x0: int, n: int, k: int = 16) -> Any:
-    """TVM TE Shiftmax over the last axis of ``q`` (any rank >= 1)."""
+def exp_table(dtype: str, *, x0: int, n: int) -> np.ndarray:
+    """``shift_exp(x, x0, n)`` for every ``x = q - max_row(q)`` an input of ``dtype`` can give:
+    int32 [2**bits], entry ``j`` for ``x = j - (2**bits - 1)`` (so the last entry is x = 0)."""
+    size = 1 << (8 * np.dtype(dtype).itemsize)
+    e = shift_exp(np.arange(-(size - 1), 1, dtype=np.int64), x0, n)
+    if e.max() >= 2**31:
+        raise ValueError(f"Shiftmax constants out of range: x0={x0}, n={n} (use params())")
+    return e.astype(np.int32)
+
+
+def te_compute(q: Any, exclude: Any | None = None, table: Any | None = None, *, x0: int, n: int,
+               k: int = 16) -> Any:
+    """TVM TE Shiftmax over the last axis of ``q`` (any rank >= 1).
+
+    With ``table`` (:func:`exp_table` of ``q``'s dtype, a constant) each exponential is one
+    load instead of the int64 arithmetic of ``shift_exp`` (a division by ``x0`` that x86
+    cannot vectorize); the values are the same. ``1 / S`` is computed once per row.
+    """
     from tvm import te, tirx
 
     keep = _te_keep(q, exclude)
     *lead, length = q.shape
-    low = tirx.min_value("int64")
+    # The row max starts at q's smallest value (not int64's): q - max then stays within
+    # +-(2**bits - 1) even for a row with every element excluded, whose e are all 0 anyway.
+    low = tirx.const(int(np.iinfo(str(q.dtype)).min), "int64")
     zero = tirx.const(0, "int64")
     r = te.reduce_axis((0, length), name="r")
     mx = te.compute(lead, lambda *i: te.max(tirx.Select(keep(*i, r), q(*i, r).astype("int64"), low),
                                             axis=r), name="row_max")
+    if table is None:
+        def exp(x: Any) -> Any:
+            return te_shift_exp(x, x0, n)
+    else:
+        top_index = int(table.shape[0]) - 1
+
+        def exp(x: Any) -> Any:   # x > 0 only for excluded elements, whose e is 0: clamp for the load
+            return table[(tirx.min(x, zero) + top_index).astype("int32")].astype("int64")
     e = te.compute(q.shape, lambda *i: tirx.Select(
-        keep(*i), te_shift_exp(q(*i).astype("int64") - mx(*i[:-1]), x0, n), zero), name="shift_exp")
+        keep(*i), exp(q(*i).astype("int64") - mx(*i[:-1])), zero), name="shift_exp")
     r2 = te.reduce_axis((0, length), name="r2")
     s = te.compute(lead, lambda *i: te.sum(e(*i, r2), axis=r2), name="row_sum")
+    f = te.compute(lead, lambda *i: tirx.floordiv(
+        tirx.const(INT31_MAX, "int64"), tirx.max(s(*i), tirx.const(1, "int64"))), name="row_recip")
     sh = 31 - (k - 1)
     top = tirx.const((1 << (k - 1)) - 1, "int64")
 
     def body(*i):
-        f = tirx.floordiv(tirx.const(INT31_MAX, "int64"), tirx.max(s(*i[:-1]), tirx.const(1, "int64")))
-        v = tirx.shift_right(e(*i) * f + tirx.const(1 << (sh - 1), "int64"), tirx.const(sh, "int64"))
+        v = tirx.shift_right(e(*i) * f(*i[:-1]) + tirx.const(1 << (sh - 1), "int64"),
+                             tirx.const(sh, "int64"))
         return tirx.min(v, top).astype(out_dtype(k))
 
     return te.compute(q.shape, body, name="shiftmax")

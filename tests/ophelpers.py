@@ -8,20 +8,25 @@ from typing import Any
 import numpy as np
 
 
-def run_te(compute: Callable[..., Any], arrays: list[np.ndarray], **attrs: Any) -> np.ndarray:
-    """Build ``compute(*placeholders, **attrs)`` with TVM for the host CPU and run it."""
+def run_te(compute: Callable[..., Any], arrays: list[np.ndarray], *,
+           tensors: dict[str, np.ndarray] | None = None, **attrs: Any) -> np.ndarray:
+    """Build ``compute(*placeholders, **tensor_placeholders, **attrs)`` with TVM for the host
+    CPU and run it on ``arrays`` (positional) and ``tensors`` (keyword tensor arguments)."""
     import tvm
     from tvm import te
 
     from edgert.targets import resolve_host
 
+    tensors = tensors or {}
     phs = [te.placeholder(a.shape, dtype=str(a.dtype), name=f"in{i}") for i, a in enumerate(arrays)]
-    out = compute(*phs, **attrs)
-    func = te.create_prim_func([*phs, out])
+    kw = {k: te.placeholder(a.shape, dtype=str(a.dtype), name=k) for k, a in tensors.items()}
+    out = compute(*phs, **kw, **attrs)
+    func = te.create_prim_func([*phs, *kw.values(), out])
     lib = tvm.compile(func, target=tvm.target.Target(resolve_host().tvm_target_dict()))
     shape = [int(d) for d in out.shape]
     result = tvm.runtime.tensor(np.zeros(shape, str(out.dtype)))
-    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays], result)
+    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [*arrays, *tensors.values()]],
+        result)
     return result.numpy()
 
 

@@ -89,6 +89,26 @@ def test_backends_bit_exact(case):
     assert_bit_exact("numba", requant.numba_kernel(q, m, e, lo=lo, hi=hi, to=out_dtype), want)
     got = run_te(requant.te_compute, [q, m, e], lo=lo, hi=hi, to=out_dtype)
     assert_bit_exact("tvm", got, want)
+    m32, e32 = requant.narrow(m, e)
+    assert m32.dtype == np.int32
+    got = run_te(requant.te_compute, [q, m32, e32], lo=lo, hi=hi, to=out_dtype)
+    assert_bit_exact("tvm-int32-multiplier", got, want)
+
+
+def test_narrow_multiplier_is_the_same_requant():
+    """m = 2**31 (mantissa rounding up) becomes (2**30, e - 1); results are identical on the
+    extreme inputs; with e = 1 there is no int32 form."""
+    q = np.array([-(2**31), -(2**31) + 1, -3, -1, 0, 1, 2, 3, 2**31 - 1], np.int64)
+    m, e = np.array([2**31, -(2**31), 2**31 - 1, 0]), np.array([40, 33, 31, 1])
+    m32, e32 = requant.narrow(m, e)
+    np.testing.assert_array_equal(m32, [2**30, -(2**31), 2**31 - 1, 0])
+    np.testing.assert_array_equal(e32, [39, 33, 31, 1])
+    for i in range(len(m)):
+        full = requant.reference(q, m[i:i + 1], e[i:i + 1], lo=-(2**31), hi=2**31 - 1, to="int32")
+        narrowed = requant.reference(q, m32[i:i + 1], e32[i:i + 1], lo=-(2**31), hi=2**31 - 1,
+                                     to="int32")
+        assert_bit_exact(f"channel {i}", narrowed, full)
+    assert requant.narrow(np.array([2**31]), np.array([1])) is None
 
 
 def test_relu_clamp():

@@ -184,6 +184,10 @@ def test_backends_bit_exact(case):
     want = shiftgelu.reference(q, **p)
     assert_bit_exact("numba", shiftgelu.numba_kernel(q, **p), want)
     assert_bit_exact("tvm", run_te(shiftgelu.te_compute, [q], **p), want)
+    table = shiftgelu.lookup_table(q.dtype.name, **p)
+    assert table.shape == (2 ** (8 * q.itemsize),) and table.dtype == np.int32
+    assert_bit_exact("tvm-table", run_te(shiftgelu.te_compute, [q], tensors={"table": table}, **p),
+                     want)
 
 
 def test_backends_bit_exact_on_every_int16_value():

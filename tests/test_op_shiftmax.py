@@ -75,6 +75,11 @@ def test_backends_bit_exact(name, q, scale, k):
     assert want.min() >= 0 and want.max() <= 2 ** (k - 1) - 1
     assert_bit_exact("numba", shiftmax.numba_kernel(q, **p), want)
     assert_bit_exact("tvm", run_te(shiftmax.te_compute, [q], **p), want)
+    table = shiftmax.exp_table(q.dtype.name, x0=p["x0"], n=p["n"])
+    assert table.shape == (2 ** (8 * q.itemsize),) and table[-1] == shiftmax.shift_exp(
+        np.zeros(1, np.int64), p["x0"], p["n"])[0]
+    assert_bit_exact("tvm-table", run_te(shiftmax.te_compute, [q], tensors={"table": table}, **p),
+                     want)
 
 
 @pytest.mark.parametrize("q, scale, k", [
@@ -124,3 +129,6 @@ def test_exclude_mask(name, q, exclude, scale):
         assert (want == 0).all()
     assert_bit_exact("numba", shiftmax.numba_kernel(q, exclude, **p), want)
     assert_bit_exact("tvm", run_te(shiftmax.te_compute, [q, np.asarray(exclude)], **p), want)
+    table = shiftmax.exp_table(q.dtype.name, x0=p["x0"], n=p["n"])
+    assert_bit_exact("tvm-table", run_te(shiftmax.te_compute, [q, np.asarray(exclude)],
+                                         tensors={"table": table}, **p), want)

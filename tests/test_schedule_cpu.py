@@ -1,0 +1,117 @@
+"""The CPU schedule rules (compiler/schedule_cpu.py): which kernels they take, what they do to
+the loops, and that the scheduled kernels give the reference's values bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgert.compiler import schedule_cpu
+from edgert.ops import requant, shiftgelu, shiftmax
+
+from ophelpers import assert_bit_exact
+
+tvm = pytest.importorskip("tvm")
+
+
+def _target(cores: int):
+    from edgert.targets import resolve_host
+
+    return tvm.target.Target(resolve_host().tvm_target_dict(num_cores=cores))
+
+
+def _prim_func(compute, shapes_dtypes, **attrs):
+    """A PrimFunc of ``compute`` over placeholders; a str dim is a symbolic one (int64 var)."""
+    from tvm import te, tirx
+
+    sym = {}
+    phs = []
+    for i, (shape, dtype) in enumerate(shapes_dtypes):
+        dims = [sym.setdefault(d, tirx.Var(d, "int64")) if isinstance(d, str) else d for d in shape]
+        phs.append(te.placeholder(dims, dtype=dtype, name=f"in{i}"))
+    out = compute(*phs, **attrs)
+    return te.create_prim_func([*phs, out])
+
+
+def _schedule(func, cores: int):
+    target = _target(cores)
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    with target:
+        mod = schedule_cpu.cpu_schedule_pass(target)(mod)
+    return mod, target
+
+
+def _run(mod, target, arrays, out_shape, out_dtype):
+    lib = tvm.compile(mod, target=target)
+    result = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays], result)
+    return result.numpy()
+
+
+def _requant_gelu(q, m, e, table, *, lo, hi, x0, n):
+    """A fused chain as FuseTIR leaves it: Requant to int16, then ShiftGELU by table."""
+    r = requant.te_compute(q, m, e, lo=lo, hi=hi, to="int16")
+    return shiftgelu.te_compute(r, table, x0=x0, n=n)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_elementwise_chain_is_inlined_vectorized_and_parallel(cores):
+    rng = np.random.default_rng(0)
+    q = rng.integers(-(2**20), 2**20, (2, 37, 64)).astype(np.int32)
+    m, e = requant.narrow(*requant.params(rng.uniform(1e-4, 1e-2, 64)))
+    p = shiftgelu.params(4 / 32767)
+    table = shiftgelu.lookup_table("int16", **p)
+    func = _prim_func(_requant_gelu, [(("b", "s", 64), "int32"), ((64,), "int32"),
+                                      ((64,), "int64"), (table.shape, "int32")],
+                      lo=-32767, hi=32767, **p)
+    mod, target = _schedule(func, cores)
+    scheduled = mod["main"]
+    assert scheduled.attrs["tirx.is_scheduled"]
+    text = scheduled.script()
+    assert "T.vectorized" in text
+    assert ("T.parallel" in text) == (cores > 1)
+    assert text.count("T.sblock(") <= 2   # root + the one block left after inlining
+    got = _run(mod, target, [q, m, e, table], q.shape, "int32")
+    want = shiftgelu.reference(requant.reference(q, m, e, lo=-32767, hi=32767, to="int16"), **p)
+    assert_bit_exact("scheduled chain", got, want)
+
+
+def test_small_static_kernels_stay_on_one_thread():
+    func = _prim_func(requant.te_compute, [((4, 64), "int32"), ((1,), "int64"), ((1,), "int64")],
+                      lo=-127, hi=127)
+    mod, _ = _schedule(func, 2)
+    text = mod["main"].script()
+    assert "T.vectorized" in text and "T.parallel" not in text
+
+
+@pytest.mark.parametrize("with_table", [False, True])
+def test_shiftmax_rows_in_parallel_bit_exact(with_table):
+    rng = np.random.default_rng(1)
+    q = rng.integers(-300, 300, (2, 3, 50, 50)).astype(np.int16)
+    exclude = (rng.random((2, 1, 1, 50)) < 0.3).astype(np.int32)
+    exclude[1] = 1                                   # a batch item with every element excluded
+    p = shiftmax.params(0.01, 50)
+    shapes = [(("b", 3, "s", "s"), "int16"), (("b", 1, 1, "s"), "int32")]
+    arrays = [q, exclude]
+    if with_table:
+        table = shiftmax.exp_table("int16", x0=p["x0"], n=p["n"])
+        shapes.append((table.shape, "int32"))
+        arrays.append(table)
+    func = _prim_func(shiftmax.te_compute, shapes, **p)
+    mod, target = _schedule(func, 2)
+    text = mod["main"].script()
+    assert mod["main"].attrs["tirx.is_scheduled"] and "T.parallel" in text
+    got = _run(mod, target, arrays, q.shape, "int16")
+    assert_bit_exact("scheduled shiftmax", got, shiftmax.reference(q, exclude, **p))
+
+
+def test_matmuls_are_left_to_other_schedules():
+    from tvm import te
+
+    def matmul(a, b):
+        k = te.reduce_axis((0, 32), name="k")
+        return te.compute((16, 8), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="mm")
+
+    func = _prim_func(matmul, [((16, 32), "float32"), ((32, 8), "float32")])
+    mod, _ = _schedule(func, 2)
+    assert "tirx.is_scheduled" not in (mod["main"].attrs or {})
