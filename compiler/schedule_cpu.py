@@ -71,23 +71,36 @@ def _lanes(sch: Any, block: Any) -> int:
     return max(VECTOR_BYTES * 8 // max(bits, 8), 4)
 
 
-class Elementwise:
-    """Rule for PrimFuncs whose blocks are all spatial (elementwise / broadcast / cast chains)."""
+class _CPURule:
+    """A dlight-style rule (``apply(func, target, tunable) -> Schedule | None``) for LLVM
+    targets; subclasses schedule the blocks :meth:`blocks` finds."""
 
     def is_target_available(self, target: Any) -> bool:
         return target.kind.name == "llvm"
 
-    def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
+    def blocks(self, func: Any, target: Any) -> tuple[Any, list] | None:
+        """A schedule of ``func`` and its normalized blocks, or None (not a CPU PrimFunc,
+        or blocks dlight cannot normalize)."""
         from tvm import s_tir, tirx
         from tvm.s_tir.dlight.analysis import normalize_prim_func
-        from tvm.s_tir.dlight.base import try_inline
 
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
-        if not infos or not all(info.is_injective() for info in infos):
+        return (sch, infos) if infos else None
+
+
+class Elementwise(_CPURule):
+    """Rule for PrimFuncs whose blocks are all spatial (elementwise / broadcast / cast chains)."""
+
+    def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
+        from tvm.s_tir.dlight.base import try_inline
+
+        found = self.blocks(func, target)
+        if found is None or not all(info.is_injective() for info in found[1]):
             return None
+        sch, infos = found
         remaining = try_inline(sch, infos[:-1]) + [infos[-1]]
         cores = _num_cores(target)
         for info in remaining:
@@ -113,22 +126,16 @@ class Elementwise:
         return sch
 
 
-class Rows:
+class Rows(_CPURule):
     """Rule for row reductions: blocks with the same leading spatial (row) axes, reductions
     over the trailing ones, and an elementwise last block."""
 
-    def is_target_available(self, target: Any) -> bool:
-        return target.kind.name == "llvm"
-
     def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
-        from tvm import s_tir, tirx
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
-
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        found = self.blocks(func, target)
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos or len(infos) < 2 or not infos[-1].is_injective() \
+        sch, infos = found
+        if len(infos) < 2 or not infos[-1].is_injective() \
                 or all(info.is_injective() for info in infos):
             return None
         kinds = [info.dom_kind() for info in infos]
