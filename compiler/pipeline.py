@@ -29,7 +29,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   target: str = "host", threads: int | None = None,
                   on_stage: Callable[[str], None] | None = None,
                   int_only: bool = False, calib: str | os.PathLike | None = None,
-                  calib_method: str = "minmax", act_bits: str = "auto",
+                  calib_method: str = "minmax", act_bits: str = "auto", io: str = "float",
+                  allow_float: bool = False,
                   on_progress: Callable[[int, int], None] | None = None) -> Path:
     """Compile an fp32 ONNX model into a ``.edgert`` artifact.
 
@@ -46,6 +47,14 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         calib_method: ``minmax`` or ``percentile``.
         act_bits: activation dtype policy, ``auto``, ``8`` or ``16`` (see
             :mod:`edgert.compiler.quantize`).
+        io: with ``int_only``: ``"float"`` (float32 graph inputs/outputs, quantized and
+            dequantized inside the graph) or ``"int8"`` (integer I/O: the graph's float inputs
+            and outputs become the integer tensors themselves, int8/int16 in and
+            int8/int16/int32 out; their dtypes and scales go to the manifest's
+            ``quantization.io``, see :class:`edgert.compiler.quantize.QuantizeReport`).
+        allow_float: with ``int_only``: keep nodes that have no integer form in float32
+            (dequantized before, requantized after) instead of failing; the manifest's
+            ``quantization.float_nodes`` names them.
         on_progress: called with (batches done, batches in all) during calibration.
 
     Returns:
@@ -56,7 +65,14 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     """
     import tvm
 
+    from edgert.compiler.quantize import IO_MODES
+
     stage = on_stage or (lambda _label: None)
+    if io not in IO_MODES:
+        raise InputError(f"io must be one of {', '.join(IO_MODES)}, got {io!r}")
+    if not int_only and (io != "float" or allow_float):
+        raise InputError("--io int8 and --allow-float apply to integer-only compilation: add "
+                         "--int-only --calib DATA")
     tgt = get_target(target)
     source = str(model_path)
 
@@ -66,9 +82,10 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     extra = {}
     if int_only:
         model, extra = integer_model(model, calib, method=calib_method, act_bits=act_bits,
-                                     source=source, stage=stage, on_progress=on_progress)
+                                     source=source, stage=stage, on_progress=on_progress, io=io,
+                                     allow_float=allow_float)
         options.update(precision="int-only", calib=Path(calib).name, calib_method=calib_method,
-                       act_bits=act_bits)
+                       act_bits=act_bits, io=io, allow_float=allow_float)
     require_supported(model, supported_ops(), source=source)
     inputs = [value_info_json(v, source) for v in graph_inputs(model)]
     outputs = [value_info_json(v, source) for v in model.graph.output]
@@ -98,9 +115,11 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
 
 def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, method: str,
                   act_bits: str, source: str, stage: Callable[[str], None],
-                  on_progress: Callable[[int, int], None] | None) -> tuple[onnx.ModelProto, dict]:
+                  on_progress: Callable[[int, int], None] | None, io: str = "float",
+                  allow_float: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Calibrate ``model`` and rewrite it into the integer graph; returns it and the manifest's
-    ``quantization`` section."""
+    ``quantization`` section (``io``: the integer I/O scales, present with ``io="int8"``;
+    ``float_nodes``: node -> why it stayed float32, with ``allow_float``)."""
     from edgert.compiler.calibrate import calibrate, load_samples
     from edgert.compiler.fuse import fuse_patterns
     from edgert.compiler.quantize import quantize_model
@@ -117,10 +136,15 @@ def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, me
     stage("calibrating")
     ranges = calibrate(model, feeds, method=method, progress=on_progress)
     stage("quantizing")
-    qmodel, report = quantize_model(model, ranges, act_bits=act_bits, source=source)
+    qmodel, report = quantize_model(model, ranges, act_bits=act_bits, source=source, io=io,
+                                    allow_float=allow_float)
     counts: dict[str, int] = {}
     for dtype in report.dtypes.values():
         counts[dtype] = counts.get(dtype, 0) + 1
-    return qmodel, {"quantization": {"act_bits": act_bits, "calib_method": method,
-                                     "activation_dtypes": counts, "narrowed": report.narrowed,
-                                     "fused": {k: v for k, v in fused.items() if v}}}
+    section = {"act_bits": act_bits, "calib_method": method, "activation_dtypes": counts,
+               "narrowed": report.narrowed, "fused": {k: v for k, v in fused.items() if v},
+               "float_nodes": report.float_nodes}
+    if io == "int8":
+        section["io"] = {"inputs": report.io.get("inputs", {}),
+                         "outputs": report.io.get("outputs", {})}
+    return qmodel, {"quantization": section}

@@ -25,6 +25,26 @@ Softmax becomes Shiftmax's ``exclude`` input (fp32 ``exp(-10000)`` is exactly 0 
 Range checks at compile time: every int32 accumulator is bounded from the integer weights and
 the activation range (:func:`edgert.ops.intmatmul.accumulator_bound`); when the bound fails
 the activation range is narrowed (the Requant clamps to a smaller ``qmax``), never overflowed.
+
+Graph I/O (``io``):
+- ``"float"`` (default): float graph inputs are quantized inside the graph (``QuantizeLinear``
+  where a consumer needs them) and float outputs dequantized (``DequantizeLinear``).
+- ``"int8"`` ("integer I/O"): each float graph input becomes an integer input (int8 or int16:
+  the widest dtype its consumers want, scale ``float32(amax / qmax)``) and each float output is
+  the integer tensor itself (int8, int16 or int32, per-tensor or per-channel scale), so the graph
+  has no boundary ops. The scales are in :attr:`QuantizeReport.io`. An int8 input may hold -128
+  (bound ``qmax + 1``, as after a boundary ``QuantizeLinear``). For the same calibration the
+  graph equals the ``"float"`` graph minus its boundary ops wherever the float graph quantizes an
+  input once (the usual case), so its integer outputs are bit for bit what the ``"float"``
+  graph dequantizes.
+
+Float fallback (``allow_float``): a node with no integer form (no handler, or a handler that
+raises :class:`QuantizationError`; its partial output is rolled back) stays float32. Its
+integer inputs are dequantized (``DequantizeLinear`` with their scale, per channel where they
+have one), it runs on float32, and its float outputs keep their names; an integer consumer
+quantizes them (``QuantizeLinear`` at the scale calibrated for the original tensor), a graph
+output takes them as they are (with ``io="int8"`` it is quantized to the wide dtype instead).
+Without ``allow_float`` such a node is an error naming it.
 """
 
 from __future__ import annotations
@@ -52,6 +72,7 @@ SHIFTMAX_BITS = 16
 DEFAULT_ROW_LEN = 4096      # row length assumed by range checks when it is not static
 MASK_BIAS = 1e4             # |C| of a scores bias mask * C that excludes an element
 OPSET = 21
+IO_MODES = ("float", "int8")
 SHAPE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather",
              "Expand", "Identity", "Concat"}
 WEIGHT_EPS = float(np.finfo(np.float32).eps)
@@ -86,21 +107,40 @@ class QTensor:
 
 @dataclass
 class QuantizeReport:
-    """What the quantizer did: dtype chosen per quantized float tensor, narrowed ranges."""
+    """What the quantizer did.
+
+    Attributes:
+        act_bits: the dtype policy.
+        dtypes: old float tensor -> the first integer dtype chosen for it.
+        narrowed: tensor -> the smaller ``qmax`` its range was narrowed to.
+        io: with ``io="int8"``, ``{"inputs": {name: spec}, "outputs": {name: spec}}`` for every
+            float graph input/output, ``spec = {"dtype": "int8"|"int16"|"int32", "scale":
+            float | list[float], "axis": int | None}``: a per-tensor scale is one float32
+            value, a per-channel one a list along ``axis`` (non-negative). ``x = float32(q) *
+            scale`` (broadcast along ``axis``); inputs are ``q = saturate(round_half_even(
+            float32(x) / float32(scale)))``. Empty with ``io="float"``.
+        float_nodes: with ``allow_float``, node label -> why it stayed float32.
+    """
 
     act_bits: str
     dtypes: dict[str, str] = field(default_factory=dict)
     narrowed: dict[str, int] = field(default_factory=dict)
+    io: dict[str, dict[str, dict]] = field(default_factory=dict)
+    float_nodes: dict[str, str] = field(default_factory=dict)
 
 
 class Quantizer:
     """Rewrite one fp32 model. Use :func:`quantize_model`."""
 
     def __init__(self, model: onnx.ModelProto, ranges: dict[str, TensorRange], *,
-                 act_bits: str = "auto", source: str = "model") -> None:
+                 act_bits: str = "auto", source: str = "model", io: str = "float",
+                 allow_float: bool = False) -> None:
         if act_bits not in ACT_BITS:
             raise QuantizationError(f"act_bits must be one of {', '.join(ACT_BITS)}, got {act_bits!r}")
+        if io not in IO_MODES:
+            raise QuantizationError(f"io must be one of {', '.join(IO_MODES)}, got {io!r}")
         self.model, self.ranges, self.act_bits, self.source = model, ranges, act_bits, source
+        self.io, self.allow_float = io, allow_float
         g = model.graph
         self.inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         self.types: dict[str, int] = {}
@@ -136,15 +176,20 @@ class Quantizer:
         self.current = "model"
         self.mask_bias: dict[str, QTensor] = {}           # old name -> the exact mask it scales
         self.masked: dict[str, tuple[str, str]] = {}      # Add output -> (scores, exclude tensor)
+        self.float_values: dict[str, str] = {}            # old float tensor -> float32 tensor here
+        self.int_inputs: dict[str, QTensor] = {}          # io="int8": the integer graph inputs
+        self.dequantized: dict[tuple, str] = {}           # (int tensor, scale, axis) -> float32
+        self.new_inputs: list[onnx.ValueInfoProto] = []
+        self._handlers: dict[str, Callable[[onnx.NodeProto], None]] = {}
 
     # --- small helpers ---------------------------------------------------------------------
     def is_float(self, name: str) -> bool:
         return self.types.get(name) == TensorProto.FLOAT
 
-    def fresh(self, base: str) -> str:
-        name, i = f"{base}_q", 1
+    def fresh(self, base: str, suffix: str = "_q") -> str:
+        name, i = f"{base}{suffix}", 1
         while name in self.used:
-            name, i = f"{base}_q{i}", i + 1
+            name, i = f"{base}{suffix}{i}", i + 1
         self.used.add(name)
         return name
 
@@ -161,7 +206,9 @@ class Quantizer:
         return name
 
     def fail(self, message: str) -> QuantizationError:
-        return QuantizationError(f"{self.source}: node {self.current}: {message}")
+        error = QuantizationError(f"{self.source}: node {self.current}: {message}")
+        error.reason = message          # what --allow-float records for a node left float
+        return error
 
     def amax(self, name: str) -> float:
         if name in self.inits:
@@ -196,11 +243,22 @@ class Quantizer:
             value = np.asarray(self.inits[name], np.float64)
             ints = np.clip(np.rint(value / scale), lo, qmax).astype(dtype)
             t = QTensor(self.const(ints, name), dtype, np.asarray(scale), bound=qmax)
-        elif name in self.graph_inputs and name not in self.q:
+        elif name in self.int_inputs:
+            # io="int8": the integer graph input itself where its dtype and scale are the ones
+            # asked for (what the boundary QuantizeLinear would give), else a Requant of it.
+            src, s32 = self.int_inputs[name], float(np.float32(scale))
+            if src.dtype != dtype or float(src.scale) != s32:
+                t = self._requant(src, dtype, float(scale), qmax, lo)
+            elif lo > -qmax or qmax < QMAX[dtype]:
+                t = self._requant(src, dtype, s32, qmax, lo)
+            else:
+                t = src
+        elif name in self.float_values and name not in self.q:
+            # a float32 tensor of the new graph: a float graph input, or a float node's output
             s32 = np.float32(scale)
             zp = self.const(np.array(0, dtype), f"{name}_zero_point")
             sc = self.const(np.array(s32, np.float32), f"{name}_scale")
-            out = self.emit("QuantizeLinear", [name, sc, zp], name, ELEM[dtype])
+            out = self.emit("QuantizeLinear", [self.float_values[name], sc, zp], name, ELEM[dtype])
             t = QTensor(out, dtype, np.asarray(float(s32)), bound=qmax + 1)
             if lo > -qmax or qmax < QMAX[dtype]:
                 t = self._requant(t, dtype, float(s32), qmax, lo)
@@ -255,6 +313,8 @@ class Quantizer:
                 wants.add(self.linear_dtype(c, name))
             elif c.op_type in ("Add", "LayerNormalization", "Gelu"):
                 wants.add(self.wide())
+            elif self.allow_float and c.op_type not in self._handlers:
+                wants.add(self.wide())          # dequantized for a float node: keep precision
             else:
                 wants.add("int8")
         if name in self.outputs:
@@ -263,11 +323,13 @@ class Quantizer:
 
     # --- graph walk ---------------------------------------------------------------------------
     def run(self) -> onnx.ModelProto:
-        handlers = self.handlers()
+        handlers = self._handlers = self.handlers()
         bad = [(n.op_type, node_label(n, i)) for i, n in enumerate(self.model.graph.node)
                if self._is_float_node(n) and n.op_type not in handlers]
-        if bad:
-            raise UnsupportedOpError(bad, source=f"{self.source} (no integer form)")
+        if bad and not self.allow_float:
+            raise UnsupportedOpError(bad, source=f"{self.source} (no integer form; --allow-float "
+                                                 "keeps such nodes in float32)")
+        self._graph_inputs()
         for i, node in enumerate(self.model.graph.node):
             if i in self.skip:
                 continue
@@ -275,8 +337,112 @@ class Quantizer:
             if not self._is_float_node(node):
                 self.nodes.append(node)
                 continue
-            handlers[node.op_type](node)
+            handler = handlers.get(node.op_type)
+            if handler is None:
+                self.float_node(node, f"{node.op_type} has no integer form")
+            elif not self.allow_float:
+                handler(node)
+            else:
+                saved = self._save()
+                try:
+                    handler(node)
+                except QuantizationError as e:
+                    self._restore(saved)
+                    self.float_node(node, getattr(e, "reason", str(e)))
         return self._finish()
+
+    def _graph_inputs(self) -> None:
+        """The inputs of the new graph. Float inputs stay float32 tensors (``io="float"``: a
+        consumer quantizes them) or become integer inputs (``io="int8"``: one dtype, the widest
+        its consumers want, at the calibrated scale ``float32(amax / qmax)``)."""
+        for v in graph_inputs(self.model):
+            if not self.is_float(v.name):
+                self.new_inputs.append(v)
+                continue
+            if self.io == "float":
+                self.float_values[v.name] = v.name
+                self.new_inputs.append(v)
+                continue
+            self.current = f"<graph input {v.name!r}>"
+            dtype = self.downstream_dtype(v.name)
+            scale = float(np.float32(max(self.amax(v.name), 1e-12) / QMAX[dtype]))
+            t = QTensor(v.name, dtype, np.asarray(scale), bound=QMAX[dtype] + 1)
+            self.q[v.name] = self.int_inputs[v.name] = t
+            self.report.dtypes.setdefault(v.name, dtype)
+            self.report.io.setdefault("inputs", {})[v.name] = {"dtype": dtype, "scale": scale,
+                                                                "axis": None}
+            new = onnx.ValueInfoProto()
+            new.CopyFrom(v)
+            new.type.tensor_type.elem_type = ELEM[dtype]
+            self.new_inputs.append(new)
+
+    # --- float fallback (allow_float) -----------------------------------------------------------
+    def _save(self) -> tuple:
+        """Everything a handler changes, to undo a handler that fails (``allow_float``)."""
+        r = self.report
+        return (len(self.nodes), len(self.new_inits), dict(self.value_types), dict(self.cache),
+                dict(self.q), set(self.skip), dict(r.dtypes), dict(r.narrowed),
+                dict(self.mask_bias), dict(self.masked))
+
+    def _restore(self, saved: tuple) -> None:
+        n_nodes, n_inits, self.value_types, self.cache, self.q, self.skip, dtypes, narrowed, \
+            self.mask_bias, self.masked = saved
+        del self.nodes[n_nodes:]
+        del self.new_inits[n_inits:]
+        self.report.dtypes, self.report.narrowed = dtypes, narrowed
+
+    def float_input(self, name: str) -> str:
+        """The float32 tensor of the new graph standing for the old float tensor ``name``: a
+        float initializer or float32 tensor as it is, an integer one through DequantizeLinear
+        (``float32(q) * float32(scale)``, per channel where it has a channel scale)."""
+        if name in self.inits:
+            return name
+        t = self.q.get(name)
+        if t is None:
+            if name in self.float_values:
+                return self.float_values[name]
+            raise self.fail(f"tensor {name!r} has neither an integer nor a float form here")
+        scale = t.scale.astype(np.float32)
+        attrs = {}
+        if not t.per_tensor:
+            rank = len(self.shapes.get(name) or [])
+            if not rank:
+                raise self.fail(f"the rank of {name!r} is unknown: cannot dequantize its "
+                                "per-channel scale")
+            attrs["axis"] = t.axis % rank
+        key = (t.name, scale.tobytes(), attrs.get("axis"))
+        if key not in self.dequantized:
+            out = self.fresh(name, "_float")
+            sc = self.const(scale, f"{name}_scale")
+            self.nodes.append(helper.make_node("DequantizeLinear", [t.name, sc], [out], name=out,
+                                               **attrs))
+            self.value_types[out] = TensorProto.FLOAT
+            self.dequantized[key] = out
+        self.float_values.setdefault(name, self.dequantized[key])
+        return self.dequantized[key]
+
+    def float_node(self, node: onnx.NodeProto, reason: str) -> None:
+        """Keep ``node`` in float32 (``allow_float``): float inputs through :meth:`float_input`,
+        float outputs registered in ``float_values`` under their own names (a graph output of an
+        ``io="int8"`` graph gets a new name: the integer output takes the old one)."""
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute):
+            raise self.fail(f"{reason}, and a node with subgraphs cannot be kept in float32")
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        del new.input[:], new.output[:]
+        new.input.extend(self.float_input(n) if n and self.is_float(n) else n for n in node.input)
+        for out in node.output:
+            name = out
+            if out and self.is_float(out):
+                if self.io == "int8" and out in self.outputs:
+                    name = self.fresh(out, "_float")
+                self.float_values[out] = name
+            if out and out in self.types:
+                self.value_types[name] = self.types[out]
+            new.output.append(name)
+        self.nodes.append(new)
+        self.report.float_nodes[self.current] = reason
 
     def _is_float_node(self, node: onnx.NodeProto) -> bool:
         return any(self.is_float(n) for n in [*node.input, *node.output] if n)
@@ -292,20 +458,29 @@ class Quantizer:
 
     def _finish(self) -> onnx.ModelProto:
         g = self.model.graph
-        for out in g.output:
+        outputs = list(g.output)
+        for i, out in enumerate(g.output):
             if not self.is_float(out.name):
                 continue
+            self.current = f"<graph output {out.name!r}>"
+            if self.io == "int8":
+                outputs[i] = self._integer_output(out)
+                continue
+            if out.name in self.float_values and out.name not in self.q:
+                continue                           # computed in float32 under its own name
             t = self.q[out.name]
             axis = t.axis % len(self.shapes[out.name]) if not t.per_tensor else 0
             scale = self.const(t.scale.astype(np.float32), f"{out.name}_scale")
             attrs = {} if t.per_tensor else {"axis": axis}
             self.nodes.append(helper.make_node("DequantizeLinear", [t.name, scale], [out.name],
                                                name=f"{out.name}_dequantize", **attrs))
-        kept = [t for t in g.initializer if not self.is_float(t.name)
-                and any(t.name in n.input for n in self.nodes)]
-        vi = [helper.make_tensor_value_info(n, elem, None) for n, elem in self.value_types.items()]
-        graph = helper.make_graph(self.nodes, f"{g.name}_int", graph_inputs(self.model),
-                                  list(g.output), kept + self.new_inits, value_info=vi)
+        used = {n for node in self.nodes for n in node.input}
+        kept = [t for t in g.initializer if t.name in used]    # float ones: for float nodes
+        declared = {o.name for o in outputs}
+        vi = [helper.make_tensor_value_info(n, elem, None) for n, elem in self.value_types.items()
+              if n not in declared]
+        graph = helper.make_graph(self.nodes, f"{g.name}_int", self.new_inputs,
+                                  outputs, kept + self.new_inits, value_info=vi)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                         helper.make_opsetid(DOMAIN, OPSET_VERSION)],
                                   producer_name="edgert", ir_version=10)
@@ -316,6 +491,40 @@ class Quantizer:
             raise QuantizationError(f"{self.source}: the integer graph fails the ONNX checker "
                                     f"(a quantizer bug): {str(e).splitlines()[0]}") from None
         return model
+
+    def _integer_output(self, out: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+        """``io="int8"``: the graph output ``out`` as its integer tensor (renamed to ``out``'s
+        name; an output computed in float32 is quantized to the wide dtype first); records its
+        dtype and scale in the report and returns the output's new value info."""
+        t = self.q.get(out.name) or self.need(out.name, self.wide())
+        if t.name != out.name:
+            producer = next((i for i, n in enumerate(self.nodes) if t.name in n.output), None)
+            read = any(t.name in n.input for n in self.nodes) or t.name in self.int_inputs
+            taken = t.name in {o.name for o in self.model.graph.output}   # renamed for another
+            if producer is None or read or taken:
+                self.nodes.append(helper.make_node("Identity", [t.name], [out.name],
+                                                   name=f"{out.name}_output"))
+            else:                       # rename the producer's output (a node made here)
+                node = onnx.NodeProto()
+                node.CopyFrom(self.nodes[producer])
+                node.output[list(node.output).index(t.name)] = out.name
+                self.nodes[producer] = node
+                self.value_types.pop(t.name, None)
+                for table in (self.q, self.cache):       # a second output of the same tensor
+                    for key, value in list(table.items()):
+                        if value.name == t.name:
+                            table[key] = replace(value, name=out.name)
+        scale = t.scale.astype(np.float32)
+        if t.per_tensor:
+            spec: dict = {"dtype": t.dtype, "scale": float(scale), "axis": None}
+        else:
+            spec = {"dtype": t.dtype, "scale": [float(v) for v in scale],
+                    "axis": t.axis % len(self.shapes[out.name])}
+        self.report.io.setdefault("outputs", {})[out.name] = spec
+        new = onnx.ValueInfoProto()
+        new.CopyFrom(out)
+        new.type.tensor_type.elem_type = ELEM[t.dtype]
+        return new
 
     # --- handlers -----------------------------------------------------------------------------
     def _weight(self, node: onnx.NodeProto) -> np.ndarray | None:
@@ -752,13 +961,25 @@ class Quantizer:
 
 
 def quantize_model(model: onnx.ModelProto, ranges: dict[str, TensorRange], *,
-                   act_bits: str = "auto", source: str = "model",
-                   ) -> tuple[onnx.ModelProto, QuantizeReport]:
+                   act_bits: str = "auto", source: str = "model", io: str = "float",
+                   allow_float: bool = False) -> tuple[onnx.ModelProto, QuantizeReport]:
     """Rewrite a shape-inferred fp32 model into the integer ONNX graph.
 
+    Args:
+        model: the fp32 model (shape-inferred; fused patterns already folded).
+        ranges: calibrated ranges of its float tensors.
+        act_bits: activation dtype policy (module docstring).
+        source: what to call the model in errors.
+        io: ``"float"`` (boundary Quantize/DequantizeLinear) or ``"int8"`` (integer graph
+            inputs and outputs; their scales in ``report.io``).
+        allow_float: keep nodes without an integer form in float32 instead of failing
+            (``report.float_nodes`` says which and why).
+
     Raises:
-        UnsupportedOpError: nodes without an integer form (all listed at once).
-        QuantizationError: a node whose range checks cannot be met (named).
+        UnsupportedOpError: nodes without an integer form (all listed at once; not with
+            ``allow_float``).
+        QuantizationError: a node whose range checks cannot be met (named; with
+            ``allow_float`` only where keeping it float fails too).
     """
-    q = Quantizer(model, ranges, act_bits=act_bits, source=source)
+    q = Quantizer(model, ranges, act_bits=act_bits, source=source, io=io, allow_float=allow_float)
     return q.run(), q.report

@@ -68,13 +68,25 @@ def compile_cmd(
                                               "data: minmax or percentile.")] = "minmax",
     act_bits: Annotated[str, typer.Option(help="Activation dtypes: auto (int16 residual stream, "
                                           "LayerNorm and FFN inputs, int8 elsewhere), 8 or 16.")] = "auto",
+    io: Annotated[Literal["float", "int8"], typer.Option(
+        "--io", help="Graph I/O with --int-only: float (float32 in and out, quantized and "
+        "dequantized inside the graph) or int8 = integer I/O (the integer tensors themselves: "
+        "int8/int16 inputs, int8/int16/int32 outputs; their dtypes and scales are in the "
+        "manifest and `edgert inspect`). Integer model inputs (token ids, masks) stay as they "
+        "are.")] = "float",
+    allow_float: Annotated[bool, typer.Option(
+        "--allow-float", help="With --int-only: keep nodes that have no integer form in float32 "
+        "(their inputs dequantized, their outputs requantized at calibrated scales) instead of "
+        "failing; `edgert inspect` lists them.")] = False,
 ) -> None:
     """Compile an ONNX model into a .edgert artifact for a target.
 
     The model is checked (ONNX checker, shape inference, every operator supported: all
     unsupported ones are listed at once), optionally calibrated and rewritten into an
-    integer-only graph (--int-only --calib DATA), lowered with TVM and packaged into one file
-    that `edgert run` and `edgert.Session` load. The file is written atomically.
+    integer-only graph (--int-only --calib DATA; --io int8 for integer inputs and outputs,
+    --allow-float to keep ops without an integer form in float32), lowered with TVM and
+    packaged into one file that `edgert run` and `edgert.Session` load. The file is written
+    atomically.
     """
     from edgert.compiler.pipeline import compile_model
 
@@ -86,7 +98,8 @@ def compile_cmd(
 
         path = compile_model(model, output, target=target, threads=threads,
                              on_stage=lambda s: status.update(s), int_only=int_only, calib=calib,
-                             calib_method=calib_method, act_bits=act_bits, on_progress=progress)
+                             calib_method=calib_method, act_bits=act_bits, io=io,
+                             allow_float=allow_float, on_progress=progress)
     out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -139,14 +152,25 @@ def inspect(
     untyped = f"; {info['untyped_tensors']} tensors of unknown type" if info["untyped_tensors"] else ""
     out.print(f"float ops inside the graph: {info['float_ops']} (boundary quantize/dequantize: "
               f"{info['boundary_ops']}{untyped})")
-    if info.get("quantization"):
-        q = info["quantization"]
+    floats = info["float_nodes"]
+    if floats and info["float_ops"] < info["nodes"]:          # a partly integer graph
+        shown = ", ".join(f"{n['name']} ({n['op_type']})" for n in floats[:FLOAT_NODES_SHOWN])
+        more = f", ... ({len(floats) - FLOAT_NODES_SHOWN} more)" if len(floats) > FLOAT_NODES_SHOWN else ""
+        out.print(f"float nodes: {shown}{more}; float conversions (Quantize/DequantizeLinear "
+                  f"inside): {info['float_conversions']}", highlight=False)
+    q = info.get("quantization") or {}
+    if q:
         out.print(f"integer-only: act-bits {q['act_bits']}, calibration {q['calib_method']}, "
                   f"activation dtypes {q['activation_dtypes']}")
-    io = Table("", "name", "shape", "dtype")
+    scales = q.get("io")
+    if scales:
+        out.print("integer I/O (--io int8): input q = saturate(round_half_even(x / scale)), "
+                  "output x = q * scale")
+    io = Table("", "name", "shape", "dtype", *(["scale"] if scales else []))
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
-            io.add_row(kind[:-1], v["name"], str(v["shape"]), v["dtype"])
+            extra = [_scale_text((scales or {}).get(kind, {}).get(v["name"]))] if scales else []
+            io.add_row(kind[:-1], v["name"], str(v["shape"]), v["dtype"], *extra)
     out.print(io)
     ops = Table("op", "count", "dtypes")
     for op, d in info["ops"].items():
@@ -199,6 +223,20 @@ def demo(
     ratio = result["latency_batch1"]["edgert"]["p50_ms"] / result["latency_batch1"]["onnxruntime"]["p50_ms"]
     out.print(f"edgert/onnxruntime latency ratio {ratio:.2f}; predictions agree on "
               f"{100 * result['agreement']:.1f}%; max |logit difference| {result['max_abs_logit_diff']:.2e}")
+
+
+FLOAT_NODES_SHOWN = 10
+
+
+def _scale_text(spec: dict | None) -> str:
+    """An integer-I/O scale for the inspect table: one value, or a per-channel summary."""
+    if not spec:
+        return "-"
+    scale = spec["scale"]
+    if isinstance(scale, list):
+        return (f"per channel, axis {spec['axis']}: {len(scale)} values in "
+                f"[{min(scale):.6g}, {max(scale):.6g}]")
+    return f"{scale:.6g}"
 
 
 def _load_inputs(specs: list[str]) -> dict[str, np.ndarray]:

@@ -2,7 +2,10 @@
 
 The float-op count matters for integer-only graphs: every node that reads or writes a
 floating-point tensor counts, except the boundary nodes that quantize a graph input or
-dequantize into a graph output (counted apart as ``boundary_ops``).
+dequantize into a graph output (counted apart as ``boundary_ops``). The float ops are listed
+too: ``float_nodes`` names the nodes that compute in floating point (the nodes an
+``--allow-float`` build keeps float), ``float_conversions`` counts the QuantizeLinear /
+DequantizeLinear nodes inside the graph that feed and drain them; ``float_ops`` is the sum.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from edgert.onnx_graph import graph_inputs, iter_nodes, value_info_json
+from edgert.onnx_graph import graph_inputs, iter_nodes, node_label, value_info_json
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -30,9 +33,13 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
 
     Returns:
         ``{"opsets", "inputs", "outputs", "ops": {op: {"count", "dtypes"}}, "nodes",
-        "float_ops", "boundary_ops", "untyped_tensors", "parameters", "parameter_bytes"}``;
-        ``untyped_tensors`` counts node outputs whose type inference could not find (they could
-        hide float ops, so a proof of ``float_ops == 0`` needs it to be 0 too).
+        "float_ops", "float_nodes", "float_conversions", "boundary_ops", "untyped_tensors",
+        "parameters", "parameter_bytes"}``; ``float_nodes`` lists ``{"name", "op_type"}`` of
+        each float op that is not a QuantizeLinear/DequantizeLinear (graph order; ``op_type``
+        is ``domain.Op`` outside the default domain), ``float_conversions`` counts those, so
+        ``float_ops == len(float_nodes) + float_conversions``. ``untyped_tensors`` counts node
+        outputs whose type inference could not find (they could hide float ops, so a proof of
+        ``float_ops == 0`` needs it to be 0 too).
     """
     model = _inferred(model)
     g = model.graph
@@ -47,8 +54,9 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
 
     counts: Counter[str] = Counter()
     dtypes: dict[str, set[str]] = defaultdict(set)
-    float_ops = boundary = 0
-    for node in iter_nodes(g):
+    float_ops = boundary = conversions = 0
+    float_nodes: list[dict[str, str]] = []
+    for index, node in enumerate(iter_nodes(g)):
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
         counts[op] += 1
         if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
@@ -62,6 +70,10 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
                 boundary += 1
             else:
                 float_ops += 1
+                if node.op_type in _QUANTIZE | _DEQUANTIZE:
+                    conversions += 1
+                else:
+                    float_nodes.append({"name": node_label(node, index), "op_type": op})
     untyped = sum(1 for node in iter_nodes(g) for o in node.output if o and o not in types)
     params = sum(int(_numel(t)) for t in g.initializer)
     param_bytes = sum(len(t.raw_data) if t.raw_data else _numel(t) * _itemsize(t.data_type)
@@ -73,6 +85,8 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
         "ops": {op: {"count": n, "dtypes": sorted(dtypes[op])} for op, n in sorted(counts.items())},
         "nodes": sum(counts.values()),
         "float_ops": float_ops,
+        "float_nodes": float_nodes,
+        "float_conversions": conversions,
         "boundary_ops": boundary,
         "untyped_tensors": untyped,
         "parameters": params,

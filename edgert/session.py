@@ -85,6 +85,8 @@ class Session:
         except (KeyError, TypeError) as e:
             raise ArtifactError(f"{path}: manifest.json has malformed inputs/outputs ({e})") from None
         self._output_index = {o.name: i for i, o in enumerate(self._outputs)}
+        io = (manifest.get("quantization") or {}).get("io") or {}
+        self._integer_inputs: dict[str, Any] = dict(io.get("inputs") or {})
         self._backend = load_backend(backend, self._artifact, threads=threads)
         self._lock = threading.Lock()
 
@@ -155,19 +157,28 @@ class Session:
         symbols: dict[str, tuple[int, str]] = {}
         arrays = []
         for spec in self._inputs:
-            arrays.append(_check_input(spec, feed[spec.name], symbols))
+            hint, value = "", feed[spec.name]
+            if (spec.name in self._integer_inputs and isinstance(value, np.ndarray)
+                    and value.dtype.kind == "f"):
+                scale = self._integer_inputs[spec.name].get("scale")
+                hint = (f" (this artifact has integer I/O, --io int8: quantize the input first, "
+                        f"q = saturate(round_half_even(x / {scale!r})) as {spec.dtype}; "
+                        "edgert.intio.quantize does it)")
+            arrays.append(_check_input(spec, value, symbols, hint))
         return arrays
 
 
-def _check_input(spec: NodeArg, value: Any, symbols: dict[str, tuple[int, str]]) -> np.ndarray:
-    """Validate one input against its spec; returns it as a C-contiguous array."""
+def _check_input(spec: NodeArg, value: Any, symbols: dict[str, tuple[int, str]],
+                 dtype_hint: str = "") -> np.ndarray:
+    """Validate one input against its spec; returns it as a C-contiguous array. ``dtype_hint``
+    is added to a dtype mismatch's message."""
     if not isinstance(value, np.ndarray):
         raise InputError(
             f"input {spec.name!r}: expected a numpy array, got {type(value).__name__}"
         )
     if value.dtype != np.dtype(spec.dtype):
         raise InputError(
-            f"input {spec.name!r}: expected dtype {spec.dtype}, got {value.dtype}"
+            f"input {spec.name!r}: expected dtype {spec.dtype}, got {value.dtype}{dtype_hint}"
         )
     if value.ndim != len(spec.shape):
         raise InputError(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgert.errors import ArtifactError, InputError, ModelError, TargetError, UnsupportedOpError
+from edgert.targets import resolve_host
 
 from conftest import random_input, run_cli
 
@@ -53,7 +54,7 @@ def test_compile_run_inspect(model_files, tmp_path):
     out = run_cli("inspect", str(art), "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
-    assert info["kind"] == "edgert" and info["target"] == "x86-avx2"
+    assert info["kind"] == "edgert" and info["target"] == resolve_host().name
     assert info["ops"]["Gemm"]["count"] == 3 and "float32" in info["ops"]["Gemm"]["dtypes"]
     assert info["float_ops"] == info["nodes"] > 0  # an fp32 graph: every node is a float op
     assert info["parameters"] == 20 * 64 + 64 + 64 * 64 + 64 + 64 * 5 + 5

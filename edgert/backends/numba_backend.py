@@ -1,6 +1,7 @@
 """Run an artifact's integer ONNX graph with a small interpreter over the ops' numba kernels.
 
-No TVM, no onnxruntime, no ``onnx.reference``: ``onnx`` only parses ``model.onnx``. Everything
+No TVM, no onnxruntime: ``onnx`` parses ``model.onnx`` (and ``onnx.reference`` runs the float
+nodes an ``--allow-float`` build keeps, see below). Everything
 that does not depend on the inputs is done once at load (:class:`Plan`): initializers become
 read-only numpy arrays, attributes are converted, one handler is picked per node, nodes whose
 inputs are all constant are evaluated (constant folding), and the point after which each
@@ -23,6 +24,13 @@ Ops (the contract is ``docs/integer-onnx.md``; shapes follow ONNX/numpy broadcas
         ``Flatten``, ``Slice`` (axes/steps optional, negative indices and steps, ONNX clamping),
         ``Gather`` (negative indices), ``Concat``, ``Expand``, ``Identity``, ``Shape``
         (start/end), ``Constant``, ``Cast`` (numeric types).
+    float nodes (``--allow-float``): ``Div`` of floats is IEEE float division; a default-domain
+        op without a kernel here whose outputs the graph declares floating point (graph
+        outputs or ``value_info``, which the quantizer writes for every tensor) runs on
+        ``onnx.reference`` (numpy), one node at a time. Correctly rounded IEEE ops (``Sqrt``,
+        arithmetic) give what TVM gives bit for bit; transcendental ones (``Exp``, ``Sin``,
+        ``Sigmoid``...) may differ from TVM's in the last bit, which the next ``QuantizeLinear``
+        can turn into one unit.
 Any other op (or an unsupported attribute value) raises :class:`UnsupportedOpError` at load,
 listing every such node.
 """
@@ -128,6 +136,9 @@ class Plan:
                 raise ModelError(f"{source}: initializer {init.name!r} cannot be read ({e})") from None
         self.input_names = [v.name for v in graph.input if v.name not in consts]
         self.output_names = [v.name for v in graph.output]
+        declared = {v.name: v.type.tensor_type.elem_type
+                    for v in [*graph.input, *graph.value_info, *graph.output]
+                    if v.type.HasField("tensor_type")}
         defined = set(consts) | set(self.input_names)
         steps: list[_Step] = []
         unsupported: list[tuple[str, str]] = []
@@ -141,6 +152,9 @@ class Plan:
             domain = "" if node.domain == "ai.onnx" else node.domain
             factory = _FACTORIES.get((domain, node.op_type))
             op = node.op_type if not domain else f"{domain}.{node.op_type}"
+            if factory is None and not domain and any(declared.get(o) in _FLOAT_TYPES
+                                                      for o in node.output if o):
+                factory = _float_fallback(opsets[""])
             if factory is None:
                 unsupported.append((op, label))
                 continue
@@ -431,9 +445,8 @@ def _mul(node: _Node) -> Handler:
 @_op("Div")
 def _div(node: _Node) -> Handler:
     def run(a, b):
-        if a.dtype.kind not in "iu":
-            raise ModelError(f"node {node.label}: Div of {a.dtype} (the numba backend runs "
-                             "integer graphs)")
+        if a.dtype.kind == "f":                  # a float node kept by --allow-float
+            return (np.asarray(np.divide(a, b)),)
         q = np.floor_divide(a, b)                # ONNX integer Div truncates toward zero
         return (np.asarray(q + ((q < 0) & (q * b != a))).astype(a.dtype, copy=False),)
     return run
@@ -473,6 +486,34 @@ def _where(node: _Node) -> Handler:
 def _constant_of_shape(node: _Node) -> Handler:
     value = np.asarray(node.attr("value", np.zeros(1, np.float32))).reshape(-1)
     return lambda shape: (np.full(tuple(int(d) for d in shape), value[0], value.dtype),)
+
+
+# --- float nodes (--allow-float) ------------------------------------------------------------------
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                onnx.TensorProto.BFLOAT16}
+
+
+def _float_fallback(opset: int) -> Callable[[_Node], Handler]:
+    """A factory running one float node on ``onnx.reference`` (default-domain ``opset``)."""
+
+    def factory(node: _Node) -> Handler:
+        from onnx.reference import ReferenceEvaluator
+
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.proto.attribute):
+            raise _Unsupported("subgraphs")
+        try:
+            evaluator = ReferenceEvaluator(node.proto, opsets={"": opset})
+        except Exception:                    # onnx.reference has no such op (or version)
+            raise _Unsupported("no onnx.reference implementation") from None
+        names = list(node.proto.input)
+
+        def run(*args):
+            feeds = {n: a for n, a in zip(names, args) if n}
+            return [np.asarray(v) for v in evaluator.run(None, feeds)]
+        return run
+    return factory
 
 
 # --- boundary ops ---------------------------------------------------------------------------------
