@@ -19,7 +19,7 @@ from edgert.artifact import MODEL_MEMBER, sha256, write_artifact
 from edgert.compiler.check import check_model, load_model, require_supported
 from edgert.compiler.lower import build_library, supported_ops, to_relax
 from edgert.errors import InputError
-from edgert.onnx_graph import graph_inputs, value_info_json
+from edgert.onnx_graph import graph_inputs, index_ranges, value_info_json
 from edgert.targets import get_target
 
 LIB_MEMBER = "lib/model.so"
@@ -87,7 +87,9 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         options.update(precision="int-only", calib=Path(calib).name, calib_method=calib_method,
                        act_bits=act_bits, io=io, allow_float=allow_float)
     require_supported(model, supported_ops(), source=source)
-    inputs = [value_info_json(v, source) for v in graph_inputs(model)]
+    bounds = index_ranges(model)
+    inputs = [value_info_json(v, source) | ({"range": bounds[v.name]} if v.name in bounds else {})
+              for v in graph_inputs(model)]
     outputs = [value_info_json(v, source) for v in model.graph.output]
 
     stage("importing into TVM")

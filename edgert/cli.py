@@ -166,10 +166,15 @@ def inspect(
     if scales:
         out.print("integer I/O (--io int8): input q = saturate(round_half_even(x / scale)), "
                   "output x = q * scale")
-    io = Table("", "name", "shape", "dtype", *(["scale"] if scales else []))
+    ranged = any("range" in v for v in info["inputs"])
+    io = Table("", "name", "shape", "dtype", *(["scale"] if scales else []),
+               *(["valid values"] if ranged else []))
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
             extra = [_scale_text((scales or {}).get(kind, {}).get(v["name"]))] if scales else []
+            if ranged:
+                r = v.get("range")
+                extra.append(f"[{r['min']}, {r['max']}] ({r['why']})" if r else "-")
             io.add_row(kind[:-1], v["name"], str(v["shape"]), v["dtype"], *extra)
     out.print(io)
     ops = Table("op", "count", "dtypes")

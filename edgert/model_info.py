@@ -18,7 +18,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from edgert.onnx_graph import graph_inputs, iter_nodes, node_label, value_info_json
+from edgert.onnx_graph import graph_inputs, index_ranges, iter_nodes, node_label, value_info_json
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -74,13 +74,15 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
                     conversions += 1
                 else:
                     float_nodes.append({"name": node_label(node, index), "op_type": op})
+    ranges = index_ranges(model)
     untyped = sum(1 for node in iter_nodes(g) for o in node.output if o and o not in types)
     params = sum(int(_numel(t)) for t in g.initializer)
     param_bytes = sum(len(t.raw_data) if t.raw_data else _numel(t) * _itemsize(t.data_type)
                       for t in g.initializer)
     return {
         "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
-        "inputs": [value_info_json(v) for v in graph_inputs(model)],
+        "inputs": [value_info_json(v) | ({"range": ranges[v.name]} if v.name in ranges else {})
+                   for v in graph_inputs(model)],
         "outputs": [value_info_json(v) for v in g.output],
         "ops": {op: {"count": n, "dtypes": sorted(dtypes[op])} for op, n in sorted(counts.items())},
         "nodes": sum(counts.values()),

@@ -54,3 +54,54 @@ def value_info_json(value: onnx.ValueInfoProto, source: str = "model") -> dict[s
                 shape.append(None)
     dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
     return {"name": value.name, "shape": shape, "dtype": dtype}
+
+
+# Ops through which an integer input reaches a Gather with its values unchanged.
+_VALUE_PRESERVING = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity",
+                     "Transpose", "Expand"}
+
+
+def index_ranges(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
+    """Valid values of the integer graph inputs used as ``Gather`` indices into constant data.
+
+    An input that reaches the indices of a ``Gather`` (directly or through Cast, Reshape,
+    Unsqueeze, Squeeze, Flatten, Identity, Transpose, Expand) whose data is an initializer of
+    ``n`` rows along the gathered axis may only hold values in ``[-n, n - 1]`` (ONNX Gather
+    semantics): anything else reads outside the table. Compiled kernels do not check indices
+    (TVM's fast take), so :class:`edgert.Session` checks them against this before running.
+
+    Returns:
+        ``{input name: {"min": int, "max": int, "why": "Gather node 'x' over n rows"}}``;
+        with several such Gathers the tightest bound wins.
+    """
+    g = model.graph
+    sizes = {t.name: list(t.dims) for t in g.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    ranges: dict[str, dict[str, Any]] = {}
+    for v in graph_inputs(model):
+        elem = v.type.tensor_type.elem_type if v.type.HasField("tensor_type") else 0
+        if elem not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            continue
+        seen, todo = {v.name}, [v.name]
+        while todo:
+            name = todo.pop()
+            for node in consumers.get(name, []):
+                if node.op_type in _VALUE_PRESERVING and node.input[0] == name:
+                    for out in node.output[:1]:
+                        if out not in seen:
+                            seen.add(out)
+                            todo.append(out)
+                elif (node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name
+                      and node.input[0] in sizes):
+                    dims = sizes[node.input[0]]
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    if not -len(dims) <= axis < len(dims):
+                        continue
+                    n = int(dims[axis])
+                    if v.name not in ranges or n - 1 < ranges[v.name]["max"]:
+                        ranges[v.name] = {"min": -n, "max": n - 1,
+                                          "why": f"Gather {node_label(node)} over {n} rows"}
+    return ranges

@@ -3,8 +3,9 @@
     sess = edgert.Session("model.edgert")
     [logits] = sess.run(None, {"x": batch})
 
-Inputs are validated before anything runs (names, dtypes, ranks, fixed dimensions and the
-consistency of symbolic dimensions across inputs); any mismatch is an :class:`InputError`
+Inputs are validated before anything runs (names, dtypes, ranks, fixed dimensions, the
+consistency of symbolic dimensions across inputs, and the values of integer inputs that index
+a table, e.g. token ids: the manifest's ``range``); any mismatch is an :class:`InputError`
 naming the input and what was expected. ``run`` may be called from several threads: calls
 into one backend are serialized by a lock (the TVM virtual machine keeps per-call state).
 """
@@ -85,6 +86,7 @@ class Session:
         except (KeyError, TypeError) as e:
             raise ArtifactError(f"{path}: manifest.json has malformed inputs/outputs ({e})") from None
         self._output_index = {o.name: i for i, o in enumerate(self._outputs)}
+        self._ranges = {d["name"]: d["range"] for d in manifest["inputs"] if d.get("range")}
         io = (manifest.get("quantization") or {}).get("io") or {}
         self._integer_inputs: dict[str, Any] = dict(io.get("inputs") or {})
         self._backend = load_backend(backend, self._artifact, threads=threads)
@@ -164,7 +166,10 @@ class Session:
                 hint = (f" (this artifact has integer I/O, --io int8: quantize the input first, "
                         f"q = saturate(round_half_even(x / {scale!r})) as {spec.dtype}; "
                         "edgert.intio.quantize does it)")
-            arrays.append(_check_input(spec, value, symbols, hint))
+            array = _check_input(spec, value, symbols, hint)
+            if spec.name in self._ranges:
+                _check_range(spec.name, array, self._ranges[spec.name])
+            arrays.append(array)
         return arrays
 
 
@@ -199,6 +204,17 @@ def _check_input(spec: NodeArg, value: Any, symbols: dict[str, tuple[int, str]],
                     f"{seen[1]!r} has {want!r} = {seen[0]}"
                 )
     return np.ascontiguousarray(value)
+
+
+def _check_range(name: str, value: np.ndarray, bounds: Mapping[str, Any]) -> None:
+    """Refuse index values outside ``[bounds["min"], bounds["max"]]`` (compiled kernels would
+    read outside the table), naming the first offending element."""
+    lo, hi = int(bounds["min"]), int(bounds["max"])
+    if value.size == 0 or (lo <= value.min() and value.max() <= hi):
+        return
+    where = tuple(int(i) for i in np.argwhere((value < lo) | (value > hi))[0])
+    raise InputError(f"input {name!r}: values must lie in [{lo}, {hi}] (it indexes "
+                     f"{bounds.get('why', 'a table')}), got {value[where]} at index {list(where)}")
 
 
 def _fmt(shape: Sequence[int | str | None]) -> str:

@@ -83,3 +83,46 @@ def test_threads_share_a_session(mlp_artifact):
 def test_unknown_backend(mlp_artifact):
     with pytest.raises(InputError, match="unknown backend 'fpga'"):
         edgert.Session(mlp_artifact, backend="fpga")
+
+
+def test_table_indices_are_range_checked(tmp_path):
+    """An integer input feeding a Gather over a constant table (token ids) gets its valid range
+    in the manifest; out-of-range values are an InputError naming the element, negative ones
+    inside the range index from the end (ONNX Gather) on both backends."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper, numpy_helper
+
+    from edgert.compiler import compile_model
+
+    table = np.arange(40, dtype=np.int8).reshape(10, 4)
+    nodes = [helper.make_node("Reshape", ["ids", "flat"], ["ids_flat"]),
+             helper.make_node("Gather", ["table", "ids_flat"], ["rows"], name="embedding", axis=0),
+             helper.make_node("Gather", ["table", "col"], ["cols"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "lookup",
+        [helper.make_tensor_value_info("ids", TP.INT64, ["b", 3]),
+         helper.make_tensor_value_info("col", TP.INT64, [2])],
+        [helper.make_tensor_value_info("rows", TP.INT8, [None, 4]),
+         helper.make_tensor_value_info("cols", TP.INT8, [10, 2])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([-1]), "flat")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "lookup.onnx")
+    art = compile_model(tmp_path / "lookup.onnx", tmp_path / "lookup.edgert")
+    sess = edgert.Session(art)
+    ranges = {d["name"]: d.get("range") for d in sess.manifest["inputs"]}
+    assert ranges["ids"] == {"min": -10, "max": 9, "why": "Gather embedding over 10 rows"}
+    assert (ranges["col"]["min"], ranges["col"]["max"]) == (-4, 3)
+    from edgert.model_info import inspect_path
+    assert [d.get("range") for d in inspect_path(art)["inputs"]] == [ranges["ids"], ranges["col"]]
+    ids, col = np.array([[0, -1, 9], [2, 3, -10]]), np.array([0, -4])
+    for backend in ("tvm", "numba"):
+        rows, cols = edgert.Session(art, backend=backend).run(None, {"ids": ids, "col": col})
+        np.testing.assert_array_equal(rows, table[ids.reshape(-1)])
+        np.testing.assert_array_equal(cols, table[:, col])
+    with pytest.raises(InputError, match=r"input 'ids': values must lie in \[-10, 9\] "
+                                         r"\(it indexes Gather embedding over 10 rows\), "
+                                         r"got 10 at index \[1, 0\]"):
+        sess.run(None, {"ids": np.array([[0, 1, 2], [10, 0, 0]]), "col": col})
+    with pytest.raises(InputError, match=r"input 'col'.*got -5 at index \[1\]"):
+        sess.run(None, {"ids": ids, "col": np.array([3, -5])})
