@@ -126,3 +126,34 @@ def test_table_indices_are_range_checked(tmp_path):
         sess.run(None, {"ids": np.array([[0, 1, 2], [10, 0, 0]]), "col": col})
     with pytest.raises(InputError, match=r"input 'col'.*got -5 at index \[1\]"):
         sess.run(None, {"ids": ids, "col": np.array([3, -5])})
+
+
+def test_outputs_are_not_overwritten_by_later_calls(sess, tmp_path):
+    """Inputs go through reused staging buffers and outputs are views of the VM's tensors:
+    results of one call must survive the next call and later changes to the input, also when
+    the graph returns an input unchanged."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from edgert.compiler import compile_model
+
+    x1, x2 = random_input(["batch", 20], 2, seed=1), random_input(["batch", 20], 2, seed=2)
+    [y1] = sess.run(None, {"x": x1})
+    kept = y1.copy()
+    [y2] = sess.run(None, {"x": x2})
+    np.testing.assert_array_equal(y1, kept)
+    assert not np.array_equal(y1, y2)
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "echo",
+                              [helper.make_tensor_value_info("x", TP.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, ["n"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "echo.onnx")
+    echo = edgert.Session(compile_model(tmp_path / "echo.onnx", tmp_path / "echo.edgert"))
+    a = np.arange(5, dtype=np.float32)
+    [b] = echo.run(None, {"x": a})
+    a[:] = -1
+    [c] = echo.run(None, {"x": np.zeros(5, np.float32)})
+    np.testing.assert_array_equal(b, np.arange(5, dtype=np.float32))
+    np.testing.assert_array_equal(c, np.zeros(5, np.float32))

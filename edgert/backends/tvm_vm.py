@@ -45,14 +45,33 @@ class TvmBackend:
         self._vm = VirtualMachine(self._module, self.device)
         self._main = self._vm["main"]
         self._configured = threading.local()
+        self._staging: dict[int, tuple[np.ndarray, object]] = {}
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         self._configure_threads()
-        args = [self._tvm.runtime.tensor(a, self.device) for a in inputs]
-        result = self._main(*args)
-        if hasattr(result, "numpy"):
-            return [result.numpy()]
-        return [r.numpy() for r in result]
+        if self.target.device == "cuda":
+            args = [self._tvm.runtime.tensor(a, self.device) for a in inputs]
+            result = self._main(*args)
+            return [r.numpy() for r in _as_list(result)]
+        # CPU: each input is copied into a 64-byte aligned staging array kept from call to call
+        # and lent to TVM by DLPack; outputs are numpy views of the VM's fresh output tensors
+        # (kept alive by the view). Converting with tvm.runtime.tensor / .numpy() instead costs
+        # ~25 us a call, more than the kernels of a small model (benchmarks/bench_overhead.py).
+        # Callers serialize run() (Session holds a lock): the staging arrays are shared.
+        args = [self._stage(i, a) for i, a in enumerate(inputs)]
+        outputs = _as_list(self._main(*args))
+        return [np.from_dlpack(r).copy() if any(r.same_as(t) for t in args)   # an input echoed
+                else np.from_dlpack(r) for r in outputs]
+
+    def _stage(self, index: int, a: np.ndarray) -> object:
+        """Input ``index`` copied into its staging array; returns the TVM tensor viewing it."""
+        host, tensor = self._staging.get(index, (None, None))
+        if host is None or host.shape != a.shape or host.dtype != a.dtype:
+            host = _aligned_empty(a.shape, a.dtype)
+            tensor = self._tvm.runtime.from_dlpack(host)
+            self._staging[index] = (host, tensor)
+        np.copyto(host, a)
+        return tensor
 
     def _configure_threads(self) -> None:
         # TVM's thread pool is per calling thread: configure each thread on first use.
@@ -61,6 +80,23 @@ class TvmBackend:
         config = self._tvm.get_global_func("runtime.config_threadpool")
         config(1, self.threads)
         self._configured.done = True
+
+
+ALIGNMENT = 64
+"""Byte alignment TVM requires of tensors it does not allocate itself."""
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data is ``ALIGNMENT``-byte aligned."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -buf.ctypes.data % ALIGNMENT
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _as_list(result: object) -> list:
+    """The VM's result (one tensor, or a tuple of them) as a list."""
+    return [result] if hasattr(result, "shape") else list(result)
 
 
 def _load_library(data: bytes, source: os.PathLike) -> object:
