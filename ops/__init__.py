@@ -13,7 +13,7 @@ from typing import Any
 
 DOMAIN = "edgert"
 OPSET_VERSION = 1
-OP_MODULES = ("requant", "shiftmax", "shiftgelu", "ilayernorm", "intmatmul")
+OP_MODULES = ("requant", "shiftmax", "shiftgelu", "ilayernorm", "intmatmul", "lutmatmul")
 
 _registered = False
 
