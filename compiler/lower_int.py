@@ -4,8 +4,10 @@ TVM's ONNX frontend looks converters up by ``op_type`` alone in the module funct
 ``onnx_frontend._get_convert_map()``. :func:`integer_converters` swaps that function, for the
 duration of one import, for one returning TVM's map plus ours:
 
-- the edgert ops (``Requant``, ``Shiftmax``, ``ShiftGELU``, ``ILayerNorm``, ``IntMatMul``) as
-  ``call_tir`` of their TE computes (``edgert.ops.<op>.te_compute``);
+- the edgert ops (``Requant``, ``Shiftmax``, ``ShiftGELU``, ``ILayerNorm``, ``IntMatMul``,
+  ``LutMatMul``) as ``call_tir`` of their TE computes (``edgert.ops.<op>.te_compute``);
+  ``LutMatMul`` (float32 or int8 activations, low-bit packed weights) on its generic TE compute,
+  its layout read from (and checked against) its attributes;
 - ``MatMulInteger`` on the IntMatMul compute (int32 accumulation, no zero points);
 - ``ConvInteger`` (missing in TVM): int8 operands cast to int32, then TVM's ``Conv`` converter;
 - ``QuantizeLinear`` / ``DequantizeLinear`` with the contract's arithmetic spelled out: one float32
@@ -30,7 +32,7 @@ from typing import Any
 from edgert.ops import DOMAIN
 
 EDGERT_OPS = {"Requant": "requant", "Shiftmax": "shiftmax", "ShiftGELU": "shiftgelu",
-              "ILayerNorm": "ilayernorm", "IntMatMul": "intmatmul"}
+              "ILayerNorm": "ilayernorm", "IntMatMul": "intmatmul", "LutMatMul": "lutmatmul"}
 """edgert op type -> module under ``edgert.ops``."""
 STANDARD_OPS = ("MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLinear", "Gather")
 """Default-domain ops converted here instead of (or in the absence of) TVM's converters."""
@@ -237,6 +239,34 @@ def _make_converters() -> dict[str, Any]:
             return bb.emit_te(intmatmul.te_compute, a, b, primfunc_name_hint=cls.module,
                               primfunc_attrs=INT_MATMUL_ATTRS)
 
+    class LutMatMul(OnnxOpConverter):
+        """``edgert.LutMatMul(A, W, scales?, zero_points?)`` on ``lutmatmul.te_compute`` (the
+        generic compute; the AVX2 vpshufb lookup kernel is not wired in yet)."""
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            from edgert.errors import ArtifactError
+            from edgert.ops import lutmatmul
+
+            attrs = attrs_of(attr)
+            try:
+                layout = lutmatmul.LutLayout.from_attrs(attrs)
+            except ArtifactError as e:
+                raise ValueError(f"LutMatMul {node_name(attr)}: {e}") from None
+            table_bits = int(attrs.get("table_bits", 0)) or None
+            a, w = bb.normalize(inputs[0]), bb.normalize(inputs[1])
+            scales = inputs[2] if len(inputs) > 2 else None
+            zps = inputs[3] if len(inputs) > 3 else None
+            extra = [bb.normalize(x) for x in (scales, zps) if x is not None]
+
+            def compute(at: Any, wt: Any, *rest: Any) -> Any:
+                it = iter(rest)
+                st = next(it) if scales is not None else None
+                zt = next(it) if zps is not None else None
+                return lutmatmul.te_compute(at, wt, st, zt, layout=layout, table_bits=table_bits)
+
+            return bb.emit_te(compute, a, w, *extra, primfunc_name_hint="lutmatmul")
+
     class ConvInteger(OnnxOpConverter):
         """int8 NCHW (or 1-D/3-D) convolution -> int32: operands cast to int32, then ``Conv``."""
 
@@ -322,6 +352,7 @@ def _make_converters() -> dict[str, Any]:
     table.update(ShiftGELU=ShiftGELU, Shiftmax=Shiftmax)
     table["Requant"] = Requant
     table["IntMatMul"] = IntMatMul
+    table["LutMatMul"] = LutMatMul
     table.update(MatMulInteger=MatMulInteger, ConvInteger=ConvInteger, Gather=Gather,
                  QuantizeLinear=QuantizeLinear, DequantizeLinear=DequantizeLinear)
     return table

@@ -1,8 +1,9 @@
 """``compile_model``: ONNX file in, ``.edgert`` artifact out.
 
-Stages: load + check + shape inference -> every op supported? -> Relax import -> build for the
-target -> package (atomic write). ``on_stage`` is called with a short label as each stage
-starts, so the CLI can show progress.
+Stages: load + check + shape inference -> [low-bit weights (``--weight-bits``,
+:mod:`edgert.compiler.lowbit`)] -> [integer graph (``--int-only``)] -> every op supported? ->
+Relax import -> build for the target -> package (atomic write). ``on_stage`` is called with a
+short label as each stage starts, so the CLI can show progress.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   int_only: bool = False, calib: str | os.PathLike | None = None,
                   calib_method: str = "minmax", act_bits: str = "auto", io: str = "float",
                   allow_float: bool = False,
-                  on_progress: Callable[[int, int], None] | None = None) -> Path:
+                  on_progress: Callable[[int, int], None] | None = None,
+                  weight_bits: int | str | None = None, group_size: int | str | None = None,
+                  weight_zero_point: bool = False,
+                  lowbit_min_elements: int | None = None) -> Path:
     """Compile an fp32 ONNX model into a ``.edgert`` artifact.
 
     Args:
@@ -56,6 +60,16 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
             (dequantized before, requantized after) instead of failing; the manifest's
             ``quantization.float_nodes`` names them.
         on_progress: called with (batches done, batches in all) during calibration.
+        weight_bits: 1, 2, 3, 4 or "ternary": MatMul/Gemm nodes with constant float weights
+            become ``edgert.LutMatMul`` (table lookup on packed low-bit weights, see
+            :mod:`edgert.compiler.lowbit`); with ``int_only`` the integer variant (int8
+            activations, the weight scale folded into the Requant). The manifest's ``lowbit``
+            section lists the nodes, their layouts and the bytes saved.
+        group_size: rows of K per weight scale: 32, 64, 128 or "K"/0 (one group over K).
+            Default 128, and K with ``int_only`` (the only choice there, except for ternary).
+        weight_zero_point: asymmetric low-bit codes (a zero point per group and column).
+        lowbit_min_elements: weights with fewer elements (K * N) stay as they are (default
+            :data:`edgert.compiler.lowbit.MIN_ELEMENTS`).
 
     Returns:
         The artifact path.
@@ -73,6 +87,17 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     if not int_only and (io != "float" or allow_float):
         raise InputError("--io int8 and --allow-float apply to integer-only compilation: add "
                          "--int-only --calib DATA")
+    lowbit = None
+    if weight_bits is not None:
+        from edgert.compiler.lowbit import MIN_ELEMENTS, make_config
+
+        lowbit = make_config(weight_bits, group_size, zero_point=weight_zero_point,
+                             integer=int_only,
+                             min_elements=MIN_ELEMENTS if lowbit_min_elements is None
+                             else lowbit_min_elements)
+    elif group_size is not None or weight_zero_point:
+        raise InputError("--group-size and --weight-zero-point apply to low-bit weights: add "
+                         "--weight-bits {1,2,3,4,ternary}")
     tgt = get_target(target)
     source = str(model_path)
 
@@ -80,12 +105,25 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     model = load_model(model_path)
     options = {"target": target, "threads": threads, "precision": "fp32"}
     extra = {}
+    if lowbit is not None:
+        options.update(weight_bits=lowbit.weight_bits,
+                       group_size="K" if lowbit.group_size == 0 else lowbit.group_size,
+                       weight_zero_point=weight_zero_point, lowbit_min_elements=lowbit.min_elements)
     if int_only:
         model, extra = integer_model(model, calib, method=calib_method, act_bits=act_bits,
                                      source=source, stage=stage, on_progress=on_progress, io=io,
-                                     allow_float=allow_float)
+                                     allow_float=allow_float, lowbit=lowbit)
         options.update(precision="int-only", calib=Path(calib).name, calib_method=calib_method,
                        act_bits=act_bits, io=io, allow_float=allow_float)
+    elif lowbit is not None:
+        from edgert.compiler.lowbit import lowbit_model
+
+        stage("quantizing weights to low bits")
+        model, section = lowbit_model(model, lowbit.weight_bits, lowbit.group_size or "K",
+                                      zero_point=weight_zero_point,
+                                      min_elements=lowbit.min_elements, source=source)
+        model = check_model(model, source)
+        extra = {"lowbit": section}
     require_supported(model, supported_ops(), source=source)
     bounds = index_ranges(model)
     inputs = [value_info_json(v, source) | ({"range": bounds[v.name]} if v.name in bounds else {})
@@ -118,10 +156,14 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
 def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, method: str,
                   act_bits: str, source: str, stage: Callable[[str], None],
                   on_progress: Callable[[int, int], None] | None, io: str = "float",
-                  allow_float: bool = False) -> tuple[onnx.ModelProto, dict]:
+                  allow_float: bool = False, lowbit: object | None = None
+                  ) -> tuple[onnx.ModelProto, dict]:
     """Calibrate ``model`` and rewrite it into the integer graph; returns it and the manifest's
     ``quantization`` section (``io``: the integer I/O scales, present with ``io="int8"``;
-    ``float_nodes``: node -> why it stayed float32, with ``allow_float``)."""
+    ``float_nodes``: node -> why it stayed float32, with ``allow_float``) and, with ``lowbit``
+    (a :class:`edgert.compiler.lowbit.LowbitConfig` of the integer variant), the ``lowbit``
+    section. Low-bit weights are chosen and quantized after pattern fusion; calibration runs on
+    the model with them dequantized."""
     from edgert.compiler.calibrate import calibrate, load_samples
     from edgert.compiler.fuse import fuse_patterns
     from edgert.compiler.quantize import quantize_model
@@ -135,11 +177,19 @@ def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, me
     stage("fusing patterns")
     model, fused = fuse_patterns(model)
     model = check_model(model, source)
+    plan = None
+    if lowbit is not None:
+        from edgert.compiler.lowbit import fake_quantized, plan_weights
+
+        stage("quantizing weights to low bits")
+        plan = plan_weights(model, lowbit, source=source)
+        model = fake_quantized(model, plan)
     stage("calibrating")
     ranges = calibrate(model, feeds, method=method, progress=on_progress)
     stage("quantizing")
     qmodel, report = quantize_model(model, ranges, act_bits=act_bits, source=source, io=io,
-                                    allow_float=allow_float)
+                                    allow_float=allow_float,
+                                    lowbit=None if plan is None else plan.weights)
     counts: dict[str, int] = {}
     for dtype in report.dtypes.values():
         counts[dtype] = counts.get(dtype, 0) + 1
@@ -149,4 +199,10 @@ def integer_model(model: onnx.ModelProto, calib: str | os.PathLike | None, *, me
     if io == "int8":
         section["io"] = {"inputs": report.io.get("inputs", {}),
                          "outputs": report.io.get("outputs", {})}
-    return qmodel, {"quantization": section}
+    extra = {"quantization": section}
+    if plan is not None:
+        from edgert.compiler.lowbit import report as lowbit_report
+
+        extra["lowbit"] = lowbit_report(plan, report.lowbit, variant="integer",
+                                        left_float=report.float_nodes)
+    return qmodel, extra

@@ -26,6 +26,12 @@ Range checks at compile time: every int32 accumulator is bounded from the intege
 the activation range (:func:`edgert.ops.intmatmul.accumulator_bound`); when the bound fails
 the activation range is narrowed (the Requant clamps to a smaller ``qmax``), never overflowed.
 
+Low-bit weights (``lowbit``, from :mod:`edgert.compiler.lowbit`): the Linears it names become
+``LutMatMul(x: int8, packed W, , [zero_points])`` (exact int16 tables): their input is int8
+whatever ``act_bits`` says, the accumulator is ``x @ 2 (u - z)`` at scale ``s_x * s_w[n] / 2``
+(one weight scale per column, folded by the consumer's Requant), bias and bounds as for int8
+weights. Without ``lowbit`` nothing changes.
+
 Graph I/O (``io``):
 - ``"float"`` (default): float graph inputs are quantized inside the graph (``QuantizeLinear``
   where a consumer needs them) and float outputs dequantized (``DequantizeLinear``).
@@ -120,6 +126,8 @@ class QuantizeReport:
             scale`` (broadcast along ``axis``); inputs are ``q = saturate(round_half_even(
             float32(x) / float32(scale)))``. Empty with ``io="float"``.
         float_nodes: with ``allow_float``, node label -> why it stayed float32.
+        lowbit: with low-bit weights (``lowbit`` plan), node label -> name of the
+            ``LutMatMul`` node it became.
     """
 
     act_bits: str
@@ -127,6 +135,7 @@ class QuantizeReport:
     narrowed: dict[str, int] = field(default_factory=dict)
     io: dict[str, dict[str, dict]] = field(default_factory=dict)
     float_nodes: dict[str, str] = field(default_factory=dict)
+    lowbit: dict[str, str] = field(default_factory=dict)
 
 
 class Quantizer:
@@ -134,13 +143,14 @@ class Quantizer:
 
     def __init__(self, model: onnx.ModelProto, ranges: dict[str, TensorRange], *,
                  act_bits: str = "auto", source: str = "model", io: str = "float",
-                 allow_float: bool = False) -> None:
+                 allow_float: bool = False, lowbit: dict | None = None) -> None:
         if act_bits not in ACT_BITS:
             raise QuantizationError(f"act_bits must be one of {', '.join(ACT_BITS)}, got {act_bits!r}")
         if io not in IO_MODES:
             raise QuantizationError(f"io must be one of {', '.join(IO_MODES)}, got {io!r}")
         self.model, self.ranges, self.act_bits, self.source = model, ranges, act_bits, source
         self.io, self.allow_float = io, allow_float
+        self.lowbit = lowbit or {}        # node output -> LowbitWeight (compiler/lowbit.py)
         g = model.graph
         self.inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         self.types: dict[str, int] = {}
@@ -289,6 +299,8 @@ class Quantizer:
         return "int8" if self.act_bits == "8" else "int16"
 
     def linear_dtype(self, node: onnx.NodeProto, a: str) -> str:
+        if node.output[0] in self.lowbit:
+            return "int8"                   # LutMatMul's integer tables assume |x| <= 128
         if self.act_bits != "auto":
             return "int8" if self.act_bits == "8" else "int16"
         after = self._bias_add(node)
@@ -382,14 +394,14 @@ class Quantizer:
         r = self.report
         return (len(self.nodes), len(self.new_inits), dict(self.value_types), dict(self.cache),
                 dict(self.q), set(self.skip), dict(r.dtypes), dict(r.narrowed),
-                dict(self.mask_bias), dict(self.masked))
+                dict(self.mask_bias), dict(self.masked), dict(r.lowbit))
 
     def _restore(self, saved: tuple) -> None:
         n_nodes, n_inits, self.value_types, self.cache, self.q, self.skip, dtypes, narrowed, \
-            self.mask_bias, self.masked = saved
+            self.mask_bias, self.masked, lowbit = saved
         del self.nodes[n_nodes:]
         del self.new_inits[n_inits:]
-        self.report.dtypes, self.report.narrowed = dtypes, narrowed
+        self.report.dtypes, self.report.narrowed, self.report.lowbit = dtypes, narrowed, lowbit
 
     def float_input(self, name: str) -> str:
         """The float32 tensor of the new graph standing for the old float tensor ``name``: a
@@ -616,6 +628,9 @@ class Quantizer:
 
     def linear(self, node: onnx.NodeProto, a: str, w: np.ndarray, bias: np.ndarray | None,
                out: str) -> None:
+        if node.output[0] in self.lowbit:
+            self.lowbit_linear(node, a, self.lowbit[node.output[0]], bias, out)
+            return
         dtype = self.linear_dtype(node, a)
         wq, s_w = self._weights_per_channel(w, axis=1)
         l1 = np.abs(wq.astype(np.int64)).sum(axis=0)
@@ -630,6 +645,38 @@ class Quantizer:
                             TensorProto.INT32)
             bound = int((x.bound * l1 + np.abs(bias_q)).max())
         self.q[out] = QTensor(acc, "int32", float(x.scale) * s_w, axis=-1, bound=bound)
+
+    def lowbit_linear(self, node: onnx.NodeProto, a: str, lw, bias: np.ndarray | None,
+                      out: str) -> None:
+        """A Linear with low-bit weights (``compiler/lowbit.py``): ``LutMatMul(x: int8, W, ,
+        [zero_points])`` with exact int16 tables, an int32 accumulator equal to ``x @ 2 (u - z)``
+        at scale ``s_x * s_w[n] / 2`` (one weight scale per column, folded into the Requant a
+        consumer asks for), the bias added in int32 at that scale."""
+        from edgert.compiler import weightquant
+        from edgert.compiler.lowbit import INT_TABLE_BITS
+
+        qw = lw.qw
+        try:
+            s_w = np.maximum(weightquant.integer_output_scale(qw, 1.0), WEIGHT_EPS)
+        except QuantizationError as e:
+            raise self.fail(str(e)) from None
+        l1 = np.abs(qw.signed_codes().astype(np.int64)).sum(axis=0)
+        qmax, bias_q = self._fit_accumulator(a, "int8", l1, bias, s_w)
+        x = self.need(a, "int8", qmax=qmax)
+        planes = self.const(qw.planes, f"{lw.weight}_lut{qw.layout.bits}")
+        inputs = [x.name, planes]
+        if qw.zero_points is not None:
+            inputs += ["", self.const(qw.zero_points, f"{lw.weight}_lut_zero_points")]
+        acc = self.emit("LutMatMul", inputs, out, TensorProto.INT32, domain=DOMAIN,
+                        **qw.layout.to_attrs(), table_bits=INT_TABLE_BITS)
+        lut_node = acc
+        bound = int((x.bound * l1).max())
+        if bias_q is not None:
+            acc = self.emit("Add", [acc, self.const(bias_q.astype(np.int32), f"{out}_bias")], out,
+                            TensorProto.INT32)
+            bound = int((x.bound * l1 + np.abs(bias_q)).max())
+        self.q[out] = QTensor(acc, "int32", float(x.scale) * s_w, axis=-1, bound=bound)
+        self.report.lowbit[self.current] = lut_node
 
     def act_matmul(self, node: onnx.NodeProto) -> None:
         a_name, b_name = node.input
@@ -962,7 +1009,8 @@ class Quantizer:
 
 def quantize_model(model: onnx.ModelProto, ranges: dict[str, TensorRange], *,
                    act_bits: str = "auto", source: str = "model", io: str = "float",
-                   allow_float: bool = False) -> tuple[onnx.ModelProto, QuantizeReport]:
+                   allow_float: bool = False, lowbit: dict | None = None
+                   ) -> tuple[onnx.ModelProto, QuantizeReport]:
     """Rewrite a shape-inferred fp32 model into the integer ONNX graph.
 
     Args:
@@ -974,6 +1022,8 @@ def quantize_model(model: onnx.ModelProto, ranges: dict[str, TensorRange], *,
             inputs and outputs; their scales in ``report.io``).
         allow_float: keep nodes without an integer form in float32 instead of failing
             (``report.float_nodes`` says which and why).
+        lowbit: node output -> :class:`edgert.compiler.lowbit.LowbitWeight`: those Linears
+            become ``LutMatMul`` on int8 activations (``report.lowbit`` names them).
 
     Raises:
         UnsupportedOpError: nodes without an integer form (all listed at once; not with
@@ -981,5 +1031,6 @@ def quantize_model(model: onnx.ModelProto, ranges: dict[str, TensorRange], *,
         QuantizationError: a node whose range checks cannot be met (named; with
             ``allow_float`` only where keeping it float fails too).
     """
-    q = Quantizer(model, ranges, act_bits=act_bits, source=source, io=io, allow_float=allow_float)
+    q = Quantizer(model, ranges, act_bits=act_bits, source=source, io=io, allow_float=allow_float,
+                  lowbit=lowbit)
     return q.run(), q.report

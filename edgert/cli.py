@@ -78,13 +78,28 @@ def compile_cmd(
         "--allow-float", help="With --int-only: keep nodes that have no integer form in float32 "
         "(their inputs dequantized, their outputs requantized at calibrated scales) instead of "
         "failing; `edgert inspect` lists them.")] = False,
+    weight_bits: Annotated[Optional[str], typer.Option(
+        "--weight-bits", metavar="[1|2|3|4|ternary]", help="Low-bit weights: every MatMul/Gemm "
+        "with a constant float weight (K x N >= 1024) becomes an edgert.LutMatMul on packed "
+        "1-4-bit or ternary weights, computed by table lookup (T-MAC). With --int-only: int8 "
+        "activations and the weight scale folded into the Requant. `edgert inspect` lists the "
+        "nodes and the bytes saved.")] = None,
+    group_size: Annotated[Optional[str], typer.Option(
+        "--group-size", metavar="[32|64|128|K]", help="With --weight-bits: rows of K sharing "
+        "one weight scale: 32, 64, 128 (default) or K (or 0: one group over all of K; the "
+        "default and only choice with --int-only, except for ternary). A weight whose K is "
+        "smaller than the group size gets one group.")] = None,
+    weight_zero_point: Annotated[bool, typer.Option(
+        "--weight-zero-point", help="With --weight-bits 1-4: asymmetric codes (min-max scale "
+        "and a zero point per group and column) instead of symmetric ones.")] = False,
 ) -> None:
     """Compile an ONNX model into a .edgert artifact for a target.
 
     The model is checked (ONNX checker, shape inference, every operator supported: all
     unsupported ones are listed at once), optionally calibrated and rewritten into an
     integer-only graph (--int-only --calib DATA; --io int8 for integer inputs and outputs,
-    --allow-float to keep ops without an integer form in float32), lowered with TVM and
+    --allow-float to keep ops without an integer form in float32), optionally given low-bit
+    weights (--weight-bits, with or without --int-only), lowered with TVM and
     packaged into one file that `edgert run` and `edgert.Session` load. The file is written
     atomically.
     """
@@ -99,7 +114,9 @@ def compile_cmd(
         path = compile_model(model, output, target=target, threads=threads,
                              on_stage=lambda s: status.update(s), int_only=int_only, calib=calib,
                              calib_method=calib_method, act_bits=act_bits, io=io,
-                             allow_float=allow_float, on_progress=progress)
+                             allow_float=allow_float, on_progress=progress,
+                             weight_bits=weight_bits, group_size=group_size,
+                             weight_zero_point=weight_zero_point)
     out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -136,7 +153,8 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="An .onnx model or a .edgert artifact.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show a model's ops (counts, dtypes), inputs, outputs, target, versions and float-op count."""
+    """Show a model's ops (counts, dtypes), inputs, outputs, target, versions, float-op count
+    and the low-bit (LutMatMul) nodes with the bytes they save."""
     from edgert.model_info import inspect_path
 
     info = inspect_path(path)
@@ -162,6 +180,9 @@ def inspect(
     if q:
         out.print(f"integer-only: act-bits {q['act_bits']}, calibration {q['calib_method']}, "
                   f"activation dtypes {q['activation_dtypes']}")
+    lowbit = info.get("lowbit")
+    if lowbit:
+        _print_lowbit(lowbit)
     scales = q.get("io")
     if scales:
         out.print("integer I/O (--io int8): input q = saturate(round_half_even(x / scale)), "
@@ -231,6 +252,29 @@ def demo(
 
 
 FLOAT_NODES_SHOWN = 10
+LOWBIT_SKIPPED_SHOWN = 10
+
+
+def _print_lowbit(lowbit: dict) -> None:
+    """The manifest's ``lowbit`` section: converted nodes (a table), skipped ones, bytes saved."""
+    nodes, skipped = lowbit.get("nodes", {}), lowbit.get("skipped", {})
+    bits = lowbit.get("weight_bits")
+    out.print(f"low-bit weights ({lowbit.get('variant')} LutMatMul): {bits}"
+              f"{'' if bits == 'ternary' else '-bit'} {lowbit.get('scheme')}, group size "
+              f"{lowbit.get('group_size')}: {len(nodes)} node(s) converted, "
+              f"{lowbit.get('bytes_saved', 0) / 1024:.1f} KiB saved", highlight=False)
+    if nodes:
+        table = Table("node", "bits", "K x N", "group", "fp32 bytes", "packed bytes",
+                      "LutMatMul node")
+        for name, e in nodes.items():
+            table.add_row(name, str(e["bits"]), f"{e['K']} x {e['N']}", str(e["group_size"]),
+                          str(e["bytes_fp32"]), str(e["bytes_packed"]), e.get("lut_node", "-"))
+        out.print(table)
+    if skipped:
+        shown = "; ".join(f"{n}: {why}" for n, why in list(skipped.items())[:LOWBIT_SKIPPED_SHOWN])
+        more = (f"; ... ({len(skipped) - LOWBIT_SKIPPED_SHOWN} more)"
+                if len(skipped) > LOWBIT_SKIPPED_SHOWN else "")
+        out.print(f"not converted: {shown}{more}", highlight=False)
 
 
 def _scale_text(spec: dict | None) -> str:

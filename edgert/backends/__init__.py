@@ -27,7 +27,15 @@ BACKENDS = ("tvm", "numba")
 
 
 def load_backend(name: str, artifact: Artifact, *, threads: int | None = None) -> Backend:
-    """Create the backend ``name`` for ``artifact``."""
+    """Create the backend ``name`` for ``artifact``.
+
+    Every backend loads through here: the packed low-bit weight layouts are checked first
+    (:func:`edgert.layouts.check_lut_layouts`; a stale artifact raises ``ArtifactError``)."""
+    if name not in BACKENDS:
+        raise InputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    from edgert.layouts import check_lut_layouts
+
+    check_lut_layouts(artifact)
     if name == "tvm":
         from edgert.backends.tvm_vm import TvmBackend
 

@@ -10,7 +10,9 @@ intermediate tensor is dead is recorded so that ``run`` frees it early.
 Ops (the contract is ``docs/integer-onnx.md``; shapes follow ONNX/numpy broadcasting):
     edgert domain (numba kernels of ``ops/``): ``Requant`` (int8/16/32 -> int8/16/32),
         ``Shiftmax`` (int8/16 -> int8/16), ``ShiftGELU`` (int8/16 -> int32), ``ILayerNorm``
-        (int8/16/32 [..., N], optional int32 bias [N] -> int32), ``IntMatMul`` (int8/16 -> int32).
+        (int8/16/32 [..., N], optional int32 bias [N] -> int32), ``IntMatMul`` (int8/16 -> int32),
+        ``LutMatMul`` (float32 or int8 [..., M, K] x packed low-bit weights -> float32 or int32;
+        its layout attributes are checked at load, :class:`~edgert.errors.ArtifactError`).
     integer arithmetic: ``MatMulInteger`` (int8/uint8 -> int32, numpy matmul shapes, rank-1
         operands included) on ``intmatmul.numba_kernel``; ``ConvInteger`` (N-d, NCHW..., pads,
         strides, dilations, group, auto_pad) as numpy im2col + ``intmatmul.numba_kernel``;
@@ -46,7 +48,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgert.artifact import MODEL_MEMBER, Artifact
-from edgert.errors import InputError, ModelError, UnsupportedOpError
+from edgert.errors import ArtifactError, InputError, ModelError, UnsupportedOpError
 from edgert.onnx_graph import node_label
 from edgert.ops import DOMAIN, ilayernorm, intmatmul, requant, shiftgelu, shiftmax
 
@@ -331,6 +333,23 @@ def _ilayernorm(node: _Node) -> Handler:
 @_op("IntMatMul", domain=DOMAIN)
 def _intmatmul(node: _Node) -> Handler:
     return lambda a, b: (_int_matmul(a, b),)
+
+
+@_op("LutMatMul", domain=DOMAIN)
+def _lutmatmul(node: _Node) -> Handler:
+    from edgert.ops import lutmatmul
+
+    attrs = {a.name: node.attr(a.name) for a in node.proto.attribute}
+    try:
+        layout = lutmatmul.LutLayout.from_attrs(attrs)
+    except ArtifactError as e:
+        raise ArtifactError(f"node {node.label}: {e}") from None
+    table_bits = int(attrs["table_bits"]) if "table_bits" in attrs else None
+
+    def run(a, w, scales=None, zero_points=None):
+        return (lutmatmul.numba_kernel(a, w, scales, zero_points, layout=layout,
+                                       table_bits=table_bits),)
+    return run
 
 
 # --- integer arithmetic ----------------------------------------------------------------------------
