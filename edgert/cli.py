@@ -130,11 +130,15 @@ def run(
     backend: Annotated[Literal[BACKENDS], typer.Option(help="Execution backend: tvm runs the "
                                                        "compiled library, numba the graph.")] = "tvm",
     threads: ThreadsOpt = None,
+    rpc: Annotated[Optional[str], typer.Option(
+        "--rpc", metavar="HOST:PORT", help="Run on a remote board through its TVM RPC server "
+        "(`python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9091` there); the artifact must "
+        "be compiled for that board, e.g. --target rpi5.")] = None,
 ) -> None:
     """Run an artifact on inputs from .npy/.npz files and summarize the outputs."""
     from edgert.session import Session
 
-    sess = Session(artifact, backend=backend, threads=threads)
+    sess = Session(artifact, backend=backend, threads=threads, rpc=rpc)
     feed = _load_inputs(inputs)
     names = [o.name for o in sess.get_outputs()]
     results = sess.run(None, feed)

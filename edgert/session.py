@@ -68,6 +68,9 @@ class Session:
         threads: worker threads for the compiled kernels (default: the physical cores
             this process may use). Each session keeps its own count, also with several
             sessions in one process.
+        rpc: ``"HOST:PORT"`` of a board's TVM RPC server (``python -m tvm.exec.rpc_server``):
+            the compiled library runs there (compiled for that board's target); inputs and
+            outputs travel over the network. Unreachable server: :class:`TargetError`.
 
     Raises:
         ArtifactError: the file is damaged or of an unknown format version.
@@ -75,7 +78,7 @@ class Session:
     """
 
     def __init__(self, path: str | os.PathLike, *, backend: str = "tvm",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, rpc: str | None = None) -> None:
         from edgert.backends import load_backend
 
         self._artifact: Artifact = read_artifact(path)
@@ -89,7 +92,7 @@ class Session:
         self._ranges = {d["name"]: d["range"] for d in manifest["inputs"] if d.get("range")}
         io = (manifest.get("quantization") or {}).get("io") or {}
         self._integer_inputs: dict[str, Any] = dict(io.get("inputs") or {})
-        self._backend = load_backend(backend, self._artifact, threads=threads)
+        self._backend = load_backend(backend, self._artifact, threads=threads, rpc=rpc)
         self._lock = threading.Lock()
 
     @property
