@@ -118,6 +118,17 @@ def test_int_only_vit_rpi5_under_qemu_bit_identical(vit_int):
     assert_bit_exact("rpi5 (qemu) vs host logits", _bits(got), _bits(want))
 
 
+def test_lut_int_only_vit_rpi5_under_qemu_bit_identical(qemu_env, tmp_path):
+    """Low-bit weights (LutMatMul, integer variant, 3 bits) on rpi5 under qemu = host."""
+    rpi5, host = _both(demo_files()[0], tmp_path, "vit_lut3", int_only=True,
+                       calib=demo_calib_file(), weight_bits=3)
+    assert edgert.Session(host).manifest["lowbit"]["nodes"]
+    feed = {"image": np.load(demo_files()[1])["images"][:64]}
+    [got] = _qemu(rpi5, feed, "vit_lut3")
+    [want] = edgert.Session(host).run(None, feed)
+    assert_bit_exact("rpi5 (qemu) vs host logits, 3-bit LUT weights", _bits(got), _bits(want))
+
+
 def _integer_graph() -> tuple[onnx.ModelProto, dict, Callable]:
     """int8/int16 inputs -> MatMulInteger (int8 x int8) and edgert IntMatMul (int16 x int8), K=64
     -> per-channel Requant to int8 -> Shiftmax; every output an integer tensor."""
