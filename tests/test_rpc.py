@@ -3,6 +3,8 @@ TVM's stock RPC server (here one started on 127.0.0.1 by the test, as a board wo
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +31,8 @@ def rpc_server():
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
                              "--port", str(port), "--port-end", str(port + 1), "--silent"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)     # its own group: the server forks workers
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -37,11 +40,19 @@ def rpc_server():
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+                _stop(proc)
                 pytest.fail("the TVM RPC server did not start")
             time.sleep(0.2)
     yield f"127.0.0.1:{port}"
-    proc.kill()
+    _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the server and the workers it forked (they share its process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     proc.wait(timeout=10)
 
 
