@@ -10,13 +10,14 @@ edgert/ORT (lower is better for edgert) is what to compare across runs, not the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from common import emit
 
 
 def build_models(tmp: Path) -> dict[str, tuple[Path, np.ndarray]]:
@@ -71,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:<22}{r['threads']:>8}{r['edgert_p50_ms']:>10.3f} ms{r['ort_p50_ms']:>8.3f} ms"
               f"{r['ratio_edgert_over_ort']:>11.2f}x")
     result = {"benchmark": "fp32 latency, batch 1", "rows": rows}
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from common import emit
 
 Feed = dict[str, np.ndarray]
 
@@ -168,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['vs_ort_fp32']:>10.2f}x{r['vs_ort_int8_dynamic']:>10.2f}x"
               f"{r['vs_ort_int8_static']:>10.2f}x{r['accuracy']:>10.4f}")
     result = {"benchmark": "integer-only latency (ratios < 1: faster than the peer)", "rows": rows}
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

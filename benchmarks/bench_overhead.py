@@ -18,12 +18,13 @@ Reported: median microseconds per call and ``edgert - vm-prebuilt`` = edgert's o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from common import emit
 
 
 def mlp_onnx(path: Path) -> Path:
@@ -88,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
           f"edgert / onnxruntime: {us['edgert'] / us['onnxruntime']:.2f}x")
     result = {"benchmark": "Session.run overhead, 3-layer MLP, batch 1, 1 thread", "p50_us": us,
               "edgert_overhead_us": us["edgert"] - us["vm-prebuilt"]}
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(result, args.json)
     return 0
 
 

@@ -639,12 +639,19 @@ class Quantizer:
         op, domain = ("MatMulInteger", "") if dtype == "int8" else ("IntMatMul", DOMAIN)
         acc = self.emit(op, [x.name, self.const(wq, f"{node.input[1]}_int8")], out,
                         TensorProto.INT32, domain=domain)
-        bound = int((x.bound * l1).max())
+        self._accumulator(acc, x, l1, bias_q, s_w, out)
+
+    def _accumulator(self, acc: str, x: QTensor, l1: np.ndarray, bias_q: np.ndarray | None,
+                     s_w: np.ndarray, out: str) -> None:
+        """Register a Linear's int32 accumulator ``acc`` (plus the int32 bias, when there is
+        one) as the integer form of ``out``: scale ``s_x * s_w`` per column, bound
+        ``max(|x| * l1 + |bias|)``."""
+        bound = x.bound * l1
         if bias_q is not None:
             acc = self.emit("Add", [acc, self.const(bias_q.astype(np.int32), f"{out}_bias")], out,
                             TensorProto.INT32)
-            bound = int((x.bound * l1 + np.abs(bias_q)).max())
-        self.q[out] = QTensor(acc, "int32", float(x.scale) * s_w, axis=-1, bound=bound)
+            bound = bound + np.abs(bias_q)
+        self.q[out] = QTensor(acc, "int32", float(x.scale) * s_w, axis=-1, bound=int(bound.max()))
 
     def lowbit_linear(self, node: onnx.NodeProto, a: str, lw, bias: np.ndarray | None,
                       out: str) -> None:
@@ -669,14 +676,8 @@ class Quantizer:
             inputs += ["", self.const(qw.zero_points, f"{lw.weight}_lut_zero_points")]
         acc = self.emit("LutMatMul", inputs, out, TensorProto.INT32, domain=DOMAIN,
                         **qw.layout.to_attrs(), table_bits=INT_TABLE_BITS)
-        lut_node = acc
-        bound = int((x.bound * l1).max())
-        if bias_q is not None:
-            acc = self.emit("Add", [acc, self.const(bias_q.astype(np.int32), f"{out}_bias")], out,
-                            TensorProto.INT32)
-            bound = int((x.bound * l1 + np.abs(bias_q)).max())
-        self.q[out] = QTensor(acc, "int32", float(x.scale) * s_w, axis=-1, bound=bound)
-        self.report.lowbit[self.current] = lut_node
+        self._accumulator(acc, x, l1, bias_q, s_w, out)
+        self.report.lowbit[self.current] = acc
 
     def act_matmul(self, node: onnx.NodeProto) -> None:
         a_name, b_name = node.input
