@@ -55,19 +55,27 @@ def to_relax(model: onnx.ModelProto, source: str = "model") -> Any:
 
 
 def build_library(mod: Any, target: Target, *, threads: int | None = None,
-                  source: str = "model") -> bytes:
-    """Compile a Relax module for ``target`` and return the shared library's bytes."""
+                  source: str = "model", tuning_db: str | os.PathLike | None = None,
+                  tuned: list[str] | None = None) -> bytes:
+    """Compile a Relax module for ``target`` and return the shared library's bytes.
+
+    ``tuning_db``: a tuning database (``edgert tune``, :mod:`edgert.compiler.tune`) whose
+    records for ``target`` replace the default schedules of the kernels they cover (CPU
+    targets); the names of those kernels are appended to ``tuned``."""
     import tvm
 
     cc = _linker_for(target)
     tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=threads))
+    if tuning_db is not None and target.cuda_arch:
+        raise TargetError(f"--tuning-db applies to CPU targets; {target.name} is a GPU target")
     try:
         if target.cuda_arch:
             executable = tvm.compile(_schedule_for_gpu(mod, tvm_target), target=tvm_target)
         else:
             executable = tvm.compile(_schedule_for_cpu(mod, target, tvm_target),
                                      target=tvm_target,
-                                     relax_pipeline=schedule_cpu.cpu_pipeline(tvm_target))
+                                     relax_pipeline=_cpu_relax_pipeline(target, tvm_target,
+                                                                        tuning_db, tuned))
     except Exception as e:
         raise CompileError(f"{source}: TVM failed to compile for {target.name}: {_short(e)}") from None
     with tempfile.TemporaryDirectory(prefix="edgert-build-") as tmp:
@@ -82,6 +90,17 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
                                f"{_short(e)}") from None
         with open(lib_path, "rb") as f:
             return f.read()
+
+
+def _cpu_relax_pipeline(target: Target, tvm_target: Any, tuning_db: str | os.PathLike | None,
+                        tuned: list[str] | None) -> Any:
+    """The Relax pipeline for a CPU target: :func:`schedule_cpu.cpu_pipeline`, or with a
+    tuning database its variant that applies the database's records first."""
+    if tuning_db is None:
+        return schedule_cpu.cpu_pipeline(tvm_target)
+    from edgert.compiler.tune import target_db_dir, tuned_cpu_pipeline
+
+    return tuned_cpu_pipeline(tvm_target, target_db_dir(tuning_db, target), tuned)
 
 
 def _linker_for(target: Target) -> str | None:
@@ -102,7 +121,10 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     from edgert.compiler import schedule_x86
 
     if schedule_x86.target_has_avx2(target):
+        from edgert.compiler import schedule_lut_x86
+
         mod = schedule_x86.schedule_int_matmuls(mod, tvm_target)
+        mod = schedule_lut_x86.schedule_lut_matmuls(mod, tvm_target)
     return mod
 
 

@@ -241,7 +241,8 @@ def _make_converters() -> dict[str, Any]:
 
     class LutMatMul(OnnxOpConverter):
         """``edgert.LutMatMul(A, W, scales?, zero_points?)`` on ``lutmatmul.te_compute`` (the
-        generic compute; the AVX2 vpshufb lookup kernel is not wired in yet)."""
+        generic compute), marked ``edgert.op = "lutmatmul"`` with its layout: on x86 AVX2
+        targets ``compiler/schedule_lut_x86.py`` replaces it by the vpshufb kernels."""
 
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
@@ -265,7 +266,13 @@ def _make_converters() -> dict[str, Any]:
                 zt = next(it) if zps is not None else None
                 return lutmatmul.te_compute(at, wt, st, zt, layout=layout, table_bits=table_bits)
 
-            return bb.emit_te(compute, a, w, *extra, primfunc_name_hint="lutmatmul")
+            from edgert.compiler.schedule_lut_x86 import primfunc_attrs
+
+            # marked for compiler/schedule_lut_x86.py (the AVX2 kernel on x86 targets)
+            tb = lutmatmul._table_bits(np.dtype(str(a.ty.dtype)), table_bits)
+            return bb.emit_te(compute, a, w, *extra, primfunc_name_hint="lutmatmul",
+                              primfunc_attrs=primfunc_attrs(layout, tb, scales is not None,
+                                                            zps is not None))
 
     class ConvInteger(OnnxOpConverter):
         """int8 NCHW (or 1-D/3-D) convolution -> int32: operands cast to int32, then ``Conv``."""

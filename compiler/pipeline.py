@@ -35,7 +35,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   on_progress: Callable[[int, int], None] | None = None,
                   weight_bits: int | str | None = None, group_size: int | str | None = None,
                   weight_zero_point: bool = False,
-                  lowbit_min_elements: int | None = None) -> Path:
+                  lowbit_min_elements: int | None = None,
+                  tuning_db: str | os.PathLike | None = None) -> Path:
     """Compile an fp32 ONNX model into a ``.edgert`` artifact.
 
     Args:
@@ -70,6 +71,10 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         weight_zero_point: asymmetric low-bit codes (a zero point per group and column).
         lowbit_min_elements: weights with fewer elements (K * N) stay as they are (default
             :data:`edgert.compiler.lowbit.MIN_ELEMENTS`).
+        tuning_db: a tuning database folder written by ``edgert tune``
+            (:mod:`edgert.compiler.tune`): kernels it has faster schedules for (for this
+            target, same shapes) use them; the manifest's ``tuning`` section lists them. Only
+            an explicit database is used (the tuning cache is never read on its own).
 
     Returns:
         The artifact path.
@@ -100,6 +105,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                          "--weight-bits {1,2,3,4,ternary}")
     tgt = get_target(target)
     source = str(model_path)
+    if tuning_db is not None and not Path(tuning_db).is_dir():
+        raise InputError(f"--tuning-db {tuning_db}: no such directory")
 
     stage("checking the model")
     model = load_model(model_path)
@@ -134,7 +141,12 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     mod = to_relax(model, source=source)
 
     stage(f"compiling for {tgt.name}")
-    lib = build_library(mod, tgt, threads=threads, source=source)
+    tuned: list[str] = []
+    lib = build_library(mod, tgt, threads=threads, source=source, tuning_db=tuning_db,
+                        tuned=tuned)
+    if tuning_db is not None:
+        options["tuning_db"] = str(tuning_db)
+        extra["tuning"] = {"db": str(tuning_db), "tuned_kernels": sorted(tuned)}
 
     stage("packaging")
     model_bytes = model.SerializeToString()

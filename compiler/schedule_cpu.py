@@ -24,6 +24,7 @@ integer kernels stay bit-exact (the op tests compare TVM with the numpy referenc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 VECTOR_BYTES = 32
@@ -40,20 +41,23 @@ def cpu_schedule_pass(tvm_target: Any) -> Any:
     return dl.ApplyDefaultSchedule(Elementwise(), Rows())
 
 
-def cpu_pipeline(tvm_target: Any) -> Any:
-    """TVM's default CPU Relax pipeline with :func:`cpu_schedule_pass` after operator fusion."""
+def cpu_pipeline(tvm_target: Any, after_fusion: Callable[[Any], Any] | None = None) -> Any:
+    """TVM's default CPU Relax pipeline with :func:`cpu_schedule_pass` after operator fusion;
+    ``after_fusion(mod) -> mod`` runs right before that pass (``edgert tune`` applies its
+    records there)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0, name="EdgertCPUPipeline")
     def pipeline(mod: Any, _ctx: Any) -> Any:
         with tvm_target:
-            passes = (cpu_generic.library_dispatch_passes(tvm_target)
-                      + cpu_generic.legalize_passes(tvm_target)
-                      + [cpu_schedule_pass(tvm_target)]
-                      + cpu_generic.dataflow_lower_passes(tvm_target)
-                      + cpu_generic.finalize_passes(tvm_target))
-            return tvm.transform.Sequential(passes)(mod)
+            mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(tvm_target)
+                                           + cpu_generic.legalize_passes(tvm_target))(mod)
+            if after_fusion is not None:
+                mod = after_fusion(mod)
+            return tvm.transform.Sequential([cpu_schedule_pass(tvm_target)]
+                                            + cpu_generic.dataflow_lower_passes(tvm_target)
+                                            + cpu_generic.finalize_passes(tvm_target))(mod)
 
     return pipeline
 

@@ -92,6 +92,10 @@ def compile_cmd(
     weight_zero_point: Annotated[bool, typer.Option(
         "--weight-zero-point", help="With --weight-bits 1-4: asymmetric codes (min-max scale "
         "and a zero point per group and column) instead of symmetric ones.")] = False,
+    tuning_db: Annotated[Optional[Path], typer.Option(
+        "--tuning-db", help="A tuning database written by `edgert tune` (its default: "
+        "~/.cache/edgert/tuning): kernels it holds faster schedules for, for this target and "
+        "the same shapes, use them. Without this option no tuning records are used.")] = None,
 ) -> None:
     """Compile an ONNX model into a .edgert artifact for a target.
 
@@ -116,8 +120,86 @@ def compile_cmd(
                              calib_method=calib_method, act_bits=act_bits, io=io,
                              allow_float=allow_float, on_progress=progress,
                              weight_bits=weight_bits, group_size=group_size,
-                             weight_zero_point=weight_zero_point)
+                             weight_zero_point=weight_zero_point, tuning_db=tuning_db)
     out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@app.command()
+def tune(
+    model: Annotated[Path, typer.Argument(help="The ONNX model whose kernels to tune.")],
+    target: TargetOpt = "host",
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Schedules measured per "
+                                        "kernel (kernels already tuned with as many are "
+                                        "skipped, others continue).")] = 64,
+    budget_minutes: Annotated[Optional[float], typer.Option(
+        "--budget-minutes", min=0, help="Stop after this many minutes (records are kept; "
+        "rerun to continue).")] = None,
+    tuning_db: Annotated[Optional[Path], typer.Option(
+        "--tuning-db", help="Tuning database folder (default: $EDGERT_CACHE/tuning or "
+        "~/.cache/edgert/tuning); records go to DB/TARGET/.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Tune at most this many kernels, "
+                                     "largest FLOPs first.")] = 10,
+    threads: ThreadsOpt = None,
+    search: Annotated[Literal["evolutionary", "random"], typer.Option(
+        "--search", help="evolutionary: search around the best schedules measured so far; "
+        "random: independent random schedules (cheaper per trial).")] = "evolutionary",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Search faster schedules for a model's hot kernels, measured on this machine.
+
+    The model is lowered as `edgert compile` lowers it; its static-shape kernels with the
+    most FLOPs (fused matmuls, convolutions...) are tuned with TVM MetaSchedule and the best
+    schedules are stored in a tuning database, per target and kernel shape. `edgert compile
+    --tuning-db DB` then uses those that beat the default schedule. Interrupted or budget-cut
+    runs keep their records and continue when run again.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgert.compiler.tune import tune_model
+
+    bars: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[best]}"), TimeElapsedColumn(), console=err,
+                  transient=as_json) as progress:
+        stage_task = progress.add_task("starting", total=None, best="")
+
+        def on_stage(label: str) -> None:
+            progress.update(stage_task, description=label)
+
+        def on_progress(kernel: str, done: int, total: int, best_ms: float | None) -> None:
+            if kernel not in bars:
+                bars[kernel] = progress.add_task(kernel, total=total, best="")
+            progress.update(bars[kernel], completed=done, total=total,
+                            best="" if best_ms is None else f"best {best_ms:.4f} ms")
+
+        report = tune_model(model, target=target, trials=trials, budget_minutes=budget_minutes,
+                            db=tuning_db, top=top, threads=threads, search=search,
+                            on_stage=on_stage, on_progress=on_progress)
+        progress.update(stage_task, description="done", total=1, completed=1)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    table = Table("kernel", "shapes", "MFLOP", "calls", "trials", "default ms", "tuned ms",
+                  "speedup", "status")
+    for k in report.kernels:
+        if k.status.startswith("skipped"):
+            continue
+        ms = lambda v: "-" if v is None else f"{v:.4g}"   # noqa: E731
+        table.add_row(k.name, k.signature, f"{k.flops / 1e6:.2f}", str(k.calls), str(k.trials),
+                      ms(k.default_ms), ms(k.tuned_ms),
+                      "-" if k.speedup is None else f"{k.speedup:.2f}x", k.status)
+    out.print(table)
+    skipped = [k for k in report.kernels if k.status.startswith("skipped")]
+    if skipped:
+        out.print(f"{len(skipped)} smaller kernel(s) not tuned (see --top)", highlight=False)
+    if report.budget_hit:
+        done = [k.name for k in report.kernels if k.status in ("tuned", "cached")]
+        out.print(f"time budget of {budget_minutes:g} min used up after {report.seconds:.0f} s: "
+                  f"{len(done)} kernel(s) fully tuned ({', '.join(done) or 'none'}); the "
+                  f"records are kept: run the same command again to continue", highlight=False)
+    db_root = tuning_db if tuning_db is not None else Path(report.db_dir).parent
+    out.print(f"records in {report.db_dir}; use them with: edgert compile {model} "
+              f"--target {target} --tuning-db {db_root}", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,140 @@
+"""``edgert tune`` / ``compile --tuning-db``: tuning database round trip, resume, budget."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import rel_err, run_cli
+
+KERNEL = "fused_matmul_add_relu"
+
+
+def _matmul_model(path: Path, m: int = 64, k: int = 64, n: int = 64) -> Path:
+    """y = relu(x @ w + b), static shapes: one fused fp32 kernel to tune."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """The model tuned for 8 trials into a fresh database: (model, db, report, progress)."""
+    from edgert.compiler.tune import tune_model
+
+    tmp = tmp_path_factory.mktemp("tune")
+    model = _matmul_model(tmp / "mm.onnx")
+    progress = []
+    report = tune_model(model, trials=8, db=tmp / "db", search="random", trials_per_batch=8,
+                        seed=0, on_progress=lambda *a: progress.append(a))
+    return model, tmp / "db", report, progress
+
+
+def _manifest(path: Path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("manifest.json"))
+
+
+def test_tune_writes_records(tuned):
+    _model, db, report, progress = tuned
+    (k,) = [k for k in report.kernels if k.name == KERNEL]
+    assert k.status == "tuned" and k.trials == 8 and k.new_trials == 8
+    assert k.default_ms > 0 and k.tuned_ms > 0
+    assert k.signature == "float32 64x64, 64x64, 64 -> 64x64"
+    folder = Path(report.db_dir) / k.key
+    assert Path(report.db_dir).parent == db
+    records = (folder / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) == 8
+    meta = json.loads((folder / "edgert-kernel.json").read_text())
+    assert meta["trials"] == 8 and meta["complete_for"] == 8 and meta["name"] == KERNEL
+    assert not [p for p in Path(report.db_dir).iterdir() if p.name.startswith(".")]  # no temp left
+    assert progress[-1][:3] == (KERNEL, 8, 8)
+
+
+def test_compile_uses_records(tuned, tmp_path):
+    """The tuned schedule replaces the default one; outputs are unchanged."""
+    import tvm
+    import tvm_ffi
+
+    from edgert.compiler import compile_model
+    from edgert.compiler.lower import to_relax
+    from edgert.compiler.schedule_cpu import cpu_schedule_pass
+    from edgert.compiler.tune import apply_tuning_db, prepare_kernels, target_db_dir
+    from edgert.session import Session
+    from edgert.targets import resolve_host
+
+    model, db, report, _ = tuned
+    if report.kernels[0].tuned_ms >= report.kernels[0].default_ms:
+        pytest.skip("the 8 random schedules were all slower than the default one")
+    plain = compile_model(model, tmp_path / "plain.edgert")
+    fast = compile_model(model, tmp_path / "tuned.edgert", tuning_db=db)
+    assert "tuning" not in _manifest(plain)
+    assert _manifest(fast)["tuning"]["tuned_kernels"] == [KERNEL]
+    assert _manifest(fast)["compile_options"]["tuning_db"] == str(db)
+
+    # The kernel's schedule differs from the default one.
+    target = resolve_host()
+    tvm_target = tvm.target.Target(target.tvm_target_dict())
+    mod = prepare_kernels(to_relax(onnx.load(model)), target, tvm_target)
+    with tvm_target:
+        default = cpu_schedule_pass(tvm_target)(mod)[KERNEL]
+    applied: list[str] = []
+    tuned_func = apply_tuning_db(mod, target_db_dir(db, target), tvm_target, applied)[KERNEL]
+    assert applied == [KERNEL] and tuned_func.attrs["tirx.is_scheduled"]
+    assert not tvm_ffi.structural_equal(default, tuned_func)
+    assert default.script() != tuned_func.script()
+
+    x = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
+    ref = Session(plain).run(None, {"x": x})[0]
+    out = Session(fast).run(None, {"x": x})[0]
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_rerun_resumes(tuned):
+    """A rerun with the same trials measures nothing; more trials continue the kernel."""
+    from edgert.compiler.tune import tune_model
+
+    model, db, first, _ = tuned
+    again = tune_model(model, trials=8, db=db, search="random", trials_per_batch=8)
+    k = again.kernels[0]
+    assert (k.status, k.new_trials, k.trials) == ("cached", 0, 8)
+    assert k.tuned_ms == first.kernels[0].tuned_ms
+    more = tune_model(model, trials=12, db=db, search="random", trials_per_batch=4)
+    k = more.kernels[0]
+    assert (k.status, k.new_trials, k.trials) == ("tuned", 4, 12)
+    assert k.tuned_ms <= first.kernels[0].tuned_ms
+
+
+def test_cli_budget_end(tmp_path):
+    model = _matmul_model(tmp_path / "mm.onnx")
+    r = run_cli("tune", str(model), "--trials", "8", "--budget-minutes", "0",
+                "--tuning-db", str(tmp_path / "db"))
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "time budget of 0 min used up" in text and "run the same command again" in text
+    assert "│ budget" in text     # the kernel's status in the table
+
+
+def test_errors(tmp_path):
+    from edgert.compiler import compile_model
+    from edgert.compiler.tune import tune_model
+    from edgert.errors import InputError, TargetError
+
+    model = _matmul_model(tmp_path / "mm.onnx")
+    with pytest.raises(TargetError, match="CPU targets only"):
+        tune_model(model, target="cuda-sm90", db=tmp_path / "db")
+    with pytest.raises(InputError, match="no such directory"):
+        compile_model(model, tmp_path / "m.edgert", tuning_db=tmp_path / "missing")
