@@ -117,7 +117,9 @@ def _linker_for(target: Target) -> str | None:
 
 def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     """Our CPU kernels where the target has them (integer matmuls on x86 AVX2: see
-    :mod:`edgert.compiler.schedule_x86`); everything else stays on TVM's default pipeline."""
+    :mod:`edgert.compiler.schedule_x86`; LutMatMul on x86 AVX2 and on aarch64 NEON: see
+    :mod:`edgert.compiler.schedule_lut_x86`, :mod:`edgert.compiler.schedule_lut_arm`);
+    everything else stays on TVM's default pipeline."""
     from edgert.compiler import schedule_x86
 
     if schedule_x86.target_has_avx2(target):
@@ -125,6 +127,10 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
 
         mod = schedule_x86.schedule_int_matmuls(mod, tvm_target)
         mod = schedule_lut_x86.schedule_lut_matmuls(mod, tvm_target)
+    elif target.arch == "aarch64" and not target.cuda_arch:
+        from edgert.compiler import schedule_lut_arm    # NEON tbl LutMatMul kernels
+
+        mod = schedule_lut_arm.schedule_lut_matmuls(mod, tvm_target)
     return mod
 
 

@@ -49,6 +49,8 @@ or zero point that is not a constant, a layout with ``tile_n != 32``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -530,13 +532,38 @@ def _const_value(expr: Any) -> np.ndarray | None:
     return None
 
 
+@dataclass(frozen=True)
+class LutKernels:
+    """One ISA's LutMatMul kernels for :func:`rewrite_lut_matmuls`.
+
+    Attributes:
+        isa: kernel name tag (``x86``, ``arm``).
+        table_kernel, lookup_kernel: the PrimFunc factories (signatures as in this module).
+        operands: the class re-packing the constants (``w2``, ``scales``, ``zc``, ``has_zp``).
+        accepts: whether a layout suits the kernels.
+    """
+
+    isa: str
+    table_kernel: Callable[..., Any]
+    lookup_kernel: Callable[..., Any]
+    operands: type
+    accepts: Callable[[LutLayout], bool]
+
+
 def schedule_lut_matmuls(mod: Any, tvm_target: Any) -> Any:
-    """Replace the generic LutMatMul calls of a Relax module by the AVX2 kernels.
+    """Replace the generic LutMatMul calls of a Relax module by the AVX2 kernels (the caller
+    checks that the target has AVX2); see :func:`rewrite_lut_matmuls`."""
+    return rewrite_lut_matmuls(mod, tvm_target, LutKernels(
+        "x86", table_kernel, lookup_kernel, LutOperands, lambda layout: layout.tile_n == TN))
+
+
+def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
+    """Replace the generic LutMatMul calls of a Relax module by ``kernels``.
 
     Every ``call_tir`` of a PrimFunc marked ``edgert.op = "lutmatmul"`` whose weight (and
-    scales / zero points) are constants becomes: A reshaped to ``[R, K]``, the table kernel
-    (three outputs), the lookup kernel on the re-packed constants, a reshape back. The caller
-    checks that the target has AVX2. Other calls are left alone.
+    scales / zero points) are constants and whose layout ``kernels.accepts`` becomes: A
+    reshaped to ``[R, K]``, the table kernel (three outputs), the lookup kernel on the
+    re-packed constants, a reshape back. Other calls are left alone.
     """
     import tvm
     from tvm import relax, tirx
@@ -579,11 +606,11 @@ def schedule_lut_matmuls(mod: Any, tvm_target: Any) -> Any:
             if key not in self.kernels:
                 tag = (f"{'f32' if float_acts else 'i8'}_b{layout.bits}_k{layout.K}_n{layout.N}"
                        f"_g{layout.group_size}_t{tb}{'_zp' if has_zp else ''}")
-                name = f"lut_{kind}_x86_{tag}"
+                name = f"lut_{kind}_{kernels.isa}_{tag}"
                 if kind == "tables":
-                    func = table_kernel(layout, float_acts, tb, cores, name)
+                    func = kernels.table_kernel(layout, float_acts, tb, cores, name)
                 else:
-                    func = lookup_kernel(layout, float_acts, tb, has_zp, cores, name)
+                    func = kernels.lookup_kernel(layout, float_acts, tb, has_zp, cores, name)
                 func = func.with_attr("op_pattern", 8)      # kOpaque: not fused
                 self.kernels[key] = self.builder_.add_func(func, name)
             return self.kernels[key]
@@ -592,7 +619,7 @@ def schedule_lut_matmuls(mod: Any, tvm_target: Any) -> Any:
                     ) -> Any | None:
             args = call.args[1]
             if (not isinstance(args, relax.Tuple) or len(call.args) > 2
-                    or len(args.fields) != len(inputs) or layout.tile_n != TN):
+                    or len(args.fields) != len(inputs) or not kernels.accepts(layout)):
                 return None
             named = dict(zip(inputs, args.fields))
             a = named["a"]
@@ -609,7 +636,7 @@ def schedule_lut_matmuls(mod: Any, tvm_target: Any) -> Any:
             float_acts = str(a_ty.dtype) == "float32"
             if not float_acts and str(a_ty.dtype) != "int8":
                 return None
-            ops = LutOperands(layout, w, scales, zps, float_acts)
+            ops = kernels.operands(layout, w, scales, zps, float_acts)
             bb = self.builder_
             shape = list(a_ty.shape.values)
             rows = shape[0]

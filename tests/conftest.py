@@ -127,3 +127,43 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def qemu_env():
+    """The cached aarch64 environment of :mod:`edgert.targets.qemu` (set up here on first use)
+    for running rpi5 artifacts under qemu-aarch64, or a skip saying why not; with
+    ``EDGERT_REQUIRE_QEMU=1`` (CI, once ``scripts/setup_aarch64.sh`` succeeded) a failure."""
+    import shutil
+
+    from edgert.errors import TargetError
+    from edgert.targets import host_arch
+
+    def unavailable(reason: str) -> None:
+        if os.environ.get("EDGERT_REQUIRE_QEMU") == "1":
+            pytest.fail(f"{reason} (EDGERT_REQUIRE_QEMU=1 makes this a failure)")
+        pytest.skip(reason)
+
+    if host_arch() == "aarch64":
+        pytest.skip("this machine is aarch64: rpi5 artifacts run natively, no qemu needed")
+    if shutil.which("aarch64-linux-gnu-gcc") is None:
+        unavailable("needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
+    from edgert.targets.qemu import ensure_aarch64_env
+
+    try:
+        return ensure_aarch64_env()
+    except TargetError as e:
+        unavailable(f"cannot run aarch64 code here: {e}")
+
+
+def rpi5_and_host(model: str | os.PathLike, tmp: Path, name: str, **options) -> tuple[Path, Path]:
+    """``model`` compiled for rpi5 and for this machine (``compile_model`` options alike)."""
+    from edgert.compiler import compile_model
+
+    return tuple(compile_model(model, tmp / f"{name}_{t}.edgert", target=t, **options)
+                 for t in ("rpi5", "host"))
+
+
+def raw_bits(a: np.ndarray) -> np.ndarray:
+    """The raw bits of ``a`` (floats compared as integers: -0.0 != 0.0, NaN payloads count)."""
+    return a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else a

@@ -20,9 +20,6 @@ operations, all the rest in integers) must be bit-identical.
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -37,65 +34,19 @@ from edgert.demo import demo_calib_file, demo_files
 from edgert.errors import TargetError
 from edgert.ops import DOMAIN, intmatmul, requant, shiftmax
 from edgert.targets import host_arch
+from edgert.targets.qemu import run_under_qemu
 
-from conftest import random_input, rel_err
+from conftest import random_input, raw_bits, rel_err, rpi5_and_host
 from ophelpers import assert_bit_exact, integer_model
 
-REQUIRE = os.environ.get("EDGERT_REQUIRE_QEMU") == "1"
-TIMINGS: dict[str, float] = {}
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"{reason} (EDGERT_REQUIRE_QEMU=1 makes this a failure)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def qemu_env():
-    """The cached aarch64 environment (set up here on first use), or a skip saying why not."""
-    if host_arch() == "aarch64":
-        pytest.skip("this machine is aarch64: rpi5 artifacts run natively, no qemu needed")
-    if shutil.which("aarch64-linux-gnu-gcc") is None:
-        _unavailable("needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
-    from edgert.targets.qemu import ensure_aarch64_env
-
-    start = time.perf_counter()
-    try:
-        env = ensure_aarch64_env()
-    except TargetError as e:
-        _unavailable(f"cannot run aarch64 code here: {e}")
-    TIMINGS["setup"] = time.perf_counter() - start
-    yield env
-    print("\nqemu timings (s):", {k: round(v, 2) for k, v in TIMINGS.items()})
-
-
-def _both(model, tmp, name: str, **options) -> tuple:
-    """Compile ``model`` for rpi5 and for this machine."""
-    return tuple(compile_model(model, tmp / f"{name}_{t}.edgert", target=t, **options)
-                 for t in ("rpi5", "host"))
-
-
-def _qemu(artifact, feed: dict, label: str) -> list[np.ndarray]:
-    from edgert.targets.qemu import run_under_qemu
-
-    start = time.perf_counter()
-    out = run_under_qemu(artifact, feed)
-    TIMINGS[f"qemu run {label}"] = time.perf_counter() - start
-    return out
-
-
-def _bits(a: np.ndarray) -> np.ndarray:
-    """The raw bits (floats compared as integers: -0.0 != 0.0, NaN payloads count)."""
-    return a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else a
 
 
 @pytest.mark.parametrize("name,batch", [("mlp", 5), ("bn_cnn", 3)])
 def test_fp32_rpi5_under_qemu_close_to_host(qemu_env, model_files, tmp_path, name, batch):
-    rpi5, host = _both(model_files[name], tmp_path, name)
+    rpi5, host = rpi5_and_host(model_files[name], tmp_path, name)
     spec = edgert.Session(host).get_inputs()[0]
     feed = {spec.name: random_input(spec.shape, batch)}
-    [got] = _qemu(rpi5, feed, name)
+    [got] = run_under_qemu(rpi5, feed)
     [want] = edgert.Session(host).run(None, feed)
     assert got.dtype == want.dtype and got.shape == want.shape
     assert rel_err(got, want) <= 1e-5        # measured: mlp 4e-8, bn_cnn 0 (FMA contraction)
@@ -103,7 +54,7 @@ def test_fp32_rpi5_under_qemu_close_to_host(qemu_env, model_files, tmp_path, nam
 
 @pytest.fixture(scope="module")
 def vit_int(qemu_env, tmp_path_factory):
-    return _both(demo_files()[0], tmp_path_factory.mktemp("vit"), "vit_int", int_only=True,
+    return rpi5_and_host(demo_files()[0], tmp_path_factory.mktemp("vit"), "vit_int", int_only=True,
                  calib=demo_calib_file())
 
 
@@ -113,20 +64,20 @@ def test_int_only_vit_rpi5_under_qemu_bit_identical(vit_int):
     edge = np.random.default_rng(3).uniform(-3, 4, (3, 1, 8, 8)).astype(np.float32)
     edge[0], edge[1], edge[2] = 0.0, 1e6, -0.5                 # zero, saturating, constant
     feed = {"image": np.concatenate([images, edge])}
-    [got] = _qemu(rpi5, feed, "vit_int")
+    [got] = run_under_qemu(rpi5, feed)
     [want] = edgert.Session(host).run(None, feed)
-    assert_bit_exact("rpi5 (qemu) vs host logits", _bits(got), _bits(want))
+    assert_bit_exact("rpi5 (qemu) vs host logits", raw_bits(got), raw_bits(want))
 
 
 def test_lut_int_only_vit_rpi5_under_qemu_bit_identical(qemu_env, tmp_path):
     """Low-bit weights (LutMatMul, integer variant, 3 bits) on rpi5 under qemu = host."""
-    rpi5, host = _both(demo_files()[0], tmp_path, "vit_lut3", int_only=True,
+    rpi5, host = rpi5_and_host(demo_files()[0], tmp_path, "vit_lut3", int_only=True,
                        calib=demo_calib_file(), weight_bits=3)
     assert edgert.Session(host).manifest["lowbit"]["nodes"]
     feed = {"image": np.load(demo_files()[1])["images"][:64]}
-    [got] = _qemu(rpi5, feed, "vit_lut3")
+    [got] = run_under_qemu(rpi5, feed)
     [want] = edgert.Session(host).run(None, feed)
-    assert_bit_exact("rpi5 (qemu) vs host logits, 3-bit LUT weights", _bits(got), _bits(want))
+    assert_bit_exact("rpi5 (qemu) vs host logits, 3-bit LUT weights", raw_bits(got), raw_bits(want))
 
 
 def _integer_graph() -> tuple[onnx.ModelProto, dict, Callable]:
@@ -165,8 +116,8 @@ def _integer_graph() -> tuple[onnx.ModelProto, dict, Callable]:
 def test_integer_graph_rpi5_under_qemu_bit_identical(qemu_env, tmp_path):
     model, feed, oracle = _integer_graph()
     onnx.save(model, tmp_path / "int_graph.onnx")
-    rpi5, host = _both(tmp_path / "int_graph.onnx", tmp_path, "int_graph")
-    got = _qemu(rpi5, feed, "int_graph")
+    rpi5, host = rpi5_and_host(tmp_path / "int_graph.onnx", tmp_path, "int_graph")
+    got = run_under_qemu(rpi5, feed)
     want = edgert.Session(host).run(None, feed)
     ref = oracle(**feed)
     for name, g, w, r in zip(["mmi", "imm", "rq", "sm"], got, want, ref):
@@ -188,8 +139,6 @@ def test_missing_qemu_names_the_package(monkeypatch, tmp_path):
 
 
 def test_run_under_qemu_refuses_a_non_aarch64_artifact(mlp_artifact):
-    from edgert.targets.qemu import run_under_qemu
-
     if host_arch() == "aarch64":
         pytest.skip("the host artifact is aarch64 here")
     with pytest.raises(TargetError, match="runs aarch64 CPU artifacts"):
