@@ -47,9 +47,9 @@ int8 activations ``a`` [..., M, K] (one scale s_x over all of K) -> int32 [..., 
 Lookups are summed per (plane, K tile) over at most 16 nibbles (``tile_k <= 64``) in int16
 (|sum| <= 16 * 512 fits), then widened to int32; an exact integer sum, as the reference writes.
 
-x86: :func:`x86_lookup_kernel` is the lookup stage of the integer variant as an AVX2 TIR
-kernel (``vpshufb``, 32 lookups an instruction; int16 tables as two byte-plane lookups), fed by
-:func:`table_bytes`; bit-exact with the reference. Not yet wired into the lowering.
+CPU kernels: ``compiler/schedule_lut_x86.py`` (AVX2 ``vpshufb``) and
+``compiler/schedule_lut_arm.py`` (NEON ``tbl``) replace :func:`te_compute` in compiled
+artifacts, bit-exact with :func:`reference` for both variants.
 
 Packed weights (layout version 1), uint8 ``[N_pad / tile_n, K / tile_k, bits, tile_k / 4,
 tile_n / 2]``: byte ``[nt, kt, i, fi, h]`` holds ``nibble_i(f, nt*tile_n + h)`` in its low 4 bits
@@ -652,124 +652,6 @@ def te_compute(a: Any, planes: Any, scales: Any = None, zero_points: Any = None,
                        lambda *i: te.sum(zc(rgo, i[nl]) * rsum(*i[:nl], rgo), axis=rgo),
                        name="lut_zero")
     return te.compute((*lead, layout.N), lambda *i: lsum(*i) + zterm(*i), name="lut_matmul")
-
-
-# ---------------------------------------------------------------- x86 AVX2 (vpshufb)
-
-X86_TILE_N = 32     # one vpshufb looks up 32 nibbles: 16 bytes of a tile, low then high
-
-
-def table_bytes(a: np.ndarray, layout: LutLayout, table_bits: int = 16
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """The integer tables as the x86 kernel takes them, from int8 activations [..., K].
-
-    Returns:
-        ``(qb int8 [R, K/4, NB, 16], sh int32 [R, K/tile_k])``. ``table_bits = 8``: NB = 1,
-        the int8 entries and their shifts (as :func:`reference`); ``16``: NB = 2 byte planes,
-        ``qb[..., 0, :]`` the low byte (read unsigned), ``qb[..., 1, :]`` the high byte
-        (signed, in [-2, 2]), ``T = 256 * high + low``, and zero shifts.
-    """
-    x4 = np.asarray(a).reshape(-1, layout.K // G, G).astype(np.int32)
-    t = tables(x4)
-    tf = layout.tile_k // G
-    if table_bits == 8:
-        sh = int8_table_shift(x4, tf)
-        q = shift_round_half_even(t, np.repeat(sh, tf, axis=1)[..., None])
-        return q.astype(np.int8)[:, :, None, :], sh.astype(np.int32)
-    lo = (t & 255).astype(np.uint8).view(np.int8)
-    hi = (t >> 8).astype(np.int8)
-    return (np.ascontiguousarray(np.stack([lo, hi], axis=2)),
-            np.zeros((x4.shape[0], layout.K // layout.tile_k), np.int32))
-
-
-def x86_lookup_kernel(layout: LutLayout, table_bits: int = 16, *, parallel: bool = True,
-                      name: str = "lut_lookup_x86") -> Any:
-    """AVX2 lookup stage of the integer LutMatMul as a TIR PrimFunc ``(QB, SH, W, OUT)``.
-
-    ``QB`` int8 [R, K/4, NB, 16] and ``SH`` int32 [R, K/tile_k] from :func:`table_bytes`
-    (R symbolic), ``W`` the packed weight (``tile_n`` must be 32), ``OUT`` int32
-    [R, N_pad]: ``OUT[r, n] = sum_kt sum_i sum_nb (sum_fi L) << (i + 8*nb + SH[r, kt])``,
-    i.e. :func:`reference`'s lookup sums (add the zero-point term, drop the padded columns).
-
-    Per (row, 32-column tile) task and K tile: for each 4-group, the 16 packed bytes of a plane
-    give 32 nibble indices (low nibbles: columns 0-15 in lane 0, high nibbles: 16-31 in lane 1);
-    the 16-byte table goes to both lanes; one ``vpshufb`` (``llvm.x86.avx2.pshuf.b``) looks up
-    32 entries, sign- (or for the low byte plane of int16 tables, zero-) extended into int16
-    accumulators (at most 16 lookups: |sum| <= 16 * 255), widened to int32 once per K tile.
-    """
-    from tvm.script import tirx as T
-
-    if layout.tile_n != X86_TILE_N:
-        raise ArtifactError(f"the x86 LutMatMul kernel needs tile_n = {X86_TILE_N}, the weight "
-                            f"layout has {layout.tile_n}; re-pack the weights")
-    if table_bits not in (8, 16):
-        raise ValueError(f"table_bits must be 8 or 16, got {table_bits}")
-    F, KT, TK4, B, NT = layout.K // G, layout.K // layout.tile_k, layout.tile_k // G, \
-        layout.bits, layout.n_tiles
-    NB = 1 if table_bits == 8 else 2
-    TN = X86_TILE_N
-    W_SIZE = int(np.prod(layout.planes_shape))
-    PSHUF = "llvm.x86.avx2.pshuf.b"
-    LO16, HI16 = list(range(16)), list(range(16, 32))
-
-    @T.macro
-    def task_body(task, Qf, SHf, Wf, Of):
-        r: T.let[T.int64] = task // NT
-        nt: T.let[T.int64] = task % NT
-        acc = T.alloc_buffer((TN,), "int32")
-        for v in T.unroll(4):
-            acc[T.Ramp(v * 8, 1, 8)] = T.Broadcast(T.int32(0), 8)
-        for kt in range(KT):
-            a16 = T.alloc_buffer((B * NB * TN,), "int16")
-            for v in T.unroll(B * NB * 2):
-                a16[T.Ramp(v * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
-            for fi in range(TK4):
-                for i in T.unroll(B):
-                    by = Wf[T.Ramp((((nt * KT + kt) * B + i) * TK4 + fi) * 16, 1, 16)]
-                    idx = T.reinterpret("int8x32", T.Shuffle(
-                        [T.bitwise_and(by, T.Broadcast(T.uint8(15), 16)),
-                         T.shift_right(by, T.Broadcast(T.uint8(4), 16))], LO16 + HI16))
-                    for nb in T.unroll(NB):
-                        tb16 = Qf[T.Ramp(((r * F + kt * TK4 + fi) * NB + nb) * 16, 1, 16)]
-                        look = T.call_llvm_pure_intrin(
-                            "int8x32", PSHUF, T.Shuffle([tb16, tb16], LO16 + LO16), idx)
-                        w = T.bitwise_and(T.Cast("int16x32", look), T.Broadcast(
-                            T.Select(nb + 1 < NB, T.int16(255), T.int16(-1)), 32))
-                        base = (i * NB + nb) * TN
-                        a16[T.Ramp(base, 1, 16)] = a16[T.Ramp(base, 1, 16)] + T.Shuffle(
-                            [w], LO16)
-                        a16[T.Ramp(base + 16, 1, 16)] = a16[T.Ramp(base + 16, 1, 16)] + \
-                            T.Shuffle([w], HI16)
-            for i in T.unroll(B):
-                for nb in T.unroll(NB):
-                    s: T.let[T.int32] = SHf[r * KT + kt] + i + nb * 8
-                    for v in T.unroll(4):
-                        acc[T.Ramp(v * 8, 1, 8)] = acc[T.Ramp(v * 8, 1, 8)] + T.shift_left(
-                            T.Cast("int32x8", a16[T.Ramp((i * NB + nb) * TN + v * 8, 1, 8)]),
-                            T.Broadcast(s, 8))
-        for v in T.unroll(4):
-            Of[T.Ramp((r * NT + nt) * TN + v * 8, 1, 8)] = acc[T.Ramp(v * 8, 1, 8)]
-
-    @T.prim_func
-    def kernel(q_h: T.handle, sh_h: T.handle, w_h: T.handle, out_h: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        R = T.int64()
-        Q = T.match_buffer(q_h, (R, F, NB, 16), "int8")
-        SH = T.match_buffer(sh_h, (R, KT), "int32")
-        W = T.match_buffer(w_h, layout.planes_shape, "uint8")
-        OUT = T.match_buffer(out_h, (R, NT * TN), "int32")
-        Qf = T.decl_buffer((R * F * NB * 16,), "int8", data=Q.data)
-        SHf = T.decl_buffer((R * KT,), "int32", data=SH.data)
-        Wf = T.decl_buffer((W_SIZE,), "uint8", data=W.data)
-        Of = T.decl_buffer((R * NT * TN,), "int32", data=OUT.data)
-        if parallel:
-            for task in T.parallel(R * NT):
-                task_body(task, Qf, SHf, Wf, Of)
-        else:
-            for task in range(R * NT):
-                task_body(task, Qf, SHf, Wf, Of)
-
-    return kernel.with_attr("global_symbol", name)
 
 
 # ---------------------------------------------------------------- ONNX schema

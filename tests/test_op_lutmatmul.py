@@ -238,46 +238,6 @@ def test_layout_mismatch_is_refused():
         qw.layout.require(other)
 
 
-# ---------------------------------------------------------------- x86 vpshufb kernel
-
-X86_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2}
-
-
-def test_x86_pshufb_kernel_is_bit_exact_and_uses_vpshufb():
-    """The AVX2 lookup stage (int8 tables with shifts, int16 tables as two byte planes) plus
-    the zero-point term equals the reference bit for bit; the library contains vpshufb."""
-    import tvm
-
-    from edgert.targets import host_arch, host_cpu_features
-
-    host_avx2 = host_arch() == "x86_64" and "avx2" in host_cpu_features()
-    rng = np.random.default_rng(12)
-    cases = [(2, 16, 1, False), (4, 8, 8, True), (1, 16, 64, False), (3, 8, 3, True)]
-    funcs = {f"k{j}": lutmatmul.x86_lookup_kernel(
-        _case(bits, 128, n=70, zero_point=zp, seed=j).layout, tb, name=f"k{j}")
-        for j, (bits, tb, _, zp) in enumerate(cases)}
-    lib = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(X86_TARGET)).mod
-    assert lib.inspect_source("asm").count("vpshufb") >= len(cases)
-    with pytest.raises(ArtifactError, match="needs tile_n = 32"):
-        lutmatmul.x86_lookup_kernel(_case(2, 128, tile_n=16).layout)
-    if not host_avx2:           # built and inspected above; running needs an AVX2 host
-        return
-    for j, (bits, tb, m, zp) in enumerate(cases):
-        qw = _case(bits, 128, n=70, zero_point=zp, seed=j)
-        x = rng.integers(-128, 128, (m, 256)).astype(np.int8)
-        x[0, :8] = -128
-        qb, sh = lutmatmul.table_bytes(x, qw.layout, tb)
-        out = tvm.runtime.tensor(np.zeros((m, qw.layout.n_tiles * 32), np.int32))
-        lib[f"k{j}"](tvm.runtime.tensor(qb), tvm.runtime.tensor(sh),
-                     tvm.runtime.tensor(qw.planes), out)
-        zc = lutmatmul.zero_constant(qw.layout, qw.zero_points).astype(np.int64)
-        rowsum = x.astype(np.int64).reshape(m, qw.layout.n_groups, -1).sum(axis=2)
-        got = (out.numpy()[:, :70] + rowsum @ zc).astype(np.int32)
-        want = lutmatmul.reference(x, qw.planes, None, qw.zero_points, layout=qw.layout,
-                                   table_bits=tb)
-        assert_bit_exact(f"x86 case {j}", got, want)
-
-
 # ---------------------------------------------------------------- schema
 
 def test_schema_checks_and_infers_types():
