@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from edgert.compiler import schedule_cpu
-from edgert.errors import CompileError, TargetError
+from edgert.errors import CompileError, TargetError, last_line
 from edgert.ops import register_schemas_for
 from edgert.targets import Target, host_arch
 
@@ -51,7 +51,7 @@ def to_relax(model: onnx.ModelProto, source: str = "model") -> Any:
             mod = from_onnx(model, keep_params_in_input=False)
         return relax.transform.DecomposeOpsForInference()(mod)
     except Exception as e:
-        raise CompileError(f"{source}: TVM's ONNX import failed: {_short(e)}") from None
+        raise CompileError(f"{source}: TVM's ONNX import failed: {last_line(e)}") from None
 
 
 def build_library(mod: Any, target: Target, *, threads: int | None = None,
@@ -77,7 +77,7 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
                                      relax_pipeline=_cpu_relax_pipeline(target, tvm_target,
                                                                         tuning_db, tuned))
     except Exception as e:
-        raise CompileError(f"{source}: TVM failed to compile for {target.name}: {_short(e)}") from None
+        raise CompileError(f"{source}: TVM failed to compile for {target.name}: {last_line(e)}") from None
     with tempfile.TemporaryDirectory(prefix="edgert-build-") as tmp:
         lib_path = os.path.join(tmp, "model.so")
         try:
@@ -87,7 +87,7 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
                 executable.export_library(lib_path)
         except Exception as e:
             raise CompileError(f"{source}: linking the library for {target.name} failed: "
-                               f"{_short(e)}") from None
+                               f"{last_line(e)}") from None
         with open(lib_path, "rb") as f:
             return f.read()
 
@@ -144,9 +144,3 @@ def _schedule_for_gpu(mod: Any, tvm_target: Any) -> Any:
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
             dl.gpu.Fallback(),
         )(mod)
-
-
-def _short(e: BaseException, limit: int = 400) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else type(e).__name__
-    return text if len(text) <= limit else text[:limit] + "..."

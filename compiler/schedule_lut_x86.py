@@ -565,10 +565,9 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
     reshaped to ``[R, K]``, the table kernel (three outputs), the lookup kernel on the
     re-packed constants, a reshape back. Other calls are left alone.
     """
-    import tvm
     from tvm import relax, tirx
 
-    from edgert.compiler.schedule_x86 import num_cores
+    from edgert.compiler.schedule_x86 import num_cores, rewrite_call_tirs
 
     specs = {}
     for gv, f in mod.functions_items():
@@ -580,89 +579,62 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
     if not specs:
         return mod
     cores = num_cores(tvm_target)
-    call_tir_op = tvm.ir.Op.get("relax.call_tir")
 
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def __init__(self, module: Any) -> None:
-            super().__init__(module)
-            self.kernels: dict[tuple, Any] = {}
-            self.rewritten = 0
+    def kernel(rw: Any, kind: str, layout: LutLayout, float_acts: bool, tb: int,
+               has_zp: bool) -> Any:
+        key = (kind, layout, float_acts, tb, has_zp)
+        if key not in rw.kernels:
+            tag = (f"{'f32' if float_acts else 'i8'}_b{layout.bits}_k{layout.K}_n{layout.N}"
+                   f"_g{layout.group_size}_t{tb}{'_zp' if has_zp else ''}")
+            name = f"lut_{kind}_{kernels.isa}_{tag}"
+            if kind == "tables":
+                func = kernels.table_kernel(layout, float_acts, tb, cores, name)
+            else:
+                func = kernels.lookup_kernel(layout, float_acts, tb, has_zp, cores, name)
+            rw.add_kernel(key, func, name)
+        return rw.kernels[key]
 
-        def visit_call_(self, call: Any) -> Any:
-            call = super().visit_call_(call)
-            if (isinstance(call, relax.Call) and call.op.same_as(call_tir_op)
-                    and isinstance(call.args[0], tvm.ir.GlobalVar)
-                    and call.args[0].name_hint in specs):
-                new = self.rewrite(call, *specs[call.args[0].name_hint])
-                if new is not None:
-                    self.rewritten += 1
-                    return new
-            return call
+    def rewrite(rw: Any, call: Any) -> Any | None:
+        layout, tb, inputs = specs[call.args[0].name_hint]
+        args = call.args[1]
+        if (not isinstance(args, relax.Tuple) or len(call.args) > 2
+                or len(args.fields) != len(inputs) or not kernels.accepts(layout)):
+            return None
+        named = dict(zip(inputs, args.fields))
+        a = named["a"]
+        w = _const_value(named["w"])
+        scales = _const_value(named["scales"]) if "scales" in named else None
+        zps = _const_value(named["zero_points"]) if "zero_points" in named else None
+        if (w is None or ("scales" in named and scales is None)
+                or ("zero_points" in named and zps is None)):
+            return None
+        a_ty, out_ty = a.ty, call.ty
+        if not (isinstance(a_ty, relax.TensorType) and isinstance(a_ty.shape, relax.ShapeExpr)
+                and isinstance(out_ty, relax.TensorType)):
+            return None
+        float_acts = str(a_ty.dtype) == "float32"
+        if not float_acts and str(a_ty.dtype) != "int8":
+            return None
+        ops = kernels.operands(layout, w, scales, zps, float_acts)
+        bb = rw.builder_
+        shape = list(a_ty.shape.values)
+        rows = shape[0]
+        for d in shape[1:-1]:
+            rows = rows * d
+        a2 = bb.emit(relax.op.reshape(a, [rows, layout.K]))
+        outs = intermediate_shapes(layout, rows, float_acts, tb)
+        tabs = bb.emit(relax.call_tir(
+            kernel(rw, "tables", layout, float_acts, tb, False), [a2, a2],   # see table_kernel
+            [relax.TensorType(list(s), d) for s, d in outs]))
+        parts = [bb.emit(relax.TupleGetItem(tabs, i))       # (QT, TS or SH, RS)
+                 for i in ((2, 0, 1) if float_acts else (0, 1, 2))]
+        consts = [relax.const(ops.w2)]
+        if float_acts:
+            consts.append(relax.const(ops.scales))
+        consts.append(relax.const(ops.zc))
+        out = bb.emit(relax.call_tir(
+            kernel(rw, "matmul", layout, float_acts, tb, ops.has_zp), [*parts, *consts],
+            relax.TensorType([rows, layout.N], "float32" if float_acts else "int32")))
+        return relax.op.reshape(out, out_ty.shape)
 
-        def kernel(self, kind: str, layout: LutLayout, float_acts: bool, tb: int,
-                   has_zp: bool) -> Any:
-            key = (kind, layout, float_acts, tb, has_zp)
-            if key not in self.kernels:
-                tag = (f"{'f32' if float_acts else 'i8'}_b{layout.bits}_k{layout.K}_n{layout.N}"
-                       f"_g{layout.group_size}_t{tb}{'_zp' if has_zp else ''}")
-                name = f"lut_{kind}_{kernels.isa}_{tag}"
-                if kind == "tables":
-                    func = kernels.table_kernel(layout, float_acts, tb, cores, name)
-                else:
-                    func = kernels.lookup_kernel(layout, float_acts, tb, has_zp, cores, name)
-                func = func.with_attr("op_pattern", 8)      # kOpaque: not fused
-                self.kernels[key] = self.builder_.add_func(func, name)
-            return self.kernels[key]
-
-        def rewrite(self, call: Any, layout: LutLayout, tb: int, inputs: list[str]
-                    ) -> Any | None:
-            args = call.args[1]
-            if (not isinstance(args, relax.Tuple) or len(call.args) > 2
-                    or len(args.fields) != len(inputs) or not kernels.accepts(layout)):
-                return None
-            named = dict(zip(inputs, args.fields))
-            a = named["a"]
-            w = _const_value(named["w"])
-            scales = _const_value(named["scales"]) if "scales" in named else None
-            zps = _const_value(named["zero_points"]) if "zero_points" in named else None
-            if (w is None or ("scales" in named and scales is None)
-                    or ("zero_points" in named and zps is None)):
-                return None
-            a_ty, out_ty = a.ty, call.ty
-            if not (isinstance(a_ty, relax.TensorType) and isinstance(a_ty.shape, relax.ShapeExpr)
-                    and isinstance(out_ty, relax.TensorType)):
-                return None
-            float_acts = str(a_ty.dtype) == "float32"
-            if not float_acts and str(a_ty.dtype) != "int8":
-                return None
-            ops = kernels.operands(layout, w, scales, zps, float_acts)
-            bb = self.builder_
-            shape = list(a_ty.shape.values)
-            rows = shape[0]
-            for d in shape[1:-1]:
-                rows = rows * d
-            a2 = bb.emit(relax.op.reshape(a, [rows, layout.K]))
-            outs = intermediate_shapes(layout, rows, float_acts, tb)
-            tabs = bb.emit(relax.call_tir(
-                self.kernel("tables", layout, float_acts, tb, False), [a2, a2],   # see table_kernel
-                [relax.TensorType(list(s), d) for s, d in outs]))
-            parts = [bb.emit(relax.TupleGetItem(tabs, i))       # (QT, TS or SH, RS)
-                     for i in ((2, 0, 1) if float_acts else (0, 1, 2))]
-            consts = [relax.const(ops.w2)]
-            if float_acts:
-                consts.append(relax.const(ops.scales))
-            consts.append(relax.const(ops.zc))
-            out = bb.emit(relax.call_tir(
-                self.kernel("matmul", layout, float_acts, tb, ops.has_zp), [*parts, *consts],
-                relax.TensorType([rows, layout.N], "float32" if float_acts else "int32")))
-            return relax.op.reshape(out, out_ty.shape)
-
-    rewriter = Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    new_mod = rewriter.builder_.get()
-    if not rewriter.rewritten:
-        return mod
-    return relax.transform.DeadCodeElimination()(new_mod)
+    return rewrite_call_tirs(mod, specs, rewrite)

@@ -37,6 +37,7 @@ B only) is handled by the unspecialized kernel, which takes it as an argument.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -370,6 +371,50 @@ def _same_dims(xs: list, ys: list) -> bool:
         x.same_as(y) or analyzer.can_prove_equal(x, y) for x, y in zip(xs, ys))
 
 
+def rewrite_call_tirs(mod: Any, names: Container[str],
+                      rewrite: Callable[[Any, Any], Any | None]) -> Any:
+    """Rewrite every ``call_tir`` of a PrimFunc named in ``names`` in the Relax functions of
+    ``mod``: ``rewrite(rw, call)`` returns the replacement (emitting what it needs with
+    ``rw.builder_``) or None to keep the call; ``rw.add_kernel(key, func, name)`` adds a kernel
+    PrimFunc once (opaque to operator fusion) under ``rw.kernels[key]``. PrimFuncs left unused
+    are removed; ``mod`` itself comes back when nothing was rewritten."""
+    import tvm
+    from tvm import relax
+
+    call_tir_op = tvm.ir.Op.get("relax.call_tir")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def __init__(self, module: Any) -> None:
+            super().__init__(module)
+            self.kernels: dict[tuple, Any] = {}
+            self.rewritten = 0
+
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if (isinstance(call, relax.Call) and call.op.same_as(call_tir_op)
+                    and isinstance(call.args[0], tvm.ir.GlobalVar)
+                    and call.args[0].name_hint in names):
+                new = rewrite(self, call)
+                if new is not None:
+                    self.rewritten += 1
+                    return new
+            return call
+
+        def add_kernel(self, key: tuple, func: Any, name: str) -> None:
+            self.kernels[key] = self.builder_.add_func(
+                func.with_attr("op_pattern", 8), name)          # kOpaque: not fused
+
+    rewriter = Rewriter(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    new_mod = rewriter.builder_.get()
+    if not rewriter.rewritten:
+        return mod
+    return relax.transform.DeadCodeElimination()(new_mod)
+
+
 def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAULT_CONFIG) -> Any:
     """Replace the generic integer matmuls of a Relax module by the AVX2 kernels.
 
@@ -389,90 +434,63 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
     if not names:
         return mod
     cores = num_cores(tvm_target)
-    call_tir_op = tvm.ir.Op.get("relax.call_tir")
 
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def __init__(self, module: Any) -> None:
-            super().__init__(module)
-            self.kernels: dict[tuple, Any] = {}
-            self.rewritten = 0
+    def kernel(rw: Any, a_dtype: str, b_dtype: str, k: int | None, n: int | None,
+               packed: bool, batched: bool) -> Any:
+        key = (a_dtype, b_dtype, k, n, packed, batched)
+        if key not in rw.kernels:
+            name = (f"int_matmul_x86_{a_dtype}_{'packed' if packed else b_dtype}"
+                    f"{'_batched' if batched else ''}_k{k or 'var'}_n{n or 'var'}")
+            small = k is not None and n is not None and k * n < config.parallel_min_kn
+            func = int_matmul_kernel(a_dtype, b_dtype, k, n, b_packed=packed,
+                                     b_batched=batched, config=config,
+                                     cores=1 if small else cores, name=name)
+            rw.add_kernel(key, func, name)
+        return rw.kernels[key]
 
-        def visit_call_(self, call: Any) -> Any:
-            call = super().visit_call_(call)
-            if (isinstance(call, relax.Call) and call.op.same_as(call_tir_op)
-                    and isinstance(call.args[0], tvm.ir.GlobalVar)
-                    and call.args[0].name_hint in names):
-                new = self.rewrite(call)
-                if new is not None:
-                    self.rewritten += 1
-                    return new
-            return call
-
-        def kernel(self, a_dtype: str, b_dtype: str, k: int | None, n: int | None,
-                   packed: bool, batched: bool) -> Any:
-            key = (a_dtype, b_dtype, k, n, packed, batched)
-            if key not in self.kernels:
-                name = (f"int_matmul_x86_{a_dtype}_{'packed' if packed else b_dtype}"
-                        f"{'_batched' if batched else ''}_k{k or 'var'}_n{n or 'var'}")
-                small = k is not None and n is not None and k * n < config.parallel_min_kn
-                func = int_matmul_kernel(a_dtype, b_dtype, k, n, b_packed=packed,
-                                         b_batched=batched, config=config,
-                                         cores=1 if small else cores, name=name)
-                func = func.with_attr("op_pattern", 8)   # kOpaque: not fused
-                self.kernels[key] = self.builder_.add_func(func, name)
-            return self.kernels[key]
-
-        def rewrite(self, call: Any) -> Any | None:
-            args = call.args[1]
-            if not isinstance(args, relax.Tuple) or len(args.fields) != 2 or len(call.args) > 2:
-                return None
-            a, b = args.fields
-            a_ty, b_ty, out_ty = a.ty, b.ty, call.ty
-            if not all(isinstance(t, relax.TensorType) and isinstance(t.shape, relax.ShapeExpr)
-                       for t in (a_ty, b_ty, out_ty)):
-                return None
-            a_dtype, b_dtype = str(a_ty.dtype), str(b_ty.dtype)
-            a_shape, b_shape = list(a_ty.shape.values), list(b_ty.shape.values)
-            if (a_dtype not in INT_DTYPES or b_dtype not in INT_DTYPES or len(a_shape) < 2
-                    or len(b_shape) < 2 or len(b_shape) > len(a_shape)
-                    or not _same_dims(a_shape[-1:], b_shape[-2:-1])):
-                return None
-            k_dim, n_dim, m = a_shape[-1], b_shape[-1], a_shape[-2]
-            k, n = _static(k_dim), _static(n_dim)
-            if k == 0 or n == 0:
-                return None
-            a_batch, b_batch = a_shape[:-2], b_shape[:-2]
-            one = tirx.IntImm("int64", 1)
-            bb = self.builder_
-            if all(_static(d) == 1 for d in b_batch):          # one B for every row of A
-                batch, m = one, _product(a_shape[:-1])
-                b_const = isinstance(b, tvm.ir.GenericConst)
-                gv = self.kernel(a_dtype, "int32" if b_const else b_dtype, k, n, b_const, False)
-                if b_const:                                    # packed now, once
-                    b3 = relax.const(pack_weight_pairs(b.value.numpy().reshape(k, n), config.nr))
-                else:
-                    b3 = b if len(b_shape) == 3 else bb.emit(
-                        relax.op.reshape(b, [one, k_dim, n_dim]))
-            elif _same_dims(a_batch, b_batch):                   # batched activations
-                batch = _product(a_batch)
-                gv = self.kernel(a_dtype, b_dtype, k, n, False, True)
-                b3 = b if len(b_shape) == 3 else bb.emit(
-                    relax.op.reshape(b, [batch, k_dim, n_dim]))
+    def rewrite(rw: Any, call: Any) -> Any | None:
+        args = call.args[1]
+        if not isinstance(args, relax.Tuple) or len(args.fields) != 2 or len(call.args) > 2:
+            return None
+        a, b = args.fields
+        a_ty, b_ty, out_ty = a.ty, b.ty, call.ty
+        if not all(isinstance(t, relax.TensorType) and isinstance(t.shape, relax.ShapeExpr)
+                   for t in (a_ty, b_ty, out_ty)):
+            return None
+        a_dtype, b_dtype = str(a_ty.dtype), str(b_ty.dtype)
+        a_shape, b_shape = list(a_ty.shape.values), list(b_ty.shape.values)
+        if (a_dtype not in INT_DTYPES or b_dtype not in INT_DTYPES or len(a_shape) < 2
+                or len(b_shape) < 2 or len(b_shape) > len(a_shape)
+                or not _same_dims(a_shape[-1:], b_shape[-2:-1])):
+            return None
+        k_dim, n_dim, m = a_shape[-1], b_shape[-1], a_shape[-2]
+        k, n = _static(k_dim), _static(n_dim)
+        if k == 0 or n == 0:
+            return None
+        a_batch, b_batch = a_shape[:-2], b_shape[:-2]
+        one = tirx.IntImm("int64", 1)
+        bb = rw.builder_
+        if all(_static(d) == 1 for d in b_batch):          # one B for every row of A
+            batch, m = one, _product(a_shape[:-1])
+            b_const = isinstance(b, tvm.ir.GenericConst)
+            gv = kernel(rw, a_dtype, "int32" if b_const else b_dtype, k, n, b_const, False)
+            if b_const:                                    # packed now, once
+                b3 = relax.const(pack_weight_pairs(b.value.numpy().reshape(k, n), config.nr))
             else:
-                return None
-            a3 = a if len(a_shape) == 3 and batch is not one else bb.emit(
-                relax.op.reshape(a, [batch, m, k_dim]))
-            dims = [relax.prim_value(d) for d, v in ((k_dim, k), (n_dim, n)) if v is None]
-            out = bb.emit(relax.call_tir(gv, [a3, b3, *dims],
-                                         relax.TensorType([batch, m, n_dim], "int32")))
-            return relax.op.reshape(out, out_ty.shape)
+                b3 = b if len(b_shape) == 3 else bb.emit(
+                    relax.op.reshape(b, [one, k_dim, n_dim]))
+        elif _same_dims(a_batch, b_batch):                   # batched activations
+            batch = _product(a_batch)
+            gv = kernel(rw, a_dtype, b_dtype, k, n, False, True)
+            b3 = b if len(b_shape) == 3 else bb.emit(
+                relax.op.reshape(b, [batch, k_dim, n_dim]))
+        else:
+            return None
+        a3 = a if len(a_shape) == 3 and batch is not one else bb.emit(
+            relax.op.reshape(a, [batch, m, k_dim]))
+        dims = [relax.prim_value(d) for d, v in ((k_dim, k), (n_dim, n)) if v is None]
+        out = bb.emit(relax.call_tir(gv, [a3, b3, *dims],
+                                     relax.TensorType([batch, m, n_dim], "int32")))
+        return relax.op.reshape(out, out_ty.shape)
 
-    rewriter = Rewriter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    new_mod = rewriter.builder_.get()
-    if not rewriter.rewritten:
-        return mod
-    return relax.transform.DeadCodeElimination()(new_mod)
+    return rewrite_call_tirs(mod, names, rewrite)

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgert.errors import CompileError, InputError, TargetError
+from edgert.errors import CompileError, InputError, TargetError, last_line
 from edgert.fileio import atomic_path
 from edgert.targets import Target, can_run_here, get_target
 
@@ -511,7 +511,7 @@ class _Tuner:
                               + [_make_callback(on_batch)],
                               task_scheduler="round-robin")
             except Exception as e:
-                raise CompileError(f"tuning {kernel.name} failed: {_short(e)}") from None
+                raise CompileError(f"tuning {kernel.name} failed: {last_line(e)}") from None
             best = _best_ms(database, kernel.mod)
             if best is not None:
                 result.tuned_ms = best
@@ -591,9 +591,3 @@ def tuned_cpu_pipeline(tvm_target: Any, db_dir: Path, applied: list[str] | None 
 
     return cpu_pipeline(tvm_target,
                         after_fusion=lambda mod: apply_tuning_db(mod, db_dir, tvm_target, applied))
-
-
-def _short(e: BaseException, limit: int = 400) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else type(e).__name__
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -66,6 +66,14 @@ class CompileError(EdgertError):
     exit_code = 8
 
 
+def last_line(error: BaseException, limit: int = 400) -> str:
+    """The last non-empty line of a (TVM) exception's message, at most ``limit`` characters:
+    TVM puts the reason last, after a traceback of its own."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 __all__ = [
     "EdgertError",
     "ModelError",

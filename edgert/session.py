@@ -22,6 +22,7 @@ import numpy as np
 
 from edgert.artifact import Artifact, read_artifact
 from edgert.errors import ArtifactError, InputError
+from edgert.intio import io_specs
 
 _ONNX_TYPE_NAMES = {
     "float32": "float", "float64": "double", "float16": "float16", "int8": "int8",
@@ -90,8 +91,7 @@ class Session:
             raise ArtifactError(f"{path}: manifest.json has malformed inputs/outputs ({e})") from None
         self._output_index = {o.name: i for i, o in enumerate(self._outputs)}
         self._ranges = {d["name"]: d["range"] for d in manifest["inputs"] if d.get("range")}
-        io = (manifest.get("quantization") or {}).get("io") or {}
-        self._integer_inputs: dict[str, Any] = dict(io.get("inputs") or {})
+        self._integer_inputs: dict[str, Any] = dict((io_specs(manifest) or {}).get("inputs") or {})
         self._backend = load_backend(backend, self._artifact, threads=threads, rpc=rpc)
         self._lock = threading.Lock()
 

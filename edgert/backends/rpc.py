@@ -19,8 +19,8 @@ import tempfile
 import numpy as np
 
 from edgert.artifact import Artifact
-from edgert.errors import ArtifactError, InputError, TargetError
-from edgert.targets import TARGETS
+from edgert.backends.tvm_vm import as_list, compiled_library
+from edgert.errors import InputError, TargetError, last_line
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -44,15 +44,7 @@ class RpcBackend:
 
     def __init__(self, artifact: Artifact, address: str, *, threads: int | None = None) -> None:
         host, port = parse_address(address)
-        target_name = artifact.manifest.get("target", {}).get("name")
-        if target_name not in TARGETS:
-            raise TargetError(f"{artifact.path}: unknown target {target_name!r} in the manifest")
-        self.target = TARGETS[target_name]
-        if threads is not None and threads < 1:
-            raise InputError(f"threads must be >= 1, got {threads}")
-        lib_member = artifact.lib_member
-        if not lib_member or lib_member not in artifact.members:
-            raise ArtifactError(f"{artifact.path}: no compiled library in the artifact")
+        self.target, library = compiled_library(artifact, threads)
 
         import tvm
         from tvm import rpc
@@ -63,20 +55,21 @@ class RpcBackend:
         try:
             self.remote = rpc.connect(host, port)
         except Exception as e:   # noqa: BLE001 - TVM raises plain errors for socket problems
-            raise TargetError(f"cannot reach {where}: {_first_line(e)} (is `python -m "
+            raise TargetError(f"cannot reach {where}: {last_line(e)} (is `python -m "
                               "tvm.exec.rpc_server` running there?)") from None
-        remote_name = f"edgert-{artifact.manifest.get('members', {}).get(lib_member, 'lib')[:16]}.so"
+        digest = artifact.manifest.get("members", {}).get(artifact.lib_member, "lib")  # checked at read
+        remote_name = f"edgert-{digest[:16]}.so"
         with tempfile.TemporaryDirectory(prefix="edgert-rpc-") as tmp:
             path = os.path.join(tmp, remote_name)
             with open(path, "wb") as f:
-                f.write(artifact.members[lib_member])
+                f.write(library)
             try:
                 self.remote.upload(path, target=remote_name)
                 module = self.remote.load_module(remote_name)
             except Exception as e:   # noqa: BLE001
                 raise TargetError(
                     f"{where} cannot load {artifact.path} (compiled for {self.target.name}: "
-                    f"{self.target.description}): {_first_line(e)}") from None
+                    f"{self.target.description}): {last_line(e)}") from None
         self.device = self.remote.cuda(0) if self.target.device == "cuda" else self.remote.cpu(0)
         if threads is not None:
             self.remote.get_function("runtime.config_threadpool")(1, threads)
@@ -87,9 +80,4 @@ class RpcBackend:
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         args = [self._tvm.runtime.tensor(a, self.device) for a in inputs]
         result = self._main(*args)
-        return [r.numpy() for r in ([result] if hasattr(result, "shape") else list(result))]
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(error).__name__
+        return [r.numpy() for r in as_list(result)]

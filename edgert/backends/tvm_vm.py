@@ -14,7 +14,7 @@ import numpy as np
 
 from edgert.artifact import Artifact
 from edgert.errors import ArtifactError, InputError, TargetError
-from edgert.targets import TARGETS, check_can_run
+from edgert.targets import TARGETS, Target, check_can_run
 from edgert.threads import physical_cores
 
 
@@ -24,16 +24,8 @@ class TvmBackend:
     name = "tvm"
 
     def __init__(self, artifact: Artifact, *, threads: int | None = None) -> None:
-        target_name = artifact.manifest.get("target", {}).get("name")
-        if target_name not in TARGETS:
-            raise TargetError(f"{artifact.path}: unknown target {target_name!r} in the manifest")
-        self.target = TARGETS[target_name]
+        self.target, library = compiled_library(artifact, threads)
         check_can_run(self.target)
-        lib_member = artifact.lib_member
-        if not lib_member or lib_member not in artifact.members:
-            raise ArtifactError(f"{artifact.path}: no compiled library in the artifact")
-        if threads is not None and threads < 1:
-            raise InputError(f"threads must be >= 1, got {threads}")
         self.threads = threads if threads is not None else physical_cores()
 
         import tvm
@@ -41,7 +33,7 @@ class TvmBackend:
 
         self._tvm = tvm
         self.device = tvm.cuda(0) if self.target.device == "cuda" else tvm.cpu(0)
-        self._module = _load_library(artifact.members[lib_member], artifact.path)
+        self._module = _load_library(library, artifact.path)
         self._vm = VirtualMachine(self._module, self.device)
         self._main = self._vm["main"]
         self._configured = threading.local()
@@ -52,14 +44,14 @@ class TvmBackend:
         if self.target.device == "cuda":
             args = [self._tvm.runtime.tensor(a, self.device) for a in inputs]
             result = self._main(*args)
-            return [r.numpy() for r in _as_list(result)]
+            return [r.numpy() for r in as_list(result)]
         # CPU: each input is copied into a 64-byte aligned staging array kept from call to call
         # and lent to TVM by DLPack; outputs are numpy views of the VM's fresh output tensors
         # (kept alive by the view). Converting with tvm.runtime.tensor / .numpy() instead costs
         # ~25 us a call, more than the kernels of a small model (benchmarks/bench_overhead.py).
         # Callers serialize run() (Session holds a lock): the staging arrays are shared.
         args = [self._stage(i, a) for i, a in enumerate(inputs)]
-        outputs = _as_list(self._main(*args))
+        outputs = as_list(self._main(*args))
         return [np.from_dlpack(r).copy() if any(r.same_as(t) for t in args)   # an input echoed
                 else np.from_dlpack(r) for r in outputs]
 
@@ -94,7 +86,27 @@ def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def _as_list(result: object) -> list:
+def compiled_library(artifact: Artifact, threads: int | None) -> tuple[Target, bytes]:
+    """The artifact's target (from its manifest) and compiled library bytes; checks the
+    requested thread count too.
+
+    Raises:
+        TargetError: the manifest names no known target.
+        ArtifactError: the artifact holds no compiled library.
+        InputError: ``threads`` < 1.
+    """
+    target_name = artifact.manifest.get("target", {}).get("name")
+    if target_name not in TARGETS:
+        raise TargetError(f"{artifact.path}: unknown target {target_name!r} in the manifest")
+    lib_member = artifact.lib_member
+    if not lib_member or lib_member not in artifact.members:
+        raise ArtifactError(f"{artifact.path}: no compiled library in the artifact")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
+    return TARGETS[target_name], artifact.members[lib_member]
+
+
+def as_list(result: object) -> list:
     """The VM's result (one tensor, or a tuple of them) as a list."""
     return [result] if hasattr(result, "shape") else list(result)
 
