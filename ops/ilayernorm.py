@@ -170,8 +170,8 @@ def numba_kernel(x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
 def te_isqrt(v: Any) -> Any:
     """TE: exact floor square root, elementwise, of an int64 tensor with values in ``[1, 2**63)``.
 
-    Same algorithm as :func:`edgert.ops._intmath.isqrt`: the bit length as a flat sum of 63
-    comparisons, y0 = 2**ceil(bits/2), then :data:`ISQRT_STEPS` Newton steps, each kept only
+    Same algorithm as :func:`edgert.ops._intmath.isqrt`: the bit length (64 - count of leading
+    zeros), y0 = 2**ceil(bits/2), then :data:`ISQRT_STEPS` Newton steps, each kept only
     while it decreases (once it stops, it stays). One small stage per step: nesting the steps
     in one expression makes TVM's simplifier blow up.
 
@@ -183,18 +183,21 @@ def te_isqrt(v: Any) -> Any:
     c = lambda k: tirx.const(k, "int64")  # noqa: E731
 
     def start(*i):
-        bits = sum((v(*i) >= c(1 << b)).astype("int64") for b in range(63))
+        bits = c(64) - tirx.clz(v(*i)).astype("int64")      # bit length of v >= 1
         return tirx.shift_left(c(1), tirx.shift_right(bits + c(1), c(1)))   # 2**ceil(bits/2)
 
-    def newton_from(y: Any) -> Any:
+    def newton_from(y: Any, step: int) -> Any:
         def newton(*i):
-            z = tirx.shift_right(y(*i) + tirx.truncdiv(v(*i), y(*i)), c(1))   # v, y > 0
-            return tirx.Select(z < y(*i), z, y(*i))
+            # y(*i) is bound once (Let): a GPU schedule that inlines the steps into one
+            # expression then grows linearly in the steps, not 3**steps.
+            yv = tirx.Var(f"isqrt_y{step}_v", "int64")
+            z = tirx.shift_right(yv + tirx.truncdiv(v(*i), yv), c(1))   # v, y > 0
+            return tirx.Let(yv, y(*i), tirx.min(z, yv))   # = z while it decreases
         return newton
 
     y = te.compute(v.shape, start, name="isqrt_y0")
     for step in range(ISQRT_STEPS):
-        y = te.compute(v.shape, newton_from(y), name=f"isqrt_y{step + 1}")
+        y = te.compute(v.shape, newton_from(y, step), name=f"isqrt_y{step + 1}")
     return y
 
 

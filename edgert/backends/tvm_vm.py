@@ -32,6 +32,8 @@ class TvmBackend:
         from tvm.runtime.vm import VirtualMachine
 
         self._tvm = tvm
+        if self.target.device == "cuda":
+            _ensure_cuda_runtime(tvm, self.target.cuda_arch)
         self.device = tvm.cuda(0) if self.target.device == "cuda" else tvm.cpu(0)
         self._module = _load_library(library, artifact.path)
         self._vm = VirtualMachine(self._module, self.device)
@@ -109,6 +111,57 @@ def compiled_library(artifact: Artifact, threads: int | None) -> tuple[Target, b
 def as_list(result: object) -> list:
     """The VM's result (one tensor, or a tuple of them) as a list."""
     return [result] if hasattr(result, "shape") else list(result)
+
+
+_CUDA_RUNTIME: list = []   # the loaded libtvm_runtime_cuda, kept alive
+
+
+def _ensure_cuda_runtime(tvm: object, arch: str) -> None:
+    """Prepare TVM's runtime to load a CUDA library built for ``arch`` (``sm_XY``).
+
+    1. TVM's CUDA runtime (``libtvm_runtime_cuda.so``) must be registered: a full ``import tvm``
+       loads it, the runtime-only mode meant for devices (``TVM_USE_RUNTIME_LIB=1``) does not,
+       so it is loaded here from TVM's library folder.
+    2. TVM 0.27 stores CUDA kernels as CUDA C source in the library and compiles them when the
+       library is loaded, through ``tvm_callback_cuda_compile``. TVM's own callback asks the
+       compiler library for the current target's arch, which the runtime-only mode lacks; ours
+       compiles for the artifact's arch: to a cubin with NVRTC (``cuda-bindings``) when it is
+       importable, else to a fatbin with ``nvcc``.
+
+    Raises:
+        TargetError: this TVM has no CUDA runtime, or neither NVRTC nor nvcc is available.
+    """
+    if tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
+        import ctypes
+
+        path = os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so")
+        try:
+            _CUDA_RUNTIME.append(ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL))
+        except OSError as e:
+            raise TargetError(f"this TVM installation cannot run CUDA artifacts: loading {path} "
+                              f"failed ({e})") from None
+    import importlib.util
+    import shutil
+
+    import tvm_ffi
+
+    if importlib.util.find_spec("cuda.bindings") is not None:
+        compiler, fmt, target_arch = "nvrtc", "cubin", arch
+    elif shutil.which("nvcc"):
+        version = arch.removeprefix("sm_")
+        compiler, fmt, target_arch = "nvcc", "fatbin", ["-gencode",
+                                                        f"arch=compute_{version},code=sm_{version}"]
+    else:
+        raise TargetError("running a CUDA artifact compiles its kernels when it loads: install "
+                          "NVRTC's Python bindings (pip install cuda-bindings) or put the CUDA "
+                          "toolkit's nvcc on the PATH")
+
+    def compile_cuda(code: str, *_target: object) -> bytearray:
+        from tvm.support import nvcc
+
+        return nvcc.compile_cuda(code, target_format=fmt, arch=target_arch, compiler=compiler)
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
 
 
 def _load_library(data: bytes, source: os.PathLike) -> object:
