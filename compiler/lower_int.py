@@ -38,7 +38,7 @@ STANDARD_OPS = ("MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLin
 """Default-domain ops converted here instead of (or in the absence of) TVM's converters."""
 
 INT_MATMUL_ATTRS = {"edgert.op": "intmatmul"}
-"""PrimFunc attributes of the integer matmuls: ``compiler/schedule_x86.py`` finds them by it."""
+"""PrimFunc attributes of the integer matmuls: ``compiler/schedule_intmatmul.py`` finds them by it."""
 
 _lock = threading.RLock()
 

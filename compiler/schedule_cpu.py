@@ -17,7 +17,7 @@ is scheduled as one kernel) and applies, dlight-style, the first rule that accep
   [1, 12, 128, 128], 2 cores: 0.44 ms against 0.22 ms with this rule, 0.40 ms unscheduled).
 
 Kernels that carry ``tirx.is_scheduled`` (the x86 matmuls) are left alone, and so are
-PrimFuncs no rule accepts (matmuls, convolutions: :mod:`edgert.compiler.schedule_x86` or the
+PrimFuncs no rule accepts (matmuls, convolutions: :mod:`edgert.compiler.schedule_intmatmul` or the
 default build). A schedule only reorders loops and changes none of the arithmetic, so the
 integer kernels stay bit-exact (the op tests compare TVM with the numpy references).
 """
@@ -171,6 +171,6 @@ def _worth_parallel(sch: Any, loops: list) -> bool:
 
 
 def _num_cores(target: Any) -> int:
-    from edgert.compiler.schedule_x86 import num_cores
+    from edgert.compiler.schedule_intmatmul import num_cores
 
     return num_cores(target)

@@ -567,7 +567,7 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
     """
     from tvm import relax, tirx
 
-    from edgert.compiler.schedule_x86 import num_cores, rewrite_call_tirs
+    from edgert.compiler.schedule_intmatmul import num_cores, rewrite_call_tirs
 
     specs = {}
     for gv, f in mod.functions_items():

@@ -125,11 +125,13 @@ def _ensure_cuda_runtime(tvm: object, arch: str) -> None:
     2. TVM 0.27 stores CUDA kernels as CUDA C source in the library and compiles them when the
        library is loaded, through ``tvm_callback_cuda_compile``. TVM's own callback asks the
        compiler library for the current target's arch, which the runtime-only mode lacks; ours
-       compiles for the artifact's arch: to a cubin with NVRTC (``cuda-bindings``) when it is
-       importable, else to a fatbin with ``nvcc``.
+       compiles for this GPU's arch (at least ``arch``: the kernels were scheduled for it) to a
+       cubin with NVRTC (``cuda-bindings``) when it is importable, else to a fatbin with
+       ``nvcc``.
 
     Raises:
-        TargetError: this TVM has no CUDA runtime, or neither NVRTC nor nvcc is available.
+        TargetError: this TVM has no CUDA runtime, the GPU is older than ``arch``, or neither
+            NVRTC nor nvcc is available.
     """
     if tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
         import ctypes
@@ -144,6 +146,14 @@ def _ensure_cuda_runtime(tvm: object, arch: str) -> None:
     import shutil
 
     import tvm_ffi
+
+    device = tvm.cuda(0)
+    if not device.exist:
+        raise TargetError(f"this artifact needs an NVIDIA GPU ({arch}) and CUDA found none")
+    device_arch = "sm_" + device.compute_version.replace(".", "")
+    if int(device_arch.removeprefix("sm_")) < int(arch.removeprefix("sm_")):
+        raise TargetError(f"this artifact was compiled for {arch} GPUs; this GPU is {device_arch}")
+    arch = device_arch
 
     if importlib.util.find_spec("cuda.bindings") is not None:
         compiler, fmt, target_arch = "nvrtc", "cubin", arch

@@ -1,34 +1,44 @@
-"""x86 AVX2 kernels for the integer matmuls (``MatMulInteger``, ``edgert.IntMatMul``).
+"""CPU kernels for the integer matmuls (``MatMulInteger``, ``edgert.IntMatMul``): x86 AVX2
+``vpmaddwd`` and aarch64 dotprod ``sdot``, one TVMScript template for both.
 
 TVM's default CPU pipeline schedules nothing, so the TE reduction the converters emit
-(:func:`edgert.ops.intmatmul.te_compute`) runs as a scalar triple loop. On x86 targets with
-AVX2, :func:`schedule_int_matmuls` replaces every such call (recognised by the PrimFunc
-attribute ``edgert.op = "intmatmul"`` that ``lower_int`` sets) with a hand-written TVMScript
-kernel built around ``vpmaddwd`` (``llvm.x86.avx2.pmadd.wd``):
+(:func:`edgert.ops.intmatmul.te_compute`) runs as a scalar triple loop.
+:func:`schedule_int_matmuls` replaces every such call (recognised by the PrimFunc attribute
+``edgert.op = "intmatmul"`` that ``lower_int`` sets) with a hand-written kernel built around one
+dot-product instruction (:class:`DotIsa`, chosen per target by :func:`target_isa`):
 
-- Operands are sign-extended to int16 and consumed in pairs of K: one ``vpmaddwd`` multiplies
-  16 int16 pairs and adds each pair into one of 8 int32 lanes (16 MACs). The arithmetic is
-  int32 modulo 2**32 like every int32 accumulation, so results are bit-identical with
-  :func:`edgert.ops.intmatmul.reference` whenever the int32 bound holds (the quantizer proves it).
-- Layout of B (the right operand) for the kernel, int16 ``[ceil(N/NR), ceil(K/2), NR, 2]``:
-  ``packed[nb, p, j, h] = B[2p + h, nb*NR + j]``, zero where ``2p + h >= K`` or the column is
-  past N (:func:`pack_weight`); the kernel takes the same bytes as int32 ``[.., NR]``, one pair
-  per int32 (:func:`pack_weight_pairs`). A constant weight [K, N] is packed once, by numpy,
-  when the module is rewritten, so the runtime never re-packs it. A B that is an activation
-  (attention ``Q·K^T`` and ``P·V``, batched) is packed by the kernel, one column chunk per task.
-- A is packed per task into a panel of ``MP`` rows of int32 pairs (sign-extended int16
-  ``a[2p]`` low, ``a[2p+1]`` high; zero past K and past M); a pair is broadcast to 8 lanes.
-- Micro-kernel: ``MR`` rows x ``NR`` columns (default 4 x 16: 8 ymm accumulators, 2 ymm of B,
-  1 broadcast), K innermost. Tails: a row tail of at most ``MR/2`` rows runs a 1-row kernel per
-  row, a longer one the ``MR``-row kernel over zero rows; a column tail uses masked stores.
+- :data:`AVX2` (x86 with AVX2 or AVX-512): ``vpmaddwd`` (``llvm.x86.avx2.pmadd.wd``) multiplies
+  16 int16 pairs and adds each pair into one of 8 int32 lanes. Operands (int8 or int16) are
+  sign-extended to int16 and consumed in pairs of K (G = 2).
+- :data:`SDOT` (aarch64 with dotprod: rpi5): ``sdot`` (``llvm.aarch64.neon.sdot``) adds 4
+  int8 x int8 products into each of 4 int32 lanes: int8 operands only, in quads of K (G = 4).
+  int16 operands (``--act-bits`` keeps some activations int16) stay on the generic compute.
+
+The arithmetic is int32 modulo 2**32 like every int32 accumulation, so results are bit-identical
+with :func:`edgert.ops.intmatmul.reference` whenever the int32 bound holds (the quantizer proves
+it). The kernel, for an ISA of L int32 lanes and G elements per lane:
+
+- Layout of B (the right operand), ``[ceil(N/NR), ceil(K/G), NR, G]`` of int16 (G = 2) or int8
+  (G = 4): ``packed[nb, p, j, h] = B[G*p + h, nb*NR + j]``, zero where ``G*p + h >= K`` or the
+  column is past N (:func:`pack_weight`); the kernel takes the same bytes as int32 words
+  ``[.., NR]``, one group per int32 (:func:`pack_weight_words`). A constant weight [K, N] is
+  packed once, by numpy, when the module is rewritten, so the runtime never re-packs it. A B
+  that is an activation (attention ``Q·K^T`` and ``P·V``, batched) is packed by the kernel, one
+  column chunk per task.
+- A is packed per task into a panel of ``MP`` rows of int32 words (element h of a group in
+  bits ``[32h/G, 32(h+1)/G)``; zero past K and past M); a word is broadcast to L lanes.
+- Micro-kernel: ``MR`` rows x ``NR`` columns (default 4 x 16: on AVX2 8 ymm accumulators, 2 ymm
+  of B, 1 broadcast; on NEON 16 q accumulators, 4 of B, 1 broadcast), K innermost. Tails: a row
+  tail of at most ``MR/2`` rows runs a 1-row kernel per row, a longer one the ``MR``-row kernel
+  over zero rows; a column tail uses masked stores.
 - Parallelism: one parallel loop over tasks = (batch, panel of ``MP`` rows, chunk of columns),
   the chunk width picked so that even ``M = 1`` yields ``2 * num-cores`` tasks; no parallel
   loop at all when ``num-cores`` is 1 or ``K * N`` is small (``parallel_min_kn``). (A run-time
   choice on M would duplicate the kernel body: twice the parse and compile time.)
 
 The kernels carry ``tirx.is_scheduled`` so that nothing downstream re-schedules them, and are
-marked opaque for operator fusion. Other targets (aarch64, CUDA) keep the generic compute; an
-aarch64 ``sdot`` kernel would be a sibling of this module (same rewrite, another micro-kernel).
+marked opaque for operator fusion. Other targets (generic aarch64 without dotprod, CUDA) keep
+the generic compute.
 
 Not rewritten (left on the generic compute): batch dims of B that are neither absent/all 1
 nor equal to A's (a broadcast between different batch shapes). A symbolic K or N (activation
@@ -79,6 +89,60 @@ class MatmulConfig:
 DEFAULT_CONFIG = MatmulConfig()
 
 
+@dataclass(frozen=True)
+class DotIsa:
+    """The dot-product instruction a kernel is built around: it multiplies ``group`` operand
+    elements packed in each int32 lane of one register by those of another and adds each
+    lane's products into that lane's int32.
+
+    Attributes:
+        name: kernel name suffix.
+        lanes: int32 lanes of a vector register.
+        group: K elements per int32 lane: 2 (int16 pairs) or 4 (int8 quads).
+        intrin: the LLVM intrinsic.
+        accumulates: the intrinsic takes the accumulator as its first operand (sdot);
+            otherwise its result is added to it (vpmaddwd).
+    """
+
+    name: str
+    lanes: int
+    group: int
+    intrin: str
+    accumulates: bool
+
+    @property
+    def operand(self) -> str:
+        """dtype of the packed elements."""
+        return "int16" if self.group == 2 else "int8"
+
+    @property
+    def operands(self) -> tuple[str, ...]:
+        """Operand dtypes the kernel takes (each is sign-extended into ``operand``)."""
+        return INT_DTYPES if self.group == 2 else ("int8",)
+
+
+AVX2 = DotIsa("x86", 8, 2, "llvm.x86.avx2.pmadd.wd", False)
+"""``vpmaddwd``: 8 lanes, each the sum of 2 int16 x int16 products."""
+SDOT = DotIsa("sdot", 4, 4, "llvm.aarch64.neon.sdot.v4i32.v16i8", True)
+"""aarch64 dotprod ``sdot``: 4 lanes, each accumulating 4 int8 x int8 products."""
+DP4A = DotIsa("dp4a", 1, 4, "__dp4a", True)
+"""CUDA ``__dp4a`` (one int32 per thread, 4 int8 x int8 products): the GPU kernel of
+:mod:`edgert.compiler.schedule_cuda`."""
+
+
+def target_isa(target: Any) -> DotIsa | None:
+    """The integer-matmul kernel ISA of an edgert :class:`~edgert.targets.Target`: dp4a on CUDA
+    GPUs (sm_61+), AVX2 on x86 CPUs with AVX2 (AVX-512 ones included), sdot on aarch64 CPUs
+    with dotprod, else None."""
+    if target.cuda_arch:
+        return DP4A if int(target.cuda_arch.removeprefix("sm_")) >= 61 else None
+    if target_has_avx2(target):
+        return AVX2
+    if target.arch == "aarch64" and "dotprod" in (target.vector_isa or ""):
+        return SDOT
+    return None
+
+
 def target_has_avx2(target: Any) -> bool:
     """Whether an edgert :class:`~edgert.targets.Target` runs x86-64 code with AVX2 on its CPU
     side (AVX-512 targets include AVX2)."""
@@ -103,24 +167,55 @@ def num_cores(tvm_target: Any) -> int:
 
 # ---------------------------------------------------------------- packing (numpy)
 
-def pack_weight(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr) -> np.ndarray:
-    """Pack an int8/int16 weight [K, N] into the kernel's int16 [ceil(N/nr), ceil(K/2), nr, 2]
-    layout (zero padding in K and N)."""
+def pack_weight(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr, group: int = 2) -> np.ndarray:
+    """Pack an integer weight [K, N] into the kernel's [ceil(N/nr), ceil(K/group), nr, group]
+    layout of int16 (``group`` 2) or int8 (``group`` 4: int8 weights only), zero padded."""
     b = np.asarray(b)
-    if b.ndim != 2 or b.dtype.name not in INT_DTYPES:
-        raise ValueError(f"pack_weight needs an int8/int16 [K, N] matrix, got {b.dtype} {b.shape}")
+    dtypes = INT_DTYPES if group == 2 else ("int8",)
+    if b.ndim != 2 or b.dtype.name not in dtypes:
+        raise ValueError(f"pack_weight(group={group}) needs a {'/'.join(dtypes)} [K, N] matrix, "
+                         f"got {b.dtype} {b.shape}")
     k, n = b.shape
-    k2, nbr = (k + 1) // 2, -(-n // nr)
-    padded = np.zeros((2 * k2, nbr * nr), np.int16)
+    kg, nbr = -(-k // group), -(-n // nr)
+    padded = np.zeros((group * kg, nbr * nr), np.int16 if group == 2 else np.int8)
     padded[:k, :n] = b
-    return np.ascontiguousarray(padded.reshape(k2, 2, nbr, nr).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(padded.reshape(kg, group, nbr, nr).transpose(2, 0, 3, 1))
 
 
-def pack_weight_pairs(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr) -> np.ndarray:
-    """:func:`pack_weight` as the kernel takes it: int32 [ceil(N/nr), ceil(K/2), nr], one pair
-    per int32 (the same bytes: the even K in the low half, the odd K in the high half)."""
-    pairs = pack_weight(b, nr)
-    return pairs.view(np.int32).reshape(pairs.shape[:3])
+def pack_weight_words(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr, group: int = 2) -> np.ndarray:
+    """:func:`pack_weight` as the kernel takes it: int32 [ceil(N/nr), ceil(K/group), nr], one
+    group per int32 (the same bytes: element j of a group in bits ``[32j/group, 32(j+1)/group)``)."""
+    packed = pack_weight(b, nr, group)
+    return packed.view(np.int32).reshape(packed.shape[:3])
+
+
+def pack_word(load: Callable[[int], Any], group: int, lanes: int = 1, valid: Any = None) -> Any:
+    """TIR: the int32 word of ``group`` integer elements ``load(j)`` (j < group), element j in
+    bits ``[32j/group, 32(j+1)/group)``, sign-extended from the top one (little-endian: an int8
+    quad is the 4 bytes in memory order, as ``sdot`` and CUDA's ``__dp4a`` read them). Elements
+    ``j >= valid`` (a PrimExpr) are zero. ``load(j)`` is a scalar (``lanes`` 1) or a vector of
+    ``lanes`` elements, and so is the word."""
+    from tvm import tirx
+
+    bits = 32 // group
+    vec = f"int32x{lanes}" if lanes > 1 else "int32"
+
+    def const(value: int) -> Any:
+        c = tirx.IntImm("int32", value)
+        return tirx.Broadcast(c, lanes) if lanes > 1 else c
+
+    out = None
+    for j in range(group):
+        x = tirx.Cast(vec, load(j))
+        if valid is not None:
+            keep = tirx.Cast("int32", tirx.IntImm("int64", j) < valid)
+            x = x * (tirx.Broadcast(keep, lanes) if lanes > 1 else keep)
+        if j < group - 1:
+            x = tirx.bitwise_and(x, const((1 << bits) - 1))
+        if j:
+            x = tirx.shift_left(x, const(bits * j))
+        out = x if out is None else tirx.bitwise_or(out, x)
+    return out
 
 
 # ---------------------------------------------------------------- the TVMScript kernel
@@ -128,27 +223,36 @@ def pack_weight_pairs(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr) -> np.ndarray:
 def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, *,
                       b_packed: bool, b_batched: bool = False,
                       config: MatmulConfig = DEFAULT_CONFIG, cores: int = 1,
-                      name: str = "int_matmul_x86") -> Any:
-    """The AVX2 kernel as a TIR PrimFunc ``(A, B, C)``, specialized to ``k`` and ``n``.
+                      isa: DotIsa = AVX2, name: str = "int_matmul_x86") -> Any:
+    """The ``isa`` kernel as a TIR PrimFunc ``(A, B, C)``, specialized to ``k`` and ``n``.
 
     Args:
-        a_dtype, b_dtype: ``int8`` or ``int16``.
+        a_dtype, b_dtype: ``int8`` or ``int16`` (AVX2), ``int8`` (sdot).
         k, n: the inner and output dims; ``None`` leaves one symbolic: the PrimFunc then takes
             it as an int64 argument after B (``(A, B, k, n, C)``, as ``call_tir`` passes them).
-        b_packed: B is the constant int32 [ceil(n/NR), ceil(k/2), NR] of
-            :func:`pack_weight_pairs` (``k`` and ``n`` static); otherwise B is ``[BB, k, n]``
+        b_packed: B is the constant int32 [ceil(n/NR), ceil(k/group), NR] of
+            :func:`pack_weight_words` (``k`` and ``n`` static); otherwise B is ``[BB, k, n]``
             of ``b_dtype``, packed by the kernel.
         b_batched: (unpacked B) ``BB`` equals A's batch; otherwise ``BB = 1`` is broadcast.
         cores: ``num-cores`` of the target (1: no parallel loop at all).
+        isa: :data:`AVX2`, :data:`SDOT` or :data:`DP4A` (the CUDA kernel; ``cores`` unused).
 
     A is ``[BA, M, k]`` (BA, M symbolic), C is ``[BA, M, n]`` int32.
     """
-    if a_dtype not in INT_DTYPES or (not b_packed and b_dtype not in INT_DTYPES):
-        raise ValueError(f"int8/int16 operands expected, got {a_dtype} and {b_dtype}")
+    if a_dtype not in isa.operands or (not b_packed and b_dtype not in isa.operands):
+        raise ValueError(f"{'/'.join(isa.operands)} operands expected for {isa.name}, got "
+                         f"{a_dtype} and {b_dtype}")
     if b_packed and (k is None or n is None):
         raise ValueError("a packed (constant) B needs static k and n")
+    if config.nr % isa.lanes:
+        raise ValueError(f"nr={config.nr} is not a multiple of {isa.name}'s {isa.lanes} lanes")
+    if isa is DP4A:
+        from edgert.compiler.schedule_cuda import dp4a_kernel
+
+        return dp4a_kernel(k, n, b_packed=b_packed, b_batched=b_batched, nr=config.nr,
+                           name=name)
     template = _template(a_dtype, "int32" if b_packed else b_dtype, b_packed,
-                         bool(b_batched) and not b_packed, config, max(int(cores), 1))
+                         bool(b_batched) and not b_packed, config, max(int(cores), 1), isa)
     from tvm import tirx
 
     k_var, n_var, nbc_var = template.params[2:5]
@@ -169,67 +273,100 @@ def _chunk_blocks(n: int | None, cfg: MatmulConfig, cores: int) -> int:
 
 @lru_cache(maxsize=None)
 def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: MatmulConfig,
-              cores: int) -> Any:
+              cores: int, isa: DotIsa) -> Any:
     """The kernel ``(A, B, k, n, nbc, C)`` with symbolic ``k``, ``n`` and column blocks per
     task ``nbc`` (int64 params), parsed once per signature; :func:`int_matmul_kernel`
     specializes it (TVMScript parsing costs ~0.5 s, specializing ~1 ms)."""
+    from tvm import tirx
     from tvm.script import tirx as T
 
     MR, NR, MP = cfg.mr, cfg.nr, cfg.mp
-    NV = NR // 8                          # ymm vectors per tile row
+    L, G = isa.lanes, isa.group           # int32 lanes per vector, K elements per lane
+    NV = NR // L                          # vectors per tile row
+    VEC, OPV = f"int32x{L}", f"{isa.operand}x{L * G}"
     PAR = cores > 1
     BSEL = 1 if b_batched else 0          # batch index of B = BSEL * batch index of A
-    PMADD = "llvm.x86.avx2.pmadd.wd"
+    INTRIN, ACCUMULATES = isa.intrin, isa.accumulates
+
+    def word(load, lanes, valid=None):
+        return pack_word(load, G, lanes, valid)
+
+    def clamp(j, valid):
+        return j if valid is None else tirx.min(tirx.IntImm("int64", j), valid - 1)
+
+    def a_word(Af, base, valid=None):
+        # A[base + j]: the word of G consecutive elements of a row
+        return word(lambda j: Af[base + clamp(j, valid)], 1, valid)
+
+    def b_word(Bf, src, n, valid=None):
+        # B[src + j*n + (0..L)]: L words of G consecutive K-rows
+        return word(lambda j: Bf[tirx.Ramp(src + clamp(j, valid) * n, 1, L)], L, valid)
+
+    def b_word_ragged(Bf, b_base, p, col, k, n):
+        # one word of column col (zero past K and past N)
+        def load(j):
+            kk = G * p + j
+            return tirx.if_then_else(
+                tirx.And(kk < k, col < n),
+                Bf[b_base + tirx.min(kk, k - 1) * n + tirx.min(col, n - 1)],
+                tirx.Cast(b_dtype, 0))
+        return word(load, 1)
 
     @T.macro
-    def tile(rows, ap32, a0, bsrc, b0, Cf, c0, valid, cols, K2, n):
-        # rows x NR register tile over all of K: acc += pmaddwd(bcast(A pair), B pairs).
-        # a0/b0: offsets of the A pairs and of the B block; c0: C offset of the tile's first
+    def tile(rows, ap32, a0, bsrc, b0, Cf, c0, valid, cols, KG, n):
+        # rows x NR register tile over all of K: acc += dot(bcast(A word), B words).
+        # a0/b0: offsets of the A words and of the B block; c0: C offset of the tile's first
         # element; valid/cols: rows/columns of the tile that lie inside C.
         acc = T.alloc_buffer((rows * NR,), "int32")
         for i in T.unroll(rows * NV):
-            acc[T.Ramp(i * 8, 1, 8)] = T.Broadcast(T.int32(0), 8)
-        for p in range(K2):
+            acc[T.Ramp(i * L, 1, L)] = T.Broadcast(T.int32(0), L)
+        for p in range(KG):
             for v in T.unroll(NV):
                 for r in T.unroll(rows):
-                    acc[T.Ramp((r * NV + v) * 8, 1, 8)] = acc[T.Ramp((r * NV + v) * 8, 1, 8)] + \
-                        T.call_llvm_pure_intrin(
-                            "int32x8", PMADD,
-                            T.reinterpret("int16x16", T.Broadcast(ap32[a0 + r * K2 + p], 8)),
-                            T.reinterpret("int16x16", bsrc[T.Ramp(b0 + p * NR + v * 8, 1, 8)]))
+                    if ACCUMULATES:
+                        acc[T.Ramp((r * NV + v) * L, 1, L)] = T.call_llvm_pure_intrin(
+                            VEC, INTRIN, acc[T.Ramp((r * NV + v) * L, 1, L)],
+                            T.reinterpret(OPV, T.Broadcast(ap32[a0 + r * KG + p], L)),
+                            T.reinterpret(OPV, bsrc[T.Ramp(b0 + p * NR + v * L, 1, L)]))
+                    else:
+                        acc[T.Ramp((r * NV + v) * L, 1, L)] = \
+                            acc[T.Ramp((r * NV + v) * L, 1, L)] + T.call_llvm_pure_intrin(
+                                VEC, INTRIN,
+                                T.reinterpret(OPV, T.Broadcast(ap32[a0 + r * KG + p], L)),
+                                T.reinterpret(OPV, bsrc[T.Ramp(b0 + p * NR + v * L, 1, L)]))
         if cols >= NR:
             for r in T.unroll(rows):
                 if r < valid:
                     for v in T.unroll(NV):
-                        Cf[T.Ramp(c0 + r * n + v * 8, 1, 8)] = acc[T.Ramp((r * NV + v) * 8, 1, 8)]
-        else:                  # column tail: masked stores (vpmaskmovd)
+                        Cf[T.Ramp(c0 + r * n + v * L, 1, L)] = acc[T.Ramp((r * NV + v) * L, 1, L)]
+        else:                  # column tail: masked stores
             for r in T.unroll(rows):
                 if r < valid:
                     for v in T.unroll(NV):
                         T.evaluate(T.masked_store(
-                            Cf, acc[T.Ramp((r * NV + v) * 8, 1, 8)],
-                            T.Ramp(c0 + r * n + v * 8, 1, 8),
-                            T.Ramp(0, 1, 8) < T.Broadcast(T.Cast("int32", cols) - v * 8, 8)))
+                            Cf, acc[T.Ramp((r * NV + v) * L, 1, L)],
+                            T.Ramp(c0 + r * n + v * L, 1, L),
+                            T.Ramp(0, 1, L) < T.Broadcast(T.Cast("int32", cols) - v * L, L)))
 
     @T.macro
-    def block(ap32, bsrc, b0, Cf, row0, rows, ncol, K2, n):
+    def block(ap32, bsrc, b0, Cf, row0, rows, ncol, KG, n):
         # every row of the panel against one column block of B (at b0 in bsrc)
         full: T.let[T.int32] = T.floordiv(rows, MR)
         tail: T.let[T.int32] = rows - full * MR
         cols: T.let[T.int64] = n - ncol
         for mi in range(full):
-            tile(MR, ap32, mi * MR * K2, bsrc, b0, Cf, (row0 + mi * MR) * n + ncol,
-                 rows - mi * MR, cols, K2, n)
+            tile(MR, ap32, mi * MR * KG, bsrc, b0, Cf, (row0 + mi * MR) * n + ncol,
+                 rows - mi * MR, cols, KG, n)
         if tail * 2 > MR:      # a long row tail: the MR-row tile over zero rows
-            tile(MR, ap32, full * MR * K2, bsrc, b0, Cf, (row0 + full * MR) * n + ncol,
-                 tail, cols, K2, n)
+            tile(MR, ap32, full * MR * KG, bsrc, b0, Cf, (row0 + full * MR) * n + ncol,
+                 tail, cols, KG, n)
         else:                  # a short one: row by row
             for r in range(tail):
-                tile(1, ap32, (full * MR + r) * K2, bsrc, b0, Cf,
-                     (row0 + full * MR + r) * n + ncol, 1, cols, K2, n)
+                tile(1, ap32, (full * MR + r) * KG, bsrc, b0, Cf,
+                     (row0 + full * MR + r) * n + ncol, 1, cols, KG, n)
 
     @T.macro
-    def task(t, Af, Bf, Cf, M, MPN, k, n, K2, NBR, NBC, NCH):
+    def task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH):
         # task t: batch bi, rows [mp*MP, +MP) of it, column blocks [nc*NBC, +NBC)
         bi: T.let[T.int64] = t // (MPN * NCH)
         rest: T.let[T.int64] = t - bi * (MPN * NCH)
@@ -238,77 +375,62 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         row0: T.let[T.int64] = bi * M + mp * MP           # first row of the panel in A and C
         rows: T.let[T.int32] = T.Cast("int32", T.min(T.int64(MP), M - mp * MP))
         nblocks: T.let[T.int64] = T.min(NBC, NBR - nc * NBC)
-        # A panel: rows of K2 int32 = pairs of sign-extended int16 (a[2p] low, a[2p+1] high);
-        # zero rows up to a multiple of MR. (Every buffer the kernel writes is accessed with
-        # its own dtype only: TVM miscompiled stores through a view of another dtype.)
-        ap32 = T.alloc_buffer((MP * K2,), "int32")
+        # A panel: rows of KG int32 words of G elements (zero past K); zero rows up to a
+        # multiple of MR. (Every buffer the kernel writes is accessed with its own dtype only:
+        # TVM miscompiled stores through a view of another dtype.)
+        ap32 = T.alloc_buffer((MP * KG,), "int32")
         for r in range((rows + MR - 1) // MR * MR):
             if r < rows:
-                for p in range(k // 2):
-                    ap32[r * K2 + p] = T.bitwise_or(
-                        T.bitwise_and(T.Cast("int32", Af[(row0 + r) * k + 2 * p]), 65535),
-                        T.shift_left(T.Cast("int32", Af[(row0 + r) * k + 2 * p + 1]), 16))
-                if k % 2 == 1:
-                    ap32[r * K2 + K2 - 1] = T.bitwise_and(
-                        T.Cast("int32", Af[(row0 + r) * k + k - 1]), 65535)
+                for p in range(k // G):
+                    ap32[r * KG + p] = a_word(Af, (row0 + r) * k + G * p)
+                if k % G != 0:
+                    ap32[r * KG + KG - 1] = a_word(Af, (row0 + r) * k + G * (KG - 1),
+                                                   k - G * (KG - 1))
             else:
-                for p in range(K2):
-                    ap32[r * K2 + p] = 0
+                for p in range(KG):
+                    ap32[r * KG + p] = 0
         if b_packed:
             for nbi in range(nblocks):
-                block(ap32, Bf, (nc * NBC + nbi) * (K2 * NR), Cf, row0, rows,
-                      (nc * NBC + nbi) * NR, K2, n)
+                block(ap32, Bf, (nc * NBC + nbi) * (KG * NR), Cf, row0, rows,
+                      (nc * NBC + nbi) * NR, KG, n)
         else:
             # this task's column chunk of B[bi or 0], packed into the same layout
             b_base: T.let[T.int64] = bi * BSEL * (k * n)
-            bp32 = T.alloc_buffer((NBC * K2 * NR,), "int32")
+            bp32 = T.alloc_buffer((NBC * KG * NR,), "int32")
             for nbi in range(nblocks):
                 col0: T.let[T.int64] = (nc * NBC + nbi) * NR
                 if col0 + NR <= n:
-                    # whole block: 8 columns of 2 K rows -> 8 pairs (lo & 0xffff) | hi << 16
-                    for p in range(k // 2):
+                    # whole block: L columns of G K-rows -> L words at a time
+                    for p in range(k // G):
                         for v in T.unroll(NV):
-                            src: T.let[T.int64] = b_base + 2 * p * n + col0 + v * 8
-                            bp32[T.Ramp((nbi * K2 + p) * NR + v * 8, 1, 8)] = T.bitwise_or(
-                                T.bitwise_and(T.Cast("int32x8", Bf[T.Ramp(src, 1, 8)]),
-                                              T.Broadcast(T.int32(65535), 8)),
-                                T.shift_left(T.Cast("int32x8", Bf[T.Ramp(src + n, 1, 8)]),
-                                             T.Broadcast(T.int32(16), 8)))
-                    if k % 2 == 1:
+                            bp32[T.Ramp((nbi * KG + p) * NR + v * L, 1, L)] = b_word(
+                                Bf, b_base + G * p * n + col0 + v * L, n)
+                    if k % G != 0:
                         for v in T.unroll(NV):
-                            src: T.let[T.int64] = b_base + (k - 1) * n + col0 + v * 8
-                            bp32[T.Ramp((nbi * K2 + K2 - 1) * NR + v * 8, 1, 8)] = T.bitwise_and(
-                                T.Cast("int32x8", Bf[T.Ramp(src, 1, 8)]),
-                                T.Broadcast(T.int32(65535), 8))
+                            bp32[T.Ramp((nbi * KG + KG - 1) * NR + v * L, 1, L)] = b_word(
+                                Bf, b_base + G * (KG - 1) * n + col0 + v * L, n,
+                                k - G * (KG - 1))
                 else:
-                    # the ragged last block, pair by pair with zero padding
-                    for p, j in T.grid(K2, NR):
-                        bp32[(nbi * K2 + p) * NR + j] = T.bitwise_or(
-                            T.bitwise_and(T.if_then_else(
-                                col0 + j < n,
-                                T.Cast("int32", Bf[b_base + 2 * p * n + T.min(col0 + j, n - 1)]),
-                                0), 65535),
-                            T.shift_left(T.if_then_else(
-                                2 * p + 1 < k and col0 + j < n,
-                                T.Cast("int32", Bf[b_base + T.min(2 * p + 1, k - 1) * n
-                                                   + T.min(col0 + j, n - 1)]),
-                                0), 16))
+                    # the ragged last block, word by word with zero padding (clamped reads)
+                    for p, j in T.grid(KG, NR):
+                        bp32[(nbi * KG + p) * NR + j] = b_word_ragged(Bf, b_base, p, col0 + j,
+                                                                      k, n)
             for nbi in range(nblocks):
-                block(ap32, bp32, nbi * (K2 * NR), Cf, row0, rows, (nc * NBC + nbi) * NR,
-                      K2, n)
+                block(ap32, bp32, nbi * (KG * NR), Cf, row0, rows, (nc * NBC + nbi) * NR,
+                      KG, n)
 
     @T.macro
     def run_tasks(Af, Bf, Cf, BA, M, k, n, NBC):
-        K2: T.let[T.int64] = (k + 1) // 2
+        KG: T.let[T.int64] = (k + G - 1) // G
         NBR: T.let[T.int64] = (n + NR - 1) // NR
         NCH: T.let[T.int64] = T.max((NBR + NBC - 1) // NBC, T.int64(1))   # (max: a divisor)
         MPN: T.let[T.int64] = (M + MP - 1) // MP
         if PAR:
             for t in T.parallel(BA * MPN * NCH):
-                task(t, Af, Bf, Cf, M, MPN, k, n, K2, NBR, NBC, NCH)
+                task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
         else:
             for t in range(BA * MPN * NCH):
-                task(t, Af, Bf, Cf, M, MPN, k, n, K2, NBR, NBC, NCH)
+                task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
 
     if b_packed:
         @T.prim_func
@@ -318,10 +440,10 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
             BA = T.int64()
             M = T.int64()
             A = T.match_buffer(a, (BA, M, k), a_dtype)
-            B = T.match_buffer(b, ((n + NR - 1) // NR, (k + 1) // 2, NR), "int32")
+            B = T.match_buffer(b, ((n + NR - 1) // NR, (k + G - 1) // G, NR), "int32")
             C = T.match_buffer(c, (BA, M, n), "int32")
             Af = T.decl_buffer((BA * M * k,), a_dtype, data=A.data)
-            Bf = T.decl_buffer(((n + NR - 1) // NR * ((k + 1) // 2) * NR,), "int32",
+            Bf = T.decl_buffer(((n + NR - 1) // NR * ((k + G - 1) // G) * NR,), "int32",
                                data=B.data)
             Cf = T.decl_buffer((BA * M * n,), "int32", data=C.data)
             run_tasks(Af, Bf, Cf, BA, M, k, n, nbc)
@@ -415,15 +537,17 @@ def rewrite_call_tirs(mod: Any, names: Container[str],
     return relax.transform.DeadCodeElimination()(new_mod)
 
 
-def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAULT_CONFIG) -> Any:
-    """Replace the generic integer matmuls of a Relax module by the AVX2 kernels.
+def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAULT_CONFIG,
+                         isa: DotIsa = AVX2) -> Any:
+    """Replace the generic integer matmuls of a Relax module by the ``isa`` kernels.
 
     Every ``call_tir`` of a PrimFunc marked ``edgert.op = "intmatmul"`` is rewritten: A
     reshaped to ``[batch, M, K]``, a constant B packed now (numpy), an activation B passed as
     ``[1 or batch, K, N]`` (a symbolic K or N goes to the kernel as an argument), then the
     kernel and a reshape back. Kernels are shared
     between calls of the same signature; the generic PrimFuncs left unused are removed. Other
-    calls and functions are left alone. The caller checks that the target has AVX2.
+    calls (operand dtypes ``isa`` does not take: int16 for sdot) and functions are left alone.
+    The caller checks that the target has the ISA (:func:`target_isa`).
     """
     import tvm
     from tvm import relax, tirx
@@ -439,12 +563,12 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
                packed: bool, batched: bool) -> Any:
         key = (a_dtype, b_dtype, k, n, packed, batched)
         if key not in rw.kernels:
-            name = (f"int_matmul_x86_{a_dtype}_{'packed' if packed else b_dtype}"
+            name = (f"int_matmul_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
                     f"{'_batched' if batched else ''}_k{k or 'var'}_n{n or 'var'}")
             small = k is not None and n is not None and k * n < config.parallel_min_kn
             func = int_matmul_kernel(a_dtype, b_dtype, k, n, b_packed=packed,
                                      b_batched=batched, config=config,
-                                     cores=1 if small else cores, name=name)
+                                     cores=1 if small else cores, isa=isa, name=name)
             rw.add_kernel(key, func, name)
         return rw.kernels[key]
 
@@ -459,7 +583,7 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
             return None
         a_dtype, b_dtype = str(a_ty.dtype), str(b_ty.dtype)
         a_shape, b_shape = list(a_ty.shape.values), list(b_ty.shape.values)
-        if (a_dtype not in INT_DTYPES or b_dtype not in INT_DTYPES or len(a_shape) < 2
+        if (a_dtype not in isa.operands or b_dtype not in isa.operands or len(a_shape) < 2
                 or len(b_shape) < 2 or len(b_shape) > len(a_shape)
                 or not _same_dims(a_shape[-1:], b_shape[-2:-1])):
             return None
@@ -475,7 +599,8 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
             b_const = isinstance(b, tvm.ir.GenericConst)
             gv = kernel(rw, a_dtype, "int32" if b_const else b_dtype, k, n, b_const, False)
             if b_const:                                    # packed now, once
-                b3 = relax.const(pack_weight_pairs(b.value.numpy().reshape(k, n), config.nr))
+                b3 = relax.const(pack_weight_words(b.value.numpy().reshape(k, n), config.nr,
+                                                          isa.group))
             else:
                 b3 = b if len(b_shape) == 3 else bb.emit(
                     relax.op.reshape(b, [one, k_dim, n_dim]))

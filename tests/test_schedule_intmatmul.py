@@ -1,22 +1,27 @@
-"""The x86 AVX2 integer matmul kernels (``compiler/schedule_x86.py``) are bit-exact.
+"""The integer matmul kernels (``compiler/schedule_intmatmul.py``: x86 AVX2 ``vpmaddwd``, aarch64
+dotprod ``sdot``) are bit-exact.
 
-Kernels are compared with ``intmatmul.reference`` (the normative numpy IntMatMul) over a grid of
+x86 kernels are compared with ``intmatmul.reference`` (the normative numpy IntMatMul) over a grid of
 shapes with ragged M, K and N: constant weights (packed at compile time), activation x
 activation (batched and broadcast, int8/int16), symbolic dims; then through the Relax rewrite
 and the whole pipeline (``compile_model``), where the library must contain ``vpmaddwd``.
-Several kernels share one ``tvm.compile`` to keep the file fast (~0.25 s a kernel).
+Several kernels share one ``tvm.compile`` to keep the file fast (~0.25 s a kernel). The sdot
+kernels (int8 x int8) are checked in the rpi5 assembly, and run under qemu-aarch64 against the
+reference and the host build over ragged shapes.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-from edgert.compiler import schedule_x86
-from edgert.compiler.schedule_x86 import (MatmulConfig, int_matmul_kernel, pack_weight,
-                                          pack_weight_pairs)
+from edgert.compiler import schedule_intmatmul
+from edgert.compiler.schedule_intmatmul import (AVX2, SDOT, MatmulConfig, int_matmul_kernel,
+                                                pack_weight, pack_weight_words)
 from edgert.ops import DOMAIN, intmatmul
 from edgert.targets import TARGETS, host_arch, host_cpu_features
 
@@ -65,26 +70,41 @@ def test_pack_weight_layout():
     for nb, kp, j, h in np.ndindex(*p.shape):
         k, n = 2 * kp + h, nb * 8 + j
         assert p[nb, kp, j, h] == (b[k, n] if k < 7 and n < 11 else 0)
-    pairs = pack_weight_pairs(b, nr=8)                   # the kernel's view: one pair an int32
+    pairs = pack_weight_words(b, nr=8)                   # the kernel's view: one pair an int32
     assert pairs.shape == (2, 4, 8) and pairs.dtype == np.int32
     assert np.array_equal((pairs << 16 >> 16).astype(np.int16), p[..., 0])
     assert np.array_equal((pairs >> 16).astype(np.int16), p[..., 1])
 
 
-def test_only_x86_targets_with_avx2_get_the_kernels():
-    chosen = {name for name, t in TARGETS.items() if schedule_x86.target_has_avx2(t)}
-    assert chosen == {"x86-avx2", "x86-avx512"}   # not aarch64/rpi5, not the CUDA targets
+def test_pack_weight_quads():
+    b = np.arange(-60, 57, dtype=np.int8).reshape(9, 13)
+    p = pack_weight(b, nr=4, group=4)
+    assert p.shape == (4, 3, 4, 4) and p.dtype == np.int8
+    for nb, kq, j, h in np.ndindex(*p.shape):
+        k, n = 4 * kq + h, nb * 4 + j
+        assert p[nb, kq, j, h] == (b[k, n] if k < 9 and n < 13 else 0)
+    words = pack_weight_words(b, nr=4, group=4)       # little-endian: element h in byte h
+    assert words.shape == (4, 3, 4) and np.array_equal(words.view(np.int8).reshape(p.shape), p)
+    with pytest.raises(ValueError, match="int8"):
+        pack_weight(b.astype(np.int16), group=4)
 
 
-def test_other_targets_keep_the_generic_compute(monkeypatch):
+def test_kernel_isa_per_target():
+    chosen = {name: schedule_intmatmul.target_isa(t) for name, t in TARGETS.items()}
+    assert {n for n, isa in chosen.items() if isa is AVX2} == {"x86-avx2", "x86-avx512"}
+    assert {n for n, isa in chosen.items() if isa is SDOT} == {"rpi5"}   # dotprod, not CUDA
+    assert chosen["aarch64"] is None                  # generic NEON: no dotprod
+
+
+def test_generic_arm_keeps_the_generic_compute(monkeypatch):
     import tvm
 
     from edgert.compiler import lower
 
-    monkeypatch.setattr(schedule_x86, "schedule_int_matmuls",
-                        lambda *a, **k: pytest.fail("x86 kernels used for an Arm target"))
+    monkeypatch.setattr(schedule_intmatmul, "schedule_int_matmuls",
+                        lambda *a, **k: pytest.fail("integer kernels used without dotprod"))
     mod = tvm.IRModule()                 # no LutMatMul either: the Arm LUT rewrite leaves it
-    assert lower._schedule_for_cpu(mod, TARGETS["rpi5"], None) is mod
+    assert lower._schedule_for_cpu(mod, TARGETS["aarch64"], None) is mod
 
 
 def test_config_is_checked():
@@ -92,6 +112,8 @@ def test_config_is_checked():
         MatmulConfig(nr=12)
     with pytest.raises(ValueError):
         int_matmul_kernel("int32", "int8", 4, 4, b_packed=True)
+    with pytest.raises(ValueError, match="sdot"):
+        int_matmul_kernel("int16", "int8", 4, 4, b_packed=True, isa=SDOT)
 
 
 # ---------------------------------------------------------------- kernels against the reference
@@ -107,7 +129,7 @@ def test_constant_weight_kernels_bit_exact(a_dtype):
     for k in KS:
         for n in NS:
             w = operand(rng, "int8", (k, n), k, a_dtype)
-            packed = pack_weight_pairs(w)
+            packed = pack_weight_words(w)
             for m in MS:
                 a = operand(rng, a_dtype, (1, m, k), k, "int8")
                 got = call(lib, f"w_{k}_{n}", a, packed, (1, m, n))
@@ -203,7 +225,7 @@ def test_relax_rewrite_bit_exact_and_uses_vpmaddwd(seq):
 
     model, feed, oracle = attention_model(seq)
     target = tvm.target.Target(TVM_TARGET)
-    mod = schedule_x86.schedule_int_matmuls(to_relax(model), target)
+    mod = schedule_intmatmul.schedule_int_matmuls(to_relax(model), target)
     names = {gv.name_hint for gv in mod.get_global_vars()}
     kernels = {n for n in names if n.startswith("int_matmul_x86")}
     assert len(kernels) == 4 and not names & {"matmul_integer", "intmatmul"}, names
@@ -239,3 +261,69 @@ def test_compile_model_builds_the_kernels(tmp_path):
         f = feed(batch, 17)
         for i, (g, w) in enumerate(zip(session.run(None, f), oracle(f))):
             assert_bit_exact(f"output {i} batch={batch}", g, w)
+
+
+# ---------------------------------------------------------------- aarch64 sdot
+
+def int8_matmul_model(seq: int | str):
+    """int8 x int8 only, ragged: MatMulInteger with a constant weight (K = 37, N = 21) and a
+    batched activation product (4-D, K = 7, N = seq)."""
+    rng = np.random.default_rng(7)
+    w = rng.integers(-128, 128, (37, 21), dtype=np.int8)
+    nodes = [helper.make_node("MatMulInteger", ["x", "w"], ["lin"], name="lin"),
+             helper.make_node("MatMulInteger", ["q", "kt"], ["qk"], name="qk")]
+    ins = [vi("x", TP.INT8, ["batch", seq, 37]), vi("q", TP.INT8, ["batch", 2, seq, 7]),
+           vi("kt", TP.INT8, ["batch", 2, 7, seq])]
+    outs = [vi("lin", TP.INT32, ["batch", seq, 21]), vi("qk", TP.INT32, ["batch", 2, seq, seq])]
+
+    def feed(batch: int, s: int) -> dict[str, np.ndarray]:
+        r = np.random.default_rng(batch * 10 + s)
+        f = {"x": r.integers(-128, 128, (batch, s, 37), dtype=np.int8),
+             "q": r.integers(-128, 128, (batch, 2, s, 7), dtype=np.int8),
+             "kt": r.integers(-128, 128, (batch, 2, 7, s), dtype=np.int8)}
+        f["x"].reshape(-1)[:2] = [-128, 127]
+        return f
+
+    def oracle(f: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [intmatmul.reference(f["x"], w), intmatmul.reference(f["q"], f["kt"])]
+
+    return integer_model(nodes, ins, outs, [numpy_helper.from_array(w, "w")]), feed, oracle
+
+
+def test_rpi5_int8_matmuls_use_sdot():
+    """On rpi5 (dotprod) the int8 x int8 matmuls become sdot kernels; int16 ones stay generic."""
+    import tvm
+
+    from edgert.compiler.lower import to_relax
+
+    model, _, _ = attention_model(17)
+    target = tvm.target.Target(TARGETS["rpi5"].tvm_target_dict(num_cores=2))
+    mod = schedule_intmatmul.schedule_int_matmuls(to_relax(model), target, isa=SDOT)
+    names = {gv.name_hint for gv in mod.get_global_vars()}
+    kernels = {n for n in names if n.startswith("int_matmul_sdot")}
+    assert len(kernels) == 2 and "matmul_integer" not in names and "intmatmul" in names, names
+    assert any("packed" in n for n in kernels) and any("batched" in n for n in kernels)
+    asm = tvm.compile(mod, target=target).mod.imports[0].inspect_source("asm")
+    assert len(re.findall(r"\bsdot\s+v\d+\.4s", asm)) >= 8
+
+
+@pytest.mark.parametrize("seq", [17, "seq"])
+def test_sdot_kernels_under_qemu_bit_exact(qemu_env, tmp_path, seq):
+    import onnx
+
+    import edgert
+    from edgert.artifact import read_artifact
+    from edgert.targets.qemu import run_under_qemu
+
+    from conftest import rpi5_and_host
+
+    model, feed, oracle = int8_matmul_model(seq)
+    onnx.save(model, tmp_path / "m.onnx")
+    rpi5, host = rpi5_and_host(tmp_path / "m.onnx", tmp_path, "sdot")
+    assert b"int_matmul_sdot" in read_artifact(rpi5).members["lib/model.so"]
+    for batch, s in [(1, 17), (3, 17)] + ([(1, 1), (2, 5), (1, 40)] if seq == "seq" else []):
+        f = feed(batch, s)
+        got = run_under_qemu(rpi5, f)
+        for i, (g, w, r) in enumerate(zip(got, edgert.Session(host).run(None, f), oracle(f))):
+            assert_bit_exact(f"output {i} batch={batch} seq={s}: rpi5 vs oracle", g, r)
+            assert_bit_exact(f"output {i} batch={batch} seq={s}: rpi5 vs host", g, w)
