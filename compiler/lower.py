@@ -1,12 +1,14 @@
 """Lower an ONNX model to TVM (Relax) and build a shared library for a target.
 
 TVM's Relax ONNX frontend (with the integer-graph converters of ``lower_int``), inference-time
-op decomposition, then ``tvm.compile`` with the target's dict. CPU targets: the integer matmuls
-run on the kernels of :mod:`edgert.compiler.schedule_intmatmul` (x86 AVX2), and TVM's default CPU
-pipeline gets the elementwise and row-reduction schedules of
-:mod:`edgert.compiler.schedule_cpu` after operator fusion (fp32 matmuls stay unscheduled).
-CUDA targets get dlight's default GPU schedules, which every GPU kernel needs to bind its
-loops to threads.
+op decomposition, then ``tvm.compile`` with the target's dict. CPU targets: the integer and
+float32 matmuls run on the kernels of :mod:`edgert.compiler.schedule_intmatmul` (x86 AVX2
+``vpmaddwd`` and FMA, aarch64 ``sdot`` and NEON FMA), LutMatMul on those of
+``schedule_lut_x86``/``schedule_lut_arm``, and TVM's default CPU pipeline gets the elementwise
+and row-reduction schedules of :mod:`edgert.compiler.schedule_cpu` after operator fusion.
+CUDA targets: int8 matmuls run the ``__dp4a`` kernel of :mod:`edgert.compiler.schedule_cuda`,
+everything else dlight's default GPU schedules, which every GPU kernel needs to bind its loops
+to threads.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ def _linker_for(target: Target) -> str | None:
 
 def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     """Our CPU kernels where the target has them (integer matmuls with AVX2 ``vpmaddwd`` on
-    x86 and dotprod ``sdot`` on aarch64 (int8 operands): see
+    x86 and dotprod ``sdot`` on aarch64 (int8 operands), float32 matmuls with FMA on x86 AVX2
+    and aarch64 NEON: see
     :mod:`edgert.compiler.schedule_intmatmul`; LutMatMul on x86 AVX2 and on aarch64 NEON: see
     :mod:`edgert.compiler.schedule_lut_x86`, :mod:`edgert.compiler.schedule_lut_arm`);
     everything else stays on TVM's default pipeline."""
@@ -131,6 +134,9 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     isa = schedule_intmatmul.target_isa(target)
     if isa is not None:
         mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=isa)
+    float_isa = schedule_intmatmul.float_isa(target)
+    if float_isa is not None:
+        mod = schedule_intmatmul.schedule_float_matmuls(mod, tvm_target, float_isa)
     if schedule_intmatmul.target_has_avx2(target):
         from edgert.compiler import schedule_lut_x86
 

@@ -16,9 +16,9 @@ is scheduled as one kernel) and applies, dlight-style, the first rule that accep
   reduction rule, which splits and vectorizes them, measured slower here (Shiftmax of
   [1, 12, 128, 128], 2 cores: 0.44 ms against 0.22 ms with this rule, 0.40 ms unscheduled).
 
-Kernels that carry ``tirx.is_scheduled`` (the x86 matmuls) are left alone, and so are
-PrimFuncs no rule accepts (matmuls, convolutions: :mod:`edgert.compiler.schedule_intmatmul` or the
-default build). A schedule only reorders loops and changes none of the arithmetic, so the
+Kernels that carry ``tirx.is_scheduled`` (the matmuls of
+:mod:`edgert.compiler.schedule_intmatmul`) are left alone, and so are PrimFuncs no rule accepts
+(convolutions: the default build). A schedule only reorders loops and changes none of the arithmetic, so the
 integer kernels stay bit-exact (the op tests compare TVM with the numpy references).
 """
 

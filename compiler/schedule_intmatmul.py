@@ -98,8 +98,9 @@ class DotIsa:
     Attributes:
         name: kernel name suffix.
         lanes: int32 lanes of a vector register.
-        group: K elements per int32 lane: 2 (int16 pairs) or 4 (int8 quads).
-        intrin: the LLVM intrinsic.
+        group: K elements per lane: 2 (int16 pairs) or 4 (int8 quads) in an int32, or 1
+            (float32 lanes: a plain multiply-add, which LLVM turns into FMA).
+        intrin: the LLVM intrinsic ("" for the float multiply-add).
         accumulates: the intrinsic takes the accumulator as its first operand (sdot);
             otherwise its result is added to it (vpmaddwd).
     """
@@ -111,14 +112,19 @@ class DotIsa:
     accumulates: bool
 
     @property
+    def word(self) -> str:
+        """dtype of a lane: of the packed words, the accumulators and the output."""
+        return "float32" if self.group == 1 else "int32"
+
+    @property
     def operand(self) -> str:
         """dtype of the packed elements."""
-        return "int16" if self.group == 2 else "int8"
+        return {1: "float32", 2: "int16", 4: "int8"}[self.group]
 
     @property
     def operands(self) -> tuple[str, ...]:
         """Operand dtypes the kernel takes (each is sign-extended into ``operand``)."""
-        return INT_DTYPES if self.group == 2 else ("int8",)
+        return {1: ("float32",), 2: INT_DTYPES, 4: ("int8",)}[self.group]
 
 
 AVX2 = DotIsa("x86", 8, 2, "llvm.x86.avx2.pmadd.wd", False)
@@ -128,6 +134,16 @@ SDOT = DotIsa("sdot", 4, 4, "llvm.aarch64.neon.sdot.v4i32.v16i8", True)
 DP4A = DotIsa("dp4a", 1, 4, "__dp4a", True)
 """CUDA ``__dp4a`` (one int32 per thread, 4 int8 x int8 products): the GPU kernel of
 :mod:`edgert.compiler.schedule_cuda`."""
+FMA_X86 = DotIsa("fma_x86", 8, 1, "", False)
+"""float32 on x86 (AVX2 FMA, AVX-512 machines too): 8-lane multiply-adds (``vfmadd``)."""
+FMA_AVX512 = DotIsa("fma_avx512", 16, 1, "", False)
+"""float32 on x86 with AVX-512: 16-lane multiply-adds (``vfmadd`` on zmm)."""
+FMA_NEON = DotIsa("fma_neon", 4, 1, "", False)
+"""float32 on aarch64 NEON: 4-lane multiply-adds (``fmla``)."""
+FLOAT_CONFIG = MatmulConfig(mr=6, nr=16, mp=48)
+"""Float tiles: 6 x 16 (on AVX2 12 ymm accumulators, 2 of B, 1 broadcast)."""
+FLOAT_CONFIG_AVX512 = MatmulConfig(mr=6, nr=32, mp=48)
+"""Float tiles on AVX-512: 6 x 32 (12 zmm accumulators of 32)."""
 
 
 def target_isa(target: Any) -> DotIsa | None:
@@ -167,17 +183,28 @@ def num_cores(tvm_target: Any) -> int:
 
 # ---------------------------------------------------------------- packing (numpy)
 
+def float_isa(target: Any) -> DotIsa | None:
+    """The float32 matmul kernel ISA of an edgert CPU target: FMA on x86 with AVX2, NEON on
+    aarch64, else None (CUDA targets keep dlight's schedules)."""
+    if target.cuda_arch:
+        return None
+    if target_has_avx2(target):
+        return FMA_AVX512 if "avx512f" in target.cpu_features else FMA_X86
+    return FMA_NEON if target.arch == "aarch64" else None
+
+
 def pack_weight(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr, group: int = 2) -> np.ndarray:
-    """Pack an integer weight [K, N] into the kernel's [ceil(N/nr), ceil(K/group), nr, group]
-    layout of int16 (``group`` 2) or int8 (``group`` 4: int8 weights only), zero padded."""
+    """Pack a weight [K, N] into the kernel's [ceil(N/nr), ceil(K/group), nr, group] layout of
+    int16 (``group`` 2), int8 (``group`` 4: int8 weights only) or float32 (``group`` 1: float32
+    weights only), zero padded."""
     b = np.asarray(b)
-    dtypes = INT_DTYPES if group == 2 else ("int8",)
+    dtypes = {1: ("float32",), 2: INT_DTYPES, 4: ("int8",)}[group]
     if b.ndim != 2 or b.dtype.name not in dtypes:
         raise ValueError(f"pack_weight(group={group}) needs a {'/'.join(dtypes)} [K, N] matrix, "
                          f"got {b.dtype} {b.shape}")
     k, n = b.shape
     kg, nbr = -(-k // group), -(-n // nr)
-    padded = np.zeros((group * kg, nbr * nr), np.int16 if group == 2 else np.int8)
+    padded = np.zeros((group * kg, nbr * nr), {1: np.float32, 2: np.int16, 4: np.int8}[group])
     padded[:k, :n] = b
     return np.ascontiguousarray(padded.reshape(kg, group, nbr, nr).transpose(2, 0, 3, 1))
 
@@ -186,7 +213,7 @@ def pack_weight_words(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr, group: int = 2
     """:func:`pack_weight` as the kernel takes it: int32 [ceil(N/nr), ceil(K/group), nr], one
     group per int32 (the same bytes: element j of a group in bits ``[32j/group, 32(j+1)/group)``)."""
     packed = pack_weight(b, nr, group)
-    return packed.view(np.int32).reshape(packed.shape[:3])
+    return packed.view(np.float32 if group == 1 else np.int32).reshape(packed.shape[:3])
 
 
 def pack_word(load: Callable[[int], Any], group: int, lanes: int = 1, valid: Any = None) -> Any:
@@ -224,7 +251,8 @@ def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, 
                       b_packed: bool, b_batched: bool = False,
                       config: MatmulConfig = DEFAULT_CONFIG, cores: int = 1,
                       isa: DotIsa = AVX2, name: str = "int_matmul_x86") -> Any:
-    """The ``isa`` kernel as a TIR PrimFunc ``(A, B, C)``, specialized to ``k`` and ``n``.
+    """The ``isa`` kernel (integer, or float32 for the FMA ISAs) as a TIR PrimFunc
+    ``(A, B, C)``, specialized to ``k`` and ``n``.
 
     Args:
         a_dtype, b_dtype: ``int8`` or ``int16`` (AVX2), ``int8`` (sdot).
@@ -251,7 +279,7 @@ def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, 
 
         return dp4a_kernel(k, n, b_packed=b_packed, b_batched=b_batched, nr=config.nr,
                            name=name)
-    template = _template(a_dtype, "int32" if b_packed else b_dtype, b_packed,
+    template = _template(a_dtype, isa.word if b_packed else b_dtype, b_packed,
                          bool(b_batched) and not b_packed, config, max(int(cores), 1), isa)
     from tvm import tirx
 
@@ -283,12 +311,16 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
     MR, NR, MP = cfg.mr, cfg.nr, cfg.mp
     L, G = isa.lanes, isa.group           # int32 lanes per vector, K elements per lane
     NV = NR // L                          # vectors per tile row
-    VEC, OPV = f"int32x{L}", f"{isa.operand}x{L * G}"
+    WORD = isa.word                       # int32, or float32 for the float kernels
+    VEC, OPV = f"{WORD}x{L}", f"{isa.operand}x{L * G}"
+    FLOAT = G == 1
     PAR = cores > 1
     BSEL = 1 if b_batched else 0          # batch index of B = BSEL * batch index of A
     INTRIN, ACCUMULATES = isa.intrin, isa.accumulates
 
     def word(load, lanes, valid=None):
+        if FLOAT:                         # one element per lane: no packing, no K tail
+            return tirx.Cast(VEC if lanes > 1 else WORD, load(0))
         return pack_word(load, G, lanes, valid)
 
     def clamp(j, valid):
@@ -317,13 +349,18 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         # rows x NR register tile over all of K: acc += dot(bcast(A word), B words).
         # a0/b0: offsets of the A words and of the B block; c0: C offset of the tile's first
         # element; valid/cols: rows/columns of the tile that lie inside C.
-        acc = T.alloc_buffer((rows * NR,), "int32")
+        acc = T.alloc_buffer((rows * NR,), WORD)
         for i in T.unroll(rows * NV):
-            acc[T.Ramp(i * L, 1, L)] = T.Broadcast(T.int32(0), L)
+            acc[T.Ramp(i * L, 1, L)] = T.Broadcast(T.Cast(WORD, 0), L)
         for p in range(KG):
             for v in T.unroll(NV):
                 for r in T.unroll(rows):
-                    if ACCUMULATES:
+                    if FLOAT:
+                        acc[T.Ramp((r * NV + v) * L, 1, L)] = \
+                            acc[T.Ramp((r * NV + v) * L, 1, L)] \
+                            + T.Broadcast(ap32[a0 + r * KG + p], L) \
+                            * bsrc[T.Ramp(b0 + p * NR + v * L, 1, L)]
+                    elif ACCUMULATES:
                         acc[T.Ramp((r * NV + v) * L, 1, L)] = T.call_llvm_pure_intrin(
                             VEC, INTRIN, acc[T.Ramp((r * NV + v) * L, 1, L)],
                             T.reinterpret(OPV, T.Broadcast(ap32[a0 + r * KG + p], L)),
@@ -378,7 +415,7 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         # A panel: rows of KG int32 words of G elements (zero past K); zero rows up to a
         # multiple of MR. (Every buffer the kernel writes is accessed with its own dtype only:
         # TVM miscompiled stores through a view of another dtype.)
-        ap32 = T.alloc_buffer((MP * KG,), "int32")
+        ap32 = T.alloc_buffer((MP * KG,), WORD)
         for r in range((rows + MR - 1) // MR * MR):
             if r < rows:
                 for p in range(k // G):
@@ -388,7 +425,7 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
                                                    k - G * (KG - 1))
             else:
                 for p in range(KG):
-                    ap32[r * KG + p] = 0
+                    ap32[r * KG + p] = T.Cast(WORD, 0)
         if b_packed:
             for nbi in range(nblocks):
                 block(ap32, Bf, (nc * NBC + nbi) * (KG * NR), Cf, row0, rows,
@@ -396,7 +433,7 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         else:
             # this task's column chunk of B[bi or 0], packed into the same layout
             b_base: T.let[T.int64] = bi * BSEL * (k * n)
-            bp32 = T.alloc_buffer((NBC * KG * NR,), "int32")
+            bp32 = T.alloc_buffer((NBC * KG * NR,), WORD)
             for nbi in range(nblocks):
                 col0: T.let[T.int64] = (nc * NBC + nbi) * NR
                 if col0 + NR <= n:
@@ -440,12 +477,12 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
             BA = T.int64()
             M = T.int64()
             A = T.match_buffer(a, (BA, M, k), a_dtype)
-            B = T.match_buffer(b, ((n + NR - 1) // NR, (k + G - 1) // G, NR), "int32")
-            C = T.match_buffer(c, (BA, M, n), "int32")
+            B = T.match_buffer(b, ((n + NR - 1) // NR, (k + G - 1) // G, NR), WORD)
+            C = T.match_buffer(c, (BA, M, n), WORD)
             Af = T.decl_buffer((BA * M * k,), a_dtype, data=A.data)
-            Bf = T.decl_buffer(((n + NR - 1) // NR * ((k + G - 1) // G) * NR,), "int32",
+            Bf = T.decl_buffer(((n + NR - 1) // NR * ((k + G - 1) // G) * NR,), WORD,
                                data=B.data)
-            Cf = T.decl_buffer((BA * M * n,), "int32", data=C.data)
+            Cf = T.decl_buffer((BA * M * n,), WORD, data=C.data)
             run_tasks(Af, Bf, Cf, BA, M, k, n, nbc)
     else:
         @T.prim_func
@@ -457,10 +494,10 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
             BB = T.int64()
             A = T.match_buffer(a, (BA, M, k), a_dtype)
             B = T.match_buffer(b, (BB, k, n), b_dtype)
-            C = T.match_buffer(c, (BA, M, n), "int32")
+            C = T.match_buffer(c, (BA, M, n), WORD)
             Af = T.decl_buffer((BA * M * k,), a_dtype, data=A.data)
             Bf = T.decl_buffer((BB * k * n,), b_dtype, data=B.data)
-            Cf = T.decl_buffer((BA * M * n,), "int32", data=C.data)
+            Cf = T.decl_buffer((BA * M * n,), WORD, data=C.data)
             run_tasks(Af, Bf, Cf, BA, M, k, n, nbc)
 
     return kernel
@@ -501,9 +538,17 @@ def rewrite_call_tirs(mod: Any, names: Container[str],
     PrimFunc once (opaque to operator fusion) under ``rw.kernels[key]``. PrimFuncs left unused
     are removed; ``mod`` itself comes back when nothing was rewritten."""
     import tvm
-    from tvm import relax
 
     call_tir_op = tvm.ir.Op.get("relax.call_tir")
+    return rewrite_calls(mod, lambda call: call.op.same_as(call_tir_op)
+                         and isinstance(call.args[0], tvm.ir.GlobalVar)
+                         and call.args[0].name_hint in names, rewrite)
+
+
+def rewrite_calls(mod: Any, match: Callable[[Any], bool],
+                  rewrite: Callable[[Any, Any], Any | None]) -> Any:
+    """:func:`rewrite_call_tirs` for every Relax call that ``match(call)`` accepts."""
+    from tvm import relax
 
     @relax.expr_functor.mutator
     class Rewriter(relax.PyExprMutator):
@@ -514,9 +559,7 @@ def rewrite_call_tirs(mod: Any, names: Container[str],
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
-            if (isinstance(call, relax.Call) and call.op.same_as(call_tir_op)
-                    and isinstance(call.args[0], tvm.ir.GlobalVar)
-                    and call.args[0].name_hint in names):
+            if isinstance(call, relax.Call) and match(call):
                 new = rewrite(self, call)
                 if new is not None:
                     self.rewritten += 1
@@ -541,15 +584,11 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
                          isa: DotIsa = AVX2) -> Any:
     """Replace the generic integer matmuls of a Relax module by the ``isa`` kernels.
 
-    Every ``call_tir`` of a PrimFunc marked ``edgert.op = "intmatmul"`` is rewritten: A
-    reshaped to ``[batch, M, K]``, a constant B packed now (numpy), an activation B passed as
-    ``[1 or batch, K, N]`` (a symbolic K or N goes to the kernel as an argument), then the
-    kernel and a reshape back. Kernels are shared
-    between calls of the same signature; the generic PrimFuncs left unused are removed. Other
-    calls (operand dtypes ``isa`` does not take: int16 for sdot) and functions are left alone.
-    The caller checks that the target has the ISA (:func:`target_isa`).
+    Every ``call_tir`` of a PrimFunc marked ``edgert.op = "intmatmul"`` is rewritten by
+    :func:`_matmul_rewriter`. Other calls (operand dtypes ``isa`` does not take: int16 for sdot)
+    and functions are left alone. The caller checks that the target has the ISA
+    (:func:`target_isa`).
     """
-    import tvm
     from tvm import relax, tirx
 
     names = {gv.name_hint for gv, f in mod.functions_items()
@@ -557,13 +596,54 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
              and str(f.attrs.get(OP_ATTR, "")) == OP_NAME}
     if not names:
         return mod
+    emit = _matmul_rewriter(tvm_target, config, isa)
+
+    def rewrite(rw: Any, call: Any) -> Any | None:
+        args = call.args[1]
+        if not isinstance(args, relax.Tuple) or len(args.fields) != 2 or len(call.args) > 2:
+            return None
+        return emit(rw, *args.fields, call.ty)
+
+    return rewrite_call_tirs(mod, names, rewrite)
+
+
+def schedule_float_matmuls(mod: Any, tvm_target: Any, isa: DotIsa,
+                           config: MatmulConfig | None = None) -> Any:
+    """Replace the float32 ``relax.matmul`` calls of a Relax module (ONNX MatMul and Gemm, before
+    legalization) by the ``isa`` float kernels (:data:`FMA_X86`, :data:`FMA_NEON`), rewritten
+    like the integer ones (:func:`_matmul_rewriter`); TVM's default CPU pipeline would run them
+    as scalar loops. Results match the generic compute within float rounding (the products are
+    summed in the same K order, as fused multiply-adds)."""
+    import tvm
+
+    matmul_op = tvm.ir.Op.get("relax.matmul")
+    if config is None:
+        config = FLOAT_CONFIG_AVX512 if isa is FMA_AVX512 else FLOAT_CONFIG
+    emit = _matmul_rewriter(tvm_target, config, isa)
+
+    def rewrite(rw: Any, call: Any) -> Any | None:
+        return emit(rw, call.args[0], call.args[1], call.ty)
+
+    return rewrite_calls(mod, lambda call: call.op.same_as(matmul_op), rewrite)
+
+
+def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
+                     isa: DotIsa) -> Callable[[Any, Any, Any, Any], Any | None]:
+    """``emit(rw, a, b, out_ty)``: the kernel call replacing ``a @ b`` (or None to keep it): A
+    reshaped to ``[batch, M, K]``, a constant B packed now (numpy), an activation B passed as
+    ``[1 or batch, K, N]`` (a symbolic K or N goes to the kernel as an argument), then the
+    kernel and a reshape back. Kernels are shared between calls of the same signature."""
+    import tvm
+    from tvm import relax, tirx
+
     cores = num_cores(tvm_target)
 
     def kernel(rw: Any, a_dtype: str, b_dtype: str, k: int | None, n: int | None,
                packed: bool, batched: bool) -> Any:
         key = (a_dtype, b_dtype, k, n, packed, batched)
         if key not in rw.kernels:
-            name = (f"int_matmul_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
+            prefix = "matmul" if isa.group == 1 else "int_matmul"
+            name = (f"{prefix}_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
                     f"{'_batched' if batched else ''}_k{k or 'var'}_n{n or 'var'}")
             small = k is not None and n is not None and k * n < config.parallel_min_kn
             func = int_matmul_kernel(a_dtype, b_dtype, k, n, b_packed=packed,
@@ -572,12 +652,8 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
             rw.add_kernel(key, func, name)
         return rw.kernels[key]
 
-    def rewrite(rw: Any, call: Any) -> Any | None:
-        args = call.args[1]
-        if not isinstance(args, relax.Tuple) or len(args.fields) != 2 or len(call.args) > 2:
-            return None
-        a, b = args.fields
-        a_ty, b_ty, out_ty = a.ty, b.ty, call.ty
+    def emit(rw: Any, a: Any, b: Any, out_ty: Any) -> Any | None:
+        a_ty, b_ty = a.ty, b.ty
         if not all(isinstance(t, relax.TensorType) and isinstance(t.shape, relax.ShapeExpr)
                    for t in (a_ty, b_ty, out_ty)):
             return None
@@ -597,10 +673,10 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
         if all(_static(d) == 1 for d in b_batch):          # one B for every row of A
             batch, m = one, _product(a_shape[:-1])
             b_const = isinstance(b, tvm.ir.GenericConst)
-            gv = kernel(rw, a_dtype, "int32" if b_const else b_dtype, k, n, b_const, False)
+            gv = kernel(rw, a_dtype, isa.word if b_const else b_dtype, k, n, b_const, False)
             if b_const:                                    # packed now, once
                 b3 = relax.const(pack_weight_words(b.value.numpy().reshape(k, n), config.nr,
-                                                          isa.group))
+                                                   isa.group))
             else:
                 b3 = b if len(b_shape) == 3 else bb.emit(
                     relax.op.reshape(b, [one, k_dim, n_dim]))
@@ -615,7 +691,7 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
             relax.op.reshape(a, [batch, m, k_dim]))
         dims = [relax.prim_value(d) for d, v in ((k_dim, k), (n_dim, n)) if v is None]
         out = bb.emit(relax.call_tir(gv, [a3, b3, *dims],
-                                     relax.TensorType([batch, m, n_dim], "int32")))
+                                     relax.TensorType([batch, m, n_dim], isa.word)))
         return relax.op.reshape(out, out_ty.shape)
 
-    return rewrite_call_tirs(mod, names, rewrite)
+    return emit

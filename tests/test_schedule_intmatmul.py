@@ -1,5 +1,5 @@
-"""The integer matmul kernels (``compiler/schedule_intmatmul.py``: x86 AVX2 ``vpmaddwd``, aarch64
-dotprod ``sdot``) are bit-exact.
+"""The matmul kernels of ``compiler/schedule_intmatmul.py``: integer ones (x86 AVX2 ``vpmaddwd``,
+aarch64 dotprod ``sdot``) are bit-exact; float32 ones (FMA) are within 1e-5 of float64.
 
 x86 kernels are compared with ``intmatmul.reference`` (the normative numpy IntMatMul) over a grid of
 shapes with ragged M, K and N: constant weights (packed at compile time), activation x
@@ -20,10 +20,12 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 from edgert.compiler import schedule_intmatmul
-from edgert.compiler.schedule_intmatmul import (AVX2, SDOT, MatmulConfig, int_matmul_kernel,
-                                                pack_weight, pack_weight_words)
+from edgert.compiler.schedule_intmatmul import (AVX2, FLOAT_CONFIG, FLOAT_CONFIG_AVX512,
+                                                FMA_AVX512, FMA_NEON, FMA_X86, SDOT,
+                                                MatmulConfig, int_matmul_kernel, pack_weight,
+                                                pack_weight_words)
 from edgert.ops import DOMAIN, intmatmul
-from edgert.targets import TARGETS, host_arch, host_cpu_features
+from edgert.targets import TARGETS, host_arch, host_cpu_features, resolve_host
 
 from ophelpers import assert_bit_exact, integer_model
 
@@ -53,10 +55,11 @@ def build(funcs: dict) -> object:
     return tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(TVM_TARGET)).mod
 
 
-def call(lib, name: str, a: np.ndarray, b: np.ndarray, out_shape: tuple, *scalars) -> np.ndarray:
+def call(lib, name: str, a: np.ndarray, b: np.ndarray, out_shape: tuple, *scalars,
+         dtype: type = np.int32) -> np.ndarray:
     import tvm
 
-    c = tvm.runtime.tensor(np.zeros(out_shape, np.int32))
+    c = tvm.runtime.tensor(np.zeros(out_shape, dtype))
     lib[name](tvm.runtime.tensor(a), tvm.runtime.tensor(b), *scalars, c)
     return c.numpy()
 
@@ -327,3 +330,84 @@ def test_sdot_kernels_under_qemu_bit_exact(qemu_env, tmp_path, seq):
         for i, (g, w, r) in enumerate(zip(got, edgert.Session(host).run(None, f), oracle(f))):
             assert_bit_exact(f"output {i} batch={batch} seq={s}: rpi5 vs oracle", g, r)
             assert_bit_exact(f"output {i} batch={batch} seq={s}: rpi5 vs host", g, w)
+
+
+# ---------------------------------------------------------------- float32 (FMA)
+
+def test_float_isa_per_target():
+    chosen = {name: schedule_intmatmul.float_isa(t) for name, t in TARGETS.items()}
+    assert {n for n, isa in chosen.items() if isa is FMA_X86} == {"x86-avx2"}
+    assert {n for n, isa in chosen.items() if isa is FMA_AVX512} == {"x86-avx512"}
+    assert {n for n, isa in chosen.items() if isa is FMA_NEON} == {"aarch64", "rpi5"}
+
+
+FLOAT_ISAS = [(FMA_X86, FLOAT_CONFIG, needs_avx2),
+              (FMA_AVX512, FLOAT_CONFIG_AVX512, pytest.mark.skipif(
+                  "avx512f" not in host_cpu_features(), reason="needs AVX-512"))]
+
+
+@pytest.mark.parametrize("isa,config", [pytest.param(i, c, marks=m, id=i.name)
+                                        for i, c, m in FLOAT_ISAS])
+def test_float_kernels_within_rounding(isa, config):
+    """Constant (packed) and activation (batched) float32 B over ragged shapes, against float64."""
+    cases = [(1, 5), (7, 64), (64, 33), (384, 200)]
+    funcs = {}
+    for k, n in cases:
+        for packed in (True, False):
+            name = f"f_{k}_{n}_{packed}"
+            funcs[name] = int_matmul_kernel("float32", "float32", k, n, b_packed=packed,
+                                            b_batched=not packed, cores=2, isa=isa,
+                                            config=config, name=name)
+    target = {**TVM_TARGET, "mcpu": "skylake-avx512"} if isa is FMA_AVX512 else TVM_TARGET
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(target)).mod
+    assert re.search(r"vfmadd\w+\s+%" + ("zmm" if isa is FMA_AVX512 else "ymm"),
+                     lib.inspect_source("asm"))
+    rng = np.random.default_rng(8)
+    for k, n in cases:
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        for batch, m in [(1, 1), (2, 5), (1, 17), (3, 128)]:
+            a = rng.standard_normal((batch, m, k)).astype(np.float32)
+            b = rng.standard_normal((batch, k, n)).astype(np.float32)
+            for packed, bb, want in [(True, pack_weight_words(w, config.nr, 1),
+                                      a.astype(np.float64) @ w),
+                                     (False, b, np.matmul(a.astype(np.float64), b))]:
+                got = call(lib, f"f_{k}_{n}_{packed}", a, bb, (batch, m, n), dtype=np.float32)
+                err = np.abs(got - want).max()
+                assert err <= 1e-5 * np.abs(want).max(), (k, n, batch, m, packed, err)
+
+
+@needs_avx2
+def test_float_matmuls_rewritten_and_use_fma(tmp_path):
+    """compile_model on an fp32 graph (constant weight, broadcast and batched activation
+    products): every MatMul runs our kernel, with FMA, within rounding of onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    import edgert
+    from edgert.artifact import read_artifact
+    from edgert.compiler import compile_model
+
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((37, 21)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["lin"]),
+             helper.make_node("MatMul", ["q", "kt"], ["qk"])]
+    ins = [vi("x", TP.FLOAT, ["batch", "seq", 37]), vi("q", TP.FLOAT, ["batch", 2, "seq", 7]),
+           vi("kt", TP.FLOAT, ["batch", 2, 7, "seq"])]
+    outs = [vi("lin", TP.FLOAT, ["batch", "seq", 21]), vi("qk", TP.FLOAT, ["batch", 2, "seq", "seq"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", ins, outs,
+                                                [numpy_helper.from_array(w, "w")]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    art = compile_model(tmp_path / "m.onnx", tmp_path / "m.edgert", threads=2)
+    lib = read_artifact(art).members["lib/model.so"]
+    isa = schedule_intmatmul.float_isa(resolve_host())
+    assert f"matmul_{isa.name}_float32_packed_k37_n21".encode() in lib and b"batched" in lib
+    sess, ref = edgert.Session(art), ort.InferenceSession(str(tmp_path / "m.onnx"))
+    for batch, s in [(1, 1), (2, 17), (1, 40)]:
+        f = {"x": rng.standard_normal((batch, s, 37)).astype(np.float32),
+             "q": rng.standard_normal((batch, 2, s, 7)).astype(np.float32),
+             "kt": rng.standard_normal((batch, 2, 7, s)).astype(np.float32)}
+        for got, want in zip(sess.run(None, f), ref.run(None, f)):
+            assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
