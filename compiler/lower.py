@@ -137,6 +137,7 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     float_isa = schedule_intmatmul.float_isa(target)
     if float_isa is not None:
         mod = schedule_intmatmul.schedule_float_matmuls(mod, tvm_target, float_isa)
+    mod = schedule_cpu.vectorizable_softmax(schedule_cpu.vectorizable_erf(mod))
     if schedule_intmatmul.target_has_avx2(target):
         from edgert.compiler import schedule_lut_x86
 

@@ -174,3 +174,71 @@ def _num_cores(target: Any) -> int:
     from edgert.compiler.schedule_intmatmul import num_cores
 
     return num_cores(target)
+
+
+def vectorizable_erf(mod: Any) -> Any:
+    """Every float32 ``relax.erf`` of ``mod`` (the erf GELU of BERT-style models) as TVM's
+    ``topi.fast_erf``: a rational polynomial that LLVM vectorizes, where the default erf calls
+    libm's scalar ``erff`` per element. Measured here over [-6, 6]: max error 3.7e-7 (a few
+    ulp; libm's: 7e-8); MiniLM-L6's GELU over 128 x 1536 values, 1 thread: 2.06 -> 0.09 ms."""
+    import tvm
+    from tvm import topi
+
+    from edgert.compiler.schedule_intmatmul import rewrite_calls
+
+    erf = tvm.ir.Op.get("relax.erf")
+
+    def match(call: Any) -> bool:
+        return call.op.same_as(erf) and str(getattr(call.ty, "dtype", "")) == "float32"
+
+    return rewrite_calls(mod, match,
+                         lambda rw, call: rw.builder_.call_te(topi.fast_erf, call.args[0]))
+
+
+def vectorizable_softmax(mod: Any) -> Any:
+    """Every float32 ``relax.nn.softmax`` of ``mod`` computed with :func:`exp_te`, a polynomial
+    exp that LLVM vectorizes, where the default softmax calls libm's scalar ``expf``. MiniLM-L6's
+    attention softmax over 12 x 128 x 128 values, 1 thread: 0.72 -> 0.34 ms."""
+    import tvm
+    from tvm import topi
+
+    from edgert.compiler.schedule_intmatmul import rewrite_calls
+
+    softmax = tvm.ir.Op.get("relax.nn.softmax")
+
+    def match(call: Any) -> bool:
+        return call.op.same_as(softmax) and str(getattr(call.ty, "dtype", "")) == "float32"
+
+    def softmax_poly(x: Any, axis: int) -> Any:       # (the kernel's name)
+        e = exp_te(topi.subtract(x, topi.max(x, axis=axis, keepdims=True)))
+        return topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
+
+    return rewrite_calls(mod, match, lambda rw, call: rw.builder_.call_te(
+        softmax_poly, call.args[0], int(call.attrs.axis)))
+
+
+def exp_te(x: Any) -> Any:
+    """TE: float32 exp, elementwise, as Cephes' ``expf``: x = n ln2 + r with |r| <= ln2/2
+    (ln2 split in two constants for an exact reduction), exp(r) by a degree-7 polynomial, times
+    2**n built in the exponent bits. Inputs are clamped to [-87.3, 88.37] (below, 1.2e-38 instead
+    of a denormal or 0; above, 2.5e38 instead of up to 3.4e38 or inf). Max relative error
+    against float64 over the range: 7.9e-8 (measured; libm's 6e-8)."""
+    from tvm import te, tirx
+
+    def f(v: float) -> Any:
+        return tirx.const(v, "float32")
+
+    def compute(*i: Any) -> Any:
+        v = tirx.max(tirx.min(x(*i), f(88.37)), f(-87.3))    # 2**n stays a normal float
+        n = tirx.floor(v * f(1.44269504088896341) + f(0.5))
+        r = v - n * f(0.693359375) - n * f(-2.12194440e-4)
+        p = f(1.9875691500e-4)
+        for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                  5.0000001201e-1):
+            p = p * r + f(c)
+        y = p * r * r + r + f(1.0)
+        scale = tirx.reinterpret("float32", tirx.shift_left(
+            tirx.Cast("int32", n) + tirx.const(127, "int32"), tirx.const(23, "int32")))
+        return y * scale
+
+    return te.compute(x.shape, compute, name="exp_poly")

@@ -115,3 +115,52 @@ def test_matmuls_are_left_to_other_schedules():
     func = _prim_func(matmul, [((16, 32), "float32"), ((32, 8), "float32")])
     mod, _ = _schedule(func, 2)
     assert "tirx.is_scheduled" not in (mod["main"].attrs or {})
+
+
+# ---------------------------------------------------------------- vectorizable exp and erf
+
+def test_exp_te_accuracy_and_clamps():
+    from tvm import te
+
+    from edgert.compiler.schedule_cpu import exp_te
+
+    x = te.placeholder((400003,), "float32")
+    f = tvm.compile(te.create_prim_func([x, exp_te(x)]), target=_target(1))
+    xs = np.concatenate([np.linspace(-87.3, 88.37, 200000), np.linspace(-20, 20, 200000),
+                         [-1e4, 1e4, 0.0]]).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros(xs.shape, np.float32))
+    f(tvm.runtime.tensor(xs), out)
+    got, want = out.numpy(), np.exp(xs[:-3].astype(np.float64))
+    assert (np.abs(got[:-3] - want) / want).max() <= 1e-7            # measured 7.9e-8
+    assert got[-1] == 1.0 and np.isfinite(got).all()                # exp(0); no inf at 1e4
+    assert 0 < got[-3] < 2e-38 and 2e38 < got[-2] < 3e38           # the clamps
+
+
+def test_softmax_and_erf_graph_vectorizable_and_close(tmp_path):
+    """An fp32 graph with Softmax and Erf compiles to the polynomial kernels, within 1e-6 of
+    onnxruntime (including saturating inputs)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    import edgert
+    from edgert.artifact import read_artifact
+    from edgert.compiler import compile_model
+
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["p"], axis=-1), helper.make_node("Erf", ["x"], ["e"])],
+        "g", [vi("x", TP.FLOAT, ["batch", 12, 128])],
+        [vi("p", TP.FLOAT, ["batch", 12, 128]), vi("e", TP.FLOAT, ["batch", 12, 128])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "m.onnx")
+    art = compile_model(tmp_path / "m.onnx", tmp_path / "m.edgert", threads=1)
+    lib = read_artifact(art).members["lib/model.so"]
+    assert b"softmax_poly" in lib and b"fast_erf" in lib
+    x = np.random.default_rng(0).standard_normal((2, 12, 128)).astype(np.float32) * 8
+    x[0, 0, :5] = [-1e4, 1e4, 0, 30, -30]
+    ours = edgert.Session(art).run(None, {"x": x})
+    ref = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})
+    for got, want in zip(ours, ref):
+        assert np.abs(got - want).max() <= 1e-6 * max(1.0, np.abs(want).max())
