@@ -45,6 +45,16 @@ def test_rpi5_artifact_is_an_aarch64_library(model_files, tmp_path):
         edgert.Session(art)
 
 
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or host_arch() == "aarch64",
+                    reason="needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
+def test_jetson_orin_artifact_is_aarch64_with_cuda_kernels(model_files, tmp_path):
+    art = read_artifact(compile_model(model_files["mlp"], tmp_path / "m.edgert",
+                                      target="jetson-orin"))
+    assert art.manifest["target"]["cuda_arch"] == "sm_87"
+    lib = art.members["lib/model.so"]
+    assert _elf_machine(lib) == ELF_MACHINE["aarch64"] and b"__global__" in lib
+
+
 @pytest.fixture(scope="module")
 def cuda_artifact(model_files, tmp_path_factory):
     return compile_model(model_files["mlp"], tmp_path_factory.mktemp("cuda") / "m.edgert",
@@ -136,3 +146,36 @@ def test_cuda_dp4a_kernels_bit_exact(tmp_path, seq):
         f = feed(batch, s)
         for i, (got, want) in enumerate(zip(sess.run(None, f), oracle(f))):
             assert got.dtype == want.dtype and np.array_equal(got, want), (i, batch, s)
+
+
+def test_cuda_runtime_setup_refuses_clearly(monkeypatch):
+    """What Session checks before loading a CUDA library (a stand-in tvm: no GPU needed): a GPU
+    older than the artifact's arch, and no way to compile the kernels at load."""
+    import importlib.util
+
+    from edgert.backends import tvm_vm
+
+    class Device:
+        exist, compute_version = True, "7.5"
+
+    class FakeTvm:
+        __file__ = "/nonexistent/tvm/__init__.py"
+
+        @staticmethod
+        def get_global_func(name, allow_missing=False):
+            return object()                      # the CUDA runtime is registered
+
+        @staticmethod
+        def cuda(index):
+            return Device()
+
+    def no_module(name):
+        raise ModuleNotFoundError(name)
+
+    with pytest.raises(TargetError, match="compiled for sm_80 GPUs; this GPU is sm_75"):
+        tvm_vm._ensure_cuda_runtime(FakeTvm, "sm_80")
+    Device.compute_version = "9.0"
+    monkeypatch.setattr(importlib.util, "find_spec", no_module)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(TargetError, match="cuda-bindings.*nvcc"):
+        tvm_vm._ensure_cuda_runtime(FakeTvm, "sm_80")

@@ -155,7 +155,11 @@ def _ensure_cuda_runtime(tvm: object, arch: str) -> None:
         raise TargetError(f"this artifact was compiled for {arch} GPUs; this GPU is {device_arch}")
     arch = device_arch
 
-    if importlib.util.find_spec("cuda.bindings") is not None:
+    try:
+        has_nvrtc = importlib.util.find_spec("cuda.bindings") is not None
+    except ModuleNotFoundError:          # no "cuda" package at all
+        has_nvrtc = False
+    if has_nvrtc:
         compiler, fmt, target_arch = "nvrtc", "cubin", arch
     elif shutil.which("nvcc"):
         version = arch.removeprefix("sm_")
