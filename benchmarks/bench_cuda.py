@@ -26,10 +26,11 @@ library: ``prepare`` compiles here and ``run`` needs only TVM's runtime.
   edgert itself (the machine must have numpy, onnx, onnxruntime, numba, typer and torch).
 
 ``run`` (``PYTHONPATH=DIR/site``) loads each CUDA artifact with ``edgert.Session`` and checks it
-against ``expected.npz``: integer variants bit for bit, float variants within
-``FLOAT_TOL`` of the largest logit; it then times batch 1 and batch 256 (median of repeated calls, numpy in and
-out: host-device copies included) for each variant and for PyTorch eager float32 on the GPU
-(also numpy in and out). Prints a table and one JSON line.
+against ``expected.npz``: integer builds bit for bit, float ones within ``FLOAT_TOL`` of the
+largest logit; it then times the ViT at batch 1 and 256 and MiniLM at batch 1 and 8 (median of
+repeated calls, numpy in and out: host-device copies included), and PyTorch eager float32 on the
+GPU the same way (MiniLM: a BERT of the same shape with random weights). Prints a table and one
+JSON line; exits 1 when a check fails.
 """
 
 from __future__ import annotations
