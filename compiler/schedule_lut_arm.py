@@ -132,7 +132,6 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     SHIFTED = not float_acts and table_bits == 8
     ZC0 = int(zero_constant(layout, None)[0, 0])
     PAR = cores > 1
-    W_SIZE = NT * KT * TK4 * B * 16
 
     @T.macro
     def k_tile(nt, r, kt, Qf, SHf, Wf, acc32):
@@ -191,104 +190,10 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     def fence(x):
         return T.call_llvm_pure_intrin("float32x4", FENCE, x)
 
-    if float_acts:
-        @T.macro
-        def task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of):
-            for r in range(R):
-                acc32 = T.alloc_buffer((TN,), "int32")
-                y = T.alloc_buffer((TN,), "float32")
-                for c in T.unroll(8):
-                    y[T.Ramp(c * 4, 1, 4)] = T.Broadcast(T.float32(0), 4)
-                for g in range(NG):
-                    for c in T.unroll(8):
-                        acc32[T.Ramp(c * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                    for kg in range(GK):
-                        k_tile(nt, r, g * GK + kg, Qf, TSf, Wf, acc32)
-                    ts = T.Broadcast(TSf[r * NG + g], 4)
-                    rs = T.Broadcast(RSf[r * NG + g], 4)
-                    for c in T.unroll(8):
-                        c0: T.let[T.int32] = (nt * NG + g) * TN + c * 4
-                        if has_zp:
-                            zc = ZCf[T.Ramp(c0, 1, 4)]
-                        else:
-                            zc = T.Broadcast(T.float32(ZC0), 4)
-                        # llvm.arithmetic.fence on every product: no FMA contraction, so the
-                        # float ops are the reference's, rounding for rounding
-                        inner = fence(ts * T.Cast("float32x4", acc32[T.Ramp(c * 4, 1, 4)])) \
-                            + fence(zc * rs)
-                        y[T.Ramp(c * 4, 1, 4)] = y[T.Ramp(c * 4, 1, 4)] + fence(
-                            Sf[T.Ramp(c0, 1, 4)] * (inner * T.Broadcast(T.float32(0.5), 4)))
-                store(Of, y, r, nt)
-
-        @T.prim_func
-        def kernel(q_h: T.handle, ts_h: T.handle, rs_h: T.handle, w_h: T.handle,
-                   s_h: T.handle, zc_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            R = T.int64()
-            Q = T.match_buffer(q_h, (R, KT, TK2, NB, 32), "int8")
-            TS = T.match_buffer(ts_h, (R, NG), "float32")
-            RS = T.match_buffer(rs_h, (R, NG), "float32")
-            W = T.match_buffer(w_h, (NT, KT, TK4, B, 16), "uint8")
-            S = T.match_buffer(s_h, (NT, NG, TN), "float32")
-            ZC = T.match_buffer(zc_h, (NT, NG, TN), "float32")
-            OUT = T.match_buffer(out_h, (R, N), "float32")
-            Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
-            TSf = T.decl_buffer((R * NG,), "float32", data=TS.data)
-            RSf = T.decl_buffer((R * NG,), "float32", data=RS.data)
-            Wf = T.decl_buffer((W_SIZE,), "uint8", data=W.data)
-            Sf = T.decl_buffer((NT * NG * TN,), "float32", data=S.data)
-            ZCf = T.decl_buffer((NT * NG * TN,), "float32", data=ZC.data)
-            Of = T.decl_buffer((R * N,), "float32", data=OUT.data)
-            if PAR:
-                for nt in T.parallel(NT):
-                    task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of)
-            else:
-                for nt in range(NT):
-                    task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of)
-    else:
-        @T.macro
-        def task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of):
-            for r in range(R):
-                acc32 = T.alloc_buffer((TN,), "int32")
-                for c in T.unroll(8):
-                    acc32[T.Ramp(c * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                for kt in range(KT):
-                    k_tile(nt, r, kt, Qf, SHf, Wf, acc32)
-                for g in range(NG):
-                    rs = T.Broadcast(RSf[r * NG + g], 4)
-                    for c in T.unroll(8):
-                        if has_zp:
-                            zc = ZCf[T.Ramp((nt * NG + g) * TN + c * 4, 1, 4)]
-                        else:
-                            zc = T.Broadcast(T.int32(ZC0), 4)
-                        acc32[T.Ramp(c * 4, 1, 4)] = acc32[T.Ramp(c * 4, 1, 4)] + zc * rs
-                store(Of, acc32, r, nt)
-
-        @T.prim_func
-        def kernel(q_h: T.handle, sh_h: T.handle, rs_h: T.handle, w_h: T.handle,
-                   zc_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            R = T.int64()
-            Q = T.match_buffer(q_h, (R, KT, TK2, NB, 32), "int8")
-            SH = T.match_buffer(sh_h, (R, KT), "int32")
-            RS = T.match_buffer(rs_h, (R, NG), "int32")
-            W = T.match_buffer(w_h, (NT, KT, TK4, B, 16), "uint8")
-            ZC = T.match_buffer(zc_h, (NT, NG, TN), "int32")
-            OUT = T.match_buffer(out_h, (R, N), "int32")
-            Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
-            SHf = T.decl_buffer((R * KT,), "int32", data=SH.data)
-            RSf = T.decl_buffer((R * NG,), "int32", data=RS.data)
-            Wf = T.decl_buffer((W_SIZE,), "uint8", data=W.data)
-            ZCf = T.decl_buffer((NT * NG * TN,), "int32", data=ZC.data)
-            Of = T.decl_buffer((R * N,), "int32", data=OUT.data)
-            if PAR:
-                for nt in T.parallel(NT):
-                    task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of)
-            else:
-                for nt in range(NT):
-                    task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of)
-
-    return kernel.with_attr("global_symbol", name)
+    return x86.lookup_prim_func(
+        float_acts=float_acts, has_zp=has_zp, lanes=4, w_shape=(NT, KT, TK4, B, 16),
+        k_tile=k_tile, store=store, fence=fence, KT=KT, TK2=TK2, NB=NB, NT=NT, NG=NG, GK=GK,
+        N=N, ZC0=ZC0, PAR=PAR).with_attr("global_symbol", name)
 
 
 # ---------------------------------------------------------------- the Relax rewrite

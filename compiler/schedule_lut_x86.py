@@ -289,6 +289,121 @@ def table_kernel(layout: LutLayout, float_acts: bool, table_bits: int, cores: in
 # ---------------------------------------------------------------- the lookup kernel
 
 @lru_cache(maxsize=None)
+def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tuple[int, ...],
+                     k_tile: Any, store: Any, fence: Any, KT: int, TK2: int, NB: int, NT: int,
+                     NG: int, GK: int, N: int, ZC0: int, PAR: bool) -> Any:
+    """The lookup PrimFunc around an ISA's macros, shared by the x86 and the aarch64 kernels:
+    per column tile ``nt`` (parallel when ``PAR``) and row ``r``, ``k_tile`` adds one K tile's
+    lookups into ``TN`` int32 accumulators; the group epilogue (float: the reference's fenced
+    ``s * (ts * acc + zc * rs) / 2`` per weight group; int: ``acc + zc * rs``) runs on vectors
+    of ``lanes``; ``store`` writes a row of the tile. Signatures: see :func:`lookup_kernel`."""
+    from tvm.script import tirx as T
+
+    L, V = lanes, TN // lanes
+    FVEC = f"float32x{lanes}"
+    W_SHAPE = w_shape
+    W_SIZE = int(np.prod(w_shape))
+
+    if float_acts:
+        @T.macro
+        def task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of):
+            for r in range(R):
+                acc32 = T.alloc_buffer((TN,), "int32")
+                y = T.alloc_buffer((TN,), "float32")
+                for a in T.unroll(V):
+                    y[T.Ramp(a * L, 1, L)] = T.Broadcast(T.float32(0), L)
+                for g in range(NG):
+                    for a in T.unroll(V):
+                        acc32[T.Ramp(a * L, 1, L)] = T.Broadcast(T.int32(0), L)
+                    for kg in range(GK):
+                        k_tile(nt, r, g * GK + kg, Qf, TSf, Wf, acc32)
+                    ts = T.Broadcast(TSf[r * NG + g], L)
+                    rs = T.Broadcast(RSf[r * NG + g], L)
+                    for a in T.unroll(V):
+                        c0: T.let[T.int32] = (nt * NG + g) * TN + a * L
+                        if has_zp:
+                            zc = ZCf[T.Ramp(c0, 1, L)]
+                        else:
+                            zc = T.Broadcast(T.float32(ZC0), L)
+                        # llvm.arithmetic.fence on every product: no FMA contraction, so the
+                        # float ops are the reference's, rounding for rounding
+                        inner = fence(ts * T.Cast(FVEC, acc32[T.Ramp(a * L, 1, L)])) \
+                            + fence(zc * rs)
+                        y[T.Ramp(a * L, 1, L)] = y[T.Ramp(a * L, 1, L)] + fence(
+                            Sf[T.Ramp(c0, 1, L)] * (inner * T.Broadcast(T.float32(0.5), L)))
+                store(Of, y, r, nt)
+
+        @T.prim_func
+        def kernel(q_h: T.handle, ts_h: T.handle, rs_h: T.handle, w_h: T.handle,
+                   s_h: T.handle, zc_h: T.handle, out_h: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            R = T.int64()
+            Q = T.match_buffer(q_h, (R, KT, TK2, NB, 32), "int8")
+            TS = T.match_buffer(ts_h, (R, NG), "float32")
+            RS = T.match_buffer(rs_h, (R, NG), "float32")
+            W = T.match_buffer(w_h, W_SHAPE, "uint8")
+            S = T.match_buffer(s_h, (NT, NG, TN), "float32")
+            ZC = T.match_buffer(zc_h, (NT, NG, TN), "float32")
+            OUT = T.match_buffer(out_h, (R, N), "float32")
+            Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
+            TSf = T.decl_buffer((R * NG,), "float32", data=TS.data)
+            RSf = T.decl_buffer((R * NG,), "float32", data=RS.data)
+            Wf = T.decl_buffer((W_SIZE,), "uint8", data=W.data)
+            Sf = T.decl_buffer((NT * NG * TN,), "float32", data=S.data)
+            ZCf = T.decl_buffer((NT * NG * TN,), "float32", data=ZC.data)
+            Of = T.decl_buffer((R * N,), "float32", data=OUT.data)
+            if PAR:
+                for nt in T.parallel(NT):
+                    task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of)
+            else:
+                for nt in range(NT):
+                    task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of)
+    else:
+        @T.macro
+        def task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of):
+            for r in range(R):
+                acc32 = T.alloc_buffer((TN,), "int32")
+                for a in T.unroll(V):
+                    acc32[T.Ramp(a * L, 1, L)] = T.Broadcast(T.int32(0), L)
+                for kt in range(KT):
+                    k_tile(nt, r, kt, Qf, SHf, Wf, acc32)
+                for g in range(NG):
+                    rs = T.Broadcast(RSf[r * NG + g], L)
+                    for a in T.unroll(V):
+                        if has_zp:
+                            zc = ZCf[T.Ramp((nt * NG + g) * TN + a * L, 1, L)]
+                        else:
+                            zc = T.Broadcast(T.int32(ZC0), L)
+                        acc32[T.Ramp(a * L, 1, L)] = acc32[T.Ramp(a * L, 1, L)] + zc * rs
+                store(Of, acc32, r, nt)
+
+        @T.prim_func
+        def kernel(q_h: T.handle, sh_h: T.handle, rs_h: T.handle, w_h: T.handle,
+                   zc_h: T.handle, out_h: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            R = T.int64()
+            Q = T.match_buffer(q_h, (R, KT, TK2, NB, 32), "int8")
+            SH = T.match_buffer(sh_h, (R, KT), "int32")
+            RS = T.match_buffer(rs_h, (R, NG), "int32")
+            W = T.match_buffer(w_h, W_SHAPE, "uint8")
+            ZC = T.match_buffer(zc_h, (NT, NG, TN), "int32")
+            OUT = T.match_buffer(out_h, (R, N), "int32")
+            Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
+            SHf = T.decl_buffer((R * KT,), "int32", data=SH.data)
+            RSf = T.decl_buffer((R * NG,), "int32", data=RS.data)
+            Wf = T.decl_buffer((W_SIZE,), "uint8", data=W.data)
+            ZCf = T.decl_buffer((NT * NG * TN,), "int32", data=ZC.data)
+            Of = T.decl_buffer((R * N,), "int32", data=OUT.data)
+            if PAR:
+                for nt in T.parallel(NT):
+                    task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of)
+            else:
+                for nt in range(NT):
+                    task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of)
+
+    return kernel
+
+
 def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: bool,
                   cores: int, name: str = "lut_matmul_x86") -> Any:
     """Lookup PrimFunc. Float: ``(QT, TS, RS, W2, S [NT, NG, 32] f32, [ZC [NT, NG, 32] f32],
@@ -303,8 +418,6 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     SHIFTED = not float_acts and table_bits == 8
     ZC0 = int(zero_constant(layout, None)[0, 0])
     PAR = cores > 1
-    W_SIZE = NT * KT * TK2 * NV * 32
-    ACC_T = "float32" if float_acts else "int32"
     OI = B - 1                                       # the odd plane
     M_ODD0, M_ODD1 = 1 << OI, (1 << OI) << 8         # int16 multiplier words of the odd plane
 
@@ -390,104 +503,10 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
                     Of, y[T.Ramp(a * 8, 1, 8)], T.Ramp(r * N + nt * TN + a * 8, 1, 8),
                     T.Ramp(0, 1, 8) < T.Broadcast(T.Cast("int32", cols) - a * 8, 8)))
 
-    if float_acts:
-        @T.macro
-        def task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of):
-            for r in range(R):
-                acc32 = T.alloc_buffer((TN,), "int32")
-                y = T.alloc_buffer((TN,), "float32")
-                for a in T.unroll(4):
-                    y[T.Ramp(a * 8, 1, 8)] = T.Broadcast(T.float32(0), 8)
-                for g in range(NG):
-                    for a in T.unroll(4):
-                        acc32[T.Ramp(a * 8, 1, 8)] = T.Broadcast(T.int32(0), 8)
-                    for kg in range(GK):
-                        k_tile(nt, r, g * GK + kg, Qf, TSf, Wf, acc32)
-                    ts = T.Broadcast(TSf[r * NG + g], 8)
-                    rs = T.Broadcast(RSf[r * NG + g], 8)
-                    for a in T.unroll(4):
-                        c0: T.let[T.int32] = (nt * NG + g) * TN + a * 8
-                        if has_zp:
-                            zc = ZCf[T.Ramp(c0, 1, 8)]
-                        else:
-                            zc = T.Broadcast(T.float32(ZC0), 8)
-                        # llvm.arithmetic.fence on every product: no FMA contraction, so the
-                        # float ops are the reference's, rounding for rounding
-                        inner = fence(ts * T.Cast("float32x8", acc32[T.Ramp(a * 8, 1, 8)])) \
-                            + fence(zc * rs)
-                        y[T.Ramp(a * 8, 1, 8)] = y[T.Ramp(a * 8, 1, 8)] + fence(
-                            Sf[T.Ramp(c0, 1, 8)] * (inner * T.Broadcast(T.float32(0.5), 8)))
-                store(Of, y, r, nt)
-
-        @T.prim_func
-        def kernel(q_h: T.handle, ts_h: T.handle, rs_h: T.handle, w_h: T.handle,
-                   s_h: T.handle, zc_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            R = T.int64()
-            Q = T.match_buffer(q_h, (R, KT, TK2, NB, 32), "int8")
-            TS = T.match_buffer(ts_h, (R, NG), "float32")
-            RS = T.match_buffer(rs_h, (R, NG), "float32")
-            W = T.match_buffer(w_h, (NT, KT, TK2, NV, 32), "uint8")
-            S = T.match_buffer(s_h, (NT, NG, TN), "float32")
-            ZC = T.match_buffer(zc_h, (NT, NG, TN), "float32")
-            OUT = T.match_buffer(out_h, (R, N), "float32")
-            Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
-            TSf = T.decl_buffer((R * NG,), "float32", data=TS.data)
-            RSf = T.decl_buffer((R * NG,), "float32", data=RS.data)
-            Wf = T.decl_buffer((W_SIZE,), "uint8", data=W.data)
-            Sf = T.decl_buffer((NT * NG * TN,), "float32", data=S.data)
-            ZCf = T.decl_buffer((NT * NG * TN,), "float32", data=ZC.data)
-            Of = T.decl_buffer((R * N,), "float32", data=OUT.data)
-            if PAR:
-                for nt in T.parallel(NT):
-                    task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of)
-            else:
-                for nt in range(NT):
-                    task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of)
-    else:
-        @T.macro
-        def task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of):
-            for r in range(R):
-                acc32 = T.alloc_buffer((TN,), "int32")
-                for a in T.unroll(4):
-                    acc32[T.Ramp(a * 8, 1, 8)] = T.Broadcast(T.int32(0), 8)
-                for kt in range(KT):
-                    k_tile(nt, r, kt, Qf, SHf, Wf, acc32)
-                for g in range(NG):
-                    rs = T.Broadcast(RSf[r * NG + g], 8)
-                    for a in T.unroll(4):
-                        if has_zp:
-                            zc = ZCf[T.Ramp((nt * NG + g) * TN + a * 8, 1, 8)]
-                        else:
-                            zc = T.Broadcast(T.int32(ZC0), 8)
-                        acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + zc * rs
-                store(Of, acc32, r, nt)
-
-        @T.prim_func
-        def kernel(q_h: T.handle, sh_h: T.handle, rs_h: T.handle, w_h: T.handle,
-                   zc_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            R = T.int64()
-            Q = T.match_buffer(q_h, (R, KT, TK2, NB, 32), "int8")
-            SH = T.match_buffer(sh_h, (R, KT), "int32")
-            RS = T.match_buffer(rs_h, (R, NG), "int32")
-            W = T.match_buffer(w_h, (NT, KT, TK2, NV, 32), "uint8")
-            ZC = T.match_buffer(zc_h, (NT, NG, TN), "int32")
-            OUT = T.match_buffer(out_h, (R, N), "int32")
-            Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
-            SHf = T.decl_buffer((R * KT,), "int32", data=SH.data)
-            RSf = T.decl_buffer((R * NG,), "int32", data=RS.data)
-            Wf = T.decl_buffer((W_SIZE,), "uint8", data=W.data)
-            ZCf = T.decl_buffer((NT * NG * TN,), "int32", data=ZC.data)
-            Of = T.decl_buffer((R * N,), "int32", data=OUT.data)
-            if PAR:
-                for nt in T.parallel(NT):
-                    task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of)
-            else:
-                for nt in range(NT):
-                    task(nt, R, Qf, SHf, RSf, Wf, ZCf, Of)
-
-    return kernel.with_attr("global_symbol", name)
+    return lookup_prim_func(
+        float_acts=float_acts, has_zp=has_zp, lanes=8, w_shape=(NT, KT, TK2, NV, 32),
+        k_tile=k_tile, store=store, fence=fence, KT=KT, TK2=TK2, NB=NB, NT=NT, NG=NG, GK=GK,
+        N=N, ZC0=ZC0, PAR=PAR).with_attr("global_symbol", name)
 
 
 # ---------------------------------------------------------------- direct use (tests, benchmark)
