@@ -24,6 +24,8 @@ Two variants:
   weights dequantized, so the activation ranges are the ranges of the low-bit network.
 
 Which nodes are converted (``report["skipped"]`` says why a MatMul/Gemm is not):
+- not kept by ``--keep-float PATTERN`` (a glob on the node name or the weight name, e.g. an
+  LLM's output head: ``--keep-float head``);
 - B must be a float32 2-D initializer (activation x activation MatMuls stay as they are), A of
   a known rank >= 2, ``transA = 0`` for a Gemm;
 - weights with ``K * N < min_elements`` (default :data:`MIN_ELEMENTS` = 1024, e.g. a 32 x 10
@@ -51,7 +53,9 @@ of every LutMatMul node are checked against it and against their operands
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import numpy as np
 import onnx
@@ -75,11 +79,15 @@ class LowbitConfig:
 
     Attributes:
         bits: weight bits (1..4; 2 for ternary).
-        scheme: "symmetric", "asymmetric" (zero points) or "ternary".
+        scheme: "symmetric", "asymmetric" (integer zero points, the integer variant's
+            ``--weight-zero-point``), "exact-min" (float zero points, the float variant's) or
+            "ternary".
         group_size: rows of K per scale, 0 = all of K.
         min_elements: smaller weights (K * N) are skipped.
         integer: the integer variant (``--int-only``).
         tile_n: packed tile width (columns).
+        keep: ``--keep-float`` glob patterns: a node whose name or weight name matches one
+            stays float32 (an LLM's output head, say).
     """
 
     bits: int
@@ -88,6 +96,7 @@ class LowbitConfig:
     min_elements: int = MIN_ELEMENTS
     integer: bool = False
     tile_n: int = 32
+    keep: tuple[str, ...] = ()
 
     @property
     def weight_bits(self) -> int | str:
@@ -121,7 +130,7 @@ def parse_group_size(value: int | str | None) -> int | None:
 
 def make_config(weight_bits: int | str, group_size: int | str | None = None, *,
                 zero_point: bool = False, integer: bool = False,
-                min_elements: int = MIN_ELEMENTS) -> LowbitConfig:
+                min_elements: int = MIN_ELEMENTS, keep: Sequence[str] = ()) -> LowbitConfig:
     """Validate the flags and fill in the defaults (group 128, or K with ``integer``).
 
     Raises:
@@ -142,8 +151,9 @@ def make_config(weight_bits: int | str, group_size: int | str | None = None, *,
             f"scales (--group-size {group}) cannot be folded")
     if min_elements < 0:
         raise InputError(f"min_elements must be >= 0, got {min_elements}")
-    scheme = "ternary" if ternary else "asymmetric" if zero_point else "symmetric"
-    return LowbitConfig(bits, scheme, group, min_elements, integer)
+    scheme = ("ternary" if ternary else "symmetric" if not zero_point
+              else "asymmetric" if integer else "exact-min")
+    return LowbitConfig(bits, scheme, group, min_elements, integer, keep=tuple(keep))
 
 
 @dataclass
@@ -224,6 +234,11 @@ def plan_weights(model: onnx.ModelProto, config: LowbitConfig, *, source: str = 
             continue
         label = node_label(node, index)
         b = node.input[1]
+        kept = next((p for p in config.keep if fnmatchcase(node.name, p) or fnmatchcase(b, p)),
+                    None)
+        if kept is not None:
+            plan.skipped[label] = f"kept float (--keep-float {kept})"
+            continue
         if b not in inits:
             plan.skipped[label] = "B is not a constant initializer"
             continue
@@ -269,7 +284,8 @@ def plan_weights(model: onnx.ModelProto, config: LowbitConfig, *, source: str = 
                                                      tile_n=config.tile_n)
                 else:
                     cache[key] = wq.quantize_weight(w.astype(np.float32), config.bits, group,
-                                                    zero_point=config.scheme == "asymmetric",
+                                                    zero_point=config.scheme != "symmetric",
+                                                    float_zero=config.scheme == "exact-min",
                                                     tile_n=config.tile_n)
             except QuantizationError as e:
                 raise QuantizationError(f"{source}: node {label}: {e}") from None
@@ -332,7 +348,7 @@ def _drop_unread(model: onnx.ModelProto, names: set[str]) -> None:
 
 def lowbit_model(model: onnx.ModelProto, bits: int | str, group_size: int | str | None = None,
                  *, zero_point: bool = False, min_elements: int = MIN_ELEMENTS,
-                 source: str = "model") -> tuple[onnx.ModelProto, dict]:
+                 keep: Sequence[str] = (), source: str = "model") -> tuple[onnx.ModelProto, dict]:
     """Rewrite the MatMul/Gemm nodes with constant float weights into float ``LutMatMul``.
 
     Args:
@@ -341,6 +357,7 @@ def lowbit_model(model: onnx.ModelProto, bits: int | str, group_size: int | str 
         group_size: 32, 64, 128, "K" or 0 (one group over K); default 128.
         zero_point: asymmetric codes (a zero point per group and column).
         min_elements: weights with fewer elements stay float (:data:`MIN_ELEMENTS`).
+        keep: glob patterns of node or weight names that stay float.
 
     Returns:
         ``(model, report)``: the rewritten model (edgert opset imported; run shape inference
@@ -349,7 +366,8 @@ def lowbit_model(model: onnx.ModelProto, bits: int | str, group_size: int | str 
     Raises:
         InputError: a bad bit width or group size. QuantizationError: see :func:`plan_weights`.
     """
-    config = make_config(bits, group_size, zero_point=zero_point, min_elements=min_elements)
+    config = make_config(bits, group_size, zero_point=zero_point, min_elements=min_elements,
+                         keep=keep)
     plan = plan_weights(model, config, source=source)
     new = onnx.ModelProto()
     new.CopyFrom(model)

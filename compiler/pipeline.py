@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
@@ -35,7 +35,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   on_progress: Callable[[int, int], None] | None = None,
                   weight_bits: int | str | None = None, group_size: int | str | None = None,
                   weight_zero_point: bool = False,
-                  lowbit_min_elements: int | None = None,
+                  lowbit_min_elements: int | None = None, keep_float: Sequence[str] = (),
                   tuning_db: str | os.PathLike | None = None) -> Path:
     """Compile an fp32 ONNX model into a ``.edgert`` artifact.
 
@@ -71,6 +71,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         weight_zero_point: asymmetric low-bit codes (a zero point per group and column).
         lowbit_min_elements: weights with fewer elements (K * N) stay as they are (default
             :data:`edgert.compiler.lowbit.MIN_ELEMENTS`).
+        keep_float: glob patterns (fnmatch) of MatMul/Gemm node names or weight names that
+            keep their float weights under ``weight_bits``.
         tuning_db: a tuning database folder written by ``edgert tune``
             (:mod:`edgert.compiler.tune`): kernels it has faster schedules for (for this
             target, same shapes) use them; the manifest's ``tuning`` section lists them. Only
@@ -99,10 +101,10 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         lowbit = make_config(weight_bits, group_size, zero_point=weight_zero_point,
                              integer=int_only,
                              min_elements=MIN_ELEMENTS if lowbit_min_elements is None
-                             else lowbit_min_elements)
-    elif group_size is not None or weight_zero_point:
-        raise InputError("--group-size and --weight-zero-point apply to low-bit weights: add "
-                         "--weight-bits {1,2,3,4,ternary}")
+                             else lowbit_min_elements, keep=keep_float)
+    elif group_size is not None or weight_zero_point or keep_float:
+        raise InputError("--group-size, --weight-zero-point and --keep-float apply to low-bit "
+                         "weights: add --weight-bits {1,2,3,4,ternary}")
     tgt = get_target(target)
     source = str(model_path)
     if tuning_db is not None and not Path(tuning_db).is_dir():
@@ -115,7 +117,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     if lowbit is not None:
         options.update(weight_bits=lowbit.weight_bits,
                        group_size="K" if lowbit.group_size == 0 else lowbit.group_size,
-                       weight_zero_point=weight_zero_point, lowbit_min_elements=lowbit.min_elements)
+                       weight_zero_point=weight_zero_point, lowbit_min_elements=lowbit.min_elements,
+                       keep_float=list(keep_float))
     if int_only:
         model, extra = integer_model(model, calib, method=calib_method, act_bits=act_bits,
                                      source=source, stage=stage, on_progress=on_progress, io=io,
@@ -128,7 +131,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         stage("quantizing weights to low bits")
         model, section = lowbit_model(model, lowbit.weight_bits, lowbit.group_size or "K",
                                       zero_point=weight_zero_point,
-                                      min_elements=lowbit.min_elements, source=source)
+                                      min_elements=lowbit.min_elements, keep=lowbit.keep,
+                                      source=source)
         model = check_model(model, source)
         extra = {"lowbit": section}
     require_supported(model, supported_ops(), source=source)

@@ -7,6 +7,7 @@ optionally one zero point per (group, column); the value of a code is (the conve
 
     w = s * (u - z)     symmetric:  z = 2**(b-1) for b >= 2, z = 1/2 for b = 1 (w = +-s/2)
                         asymmetric: z = zero point, an integer code in [0, 2**b)
+                        exact-min:  z = -min / s, a float32 (float activations only)
 
 Scales (all float32):
 - symmetric, b >= 2: the codes cover ``[-2**(b-1), 2**(b-1) - 1] * s``; ``s`` is the best (least
@@ -15,6 +16,10 @@ Scales (all float32):
 - symmetric, b = 1: ``u = (w >= 0)``, ``s = 2 * mean|w|`` (the least-squares scale of a sign code).
 - asymmetric: min-max, ``s = (max - min) / (2**b - 1)``, ``z = clip(round(-min / s))``,
   ``u = clip(round(w / s) + z)``; a constant group ``c`` gets ``s = |c|`` (1 when c = 0).
+- exact-min: the same ``s``, ``z = -min / s`` unrounded, ``u = clip(round((w - min) / s))``: the
+  grid ``min + s * u`` runs exactly from min to max. A weight already on such a grid (GGUF
+  Q4_1/Q4_0 blocks of the same group size) comes back unchanged, where the integer zero point
+  would shift it by up to s / 2. The float LutMatMul takes it at no cost (``zc`` is a float).
 - ternary (BitNet b1.58, :func:`quantize_ternary`): ``gamma = mean|W|`` over the tensor,
   ``t = clip(round(W / (gamma + 1e-5)), -1, 1)``, ``w = t * gamma``. Stored as **2 bit planes**:
   the symmetric b = 2 code ``u = t + 2`` in {1, 2, 3} (code 0 unused), every scale = gamma.
@@ -43,7 +48,9 @@ GROUP_SIZES = (32, 64, 128)
 BITS = (1, 2, 3, 4)
 SCALE_GRID = np.linspace(0.5, 1.5, 21)
 """Multiples of ``max|w| / 2**(b-1)`` tried as the symmetric scale (b >= 2)."""
-SCHEMES = ("symmetric", "asymmetric", "ternary")
+SCHEMES = ("symmetric", "asymmetric", "exact-min", "ternary")
+"""exact-min: float32 zero points ``z = -min / s``, so a group's grid is ``min + s * u`` and
+spans [min, max] exactly (float activations only; GGUF Q4_1 weights survive it unchanged)."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +60,9 @@ class QuantizedWeight:
     Attributes:
         planes: uint8 ``layout.planes_shape``, the packed bit planes.
         scales: float32 [K / group_size, N].
-        zero_points: uint8 [K / group_size, N] (asymmetric) or None.
+        zero_points: uint8 [K / group_size, N] (asymmetric), float32 (exact-min) or None.
         layout: every layout parameter.
-        scheme: "symmetric", "asymmetric" or "ternary".
+        scheme: one of :data:`SCHEMES`.
     """
 
     planes: np.ndarray
@@ -74,6 +81,8 @@ class QuantizedWeight:
 
     def signed_codes(self) -> np.ndarray:
         """int8 [K, N]: ``2 * (u - z)``, the integer weight of the integer LutMatMul."""
+        if self.scheme == "exact-min":
+            raise QuantizationError("exact-min weights have float zero points: no integer form")
         lay = self.layout
         z2 = doubled_zero(self.zero_points, lay.bits, (lay.n_groups, lay.N))
         u = self.codes().astype(np.int16)
@@ -109,7 +118,10 @@ def _check(w: np.ndarray, bits: int, group_size: int) -> np.ndarray:
 
 def doubled_zero(zero_points: np.ndarray | None, bits: int, shape: tuple[int, int]
                  ) -> np.ndarray:
-    """``2 * z`` per (group, column), int16 of ``shape`` [K / group_size, N]."""
+    """``2 * z`` per (group, column), int16 of ``shape`` [K / group_size, N] (float32 for
+    float32 zero points)."""
+    if zero_points is not None and zero_points.dtype == np.float32:
+        return np.float32(2) * zero_points
     if zero_points is not None:
         return 2 * np.asarray(zero_points, np.int16)
     return np.full(shape, (1 << bits) if bits >= 2 else 1, np.int16)
@@ -130,12 +142,17 @@ def _grouped(w: np.ndarray, group_size: int) -> np.ndarray:
     return w.reshape(k // group_size, group_size, n)
 
 
-def quantize_codes(w: np.ndarray, bits: int, group_size: int, *, zero_point: bool = False
+def quantize_codes(w: np.ndarray, bits: int, group_size: int, *, zero_point: bool = False,
+                   float_zero: bool = False
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Group-wise b-bit codes of a float weight [K, N].
 
+    ``zero_point``: min-max codes with an integer zero point per (group, column); with
+    ``float_zero`` too, the zero point is the float32 ``-min / s`` (the exact-min scheme).
+
     Returns:
-        ``(codes uint8 [K, N], scales float32 [K/G, N], zero_points uint8 [K/G, N] or None)``.
+        ``(codes uint8 [K, N], scales float32 [K/G, N], zero_points uint8 (float32 with
+        float_zero) [K/G, N] or None)``.
 
     Raises:
         QuantizationError: bad bits or group size, K not a multiple of it, a non-float or
@@ -149,6 +166,10 @@ def quantize_codes(w: np.ndarray, bits: int, group_size: int, *, zero_point: boo
         s = (hi - lo) / np.float32(top)
         const = s == 0
         s = np.where(const, np.where(hi != 0, np.abs(hi), np.float32(1)), s).astype(np.float32)
+        if float_zero:
+            z = (-lo / s).astype(np.float32)
+            u = np.clip(np.rint((wg - lo[:, None, :]) / s[:, None, :]), 0, top)
+            return u.reshape(w.shape).astype(np.uint8), s, z
         z = np.clip(np.rint(-lo / s), 0, top)
         u = np.clip(np.rint(wg / s[:, None, :]) + z[:, None, :], 0, top)
         return (u.reshape(w.shape).astype(np.uint8), s, z.astype(np.uint8))
@@ -219,13 +240,15 @@ def _layout(k: int, n: int, bits: int, group_size: int, tile_n: int, tile_k: int
 
 
 def quantize_weight(w: np.ndarray, bits: int, group_size: int = 128, *,
-                    zero_point: bool = False, tile_n: int = 32,
+                    zero_point: bool = False, float_zero: bool = False, tile_n: int = 32,
                     tile_k: int | None = None) -> QuantizedWeight:
-    """Quantize and pack a float weight [K, N] for ``LutMatMul`` (see the module doc)."""
-    codes, scales, zps = quantize_codes(w, bits, group_size, zero_point=zero_point)
+    """Quantize and pack a float weight [K, N] for ``LutMatMul`` (see the module doc);
+    ``float_zero`` (with ``zero_point``): the exact-min scheme."""
+    codes, scales, zps = quantize_codes(w, bits, group_size, zero_point=zero_point,
+                                        float_zero=float_zero)
     layout = _layout(codes.shape[0], codes.shape[1], bits, group_size, tile_n, tile_k)
-    return QuantizedWeight(pack_planes(codes, layout), scales, zps, layout,
-                           "asymmetric" if zero_point else "symmetric")
+    scheme = ("exact-min" if float_zero else "asymmetric") if zero_point else "symmetric"
+    return QuantizedWeight(pack_planes(codes, layout), scales, zps, layout, scheme)
 
 
 def quantize_ternary(w: np.ndarray, group_size: int = 128, *, tile_n: int = 32,

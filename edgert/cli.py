@@ -91,7 +91,14 @@ def compile_cmd(
         "smaller than the group size gets one group.")] = None,
     weight_zero_point: Annotated[bool, typer.Option(
         "--weight-zero-point", help="With --weight-bits 1-4: asymmetric codes (min-max scale "
-        "and a zero point per group and column) instead of symmetric ones.")] = False,
+        "and a zero point per group and column) instead of symmetric ones. Float activations "
+        "get a float zero point (the grid runs exactly from each group's min to its max: "
+        "weights from a GGUF Q4_1 file with --group-size 32 stay exactly as they were); "
+        "--int-only gets an integer one.")] = False,
+    keep_float: Annotated[Optional[list[str]], typer.Option(
+        "--keep-float", metavar="PATTERN", help="With --weight-bits: MatMul/Gemm nodes whose "
+        "node name or weight name matches this glob keep float32 weights (repeatable), e.g. "
+        "an LLM's output head, where low-bit weights cost the most quality.")] = None,
     tuning_db: Annotated[Optional[Path], typer.Option(
         "--tuning-db", help="A tuning database written by `edgert tune` (its default: "
         "~/.cache/edgert/tuning): kernels it holds faster schedules for, for this target and "
@@ -120,7 +127,8 @@ def compile_cmd(
                              calib_method=calib_method, act_bits=act_bits, io=io,
                              allow_float=allow_float, on_progress=progress,
                              weight_bits=weight_bits, group_size=group_size,
-                             weight_zero_point=weight_zero_point, tuning_db=tuning_db)
+                             weight_zero_point=weight_zero_point, keep_float=keep_float or (),
+                             tuning_db=tuning_db)
     out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 

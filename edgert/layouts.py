@@ -79,17 +79,19 @@ def _check_operands(where: str, layout: Any, node: Any, inits: dict, numpy_helpe
     from onnx import TensorProto
 
     groups = [layout.n_groups, layout.N]
-    wanted = [("packed weight", TensorProto.UINT8, list(layout.planes_shape)),
-              ("scales", TensorProto.FLOAT, groups), ("zero points", TensorProto.UINT8, groups)]
-    for i, (what, elem, shape) in enumerate(wanted, start=1):
+    float_acts = len(node.input) > 2 and bool(node.input[2])     # scales: the float variant
+    zero_types = (TensorProto.UINT8, TensorProto.FLOAT) if float_acts else (TensorProto.UINT8,)
+    wanted = [("packed weight", (TensorProto.UINT8,), list(layout.planes_shape)),
+              ("scales", (TensorProto.FLOAT,), groups), ("zero points", zero_types, groups)]
+    for i, (what, elems, shape) in enumerate(wanted, start=1):
         if len(node.input) <= i or not node.input[i] or node.input[i] not in inits:
             if i == 1:
                 raise ArtifactError(f"{where}: the packed weight is not a constant initializer")
             continue
         t = inits[node.input[i]]
-        if t.data_type != elem or list(t.dims) != shape:
+        if t.data_type not in elems or list(t.dims) != shape:
             have = f"{TensorProto.DataType.Name(t.data_type).lower()}{list(t.dims)}"
-            need = f"{TensorProto.DataType.Name(elem).lower()}{shape}"
+            need = " or ".join(f"{TensorProto.DataType.Name(e).lower()}{shape}" for e in elems)
             raise ArtifactError(f"{where}: {what} {node.input[i]!r} is {have}, its layout "
                                 f"attributes {layout.to_json()} need {need}; the artifact is "
                                 "stale or damaged: recompile the model")

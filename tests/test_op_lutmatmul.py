@@ -33,11 +33,13 @@ INT8_TABLE_ERR = (0.025, 0.02)
 FLOAT_BACKEND_RTOL = 1e-5    # numba / TVM vs reference, relative to max |y| (numba measured 0)
 
 
-def _case(bits: int, group_size: int, *, k: int = 256, n: int = 48, zero_point: bool = False,
-          seed: int = 0, tile_n: int = 32, tile_k: int | None = None) -> wq.QuantizedWeight:
+def _case(bits: int, group_size: int, *, k: int = 256, n: int = 48,
+          zero_point: bool | str = False, seed: int = 0, tile_n: int = 32,
+          tile_k: int | None = None) -> wq.QuantizedWeight:
+    """A quantized random weight; ``zero_point="float"``: the exact-min scheme."""
     w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32)
-    return wq.quantize_weight(w, bits, group_size, zero_point=zero_point, tile_n=tile_n,
-                              tile_k=tile_k)
+    return wq.quantize_weight(w, bits, group_size, zero_point=bool(zero_point),
+                              float_zero=zero_point == "float", tile_n=tile_n, tile_k=tile_k)
 
 
 def _rel(y: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
@@ -112,6 +114,7 @@ CASES = {  # name: (bits, group_size, zero_point, a shape, n, tile_n, tile_k)
     "b2_m8_asym": (2, 64, True, (8, 128), 40, 32, 32),
     "b3_m64": (3, 128, False, (64, 128), 33, 16, 16),
     "b4_batched_asym": (4, 32, True, (2, 4, 128), 72, 32, None),
+    "b4_m3_exact_min": (4, 32, "float", (3, 128), 40, 32, None),
 }
 
 
@@ -221,6 +224,11 @@ def test_layout_mismatch_is_refused():
             fn(x, qw.planes, qw.scales[:1], layout=qw.layout)
         with pytest.raises(ArtifactError, match="zero points exceed"):
             fn(x, qw.planes, qw.scales, np.full((4, 48), 8, np.uint8), layout=qw.layout)
+        with pytest.raises(ArtifactError, match="must be finite"):
+            fn(x, qw.planes, qw.scales, np.full((4, 48), np.nan, np.float32), layout=qw.layout)
+        with pytest.raises(ArtifactError, match=r"needs uint8\[4, 48\]"):   # int8 A: no float z
+            fn(x.astype(np.int8), qw.planes, None, np.zeros((4, 48), np.float32),
+               layout=qw.layout)
         with pytest.raises(ValueError, match="needs scales"):
             fn(x, qw.planes, layout=qw.layout)
         with pytest.raises(ValueError, match="takes no scales"):

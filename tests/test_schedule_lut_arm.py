@@ -34,12 +34,14 @@ from conftest import raw_bits, rpi5_and_host
 from ophelpers import assert_bit_exact, integer_model
 
 
-# (bits, group_size, K, N, float activations, table_bits, zero points, tile_k)
+# (bits, group_size, K, N, float activations, table_bits, zero points ("float": exact-min),
+#  tile_k)
 CASES = [
     (1, 32, 128, 70, True, 8, False, None),
     (2, 128, 128, 96, True, 8, False, None),
     ("ternary", 64, 128, 33, True, 8, False, None),
     (3, 64, 128, 40, True, 8, True, None),
+    (4, 32, 128, 40, True, 8, "float", None),   # exact-min: float32 zero points
     (4, 128, 128, 64, True, 8, False, None),
     (2, 120, 120, 50, True, 8, False, 20),       # 5 4-groups per K tile: a padded table
     (1, 128, 128, 33, False, 16, False, None),
@@ -56,7 +58,8 @@ def _weight(case, seed):
     w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32)
     if bits == "ternary":
         return wq.quantize_ternary(w, gs, tile_k=tile_k)
-    return wq.quantize_weight(w, bits, gs, zero_point=zp, tile_k=tile_k)
+    return wq.quantize_weight(w, bits, gs, zero_point=bool(zp), float_zero=zp == "float",
+                              tile_k=tile_k)
 
 
 # ---------------------------------------------------------------- 1. the assembly
@@ -71,7 +74,7 @@ def test_rpi5_kernels_use_tbl_and_no_fma():
     for j, case in enumerate(CASES):
         qw = _weight(case, j)
         fa, tb, zp = case[4], case[5], case[6]
-        funcs[f"m{j}"] = sa.lookup_kernel(qw.layout, fa, tb, zp, 1, f"m{j}")
+        funcs[f"m{j}"] = sa.lookup_kernel(qw.layout, fa, tb, bool(zp), 1, f"m{j}")
     tgt = tvm.target.Target(TARGETS["rpi5"].tvm_target_dict(num_cores=1))
     asm = tvm.compile(tvm.IRModule(funcs), target=tgt).mod.inspect_source("asm")
     assert not re.search(r"\b(fmla|fmls|fmadd|fmsub|fnmadd|fnmsub)\b", asm), \

@@ -26,12 +26,14 @@ HOST_AVX2 = host_arch() == "x86_64" and "avx2" in host_cpu_features()
 needs_avx2 = pytest.mark.skipif(not HOST_AVX2, reason="needs an x86-64 CPU with AVX2")
 TVM_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2}
 
-# (bits, group_size, K, N, float activations, table_bits, zero points, tile_k)
+# (bits, group_size, K, N, float activations, table_bits, zero points ("float": exact-min),
+#  tile_k)
 CASES = [
     (1, 32, 128, 70, True, 8, False, None),
     (2, 128, 256, 96, True, 8, False, None),
     ("ternary", 64, 192, 33, True, 8, False, None),
     (3, 64, 256, 40, True, 8, True, None),
+    (4, 32, 128, 40, True, 8, "float", None),   # exact-min: float32 zero points
     (4, 128, 256, 64, True, 8, False, None),
     (2, 120, 120, 50, True, 8, False, 20),       # 5 4-groups per K tile: a padded table
     (1, 256, 256, 33, False, 16, False, None),
@@ -48,7 +50,8 @@ def _weight(case, seed):
     w = np.random.default_rng(seed).standard_normal((k, n)).astype(np.float32)
     if bits == "ternary":
         return wq.quantize_ternary(w, gs, tile_k=tile_k)
-    return wq.quantize_weight(w, bits, gs, zero_point=zp, tile_k=tile_k)
+    return wq.quantize_weight(w, bits, gs, zero_point=bool(zp), float_zero=zp == "float",
+                              tile_k=tile_k)
 
 
 def _acts(rng, case, m):
@@ -73,7 +76,7 @@ def lib():
         qw = _weight(case, j)
         fa, tb, zp = case[4], case[5], case[6]
         funcs[f"t{j}"] = sl.table_kernel(qw.layout, fa, tb, 2, f"t{j}")
-        funcs[f"m{j}"] = sl.lookup_kernel(qw.layout, fa, tb, zp, 2, f"m{j}")
+        funcs[f"m{j}"] = sl.lookup_kernel(qw.layout, fa, tb, bool(zp), 2, f"m{j}")
     return tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(TVM_TARGET)).mod
 
 

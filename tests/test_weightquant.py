@@ -102,6 +102,27 @@ def test_asymmetric_code_convention(bits):
     assert _l2(qw.dequantize(), w) <= WEIGHT_L2[("asymmetric", bits)]
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_exact_min_keeps_a_min_scale_grid_unchanged(bits):
+    """Weights already on a per-group grid ``min + s * u`` (GGUF Q4_1's form) come back
+    unchanged from exact-min (float zero points); the integer zero point moves them."""
+    rng = np.random.default_rng(4)
+    top = (1 << bits) - 1
+    mins = rng.normal(0, 1, (8, 1, 24)).astype(np.float32)
+    steps = rng.uniform(0.01, 0.1, (8, 1, 24)).astype(np.float32)
+    u = rng.integers(0, top + 1, (8, 32, 24))
+    u[:, 0], u[:, 1] = 0, top                               # every group spans its grid
+    w = (mins + steps * u).astype(np.float32).reshape(256, 24)
+    qw = wq.quantize_weight(w, bits, 32, zero_point=True, float_zero=True)
+    assert qw.scheme == "exact-min" and qw.zero_points.dtype == np.float32
+    assert np.array_equal(qw.codes(), u.reshape(256, 24))
+    np.testing.assert_allclose(qw.dequantize(), w, rtol=0, atol=2e-6)
+    shifted = wq.quantize_weight(w, bits, 32, zero_point=True).dequantize()
+    assert np.abs(shifted - w).max() > 100 * np.abs(qw.dequantize() - w).max()
+    with pytest.raises(QuantizationError, match="no integer form"):
+        qw.signed_codes()
+
+
 def test_error_shrinks_with_bits_and_constant_groups_are_exact():
     w = _weight(seed=2)
     errs = [_l2(wq.quantize_weight(w, b, 128).dequantize(), w) for b in wq.BITS]

@@ -62,7 +62,10 @@ class TvmBackend:
         host, tensor = self._staging.get(index, (None, None))
         if host is None or host.shape != a.shape or host.dtype != a.dtype:
             host = _aligned_empty(a.shape, a.dtype)
-            tensor = self._tvm.runtime.from_dlpack(host)
+            if a.size == 0:   # numpy's pointer of an empty view need not be aligned
+                tensor = self._tvm.runtime.empty(a.shape, str(a.dtype), self.device)
+            else:
+                tensor = self._tvm.runtime.from_dlpack(host)
             self._staging[index] = (host, tensor)
         np.copyto(host, a)
         return tensor
