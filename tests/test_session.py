@@ -157,3 +157,41 @@ def test_outputs_are_not_overwritten_by_later_calls(sess, tmp_path):
     [c] = echo.run(None, {"x": np.zeros(5, np.float32)})
     np.testing.assert_array_equal(b, np.arange(5, dtype=np.float32))
     np.testing.assert_array_equal(c, np.zeros(5, np.float32))
+
+
+def test_large_aligned_inputs_are_lent_and_empty_inputs_work(tmp_path):
+    """A large aligned C-contiguous input goes to the kernels without a staging copy (an LLM's
+    KV cache); unaligned ones and empty ones are staged. Results are right either way, and an
+    echoed lent input is copied out."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from edgert.backends.tvm_vm import LEND_BYTES, aligned_empty
+    from edgert.compiler import compile_model
+
+    nodes = [helper.make_node("Identity", ["x"], ["y"]),
+             helper.make_node("Add", ["x", "x"], ["z"])]
+    graph = helper.make_graph(nodes, "echo2", [helper.make_tensor_value_info("x", TP.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("y", TP.FLOAT, ["n"]),
+                               helper.make_tensor_value_info("z", TP.FLOAT, ["n"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "echo2.onnx")
+    sess = edgert.Session(compile_model(tmp_path / "echo2.onnx", tmp_path / "echo2.edgert"))
+    n = LEND_BYTES // 4 + 7
+    lent = aligned_empty((n,), np.float32)
+    lent[:] = np.arange(n, dtype=np.float32)
+    raw = np.empty(4 * n + 4, np.uint8)
+    start = 4 if raw.ctypes.data % 64 == 0 else 0
+    unaligned = raw[start:start + 4 * n].view(np.float32)
+    unaligned[:] = lent
+    assert unaligned.ctypes.data % 64 != 0
+    staging = sess._backend._staging
+    for x, staged in ((lent, False), (unaligned, True), (np.zeros(0, np.float32), True)):
+        staging.clear()
+        y, z = sess.run(None, {"x": x})
+        assert (0 in staging) == staged
+        want = x.copy()
+        x[:] = -1                                    # the outputs do not alias the input
+        np.testing.assert_array_equal(y, want)
+        np.testing.assert_array_equal(z, 2 * want)

