@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         art = artifact_for(onnx_path, bits, args)
         sess = Session(art, threads=args.threads)
         gen = llama.generate(sess.run, cfg, prompt, args.max_new)
-        row = {"variant": "edgert fp32" if bits == "fp32" else f"edgert {bits}-bit LUT",
+        head = "low-bit head" if args.lowbit_head else "float head"
+        row = {"variant": "edgert fp32" if bits == "fp32" else
+               f"edgert {bits if bits == 'ternary' else bits + '-bit'} LUT, {head}",
                "MiB": art.stat().st_size / 2**20,
                "prefill tok/s": prefill_rate(sess.run, cfg, prefill),
                "decode tok/s": gen.decode_tokens_per_s, "tokens": gen.tokens}
@@ -156,16 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{gguf.name}, {cfg.layers} blocks; prompt: {args.prompt!r}")
     for row in rows:
         text = tok.decode(row["tokens"]).split("<|im_end|>")[0].strip()
-        print(f"  {row['variant']:>24}: {text!r}")
+        print(f"  {row['variant']:>32}: {text!r}")
     if reference is not None:
         print(f"fp32 (onnxruntime) perplexity on {len(eval_ids)} tokens of llm_eval.txt: "
               f"{llama.perplexity(reference, eval_ids):.3f}")
-    print(f"\n{'variant':>24} {'MiB':>6} {'prefill tok/s':>14} {'decode tok/s':>13}"
+    print(f"\n{'variant':>32} {'MiB':>6} {'prefill tok/s':>14} {'decode tok/s':>13}"
           f" {'ppl':>9} {'agree':>6}")
     for row in rows:
         ppl = f"{row['ppl']:9.3f}" if "ppl" in row else f"{'':9}"
         agree = f"{row['agree']:6.3f}" if "agree" in row else f"{'':6}"
-        print(f"{row['variant']:>24} {row['MiB']:6.0f} {row['prefill tok/s']:14.1f}"
+        print(f"{row['variant']:>32} {row['MiB']:6.0f} {row['prefill tok/s']:14.1f}"
               f" {row['decode tok/s']:13.1f} {ppl} {agree}")
     if args.json:
         args.json.write_text(json.dumps({"gguf": gguf.name, "layers": cfg.layers,

@@ -233,7 +233,7 @@ def test_llm_decode_example(tmp_path):
         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["edgert fp32", "edgert 4-bit LUT"]
+    assert [r["variant"] for r in rows] == ["edgert fp32", "edgert 4-bit LUT, float head"]
     assert rows[0]["agree"] == 1.0 and abs(rows[0]["ppl"] / rows[1]["ppl"] - 1) < 0.05
     assert all(len(r["tokens"]) == 4 and r["decode tok/s"] > 0 for r in rows)
     assert "decode tok/s" in out.stdout and len(list((tmp_path / "work").glob("*.edgert"))) == 2
