@@ -81,6 +81,7 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
         else:
             executable = tvm.compile(_schedule_for_cpu(mod, target, tvm_target),
                                      target=tvm_target,
+                                     tir_pipeline=schedule_cpu.register_tir_pipeline(),
                                      relax_pipeline=_cpu_relax_pipeline(target, tvm_target,
                                                                         tuning_db, tuned))
     except Exception as e:

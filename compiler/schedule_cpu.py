@@ -242,3 +242,103 @@ def exp_te(x: Any) -> Any:
         return y * scale
 
     return te.compute(x.shape, compute, name="exp_poly")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel loops over symbolic extents
+
+TIR_PIPELINE = "edgert_cpu"
+"""Name of TVM's default TIR lowering pipeline plus :func:`guard_parallel_loops`, registered
+in ``tvm.tirx.compilation_pipeline.PIPELINE_MAP`` by :func:`register_tir_pipeline`."""
+PARALLEL_MIN_WORK = 16384
+"""Element operations below which a parallel loop runs on the calling thread alone: a launch
+on TVM's pool costs a few microseconds, more than e.g. an RMSNorm over one token's 576 values."""
+UNKNOWN_EXTENT = 64
+"""What :func:`_work` assumes for a nested loop whose extent is symbolic too."""
+
+
+def guard_parallel_loops(func: Any) -> Any:
+    """``func`` with every parallel loop whose extent is symbolic (the sequence axis of an LLM,
+    a dynamic batch) split at run time: ``if extent * work >= PARALLEL_MIN_WORK`` the parallel
+    loop, else the same loop serial. The rules above can only decide on static extents, and
+    an LLM's decode step runs hundreds of kernels over a symbolic axis of length 1."""
+    from tvm import tirx
+
+    def visit(stmt: Any) -> Any | None:          # the new statement, or None when unchanged
+        if isinstance(stmt, tirx.For):
+            if stmt.kind != tirx.ForKind.PARALLEL or isinstance(stmt.extent, tirx.IntImm):
+                return None
+            work = _work(stmt.body)
+            if work >= PARALLEL_MIN_WORK:
+                return None
+            serial = tirx.For(stmt.loop_var, stmt.min, stmt.extent, tirx.ForKind.SERIAL,
+                              stmt.body, None, stmt.annotations)
+            big = tirx.GE(stmt.extent, tirx.const(-(-PARALLEL_MIN_WORK // max(work, 1)),
+                                                  str(stmt.extent.ty)))
+            return tirx.IfThenElse(big, stmt, serial)
+        if isinstance(stmt, tirx.SeqStmt):
+            new = [visit(s) for s in stmt.seq]
+            if all(n is None for n in new):
+                return None
+            return tirx.SeqStmt([s if n is None else n for s, n in zip(stmt.seq, new)])
+        if isinstance(stmt, tirx.AttrStmt):
+            body = visit(stmt.body)
+            return None if body is None else tirx.AttrStmt(stmt.node, stmt.attr_key,
+                                                           stmt.value, body)
+        if isinstance(stmt, tirx.IfThenElse):
+            then, other = visit(stmt.then_case), (
+                visit(stmt.else_case) if stmt.else_case is not None else None)
+            if then is None and other is None:
+                return None
+            return tirx.IfThenElse(stmt.condition, then or stmt.then_case,
+                                   other or stmt.else_case)
+        return None
+
+    body = visit(func.body)
+    return func if body is None else func.with_body(body)
+
+
+def _work(stmt: Any) -> int:
+    """Element operations of ``stmt``, roughly: loop extents times the lanes of every store."""
+    from tvm import tirx
+
+    if isinstance(stmt, tirx.For):
+        extent = int(stmt.extent.value) if isinstance(stmt.extent, tirx.IntImm) \
+            else UNKNOWN_EXTENT
+        return extent * _work(stmt.body)
+    if isinstance(stmt, tirx.SeqStmt):
+        return sum(_work(s) for s in stmt.seq)
+    if isinstance(stmt, tirx.IfThenElse):
+        return max(_work(stmt.then_case),
+                   _work(stmt.else_case) if stmt.else_case is not None else 0)
+    if isinstance(stmt, tirx.BufferStore):
+        return max(int(stmt.value.ty.lanes) if hasattr(stmt.value.ty, "lanes") else 1, 1)
+    if isinstance(stmt, tirx.Evaluate):
+        return 1
+    body = getattr(stmt, "body", None)
+    return _work(body) if isinstance(body, tirx.Stmt) else 0
+
+
+def register_tir_pipeline() -> str:
+    """Register :data:`TIR_PIPELINE` (idempotent) and return its name for ``tvm.compile``."""
+    import tvm
+    from tvm.tirx import compilation_pipeline as cp
+
+    if TIR_PIPELINE in cp.PIPELINE_MAP:
+        return TIR_PIPELINE
+
+    def pipeline(**kwargs: Any) -> tuple:
+        lower, host, device = cp.PIPELINE_MAP["s_tir"](**kwargs)
+
+        def run(mod: Any) -> Any:
+            mod = lower(mod)
+            funcs = {gv: guard_parallel_loops(f) for gv, f in mod.functions.items()
+                     if isinstance(f, tvm.tirx.PrimFunc)}
+            for gv, f in funcs.items():
+                mod[gv] = f
+            return tvm.tirx.transform.ConvertSSA()(mod)    # the loop var now bound twice
+
+        return run, host, device
+
+    cp.PIPELINE_MAP[TIR_PIPELINE] = pipeline
+    return TIR_PIPELINE

@@ -164,3 +164,81 @@ def test_softmax_and_erf_graph_vectorizable_and_close(tmp_path):
     ref = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})
     for got, want in zip(ours, ref):
         assert np.abs(got - want).max() <= 1e-6 * max(1.0, np.abs(want).max())
+
+
+# ---------------------------------------------------------------- parallel loops, symbolic
+
+
+def _guard_cases():
+    from tvm.script import tirx as T
+
+    @T.prim_func(check_well_formed=False)
+    def symbolic(a: T.handle, b: T.handle):
+        n = T.int64()
+        A = T.match_buffer(a, (n, 64), "float32")
+        B = T.match_buffer(b, (n, 64), "float32")
+        for i in T.parallel(n):
+            for j in range(64):
+                B[i, j] = A[i, j] * T.float32(2)
+
+    @T.prim_func(check_well_formed=False)
+    def static(a: T.handle, b: T.handle):
+        A = T.match_buffer(a, (8, 64), "float32")
+        B = T.match_buffer(b, (8, 64), "float32")
+        for i in T.parallel(8):
+            for j in range(64):
+                B[i, j] = A[i, j] * T.float32(2)
+
+    @T.prim_func(check_well_formed=False)
+    def heavy(a: T.handle, b: T.handle):
+        n = T.int64()
+        A = T.match_buffer(a, (n, 128, 256), "float32")
+        B = T.match_buffer(b, (n, 128, 256), "float32")
+        for i in T.parallel(n):
+            for j, k in T.grid(128, 256):
+                B[i, j, k] = A[i, j, k] + T.float32(1)
+
+    return symbolic, static, heavy
+
+
+def test_symbolic_parallel_loops_are_split_at_run_time():
+    """A parallel loop over a symbolic extent runs serially below PARALLEL_MIN_WORK element
+    operations (an LLM decode step: sequence = 1); static extents and loops whose one
+    iteration is already large are left as the schedule made them."""
+    from tvm import tirx
+
+    symbolic, static, heavy = _guard_cases()
+    guarded = schedule_cpu.guard_parallel_loops(symbolic)
+    body = guarded.body
+    assert isinstance(body, tirx.IfThenElse)
+    assert body.then_case.kind == tirx.ForKind.PARALLEL
+    assert body.else_case.kind == tirx.ForKind.SERIAL
+    assert str(body.condition) == f"n >= T.int64({schedule_cpu.PARALLEL_MIN_WORK // 64})"
+    assert schedule_cpu.guard_parallel_loops(static).same_as(static)
+    assert schedule_cpu.guard_parallel_loops(heavy).same_as(heavy)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 700])
+def test_guarded_kernels_compute_the_same(tmp_path, rows):
+    """Both branches of a guarded kernel give the same results (compiled through the CPU TIR
+    pipeline, rows below and above the threshold)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from edgert import Session
+    from edgert.compiler import compile_model
+
+    path = tmp_path / "add.onnx"
+    if not path.exists():
+        nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]),
+                 helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+                 helper.make_node("Add", ["x", "ms"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+            "x", TP.FLOAT, ["n", 96])], [helper.make_tensor_value_info("y", TP.FLOAT, ["n", 96])])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.random.default_rng(rows).standard_normal((rows, 96)).astype(np.float32)
+    got = Session(compile_model(path, tmp_path / "add.edgert", threads=2)).run(None, {"x": x})[0]
+    want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
