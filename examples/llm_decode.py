@@ -33,6 +33,7 @@ from edgert import Session
 from edgert.compiler.pipeline import compile_model
 from edgert.models import llama
 from edgert.models.wheels import cache_dir
+from edgert.threads import physical_cores
 
 PREFILL_TOKENS = 128
 
@@ -72,7 +73,8 @@ def llama_cpp_row(args: argparse.Namespace, gguf: Path, prompt: list[int], prefi
     except ImportError:
         print("llama-cpp-python is not installed: no llama.cpp row")
         return None
-    llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=args.threads or None,
+    threads = args.threads or physical_cores()      # llama-cpp-python's default: half the CPUs
+    llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
                 logits_all=True, verbose=False)
     times = []
     for _ in range(3):
