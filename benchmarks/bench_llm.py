@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
-import numpy as np
 from common import emit
 
 from edgert import Session
 from edgert.models import llama
+from edgert.peers import llama_cpp_generate, llama_cpp_model
 from edgert.threads import physical_cores
 
 
@@ -31,35 +30,19 @@ class EdgertRunner:
         self.session, self.config = Session(path, threads=threads), config
 
     def round(self, prefill: list[int], steps: int) -> tuple[float, float]:
-        cache = llama.KVCache(self.session.run, self.config)
-        t0 = time.perf_counter()
-        token = int(np.argmax(cache.forward(prefill)[-1]))
-        t1 = time.perf_counter()
-        for _ in range(steps):
-            token = int(np.argmax(cache.forward([token])[-1]))
-        return t1 - t0, time.perf_counter() - t1
+        gen = llama.generate(self.session.run, self.config, prefill, steps + 1)
+        return gen.prefill_s, gen.decode_s
 
 
 class LlamaCppRunner:
     name = "llama.cpp"
 
     def __init__(self, gguf: Path, threads: int) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads,
-                         n_threads_batch=threads, verbose=False)
+        self.llm = llama_cpp_model(gguf, threads)
 
     def round(self, prefill: list[int], steps: int) -> tuple[float, float]:
-        llm = self.llm
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prefill)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        t1 = time.perf_counter()
-        for _ in range(steps):
-            llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        return t1 - t0, time.perf_counter() - t1
+        _, prefill_s, decode_s = llama_cpp_generate(self.llm, prefill, steps + 1)
+        return prefill_s, decode_s
 
 
 def main() -> None:
@@ -73,8 +56,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    # the same threads for both: llama-cpp-python's default is half the CPUs
-    args.threads = args.threads or physical_cores()
+    args.threads = args.threads or physical_cores()     # the same for both runtimes
     gguf = args.gguf or llama.smollm2_gguf()
     model = llama.read_gguf(gguf)
     prefill = llama.eval_tokens(llama.tokenizer(model), model.config, args.prefill)

@@ -160,7 +160,8 @@ class Rows(_CPURule):
 
 
 def _worth_parallel(sch: Any, loops: list) -> bool:
-    """A symbolic extent (batch, sequence) counts as large."""
+    """A symbolic extent (batch, sequence) counts as large: :func:`guard_parallel_loops`
+    decides at run time whether such a loop really goes to the thread pool."""
     total = 1
     for loop in loops:
         extent = _static_extent(sch, loop)

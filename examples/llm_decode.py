@@ -33,7 +33,7 @@ from edgert import Session
 from edgert.compiler.pipeline import compile_model
 from edgert.models import llama
 from edgert.models.wheels import cache_dir
-from edgert.threads import physical_cores
+from edgert.peers import llama_cpp_generate, llama_cpp_model
 
 PREFILL_TOKENS = 128
 
@@ -56,44 +56,23 @@ def artifact_for(onnx_path: Path, bits: str, args: argparse.Namespace) -> Path:
 
 def prefill_rate(run: llama.Runner, config: llama.LlamaConfig, ids: list[int]) -> float:
     """Tokens/s of one prefill over ``ids`` (median of 3)."""
-    times = []
-    for _ in range(3):
-        cache = llama.KVCache(run, config)
-        t0 = time.perf_counter()
-        cache.forward(ids)
-        times.append(time.perf_counter() - t0)
-    return len(ids) / statistics.median(times)
+    return len(ids) / statistics.median(
+        llama.generate(run, config, ids, 1).prefill_s for _ in range(3))
 
 
 def llama_cpp_row(args: argparse.Namespace, gguf: Path, prompt: list[int], prefill: list[int],
                   eval_ids: list[int] | None) -> dict | None:
     """The same measurements with llama.cpp (llama-cpp-python) on the GGUF file itself."""
     try:
-        from llama_cpp import Llama
+        llm = llama_cpp_model(gguf, args.threads, logits_all=True)
     except ImportError:
         print("llama-cpp-python is not installed: no llama.cpp row")
         return None
-    threads = args.threads or physical_cores()      # llama-cpp-python's default: half the CPUs
-    llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
-                logits_all=True, verbose=False)
-    times = []
-    for _ in range(3):
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prefill)
-        times.append(time.perf_counter() - t0)
-    llm.reset()
-    llm.eval(prompt)
-    token, out = int(np.argmax(llm.scores[llm.n_tokens - 1])), []
-    t0 = time.perf_counter()
-    while len(out) < args.max_new:
-        out.append(token)
-        llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    decode_s = time.perf_counter() - t0
+    prefill_s = statistics.median(llama_cpp_generate(llm, prefill, 1)[1] for _ in range(3))
+    out, _, decode_s = llama_cpp_generate(llm, prompt, args.max_new)
     row = {"variant": "llama.cpp (GGUF Q4_1)", "MiB": gguf.stat().st_size / 2**20,
-           "prefill tok/s": len(prefill) / statistics.median(times),
-           "decode tok/s": len(out) / decode_s, "tokens": out}
+           "prefill tok/s": len(prefill) / prefill_s,
+           "decode tok/s": (len(out) - 1) / decode_s, "tokens": out}
     if eval_ids is not None:
         llm.reset()
         llm.eval(eval_ids)
