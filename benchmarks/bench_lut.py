@@ -15,6 +15,9 @@ symbolic, so one build serves every ``--m``) is run by:
 - ``lut-vm``: the same artifact's Relax VM ``main`` called directly on a TVM tensor (no input
   validation, no staging copy, no numpy output view): the kernel time plus one VM dispatch, so
   the Session overhead is the difference;
+- ``<bits>dq`` rows: the same weights compiled with ``lut="never"``: the dequantize-then-multiply
+  kernel (``compiler/schedule_lut_dequant.py``), the alternative ``--lut auto`` times
+  (``--kernels lut`` leaves it out);
 - ``ort-nbits4``: onnxruntime ``MatMulNBits`` from ``MatMulNBitsQuantizer`` (4 bits, block 128,
   symmetric, ``accuracy_level=4``: int8 activations, MLAS's integer kernels);
 - ``ort-fp32``: onnxruntime on the float graph itself;
@@ -106,11 +109,20 @@ def nbits_model(src: Path, dst: Path) -> None:
         raise SystemExit(f"MatMulNBitsQuantizer left no MatMulNBits node: {ops}")
 
 
-def lut_bytes(k: int, n: int, bits: str) -> int:
-    """Weight bytes a LUT call reads: packed planes (N padded to 32) + float32 group scales."""
+def lut_bytes(k: int, n: int, bits: str, kernel: str = "lut") -> int:
+    """Weight bytes a call reads: packed planes (N padded to 32) + float32 group scales; the
+    dequantize kernel: 3-bit codes take 4 bits, and a float32 zero term per scale."""
     b = 2 if bits == "ternary" else int(bits)
     n_pad = -(-n // 32) * 32
+    if kernel == "dequant":
+        return k * n_pad * (4 if b == 3 else b) // 8 + (k // GROUP_SIZE) * n_pad * 8
     return k * n_pad * b // 8 + (k // GROUP_SIZE) * n * 4
+
+
+def variants(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    """Row label -> (bits, kernel): ``4`` (table lookup), ``4dq`` (dequantize)."""
+    return {f"{b}{'' if kern == 'lut' else 'dq'}": (b, kern)
+            for b in args.bits for kern in args.kernels}
 
 
 def nbits_bytes(k: int, n: int) -> int:
@@ -203,17 +215,18 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
     for threads in args.threads:
         config_pool(1, threads)
         # -- build / load every candidate's copies
-        arts, build_s = {}, {}
-        for bits in args.bits:
+        arts, build_s, var = {}, {}, variants(args)
+        for label, (bits, kern) in var.items():
             t0 = time.perf_counter()
-            arts[bits] = compile_model(fp_path, tmp / f"lut_{k}x{n}_{bits}_t{threads}.edgert",
-                                       weight_bits=bits, group_size=GROUP_SIZE, threads=threads)
-            build_s[bits] = time.perf_counter() - t0
-        n_copies = {bits: copies_for(lut_bytes(k, n, bits), args) for bits in args.bits}
+            arts[label] = compile_model(fp_path, tmp / f"lut_{k}x{n}_{label}_t{threads}.edgert",
+                                        weight_bits=bits, group_size=GROUP_SIZE, threads=threads,
+                                        lut="always" if kern == "lut" else "never")
+            build_s[label] = time.perf_counter() - t0
+        n_copies = {label: copies_for(lut_bytes(k, n, *bk), args) for label, bk in var.items()}
         n_copies["ort-nbits4"] = copies_for(nbits_bytes(k, n), args)
         n_copies["ort-fp32"] = copies_for(4 * k * n, args)
-        sessions = {bits: [edgert.Session(arts[bits], threads=threads)
-                           for _ in range(n_copies[bits])] for bits in args.bits}
+        sessions = {label: [edgert.Session(arts[label], threads=threads)
+                            for _ in range(n_copies[label])] for label in var}
         ort = {"ort-nbits4": [onnxruntime_session(nb_path, threads)
                               for _ in range(n_copies["ort-nbits4"])],
                "ort-fp32": [onnxruntime_session(fp_path, threads)
@@ -226,7 +239,7 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
             x_tvm = tvm.runtime.tensor(x)
             errors = {}
             cands: dict[str, Burst] = {}
-            for bits in args.bits:
+            for bits in var:                                 # the row label
                 ss = sessions[bits]
                 errors[bits] = rel_err(ss[0].run(None, {"x": x})[0], want[m])
                 vms = [s._backend._main for s in ss]          # noqa: SLF001 - the bare VM call
@@ -250,12 +263,13 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
             peer = {"ort-nbits4": {v: med[f"ort-nbits4/{v}"] for v in ("cached", "rotated")},
                     "ort-fp32": {v: med[f"ort-fp32/{v}"] for v in ("cached", "rotated")}}
             nb_roof = nbits_bytes(k, n) / bw[threads] * 1e3
-            for bits in args.bits:
-                roof = lut_bytes(k, n, bits) / bw[threads] * 1e3
+            for bits, (wbits, kern) in var.items():
+                roof = lut_bytes(k, n, wbits, kern) / bw[threads] * 1e3
                 t = {f"{api}_{v}_ms": med[f"lut{bits}/{api}/{v}"]
                      for api in ("session", "vm") for v in ("cached", "rotated")}
                 row = {"K": k, "N": n, "M": m, "threads": threads, "bits": bits,
-                       "weight_bytes": lut_bytes(k, n, bits), "copies": n_copies[bits],
+                       "kernel": kern, "weight_bytes": lut_bytes(k, n, wbits, kern),
+                       "copies": n_copies[bits],
                        "compile_s": build_s[bits], **t,
                        "ort_nbits4_cached_ms": peer["ort-nbits4"]["cached"],
                        "ort_nbits4_rotated_ms": peer["ort-nbits4"]["rotated"],
@@ -312,7 +326,8 @@ def print_table(rows: list[dict]) -> None:
           "lut = edgert Session.run, vm = the VM's main called directly; nb4 = ORT "
           "MatMulNBits 4-bit; roof = LUT weight bytes / measured read bandwidth; %roof = roof / "
           "rotated time; x nb4 / x fp32 = ORT time / edgert Session time (> 1: edgert faster); "
-          "t/t4 = vm rotated time / 4-bit's; err = relative error vs fp32 x @ W")
+          "t/t4 = vm rotated time / 4-bit LUT's; err = relative error vs fp32 x @ W; bits "
+          "'4dq' = the dequantize kernel on the same 4-bit weights")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4096x4096 only")
     parser.add_argument("--shapes", nargs="+", help="K x N, e.g. 4096x11008 (default: all six)")
     parser.add_argument("--bits", nargs="+", default=BITS, choices=BITS)
+    parser.add_argument("--kernels", nargs="+", default=["lut", "dequant"],
+                        choices=["lut", "dequant"], help="table lookup and/or dequantize")
     parser.add_argument("--m", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=20, help="timed bursts per candidate")

@@ -255,6 +255,7 @@ def _make_converters() -> dict[str, Any]:
             except ArtifactError as e:
                 raise ValueError(f"LutMatMul {node_name(attr)}: {e}") from None
             table_bits = int(attrs.get("table_bits", 0)) or None
+            dequant = bool(attrs.get("dequant", 0))
             a, w = bb.normalize(inputs[0]), bb.normalize(inputs[1])
             scales = inputs[2] if len(inputs) > 2 else None
             zps = inputs[3] if len(inputs) > 3 else None
@@ -264,7 +265,8 @@ def _make_converters() -> dict[str, Any]:
                 it = iter(rest)
                 st = next(it) if scales is not None else None
                 zt = next(it) if zps is not None else None
-                return lutmatmul.te_compute(at, wt, st, zt, layout=layout, table_bits=table_bits)
+                return lutmatmul.te_compute(at, wt, st, zt, layout=layout, table_bits=table_bits,
+                                            dequant=dequant)
 
             from edgert.compiler.schedule_lut_x86 import primfunc_attrs
 
@@ -272,7 +274,7 @@ def _make_converters() -> dict[str, Any]:
             tb = lutmatmul._table_bits(np.dtype(str(a.ty.dtype)), table_bits)
             return bb.emit_te(compute, a, w, *extra, primfunc_name_hint="lutmatmul",
                               primfunc_attrs=primfunc_attrs(layout, tb, scales is not None,
-                                                            zps is not None))
+                                                            zps is not None, dequant))
 
     class ConvInteger(OnnxOpConverter):
         """int8 NCHW (or 1-D/3-D) convolution -> int32: operands cast to int32, then ``Conv``."""

@@ -36,6 +36,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   weight_bits: int | str | None = None, group_size: int | str | None = None,
                   weight_zero_point: bool = False,
                   lowbit_min_elements: int | None = None, keep_float: Sequence[str] = (),
+                  lut: str | None = None,
                   tuning_db: str | os.PathLike | None = None) -> Path:
     """Compile an fp32 ONNX model into a ``.edgert`` artifact.
 
@@ -73,6 +74,9 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
             :data:`edgert.compiler.lowbit.MIN_ELEMENTS`).
         keep_float: glob patterns (fnmatch) of MatMul/Gemm node names or weight names that
             keep their float weights under ``weight_bits``.
+        lut: with ``weight_bits``: ``"auto"`` (default: per node, the faster of table lookup
+            and dequantize-then-multiply, timed here), ``"always"`` (table lookup) or
+            ``"never"`` (dequantize); see :mod:`edgert.compiler.kernel_choice`.
         tuning_db: a tuning database folder written by ``edgert tune``
             (:mod:`edgert.compiler.tune`): kernels it has faster schedules for (for this
             target, same shapes) use them; the manifest's ``tuning`` section lists them. Only
@@ -102,9 +106,12 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                              integer=int_only,
                              min_elements=MIN_ELEMENTS if lowbit_min_elements is None
                              else lowbit_min_elements, keep=keep_float)
-    elif group_size is not None or weight_zero_point or keep_float:
-        raise InputError("--group-size, --weight-zero-point and --keep-float apply to low-bit "
-                         "weights: add --weight-bits {1,2,3,4,ternary}")
+        from edgert.compiler.kernel_choice import check_mode
+
+        lut = check_mode("auto" if lut is None else lut)
+    elif group_size is not None or weight_zero_point or keep_float or lut is not None:
+        raise InputError("--group-size, --weight-zero-point, --keep-float and --lut apply to "
+                         "low-bit weights: add --weight-bits {1,2,3,4,ternary}")
     tgt = get_target(target)
     source = str(model_path)
     if tuning_db is not None and not Path(tuning_db).is_dir():
@@ -118,7 +125,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         options.update(weight_bits=lowbit.weight_bits,
                        group_size="K" if lowbit.group_size == 0 else lowbit.group_size,
                        weight_zero_point=weight_zero_point, lowbit_min_elements=lowbit.min_elements,
-                       keep_float=list(keep_float))
+                       keep_float=list(keep_float), lut=lut)
     if int_only:
         model, extra = integer_model(model, calib, method=calib_method, act_bits=act_bits,
                                      source=source, stage=stage, on_progress=on_progress, io=io,
@@ -135,6 +142,15 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                                       source=source)
         model = check_model(model, source)
         extra = {"lowbit": section}
+    if lowbit is not None:
+        from edgert.compiler import kernel_choice
+
+        stage("choosing LutMatMul kernels")
+        choices = kernel_choice.choose_kernels(
+            model, lut, tgt, threads,
+            on_progress=lambda i, n: stage(f"timing LutMatMul kernels ({i}/{n} shapes)"))
+        kernel_choice.apply_choices(model, choices)
+        kernel_choice.record(extra["lowbit"], lut, choices)
     require_supported(model, supported_ops(), source=source)
     bounds = index_ranges(model)
     inputs = [value_info_json(v, source) | ({"range": bounds[v.name]} if v.name in bounds else {})

@@ -64,18 +64,20 @@ LAYOUT_ATTR = "edgert.lut_layout"
 TABLE_BITS_ATTR = "edgert.lut_table_bits"
 INPUTS_ATTR = "edgert.lut_inputs"
 """Which optional inputs the call has: ``"a,w"`` plus ``",scales"`` and/or ``",zero_points"``."""
+KERNEL_ATTR = "edgert.lut_kernel"
+"""``"lut"`` (table lookup) or ``"dequant"`` (the node's ``dequant = 1``)."""
 TN = 32                 # columns per tile (one tile: 4 int32 ymm accumulators)
 PSHUF = "llvm.x86.avx2.pshuf.b"
 MADDUBS = "llvm.x86.avx2.pmadd.ub.sw"
 
 
 def primfunc_attrs(layout: LutLayout, table_bits: int, has_scales: bool,
-                   has_zero_points: bool) -> dict[str, Any]:
+                   has_zero_points: bool, dequant: bool = False) -> dict[str, Any]:
     """The attributes ``lower_int`` puts on a generic LutMatMul PrimFunc."""
     inputs = "a,w" + (",scales" if has_scales else "") + (",zero_points" if has_zero_points
                                                            else "")
     return {OP_ATTR: OP_NAME, LAYOUT_ATTR: layout.to_json(), TABLE_BITS_ATTR: int(table_bits),
-            INPUTS_ATTR: inputs}
+            INPUTS_ATTR: inputs, KERNEL_ATTR: "dequant" if dequant else "lut"}
 
 
 def _geometry(layout: LutLayout) -> tuple[int, int, int, int, int, int]:
@@ -560,6 +562,10 @@ class LutKernels:
         table_kernel, lookup_kernel: the PrimFunc factories (signatures as in this module).
         operands: the class re-packing the constants (``w2``, ``scales``, ``zc``, ``has_zp``).
         accepts: whether a layout suits the kernels.
+        dequant_kernel: the ``dequant = 1`` factory for float32 activations (``(layout, cores,
+            name=...)``, see :mod:`edgert.compiler.schedule_lut_dequant`), or None (such calls
+            keep the generic compute).
+        dequant_accepts: whether a layout suits it.
     """
 
     isa: str
@@ -567,13 +573,18 @@ class LutKernels:
     lookup_kernel: Callable[..., Any]
     operands: type
     accepts: Callable[[LutLayout], bool]
+    dequant_kernel: Callable[..., Any] | None = None
+    dequant_accepts: Callable[[LutLayout], bool] = lambda layout: False
 
 
 def schedule_lut_matmuls(mod: Any, tvm_target: Any) -> Any:
     """Replace the generic LutMatMul calls of a Relax module by the AVX2 kernels (the caller
     checks that the target has AVX2); see :func:`rewrite_lut_matmuls`."""
+    from edgert.compiler import schedule_lut_dequant as dq
+
     return rewrite_lut_matmuls(mod, tvm_target, LutKernels(
-        "x86", table_kernel, lookup_kernel, LutOperands, lambda layout: layout.tile_n == TN))
+        "x86", table_kernel, lookup_kernel, LutOperands, lambda layout: layout.tile_n == TN,
+        dq.dequant_kernel, dq.accepts))
 
 
 def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
@@ -582,7 +593,9 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
     Every ``call_tir`` of a PrimFunc marked ``edgert.op = "lutmatmul"`` whose weight (and
     scales / zero points) are constants and whose layout ``kernels.accepts`` becomes: A
     reshaped to ``[R, K]``, the table kernel (three outputs), the lookup kernel on the
-    re-packed constants, a reshape back. Other calls are left alone.
+    re-packed constants, a reshape back. A ``dequant = 1`` call with float32 activations
+    becomes ``kernels.dequant_kernel`` on its re-packed codes, scales and zero terms instead
+    (where there is one and it accepts the layout). Other calls are left alone.
     """
     from tvm import relax, tirx
 
@@ -594,7 +607,8 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
                 and str(f.attrs.get(OP_ATTR, "")) == OP_NAME and LAYOUT_ATTR in f.attrs):
             specs[gv.name_hint] = (LutLayout.from_json(str(f.attrs[LAYOUT_ATTR])),
                                    int(f.attrs[TABLE_BITS_ATTR]),
-                                   str(f.attrs[INPUTS_ATTR]).split(","))
+                                   str(f.attrs[INPUTS_ATTR]).split(","),
+                                   str(f.attrs.get(KERNEL_ATTR, "lut")) == "dequant")
     if not specs:
         return mod
     cores = num_cores(tvm_target)
@@ -608,16 +622,20 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
             name = f"lut_{kind}_{kernels.isa}_{tag}"
             if kind == "tables":
                 func = kernels.table_kernel(layout, float_acts, tb, cores, name)
+            elif kind == "dequant":
+                func = kernels.dequant_kernel(layout, cores, name=name)
             else:
                 func = kernels.lookup_kernel(layout, float_acts, tb, has_zp, cores, name)
             rw.add_kernel(key, func, name)
         return rw.kernels[key]
 
     def rewrite(rw: Any, call: Any) -> Any | None:
-        layout, tb, inputs = specs[call.args[0].name_hint]
+        layout, tb, inputs, dequant = specs[call.args[0].name_hint]
         args = call.args[1]
+        usable = (kernels.dequant_kernel is not None and kernels.dequant_accepts(layout)
+                  if dequant else kernels.accepts(layout))
         if (not isinstance(args, relax.Tuple) or len(call.args) > 2
-                or len(args.fields) != len(inputs) or not kernels.accepts(layout)):
+                or len(args.fields) != len(inputs) or not usable):
             return None
         named = dict(zip(inputs, args.fields))
         a = named["a"]
@@ -632,15 +650,24 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
                 and isinstance(out_ty, relax.TensorType)):
             return None
         float_acts = str(a_ty.dtype) == "float32"
-        if not float_acts and str(a_ty.dtype) != "int8":
+        if (not float_acts and str(a_ty.dtype) != "int8") or (dequant and not float_acts):
             return None
-        ops = kernels.operands(layout, w, scales, zps, float_acts)
         bb = rw.builder_
         shape = list(a_ty.shape.values)
         rows = shape[0]
         for d in shape[1:-1]:
             rows = rows * d
         a2 = bb.emit(relax.op.reshape(a, [rows, layout.K]))
+        if dequant:
+            from edgert.compiler import schedule_lut_dequant as dq
+
+            consts = [dq.repack_codes(w, layout), *dq.repack_scales(scales, zps, layout)]
+            out = bb.emit(relax.call_tir(
+                kernel(rw, "dequant", layout, True, tb, zps is not None),
+                [a2, *(relax.const(c) for c in consts)],
+                relax.TensorType([rows, layout.N], "float32")))
+            return relax.op.reshape(out, out_ty.shape)
+        ops = kernels.operands(layout, w, scales, zps, float_acts)
         outs = intermediate_shapes(layout, rows, float_acts, tb)
         tabs = bb.emit(relax.call_tir(
             kernel(rw, "tables", layout, float_acts, tb, False), [a2, a2],   # see table_kernel

@@ -42,7 +42,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgert.errors import ArtifactError, QuantizationError
-from edgert.ops.lutmatmul import G, MAX_TILE_K, LutLayout, plane_nibbles
+from edgert.ops.lutmatmul import G, MAX_TILE_K, LutLayout, codes, dequantize_codes, doubled_weight
+
+unpack_planes = codes
+"""Codes uint8 [K, N] from packed planes (inverse of :func:`pack_planes`)."""
 
 GROUP_SIZES = (32, 64, 128)
 BITS = (1, 2, 3, 4)
@@ -73,20 +76,17 @@ class QuantizedWeight:
 
     def codes(self) -> np.ndarray:
         """The codes u, uint8 [K, N]."""
-        return unpack_planes(self.planes, self.layout)
+        return codes(self.planes, self.layout)
 
     def dequantize(self) -> np.ndarray:
         """float32 [K, N]: ``s * (u - z)`` (the exact value the kernels stand for)."""
-        return dequantize(self.codes(), self.scales, self.zero_points, self.layout.bits)
+        return dequantize_codes(self.codes(), self.scales, self.zero_points, self.layout.bits)
 
     def signed_codes(self) -> np.ndarray:
         """int8 [K, N]: ``2 * (u - z)``, the integer weight of the integer LutMatMul."""
         if self.scheme == "exact-min":
             raise QuantizationError("exact-min weights have float zero points: no integer form")
-        lay = self.layout
-        z2 = doubled_zero(self.zero_points, lay.bits, (lay.n_groups, lay.N))
-        u = self.codes().astype(np.int16)
-        return (2 * u - np.repeat(z2, lay.group_size, axis=0)).astype(np.int8)
+        return doubled_weight(self.codes(), self.zero_points, self.layout.bits).astype(np.int8)
 
     def meta(self) -> dict:
         """JSON-ready description (layout plus scheme) for an artifact manifest."""
@@ -114,27 +114,6 @@ def _check(w: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     if not np.isfinite(w).all():
         raise QuantizationError("weight has non-finite values")
     return w.astype(np.float32)
-
-
-def doubled_zero(zero_points: np.ndarray | None, bits: int, shape: tuple[int, int]
-                 ) -> np.ndarray:
-    """``2 * z`` per (group, column), int16 of ``shape`` [K / group_size, N] (float32 for
-    float32 zero points)."""
-    if zero_points is not None and zero_points.dtype == np.float32:
-        return np.float32(2) * zero_points
-    if zero_points is not None:
-        return 2 * np.asarray(zero_points, np.int16)
-    return np.full(shape, (1 << bits) if bits >= 2 else 1, np.int16)
-
-
-def dequantize(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
-               bits: int) -> np.ndarray:
-    """float32 [K, N] ``s * ((2u - 2z) * 0.5)`` from codes [K, N], scales/zero points per group."""
-    gs = codes.shape[0] // scales.shape[0]
-    z2 = doubled_zero(zero_points, bits, scales.shape)
-    two = 2 * codes.astype(np.int16) - np.repeat(z2, gs, axis=0)
-    return (np.repeat(scales.astype(np.float32), gs, axis=0)
-            * (two.astype(np.float32) * np.float32(0.5))).astype(np.float32)
 
 
 def _grouped(w: np.ndarray, group_size: int) -> np.ndarray:
@@ -219,15 +198,6 @@ def pack_planes(codes: np.ndarray, layout: LutLayout) -> np.ndarray:
     nib = nib.reshape(b, kt, tk4, nt, 2, tn2)                          # column = (nt, hi, h)
     packed = nib[:, :, :, :, 0, :] | (nib[:, :, :, :, 1, :] << 4)      # [b, kt, tk4, nt, tn2]
     return np.ascontiguousarray(packed.transpose(3, 1, 0, 2, 4))
-
-
-def unpack_planes(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
-    """Codes uint8 [K, N] from packed planes (inverse of :func:`pack_planes`)."""
-    nib = plane_nibbles(np.asarray(planes), layout)                   # [b, K/4, N]
-    bits = (nib[:, :, None, :] >> np.arange(G, dtype=np.uint8)[None, None, :, None]) & 1
-    bits = bits.reshape(layout.bits, layout.K, layout.N)
-    return (bits << np.arange(layout.bits, dtype=np.uint8)[:, None, None]).sum(
-        axis=0).astype(np.uint8)
 
 
 def _layout(k: int, n: int, bits: int, group_size: int, tile_n: int, tile_k: int | None

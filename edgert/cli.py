@@ -99,6 +99,12 @@ def compile_cmd(
         "--keep-float", metavar="PATTERN", help="With --weight-bits: MatMul/Gemm nodes whose "
         "node name or weight name matches this glob keep float32 weights (repeatable), e.g. "
         "an LLM's output head, where low-bit weights cost the most quality.")] = None,
+    lut: Annotated[Optional[Literal["auto", "always", "never"]], typer.Option(
+        "--lut", help="With --weight-bits: how each low-bit matmul runs. auto (default): time "
+        "table lookup against dequantize-then-multiply for each shape on this machine and keep "
+        "the faster (cached in ~/.cache/edgert/kernel_choice.json; a target this machine "
+        "cannot run gets table lookup); always: table lookup; never: dequantize. `edgert "
+        "inspect` shows each node's kernel.")] = None,
     tuning_db: Annotated[Optional[Path], typer.Option(
         "--tuning-db", help="A tuning database written by `edgert tune` (its default: "
         "~/.cache/edgert/tuning): kernels it holds faster schedules for, for this target and "
@@ -128,7 +134,7 @@ def compile_cmd(
                              allow_float=allow_float, on_progress=progress,
                              weight_bits=weight_bits, group_size=group_size,
                              weight_zero_point=weight_zero_point, keep_float=keep_float or (),
-                             tuning_db=tuning_db)
+                             lut=lut, tuning_db=tuning_db)
     out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -356,19 +362,30 @@ def _print_lowbit(lowbit: dict) -> None:
     out.print(f"low-bit weights ({lowbit.get('variant')} LutMatMul): {bits}"
               f"{'' if bits == 'ternary' else '-bit'} {lowbit.get('scheme')}, group size "
               f"{lowbit.get('group_size')}: {len(nodes)} node(s) converted, "
-              f"{lowbit.get('bytes_saved', 0) / 1024:.1f} KiB saved", highlight=False)
+              f"{lowbit.get('bytes_saved', 0) / 1024:.1f} KiB saved"
+              + (f", --lut {lowbit['lut']}" if "lut" in lowbit else ""), highlight=False)
     if nodes:
         table = Table("node", "bits", "K x N", "group", "fp32 bytes", "packed bytes",
-                      "LutMatMul node")
+                      "LutMatMul node", "kernel", "lut / dequant ms")
         for name, e in nodes.items():
             table.add_row(name, str(e["bits"]), f"{e['K']} x {e['N']}", str(e["group_size"]),
-                          str(e["bytes_fp32"]), str(e["bytes_packed"]), e.get("lut_node", "-"))
+                          str(e["bytes_fp32"]), str(e["bytes_packed"]), e.get("lut_node", "-"),
+                          *_kernel_text(e))
         out.print(table)
     if skipped:
         shown = "; ".join(f"{n}: {why}" for n, why in list(skipped.items())[:LOWBIT_SKIPPED_SHOWN])
         more = (f"; ... ({len(skipped) - LOWBIT_SKIPPED_SHOWN} more)"
                 if len(skipped) > LOWBIT_SKIPPED_SHOWN else "")
         out.print(f"not converted: {shown}{more}", highlight=False)
+
+
+def _kernel_text(entry: dict) -> tuple[str, str]:
+    """(``lut``/``dequant`` and how it was chosen, the two kernels' times if timed)."""
+    kernel, choice = entry.get("kernel", "lut"), entry.get("kernel_choice", {})
+    how = choice.get("how")
+    times = (f"{choice['lut_ms']:.3f} / {choice['dequant_ms']:.3f} ({choice.get('rows')} rows)"
+             if "lut_ms" in choice else "-")
+    return (f"{kernel} ({how})" if how else kernel), times
 
 
 def _scale_text(spec: dict | None) -> str:

@@ -62,6 +62,8 @@ def check_lut_layouts(artifact: Artifact) -> int:
         tb = attrs.get("table_bits")
         if tb not in (8, 16):
             raise ArtifactError(f"{where}: table_bits = {tb} (8 or 16)")
+        if attrs.get("dequant", 0) not in (0, 1):
+            raise ArtifactError(f"{where}: dequant = {attrs['dequant']} (0 or 1)")
         record = records.pop(node.name, None) if node.name else None
         if record is not None:
             _check_record(where, layout, record)

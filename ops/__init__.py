@@ -22,7 +22,8 @@ def make_schema(op_type: str, doc: str, inputs: Sequence[tuple[str, str, str]],
                 outputs: Sequence[tuple[str, str, str]],
                 type_constraints: Sequence[tuple[str, Sequence[str], str]],
                 attributes: Sequence[tuple[str, str, str]],
-                infer: Callable[[Any], None] | None = None) -> object:
+                infer: Callable[[Any], None] | None = None,
+                optional_attributes: Sequence[tuple[str, str, str]] = ()) -> object:
     """An ``onnx.defs.OpSchema`` in the edgert domain.
 
     Args:
@@ -30,6 +31,7 @@ def make_schema(op_type: str, doc: str, inputs: Sequence[tuple[str, str, str]],
         type_constraints: ``(type_str, allowed types, description)``.
         attributes: ``(name, "INT"|"FLOAT"|"INTS"..., description)``, all required.
         infer: type and shape inference function (``onnx`` InferenceContext -> None).
+        optional_attributes: like ``attributes``, not required (the op says its default).
     """
     from onnx import defs
 
@@ -45,7 +47,9 @@ def make_schema(op_type: str, doc: str, inputs: Sequence[tuple[str, str, str]],
         outputs=[param(*o) for o in outputs],
         type_constraints=[(t, list(allowed), d) for t, allowed, d in type_constraints],
         attributes=[defs.OpSchema.Attribute(n, getattr(defs.OpSchema.AttrType, kind), d)
-                    for n, kind, d in attributes],
+                    for n, kind, d in attributes]
+        + [defs.OpSchema.Attribute(n, getattr(defs.OpSchema.AttrType, kind), d, required=False)
+           for n, kind, d in optional_attributes],
     )
     if infer is not None:
         schema.set_type_and_shape_inference_function(infer)

@@ -47,6 +47,18 @@ int8 activations ``a`` [..., M, K] (one scale s_x over all of K) -> int32 [..., 
     ``<< sh``. Exact (sh = 0) whenever no 4-group of the tile has sum |x| > 127.
     Every quantity is an integer: numpy, numba and TVM agree bit for bit.
 
+Kernel attribute ``dequant`` (0 by default): with ``dequant = 1`` the same operands are
+multiplied by dequantization instead of table lookup (``--lut never``, or ``--lut auto`` where it
+timed faster, :mod:`edgert.compiler.kernel_choice`):
+    float32 A: y = A @ Wd,  Wd[k, n] = s[g, n] * ((2u - z2) * 0.5)   (:func:`dequantized_weight`,
+               float32; ``z2 = 2 * z``, :func:`doubled_zero`). The reference sums in float64 and
+               rounds once; kernels sum in float32 in any order (and may form Wd as
+               ``fma(u, s, -s * z)``): within ``(K + 4) * 2**-24 * (|A| @ (|s| * (u + |z|)))``
+               of the reference (:func:`dequant_error_bound`, asserted in the tests). No table
+               rounding: this is the exact dequantized matmul, more accurate than the tables.
+    int8 A:    acc = A @ (2u - z2) exactly, as int32: equal to the ``table_bits = 16`` result
+               bit for bit (and to ``table_bits = 8`` wherever its shift is 0).
+
 Lookups are summed per (plane, K tile) over at most 16 nibbles (``tile_k <= 64``) in int16
 (|sum| <= 16 * 512 fits), then widened to int32; an exact integer sum, as the reference writes.
 
@@ -62,7 +74,7 @@ parameter is in :class:`LutLayout` (ONNX attributes, JSON) and checked against t
 
 ONNX (domain ``edgert``): ``LutMatMul(A: float|int8, W: uint8, scales?: float,
 zero_points?: uint8|float) -> float|int32`` with INT attributes ``bits, g, group_size, K, N, tile_n,
-tile_k, layout_version, table_bits``; ``scales`` [K/group_size, N] is required for float A and
+tile_k, layout_version, table_bits`` and the optional ``dequant`` (0 or 1, default 0); ``scales`` [K/group_size, N] is required for float A and
 absent for int8 A; ``zero_points`` [K/group_size, N] selects the asymmetric scheme (float32
 zero points, float A only: the exact-min scheme).
 """
@@ -258,6 +270,68 @@ def plane_nibbles(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
     return np.ascontiguousarray(nib[:, :, :layout.N])
 
 
+def codes(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
+    """The weight codes ``u``, uint8 [K, N], from the packed bit planes."""
+    nib = plane_nibbles(planes, layout)                                   # [b, K/4, N]
+    bits = (nib[:, :, None, :] >> np.arange(G, dtype=np.uint8)[None, None, :, None]) & 1
+    u = np.zeros(bits.shape[1:], np.uint8)
+    for i in range(layout.bits):
+        u |= bits[i] << np.uint8(i)
+    return u.reshape(layout.K, layout.N)
+
+
+def doubled_zero(zero_points: np.ndarray | None, bits: int, shape: tuple[int, int]
+                 ) -> np.ndarray:
+    """``z2 = 2 * z`` per (group, column), int16 of ``shape`` [K / group_size, N] (float32 for
+    float32 zero points; symmetric: ``2**b``, or 1 for 1-bit weights)."""
+    if zero_points is not None and zero_points.dtype == np.float32:
+        return np.float32(2) * zero_points
+    if zero_points is not None:
+        return 2 * np.asarray(zero_points, np.int16)
+    return np.full(shape, (1 << bits) if bits >= 2 else 1, np.int16)
+
+
+def doubled_weight(u: np.ndarray, zero_points: np.ndarray | None, bits: int) -> np.ndarray:
+    """``2u - z2`` [K, N] from codes ``u`` [K, N]: int16, or float32 for float32 zero points
+    (one rounding). ``zero_points`` (or the symmetric constant) is per (group, column)."""
+    k, n = u.shape
+    groups = k if zero_points is None else zero_points.shape[0]
+    z2 = doubled_zero(zero_points, bits, (1, n) if zero_points is None else (groups, n))
+    z2 = np.repeat(z2, k // z2.shape[0], axis=0)
+    if z2.dtype == np.float32:
+        return (np.float32(2) * u.astype(np.float32)) - z2
+    return 2 * u.astype(np.int16) - z2
+
+
+def dequantize_codes(u: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
+                     bits: int) -> np.ndarray:
+    """float32 [K, N] ``s[g, n] * ((2u - z2) * 0.5)`` from codes ``u`` [K, N] and per-group
+    scales / zero points."""
+    two = doubled_weight(u, zero_points, bits)
+    s = np.repeat(np.asarray(scales, np.float32), u.shape[0] // scales.shape[0], axis=0)
+    return (s * (two.astype(np.float32) * np.float32(0.5))).astype(np.float32)
+
+
+def dequantized_weight(planes: np.ndarray, scales: np.ndarray,
+                       zero_points: np.ndarray | None, layout: LutLayout) -> np.ndarray:
+    """The weight a float LutMatMul stands for (``dequant = 1`` multiplies by exactly this):
+    :func:`dequantize_codes` of the packed codes."""
+    return dequantize_codes(codes(planes, layout), scales, zero_points, layout.bits)
+
+
+def dequant_error_bound(a: np.ndarray, planes: np.ndarray, scales: np.ndarray,
+                        zero_points: np.ndarray | None, layout: LutLayout) -> np.ndarray:
+    """Per output element, float64 [..., M, N]: how far a float32 ``dequant = 1`` kernel may
+    be from :func:`reference`: ``(K + 4) * 2**-24 * (|A| @ (|s| * (u + |z|)))`` (a float32
+    sum of K products in any order, the weight formed with up to two roundings)."""
+    u = codes(planes, layout).astype(np.float64)
+    z = np.abs(doubled_zero(zero_points, layout.bits, (layout.n_groups, layout.N))
+               .astype(np.float64)) / 2
+    mag = np.repeat(np.abs(scales.astype(np.float64)), layout.group_size, axis=0) * (
+        u + np.repeat(z, layout.group_size, axis=0))
+    return (layout.K + 4) * 2.0 ** -24 * (np.abs(a.astype(np.float64)) @ mag)
+
+
 # ---------------------------------------------------------------- tables (numpy)
 
 def _signs() -> np.ndarray:
@@ -328,7 +402,7 @@ def _lookup_sums(q: np.ndarray, nib: np.ndarray, fours: int) -> np.ndarray:
 
 def reference(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = None,
               zero_points: np.ndarray | None = None, *, layout: LutLayout,
-              table_bits: int | None = None) -> np.ndarray:
+              table_bits: int | None = None, dequant: bool = False) -> np.ndarray:
     """Normative numpy LutMatMul (see the module docstring).
 
     Args:
@@ -338,6 +412,8 @@ def reference(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = Non
         zero_points: uint8 [K/group_size, N], float32 (float32 ``a`` only) or None
             (symmetric).
         table_bits: 8 or 16 for int8 activations (default 16), 8 (default) for float32.
+        dequant: multiply by the dequantized weight instead of table lookup (the ``dequant``
+            attribute; ``table_bits`` is then unused).
 
     Returns:
         float32 [..., M, N] (float32 activations) or int32 [..., M, N] at scale s_x*s[n]/2.
@@ -346,6 +422,15 @@ def reference(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = Non
     check_operands(layout, a, planes, scales, zero_points)
     tb = _table_bits(a.dtype, table_bits)
     lead = a.shape[:-1]
+    if dequant:
+        a2 = a.reshape(-1, layout.K)
+        if a.dtype == np.float32:
+            w = dequantized_weight(planes, scales, zero_points, layout)
+            out = (a2.astype(np.float64) @ w.astype(np.float64)).astype(np.float32)
+        else:
+            two = doubled_weight(codes(planes, layout), zero_points, layout.bits)
+            out = _int32_checked(a2.astype(np.int64) @ two.astype(np.int64))
+        return out.reshape(*lead, layout.N)
     x4 = a.reshape(-1, layout.K // G, G)
     nib = plane_nibbles(planes, layout)
     zc = zero_constant(layout, zero_points)
@@ -374,9 +459,13 @@ def reference(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = Non
         acc = _lookup_sums(t, nib, layout.K // G)[:, 0]
     rowsum = x4i.astype(np.int64).reshape(x4.shape[0], layout.n_groups, -1).sum(axis=2)
     acc = acc + rowsum @ zc.astype(np.int64)
+    return _int32_checked(acc).reshape(*lead, layout.N)
+
+
+def _int32_checked(acc: np.ndarray) -> np.ndarray:
     if acc.size and np.abs(acc).max() > INT32_MAX:
         raise OverflowError("LutMatMul: accumulator exceeds int32 (the compile-time bound failed)")
-    return acc.astype(np.int32).reshape(*lead, layout.N)
+    return acc.astype(np.int32)
 
 
 def accumulator_bound(layout: LutLayout, a_max: int = 128, table_bits: int = 16) -> int:
@@ -512,15 +601,41 @@ def _lut_int_nb(x2, planes, zc, gsize, int8_tables, out):
             out[r, c] = v
 
 
+@njit(cache=True, parallel=True)
+def _dequant_nb(x2, w, out):
+    """``out = x2 @ w`` summed in x2's dtype (float64 or int64), cast once at the end."""
+    rows, k = x2.shape
+    n = w.shape[1]
+    for r in prange(rows):
+        acc = np.zeros(n, x2.dtype)
+        for kk in range(k):
+            x = x2[r, kk]
+            for c in range(n):
+                acc[c] += x * w[kk, c]
+        for c in range(n):
+            out[r, c] = acc[c]
+
+
 def numba_kernel(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = None,
                  zero_points: np.ndarray | None = None, *, layout: LutLayout,
-                 table_bits: int | None = None) -> np.ndarray:
+                 table_bits: int | None = None, dequant: bool = False) -> np.ndarray:
     """numba twin of :func:`reference`: bit-identical for int8 activations; for float32 the
-    same operations in the same order (agreement within 1e-5 of max |y| asserted)."""
+    same operations in the same order (agreement within 1e-5 of max |y| asserted; ``dequant``:
+    the reference's float64 sum, within its error bound)."""
     a, planes = np.asarray(a), np.asarray(planes)
     check_operands(layout, a, planes, scales, zero_points)
     tb = _table_bits(a.dtype, table_bits)
     x2 = np.ascontiguousarray(a.reshape(-1, layout.K))
+    if dequant:
+        if a.dtype == np.float32:
+            w = dequantized_weight(planes, scales, zero_points, layout).astype(np.float64)
+            out = np.empty((x2.shape[0], layout.N), np.float32)
+            _dequant_nb(x2.astype(np.float64), w, out)
+        else:
+            w = doubled_weight(codes(planes, layout), zero_points, layout.bits)
+            out = np.empty((x2.shape[0], layout.N), np.int32)
+            _dequant_nb(x2.astype(np.int64), w.astype(np.int64), out)
+        return out.reshape(*a.shape[:-1], layout.N)
     planes = np.ascontiguousarray(planes)
     zc = zero_constant(layout, zero_points)
     if a.dtype == np.float32:
@@ -535,12 +650,12 @@ def numba_kernel(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = 
 # ---------------------------------------------------------------- TVM TE
 
 def te_compute(a: Any, planes: Any, scales: Any = None, zero_points: Any = None, *,
-               layout: LutLayout, table_bits: int | None = None) -> Any:
+               layout: LutLayout, table_bits: int | None = None, dequant: bool = False) -> Any:
     """TVM TE LutMatMul: ``a`` [..., M, K] float32 or int8, ``planes`` uint8 packed,
     ``scales`` float32 [K/group_size, N] (float a), ``zero_points`` uint8, float32 (float a)
     or None.
-    Generic compute (stages: tables, table scale/shift, lookup sums, combine); the result is
-    float32 or int32 [..., M, N]."""
+    Generic compute (stages: tables, table scale/shift, lookup sums, combine; ``dequant``: the
+    dequantized weight, then a matmul); the result is float32 or int32 [..., M, N]."""
     from tvm import te, tirx
 
     dtype = str(a.dtype)
@@ -591,6 +706,9 @@ def te_compute(a: Any, planes: Any, scales: Any = None, zero_points: Any = None,
         def zc(g, n):
             return (tirx.const((1 << layout.bits) - 1, "int32")
                     - 2 * zero_points[g, n].astype("int32")).astype(acc_t)
+
+    if dequant:
+        return _te_dequant(te, tirx, a, nibble, scales, zero_points, layout, lead, acc_t)
 
     if dtype == "float32":
         rf = te.reduce_axis((0, gf), name="rf")
@@ -672,6 +790,35 @@ def te_compute(a: Any, planes: Any, scales: Any = None, zero_points: Any = None,
     return te.compute((*lead, layout.N), lambda *i: lsum(*i) + zterm(*i), name="lut_matmul")
 
 
+def _te_dequant(te: Any, tirx: Any, a: Any, nibble: Any, scales: Any, zero_points: Any,
+                layout: LutLayout, lead: list, acc_t: str) -> Any:
+    """``dequant = 1``: the weight ``s * ((2u - z2) * 0.5)`` (float) or ``2u - z2`` (int32)
+    as a [K, N] stage, then ``a @ w`` summed in float32 / int32."""
+    b, gs = layout.bits, layout.group_size
+
+    def u(k, n):
+        return sum(tirx.shift_left(tirx.bitwise_and(
+            tirx.shift_right(nibble(i, k // G, n), k % G), 1), i) for i in range(b))
+
+    def z2(g, n):
+        if zero_points is None:
+            return tirx.const((1 << b) if b >= 2 else 1, acc_t)
+        if str(zero_points.dtype) == "float32":
+            return tirx.const(2.0, "float32") * zero_points[g, n]
+        return 2 * zero_points[g, n].astype("int32")
+
+    if acc_t == "float32":
+        w = te.compute((layout.K, layout.N), lambda k, n: scales[k // gs, n] * (
+            (tirx.const(2.0, "float32") * u(k, n).astype("float32") - z2(k // gs, n))
+            * tirx.const(0.5, "float32")), name="lut_dequant")
+    else:
+        w = te.compute((layout.K, layout.N), lambda k, n: 2 * u(k, n) - z2(k // gs, n),
+                       name="lut_dequant")
+    rk = te.reduce_axis((0, layout.K), name="rk")
+    return te.compute((*lead, layout.N), lambda *i: te.sum(
+        a(*i[:-1], rk).astype(acc_t) * w[rk, i[-1]], axis=rk), name="lut_matmul")
+
+
 # ---------------------------------------------------------------- ONNX schema
 
 ATTRIBUTES = ("bits", "g", "group_size", "K", "N", "tile_n", "tile_k", "layout_version",
@@ -709,6 +856,7 @@ def schema() -> object:
         "tile_k": "rows of K per packed tile (<= 64)",
         "layout_version": "packed byte order version (1)",
         "table_bits": "8 or 16: table entry width for int8 A (8 for float A)",
+        "dequant": "1: multiply by the dequantized weight instead of table lookup (default 0)",
     }
     return make_schema(
         OP_TYPE, __doc__ or "",
@@ -721,5 +869,6 @@ def schema() -> object:
                           ("U", ["tensor(float)", "tensor(int32)"], "output"),
                           ("Z", ["tensor(uint8)", "tensor(float)"], "zero points")],
         attributes=[(name, "INT", docs[name]) for name in ATTRIBUTES],
+        optional_attributes=[("dequant", "INT", docs["dequant"])],
         infer=infer,
     )

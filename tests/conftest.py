@@ -15,6 +15,20 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_choice_cache(tmp_path_factory):
+    """``--lut auto`` timings of the test session go to a file of its own, not the user's
+    cache (subprocesses inherit the variable)."""
+    path = tmp_path_factory.mktemp("kernel_choice") / "kernel_choice.json"
+    old = os.environ.get("EDGERT_KERNEL_CHOICE")
+    os.environ["EDGERT_KERNEL_CHOICE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EDGERT_KERNEL_CHOICE", None)
+    else:
+        os.environ["EDGERT_KERNEL_CHOICE"] = old
+
+
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m edgert ARGS`` in a fresh process."""
     return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True, text=True,
@@ -157,9 +171,12 @@ def qemu_env():
 
 
 def rpi5_and_host(model: str | os.PathLike, tmp: Path, name: str, **options) -> tuple[Path, Path]:
-    """``model`` compiled for rpi5 and for this machine (``compile_model`` options alike)."""
+    """``model`` compiled for rpi5 and for this machine (``compile_model`` options alike; low-bit
+    weights by table lookup on both: ``--lut auto`` would time, and choose for, the host only)."""
     from edgert.compiler import compile_model
 
+    if "weight_bits" in options:
+        options.setdefault("lut", "always")
     return tuple(compile_model(model, tmp / f"{name}_{t}.edgert", target=t, **options)
                  for t in ("rpi5", "host"))
 

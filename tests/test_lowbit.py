@@ -101,7 +101,8 @@ def test_mlp_float_and_integer_variants(files, bits):
     tmp = files["dir"]
 
     # float variant: TVM and numba against the reference, reference against dequantized fp32
-    art = compile_model(files["mlp"], tmp / f"f{bits}.edgert", weight_bits=bits, group_size=32)
+    art = compile_model(files["mlp"], tmp / f"f{bits}.edgert", weight_bits=bits, group_size=32,
+                        lut="always")
     lowbit = read_artifact(art).manifest["lowbit"]
     assert set(lowbit["nodes"]) == {"fc1", "fc2"} and lowbit["variant"] == "float"
     assert "small weight" in lowbit["skipped"]["tiny"]
@@ -227,7 +228,7 @@ def test_group_sizes_and_skips(files):
     assert set(plan.weights) == {"z"}                   # by weight name, by node-name glob
     assert plan.skipped == {"fc1": "kept float (--keep-float w1)",
                             "fc2": "kept float (--keep-float fc*2)"}
-    with pytest.raises(InputError, match="--keep-float apply to low-bit weights"):
+    with pytest.raises(InputError, match="--keep-float and --lut apply to low-bit weights"):
         compile_model(files["mlp"], files["dir"] / "never.edgert", keep_float=["w1"])
     assert MIN_ELEMENTS == 1024
     assert make_config("ternary", 32, integer=True).group_size == 32

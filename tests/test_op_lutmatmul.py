@@ -134,7 +134,30 @@ def test_float_backends_agree(case):
     assert got.dtype == np.float32 and np.abs(got - want).max() <= tol
 
 
-# ---------------------------------------------------------------- int8 activations
+@pytest.mark.parametrize("case", list(CASES))
+def test_dequant_float_backends_within_bound(case):
+    """``dequant = 1``: the reference is x @ dequant(W) rounded once (equal to the float64
+    product of :func:`wq.QuantizedWeight.dequantize`); numba and the TE compute are within
+    :func:`lutmatmul.dequant_error_bound`, and closer to it than the tables are."""
+    bits, gs, zp, shape, n, tile_n, tile_k = CASES[case]
+    qw = _case(bits, gs, k=128, n=n, zero_point=zp, seed=15, tile_n=tile_n, tile_k=tile_k)
+    x = np.random.default_rng(16).standard_normal(shape).astype(np.float32)
+    want = lutmatmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout,
+                               dequant=True)
+    exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64)
+    np.testing.assert_array_equal(want, exact.astype(np.float32))
+    bound = lutmatmul.dequant_error_bound(x, qw.planes, qw.scales, qw.zero_points, qw.layout)
+    assert bound.max() < 1e-3 * np.abs(exact).max()      # the bound is tight, not vacuous
+    got = lutmatmul.numba_kernel(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout,
+                                 dequant=True)
+    assert got.dtype == np.float32 and (np.abs(got - exact) <= bound).all()
+    tensors = {"scales": qw.scales} | ({"zero_points": qw.zero_points} if zp else {})
+    got = run_te(lutmatmul.te_compute, [x, qw.planes], tensors=tensors, layout=qw.layout,
+                 dequant=True)
+    assert got.dtype == np.float32 and (np.abs(got - exact) <= bound).all()
+    tables = lutmatmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
+    assert np.abs(tables - exact).max() > 10 * np.abs(got - exact).max()
+
 
 INT_CASES = {  # name: (bits, group_size, zero_point, a shape, n, tile_n, tile_k)
     "b1_m1": (1, 128, False, (1, 128), 40, 32, None),
@@ -142,6 +165,28 @@ INT_CASES = {  # name: (bits, group_size, zero_point, a shape, n, tile_n, tile_k
     "b3_m64": (3, 64, False, (64, 128), 48, 16, 32),
     "b4_batched_asym": (4, 128, True, (2, 4, 128), 72, 32, 64),
 }
+
+
+@pytest.mark.parametrize("case", list(INT_CASES))
+def test_dequant_int_equals_exact_tables(case):
+    """int8 activations: ``dequant = 1`` equals the int16-table lookup (and IntMatMul on the
+    doubled codes) bit for bit on every backend."""
+    bits, gs, zp, shape, n, tile_n, tile_k = INT_CASES[case]
+    qw = _case(bits, gs, k=128, n=n, zero_point=zp, seed=19, tile_n=tile_n, tile_k=tile_k)
+    x = np.random.default_rng(20).integers(-128, 128, shape).astype(np.int8)
+    want = lutmatmul.reference(x, qw.planes, None, qw.zero_points, layout=qw.layout,
+                               table_bits=16)
+    assert_bit_exact("reference", lutmatmul.reference(
+        x, qw.planes, None, qw.zero_points, layout=qw.layout, dequant=True), want)
+    assert_bit_exact("numba", lutmatmul.numba_kernel(
+        x, qw.planes, None, qw.zero_points, layout=qw.layout, dequant=True), want)
+    tensors = {"zero_points": qw.zero_points} if zp else None
+    assert_bit_exact("tvm", run_te(lutmatmul.te_compute, [x, qw.planes], tensors=tensors,
+                                   layout=qw.layout, dequant=True), want)
+
+
+# ---------------------------------------------------------------- int8 activations
+
 
 
 @pytest.mark.parametrize("table_bits", [16, 8])

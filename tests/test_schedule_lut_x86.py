@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgert.compiler import schedule_lut_dequant as sd
 from edgert.compiler import schedule_lut_x86 as sl
 from edgert.compiler import weightquant as wq
 from edgert.ops import lutmatmul
@@ -43,6 +44,16 @@ CASES = [
     (4, 120, 120, 31, False, 16, True, 20),
 ]
 MS = (1, 8, 64)
+# dequantize-then-multiply kernel (float32 activations): (bits, group_size, K, N, zero points)
+DEQUANT_CASES = [
+    (1, 32, 128, 70, False),
+    (2, 128, 256, 96, False),
+    ("ternary", 64, 192, 33, False),
+    (3, 32, 96, 40, True),        # K = 96: 32-row chunks
+    (4, 32, 128, 40, "float"),    # exact-min
+    (4, 128, 256, 64, False),
+]
+DEQUANT_MS = (1, 2, 3, 4, 9)      # single rows, a row block, the chunked path (>= 4 rows)
 
 
 def _weight(case, seed):
@@ -77,13 +88,58 @@ def lib():
         fa, tb, zp = case[4], case[5], case[6]
         funcs[f"t{j}"] = sl.table_kernel(qw.layout, fa, tb, 2, f"t{j}")
         funcs[f"m{j}"] = sl.lookup_kernel(qw.layout, fa, tb, bool(zp), 2, f"m{j}")
+    for j, case in enumerate(DEQUANT_CASES):
+        funcs[f"d{j}"] = sd.dequant_kernel(_dequant_weight(case, j).layout, 2, name=f"d{j}")
     return tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(TVM_TARGET)).mod
+
+
+def _dequant_weight(case, seed):
+    bits, gs, k, n, zp = case
+    return _weight((bits, gs, k, n, True, 8, zp, None), 50 + seed)
 
 
 def test_kernels_use_avx2_lookups_only(lib):
     asm = lib.inspect_source("asm")
     assert asm.count("vpshufb") >= len(CASES) and "vpmaddubsw" in asm
+    # the dequantize kernel: widen the code bytes, convert, FMA
+    assert "vpmovzxbd" in asm and "vcvtdq2ps" in asm and "vfmadd" in asm
     assert "zmm" not in asm                    # AVX2 only: the reference machine has no AVX-512
+
+
+@needs_avx2
+@pytest.mark.parametrize("j", range(len(DEQUANT_CASES)))
+def test_dequant_kernel_within_bound_of_reference(lib, j):
+    import tvm
+
+    qw = _dequant_weight(DEQUANT_CASES[j], j)
+    layout = qw.layout
+    consts = [sd.repack_codes(qw.planes, layout),
+              *sd.repack_scales(qw.scales, qw.zero_points, layout)]
+    rng = np.random.default_rng(200 + j)
+    for m in DEQUANT_MS:
+        x = rng.standard_normal((m, layout.K)).astype(np.float32)
+        out = tvm.runtime.tensor(np.full((m, layout.N), np.nan, np.float32))
+        lib[f"d{j}"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(c) for c in consts], out)
+        want = lutmatmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=layout,
+                                   dequant=True)
+        bound = lutmatmul.dequant_error_bound(x, qw.planes, qw.scales, qw.zero_points, layout)
+        err = np.abs(out.numpy().astype(np.float64) - want)
+        assert (err <= bound + np.abs(want) * 2.0 ** -24).all(), (DEQUANT_CASES[j], m)
+
+
+def test_repack_codes_round_trip():
+    """Every code lands in its (tile, row block, column) byte at its bit offset."""
+    for j, case in enumerate(DEQUANT_CASES):
+        qw = _dequant_weight(case, j)
+        layout = qw.layout
+        p = sd.code_bits(layout.bits)
+        c = 8 // p
+        w = sd.repack_codes(qw.planes, layout)
+        assert w.shape == (layout.n_tiles, layout.K // c, 32)
+        u = np.stack([(w >> (p * i)) & ((1 << p) - 1) for i in range(c)], axis=2)
+        u = u.reshape(layout.n_tiles, layout.K, 32).transpose(1, 0, 2).reshape(layout.K, -1)
+        np.testing.assert_array_equal(u[:, :layout.N], qw.codes())
+        assert not u[:, layout.N:].any()
 
 
 @needs_avx2
@@ -151,7 +207,7 @@ def test_compile_model_weight_bits_2_uses_the_kernel(tmp_path):
     from edgert.compiler.pipeline import LIB_MEMBER
 
     art = compile_model(_model(tmp_path / "mlp.onnx"), tmp_path / "m2.edgert", weight_bits=2,
-                        group_size=32, threads=2)
+                        group_size=32, threads=2, lut="always")
     lib_bytes = read_artifact(art).members[LIB_MEMBER]
     assert b"lut_matmul_x86" in lib_bytes and b"lut_tables_x86" in lib_bytes
     tvm_s = edgert.Session(art, threads=2)

@@ -345,10 +345,11 @@ def _lutmatmul(node: _Node) -> Handler:
     except ArtifactError as e:
         raise ArtifactError(f"node {node.label}: {e}") from None
     table_bits = int(attrs["table_bits"]) if "table_bits" in attrs else None
+    dequant = bool(attrs.get("dequant", 0))
 
     def run(a, w, scales=None, zero_points=None):
         return (lutmatmul.numba_kernel(a, w, scales, zero_points, layout=layout,
-                                       table_bits=table_bits),)
+                                       table_bits=table_bits, dequant=dequant),)
     return run
 
 

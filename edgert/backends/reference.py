@@ -78,14 +78,14 @@ class LutMatMul(OpRun):
 
     def _run(self, a, w, scales=None, zero_points=None, bits=None, g=None,  # noqa: D102
              group_size=None, K=None, N=None, tile_n=None, tile_k=None,  # noqa: N803
-             layout_version=None, table_bits=None):
+             layout_version=None, table_bits=None, dequant=None):
         from edgert.ops import lutmatmul
 
         layout = lutmatmul.LutLayout.from_attrs(dict(
             bits=bits, g=g, group_size=group_size, K=K, N=N, tile_n=tile_n, tile_k=tile_k,
             layout_version=layout_version))
         return (lutmatmul.reference(a, w, scales, zero_points, layout=layout,
-                                    table_bits=int(table_bits)),)
+                                    table_bits=int(table_bits), dequant=bool(dequant)),)
 
 
 EDGERT_OPS: tuple[type[OpRun], ...] = (Requant, Shiftmax, ShiftGELU, ILayerNorm, IntMatMul,

@@ -1,0 +1,291 @@
+"""``--lut auto|always|never``: table lookup or dequantize-then-multiply, per LutMatMul node.
+
+Every ``edgert.LutMatMul`` node can run two ways on the same packed operands: by table lookup
+(T-MAC; ``dequant = 0``) or by dequantizing its weight and multiplying (``dequant = 1``; on x86
+AVX2 with float32 activations :mod:`edgert.compiler.schedule_lut_dequant`, elsewhere the generic
+compute). ``--lut always`` keeps lookups, ``never`` dequantizes every node, and ``auto``
+(the default) times both kernels for each distinct node signature (layout, activation dtype,
+table bits, zero points, rows) on this machine at compile time and keeps the faster one:
+
+- rows: the product of the activation's leading dimensions when they are static; symbolic
+  ones (an LLM's sequence length) are timed at 1 row, token generation, where most of an LLM's
+  time goes;
+- each kernel is compiled alone (one node, random operands of the node's shapes and dtypes, the
+  compile's target and threads) and timed interleaved with its rival
+  (:func:`edgert.timing.interleaved_latencies`, median);
+- results are cached in ``$EDGERT_CACHE/kernel_choice.json`` (default
+  ``~/.cache/edgert``; ``$EDGERT_KERNEL_CHOICE`` names another file), keyed by target,
+  threads, CPU model, edgert version and the signature, so a shape is timed once per machine;
+- a target this machine cannot run (a cross-compile, a GPU) is not timed: a cached result is
+  used if there is one, else table lookup (T-MAC's finding on CPUs), and the manifest says so.
+
+With float32 activations the two kernels do not give the same numbers: lookups round the
+tables to int8, dequantization is the exact dequantized matmul (``ops/lutmatmul.py``). With int8
+activations they agree bit for bit (exact int16 tables).
+
+The manifest's ``lowbit`` section records ``"lut": mode`` and per node ``"kernel"`` ("lut" or
+"dequant") and ``"kernel_choice"`` (how it was chosen, and the times).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgert import __version__
+from edgert.errors import InputError
+from edgert.targets import Target, can_run_here
+
+LUT_MODES = ("auto", "always", "never")
+CACHE_FILE = "kernel_choice.json"
+CACHE_FILE_ENV = "EDGERT_KERNEL_CHOICE"
+TIME_BUDGET_S = 0.3
+"""Timed seconds per kernel and signature (at least :data:`MIN_REPEATS` calls)."""
+MIN_REPEATS = 5
+MAX_REPEATS = 200
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The kernel of one LutMatMul node.
+
+    Attributes:
+        kernel: "lut" or "dequant".
+        how: "--lut always", "--lut never", "timed", "cached" or "not timed: <why>".
+        rows: activation rows it was timed at (None: not timed).
+        lut_ms, dequant_ms: median times (None: not timed).
+    """
+
+    kernel: str
+    how: str
+    rows: int | None = None
+    lut_ms: float | None = None
+    dequant_ms: float | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "kernel"}
+
+
+def check_mode(mode: str) -> str:
+    """Validate ``--lut``; raises InputError."""
+    if mode not in LUT_MODES:
+        raise InputError(f"--lut must be one of {', '.join(LUT_MODES)}, got {mode!r}")
+    return mode
+
+
+def cache_path() -> Path:
+    """``$EDGERT_KERNEL_CHOICE``, else ``kernel_choice.json`` in edgert's cache folder."""
+    from edgert.models.wheels import cache_dir
+
+    env = os.environ.get(CACHE_FILE_ENV)
+    return Path(env) if env else cache_dir() / CACHE_FILE
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a LutMatMul kernel's speed depends on."""
+
+    attrs: tuple[tuple[str, int], ...]       # the node's INT attributes, ``dequant`` left out
+    a_dtype: int                             # TensorProto element type of A
+    scales: bool
+    zero_points: int | None                  # TensorProto element type, None: symmetric
+    rows: int
+
+    def key(self, target: Target, threads: int | None) -> str:
+        return json.dumps([target.name, threads or os.cpu_count(), _cpu_model(), __version__,
+                           list(self.attrs), self.a_dtype, self.scales, self.zero_points,
+                           self.rows])
+
+
+def _rows(model: onnx.ModelProto, name: str) -> int:
+    for v in [*model.graph.input, *model.graph.value_info]:
+        if v.name == name:
+            dims = list(v.type.tensor_type.shape.dim)[:-1]
+            if dims and all(d.HasField("dim_value") for d in dims):
+                return int(np.prod([d.dim_value for d in dims]))
+    return 1
+
+
+def _signature(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict) -> Signature:
+    attrs = tuple(sorted((a.name, int(a.i)) for a in node.attribute if a.name != "dequant"))
+    a_dtype = next((v.type.tensor_type.elem_type for v in [*model.graph.input,
+                                                             *model.graph.value_info]
+                    if v.name == node.input[0]), TensorProto.FLOAT)
+    has = [len(node.input) > i and bool(node.input[i]) for i in (2, 3)]
+    zp = inits[node.input[3]].data_type if has[1] else None
+    return Signature(attrs, a_dtype, has[0], zp, _rows(model, node.input[0]))
+
+
+def lut_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    from edgert.ops import DOMAIN
+
+    return [n for n in model.graph.node if n.op_type == "LutMatMul" and n.domain == DOMAIN]
+
+
+def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: int | None,
+                   *, on_progress: Callable[[int, int], None] | None = None
+                   ) -> dict[str, Choice]:
+    """The kernel of every LutMatMul node (by node name) under ``--lut mode``.
+
+    Args:
+        model: a shape-inferred model with LutMatMul nodes (not changed).
+        mode: "auto", "always" or "never".
+        target, threads: what the model is compiled for (``auto`` times kernels built alike).
+        on_progress: called with (signatures timed, signatures to time).
+    """
+    check_mode(mode)
+    nodes = lut_nodes(model)
+    if mode != "auto":
+        kernel = "lut" if mode == "always" else "dequant"
+        return {n.name: Choice(kernel, f"--lut {mode}") for n in nodes}
+    inits = {t.name: t for t in model.graph.initializer}
+    sigs = {n.name: _signature(model, n, inits) for n in nodes}
+    cache_file = cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    runnable, why = can_run_here(target)
+    if runnable and target.cuda_arch:
+        runnable, why = False, "GPU targets are not timed"
+    todo = sorted({s for s in sigs.values() if s.key(target, threads) not in cache},
+                  key=lambda s: s.key(target, threads))
+    timed: dict[Signature, Choice] = {}
+    if runnable:
+        for i, sig in enumerate(todo):
+            if on_progress:
+                on_progress(i, len(todo))
+            timed[sig] = time_signature(sig, target, threads)
+            cache[sig.key(target, threads)] = asdict(timed[sig])
+        if on_progress:
+            on_progress(len(todo), len(todo))
+        if todo:
+            _write_cache(cache_file, cache)
+    out = {}
+    for name, sig in sigs.items():
+        key = sig.key(target, threads)
+        if sig in timed:
+            out[name] = timed[sig]
+        elif key in cache:
+            out[name] = Choice(**{**cache[key], "how": "cached"})
+        else:
+            out[name] = Choice("lut", f"not timed: {why}")
+    return out
+
+
+def _write_cache(path: Path, cache: dict) -> None:
+    from edgert.fileio import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    except OSError:
+        pass                       # a read-only cache only costs timing again next time
+
+
+def apply_choices(model: onnx.ModelProto, choices: dict[str, Choice]) -> None:
+    """Set each LutMatMul node's ``dequant`` attribute from ``choices`` (in place)."""
+    for node in lut_nodes(model):
+        keep = [a for a in node.attribute if a.name != "dequant"]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        if choices[node.name].kernel == "dequant":
+            node.attribute.append(helper.make_attribute("dequant", 1))
+
+
+def record(section: dict, mode: str, choices: dict[str, Choice]) -> None:
+    """Add ``lut`` and each node's ``kernel`` / ``kernel_choice`` to the manifest's ``lowbit``
+    section (nodes are matched by their ``lut_node``)."""
+    section["lut"] = mode
+    for entry in section.get("nodes", {}).values():
+        choice = choices.get(entry.get("lut_node"))
+        if choice is not None:
+            entry["kernel"] = choice.kernel
+            entry["kernel_choice"] = choice.to_json()
+
+
+# ---------------------------------------------------------------- timing
+
+def signature_model(sig: Signature, dequant: bool, seed: int = 0) -> onnx.ModelProto:
+    """One LutMatMul node of signature ``sig`` on random operands (A [rows, K] is the input)."""
+    from edgert.ops import DOMAIN, OPSET_VERSION
+    from edgert.ops.lutmatmul import LutLayout
+
+    attrs = dict(sig.attrs)
+    layout = LutLayout.from_attrs(attrs)
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(
+        rng.integers(0, 256, layout.planes_shape, dtype=np.uint8), "w")]
+    names = ["a", "w"]
+    groups = (layout.n_groups, layout.N)
+    if sig.scales:
+        inits.append(numpy_helper.from_array(
+            rng.uniform(0.01, 0.1, groups).astype(np.float32), "s"))
+    names.append("s" if sig.scales else "")
+    if sig.zero_points is not None:
+        zp = (rng.uniform(0, (1 << layout.bits) - 1, groups).astype(np.float32)
+              if sig.zero_points == TensorProto.FLOAT
+              else rng.integers(0, 1 << layout.bits, groups, dtype=np.uint8))
+        inits.append(numpy_helper.from_array(zp, "z"))
+        names.append("z")
+    while names and not names[-1]:
+        names.pop()
+    out_type = TensorProto.FLOAT if sig.a_dtype == TensorProto.FLOAT else TensorProto.INT32
+    node = helper.make_node("LutMatMul", names, ["y"], name="lut", domain=DOMAIN,
+                            **attrs, **({"dequant": 1} if dequant else {}))
+    graph = helper.make_graph(
+        [node], "kernel_choice",
+        [helper.make_tensor_value_info("a", sig.a_dtype, [sig.rows, layout.K])],
+        [helper.make_tensor_value_info("y", out_type, [sig.rows, layout.N])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+
+
+def time_signature(sig: Signature, target: Target, threads: int | None) -> Choice:
+    """Compile both kernels of ``sig`` for ``target`` and time them here, interleaved."""
+    from edgert.compiler.pipeline import compile_model
+    from edgert.session import Session
+    from edgert.timing import interleaved_latencies
+
+    rng = np.random.default_rng(1)
+    k = dict(sig.attrs)["K"]
+    a = (rng.standard_normal((sig.rows, k)).astype(np.float32)
+         if sig.a_dtype == TensorProto.FLOAT
+         else rng.integers(-127, 128, (sig.rows, k)).astype(np.int8))
+    with tempfile.TemporaryDirectory(prefix="edgert-kernel-choice-") as tmp:
+        runs = {}
+        for kind in ("lut", "dequant"):
+            src = Path(tmp) / f"{kind}.onnx"
+            onnx.save_model(signature_model(sig, kind == "dequant"), src)
+            path = compile_model(src, Path(tmp) / f"{kind}.edgert", target=target.name,
+                                 threads=threads)
+            session = Session(path, threads=threads)
+            runs[kind] = (lambda s: lambda: s.run(None, {"a": a}))(session)
+        once = interleaved_latencies(runs, repeats=1, warmup=1)
+        slowest = max(float(v[0]) for v in once.values())
+        repeats = int(np.clip(TIME_BUDGET_S / max(slowest, 1e-6), MIN_REPEATS, MAX_REPEATS))
+        times = interleaved_latencies(runs, repeats=repeats, warmup=1)
+    ms = {kind: float(np.median(v)) * 1e3 for kind, v in times.items()}
+    kernel = "dequant" if ms["dequant"] < ms["lut"] else "lut"
+    return Choice(kernel, "timed", sig.rows, round(ms["lut"], 4), round(ms["dequant"], 4))

@@ -1,0 +1,133 @@
+"""``--lut auto|always|never`` (``compiler/kernel_choice.py``): each LutMatMul node runs by
+table lookup or by dequantize-then-multiply, chosen by flag or by timing both here; the choice
+is in the node (``dequant``), in the library (the kernel's name) and in the manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgert
+from edgert.artifact import read_artifact
+from edgert.compiler import compile_model
+from edgert.compiler import kernel_choice as kc
+from edgert.compiler.pipeline import LIB_MEMBER
+from edgert.errors import InputError
+from edgert.targets import get_target, host_arch, host_cpu_features
+
+from conftest import run_cli
+
+needs_avx2 = pytest.mark.skipif(host_arch() != "x86_64" or "avx2" not in host_cpu_features(),
+                                reason="needs an x86-64 CPU with AVX2")
+
+
+def _mlp(path, rows=None, k=128, h=96, n=40):
+    """x [rows or (b, s), k] -> MatMul -> Relu -> MatMul -> y."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((k, h)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((h, n)) * 0.2).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    lead = [rows] if rows else ["b", "s"]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*lead, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*lead, n])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _dequant_attrs(art) -> dict[str, int]:
+    model = onnx.load_model_from_string(read_artifact(art).model_bytes)
+    return {n.name: next((a.i for a in n.attribute if a.name == "dequant"), 0)
+            for n in model.graph.node if n.op_type == "LutMatMul"}
+
+
+@needs_avx2
+def test_lut_never_runs_the_dequant_kernel(tmp_path):
+    art = compile_model(_mlp(tmp_path / "mlp.onnx"), tmp_path / "m.edgert", weight_bits=4,
+                        group_size=32, threads=2, lut="never")
+    assert b"lut_dequant_x86" in read_artifact(art).members[LIB_MEMBER]
+    assert b"lut_matmul_x86" not in read_artifact(art).members[LIB_MEMBER]
+    assert _dequant_attrs(art) == {"fc1": 1, "fc2": 1}
+    lowbit = read_artifact(art).manifest["lowbit"]
+    assert lowbit["lut"] == "never"
+    assert {e["kernel"] for e in lowbit["nodes"].values()} == {"dequant"}
+    assert all(e["kernel_choice"] == {"how": "--lut never"} for e in lowbit["nodes"].values())
+    tvm_s, numba_s = edgert.Session(art, threads=2), edgert.Session(art, backend="numba")
+    lut = edgert.Session(compile_model(tmp_path / "mlp.onnx", tmp_path / "l.edgert",
+                                       weight_bits=4, group_size=32, threads=2, lut="always"))
+    for shape in [(1, 1, 128), (1, 9, 128), (2, 4, 128)]:
+        feed = {"x": np.random.default_rng(5).standard_normal(shape).astype(np.float32)}
+        got, want = tvm_s.run(None, feed)[0], numba_s.run(None, feed)[0]
+        # numba sums in float64, the kernel in float32 (the bound is in ops/lutmatmul.py)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+        # table lookup rounds its tables: a different (less exact) result
+        assert np.abs(lut.run(None, feed)[0] - want).max() > 1e-3 * np.abs(want).max()
+
+
+@needs_avx2
+def test_lut_auto_times_both_kernels_and_caches_the_choice(tmp_path, monkeypatch):
+    cache = tmp_path / "choice.json"
+    monkeypatch.setenv(kc.CACHE_FILE_ENV, str(cache))
+    src = _mlp(tmp_path / "mlp16.onnx", rows=16)
+    art = compile_model(src, tmp_path / "a.edgert", weight_bits=4, threads=2)   # auto
+    lowbit = read_artifact(art).manifest["lowbit"]
+    assert lowbit["lut"] == "auto"
+    attrs = _dequant_attrs(art)
+    for entry in lowbit["nodes"].values():
+        choice = entry["kernel_choice"]
+        assert choice["how"] == "timed" and choice["rows"] == 16
+        assert choice["lut_ms"] > 0 and choice["dequant_ms"] > 0
+        faster = "dequant" if choice["dequant_ms"] < choice["lut_ms"] else "lut"
+        assert entry["kernel"] == faster
+        assert attrs[entry["lut_node"]] == (faster == "dequant")
+    assert len(json.loads(cache.read_text())) == 2          # two shapes, one entry each
+    again = read_artifact(compile_model(src, tmp_path / "b.edgert", weight_bits=4, threads=2))
+    for name, entry in again.manifest["lowbit"]["nodes"].items():
+        assert entry["kernel_choice"]["how"] == "cached"
+        assert entry["kernel"] == lowbit["nodes"][name]["kernel"]
+
+
+def test_symbolic_rows_are_timed_at_one_row_and_other_targets_not_at_all(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv(kc.CACHE_FILE_ENV, str(tmp_path / "choice.json"))
+    sig = kc.Signature((("K", 128), ("N", 40), ("bits", 2), ("g", 4), ("group_size", 32),
+                        ("layout_version", 1), ("table_bits", 8), ("tile_k", 32),
+                        ("tile_n", 32)), TensorProto.FLOAT, True, None, 1)
+    model = kc.signature_model(sig, dequant=False)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "m"
+    model = onnx.shape_inference.infer_shapes(model)
+    assert kc._signature(model, model.graph.node[0], {}) == sig        # symbolic: 1 row
+    rpi5 = get_target("rpi5")
+    if host_arch() != "aarch64":
+        choice = kc.choose_kernels(model, "auto", rpi5, 4)["lut"]
+        assert choice.kernel == "lut" and choice.how.startswith("not timed: ")
+    for mode, kernel in (("always", "lut"), ("never", "dequant")):
+        assert kc.choose_kernels(model, mode, rpi5, 4)["lut"] == kc.Choice(kernel,
+                                                                           f"--lut {mode}")
+
+
+def test_lut_flag_is_checked(tmp_path):
+    src = _mlp(tmp_path / "mlp.onnx")
+    with pytest.raises(InputError, match="--lut must be one of auto, always, never"):
+        compile_model(src, tmp_path / "x.edgert", weight_bits=4, lut="sometimes")
+    with pytest.raises(InputError, match="apply to low-bit weights"):
+        compile_model(src, tmp_path / "x.edgert", lut="never")
+    assert not (tmp_path / "x.edgert").exists()
+
+
+@needs_avx2
+def test_cli_lut_flag_and_inspect(tmp_path):
+    src = _mlp(tmp_path / "mlp.onnx")
+    out = tmp_path / "m.edgert"
+    done = run_cli("compile", str(src), "-o", str(out), "--weight-bits", "2", "--lut", "never")
+    assert done.returncode == 0, done.stderr
+    shown = run_cli("inspect", str(out))
+    assert shown.returncode == 0 and "--lut never" in shown.stdout
+    assert shown.stdout.count("dequant") >= 2
