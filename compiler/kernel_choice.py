@@ -16,8 +16,10 @@ table bits, zero points, rows) on this machine at compile time and keeps the fas
 - results are cached in ``$EDGERT_CACHE/kernel_choice.json`` (default
   ``~/.cache/edgert``; ``$EDGERT_KERNEL_CHOICE`` names another file), keyed by target,
   threads, CPU model, edgert version and the signature, so a shape is timed once per machine;
-- a target this machine cannot run (a cross-compile, a GPU) is not timed: a cached result is
-  used if there is one, else table lookup (T-MAC's finding on CPUs), and the manifest says so.
+- a target this machine cannot run (a cross-compile) is not timed: a cached result is
+  used if there is one, else table lookup (T-MAC's finding on CPUs), and the manifest says so;
+- nodes with no scheduled dequantize kernel (int8 activations, targets without AVX2) are not
+  timed either: the generic compute is never the faster one.
 
 With float32 activations the two kernels do not give the same numbers: lookups round the
 tables to int8, dequantization is the exact dequantized matmul (``ops/lutmatmul.py``). With int8
@@ -167,10 +169,8 @@ def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: i
     except (OSError, ValueError):
         cache = {}
     runnable, why = can_run_here(target)
-    if runnable and target.cuda_arch:
-        runnable, why = False, "GPU targets are not timed"
-    todo = sorted({s for s in sigs.values() if s.key(target, threads) not in cache},
-                  key=lambda s: s.key(target, threads))
+    todo = sorted({s for s in sigs.values() if s.key(target, threads) not in cache
+                   and has_dequant_kernel(target, s)}, key=lambda s: s.key(target, threads))
     timed: dict[Signature, Choice] = {}
     if runnable:
         for i, sig in enumerate(todo):
@@ -189,9 +189,21 @@ def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: i
             out[name] = timed[sig]
         elif key in cache:
             out[name] = Choice(**{**cache[key], "how": "cached"})
+        elif not has_dequant_kernel(target, sig):
+            out[name] = Choice("lut", "not timed: no scheduled dequantize kernel for "
+                               + ("this target" if sig.a_dtype == TensorProto.FLOAT
+                                  else "int8 activations"))
         else:
             out[name] = Choice("lut", f"not timed: {why}")
     return out
+
+
+def has_dequant_kernel(target: Target, sig: Signature) -> bool:
+    """Whether ``dequant = 1`` has a scheduled kernel (x86 AVX2, float32 activations) rather
+    than the generic compute."""
+    from edgert.compiler.schedule_intmatmul import target_has_avx2
+
+    return sig.a_dtype == TensorProto.FLOAT and target_has_avx2(target)
 
 
 def _write_cache(path: Path, cache: dict) -> None:

@@ -181,6 +181,25 @@ def rpi5_and_host(model: str | os.PathLike, tmp: Path, name: str, **options) -> 
                  for t in ("rpi5", "host"))
 
 
+def lowbit_mlp(path: str | os.PathLike, rows: int | None = None, k: int = 128, h: int = 96,
+               n: int = 40) -> str | os.PathLike:
+    """Save ``x [rows or (b, s), k] -> MatMul fc1 -> Relu -> MatMul fc2 -> y [.., n]`` (two
+    weights for ``--weight-bits``) to ``path`` and return it."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((k, h)) * 0.2).astype(np.float32)
+    w2 = (rng.standard_normal((h, n)) * 0.2).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    lead = [rows] if rows else ["b", "s"]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*lead, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*lead, n])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def raw_bits(a: np.ndarray) -> np.ndarray:
     """The raw bits of ``a`` (floats compared as integers: -0.0 != 0.0, NaN payloads count)."""
     return a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else a

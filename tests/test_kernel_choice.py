@@ -9,7 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 import edgert
 from edgert.artifact import read_artifact
@@ -19,27 +19,10 @@ from edgert.compiler.pipeline import LIB_MEMBER
 from edgert.errors import InputError
 from edgert.targets import get_target, host_arch, host_cpu_features
 
-from conftest import run_cli
+from conftest import lowbit_mlp, run_cli
 
 needs_avx2 = pytest.mark.skipif(host_arch() != "x86_64" or "avx2" not in host_cpu_features(),
                                 reason="needs an x86-64 CPU with AVX2")
-
-
-def _mlp(path, rows=None, k=128, h=96, n=40):
-    """x [rows or (b, s), k] -> MatMul -> Relu -> MatMul -> y."""
-    rng = np.random.default_rng(3)
-    w1 = (rng.standard_normal((k, h)) * 0.2).astype(np.float32)
-    w2 = (rng.standard_normal((h, n)) * 0.2).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
-    lead = [rows] if rows else ["b", "s"]
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*lead, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*lead, n])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
 
 
 def _dequant_attrs(art) -> dict[str, int]:
@@ -50,7 +33,7 @@ def _dequant_attrs(art) -> dict[str, int]:
 
 @needs_avx2
 def test_lut_never_runs_the_dequant_kernel(tmp_path):
-    art = compile_model(_mlp(tmp_path / "mlp.onnx"), tmp_path / "m.edgert", weight_bits=4,
+    art = compile_model(lowbit_mlp(tmp_path / "mlp.onnx"), tmp_path / "m.edgert", weight_bits=4,
                         group_size=32, threads=2, lut="never")
     assert b"lut_dequant_x86" in read_artifact(art).members[LIB_MEMBER]
     assert b"lut_matmul_x86" not in read_artifact(art).members[LIB_MEMBER]
@@ -75,7 +58,7 @@ def test_lut_never_runs_the_dequant_kernel(tmp_path):
 def test_lut_auto_times_both_kernels_and_caches_the_choice(tmp_path, monkeypatch):
     cache = tmp_path / "choice.json"
     monkeypatch.setenv(kc.CACHE_FILE_ENV, str(cache))
-    src = _mlp(tmp_path / "mlp16.onnx", rows=16)
+    src = lowbit_mlp(tmp_path / "mlp16.onnx", rows=16)
     art = compile_model(src, tmp_path / "a.edgert", weight_bits=4, threads=2)   # auto
     lowbit = read_artifact(art).manifest["lowbit"]
     assert lowbit["lut"] == "auto"
@@ -114,7 +97,7 @@ def test_symbolic_rows_are_timed_at_one_row_and_other_targets_not_at_all(tmp_pat
 
 
 def test_lut_flag_is_checked(tmp_path):
-    src = _mlp(tmp_path / "mlp.onnx")
+    src = lowbit_mlp(tmp_path / "mlp.onnx")
     with pytest.raises(InputError, match="--lut must be one of auto, always, never"):
         compile_model(src, tmp_path / "x.edgert", weight_bits=4, lut="sometimes")
     with pytest.raises(InputError, match="apply to low-bit weights"):
@@ -124,10 +107,21 @@ def test_lut_flag_is_checked(tmp_path):
 
 @needs_avx2
 def test_cli_lut_flag_and_inspect(tmp_path):
-    src = _mlp(tmp_path / "mlp.onnx")
+    src = lowbit_mlp(tmp_path / "mlp.onnx")
     out = tmp_path / "m.edgert"
     done = run_cli("compile", str(src), "-o", str(out), "--weight-bits", "2", "--lut", "never")
     assert done.returncode == 0, done.stderr
     shown = run_cli("inspect", str(out))
     assert shown.returncode == 0 and "--lut never" in shown.stdout
     assert shown.stdout.count("dequant") >= 2
+
+
+def test_int8_activations_are_not_timed():
+    """The integer variant's dequantize path is the generic compute: never timed, lookups."""
+    sig = kc.Signature((("K", 128), ("N", 40), ("bits", 2), ("g", 4), ("group_size", 128),
+                        ("layout_version", 1), ("table_bits", 16), ("tile_k", 64),
+                        ("tile_n", 32)), TensorProto.INT8, False, None, 4)
+    model = onnx.shape_inference.infer_shapes(kc.signature_model(sig, dequant=False))
+    choice = kc.choose_kernels(model, "auto", get_target("host"), 2)["lut"]
+    assert choice == kc.Choice("lut", "not timed: no scheduled dequantize kernel for int8 "
+                                      "activations")

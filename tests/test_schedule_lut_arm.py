@@ -22,7 +22,6 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 import edgert
-from edgert.compiler import compile_model
 from edgert.compiler import schedule_lut_arm as sa
 from edgert.compiler import weightquant as wq
 from edgert.demo import demo_calib_file, demo_files
@@ -30,7 +29,7 @@ from edgert.ops import DOMAIN, lutmatmul
 from edgert.targets import TARGETS
 from edgert.targets.qemu import run_under_qemu
 
-from conftest import raw_bits, rpi5_and_host
+from conftest import lowbit_mlp, raw_bits, rpi5_and_host
 from ophelpers import assert_bit_exact, integer_model
 
 
@@ -163,24 +162,9 @@ def test_lut_grid_rpi5_under_qemu_equals_reference_and_host(qemu_env, tmp_path):
         assert_bit_exact(f"{case}: rpi5 (qemu) vs host", raw_bits(g), raw_bits(h))
 
 
-def _mlp(path, k=128, h=96, n=40):
-    rng = np.random.default_rng(3)
-    w1 = (rng.standard_normal((k, h)) * 0.2).astype(np.float32)
-    w2 = (rng.standard_normal((h, n)) * 0.2).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TP.FLOAT, ["b", "s", k])],
-        [helper.make_tensor_value_info("y", TP.FLOAT, ["b", "s", n])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
 @pytest.mark.parametrize("bits", [2, 3, "ternary"])
 def test_fp32_lowbit_mlp_rpi5_under_qemu_bit_identical(qemu_env, tmp_path, bits):
-    rpi5, host = rpi5_and_host(_mlp(tmp_path / "mlp.onnx"), tmp_path, f"mlp_w{bits}",
+    rpi5, host = rpi5_and_host(lowbit_mlp(tmp_path / "mlp.onnx"), tmp_path, f"mlp_w{bits}",
                        weight_bits=bits, group_size=32)
     from edgert.artifact import read_artifact
     from edgert.compiler.pipeline import LIB_MEMBER

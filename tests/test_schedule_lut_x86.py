@@ -11,9 +11,7 @@ match the numba backend. All kernels of the grid share one ``tvm.compile``.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgert.compiler import schedule_lut_dequant as sd
 from edgert.compiler import schedule_lut_x86 as sl
@@ -21,6 +19,7 @@ from edgert.compiler import weightquant as wq
 from edgert.ops import lutmatmul
 from edgert.targets import host_arch, host_cpu_features
 
+from conftest import lowbit_mlp
 from ophelpers import assert_bit_exact
 
 HOST_AVX2 = host_arch() == "x86_64" and "avx2" in host_cpu_features()
@@ -184,21 +183,6 @@ def test_repack_weight_keeps_every_nibble():
 
 # ---------------------------------------------------------------- the whole pipeline
 
-def _model(path, k=128, h=96, n=40):
-    rng = np.random.default_rng(3)
-    w1 = (rng.standard_normal((k, h)) * 0.2).astype(np.float32)
-    w2 = (rng.standard_normal((h, n)) * 0.2).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
-    graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", n])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
 @needs_avx2
 def test_compile_model_weight_bits_2_uses_the_kernel(tmp_path):
     import edgert
@@ -206,7 +190,7 @@ def test_compile_model_weight_bits_2_uses_the_kernel(tmp_path):
     from edgert.compiler import compile_model
     from edgert.compiler.pipeline import LIB_MEMBER
 
-    art = compile_model(_model(tmp_path / "mlp.onnx"), tmp_path / "m2.edgert", weight_bits=2,
+    art = compile_model(lowbit_mlp(tmp_path / "mlp.onnx"), tmp_path / "m2.edgert", weight_bits=2,
                         group_size=32, threads=2, lut="always")
     lib_bytes = read_artifact(art).members[LIB_MEMBER]
     assert b"lut_matmul_x86" in lib_bytes and b"lut_tables_x86" in lib_bytes
