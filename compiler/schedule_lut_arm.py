@@ -144,18 +144,18 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
             q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi // 2) * NB * 32 + (fi % 2) * 16
             w0: T.let[T.int32] = ((nt * KT + kt) * TK4 + fi) * B * 16
             for i in T.unroll(B):
-                w = Wf[T.Ramp(w0 + i * 16, 1, 16)]
+                w: T.let[T.uint8x16] = Wf[T.Ramp(w0 + i * 16, 1, 16)]
                 for h in T.unroll(2):
-                    idx = T.reinterpret("int8x16", T.bitwise_and(
+                    idx: T.let[T.int8x16] = T.reinterpret("int8x16", T.bitwise_and(
                         T.shift_right(w, T.Broadcast(T.uint8(4 * h), 16)),
                         T.Broadcast(T.uint8(15), 16)))
-                    look = T.call_llvm_pure_intrin("int8x16", TBL, Qf[T.Ramp(q0, 1, 16)], idx)
+                    look: T.let[T.int8x16] = T.call_llvm_pure_intrin("int8x16", TBL, Qf[T.Ramp(q0, 1, 16)], idx)
                     if NB == 2:
                         acc_lo[T.Ramp(h * 16, 1, 16)] = acc_lo[T.Ramp(h * 16, 1, 16)] + \
                             T.shift_left(T.Cast("uint16x16", T.reinterpret("uint8x16", look)),
                                          T.Broadcast(T.Cast("uint16", i), 16))
-                        look_hi = T.call_llvm_pure_intrin("int8x16", TBL,
-                                                          Qf[T.Ramp(q0 + 32, 1, 16)], idx)
+                        look_hi: T.let[T.int8x16] = T.call_llvm_pure_intrin(
+                            "int8x16", TBL, Qf[T.Ramp(q0 + 32, 1, 16)], idx)
                         acc_hi[T.Ramp(h * 16, 1, 16)] = acc_hi[T.Ramp(h * 16, 1, 16)] + \
                             T.shift_left(T.Cast("int16x16", look_hi),
                                          T.Broadcast(T.Cast("int16", i), 16))

@@ -319,17 +319,17 @@ def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tup
                         acc32[T.Ramp(a * L, 1, L)] = T.Broadcast(T.int32(0), L)
                     for kg in range(GK):
                         k_tile(nt, r, g * GK + kg, Qf, TSf, Wf, acc32)
-                    ts = T.Broadcast(TSf[r * NG + g], L)
-                    rs = T.Broadcast(RSf[r * NG + g], L)
+                    ts: T.let[getattr(T, FVEC)] = T.Broadcast(TSf[r * NG + g], L)
+                    rs: T.let[getattr(T, FVEC)] = T.Broadcast(RSf[r * NG + g], L)
                     for a in T.unroll(V):
                         c0: T.let[T.int32] = (nt * NG + g) * TN + a * L
                         if has_zp:
-                            zc = ZCf[T.Ramp(c0, 1, L)]
+                            zc: T.let[getattr(T, FVEC)] = ZCf[T.Ramp(c0, 1, L)]
                         else:
-                            zc = T.Broadcast(T.float32(ZC0), L)
+                            zc: T.let[getattr(T, FVEC)] = T.Broadcast(T.float32(ZC0), L)
                         # llvm.arithmetic.fence on every product: no FMA contraction, so the
                         # float ops are the reference's, rounding for rounding
-                        inner = fence(ts * T.Cast(FVEC, acc32[T.Ramp(a * L, 1, L)])) \
+                        inner: T.let[getattr(T, FVEC)] = fence(ts * T.Cast(FVEC, acc32[T.Ramp(a * L, 1, L)])) \
                             + fence(zc * rs)
                         y[T.Ramp(a * L, 1, L)] = y[T.Ramp(a * L, 1, L)] + fence(
                             Sf[T.Ramp(c0, 1, L)] * (inner * T.Broadcast(T.float32(0.5), L)))
@@ -370,12 +370,12 @@ def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tup
                 for kt in range(KT):
                     k_tile(nt, r, kt, Qf, SHf, Wf, acc32)
                 for g in range(NG):
-                    rs = T.Broadcast(RSf[r * NG + g], L)
+                    rs: T.let[getattr(T, f"int32x{L}")] = T.Broadcast(RSf[r * NG + g], L)
                     for a in T.unroll(V):
                         if has_zp:
-                            zc = ZCf[T.Ramp((nt * NG + g) * TN + a * L, 1, L)]
+                            zc: T.let[getattr(T, f"int32x{L}")] = ZCf[T.Ramp((nt * NG + g) * TN + a * L, 1, L)]
                         else:
-                            zc = T.Broadcast(T.int32(ZC0), L)
+                            zc: T.let[getattr(T, f"int32x{L}")] = T.Broadcast(T.int32(ZC0), L)
                         acc32[T.Ramp(a * L, 1, L)] = acc32[T.Ramp(a * L, 1, L)] + zc * rs
                 store(Of, acc32, r, nt)
 
@@ -428,15 +428,15 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
         def lookups(acc16, base, tab, Wf, w0):
             # one 4-group pair, every word (all planes) of one tile; lookups into acc16[base..]
             for p in T.unroll(NP):
-                mult = T.reinterpret("int8x32", T.Broadcast(
+                mult: T.let[T.int8x32] = T.reinterpret("int8x32", T.Broadcast(
                     T.shift_left(T.int16(513), T.Cast("int16", 2 * p)), 16))
                 for v in T.unroll(2):
-                    w = Wf[T.Ramp(w0 + (2 * p + v) * 32, 1, 32)]
+                    w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (2 * p + v) * 32, 1, 32)]
                     for h in T.unroll(2):
-                        idx = T.reinterpret("int8x32", T.bitwise_and(
+                        idx: T.let[T.int8x32] = T.reinterpret("int8x32", T.bitwise_and(
                             T.shift_right(w, T.Broadcast(T.uint8(4 * h), 32)),
                             T.Broadcast(T.uint8(15), 32)))
-                        look = T.call_llvm_pure_intrin("int8x32", PSHUF, tab, idx)
+                        look: T.let[T.int8x32] = T.call_llvm_pure_intrin("int8x32", PSHUF, tab, idx)
                         a0: T.let[T.int32] = base + (2 * v + h) * 16
                         if unsigned:
                             acc16[T.Ramp(a0, 1, 16)] = acc16[T.Ramp(a0, 1, 16)] + \
@@ -445,14 +445,14 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
                             acc16[T.Ramp(a0, 1, 16)] = acc16[T.Ramp(a0, 1, 16)] + \
                                 T.call_llvm_pure_intrin("int16x16", MADDUBS, mult, look)
             if ODD == 1:
-                w = Wf[T.Ramp(w0 + (NV - 1) * 32, 1, 32)]
+                w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (NV - 1) * 32, 1, 32)]
                 for h in T.unroll(2):
-                    idx = T.reinterpret("int8x32", T.bitwise_and(
+                    idx: T.let[T.int8x32] = T.reinterpret("int8x32", T.bitwise_and(
                         T.shift_right(w, T.Broadcast(T.uint8(4 * h), 32)),
                         T.Broadcast(T.uint8(15), 32)))
-                    look = T.call_llvm_pure_intrin("int8x32", PSHUF, tab, idx)
+                    look: T.let[T.int8x32] = T.call_llvm_pure_intrin("int8x32", PSHUF, tab, idx)
                     for e in T.unroll(2):
-                        mult = T.reinterpret("int8x32", T.Broadcast(
+                        mult: T.let[T.int8x32] = T.reinterpret("int8x32", T.Broadcast(
                             T.Select(e == 0, T.int16(M_ODD0), T.int16(M_ODD1)), 16))
                         a0: T.let[T.int32] = base + (2 * h + e) * 16
                         if unsigned:
@@ -484,7 +484,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
                 look_signed(acc16, 0, Qf[T.Ramp(q0, 1, 32)], Wf, w0)
         for nb in T.unroll(NB):
             for a in T.unroll(4):
-                both = T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16, 1, 8)]) + \
+                both: T.let[T.int32x8] = T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16, 1, 8)]) + \
                     T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16 + 8, 1, 8)])
                 if SHIFTED:
                     acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + T.shift_left(
