@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+import edgert
 from edgert import Session
 from edgert.compiler.pipeline import compile_model
 from edgert.models import llama
@@ -44,7 +45,8 @@ def artifact_for(onnx_path: Path, bits: str, args: argparse.Namespace) -> Path:
         "weight_bits": bits, "group_size": args.group_size,
         "weight_zero_point": bits != "ternary",
         "keep_float": [] if args.lowbit_head else ["head"]}
-    key = hashlib.sha256(json.dumps([onnx_path.name, options], sort_keys=True).encode())
+    key = hashlib.sha256(json.dumps([onnx_path.name, options, edgert.__version__],
+                                    sort_keys=True).encode())
     path = onnx_path.with_name(f"{onnx_path.stem}-{bits}-{key.hexdigest()[:8]}.edgert")
     if not path.is_file():
         print(f"compiling {bits} ...", flush=True)
