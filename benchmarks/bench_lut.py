@@ -21,7 +21,10 @@ symbolic, so one build serves every ``--m``) is run by:
 - ``ort-nbits4``: onnxruntime ``MatMulNBits`` from ``MatMulNBitsQuantizer`` (4 bits, block 128,
   symmetric, ``accuracy_level=4``: int8 activations, MLAS's integer kernels);
 - ``ort-fp32``: onnxruntime on the float graph itself;
-- ggml: not run (``libggml-python`` does not install in this environment; the output says so).
+- ``ggml-q4_0``, ``ggml-tq2_0``, ``ggml-tq1_0``: ggml's own CPU kernels (llama.cpp's code:
+  Q4_0 4-bit, TQ2_0 / TQ1_0 ternary) on the same weights quantized by ggml, through the libggml
+  that llama-cpp-python ships (:class:`edgert.peers.GgmlMatMul`; ``libggml-python`` does not
+  install here). Skipped, with a note, when llama-cpp-python is not installed.
 
 Cached vs rotated: "cached" calls one loaded copy again and again (a 4096x4096 2-bit weight is
 4.7 MB: it sits in the L3 after the first call). "Rotated" calls ``C`` copies round robin, ``C``
@@ -72,8 +75,9 @@ SHAPES = {"llama2-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
 ALL_SHAPES = [s for group in SHAPES.values() for s in group]
 BITS = ["1", "2", "3", "4", "ternary"]
 GROUP_SIZE = 128
-GGML_SKIP = ("ggml not run: libggml-python does not install in this environment (no usable "
-             "wheel / build), so there is no llama.cpp Q4 kernel to compare with")
+GGML_KERNELS = ("q4_0", "tq2_0", "tq1_0")
+GGML_SKIP = ("ggml not run: it comes from llama-cpp-python's libggml (libggml-python does not "
+             "install here) and llama-cpp-python is not installed")
 
 
 # ---------------------------------------------------------------- helpers
@@ -198,7 +202,7 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
 
     import edgert
     from edgert.compiler import compile_model
-    from edgert.peers import onnxruntime_session
+    from edgert.peers import GgmlMatMul, onnxruntime_session
     from edgert.timing import interleaved_latencies, summarize
 
     config_pool = tvm.get_global_func("runtime.config_threadpool")
@@ -254,6 +258,15 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
                 run = [lambda s=s: s.run(None, {"x": x}) for s in ss]
                 cands[f"{name}/cached"] = Burst(run[:1], args.burst)
                 cands[f"{name}/rotated"] = Burst(run, args.burst)
+            ggml = {}                                  # ggml graphs are built for M rows
+            for qt in (GGML_KERNELS if args.ggml else ()):
+                first = GgmlMatMul(w, qt, m, threads)
+                ggml[qt] = [first] + [GgmlMatMul(w, qt, m, threads)
+                                      for _ in range(copies_for(first.weight_bytes, args) - 1)]
+                errors[f"ggml-{qt}"] = rel_err(first.run(x), want[m])
+                run = [lambda g=g: g.run(x) for g in ggml[qt]]
+                cands[f"ggml-{qt}/cached"] = Burst(run[:1], args.burst)
+                cands[f"ggml-{qt}/rotated"] = Burst(run, args.burst)
             load = load_avg()
             t0 = time.perf_counter()
             interleaved_latencies(cands, repeats=args.repeats, warmup=1)
@@ -293,9 +306,19 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
                        "rel_err_vs_fp32": errors[bits],
                        "ort_nbits4_rel_err_vs_fp32": errors["ort-nbits4"],
                        "loadavg": load}
+                for qt, gs in ggml.items():
+                    g_rot, g_cached = med[f"ggml-{qt}/rotated"], med[f"ggml-{qt}/cached"]
+                    row |= {f"ggml_{qt}_rotated_ms": g_rot, f"ggml_{qt}_cached_ms": g_cached,
+                            f"ggml_{qt}_copies": len(gs), f"ggml_{qt}_bytes": gs[0].weight_bytes,
+                            f"ggml_{qt}_pct_roofline":
+                                100 * gs[0].weight_bytes / bw[threads] * 1e3 / g_rot,
+                            f"ggml_{qt}_rel_err_vs_fp32": errors[f"ggml-{qt}"],
+                            f"vs_ggml_{qt}_rotated": g_rot / t["session_rotated_ms"],
+                            f"vs_ggml_{qt}_cached": g_cached / t["session_cached_ms"]}
                 rows.append(row)
             print(f"  {k}x{n} M={m} t={threads}: timed in {wall:.1f} s (load {load})",
                   flush=True)
+            del ggml
         del sessions, ort
     return rows
 
@@ -306,7 +329,8 @@ def print_table(rows: list[dict]) -> None:
     cols = [("KxN", 12), ("M", 3), ("thr", 4), ("bits", 8), ("lut rot", 9), ("vm rot", 9),
             ("lut $", 9), ("vm $", 9), ("nb4 rot", 9), ("nb4 $", 9), ("fp32 rot", 9),
             ("roof", 8), ("%roof", 7), ("%roofvm", 8), ("x nb4", 7), ("x nb4$", 7),
-            ("x fp32", 7), ("t/t4", 6), ("err", 6)]
+            ("x fp32", 7), ("t/t4", 6), ("err", 6), ("q4_0 rot", 9), ("tq2 rot", 8),
+            ("x q4_0", 7), ("x tq2", 6)]
     print("".join(f"{name:>{w}}" for name, w in cols))
     t4 = {(r["K"], r["N"], r["M"], r["threads"]): r["vm_rotated_ms"]
           for r in rows if r["bits"] == "4"}
@@ -321,13 +345,18 @@ def print_table(rows: list[dict]) -> None:
                 f"{r['pct_roofline_session']:.0f}%", f"{r['pct_roofline_vm']:.0f}%",
                 f"{r['vs_ort_nbits4_rotated']:.2f}", f"{r['vs_ort_nbits4_cached']:.2f}",
                 f"{r['vs_ort_fp32_rotated']:.2f}", f"{lin:.2f}", f"{r['rel_err_vs_fp32']:.3f}"]
+        vals += [f"{r[key]:.3f}" if key in r else "-" for key in
+                 ("ggml_q4_0_rotated_ms", "ggml_tq2_0_rotated_ms")]
+        vals += [f"{r[key]:.2f}" if key in r else "-" for key in
+                 ("vs_ggml_q4_0_rotated", "vs_ggml_tq2_0_rotated")]
         print("".join(f"{v:>{w}}" for v, (_, w) in zip(vals, cols)))
     print("times: median ms per call. rot = rotated over copies (DRAM), $ = one copy (cached); "
           "lut = edgert Session.run, vm = the VM's main called directly; nb4 = ORT "
           "MatMulNBits 4-bit; roof = LUT weight bytes / measured read bandwidth; %roof = roof / "
           "rotated time; x nb4 / x fp32 = ORT time / edgert Session time (> 1: edgert faster); "
           "t/t4 = vm rotated time / 4-bit LUT's; err = relative error vs fp32 x @ W; bits "
-          "'4dq' = the dequantize kernel on the same 4-bit weights")
+          "'4dq' = the dequantize kernel on the same 4-bit weights; q4_0 / tq2 = ggml's Q4_0 "
+          "and TQ2_0 kernels (rotated), x q4_0 / x tq2 = their time / edgert's")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,10 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(max(args.threads)))
 
     try:
-        import ggml  # noqa: F401
-        ggml_note = "ggml importable, but no ggml runner is written yet: not run"
+        import llama_cpp  # noqa: F401
+        args.ggml = True
+        ggml_note = ("ggml: llama-cpp-python's libggml " + llama_cpp.__version__
+                     + ", kernels " + ", ".join(GGML_KERNELS))
     except ImportError:
-        ggml_note = GGML_SKIP
+        args.ggml, ggml_note = False, GGML_SKIP
     print(ggml_note)
     t_start = time.perf_counter()
     print(f"load at start {load_avg()}; measuring read bandwidth ...", flush=True)

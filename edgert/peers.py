@@ -53,3 +53,80 @@ def llama_cpp_generate(llm: Any, prompt: list[int], max_new: int) -> tuple[list[
         llm.eval([tokens[-1]])
         tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
     return tokens, t1 - t0, time.perf_counter() - t1
+
+
+GGML_TYPES = {"f32": 0, "q4_0": 2, "q8_0": 8, "tq1_0": 34, "tq2_0": 35}
+"""ggml's ``enum ggml_type`` values (ggml.h) for the kernels compared with; checked at load
+against ``ggml_type_name``."""
+
+
+class GgmlMatMul:
+    """``y[M, N] = x[M, K] @ W[K, N]`` by ggml's CPU kernels (llama.cpp's own code): the
+    ``libggml`` that llama-cpp-python ships, called through ctypes. ``W`` is quantized by ggml
+    itself (``q4_0``, ``tq1_0``, ``tq2_0`` ternary, ``q8_0``); ggml quantizes ``x`` to its dot
+    type inside ``mul_mat`` as llama.cpp does. Threads come from ``ggml_graph_compute_with_ctx``
+    (started per call, as ggml's plain CPU path does).
+
+    Raises ImportError when llama-cpp-python (with its libggml) is not installed.
+    """
+
+    def __init__(self, w: Any, qtype: str, rows: int, threads: int) -> None:
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+
+        lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+        base = ctypes.CDLL(os.path.join(lib_dir, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+        cpu = ctypes.CDLL(os.path.join(lib_dir, "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+        p, i64, c_size = ctypes.c_void_p, ctypes.c_int64, ctypes.c_size_t
+
+        class InitParams(ctypes.Structure):
+            _fields_ = [("mem_size", c_size), ("mem_buffer", p), ("no_alloc", ctypes.c_bool)]
+
+        for name, res, args in [
+                ("ggml_init", p, [InitParams]), ("ggml_free", None, [p]),
+                ("ggml_new_tensor_2d", p, [p, ctypes.c_int, i64, i64]),
+                ("ggml_get_data", p, [p]), ("ggml_nbytes", c_size, [p]),
+                ("ggml_row_size", c_size, [ctypes.c_int, i64]),
+                ("ggml_type_name", ctypes.c_char_p, [ctypes.c_int]),
+                ("ggml_quantize_chunk", c_size, [ctypes.c_int, p, p, i64, i64, i64, p]),
+                ("ggml_mul_mat", p, [p, p, p]), ("ggml_new_graph", p, [p]),
+                ("ggml_build_forward_expand", None, [p, p])]:
+            fn = getattr(base, name)
+            fn.restype, fn.argtypes = res, args
+        cpu.ggml_cpu_init.restype, cpu.ggml_cpu_init.argtypes = None, []
+        cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
+        cpu.ggml_graph_compute_with_ctx.argtypes = [p, p, ctypes.c_int]
+        cpu.ggml_cpu_init()
+        qt = GGML_TYPES[qtype]
+        if base.ggml_type_name(qt).decode() != qtype:
+            raise ImportError(f"this libggml numbers its types differently ({qtype} is "
+                              f"{base.ggml_type_name(qt).decode()!r})")
+        k, n = w.shape
+        wt = np.ascontiguousarray(w.T, np.float32)                 # ggml rows: columns of W
+        mem = base.ggml_row_size(qt, k) * n + 8 * (k + n) * rows + (64 << 20)
+        self._base, self._cpu, self._threads = base, cpu, threads
+        self._ctx = base.ggml_init(InitParams(mem, None, False))
+        a = base.ggml_new_tensor_2d(self._ctx, qt, k, n)
+        base.ggml_quantize_chunk(qt, wt.ctypes.data, base.ggml_get_data(a), 0, n, k, None)
+        b = base.ggml_new_tensor_2d(self._ctx, GGML_TYPES["f32"], k, rows)
+        c = base.ggml_mul_mat(self._ctx, a, b)
+        self._graph = base.ggml_new_graph(self._ctx)
+        base.ggml_build_forward_expand(self._graph, c)
+        self.weight_bytes = int(base.ggml_nbytes(a))
+        f32 = ctypes.POINTER(ctypes.c_float)
+        self._x = np.ctypeslib.as_array(ctypes.cast(base.ggml_get_data(b), f32), (rows, k))
+        self._y = np.ctypeslib.as_array(ctypes.cast(base.ggml_get_data(c), f32), (rows, n))
+
+    def run(self, x: Any) -> Any:
+        """``x`` float32 [M, K] -> float32 [M, N] (a copy: ggml's buffer dies with ``self``)."""
+        self._x[...] = x
+        if self._cpu.ggml_graph_compute_with_ctx(self._ctx, self._graph, self._threads) != 0:
+            raise RuntimeError("ggml_graph_compute failed")
+        return self._y.copy()
+
+    def __del__(self) -> None:
+        if getattr(self, "_ctx", None):
+            self._base.ggml_free(self._ctx)
+            self._ctx = None

@@ -1,0 +1,27 @@
+"""The ggml peer (``edgert.peers.GgmlMatMul``, benchmarks only): the ctypes binding computes
+``x @ W`` (layout and transposition right), exactly for ternary weights in TQ2_0. Skipped where
+llama-cpp-python (which ships libggml) is not installed, as in CI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from edgert.peers import GgmlMatMul  # noqa: E402
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_ggml_matmul_ternary_exact_and_q4_0_close(rows):
+    rng = np.random.default_rng(0)
+    k, n = 512, 96
+    w = rng.integers(-1, 2, (k, n)).astype(np.float32) * 0.5       # ternary, one scale
+    x = rng.integers(-127, 128, (rows, k)).astype(np.float32)
+    x[:, ::256] = 127                      # each 256-block's max is 127: Q8_K scale 1, exact
+    np.testing.assert_array_equal(GgmlMatMul(w, "tq2_0", rows, 2).run(x), x @ w)
+    wf = rng.standard_normal((k, n)).astype(np.float32)
+    xf = rng.standard_normal((rows, k)).astype(np.float32)
+    got, want = GgmlMatMul(wf, "q4_0", rows, 2).run(xf), xf @ wf
+    assert got.shape == (rows, n)
+    assert np.abs(got - want).max() < 0.15 * np.abs(want).max()     # 4-bit weights, 8-bit x
