@@ -19,7 +19,9 @@ table bits, zero points, rows) on this machine at compile time and keeps the fas
 - a target this machine cannot run (a cross-compile) is not timed: a cached result is
   used if there is one, else table lookup (T-MAC's finding on CPUs), and the manifest says so;
 - nodes with no scheduled dequantize kernel (int8 activations, targets without AVX2) are not
-  timed either: the generic compute is never the faster one.
+  timed either: the generic compute is never the faster one;
+- a signature whose timing fails (a kernel that does not build or run here) keeps table lookup,
+  with the error in the manifest, and is not cached.
 
 With float32 activations the two kernels do not give the same numbers: lookups round the
 tables to int8, dequantization is the exact dequantized matmul (``ops/lutmatmul.py``). With int8
@@ -36,7 +38,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgert import __version__
-from edgert.errors import InputError
+from edgert.errors import EdgertError, InputError
 from edgert.targets import Target, can_run_here
 
 LUT_MODES = ("auto", "always", "never")
@@ -75,6 +77,9 @@ class Choice:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and k != "kernel"}
+
+
+CHOICE_FIELDS = {f.name for f in fields(Choice)}
 
 
 def check_mode(mode: str) -> str:
@@ -165,9 +170,11 @@ def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: i
     sigs = {n.name: _signature(model, n, inits) for n in nodes}
     cache_file = cache_path()
     try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
+        cache = {k: v for k, v in json.loads(cache_file.read_text()).items()
+                 if isinstance(v, dict) and v.get("kernel") in ("lut", "dequant")
+                 and set(v) <= CHOICE_FIELDS}
+    except (OSError, ValueError, AttributeError):
+        cache = {}                     # a missing or damaged cache: time again
     runnable, why = can_run_here(target)
     todo = sorted({s for s in sigs.values() if s.key(target, threads) not in cache
                    and has_dequant_kernel(target, s)}, key=lambda s: s.key(target, threads))
@@ -176,11 +183,15 @@ def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: i
         for i, sig in enumerate(todo):
             if on_progress:
                 on_progress(i, len(todo))
-            timed[sig] = time_signature(sig, target, threads)
+            try:
+                timed[sig] = time_signature(sig, target, threads)
+            except EdgertError as e:           # a kernel that fails to build or run here
+                timed[sig] = Choice("lut", f"not timed: {e}")
+                continue
             cache[sig.key(target, threads)] = asdict(timed[sig])
         if on_progress:
             on_progress(len(todo), len(todo))
-        if todo:
+        if any(c.how == "timed" for c in timed.values()):
             _write_cache(cache_file, cache)
     out = {}
     for name, sig in sigs.items():

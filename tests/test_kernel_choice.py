@@ -125,3 +125,44 @@ def test_int8_activations_are_not_timed():
     choice = kc.choose_kernels(model, "auto", get_target("host"), 2)["lut"]
     assert choice == kc.Choice("lut", "not timed: no scheduled dequantize kernel for int8 "
                                       "activations")
+
+
+def test_a_failed_timing_keeps_lookups_and_is_not_cached(tmp_path, monkeypatch):
+    from edgert.errors import CompileError
+
+    cache = tmp_path / "choice.json"
+    monkeypatch.setenv(kc.CACHE_FILE_ENV, str(cache))
+
+    def fail(sig, target, threads):
+        raise CompileError("model: TVM failed to compile for x86-avx2: boom")
+
+    monkeypatch.setattr(kc, "time_signature", fail)
+    sig = kc.Signature((("K", 128), ("N", 40), ("bits", 2), ("g", 4), ("group_size", 32),
+                        ("layout_version", 1), ("table_bits", 8), ("tile_k", 32),
+                        ("tile_n", 32)), TensorProto.FLOAT, True, None, 2)
+    model = onnx.shape_inference.infer_shapes(kc.signature_model(sig, dequant=False))
+    target = get_target("x86-avx2")
+    choice = kc.choose_kernels(model, "auto", target, 2)["lut"]
+    if host_arch() == "x86_64" and "avx2" in host_cpu_features():
+        assert choice == kc.Choice("lut", "not timed: model: TVM failed to compile for "
+                                          "x86-avx2: boom")
+        assert not cache.exists()
+    else:
+        assert choice.kernel == "lut" and choice.how.startswith("not timed: ")
+
+
+def test_a_damaged_cache_is_ignored(tmp_path, monkeypatch):
+    cache = tmp_path / "choice.json"
+    monkeypatch.setenv(kc.CACHE_FILE_ENV, str(cache))
+    sig = kc.Signature((("K", 128), ("N", 40), ("bits", 2), ("g", 4), ("group_size", 32),
+                        ("layout_version", 1), ("table_bits", 8), ("tile_k", 32),
+                        ("tile_n", 32)), TensorProto.FLOAT, True, None, 2)
+    model = onnx.shape_inference.infer_shapes(kc.signature_model(sig, dequant=False))
+    rpi5 = get_target("rpi5")                          # not timed here: only the cache counts
+    for text in ("{not json", "[1, 2]", json.dumps({sig.key(rpi5, 2): {"kernel": "fast"}}),
+                 json.dumps({sig.key(rpi5, 2): {"kernel": "dequant", "speed": 1}})):
+        cache.write_text(text)
+        if host_arch() != "aarch64":
+            assert kc.choose_kernels(model, "auto", rpi5, 2)["lut"].kernel == "lut"
+    cache.write_text(json.dumps({sig.key(rpi5, 2): {"kernel": "dequant", "how": "timed"}}))
+    assert kc.choose_kernels(model, "auto", rpi5, 2)["lut"] == kc.Choice("dequant", "cached")
