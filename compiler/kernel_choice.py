@@ -39,6 +39,7 @@ import platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,7 @@ def cache_path() -> Path:
     return Path(env) if env else cache_dir() / CACHE_FILE
 
 
+@lru_cache(maxsize=1)
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -125,23 +127,18 @@ class Signature:
                            self.rows])
 
 
-def _rows(model: onnx.ModelProto, name: str) -> int:
-    for v in [*model.graph.input, *model.graph.value_info]:
-        if v.name == name:
-            dims = list(v.type.tensor_type.shape.dim)[:-1]
-            if dims and all(d.HasField("dim_value") for d in dims):
-                return int(np.prod([d.dim_value for d in dims]))
-    return 1
-
-
-def _signature(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict) -> Signature:
+def _signature(node: onnx.NodeProto, infos: dict, inits: dict) -> Signature:
+    """``infos``: value name -> ValueInfoProto (graph inputs and value_info); ``inits``: name ->
+    initializer. Rows: the product of A's leading dims when all are static, else 1."""
     attrs = tuple(sorted((a.name, int(a.i)) for a in node.attribute if a.name != "dequant"))
-    a_dtype = next((v.type.tensor_type.elem_type for v in [*model.graph.input,
-                                                             *model.graph.value_info]
-                    if v.name == node.input[0]), TensorProto.FLOAT)
+    a = infos.get(node.input[0])
+    a_dtype = a.type.tensor_type.elem_type if a is not None else TensorProto.FLOAT
+    dims = list(a.type.tensor_type.shape.dim)[:-1] if a is not None else []
+    rows = (int(np.prod([d.dim_value for d in dims]))
+            if dims and all(d.HasField("dim_value") for d in dims) else 1)
     has = [len(node.input) > i and bool(node.input[i]) for i in (2, 3)]
     zp = inits[node.input[3]].data_type if has[1] else None
-    return Signature(attrs, a_dtype, has[0], zp, _rows(model, node.input[0]))
+    return Signature(attrs, a_dtype, has[0], zp, rows)
 
 
 def lut_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -167,7 +164,9 @@ def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: i
         kernel = "lut" if mode == "always" else "dequant"
         return {n.name: Choice(kernel, f"--lut {mode}") for n in nodes}
     inits = {t.name: t for t in model.graph.initializer}
-    sigs = {n.name: _signature(model, n, inits) for n in nodes}
+    infos = {v.name: v for v in [*model.graph.input, *model.graph.value_info]}
+    sigs = {n.name: _signature(n, infos, inits) for n in nodes}
+    keys = {sig: sig.key(target, threads) for sig in set(sigs.values())}
     cache_file = cache_path()
     try:
         cache = {k: v for k, v in json.loads(cache_file.read_text()).items()
@@ -176,8 +175,8 @@ def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: i
     except (OSError, ValueError, AttributeError):
         cache = {}                     # a missing or damaged cache: time again
     runnable, why = can_run_here(target)
-    todo = sorted({s for s in sigs.values() if s.key(target, threads) not in cache
-                   and has_dequant_kernel(target, s)}, key=lambda s: s.key(target, threads))
+    todo = sorted((s for s, key in keys.items()
+                   if key not in cache and has_dequant_kernel(target, s)), key=keys.get)
     timed: dict[Signature, Choice] = {}
     if runnable:
         for i, sig in enumerate(todo):
@@ -188,14 +187,14 @@ def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: i
             except EdgertError as e:           # a kernel that fails to build or run here
                 timed[sig] = Choice("lut", f"not timed: {e}")
                 continue
-            cache[sig.key(target, threads)] = asdict(timed[sig])
+            cache[keys[sig]] = asdict(timed[sig])
         if on_progress:
             on_progress(len(todo), len(todo))
         if any(c.how == "timed" for c in timed.values()):
             _write_cache(cache_file, cache)
     out = {}
     for name, sig in sigs.items():
-        key = sig.key(target, threads)
+        key = keys[sig]
         if sig in timed:
             out[name] = timed[sig]
         elif key in cache:

@@ -149,7 +149,8 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
                     idx: T.let[T.int8x16] = T.reinterpret("int8x16", T.bitwise_and(
                         T.shift_right(w, T.Broadcast(T.uint8(4 * h), 16)),
                         T.Broadcast(T.uint8(15), 16)))
-                    look: T.let[T.int8x16] = T.call_llvm_pure_intrin("int8x16", TBL, Qf[T.Ramp(q0, 1, 16)], idx)
+                    look: T.let[T.int8x16] = T.call_llvm_pure_intrin(
+                        "int8x16", TBL, Qf[T.Ramp(q0, 1, 16)], idx)
                     if NB == 2:
                         acc_lo[T.Ramp(h * 16, 1, 16)] = acc_lo[T.Ramp(h * 16, 1, 16)] + \
                             T.shift_left(T.Cast("uint16x16", T.reinterpret("uint8x16", look)),

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from edgert.compiler.schedule_lut_x86 import TN, repack_columns
 from edgert.ops.lutmatmul import LutLayout, codes, doubled_zero
 
-TN = 32                 # columns per tile
 ROW_BLOCK = 3           # activation rows sharing one dequantized weight vector
 """3 rows x 4 column vectors = 12 ymm accumulators, + weight, scale, zero term: 16."""
 CHUNK_ROWS = 128
@@ -75,13 +75,16 @@ def repack_codes(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
 def repack_scales(scales: np.ndarray, zero_points: np.ndarray | None, layout: LutLayout
                   ) -> tuple[np.ndarray, np.ndarray]:
     """``S`` and ``Z = -s * z2 / 2`` as float32 ``[NT, NG, 32]`` (zero padded)."""
-    nt, ng = layout.n_tiles, layout.n_groups
-    z2 = doubled_zero(zero_points, layout.bits, (ng, layout.N)).astype(np.float32)
+    z2 = doubled_zero(zero_points, layout.bits, (layout.n_groups, layout.N)).astype(np.float32)
     s = np.asarray(scales, np.float32)
-    out = np.zeros((2, ng, nt * TN), np.float32)
-    out[0, :, :layout.N] = s
-    out[1, :, :layout.N] = -(s * (z2 * np.float32(0.5)))
-    return tuple(np.ascontiguousarray(x.reshape(ng, nt, TN).transpose(1, 0, 2)) for x in out)
+    return (repack_columns(s, layout, "float32"),
+            repack_columns(-(s * (z2 * np.float32(0.5))), layout, "float32"))
+
+
+def operands(planes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
+             layout: LutLayout) -> list[np.ndarray]:
+    """The kernel's constant operands after ``A``: ``[W, S, Z]`` (module docstring)."""
+    return [repack_codes(planes, layout), *repack_scales(scales, zero_points, layout)]
 
 
 @lru_cache(maxsize=None)
@@ -139,9 +142,9 @@ def dequant_kernel(layout: LutLayout, cores: int, row_block: int = ROW_BLOCK,
     blocks = make_block(row_block)
     single = make_block(1)
 
-    def make_chunk_rows(rb: int):
+    def make_chunk_block(rb: int):
         @T.macro
-        def chunk_rows(nt, c, r0, Af, Wb, Of):
+        def chunk_block(nt, c, r0, Af, Wb, Of):
             # rb rows x 32 columns += A[rows, chunk c] @ Wb (the chunk's dequantized weight)
             acc = T.alloc_buffer((rb * TN,), "float32")
             for rr in T.unroll(rb):
@@ -156,15 +159,16 @@ def dequant_kernel(layout: LutLayout, cores: int, row_block: int = ROW_BLOCK,
                     x: T.let[T.float32x8] = T.Broadcast(Af[(r0 + rr) * K + c * KB + k], 8)
                     for a in T.unroll(4):
                         acc[T.Ramp(rr * TN + a * 8, 1, 8)] = \
-                            acc[T.Ramp(rr * TN + a * 8, 1, 8)] + x * Wb[T.Ramp(k * TN + a * 8, 1, 8)]
+                            acc[T.Ramp(rr * TN + a * 8, 1, 8)] \
+                            + x * Wb[T.Ramp(k * TN + a * 8, 1, 8)]
             for rr in T.unroll(rb):
                 for a in T.unroll(4):
                     Of[T.Ramp((r0 + rr) * N + nt * TN + a * 8, 1, 8)] = \
                         acc[T.Ramp(rr * TN + a * 8, 1, 8)]
-        return chunk_rows
+        return chunk_block
 
-    chunk_blocks = make_chunk_rows(row_block)
-    chunk_single = make_chunk_rows(1)
+    chunk_blocks = make_chunk_block(row_block)
+    chunk_single = make_chunk_block(1)
 
     @T.macro
     def chunked(nt, R, Af, Wf, Sf, Zf, Of):

@@ -319,17 +319,17 @@ def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tup
                         acc32[T.Ramp(a * L, 1, L)] = T.Broadcast(T.int32(0), L)
                     for kg in range(GK):
                         k_tile(nt, r, g * GK + kg, Qf, TSf, Wf, acc32)
-                    ts: T.let[getattr(T, FVEC)] = T.Broadcast(TSf[r * NG + g], L)
-                    rs: T.let[getattr(T, FVEC)] = T.Broadcast(RSf[r * NG + g], L)
+                    ts: T.let = T.Broadcast(TSf[r * NG + g], L)
+                    rs: T.let = T.Broadcast(RSf[r * NG + g], L)
                     for a in T.unroll(V):
                         c0: T.let[T.int32] = (nt * NG + g) * TN + a * L
                         if has_zp:
-                            zc: T.let[getattr(T, FVEC)] = ZCf[T.Ramp(c0, 1, L)]
+                            zc: T.let = ZCf[T.Ramp(c0, 1, L)]
                         else:
-                            zc: T.let[getattr(T, FVEC)] = T.Broadcast(T.float32(ZC0), L)
+                            zc: T.let = T.Broadcast(T.float32(ZC0), L)
                         # llvm.arithmetic.fence on every product: no FMA contraction, so the
                         # float ops are the reference's, rounding for rounding
-                        inner: T.let[getattr(T, FVEC)] = fence(ts * T.Cast(FVEC, acc32[T.Ramp(a * L, 1, L)])) \
+                        inner: T.let = fence(ts * T.Cast(FVEC, acc32[T.Ramp(a * L, 1, L)])) \
                             + fence(zc * rs)
                         y[T.Ramp(a * L, 1, L)] = y[T.Ramp(a * L, 1, L)] + fence(
                             Sf[T.Ramp(c0, 1, L)] * (inner * T.Broadcast(T.float32(0.5), L)))
@@ -370,12 +370,12 @@ def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tup
                 for kt in range(KT):
                     k_tile(nt, r, kt, Qf, SHf, Wf, acc32)
                 for g in range(NG):
-                    rs: T.let[getattr(T, f"int32x{L}")] = T.Broadcast(RSf[r * NG + g], L)
+                    rs: T.let = T.Broadcast(RSf[r * NG + g], L)
                     for a in T.unroll(V):
                         if has_zp:
-                            zc: T.let[getattr(T, f"int32x{L}")] = ZCf[T.Ramp((nt * NG + g) * TN + a * L, 1, L)]
+                            zc: T.let = ZCf[T.Ramp((nt * NG + g) * TN + a * L, 1, L)]
                         else:
-                            zc: T.let[getattr(T, f"int32x{L}")] = T.Broadcast(T.int32(ZC0), L)
+                            zc: T.let = T.Broadcast(T.int32(ZC0), L)
                         acc32[T.Ramp(a * L, 1, L)] = acc32[T.Ramp(a * L, 1, L)] + zc * rs
                 store(Of, acc32, r, nt)
 
@@ -484,8 +484,9 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
                 look_signed(acc16, 0, Qf[T.Ramp(q0, 1, 32)], Wf, w0)
         for nb in T.unroll(NB):
             for a in T.unroll(4):
-                both: T.let[T.int32x8] = T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16, 1, 8)]) + \
-                    T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16 + 8, 1, 8)])
+                both: T.let[T.int32x8] = \
+                    T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16, 1, 8)]) \
+                    + T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16 + 8, 1, 8)])
                 if SHIFTED:
                     acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + T.shift_left(
                         both, T.Broadcast(SHf[r * KT + kt], 8))
@@ -562,10 +563,10 @@ class LutKernels:
         table_kernel, lookup_kernel: the PrimFunc factories (signatures as in this module).
         operands: the class re-packing the constants (``w2``, ``scales``, ``zc``, ``has_zp``).
         accepts: whether a layout suits the kernels.
-        dequant_kernel: the ``dequant = 1`` factory for float32 activations (``(layout, cores,
-            name=...)``, see :mod:`edgert.compiler.schedule_lut_dequant`), or None (such calls
-            keep the generic compute).
-        dequant_accepts: whether a layout suits it.
+        dequant: the ``dequant = 1`` kernel for float32 activations, or None (such calls keep
+            the generic compute): a module with ``dequant_kernel(layout, cores, name=...)``,
+            ``accepts(layout)`` and ``operands(planes, scales, zero_points, layout)``, as
+            :mod:`edgert.compiler.schedule_lut_dequant`.
     """
 
     isa: str
@@ -573,8 +574,7 @@ class LutKernels:
     lookup_kernel: Callable[..., Any]
     operands: type
     accepts: Callable[[LutLayout], bool]
-    dequant_kernel: Callable[..., Any] | None = None
-    dequant_accepts: Callable[[LutLayout], bool] = lambda layout: False
+    dequant: Any = None
 
 
 def schedule_lut_matmuls(mod: Any, tvm_target: Any) -> Any:
@@ -584,7 +584,7 @@ def schedule_lut_matmuls(mod: Any, tvm_target: Any) -> Any:
 
     return rewrite_lut_matmuls(mod, tvm_target, LutKernels(
         "x86", table_kernel, lookup_kernel, LutOperands, lambda layout: layout.tile_n == TN,
-        dq.dequant_kernel, dq.accepts))
+        dq))
 
 
 def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
@@ -594,7 +594,7 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
     scales / zero points) are constants and whose layout ``kernels.accepts`` becomes: A
     reshaped to ``[R, K]``, the table kernel (three outputs), the lookup kernel on the
     re-packed constants, a reshape back. A ``dequant = 1`` call with float32 activations
-    becomes ``kernels.dequant_kernel`` on its re-packed codes, scales and zero terms instead
+    becomes ``kernels.dequant``'s kernel on its re-packed codes, scales and zero terms instead
     (where there is one and it accepts the layout). Other calls are left alone.
     """
     from tvm import relax, tirx
@@ -623,7 +623,7 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
             if kind == "tables":
                 func = kernels.table_kernel(layout, float_acts, tb, cores, name)
             elif kind == "dequant":
-                func = kernels.dequant_kernel(layout, cores, name=name)
+                func = kernels.dequant.dequant_kernel(layout, cores, name=name)
             else:
                 func = kernels.lookup_kernel(layout, float_acts, tb, has_zp, cores, name)
             rw.add_kernel(key, func, name)
@@ -632,7 +632,7 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
     def rewrite(rw: Any, call: Any) -> Any | None:
         layout, tb, inputs, dequant = specs[call.args[0].name_hint]
         args = call.args[1]
-        usable = (kernels.dequant_kernel is not None and kernels.dequant_accepts(layout)
+        usable = (kernels.dequant is not None and kernels.dequant.accepts(layout)
                   if dequant else kernels.accepts(layout))
         if (not isinstance(args, relax.Tuple) or len(call.args) > 2
                 or len(args.fields) != len(inputs) or not usable):
@@ -659,9 +659,7 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
             rows = rows * d
         a2 = bb.emit(relax.op.reshape(a, [rows, layout.K]))
         if dequant:
-            from edgert.compiler import schedule_lut_dequant as dq
-
-            consts = [dq.repack_codes(w, layout), *dq.repack_scales(scales, zps, layout)]
+            consts = kernels.dequant.operands(w, scales, zps, layout)
             out = bb.emit(relax.call_tir(
                 kernel(rw, "dequant", layout, True, tb, zps is not None),
                 [a2, *(relax.const(c) for c in consts)],

@@ -74,9 +74,10 @@ parameter is in :class:`LutLayout` (ONNX attributes, JSON) and checked against t
 
 ONNX (domain ``edgert``): ``LutMatMul(A: float|int8, W: uint8, scales?: float,
 zero_points?: uint8|float) -> float|int32`` with INT attributes ``bits, g, group_size, K, N, tile_n,
-tile_k, layout_version, table_bits`` and the optional ``dequant`` (0 or 1, default 0); ``scales`` [K/group_size, N] is required for float A and
-absent for int8 A; ``zero_points`` [K/group_size, N] selects the asymmetric scheme (float32
-zero points, float A only: the exact-min scheme).
+tile_k, layout_version, table_bits`` and the optional ``dequant`` (0 or 1, default 0);
+``scales`` [K/group_size, N] is required for float A and absent for int8 A; ``zero_points``
+[K/group_size, N] selects the asymmetric scheme (float32 zero points, float A only: the
+exact-min scheme).
 """
 
 from __future__ import annotations
@@ -295,8 +296,7 @@ def doubled_weight(u: np.ndarray, zero_points: np.ndarray | None, bits: int) -> 
     """``2u - z2`` [K, N] from codes ``u`` [K, N]: int16, or float32 for float32 zero points
     (one rounding). ``zero_points`` (or the symmetric constant) is per (group, column)."""
     k, n = u.shape
-    groups = k if zero_points is None else zero_points.shape[0]
-    z2 = doubled_zero(zero_points, bits, (1, n) if zero_points is None else (groups, n))
+    z2 = doubled_zero(zero_points, bits, (1, n))            # (1, n): the symmetric constant
     z2 = np.repeat(z2, k // z2.shape[0], axis=0)
     if z2.dtype == np.float32:
         return (np.float32(2) * u.astype(np.float32)) - z2

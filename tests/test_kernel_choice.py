@@ -17,12 +17,21 @@ from edgert.compiler import compile_model
 from edgert.compiler import kernel_choice as kc
 from edgert.compiler.pipeline import LIB_MEMBER
 from edgert.errors import InputError
+from edgert.ops.lutmatmul import LutLayout
 from edgert.targets import get_target, host_arch, host_cpu_features
 
 from conftest import lowbit_mlp, run_cli
 
 needs_avx2 = pytest.mark.skipif(host_arch() != "x86_64" or "avx2" not in host_cpu_features(),
                                 reason="needs an x86-64 CPU with AVX2")
+
+
+def _signature(*, rows: int, group_size: int = 32, table_bits: int = 8, tile_k: int = 32,
+               a_dtype: int = TensorProto.FLOAT, scales: bool = True) -> kc.Signature:
+    """A 2-bit 128 x 40 LutMatMul signature (symmetric weights)."""
+    attrs = LutLayout(bits=2, group_size=group_size, K=128, N=40, tile_k=tile_k).to_attrs()
+    return kc.Signature(tuple(sorted({**attrs, "table_bits": table_bits}.items())), a_dtype,
+                        scales, None, rows)
 
 
 def _dequant_attrs(art) -> dict[str, int]:
@@ -80,13 +89,12 @@ def test_lut_auto_times_both_kernels_and_caches_the_choice(tmp_path, monkeypatch
 def test_symbolic_rows_are_timed_at_one_row_and_other_targets_not_at_all(tmp_path,
                                                                           monkeypatch):
     monkeypatch.setenv(kc.CACHE_FILE_ENV, str(tmp_path / "choice.json"))
-    sig = kc.Signature((("K", 128), ("N", 40), ("bits", 2), ("g", 4), ("group_size", 32),
-                        ("layout_version", 1), ("table_bits", 8), ("tile_k", 32),
-                        ("tile_n", 32)), TensorProto.FLOAT, True, None, 1)
+    sig = _signature(rows=1)
     model = kc.signature_model(sig, dequant=False)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "m"
     model = onnx.shape_inference.infer_shapes(model)
-    assert kc._signature(model, model.graph.node[0], {}) == sig        # symbolic: 1 row
+    infos = {v.name: v for v in model.graph.input}
+    assert kc._signature(model.graph.node[0], infos, {}) == sig        # symbolic: 1 row
     rpi5 = get_target("rpi5")
     if host_arch() != "aarch64":
         choice = kc.choose_kernels(model, "auto", rpi5, 4)["lut"]
@@ -118,9 +126,8 @@ def test_cli_lut_flag_and_inspect(tmp_path):
 
 def test_int8_activations_are_not_timed():
     """The integer variant's dequantize path is the generic compute: never timed, lookups."""
-    sig = kc.Signature((("K", 128), ("N", 40), ("bits", 2), ("g", 4), ("group_size", 128),
-                        ("layout_version", 1), ("table_bits", 16), ("tile_k", 64),
-                        ("tile_n", 32)), TensorProto.INT8, False, None, 4)
+    sig = _signature(group_size=128, table_bits=16, tile_k=64, a_dtype=TensorProto.INT8,
+                     scales=False, rows=4)
     model = onnx.shape_inference.infer_shapes(kc.signature_model(sig, dequant=False))
     choice = kc.choose_kernels(model, "auto", get_target("host"), 2)["lut"]
     assert choice == kc.Choice("lut", "not timed: no scheduled dequantize kernel for int8 "
@@ -137,9 +144,7 @@ def test_a_failed_timing_keeps_lookups_and_is_not_cached(tmp_path, monkeypatch):
         raise CompileError("model: TVM failed to compile for x86-avx2: boom")
 
     monkeypatch.setattr(kc, "time_signature", fail)
-    sig = kc.Signature((("K", 128), ("N", 40), ("bits", 2), ("g", 4), ("group_size", 32),
-                        ("layout_version", 1), ("table_bits", 8), ("tile_k", 32),
-                        ("tile_n", 32)), TensorProto.FLOAT, True, None, 2)
+    sig = _signature(rows=2)
     model = onnx.shape_inference.infer_shapes(kc.signature_model(sig, dequant=False))
     target = get_target("x86-avx2")
     choice = kc.choose_kernels(model, "auto", target, 2)["lut"]
@@ -154,9 +159,7 @@ def test_a_failed_timing_keeps_lookups_and_is_not_cached(tmp_path, monkeypatch):
 def test_a_damaged_cache_is_ignored(tmp_path, monkeypatch):
     cache = tmp_path / "choice.json"
     monkeypatch.setenv(kc.CACHE_FILE_ENV, str(cache))
-    sig = kc.Signature((("K", 128), ("N", 40), ("bits", 2), ("g", 4), ("group_size", 32),
-                        ("layout_version", 1), ("table_bits", 8), ("tile_k", 32),
-                        ("tile_n", 32)), TensorProto.FLOAT, True, None, 2)
+    sig = _signature(rows=2)
     model = onnx.shape_inference.infer_shapes(kc.signature_model(sig, dequant=False))
     rpi5 = get_target("rpi5")                          # not timed here: only the cache counts
     for text in ("{not json", "[1, 2]", json.dumps({sig.key(rpi5, 2): {"kernel": "fast"}}),
