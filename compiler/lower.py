@@ -142,7 +142,8 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     if schedule_intmatmul.target_has_avx2(target):
         from edgert.compiler import schedule_lut_x86
 
-        mod = schedule_lut_x86.schedule_lut_matmuls(mod, tvm_target)
+        mod = schedule_lut_x86.schedule_lut_matmuls(
+            mod, tvm_target, vnni="avx512_vnni" in target.cpu_features)
     elif target.arch == "aarch64" and not target.cuda_arch:
         from edgert.compiler import schedule_lut_arm    # NEON tbl LutMatMul kernels
 

@@ -22,7 +22,7 @@ from edgert.threads import reserve_tvm_pool
 
 reserve_tvm_pool()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "__version__",

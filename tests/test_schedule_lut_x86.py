@@ -103,6 +103,7 @@ def test_kernels_use_avx2_lookups_only(lib):
     # the dequantize kernel: widen the code bytes, convert, FMA
     assert "vpmovzxbd" in asm and "vcvtdq2ps" in asm and "vfmadd" in asm
     assert "zmm" not in asm                    # AVX2 only: the reference machine has no AVX-512
+    assert "prefetcht0" in asm                 # weight words prefetched (1-3 bits)
 
 
 @needs_avx2
@@ -141,29 +142,84 @@ def test_repack_codes_round_trip():
         assert not u[:, layout.N:].any()
 
 
-@needs_avx2
-@pytest.mark.parametrize("j", range(len(CASES)))
-def test_kernel_bit_exact_with_reference(lib, j):
+def _check_kernel(lib, prefix: str, case, seed: int, vnni: bool = False) -> None:
     import tvm
 
-    case = CASES[j]
-    qw = _weight(case, j)
+    qw = _weight(case, seed)
     layout, fa, tb = qw.layout, case[4], case[5]
-    ops = sl.LutOperands(layout, qw.planes, qw.scales if fa else None, qw.zero_points, fa)
-    rng = np.random.default_rng(100 + j)
+    ops = sl.LutOperands(layout, qw.planes, qw.scales if fa else None, qw.zero_points, fa,
+                         vnni=vnni)
+    rng = np.random.default_rng(100 + seed)
     for m in MS:
         x = _acts(rng, case, m)
         inter = [tvm.runtime.tensor(np.zeros(s, d))
                  for s, d in sl.intermediate_shapes(layout, m, fa, tb)]
         xt = tvm.runtime.tensor(x)
-        lib[f"t{j}"](xt, xt, *inter)
+        lib[f"t{prefix}{seed}"](xt, xt, *inter)
         out = tvm.runtime.tensor(np.zeros((m, layout.N), np.float32 if fa else np.int32))
         consts = [ops.w2] + ([ops.scales] if fa else []) + [ops.zc]
         tables = [inter[i] for i in ((2, 0, 1) if fa else (0, 1, 2))]   # (QT, TS or SH, RS)
-        lib[f"m{j}"](*tables, *[tvm.runtime.tensor(c) for c in consts], out)
+        lib[f"m{prefix}{seed}"](*tables, *[tvm.runtime.tensor(c) for c in consts], out)
         want = lutmatmul.reference(x, qw.planes, qw.scales if fa else None, qw.zero_points,
                                    layout=layout, table_bits=None if fa else tb)
-        assert_bit_exact(f"case {case} M={m}", out.numpy(), want)
+        assert_bit_exact(f"case {case} M={m}{' vnni' if vnni else ''}", out.numpy(), want)
+
+
+@needs_avx2
+@pytest.mark.parametrize("j", range(len(CASES)))
+def test_kernel_bit_exact_with_reference(lib, j):
+    _check_kernel(lib, "", CASES[j], j)
+
+
+# ---------------------------------------------------------------- the VNNI variant (4 bits)
+
+VNNI_CASES = [j for j, case in enumerate(CASES) if case[0] == 4]
+HOST_VNNI = HOST_AVX2 and "avx512_vnni" in host_cpu_features()
+
+
+@pytest.fixture(scope="module")
+def vnni_lib():
+    import tvm
+
+    funcs = {}
+    for j in VNNI_CASES:
+        case = CASES[j]
+        layout, fa, tb, zp = _weight(case, j).layout, case[4], case[5], case[6]
+        funcs[f"tv{j}"] = sl.table_kernel(layout, fa, tb, 2, f"tv{j}")
+        funcs[f"mv{j}"] = sl.lookup_kernel(layout, fa, tb, bool(zp), 2, f"mv{j}", vnni=True)
+    return tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(
+        {**TVM_TARGET, "mcpu": "cascadelake"})).mod
+
+
+def test_vnni_kernel_uses_vpdpbusd(vnni_lib):
+    asm = vnni_lib.inspect_source("asm")
+    assert asm.count("vpdpbusd") >= len(VNNI_CASES) and "vpshufb" in asm
+    assert "vpmaddubsw" not in asm and "vpmovsxwd" not in asm     # no int16 stage
+
+
+@pytest.mark.skipif(not HOST_VNNI, reason="needs an x86-64 CPU with AVX-512 VNNI")
+@pytest.mark.parametrize("j", VNNI_CASES)
+def test_vnni_kernel_bit_exact_with_reference(vnni_lib, j):
+    _check_kernel(vnni_lib, "v", CASES[j], j, vnni=True)
+
+
+def test_repack_weight_vnni_puts_a_columns_planes_in_one_dword():
+    for j in VNNI_CASES:
+        qw = _weight(CASES[j], j)
+        layout = qw.layout
+        kt, tk4, tk2, _, _, _ = sl._geometry(layout)
+        w = sl.repack_weight_vnni(qw.planes, layout).reshape(
+            layout.n_tiles, kt, tk2, 2, 2, 2, 4, 4)               # [nt,kt,fi2,g,j,L,d,e]
+        nib = np.zeros((4, layout.K // 4, layout.n_tiles * 32), np.uint8)
+        nib[:, :, :layout.N] = lutmatmul.plane_nibbles(qw.planes, layout)
+        for h in range(2):
+            got = (w >> (4 * h)) & 15
+            nt, k, f2, g, jj, lane, d, e = np.indices(got.shape)
+            f = k * tk4 + 2 * f2 + g
+            col = nt * 32 + 16 * jj + 8 * h + 4 * lane + d
+            real = 2 * f2 + g < tk4                                # not a padded 4-group
+            np.testing.assert_array_equal(got[real], nib[e[real], f[real], col[real]])
+            assert not got[~real].any()
 
 
 def test_repack_weight_keeps_every_nibble():

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgert.artifact import Artifact
 from edgert.errors import ArtifactError, InputError, TargetError
+from edgert.hugepages import anonymous_mappings, back_by_huge_pages
 from edgert.targets import TARGETS, Target, check_can_run
 from edgert.threads import physical_cores
 
@@ -35,8 +36,12 @@ class TvmBackend:
         if self.target.device == "cuda":
             _ensure_cuda_runtime(tvm, self.target.cuda_arch)
         self.device = tvm.cuda(0) if self.target.device == "cuda" else tvm.cpu(0)
+        before = anonymous_mappings()
         self._module = _load_library(library, artifact.path)
         self._vm = VirtualMachine(self._module, self.device)
+        # the constants TVM just allocated (weights): huge pages, see edgert.hugepages
+        self.huge_page_bytes = (back_by_huge_pages(before) if self.target.device != "cuda"
+                                else 0)
         self._main = self._vm["main"]
         self._configured = threading.local()
         self._staging: dict[int, tuple[np.ndarray, object]] = {}

@@ -1,0 +1,83 @@
+"""Back a loaded model's weights by transparent huge pages (Linux; best effort).
+
+A weight read from DRAM once per call (every projection of an LLM at one token) crosses a
+4 KiB page every 4 KiB: with 4 KiB pages the TLB misses on nearly every page, and the
+hardware prefetchers stop at page boundaries. Measured on the 2-core Zen 4 (4096x4096 4-bit
+LUT matmul, weights from DRAM, 2 threads): 0.245 ms with 4 KiB pages, 0.210 ms after
+collapsing the same weights into 2 MiB pages; numpy's own large arrays are advised already.
+
+TVM allocates a compiled library's constants itself while the library and its VM load, so
+:class:`edgert.backends.tvm_vm.TvmBackend` takes :func:`anonymous_mappings` before loading
+and calls :func:`back_by_huge_pages` after: each new anonymous read-write mapping, and what
+the brk heap grew by (where glibc places allocations below its dynamic mmap threshold), is
+advised ``MADV_HUGEPAGE`` and collapsed now with ``MADV_COLLAPSE`` (Linux >= 6.1; otherwise the
+kernel's khugepaged collapses it later, if it runs). Neither call changes the memory's
+contents; a failing call is ignored. ``EDGERT_HUGE_PAGES=0`` turns this off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+MADV_HUGEPAGE = 14
+MADV_COLLAPSE = 25
+_THP = "/sys/kernel/mm/transparent_hugepage"
+
+
+def huge_page_size() -> int:
+    """Bytes of a transparent huge page, or 0 where there are none (not Linux, THP
+    ``never``, or turned off by ``EDGERT_HUGE_PAGES=0``)."""
+    if not sys.platform.startswith("linux") or os.environ.get("EDGERT_HUGE_PAGES") == "0":
+        return 0
+    try:
+        with open(f"{_THP}/enabled") as f:
+            if "[never]" in f.read():
+                return 0
+        with open(f"{_THP}/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def anonymous_mappings() -> dict[int, int]:
+    """The process's anonymous read-write mappings, the brk heap included: ``{start: end}``
+    addresses (empty where /proc/self/maps cannot be read)."""
+    out = {}
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if parts[1].startswith("rw") and (len(parts) == 5 or parts[5] == "[heap]"):
+                    start, end = parts[0].split("-")
+                    out[int(start, 16)] = int(end, 16)
+    except OSError:
+        pass
+    return out
+
+
+def new_regions(before: dict[int, int], after: dict[int, int]) -> list[tuple[int, int]]:
+    """What ``after`` maps that ``before`` did not: new mappings whole, grown ones (the heap)
+    from their old end."""
+    return sorted((max(start, before.get(start, start)), end) for start, end in after.items()
+                  if end > before.get(start, start))
+
+
+def back_by_huge_pages(before: dict[int, int]) -> int:
+    """Advise and collapse into huge pages what was mapped since ``before`` (anonymous
+    memory; the huge-page-aligned part of each region). Returns the bytes collapsed now."""
+    size = huge_page_size()
+    if not size:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    collapsed = 0
+    for start, end in new_regions(before, anonymous_mappings()):
+        lo, hi = -(-start // size) * size, end // size * size
+        if hi - lo < size:
+            continue
+        libc.madvise(lo, hi - lo, MADV_HUGEPAGE)
+        if libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
+            collapsed += hi - lo
+    return collapsed

@@ -1,0 +1,91 @@
+"""Weights backed by transparent huge pages (``edgert/hugepages.py``)."""
+
+from __future__ import annotations
+
+import mmap
+import platform
+
+import numpy as np
+import pytest
+
+from edgert import hugepages
+
+
+def _collapse_supported() -> bool:
+    if not hugepages.huge_page_size():
+        return False
+    major, minor = (int(x) for x in platform.release().split(".")[:2])
+    return (major, minor) >= (6, 1)                  # MADV_COLLAPSE
+
+
+needs_collapse = pytest.mark.skipif(not _collapse_supported(),
+                                    reason="needs Linux >= 6.1 with transparent huge pages")
+
+
+def _huge_kb(start: int) -> int:
+    """AnonHugePages (kB) of the mapping that starts at ``start``."""
+    found = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split()[0] and not line.split()[0].endswith(":"):
+                found = int(line.split("-")[0], 16) == start
+            elif found and line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
+@needs_collapse
+def test_new_anonymous_mapping_is_collapsed_into_huge_pages():
+    size = hugepages.huge_page_size()
+    before = hugepages.anonymous_mappings()
+    region = mmap.mmap(-1, 4 * size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region.write(b"\x01" * len(region))                  # populate with 4 KiB pages
+        start = np.frombuffer(region, np.uint8).ctypes.data
+        assert (start, start + len(region)) in hugepages.new_regions(
+            before, hugepages.anonymous_mappings())
+        assert _huge_kb(start) == 0
+        collapsed = hugepages.back_by_huge_pages(before)
+        assert collapsed >= 2 * size                         # at least the aligned middle
+        assert _huge_kb(start) * 1024 >= 2 * size
+        assert region[:] == b"\x01" * len(region)            # contents unchanged
+    finally:
+        region.close()
+
+
+def test_new_regions_takes_new_mappings_and_growth():
+    before = {0x1000: 0x5000, 0x10000: 0x20000}
+    after = {0x1000: 0x9000, 0x10000: 0x20000, 0x40000: 0x50000}
+    assert hugepages.new_regions(before, after) == [(0x5000, 0x9000), (0x40000, 0x50000)]
+
+
+def test_off_switch_and_old_mappings_are_left_alone(monkeypatch):
+    monkeypatch.setenv("EDGERT_HUGE_PAGES", "0")
+    assert hugepages.huge_page_size() == 0
+    assert hugepages.back_by_huge_pages({}) == 0
+    monkeypatch.delenv("EDGERT_HUGE_PAGES")
+    # nothing new since the snapshot: nothing advised
+    assert hugepages.back_by_huge_pages(hugepages.anonymous_mappings()) == 0
+
+
+@needs_collapse
+def test_session_weights_get_huge_pages(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import edgert
+    from edgert.compiler import compile_model
+
+    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)   # 8 MiB
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2048])],
+        [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    art = compile_model(path, tmp_path / "mm.edgert", threads=1)
+    sess = edgert.Session(art, threads=1)
+    assert sess._backend.huge_page_bytes >= hugepages.huge_page_size()
+    x = np.random.default_rng(1).standard_normal((1, 1024)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ w, rtol=1e-4, atol=1e-4)
