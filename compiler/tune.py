@@ -32,8 +32,11 @@ How it works:
    skip it); all other kernels build as without a database. Only an explicit ``--tuning-db``
    is used, never the cache on its own, so a compile does not depend on what was tuned before.
 
-Only CPU targets this machine can run are tuned (measuring on a board through TVM RPC is not
-done yet), and only kernels with static shapes (a symbolic batch axis is skipped).
+A board is tuned from here through its TVM RPC server (``rpc="HOST:PORT"``, ``edgert tune
+--target rpi5 --rpc HOST:PORT``): candidates are built (cross-compiled) in this process and
+MetaSchedule's ``RPCRunner`` uploads each library to the server and times it there (directly,
+without a tracker: :func:`connect_server`). Without ``rpc`` only CPU targets this machine can
+run are tuned. Only kernels with static shapes are tuned (a symbolic batch axis is skipped).
 """
 
 from __future__ import annotations
@@ -118,10 +121,12 @@ class TuneReport:
     kernels: list[KernelResult]
     budget_hit: bool
     seconds: float
+    measured_on: str = "local"
+    """``local`` (this machine) or ``rpc HOST:PORT`` (a board's TVM RPC server)."""
 
     def to_json(self) -> dict:
         return {"target": self.target, "db_dir": self.db_dir, "budget_hit": self.budget_hit,
-                "seconds": round(self.seconds, 1),
+                "seconds": round(self.seconds, 1), "measured_on": self.measured_on,
                 "kernels": [asdict(k) | {"speedup": k.speedup} for k in self.kernels]}
 
 
@@ -230,14 +235,15 @@ def model_kernels(mod: Any) -> tuple[list[Kernel], dict[str, str]]:
 def tune_model(model_path: str | os.PathLike, *, target: str = "host", trials: int = DEFAULT_TRIALS,
                budget_minutes: float | None = None, db: str | os.PathLike | None = None,
                top: int = DEFAULT_TOP, threads: int | None = None, search: str = "evolutionary",
-               trials_per_batch: int = 16, seed: int | None = None,
+               trials_per_batch: int = 16, seed: int | None = None, rpc: str | None = None,
                on_stage: Callable[[str], None] | None = None,
                on_progress: ProgressFn | None = None) -> TuneReport:
     """Tune the hottest kernels of an ONNX model (fp32 graph as given) for ``target``.
 
     Args:
         model_path: the ONNX model.
-        target: a CPU target this machine can run (``host`` = this machine).
+        target: a CPU target this machine can run (``host`` = this machine), or, with
+            ``rpc``, the board's target (``rpi5``).
         trials: measured schedules per kernel (kernels that already have as many are skipped;
             fewer: tuning continues from their records).
         budget_minutes: stop tuning (cleanly, records kept) once this much time has passed.
@@ -249,6 +255,8 @@ def tune_model(model_path: str | os.PathLike, *, target: str = "host", trials: i
             records) or ``random`` (independent random samples of the space: cheaper per trial).
         trials_per_batch: schedules built and measured per round (the budget is checked
             between rounds).
+        rpc: ``HOST:PORT`` of a board's TVM RPC server (``python -m tvm.exec.rpc_server``):
+            candidates are cross-compiled here and measured there.
         on_stage, on_progress: progress callbacks for the CLI.
 
     Returns:
@@ -264,7 +272,8 @@ def tune_model(model_path: str | os.PathLike, *, target: str = "host", trials: i
         raise InputError(f"--trials must be at least 1, got {trials}")
     if search not in SEARCHES:
         raise InputError(f"--search must be one of {', '.join(SEARCHES)}, got {search!r}")
-    tgt = _tunable_target(target)
+    tgt = _tunable_target(target, rpc)
+    measured_on = "local" if rpc is None else f"rpc {rpc}"
     start = time.monotonic()
     deadline = None if budget_minutes is None else start + 60.0 * budget_minutes
     stage = on_stage or (lambda _s: None)
@@ -311,7 +320,8 @@ def tune_model(model_path: str | os.PathLike, *, target: str = "host", trials: i
                 continue
             if tuner is None:
                 stage("starting the measurement worker")
-                tuner = _Tuner(tvm_target, search=search, seed=seed)
+                tuner = _Tuner(tvm_target, search=search, seed=seed, rpc=rpc,
+                               cross_cc=_cross_cc(tgt))
             stage(f"tuning {k.name}")
             res.status = "tuned"
             finished = tuner.tune(k, db_dir, asked=trials, already=done, meta=meta,
@@ -323,19 +333,31 @@ def tune_model(model_path: str | os.PathLike, *, target: str = "host", trials: i
         if tuner is not None:
             tuner.close()
     return TuneReport(tgt.name, str(db_dir), tuned_results + results, budget_hit,
-                      time.monotonic() - start)
+                      time.monotonic() - start, measured_on)
 
 
-def _tunable_target(name: str) -> Target:
+def _tunable_target(name: str, rpc: str | None) -> Target:
     tgt = get_target(name)
     if tgt.cuda_arch:
         raise TargetError(f"tuning is available for CPU targets only; {tgt.name} is a GPU target")
+    if rpc is not None:
+        from edgert.backends.rpc import parse_address
+
+        parse_address(rpc)                  # InputError when malformed
+        _cross_cc(tgt)                      # TargetError when the cross compiler is missing
+        return tgt
     ok, why = can_run_here(tgt)
     if not ok:
         raise TargetError(f"tuning measures kernels on the target, and {tgt.name} cannot run "
-                          f"here: {why} (tuning through a board's TVM RPC server is not "
-                          f"supported yet)")
+                          f"here: {why}; measure on the board through its TVM RPC server "
+                          f"with --rpc HOST:PORT")
     return tgt
+
+
+def _cross_cc(target: Target) -> str | None:
+    from edgert.compiler.lower import _linker_for
+
+    return _linker_for(target)
 
 
 def _read_meta(kernel_dir: Path) -> dict:
@@ -377,10 +399,17 @@ def build_kernel(mod: Any, target: Any, _params: Any = None) -> Any:
     return tvm_build(mod, target=target)
 
 
-def _make_builder() -> Any:
+def export_kernel(rt_mod: Any, cross_cc: str | None) -> str:
+    """Write a built candidate as a shared library in a fresh temporary folder (with the
+    target's cross compiler when it has one); returns its path."""
+    path = os.path.join(tempfile.mkdtemp(prefix="edgert-tune-"), "tvm_tmp_mod.so")
+    rt_mod.export_library(path, cc=cross_cc) if cross_cc else rt_mod.export_library(path)
+    return path
+
+
+def _make_builder(cross_cc: str | None = None) -> Any:
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_export
 
     @derived_object
     class InProcessBuilder(PyBuilder):
@@ -390,7 +419,7 @@ def _make_builder() -> Any:
             results = []
             for inp in build_inputs:
                 try:
-                    path = default_export(build_kernel(inp.mod, inp.target, None))
+                    path = export_kernel(build_kernel(inp.mod, inp.target, None), cross_cc)
                     results.append(BuilderResult(path, None))
                 except Exception as e:   # noqa: BLE001 - a candidate that fails to build
                     results.append(BuilderResult(None, f"build failed: {e}"[-2000:]))
@@ -420,18 +449,81 @@ def _mean_secs(run_secs: Any) -> float | None:
     return mean if mean < 1e9 else None    # MetaSchedule marks failed runs with 1e10
 
 
-class _Tuner:
-    """One measurement worker (LocalRunner) and builder for a tuning session."""
+def connect_server(rpc_config: Any) -> Any:
+    """MetaSchedule ``f_create_session`` for a board's own RPC server (no tracker): the
+    server's host and port travel in ``RPCConfig``'s tracker fields."""
+    from tvm import rpc
 
-    def __init__(self, tvm_target: Any, *, search: str, seed: int | None) -> None:
-        from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
+    return rpc.connect(rpc_config.tracker_host, int(rpc_config.tracker_port),
+                       session_timeout=rpc_config.session_timeout_sec)
+
+
+def alloc_arguments(_session: Any, device: Any, args_info: list, alloc_repeat: int) -> list:
+    """MetaSchedule ``f_alloc_argument`` for a runtime-only board: random inputs made here
+    and copied to the board (TVM's default asks the server for
+    ``tvm.contrib.random.random_fill_for_measure``, which a runtime-only TVM lacks)."""
+    import numpy as np
+    import tvm
+
+    rng = np.random.default_rng(0)
+    repeats = []
+    for _ in range(alloc_repeat):
+        args = []
+        for kind, dtype, shape in args_info:
+            if kind != "TENSOR":
+                raise ValueError(f"cannot allocate a {kind} argument")
+            if np.dtype(dtype).kind == "f":
+                value = rng.standard_normal(shape).astype(dtype)
+            else:
+                value = rng.integers(-8, 8, shape).astype(dtype)
+            args.append(tvm.runtime.tensor(value, device))
+        repeats.append(args)
+    return repeats
+
+
+def _check_server(address: str) -> None:
+    from tvm import rpc
+
+    from edgert.backends.rpc import parse_address
+
+    host, port = parse_address(address)
+    try:
+        rpc.connect(host, port)
+    except Exception as e:   # noqa: BLE001 - TVM raises plain errors for socket problems
+        raise TargetError(f"cannot reach the RPC server at {address}: {last_line(e)} (is "
+                          "`python -m tvm.exec.rpc_server` running there?)") from None
+
+
+class _Tuner:
+    """One measurement worker (LocalRunner, or an RPCRunner talking to a board's server) and
+    builder for a tuning session."""
+
+    def __init__(self, tvm_target: Any, *, search: str, seed: int | None,
+                 rpc: str | None = None, cross_cc: str | None = None) -> None:
+        from tvm.s_tir.meta_schedule.runner import (
+            EvaluatorConfig,
+            LocalRunner,
+            RPCConfig,
+            RPCRunner,
+        )
 
         _light_tensor_intrin(tvm_target)
         self.target = tvm_target
         self.search = search
         self.seed = seed
-        self.builder = _make_builder()
-        self.runner = LocalRunner(timeout_sec=60, evaluator_config=EvaluatorConfig(**_EVALUATOR))
+        self.measured_on = "local" if rpc is None else f"rpc {rpc}"
+        self.builder = _make_builder(cross_cc)
+        evaluator = EvaluatorConfig(**_EVALUATOR)
+        if rpc is None:
+            self.runner = LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+        else:
+            _check_server(rpc)
+            host, _, port = rpc.rpartition(":")
+            self.runner = RPCRunner(
+                RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key="edgert",
+                          session_timeout_sec=120),
+                evaluator, f_create_session=connect_server, f_alloc_argument=alloc_arguments,
+                max_workers=1)
 
     def close(self) -> None:
         pool = getattr(self.runner, "pool", None)
@@ -528,7 +620,7 @@ class _Tuner:
                     "trials": result.trials,
                     "complete_for": max(asked if finished else 0, int(meta.get("complete_for", 0))),
                     "default_ms": result.default_ms, "tuned_ms": result.tuned_ms,
-                    "search": self.search, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "search": self.search, "measured_on": self.measured_on, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with atomic_path(final / KERNEL_META) as tmp:
             tmp.write_text(json.dumps(new_meta, indent=1, default=str) + "\n")
         return finished

@@ -157,9 +157,14 @@ def tune(
     search: Annotated[Literal["evolutionary", "random"], typer.Option(
         "--search", help="evolutionary: search around the best schedules measured so far; "
         "random: independent random schedules (cheaper per trial).")] = "evolutionary",
+    rpc: Annotated[Optional[str], typer.Option(
+        "--rpc", metavar="HOST:PORT", help="Measure on a board through its TVM RPC server "
+        "(`python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9091` there), with --target "
+        "set to the board's (e.g. rpi5): candidates are cross-compiled here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Search faster schedules for a model's hot kernels, measured on this machine.
+    """Search faster schedules for a model's hot kernels, measured on this machine (or on a
+    board, with --rpc).
 
     The model is lowered as `edgert compile` lowers it; its static-shape kernels with the
     most FLOPs (fused matmuls, convolutions...) are tuned with TVM MetaSchedule and the best
@@ -187,7 +192,7 @@ def tune(
                             best="" if best_ms is None else f"best {best_ms:.4f} ms")
 
         report = tune_model(model, target=target, trials=trials, budget_minutes=budget_minutes,
-                            db=tuning_db, top=top, threads=threads, search=search,
+                            db=tuning_db, top=top, threads=threads, search=search, rpc=rpc,
                             on_stage=on_stage, on_progress=on_progress)
         progress.update(stage_task, description="done", total=1, completed=1)
     if as_json:
@@ -212,6 +217,7 @@ def tune(
                   f"{len(done)} kernel(s) fully tuned ({', '.join(done) or 'none'}); the "
                   f"records are kept: run the same command again to continue", highlight=False)
     db_root = tuning_db if tuning_db is not None else Path(report.db_dir).parent
+    out.print(f"measured on: {report.measured_on}", highlight=False)
     out.print(f"records in {report.db_dir}; use them with: edgert compile {model} "
               f"--target {target} --tuning-db {db_root}", highlight=False)
 

@@ -19,8 +19,9 @@ What is cached where (:func:`ensure_aarch64_env`), under ``$EDGERT_CACHE/aarch64
                libgcc-s1, zlib1g, libexpat1, libffi — about 52 MB. It is qemu's ``-L`` prefix,
                so the environment is self-contained: it does not use the cross toolchain's libc.
     site/      the aarch64 wheels (manylinux) of apache-tvm (without ``libtvm_compiler.so``,
-               the CUDA runtime and the C++ sources), apache-tvm-ffi, numpy, ml_dtypes and
-               typing_extensions, unpacked; about 86 MB.
+               the CUDA runtime and the C++ sources), apache-tvm-ffi, numpy, ml_dtypes,
+               typing_extensions and cloudpickle (TVM's RPC server needs it), unpacked;
+               about 86 MB.
     env.json   versions, the Python path inside the sysroot; written last (its presence marks
                a complete environment).
 
@@ -64,9 +65,10 @@ import numpy as np
 from edgert.errors import ArtifactError, InputError, TargetError
 
 CACHE_ENV = "EDGERT_CACHE"
-ENV_FORMAT = 1                      # bump when the layout or the package set changes
+ENV_FORMAT = 2                      # bump when the layout or the package set changes
 QEMU_BINARIES = ("qemu-aarch64", "qemu-aarch64-static")
 RUNNER = Path(__file__).with_name("qemu_runner.py")
+RPC_SERVER = Path(__file__).with_name("qemu_rpc_server.py")
 # qemu CPU models for the registry's mcpu values; anything else runs on qemu's "max" CPU.
 QEMU_CPUS = {"cortex-a76": "cortex-a76", "cortex-a78": "max", "generic": "cortex-a53"}
 INSTALL_HINT = "apt-get install qemu-user"
@@ -209,9 +211,9 @@ def run_under_qemu(artifact_path: str | os.PathLike, feeds: Mapping[str, np.ndar
 # Running the guest
 
 
-def _run_guest(qemu: str, env_dir: Path, info: dict, args: list[str], *, cpu: str = "max",
-               timeout: float = 600, write_pyc: bool = False) -> subprocess.CompletedProcess:
-    """``qemu-aarch64 -cpu CPU -L sysroot python qemu_runner.py ARGS`` with a clean env."""
+def guest_command(qemu: str, env_dir: Path, info: dict, args: list[str], *, cpu: str = "max",
+                  write_pyc: bool = False) -> tuple[list[str], dict[str, str]]:
+    """``qemu-aarch64 -cpu CPU -L sysroot python ARGS`` and its clean environment."""
     sysroot = env_dir / "sysroot"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -223,8 +225,25 @@ def _run_guest(qemu: str, env_dir: Path, info: dict, args: list[str], *, cpu: st
     }
     if not write_pyc:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-    cmd = [qemu, "-cpu", cpu, "-L", str(sysroot), str(sysroot / info["python"]), str(RUNNER),
-           *args]
+    return [qemu, "-cpu", cpu, "-L", str(sysroot), str(sysroot / info["python"]), *args], env
+
+
+def rpc_server_command(port: int, *, mcpu: str = "cortex-a76") -> tuple[list[str], dict[str, str]]:
+    """A command (and environment) that runs TVM's stock RPC server in the cached aarch64
+    environment under qemu, listening on 127.0.0.1:``port``: an emulated board for
+    ``Session(rpc=...)`` and ``edgert tune --rpc`` (correctness, not speed)."""
+    env_dir = ensure_aarch64_env()
+    info = json.loads((env_dir / "env.json").read_text())
+    qemu = find_qemu()
+    return guest_command(qemu, env_dir, info, [str(RPC_SERVER), str(port)],
+                         cpu=_qemu_cpu(qemu, mcpu))
+
+
+def _run_guest(qemu: str, env_dir: Path, info: dict, args: list[str], *, cpu: str = "max",
+               timeout: float = 600, write_pyc: bool = False) -> subprocess.CompletedProcess:
+    """``qemu-aarch64 -cpu CPU -L sysroot python qemu_runner.py ARGS`` with a clean env."""
+    cmd, env = guest_command(qemu, env_dir, info, [str(RUNNER), *args], cpu=cpu,
+                             write_pyc=write_pyc)
     try:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -365,7 +384,8 @@ def _fetch_wheels(dest: Path, py: str, glibc: str, log: Log) -> None:
             "--disable-pip-version-check", "-q", "--python-version", py, "--implementation", "cp",
             "--abi", tag, *(f"--platform={p}" for p in platforms), "-d", str(wheels)]
     _tool([*base, f"apache-tvm=={v['tvm']}", f"apache-tvm-ffi=={v['tvm_ffi']}", "ml_dtypes",
-           "typing_extensions"], "pip download (aarch64 wheels of apache-tvm)", timeout=900)
+           "typing_extensions", "cloudpickle"],     # cloudpickle: TVM's RPC server
+          "pip download (aarch64 wheels of apache-tvm)", timeout=900)
     # numpy: the host's version if it has a wheel for this Python, else the newest that does.
     if _tool([*base, f"numpy=={v['numpy']}"], "pip download numpy", check=False,
              timeout=600).returncode != 0:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +208,47 @@ def lowbit_mlp(path: str | os.PathLike, rows: int | None = None, k: int = 128, h
 def raw_bits(a: np.ndarray) -> np.ndarray:
     """The raw bits of ``a`` (floats compared as integers: -0.0 != 0.0, NaN payloads count)."""
     return a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else a
+
+
+# ---------------------------------------------------------------- a TVM RPC server (a "board")
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def rpc_server_process(command: list[str], port: int, env: dict | None = None,
+                       timeout: float = 60) -> Iterator[str]:
+    """Run ``command`` (a TVM RPC server listening on 127.0.0.1:``port``) until it accepts
+    connections; yields ``HOST:PORT``; kills it and the workers it forks afterwards."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)   # its own group: it forks workers
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the TVM RPC server did not start: {command}")
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def rpc_server() -> Iterator[str]:
+    """``python -m tvm.exec.rpc_server`` on 127.0.0.1, as a board would run it."""
+    port = free_port()
+    with rpc_server_process([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                             "--port", str(port), "--port-end", str(port + 1), "--silent"],
+                            port) as address:
+        yield address

@@ -143,3 +143,35 @@ def test_run_under_qemu_refuses_a_non_aarch64_artifact(mlp_artifact):
         pytest.skip("the host artifact is aarch64 here")
     with pytest.raises(TargetError, match="runs aarch64 CPU artifacts"):
         run_under_qemu(mlp_artifact, {"x": random_input(["batch", 20], 2)})
+
+
+def test_tune_rpi5_through_an_emulated_boards_rpc_server(qemu_env, tmp_path):
+    """``edgert tune --target rpi5 --rpc``: candidates cross-compiled here, timed by TVM's RPC
+    server in the runtime-only aarch64 Python under qemu (as on a board); the records then
+    serve ``compile --tuning-db`` for rpi5."""
+    from edgert.artifact import read_artifact
+    from edgert.compiler.tune import tune_model
+    from edgert.targets.qemu import rpc_server_command
+
+    from conftest import free_port, rpc_server_process
+    from test_tune import KERNEL, X_SHAPE, _conv_model
+
+    model = _conv_model(tmp_path / "conv.onnx")
+    port = free_port()
+    cmd, env = rpc_server_command(port)
+    with rpc_server_process(cmd, port, env=env, timeout=120) as address:
+        report = tune_model(model, target="rpi5", trials=2, db=tmp_path / "db", search="random",
+                            trials_per_batch=2, seed=0, rpc=address, threads=1)
+    assert report.target == "rpi5" and report.measured_on == f"rpc {address}"
+    (k,) = [k for k in report.kernels if k.name == KERNEL]
+    assert k.status == "tuned" and k.trials == 2 and k.default_ms > 0 and k.tuned_ms > 0
+    art = compile_model(model, tmp_path / "conv_rpi5.edgert", target="rpi5", threads=1,
+                        tuning_db=tmp_path / "db")
+    tuning = read_artifact(art).manifest.get("tuning", {})
+    # a record is applied only where it beat the default schedule on the board
+    assert tuning.get("tuned_kernels", []) == ([KERNEL] if k.tuned_ms < k.default_ms else [])
+    x = np.random.default_rng(0).standard_normal(X_SHAPE).astype(np.float32)
+    host = edgert.Session(compile_model(model, tmp_path / "conv.edgert", threads=1)).run(
+        None, {"x": x})[0]
+    (got,) = run_under_qemu(art, {"x": x})
+    assert rel_err(got, host) < 1e-5

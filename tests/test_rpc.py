@@ -3,57 +3,13 @@ TVM's stock RPC server (here one started on 127.0.0.1 by the test, as a board wo
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 
 import edgert
 from edgert.errors import InputError, TargetError
 
-from conftest import random_input, run_cli
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def rpc_server():
-    """``python -m tvm.exec.rpc_server`` on 127.0.0.1; yields its ``HOST:PORT``."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                             "--port", str(port), "--port-end", str(port + 1), "--silent"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)     # its own group: the server forks workers
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _stop(proc)
-                pytest.fail("the TVM RPC server did not start")
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Kill the server and the workers it forked (they share its process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
+from conftest import free_port, random_input, run_cli
 
 
 def test_remote_run_matches_local(mlp_artifact, rpc_server):
@@ -78,7 +34,7 @@ def test_cli_run_rpc(mlp_artifact, rpc_server, tmp_path):
 
 
 def test_unreachable_server_and_bad_address(mlp_artifact):
-    port = _free_port()                               # nothing listens there
+    port = free_port()                                # nothing listens there
     with pytest.raises(TargetError, match=f"cannot reach the RPC server at 127.0.0.1:{port}"):
         edgert.Session(mlp_artifact, rpc=f"127.0.0.1:{port}")
     with pytest.raises(InputError, match="HOST:PORT"):

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import rel_err, run_cli
+from conftest import free_port, rel_err, run_cli
 
 KERNEL = "fused_conv2d_add_relu"
 X_SHAPE = (1, 8, 16, 16)
@@ -140,3 +140,30 @@ def test_errors(tmp_path):
         tune_model(model, target="cuda-sm90", db=tmp_path / "db")
     with pytest.raises(InputError, match="no such directory"):
         compile_model(model, tmp_path / "m.edgert", tuning_db=tmp_path / "missing")
+
+
+def test_tune_through_a_boards_rpc_server(rpc_server, tmp_path):
+    """Candidates built here, timed by the RPC server (here on 127.0.0.1, as a board's)."""
+    from edgert.compiler.tune import KERNEL_META, tune_model
+
+    model = _conv_model(tmp_path / "conv.onnx")
+    report = tune_model(model, trials=4, db=tmp_path / "db", search="random",
+                        trials_per_batch=4, seed=0, rpc=rpc_server)
+    assert report.measured_on == f"rpc {rpc_server}"
+    (k,) = [k for k in report.kernels if k.name == KERNEL]
+    assert k.status == "tuned" and k.trials == 4 and k.default_ms > 0 and k.tuned_ms > 0
+    meta = json.loads((Path(report.db_dir) / k.key / KERNEL_META).read_text())
+    assert meta["measured_on"] == f"rpc {rpc_server}" and meta["trials"] == 4
+
+
+def test_tune_rpc_errors(tmp_path):
+    from edgert.compiler.tune import tune_model
+    from edgert.errors import InputError, TargetError
+
+    model = _conv_model(tmp_path / "conv.onnx")
+    with pytest.raises(TargetError, match="cannot reach the RPC server"):
+        tune_model(model, trials=1, db=tmp_path / "db", rpc=f"127.0.0.1:{free_port()}")
+    with pytest.raises(InputError, match="HOST:PORT"):
+        tune_model(model, trials=1, db=tmp_path / "db", rpc="board")
+    r = run_cli("tune", str(model), "--target", "rpi5", "--tuning-db", str(tmp_path / "db"))
+    assert r.returncode != 0 and "--rpc HOST:PORT" in r.stderr     # rpi5 cannot run here
