@@ -376,15 +376,14 @@ def _light_tensor_intrin(target: Any) -> None:
     import tvm.s_tir
 
     name = "tvm.s_tir.tensor_intrin"
-    if name in sys.modules:
-        return
-    pkg = types.ModuleType(name)
-    pkg.__path__ = [os.path.join(os.path.dirname(tvm.s_tir.__file__), "tensor_intrin")]
-    pkg.__package__ = name
-    sys.modules[name] = pkg
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [os.path.join(os.path.dirname(tvm.s_tir.__file__), "tensor_intrin")]
+        pkg.__package__ = name
+        sys.modules[name] = pkg
     mtriple = str(target.attrs.get("mtriple", ""))
     arch = "arm_cpu" if mtriple.startswith("aarch64") else "x86"
-    try:
+    try:     # each target's own (a process may tune an rpi5 and then an x86 model)
         importlib.import_module(f"{name}.{arch}")
     except Exception:   # noqa: BLE001 - missing intrinsics only shrink the search space
         pass
