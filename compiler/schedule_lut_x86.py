@@ -471,6 +471,19 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     if prefetch is None:
         prefetch = PREFETCH if B < 4 else 0
 
+    def nibbles(w, h):
+        # the 4-bit fields at bit 4h of a word's bytes, as vpshufb indices
+        return T.reinterpret("int8x32", T.bitwise_and(
+            T.shift_right(w, T.Broadcast(T.uint8(4 * h), 32)), T.Broadcast(T.uint8(15), 32)))
+
+    @T.macro
+    def prefetch_words(Wf, nt, kt):
+        # the weight words `prefetch` bytes ahead of K tile kt (both layouts: NV words a pair)
+        if prefetch > 0:
+            for i in T.unroll(LINES):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                    Wf[((nt * KT + kt) * TK2) * NV * 32 + prefetch + i * 64]), 0, 3, 1))
+
     def make_lookups(unsigned: bool):
         @T.macro
         def lookups(acc16, base, tab, Wf, w0):
@@ -481,9 +494,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
                 for v in T.unroll(2):
                     w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (2 * p + v) * 32, 1, 32)]
                     for h in T.unroll(2):
-                        idx: T.let[T.int8x32] = T.reinterpret("int8x32", T.bitwise_and(
-                            T.shift_right(w, T.Broadcast(T.uint8(4 * h), 32)),
-                            T.Broadcast(T.uint8(15), 32)))
+                        idx: T.let[T.int8x32] = nibbles(w, h)
                         look: T.let[T.int8x32] = T.call_llvm_pure_intrin("int8x32", PSHUF, tab, idx)
                         a0: T.let[T.int32] = base + (2 * v + h) * 16
                         if unsigned:
@@ -495,9 +506,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
             if ODD == 1:
                 w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (NV - 1) * 32, 1, 32)]
                 for h in T.unroll(2):
-                    idx: T.let[T.int8x32] = T.reinterpret("int8x32", T.bitwise_and(
-                        T.shift_right(w, T.Broadcast(T.uint8(4 * h), 32)),
-                        T.Broadcast(T.uint8(15), 32)))
+                    idx: T.let[T.int8x32] = nibbles(w, h)
                     look: T.let[T.int8x32] = T.call_llvm_pure_intrin("int8x32", PSHUF, tab, idx)
                     for e in T.unroll(2):
                         mult: T.let[T.int8x32] = T.reinterpret("int8x32", T.Broadcast(
@@ -522,10 +531,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
         acc16 = T.alloc_buffer((NB * 64,), "int16")
         for i in T.unroll(NB * 4):
             acc16[T.Ramp(i * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
-        if prefetch > 0:
-            for i in T.unroll(LINES):
-                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                    Wf[((nt * KT + kt) * TK2) * NV * 32 + prefetch + i * 64]), 0, 3, 1))
+        prefetch_words(Wf, nt, kt)
         for fi2 in range(TK2):
             q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi2) * NB * 32
             w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fi2) * NV * 32
@@ -554,10 +560,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
         acc = T.alloc_buffer((64,), "int32")
         for i in T.unroll(8):
             acc[T.Ramp(i * 8, 1, 8)] = T.Broadcast(T.int32(0), 8)
-        if prefetch > 0:
-            for i in T.unroll(LINES):
-                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                    Wf[((nt * KT + kt) * TK2) * 128 + prefetch + i * 64]), 0, 3, 1))
+        prefetch_words(Wf, nt, kt)
         mult: T.let[T.int8x32] = T.reinterpret("int8x32", T.Broadcast(T.int32(MULT), 8))
         for fi2 in range(TK2):
             q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi2) * NB * 32
@@ -566,9 +569,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
                 for j in T.unroll(2):
                     w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (2 * g + j) * 32, 1, 32)]
                     for h in T.unroll(2):
-                        idx: T.let[T.int8x32] = T.reinterpret("int8x32", T.bitwise_and(
-                            T.shift_right(w, T.Broadcast(T.uint8(4 * h), 32)),
-                            T.Broadcast(T.uint8(15), 32)))
+                        idx: T.let[T.int8x32] = nibbles(w, h)
                         for nb in T.unroll(NB):
                             t16: T.let[T.int8x16] = Qf[T.Ramp(q0 + nb * 32 + g * 16, 1, 16)]
                             tab: T.let[T.int8x32] = T.Shuffle([t16, t16], list(range(16)) * 2)
