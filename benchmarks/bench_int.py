@@ -2,7 +2,8 @@
 
     python benchmarks/bench_int.py [--models tiny-vit minilm-l6] [--batches 1 8]
                                    [--threads 1 2] [--repeats 50] [--seq 128]
-                                   [--edgert-fp32 auto|always|never] [--json out.json]
+                                   [--act-bits auto linear8] [--edgert-fp32 auto|always|never]
+                                   [--json out.json]
 
 Models:
 - ``tiny-vit``: the packaged digits ViT; accuracy = top-1 on its 360 held-out images.
@@ -119,8 +120,9 @@ def bench_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[dict]:
     peers = {"ort-fp32": case.model, **ort_int8_models(case, tmp)}
     rows, accuracy = [], {}
     for threads in args.threads:
-        arts = {"edgert-int": compile_model(case.model, tmp / f"{case.name}_int{threads}.edgert",
-                                            threads=threads, int_only=True, calib=calib_path)}
+        arts = {("edgert-int" if ab == "auto" else f"edgert-int-{ab}"): compile_model(
+            case.model, tmp / f"{case.name}_int{ab}_{threads}.edgert", threads=threads,
+            int_only=True, calib=calib_path, act_bits=ab) for ab in args.act_bits}
         if args.edgert_fp32 == "always" or (args.edgert_fp32 == "auto" and case.with_edgert_fp32):
             arts["edgert-fp32"] = compile_model(case.model, tmp / f"{case.name}_fp{threads}.edgert",
                                                 threads=threads)
@@ -153,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=128, help="MiniLM tokens per sentence")
     parser.add_argument("--edgert-fp32", choices=["auto", "always", "never"], default="auto",
                         help="time edgert's fp32 build too (auto: not for MiniLM)")
+    parser.add_argument("--act-bits", nargs="+", default=["auto", "linear8"],
+                        choices=["auto", "linear8", "8", "16"],
+                        help="integer-only builds to time (edgert-int = auto; linear8: every "
+                        "Linear int8 x int8, VNNI vpdpbusd on AVX-512 VNNI machines)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -162,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             rows += bench_case(makers[name](), args, Path(tmp_dir))
 
-    print(f"{'model':<11}{'runtime':<18}{'batch':>6}{'threads':>8}{'p50 ms':>10}{'/ORT fp32':>11}"
+    print(f"{'model':<11}{'runtime':<22}{'batch':>6}{'threads':>8}{'p50 ms':>10}{'/ORT fp32':>11}"
           f"{'/int8 dyn':>11}{'/int8 QDQ':>11}{'accuracy':>10}")
     for r in rows:
-        print(f"{r['model']:<11}{r['runtime']:<18}{r['batch']:>6}{r['threads']:>8}{r['p50_ms']:>10.3f}"
+        print(f"{r['model']:<11}{r['runtime']:<22}{r['batch']:>6}{r['threads']:>8}{r['p50_ms']:>10.3f}"
               f"{r['vs_ort_fp32']:>10.2f}x{r['vs_ort_int8_dynamic']:>10.2f}x"
               f"{r['vs_ort_int8_static']:>10.2f}x{r['accuracy']:>10.4f}")
     result = {"benchmark": "integer-only latency (ratios < 1: faster than the peer)", "rows": rows}

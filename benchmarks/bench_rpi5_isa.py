@@ -4,7 +4,8 @@ speed says nothing about the board's), so no times are reported.
 
     python benchmarks/bench_rpi5_isa.py [--top 12] [--json out.json]
 
-The demo ViT is compiled for rpi5 four ways: fp32; integer-only (``--int-only``); fp32
+The demo ViT is compiled for rpi5 five ways: fp32; integer-only (``--int-only``); integer-only
+with every Linear input int8 (``--act-bits linear8``: int8 x int8 matmuls, all on ``sdot``); fp32
 activations with 4-bit LUT weights (``--weight-bits 4 --group-size 32``); integer-only with 4-bit
 LUT weights. For each build:
 
@@ -40,6 +41,7 @@ DATA = Path(__file__).resolve().parent.parent / "edgert" / "data"
 VARIANTS = {
     "fp32": {},
     "int": {"int_only": True},
+    "int-linear8": {"int_only": True, "act_bits": "linear8"},
     "fp32-w4": {"weight_bits": "4", "group_size": 32},
     "int-w4": {"int_only": True, "weight_bits": "4"},
 }

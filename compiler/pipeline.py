@@ -51,7 +51,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         calib: calibration inputs (``.npz`` or a directory, see
             :func:`edgert.compiler.calibrate.load_samples`).
         calib_method: ``minmax`` or ``percentile``.
-        act_bits: activation dtype policy, ``auto``, ``8`` or ``16`` (see
+        act_bits: activation dtype policy, ``auto``, ``linear8``, ``8`` or ``16`` (see
             :mod:`edgert.compiler.quantize`).
         io: with ``int_only``: ``"float"`` (float32 graph inputs/outputs, quantized and
             dequantized inside the graph) or ``"int8"`` (integer I/O: the graph's float inputs

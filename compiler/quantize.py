@@ -11,6 +11,11 @@ Activation dtypes follow one documented policy (``act_bits``):
   residual stream, LayerNorm and GELU inputs, and the two FFN Linear inputs (a Linear whose
   output feeds a GELU, or whose input comes from one); int8 for other Linear inputs, Q/K/V,
   attention scores (Shiftmax input) and convolutions.
+- ``"linear8"``: as ``auto``, but every Linear input int8 (the FFN ones too), so every matmul
+  with a constant weight is int8 x int8 (on rpi5 the ``sdot`` kernel; int16 operands stay on
+  the generic compute there); the residual stream, LayerNorm and GELU inputs stay int16.
+  Measured on all-MiniLM-L6-v2 (221 sentences, mean cosine to fp32): 0.978 (min 0.899), vs
+  0.994 for ``auto``, 0.60 for ``"8"`` and 0.958 for onnxruntime's dynamic int8.
 - ``"8"``: int8 everywhere (I-ViT as published).  ``"16"``: int16 wherever an op allows it
   (all Linear inputs and the residual stream; attention operands and convolutions stay int8).
 Shiftmax outputs are 16-bit probabilities (k = 16).
@@ -66,10 +71,10 @@ from onnx import TensorProto, helper, numpy_helper
 from edgert.compiler.calibrate import TensorRange
 from edgert.errors import QuantizationError, UnsupportedOpError
 from edgert.onnx_graph import graph_inputs, node_label
-from edgert.ops import DOMAIN, OPSET_VERSION, ilayernorm, intmatmul, register_schemas, requant
+from edgert.ops import DOMAIN, OPSET_VERSION, ilayernorm, register_schemas, requant
 from edgert.ops import shiftgelu, shiftmax
 
-ACT_BITS = ("auto", "8", "16")
+ACT_BITS = ("auto", "linear8", "8", "16")
 QMAX = {"int8": 127, "int16": 32767}
 ELEM = {"int8": TensorProto.INT8, "int16": TensorProto.INT16, "int32": TensorProto.INT32}
 INT32_MAX = (1 << 31) - 1
@@ -299,8 +304,8 @@ class Quantizer:
         return "int8" if self.act_bits == "8" else "int16"
 
     def linear_dtype(self, node: onnx.NodeProto, a: str) -> str:
-        if node.output[0] in self.lowbit:
-            return "int8"                   # LutMatMul's integer tables assume |x| <= 128
+        if node.output[0] in self.lowbit or self.act_bits == "linear8":
+            return "int8"                   # (LutMatMul's integer tables assume |x| <= 128)
         if self.act_bits != "auto":
             return "int8" if self.act_bits == "8" else "int16"
         after = self._bias_add(node)

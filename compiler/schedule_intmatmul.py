@@ -103,6 +103,9 @@ class DotIsa:
         intrin: the LLVM intrinsic ("" for the float multiply-add).
         accumulates: the intrinsic takes the accumulator as its first operand (sdot);
             otherwise its result is added to it (vpmaddwd).
+        a_offset: the intrinsic multiplies *unsigned* A bytes (``vpdpbusd``): A is packed as
+            ``a + 128`` (each byte xor 0x80) and the constant B carries one more word row,
+            ``-128 * sum_k B[k, n]``, which the accumulators start from; constant B only.
     """
 
     name: str
@@ -110,6 +113,7 @@ class DotIsa:
     group: int
     intrin: str
     accumulates: bool
+    a_offset: bool = False
 
     @property
     def word(self) -> str:
@@ -131,6 +135,9 @@ AVX2 = DotIsa("x86", 8, 2, "llvm.x86.avx2.pmadd.wd", False)
 """``vpmaddwd``: 8 lanes, each the sum of 2 int16 x int16 products."""
 SDOT = DotIsa("sdot", 4, 4, "llvm.aarch64.neon.sdot.v4i32.v16i8", True)
 """aarch64 dotprod ``sdot``: 4 lanes, each accumulating 4 int8 x int8 products."""
+VNNI = DotIsa("vnni", 8, 4, "llvm.x86.avx512.vpdpbusd.256", True, True)
+"""x86 AVX-512 VNNI ``vpdpbusd`` on ymm: 8 lanes, each accumulating 4 uint8 x int8 products
+(int8 A offset by 128, corrected through B's extra row); int8 x constant int8 B only."""
 DP4A = DotIsa("dp4a", 1, 4, "__dp4a", True)
 """CUDA ``__dp4a`` (one int32 per thread, 4 int8 x int8 products): the GPU kernel of
 :mod:`edgert.compiler.schedule_cuda`."""
@@ -146,14 +153,14 @@ FLOAT_CONFIG_AVX512 = MatmulConfig(mr=6, nr=32, mp=48)
 """Float tiles on AVX-512: 6 x 32 (12 zmm accumulators of 32)."""
 
 
-def target_isa(target: Any) -> DotIsa | None:
+def target_isa(target: Any) -> DotIsa | tuple[DotIsa, ...] | None:
     """The integer-matmul kernel ISA of an edgert :class:`~edgert.targets.Target`: dp4a on CUDA
-    GPUs (sm_61+), AVX2 on x86 CPUs with AVX2 (AVX-512 ones included), sdot on aarch64 CPUs
-    with dotprod, else None."""
+    GPUs (sm_61+), AVX2 on x86 CPUs with AVX2 (AVX-512 ones included; with VNNI, ``(VNNI,
+    AVX2)``: VNNI where it applies), sdot on aarch64 CPUs with dotprod, else None."""
     if target.cuda_arch:
         return DP4A if int(target.cuda_arch.removeprefix("sm_")) >= 61 else None
     if target_has_avx2(target):
-        return AVX2
+        return (VNNI, AVX2) if "avx512_vnni" in target.cpu_features else AVX2
     if target.arch == "aarch64" and "dotprod" in (target.vector_isa or ""):
         return SDOT
     return None
@@ -209,11 +216,22 @@ def pack_weight(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr, group: int = 2) -> n
     return np.ascontiguousarray(padded.reshape(kg, group, nbr, nr).transpose(2, 0, 3, 1))
 
 
-def pack_weight_words(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr, group: int = 2) -> np.ndarray:
+def pack_weight_words(b: np.ndarray, nr: int = DEFAULT_CONFIG.nr, group: int = 2,
+                      a_offset: bool = False) -> np.ndarray:
     """:func:`pack_weight` as the kernel takes it: int32 [ceil(N/nr), ceil(K/group), nr], one
-    group per int32 (the same bytes: element j of a group in bits ``[32j/group, 32(j+1)/group)``)."""
+    group per int32 (the same bytes: element j of a group in bits ``[32j/group, 32(j+1)/group)``).
+    ``a_offset`` (:data:`VNNI`): one more row ``[:, -1, :]`` holding ``-128 * sum_k b[k, n]``
+    (int32, wrapping like the accumulators; zero for padded columns)."""
     packed = pack_weight(b, nr, group)
-    return packed.view(np.float32 if group == 1 else np.int32).reshape(packed.shape[:3])
+    words = packed.view(np.float32 if group == 1 else np.int32).reshape(packed.shape[:3])
+    if not a_offset:
+        return words
+    k, n = np.asarray(b).shape
+    nbr = words.shape[0]
+    correction = np.zeros(nbr * nr, np.int64)
+    correction[:n] = -128 * np.asarray(b, np.int64).sum(axis=0)
+    extra = correction.astype(np.int32).reshape(nbr, 1, nr)          # |.| < 2**31 for k < 2**17
+    return np.ascontiguousarray(np.concatenate([words, extra], axis=1))
 
 
 def pack_word(load: Callable[[int], Any], group: int, lanes: int = 1, valid: Any = None) -> Any:
@@ -272,6 +290,8 @@ def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, 
                          f"{a_dtype} and {b_dtype}")
     if b_packed and (k is None or n is None):
         raise ValueError("a packed (constant) B needs static k and n")
+    if isa.a_offset and not b_packed:
+        raise ValueError(f"{isa.name} takes a constant (packed) B only")
     if config.nr % isa.lanes:
         raise ValueError(f"nr={config.nr} is not a multiple of {isa.name}'s {isa.lanes} lanes")
     if isa is DP4A:
@@ -317,6 +337,9 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
     PAR = cores > 1
     BSEL = 1 if b_batched else 0          # batch index of B = BSEL * batch index of A
     INTRIN, ACCUMULATES = isa.intrin, isa.accumulates
+    EXTRA = 1 if isa.a_offset else 0      # B's correction row (VNNI)
+    OFFSET_A = bool(isa.a_offset)
+    OFFSET = tirx.IntImm("int32", -0x7F7F7F80)   # 0x80808080: each byte xor 0x80 (+128)
 
     def word(load, lanes, valid=None):
         if FLOAT:                         # one element per lane: no packing, no K tail
@@ -327,8 +350,9 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         return j if valid is None else tirx.min(tirx.IntImm("int64", j), valid - 1)
 
     def a_word(Af, base, valid=None):
-        # A[base + j]: the word of G consecutive elements of a row
-        return word(lambda j: Af[base + clamp(j, valid)], 1, valid)
+        # A[base + j]: the word of G consecutive elements of a row (+128 a byte for VNNI)
+        w = word(lambda j: Af[base + clamp(j, valid)], 1, valid)
+        return tirx.bitwise_xor(w, OFFSET) if OFFSET_A else w
 
     def b_word(Bf, src, n, valid=None):
         # B[src + j*n + (0..L)]: L words of G consecutive K-rows
@@ -350,8 +374,12 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         # a0/b0: offsets of the A words and of the B block; c0: C offset of the tile's first
         # element; valid/cols: rows/columns of the tile that lie inside C.
         acc = T.alloc_buffer((rows * NR,), WORD)
-        for i in T.unroll(rows * NV):
-            acc[T.Ramp(i * L, 1, L)] = T.Broadcast(T.Cast(WORD, 0), L)
+        for r in T.unroll(rows):
+            for v in T.unroll(NV):
+                if OFFSET_A:   # VNNI: start from -128 * sum_k B (the row after the K words)
+                    acc[T.Ramp((r * NV + v) * L, 1, L)] = bsrc[T.Ramp(b0 + KG * NR + v * L, 1, L)]
+                else:
+                    acc[T.Ramp((r * NV + v) * L, 1, L)] = T.Broadcast(T.Cast(WORD, 0), L)
         for p in range(KG):
             for v in T.unroll(NV):
                 for r in T.unroll(rows):
@@ -428,7 +456,7 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
                     ap32[r * KG + p] = T.Cast(WORD, 0)
         if b_packed:
             for nbi in range(nblocks):
-                block(ap32, Bf, (nc * NBC + nbi) * (KG * NR), Cf, row0, rows,
+                block(ap32, Bf, (nc * NBC + nbi) * ((KG + EXTRA) * NR), Cf, row0, rows,
                       (nc * NBC + nbi) * NR, KG, n)
         else:
             # this task's column chunk of B[bi or 0], packed into the same layout
@@ -477,10 +505,10 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
             BA = T.int64()
             M = T.int64()
             A = T.match_buffer(a, (BA, M, k), a_dtype)
-            B = T.match_buffer(b, ((n + NR - 1) // NR, (k + G - 1) // G, NR), WORD)
+            B = T.match_buffer(b, ((n + NR - 1) // NR, (k + G - 1) // G + EXTRA, NR), WORD)
             C = T.match_buffer(c, (BA, M, n), WORD)
             Af = T.decl_buffer((BA * M * k,), a_dtype, data=A.data)
-            Bf = T.decl_buffer(((n + NR - 1) // NR * ((k + G - 1) // G) * NR,), WORD,
+            Bf = T.decl_buffer(((n + NR - 1) // NR * ((k + G - 1) // G + EXTRA) * NR,), WORD,
                                data=B.data)
             Cf = T.decl_buffer((BA * M * n,), WORD, data=C.data)
             run_tasks(Af, Bf, Cf, BA, M, k, n, nbc)
@@ -581,13 +609,14 @@ def rewrite_calls(mod: Any, match: Callable[[Any], bool],
 
 
 def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAULT_CONFIG,
-                         isa: DotIsa = AVX2) -> Any:
+                         isa: DotIsa | tuple[DotIsa, ...] = AVX2) -> Any:
     """Replace the generic integer matmuls of a Relax module by the ``isa`` kernels.
 
     Every ``call_tir`` of a PrimFunc marked ``edgert.op = "intmatmul"`` is rewritten by
-    :func:`_matmul_rewriter`. Other calls (operand dtypes ``isa`` does not take: int16 for sdot)
-    and functions are left alone. The caller checks that the target has the ISA
-    (:func:`target_isa`).
+    :func:`_matmul_rewriter`: with several ISAs, by the first that takes the call (VNNI for
+    int8 x constant int8, then AVX2 for the rest). Other calls (operand dtypes no ISA takes:
+    int16 for sdot) and functions are left alone. The caller checks that the target has the
+    ISAs (:func:`target_isa`).
     """
     from tvm import relax, tirx
 
@@ -596,13 +625,18 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
              and str(f.attrs.get(OP_ATTR, "")) == OP_NAME}
     if not names:
         return mod
-    emit = _matmul_rewriter(tvm_target, config, isa)
+    emitters = [_matmul_rewriter(tvm_target, config, i)
+                for i in (isa if isinstance(isa, tuple) else (isa,))]
 
     def rewrite(rw: Any, call: Any) -> Any | None:
         args = call.args[1]
         if not isinstance(args, relax.Tuple) or len(args.fields) != 2 or len(call.args) > 2:
             return None
-        return emit(rw, *args.fields, call.ty)
+        for emit in emitters:
+            new = emit(rw, *args.fields, call.ty)
+            if new is not None:
+                return new
+        return None
 
     return rewrite_call_tirs(mod, names, rewrite)
 
@@ -640,7 +674,7 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
 
     def kernel(rw: Any, a_dtype: str, b_dtype: str, k: int | None, n: int | None,
                packed: bool, batched: bool) -> Any:
-        key = (a_dtype, b_dtype, k, n, packed, batched)
+        key = (isa.name, a_dtype, b_dtype, k, n, packed, batched)
         if key not in rw.kernels:
             prefix = "matmul" if isa.group == 1 else "int_matmul"
             name = (f"{prefix}_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
@@ -659,6 +693,8 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
             return None
         a_dtype, b_dtype = str(a_ty.dtype), str(b_ty.dtype)
         a_shape, b_shape = list(a_ty.shape.values), list(b_ty.shape.values)
+        if isa.a_offset and not isinstance(b, tvm.ir.GenericConst):
+            return None                                    # VNNI: constant B only
         if (a_dtype not in isa.operands or b_dtype not in isa.operands or len(a_shape) < 2
                 or len(b_shape) < 2 or len(b_shape) > len(a_shape)
                 or not _same_dims(a_shape[-1:], b_shape[-2:-1])):
@@ -676,7 +712,7 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
             gv = kernel(rw, a_dtype, isa.word if b_const else b_dtype, k, n, b_const, False)
             if b_const:                                    # packed now, once
                 b3 = relax.const(pack_weight_words(b.value.numpy().reshape(k, n), config.nr,
-                                                   isa.group))
+                                                   isa.group, isa.a_offset))
             else:
                 b3 = b if len(b_shape) == 3 else bb.emit(
                     relax.op.reshape(b, [one, k_dim, n_dim]))

@@ -67,7 +67,9 @@ def compile_cmd(
     calib_method: Annotated[str, typer.Option(help="How ranges are taken from the calibration "
                                               "data: minmax or percentile.")] = "minmax",
     act_bits: Annotated[str, typer.Option(help="Activation dtypes: auto (int16 residual stream, "
-                                          "LayerNorm and FFN inputs, int8 elsewhere), 8 or 16.")] = "auto",
+                                          "LayerNorm and FFN inputs, int8 elsewhere), linear8 "
+                                          "(as auto, but every Linear input int8: int8 x int8 "
+                                          "matmuls), 8 or 16.")] = "auto",
     io: Annotated[Literal["float", "int8"], typer.Option(
         "--io", help="Graph I/O with --int-only: float (float32 in and out, quantized and "
         "dequantized inside the graph) or int8 = integer I/O (the integer tensors themselves: "

@@ -99,6 +99,13 @@ def test_vit_integer_graph_has_no_float_ops_and_keeps_accuracy(vit):
     assert np.abs(logits - fp32).max() < 0.1 * np.abs(fp32).max()
 
 
+def linear_inputs(model: onnx.ModelProto) -> set[str]:
+    """The first inputs of the MatMul/Gemm nodes with a constant weight."""
+    consts = {t.name for t in model.graph.initializer}
+    return {n.input[0] for n in model.graph.node
+            if n.op_type in ("MatMul", "Gemm") and n.input[1] in consts}
+
+
 def test_act_bits_policy(vit):
     model, ranges, *_ = vit
     _, auto = quantize_model(model, ranges)
@@ -107,6 +114,10 @@ def test_act_bits_policy(vit):
     assert auto.dtypes["layer_norm_1"] == "int16"      # FFN up-projection input
     assert auto.dtypes["gelu"] == "int16"              # FFN down-projection input
     assert auto.dtypes["mul_42"] == "int8"             # attention scores into Shiftmax
+    _, linear8 = quantize_model(model, ranges, act_bits="linear8")
+    assert linear8.dtypes["add_17"] == "int16" and linear8.dtypes["mul_42"] == "int8"
+    assert linear8.dtypes["layer_norm_1"] == "int8" and linear8.dtypes["gelu"] == "int8"
+    assert {d for n, d in linear8.dtypes.items() if n in linear_inputs(model)} == {"int8"}
     _, eight = quantize_model(model, ranges, act_bits="8")
     assert set(eight.dtypes.values()) == {"int8"}
     _, sixteen = quantize_model(model, ranges, act_bits="16")

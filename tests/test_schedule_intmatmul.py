@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from edgert.compiler import schedule_intmatmul
 from edgert.compiler.schedule_intmatmul import (AVX2, FLOAT_CONFIG, FLOAT_CONFIG_AVX512,
-                                                FMA_AVX512, FMA_NEON, FMA_X86, SDOT,
+                                                FMA_AVX512, FMA_NEON, FMA_X86, SDOT, VNNI,
                                                 MatmulConfig, int_matmul_kernel, pack_weight,
                                                 pack_weight_words)
 from edgert.ops import DOMAIN, intmatmul
@@ -30,6 +30,7 @@ from edgert.targets import TARGETS, host_arch, host_cpu_features, resolve_host
 from ophelpers import assert_bit_exact, integer_model
 
 HOST_AVX2 = host_arch() == "x86_64" and "avx2" in host_cpu_features()
+HOST_VNNI = HOST_AVX2 and "avx512_vnni" in host_cpu_features()
 needs_avx2 = pytest.mark.skipif(not HOST_AVX2, reason="needs an x86-64 CPU with AVX2")
 TVM_TARGET = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2}
 
@@ -94,7 +95,8 @@ def test_pack_weight_quads():
 
 def test_kernel_isa_per_target():
     chosen = {name: schedule_intmatmul.target_isa(t) for name, t in TARGETS.items()}
-    assert {n for n, isa in chosen.items() if isa is AVX2} == {"x86-avx2", "x86-avx512"}
+    assert {n for n, isa in chosen.items() if isa is AVX2} == {"x86-avx2"}
+    assert chosen["x86-avx512"] == (VNNI, AVX2)       # VNNI first, where it applies
     assert {n for n, isa in chosen.items() if isa is SDOT} == {"rpi5"}   # dotprod, not CUDA
     assert chosen["aarch64"] is None                  # generic NEON: no dotprod
 
@@ -411,3 +413,66 @@ def test_float_matmuls_rewritten_and_use_fma(tmp_path):
              "kt": rng.standard_normal((batch, 2, 7, s)).astype(np.float32)}
         for got, want in zip(sess.run(None, f), ref.run(None, f)):
             assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+# ---------------------------------------------------------------- x86 AVX-512 VNNI (vpdpbusd)
+
+def test_vnni_packed_weight_carries_the_offset_correction():
+    b = np.random.default_rng(3).integers(-128, 128, (9, 21)).astype(np.int8)
+    words = pack_weight_words(b, nr=16, group=4, a_offset=True)
+    assert words.shape == (2, 3 + 1, 16)
+    np.testing.assert_array_equal(words[:, :3], pack_weight_words(b, nr=16, group=4))
+    corr = words[:, 3].reshape(-1)
+    np.testing.assert_array_equal(corr[:21], -128 * b.astype(np.int64).sum(0))
+    assert not corr[21:].any()
+
+
+def test_vnni_kernels_bit_exact_and_use_vpdpbusd():
+    """int8 x constant int8 through ``vpdpbusd`` (A offset by 128, corrected by B's extra
+    row): the full int8 range (-128 included) over ragged M, K and N."""
+    import tvm
+
+    shapes = [(k, n) for k in (1, 7, 64, 384, 1536) for n in (1, 5, 64, 384)]
+    funcs = {f"v_{k}_{n}": int_matmul_kernel("int8", "int32", k, n, b_packed=True, cores=2,
+                                             isa=VNNI, name=f"v_{k}_{n}") for k, n in shapes}
+    lib = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(
+        {**TVM_TARGET, "mcpu": "cascadelake"})).mod
+    assert "vpdpbusd" in lib.inspect_source("asm")
+    with pytest.raises(ValueError, match="constant"):
+        int_matmul_kernel("int8", "int8", 8, 8, b_packed=False, isa=VNNI)
+    if not HOST_VNNI:
+        pytest.skip("running it needs an x86-64 CPU with AVX-512 VNNI")
+    rng = np.random.default_rng(4)
+    for k, n in shapes:
+        w = operand(rng, "int8", (k, n), k, "int8")
+        w.reshape(-1)[-1] = -128
+        packed = pack_weight_words(w, group=4, a_offset=True)
+        for m in MS:
+            a = operand(rng, "int8", (2, m, k), k, "int8")
+            a.reshape(-1)[-1] = -128
+            got = call(lib, f"v_{k}_{n}", a, packed, (2, m, n))
+            assert_bit_exact(f"vnni M={m} K={k} N={n}", got, intmatmul.reference(a, w))
+
+
+@pytest.mark.skipif(not HOST_VNNI, reason="needs an x86-64 CPU with AVX-512 VNNI")
+def test_vnni_in_the_pipeline(tmp_path):
+    """On x86-avx512 the int8 x constant-int8 matmul runs the VNNI kernel and the activation x
+    activation one the AVX2 kernel, bit-exact."""
+    import onnx
+
+    import edgert
+    from edgert.artifact import read_artifact
+    from edgert.compiler import compile_model
+    from edgert.compiler.pipeline import LIB_MEMBER
+
+    model, feed, oracle = int8_matmul_model("seq")
+    onnx.save(model, tmp_path / "m.onnx")
+    art = compile_model(tmp_path / "m.onnx", tmp_path / "m.edgert", target="x86-avx512",
+                        threads=2)
+    lib = read_artifact(art).members[LIB_MEMBER]
+    assert b"int_matmul_vnni_int8_packed" in lib and b"int_matmul_x86_int8_int8" in lib
+    session = edgert.Session(art, threads=2)
+    for batch, seq in ((1, 1), (2, 17), (1, 64)):
+        f = feed(batch, seq)
+        for i, (g, w) in enumerate(zip(session.run(None, f), oracle(f))):
+            assert_bit_exact(f"output {i} batch={batch} seq={seq}", g, w)
