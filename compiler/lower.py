@@ -66,7 +66,7 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
     targets); the names of those kernels are appended to ``tuned``."""
     import tvm
 
-    cc = _linker_for(target)
+    cc = linker_for(target)
     tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=threads))
     if tuning_db is not None and target.cuda_arch:
         raise TargetError(f"--tuning-db applies to CPU targets; {target.name} is a GPU target")
@@ -111,7 +111,7 @@ def _cpu_relax_pipeline(target: Target, tvm_target: Any, tuning_db: str | os.Pat
     return tuned_cpu_pipeline(tvm_target, target_db_dir(tuning_db, target), tuned)
 
 
-def _linker_for(target: Target) -> str | None:
+def linker_for(target: Target) -> str | None:
     """The cross compiler for ``target``, or ``None`` to use the native one."""
     if target.arch == host_arch() or not target.cross_cc:
         return None

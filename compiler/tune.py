@@ -319,9 +319,11 @@ def tune_model(model_path: str | os.PathLike, *, target: str = "host", trials: i
                 res.status, budget_hit = "budget", True
                 continue
             if tuner is None:
+                from edgert.compiler.lower import linker_for
+
                 stage("starting the measurement worker")
                 tuner = _Tuner(tvm_target, search=search, seed=seed, rpc=rpc,
-                               cross_cc=_cross_cc(tgt))
+                               cross_cc=linker_for(tgt))
             stage(f"tuning {k.name}")
             res.status = "tuned"
             finished = tuner.tune(k, db_dir, asked=trials, already=done, meta=meta,
@@ -342,9 +344,10 @@ def _tunable_target(name: str, rpc: str | None) -> Target:
         raise TargetError(f"tuning is available for CPU targets only; {tgt.name} is a GPU target")
     if rpc is not None:
         from edgert.backends.rpc import parse_address
+        from edgert.compiler.lower import linker_for
 
         parse_address(rpc)                  # InputError when malformed
-        _cross_cc(tgt)                      # TargetError when the cross compiler is missing
+        linker_for(tgt)                     # TargetError when the cross compiler is missing
         return tgt
     ok, why = can_run_here(tgt)
     if not ok:
@@ -352,12 +355,6 @@ def _tunable_target(name: str, rpc: str | None) -> Target:
                           f"here: {why}; measure on the board through its TVM RPC server "
                           f"with --rpc HOST:PORT")
     return tgt
-
-
-def _cross_cc(target: Target) -> str | None:
-    from edgert.compiler.lower import _linker_for
-
-    return _linker_for(target)
 
 
 def _read_meta(kernel_dir: Path) -> dict:
@@ -402,7 +399,10 @@ def export_kernel(rt_mod: Any, cross_cc: str | None) -> str:
     """Write a built candidate as a shared library in a fresh temporary folder (with the
     target's cross compiler when it has one); returns its path."""
     path = os.path.join(tempfile.mkdtemp(prefix="edgert-tune-"), "tvm_tmp_mod.so")
-    rt_mod.export_library(path, cc=cross_cc) if cross_cc else rt_mod.export_library(path)
+    if cross_cc:
+        rt_mod.export_library(path, cc=cross_cc)
+    else:
+        rt_mod.export_library(path)
     return path
 
 
