@@ -9,7 +9,8 @@ Shapes (K x N, ``y[M, N] = x[M, K] @ W[K, N]``): Llama-2-7B projections 4096x409
 For each shape one ONNX graph ``MatMul(x: float32 [M, K], W: const float32 [K, N])`` (M
 symbolic, so one build serves every ``--m``) is run by:
 
-- ``lut``: ``compile_model(..., weight_bits=b, group_size=128, threads=t)`` (float32
+- ``lut``: ``compile_model(..., weight_bits=b, group_size=128, threads=t)`` (64 where K is
+  not a multiple of 128: BitNet's 8640; MatMulNBits uses the same block) (float32
   activations, int8 tables, the x86 AVX2 ``vpshufb`` kernel of ``compiler/schedule_lut_x86.py``)
   through ``edgert.Session(threads=t).run``;
 - ``lut-vm``: the same artifact's Relax VM ``main`` called directly on a TVM tensor (no input
@@ -75,6 +76,11 @@ SHAPES = {"llama2-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
 ALL_SHAPES = [s for group in SHAPES.values() for s in group]
 BITS = ["1", "2", "3", "4", "ternary"]
 GROUP_SIZE = 128
+
+
+def group_size(k: int) -> int:
+    """The weight group along K: 128, or the largest of 64 / 32 dividing K (BitNet's 8640)."""
+    return next((g for g in (GROUP_SIZE, 64, 32) if k % g == 0), 32)
 GGML_KERNELS = ("q4_0", "tq2_0", "tq1_0")
 GGML_SKIP = ("ggml not run: it comes from llama-cpp-python's libggml (libggml-python does not "
              "install here) and llama-cpp-python is not installed")
@@ -99,12 +105,12 @@ def shape_model(k: int, n: int, w: np.ndarray):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
-def nbits_model(src: Path, dst: Path) -> None:
+def nbits_model(src: Path, dst: Path, block: int = GROUP_SIZE) -> None:
     """onnxruntime's MatMulNBits (4-bit, block 128, symmetric, accuracy_level 4) of ``src``."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quant = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=GROUP_SIZE,
+    quant = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block,
                                  is_symmetric=True, accuracy_level=4)
     quant.process()
     quant.model.save_model_to_file(str(dst), use_external_data_format=False)
@@ -119,8 +125,8 @@ def lut_bytes(k: int, n: int, bits: str, kernel: str = "lut") -> int:
     b = 2 if bits == "ternary" else int(bits)
     n_pad = -(-n // 32) * 32
     if kernel == "dequant":
-        return k * n_pad * (4 if b == 3 else b) // 8 + (k // GROUP_SIZE) * n_pad * 8
-    return k * n_pad * b // 8 + (k // GROUP_SIZE) * n * 4
+        return k * n_pad * (4 if b == 3 else b) // 8 + (k // group_size(k)) * n_pad * 8
+    return k * n_pad * b // 8 + (k // group_size(k)) * n * 4
 
 
 def variants(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
@@ -130,7 +136,7 @@ def variants(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
 
 
 def nbits_bytes(k: int, n: int) -> int:
-    return k * n // 2 + (k // GROUP_SIZE) * n * 4
+    return k * n // 2 + (k // group_size(k)) * n * 4
 
 
 def read_bandwidth(threads: int, mb: int = 256, tries: int = 5) -> float:
@@ -211,7 +217,7 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
     fp_path.write_bytes(shape_model(k, n, w).SerializeToString())
     t0 = time.perf_counter()
     with contextlib.chdir(tmp):
-        nbits_model(fp_path, nb_path)
+        nbits_model(fp_path, nb_path, group_size(k))
     print(f"  {k}x{n}: MatMulNBits quantization {time.perf_counter() - t0:.1f} s", flush=True)
     xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in args.m}
     want = {m: xs[m] @ w for m in args.m}
@@ -223,7 +229,7 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
         for label, (bits, kern) in var.items():
             t0 = time.perf_counter()
             arts[label] = compile_model(fp_path, tmp / f"lut_{k}x{n}_{label}_t{threads}.edgert",
-                                        weight_bits=bits, group_size=GROUP_SIZE, threads=threads,
+                                        weight_bits=bits, group_size=group_size(k), threads=threads,
                                         lut="always" if kern == "lut" else "never")
             build_s[label] = time.perf_counter() - t0
         n_copies = {label: copies_for(lut_bytes(k, n, *bk), args) for label, bk in var.items()}
@@ -282,6 +288,7 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
                      for api in ("session", "vm") for v in ("cached", "rotated")}
                 row = {"K": k, "N": n, "M": m, "threads": threads, "bits": bits,
                        "kernel": kern, "weight_bytes": lut_bytes(k, n, wbits, kern),
+                       "group_size": group_size(k),
                        "copies": n_copies[bits],
                        "compile_s": build_s[bits], **t,
                        "ort_nbits4_cached_ms": peer["ort-nbits4"]["cached"],
