@@ -81,6 +81,8 @@ GROUP_SIZE = 128
 def group_size(k: int) -> int:
     """The weight group along K: 128, or the largest of 64 / 32 dividing K (BitNet's 8640)."""
     return next((g for g in (GROUP_SIZE, 64, 32) if k % g == 0), 32)
+
+
 GGML_KERNELS = ("q4_0", "tq2_0", "tq1_0")
 GGML_SKIP = ("ggml not run: it comes from llama-cpp-python's libggml (libggml-python does not "
              "install here) and llama-cpp-python is not installed")

@@ -103,19 +103,27 @@ def _geometry(layout: LutLayout) -> tuple[int, int, int, int, int, int]:
 
 # ---------------------------------------------------------------- packing (numpy)
 
-def repack_weight(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
-    """The layout-v1 packed weight re-packed for the kernel: uint8 ``[NT, KT, TK2, NV, 32]``
-    (module docstring)."""
+def _paired_nibbles(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
+    """Every (plane, 4-group, column) nibble as uint8 ``[NT, KT, TK2, 2, B, 32]``: tile, K tile,
+    4-group pair, 4-group of the pair, plane, column of the tile (zero for the padded 4-group
+    of an odd count and the padded columns)."""
     if layout.tile_n != TN:
         raise ValueError(f"the x86 LutMatMul kernel needs tile_n = {TN}, got {layout.tile_n}")
-    kt, tk4, tk2, np_, odd, nv = _geometry(layout)
+    kt, tk4, tk2, _, _, _ = _geometry(layout)
     nt, b = layout.n_tiles, layout.bits
     nib = np.zeros((b, layout.K // G, nt * TN), np.uint8)
     nib[:, :, :layout.N] = plane_nibbles(planes, layout)
-    nib = nib.reshape(b, kt, tk4, nt, TN)
     pad = np.zeros((b, kt, 2 * tk2, nt, TN), np.uint8)
-    pad[:, :, :tk4] = nib
-    nib = pad.reshape(b, kt, tk2, 2, nt, TN).transpose(4, 1, 2, 3, 0, 5)  # [nt,kt,tk2,l,b,col]
+    pad[:, :, :tk4] = nib.reshape(b, kt, tk4, nt, TN)
+    return pad.reshape(b, kt, tk2, 2, nt, TN).transpose(4, 1, 2, 3, 0, 5)
+
+
+def repack_weight(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
+    """The layout-v1 packed weight re-packed for the kernel: uint8 ``[NT, KT, TK2, NV, 32]``
+    (module docstring)."""
+    nib = _paired_nibbles(planes, layout)                           # [nt,kt,tk2,l,b,col]
+    kt, _, tk2, np_, odd, nv = _geometry(layout)
+    nt, b = layout.n_tiles, layout.bits
     out = np.zeros((nt, kt, tk2, nv, 2, 16), np.uint8)
     j = np.arange(8)
     for p in range(np_):
@@ -137,15 +145,11 @@ def repack_weight_vnni(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
     32]``; word ``2g + j`` of 4-group pair ``fi2`` holds 4-group ``2 fi2 + g``: in lane ``L``,
     byte ``4d + e`` has plane ``e``'s nibble of column ``16j + 4L + d`` (low nibble) and of
     column ``16j + 8 + 4L + d`` (high nibble), so that a dword is one column's four planes."""
-    if layout.tile_n != TN or layout.bits != 4:
-        raise ValueError("the VNNI LutMatMul kernel needs 4-bit weights and tile_n = 32")
-    kt, tk4, tk2, _, _, _ = _geometry(layout)
+    if layout.bits != 4:
+        raise ValueError("the VNNI LutMatMul kernel needs 4-bit weights")
+    nib = _paired_nibbles(planes, layout).swapaxes(-1, -2)         # [nt,kt,tk2,g,col,e]
+    kt, _, tk2, _, _, _ = _geometry(layout)
     nt = layout.n_tiles
-    nib = np.zeros((4, layout.K // G, nt * TN), np.uint8)
-    nib[:, :, :layout.N] = plane_nibbles(planes, layout)
-    pad = np.zeros((4, kt, 2 * tk2, nt, TN), np.uint8)
-    pad[:, :, :tk4] = nib.reshape(4, kt, tk4, nt, TN)
-    nib = pad.reshape(4, kt, tk2, 2, nt, TN).transpose(4, 1, 2, 3, 5, 0)  # [nt,kt,tk2,g,col,e]
     col = (16 * np.arange(2)[:, None, None] + 4 * np.arange(2)[None, :, None]
            + np.arange(4)[None, None, :])                                  # [j, L, d]
     out = nib[..., col, :] | (nib[..., col + 8, :] << 4)                   # [..,g,j,L,d,e]
@@ -564,7 +568,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
         mult: T.let[T.int8x32] = T.reinterpret("int8x32", T.Broadcast(T.int32(MULT), 8))
         for fi2 in range(TK2):
             q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi2) * NB * 32
-            w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fi2) * 128
+            w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fi2) * NV * 32
             for g in T.unroll(2):
                 for j in T.unroll(2):
                     w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (2 * g + j) * 32, 1, 32)]

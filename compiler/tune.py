@@ -480,19 +480,6 @@ def alloc_arguments(_session: Any, device: Any, args_info: list, alloc_repeat: i
     return repeats
 
 
-def _check_server(address: str) -> None:
-    from tvm import rpc
-
-    from edgert.backends.rpc import parse_address
-
-    host, port = parse_address(address)
-    try:
-        rpc.connect(host, port)
-    except Exception as e:   # noqa: BLE001 - TVM raises plain errors for socket problems
-        raise TargetError(f"cannot reach the RPC server at {address}: {last_line(e)} (is "
-                          "`python -m tvm.exec.rpc_server` running there?)") from None
-
-
 class _Tuner:
     """One measurement worker (LocalRunner, or an RPCRunner talking to a board's server) and
     builder for a tuning session."""
@@ -516,10 +503,14 @@ class _Tuner:
         if rpc is None:
             self.runner = LocalRunner(timeout_sec=60, evaluator_config=evaluator)
         else:
-            _check_server(rpc)
-            host, _, port = rpc.rpartition(":")
+            from edgert.backends.rpc import connect, parse_address
+
+            # a clear error now if unreachable (the session closes at once: the server
+            # serves one at a time)
+            connect(rpc)
+            host, port = parse_address(rpc)
             self.runner = RPCRunner(
-                RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key="edgert",
+                RPCConfig(tracker_host=host, tracker_port=port, tracker_key="edgert",
                           session_timeout_sec=120),
                 evaluator, f_create_session=connect_server, f_alloc_argument=alloc_arguments,
                 max_workers=1)

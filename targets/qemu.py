@@ -182,9 +182,7 @@ def run_under_qemu(artifact_path: str | os.PathLike, feeds: Mapping[str, np.ndar
     if not lib or lib not in art.members:
         raise ArtifactError(f"{art.path}: no compiled library in the artifact")
     arrays = _ordered_inputs(art.manifest, feeds)
-    qemu = find_qemu()
-    env_dir = ensure_aarch64_env()
-    info = json.loads((env_dir / "env.json").read_text())
+    qemu, env_dir, info = _guest()
     mcpu = (target.get("tvm_target") or {}).get("mcpu", "generic")
     with tempfile.TemporaryDirectory(prefix="edgert-qemu-") as tmp:
         lib_path, in_path, out_path = (os.path.join(tmp, n) for n in ("model.so", "in.npz",
@@ -211,6 +209,13 @@ def run_under_qemu(artifact_path: str | os.PathLike, feeds: Mapping[str, np.ndar
 # Running the guest
 
 
+def _guest() -> tuple[str, Path, dict]:
+    """qemu, the cached aarch64 environment (set up on first use) and its ``env.json``."""
+    qemu = find_qemu()
+    env_dir = ensure_aarch64_env()
+    return qemu, env_dir, json.loads((env_dir / "env.json").read_text())
+
+
 def guest_command(qemu: str, env_dir: Path, info: dict, args: list[str], *, cpu: str = "max",
                   write_pyc: bool = False) -> tuple[list[str], dict[str, str]]:
     """``qemu-aarch64 -cpu CPU -L sysroot python ARGS`` and its clean environment."""
@@ -229,12 +234,10 @@ def guest_command(qemu: str, env_dir: Path, info: dict, args: list[str], *, cpu:
 
 
 def rpc_server_command(port: int, *, mcpu: str = "cortex-a76") -> tuple[list[str], dict[str, str]]:
-    """A command (and environment) that runs TVM's stock RPC server in the cached aarch64
-    environment under qemu, listening on 127.0.0.1:``port``: an emulated board for
+    """A command (and environment) that runs TVM's RPC server (``qemu_rpc_server.py``) in the
+    cached aarch64 environment under qemu, listening on 127.0.0.1:``port``: an emulated board for
     ``Session(rpc=...)`` and ``edgert tune --rpc`` (correctness, not speed)."""
-    env_dir = ensure_aarch64_env()
-    info = json.loads((env_dir / "env.json").read_text())
-    qemu = find_qemu()
+    qemu, env_dir, info = _guest()
     return guest_command(qemu, env_dir, info, [str(RPC_SERVER), str(port)],
                          cpu=_qemu_cpu(qemu, mcpu))
 

@@ -31,6 +31,23 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def connect(address: str) -> object:
+    """An RPC session with the TVM RPC server at ``HOST:PORT``.
+
+    Raises:
+        InputError: a malformed address.
+        TargetError: the server cannot be reached.
+    """
+    from tvm import rpc
+
+    host, port = parse_address(address)
+    try:
+        return rpc.connect(host, port)
+    except Exception as e:   # noqa: BLE001 - TVM raises plain errors for socket problems
+        raise TargetError(f"cannot reach the RPC server at {host}:{port}: {last_line(e)} (is "
+                          "`python -m tvm.exec.rpc_server` running there?)") from None
+
+
 class RpcBackend:
     """The artifact's library loaded into a Relax VM on a remote TVM RPC server.
 
@@ -47,16 +64,11 @@ class RpcBackend:
         self.target, library = compiled_library(artifact, threads)
 
         import tvm
-        from tvm import rpc
         from tvm.runtime.vm import VirtualMachine
 
         self._tvm = tvm
         where = f"the RPC server at {host}:{port}"
-        try:
-            self.remote = rpc.connect(host, port)
-        except Exception as e:   # noqa: BLE001 - TVM raises plain errors for socket problems
-            raise TargetError(f"cannot reach {where}: {last_line(e)} (is `python -m "
-                              "tvm.exec.rpc_server` running there?)") from None
+        self.remote = connect(address)
         digest = artifact.manifest.get("members", {}).get(artifact.lib_member, "lib")  # checked at read
         remote_name = f"edgert-{digest[:16]}.so"
         with tempfile.TemporaryDirectory(prefix="edgert-rpc-") as tmp:
