@@ -68,15 +68,14 @@ def test_off_switch_and_old_mappings_are_left_alone(monkeypatch):
     assert hugepages.back_by_huge_pages(hugepages.anonymous_mappings()) == 0
 
 
-@needs_collapse
-def test_session_weights_get_huge_pages(tmp_path):
+def _matmul_artifact(tmp_path) -> tuple:
+    """An artifact whose one weight (float32 1024 x 2048, 8 MiB) TVM allocates on load."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    import edgert
     from edgert.compiler import compile_model
 
-    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)   # 8 MiB
+    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
@@ -84,8 +83,48 @@ def test_session_weights_get_huge_pages(tmp_path):
         [numpy_helper.from_array(w, "w")])
     path = tmp_path / "mm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    art = compile_model(path, tmp_path / "mm.edgert", threads=1)
+    return compile_model(path, tmp_path / "mm.edgert", threads=1), w
+
+
+@needs_collapse
+def test_session_weights_get_huge_pages(tmp_path):
+    import edgert
+
+    art, w = _matmul_artifact(tmp_path)
     sess = edgert.Session(art, threads=1)
     assert sess._backend.huge_page_bytes >= hugepages.huge_page_size()
     x = np.random.default_rng(1).standard_normal((1, 1024)).astype(np.float32)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ w, rtol=1e-4, atol=1e-4)
+
+
+# TVM imported, glibc's mmap threshold raised by freeing a 64 MiB block, then 100 MiB of free
+# space inside the heap: the 8 MiB weight is placed in that space, which no new mapping shows
+_REUSED_HEAP = """
+import ctypes, sys
+import edgert, tvm
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(64 << 20))
+chunks = [libc.malloc(64 << 10) for _ in range(1600)]
+fence = libc.malloc(64)
+for chunk in chunks:
+    libc.free(chunk)
+print(edgert.Session(sys.argv[1], threads=1)._backend.huge_page_bytes)
+"""
+
+
+@needs_collapse
+def test_weights_placed_in_free_heap_space_get_huge_pages(tmp_path):
+    import subprocess
+    import sys
+
+    art, _ = _matmul_artifact(tmp_path)
+    out = subprocess.run([sys.executable, "-c", _REUSED_HEAP, str(art)], check=True,
+                         capture_output=True, text=True).stdout
+    assert int(out.split()[-1]) >= 3 * hugepages.huge_page_size()     # 8 MiB, any alignment
+
+
+def test_union_merges_overlapping_and_touching_regions():
+    assert hugepages.union([(50, 60), (0, 10), (10, 20), (15, 30), (40, 45)]) == [
+        (0, 30), (40, 45), (50, 60)]

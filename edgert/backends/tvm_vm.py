@@ -40,8 +40,8 @@ class TvmBackend:
         self._module = _load_library(library, artifact.path)
         self._vm = VirtualMachine(self._module, self.device)
         # the constants TVM just allocated (weights): huge pages, see edgert.hugepages
-        self.huge_page_bytes = (back_by_huge_pages(before) if self.target.device != "cuda"
-                                else 0)
+        self.huge_page_bytes = (back_by_huge_pages(before, len(library))
+                                if self.target.device != "cuda" else 0)
         self._main = self._vm["main"]
         self._configured = threading.local()
         self._staging: dict[int, tuple[np.ndarray, object]] = {}
