@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import emit
+from common import emit, kernel_table
 
 
 def build_models(tmp: Path, minilm: bool) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+                        help="also print edgert's N slowest kernels for each model")
     parser.add_argument("--minilm", action="store_true", help="also all-MiniLM-L6-v2, seq 128")
     parser.add_argument("--generic-matmuls", action="store_true",
                         help="build without edgert's float32 matmul kernels (the 'before')")
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "onnxruntime": lambda: ref.run(None, feed)},
                                         repeats=args.repeats, warmup=10)
             e, o = summarize(lat["edgert"]), summarize(lat["onnxruntime"])
+            if args.kernels:
+                kernel_table(name, sess, feed, args.kernels)
             rows.append({"model": name, "threads": args.threads, "edgert_p50_ms": e["p50_ms"],
                          "ort_p50_ms": o["p50_ms"], "ratio_edgert_over_ort": e["p50_ms"] / o["p50_ms"]})
 

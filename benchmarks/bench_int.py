@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from common import emit
+from common import emit, kernel_table
 
 Feed = dict[str, np.ndarray]
 
@@ -142,6 +142,10 @@ def bench_case(case: Case, args: argparse.Namespace, tmp: Path) -> list[dict]:
                              "vs_ort_int8_dynamic": ms / p50["ort-int8-dynamic"],
                              "vs_ort_int8_static": ms / p50["ort-int8-static"],
                              "accuracy": accuracy[name]})
+            for name, r in runners.items():
+                if args.kernels and name.startswith("edgert"):
+                    kernel_table(f"{case.name} {name} batch {batch}, {threads} threads", r,
+                                 feed, args.kernels)
     return rows
 
 
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["auto", "linear8", "8", "16"],
                         help="integer-only builds to time (edgert-int = auto; linear8: every "
                         "Linear int8 x int8, VNNI vpdpbusd on AVX-512 VNNI machines)")
+    parser.add_argument("--kernels", type=int, default=0, metavar="N",
+                        help="also print each edgert build's N slowest kernels")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 

@@ -128,10 +128,12 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     x86 and dotprod ``sdot`` on aarch64 (int8 operands), float32 matmuls with FMA on x86 AVX2
     and aarch64 NEON: see
     :mod:`edgert.compiler.schedule_intmatmul`; LutMatMul on x86 AVX2 and on aarch64 NEON: see
-    :mod:`edgert.compiler.schedule_lut_x86`, :mod:`edgert.compiler.schedule_lut_arm`);
+    :mod:`edgert.compiler.schedule_lut_x86`, :mod:`edgert.compiler.schedule_lut_arm`;
+    convolutions first become im2col + matmul: :mod:`edgert.compiler.schedule_conv`);
     everything else stays on TVM's default pipeline."""
-    from edgert.compiler import schedule_intmatmul
+    from edgert.compiler import schedule_conv, schedule_intmatmul
 
+    mod = schedule_conv.convs_as_matmuls(mod)
     isa = schedule_intmatmul.target_isa(target)
     if isa is not None:
         mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=isa)

@@ -195,3 +195,19 @@ def test_large_aligned_inputs_are_lent_and_empty_inputs_work(tmp_path):
         x[:] = -1                                    # the outputs do not alias the input
         np.testing.assert_array_equal(y, want)
         np.testing.assert_array_equal(z, 2 * want)
+
+
+def test_kernel_times_name_each_kernel_of_a_run(sess, mlp_artifact):
+    x = random_input(["batch", 20], 4)
+    times = sess.kernel_times({"x": x}, repeats=5)
+    matmuls = [t for t in times if t.name.startswith("matmul_fma")]
+    assert sum(t.calls for t in matmuls) == 3                      # the MLP's three Linears
+    assert all(t.calls >= 1 and t.ms >= 0 for t in times)
+    assert [t.ms for t in times] == sorted((t.ms for t in times), reverse=True)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], sess.run(None, {"x": x})[0])
+    with pytest.raises(InputError, match="repeats"):
+        sess.kernel_times({"x": x}, repeats=0)
+    with pytest.raises(InputError, match="missing input"):
+        sess.kernel_times({}, repeats=1)
+    with pytest.raises(InputError, match="tvm backend"):
+        edgert.Session(mlp_artifact, backend="numba").kernel_times({"x": x})

@@ -18,12 +18,13 @@ X_SHAPE = (1, 8, 16, 16)
 
 
 def _conv_model(path: Path) -> Path:
-    """y = relu(conv3x3(x, w) + b), static shapes: one fused fp32 kernel left on TVM's generic
-    compute (matmuls run our own kernels, which MetaSchedule does not tune)."""
+    """y = relu(conv3x3(x, w) + b) with two groups, static shapes: one fused fp32 kernel left
+    on TVM's generic compute (matmuls, and convolutions of one group as im2col + matmul, run
+    our own kernels, which MetaSchedule does not tune)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w"),
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1]),
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1], group=2),
              helper.make_node("Relu", ["h"], ["y"])]
     graph = helper.make_graph(
         nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(X_SHAPE))],
@@ -55,7 +56,7 @@ def test_tune_writes_records(tuned):
     (k,) = [k for k in report.kernels if k.name == KERNEL]
     assert k.status == "tuned" and k.trials == 8 and k.new_trials == 8
     assert k.default_ms > 0 and k.tuned_ms > 0
-    assert k.signature == "float32 1x8x16x16, 8x8x3x3, 1x8x1x1 -> 1x8x16x16"
+    assert k.signature == "float32 1x8x16x16, 8x4x3x3, 1x8x1x1 -> 1x8x16x16"
     folder = Path(report.db_dir) / k.key
     assert Path(report.db_dir).parent == db
     records = (folder / "database_tuning_record.json").read_text().splitlines()

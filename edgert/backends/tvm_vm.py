@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,6 +66,43 @@ class TvmBackend:
         return [np.from_dlpack(r).copy() if any(r.same_as(t) for t in args)   # an input echoed
                 else np.from_dlpack(r) for r in outputs]
 
+    def kernel_times(self, inputs: list[np.ndarray], repeats: int) -> list[KernelTime]:
+        """Wall time of each function the VM calls (our kernels, TVM's, and the VM's builtins:
+        allocation, shapes), summed over ``repeats`` runs after one warm-up run and given per
+        run, slowest first. Timed by a VM instrument around each call, on a second VM over the
+        same library; each call's time has the instrument's own cost (about a microsecond,
+        estimated as the shortest call seen) taken off."""
+        from tvm.runtime.vm import VirtualMachine
+
+        if self.target.device == "cuda":
+            raise TargetError("per-kernel times are measured for CPU artifacts only (CUDA "
+                              "kernels run asynchronously)")
+        spans: dict[str, list[float]] = {}
+        started = [0.0]
+
+        def instrument(_func: object, symbol: str, before: bool, *_rest: object) -> int:
+            now = time.perf_counter()
+            if before:
+                started[0] = now
+            else:
+                spans.setdefault(symbol, []).append(now - started[0])
+            return 0                                   # kNoOp: run the call as usual
+
+        vm = VirtualMachine(self._module, self.device)
+        vm.set_instrument(instrument)
+        main = vm["main"]
+        self._configure_threads()
+        args = [self._stage(i, a) for i, a in enumerate(inputs)]
+        main(*args)
+        spans.clear()
+        for _ in range(repeats):
+            main(*args)
+        overhead = min((min(v) for v in spans.values()), default=0.0)
+        times = [KernelTime(name, len(v) // repeats,
+                            sum(t - overhead for t in v) / repeats * 1e3)
+                 for name, v in spans.items()]
+        return sorted(times, key=lambda k: -k.ms)
+
     def _stage(self, index: int, a: np.ndarray) -> object:
         """Input ``index`` copied into its staging array; returns the TVM tensor viewing it."""
         if (a.nbytes >= LEND_BYTES and a.flags.c_contiguous and a.dtype.isnative
@@ -87,6 +126,15 @@ class TvmBackend:
         config = self._tvm.get_global_func("runtime.config_threadpool")
         config(1, self.threads)
         self._configured.done = True
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One function of a run: its name, calls per run and milliseconds per run (all calls)."""
+
+    name: str
+    calls: int
+    ms: float
 
 
 ALIGNMENT = 64
