@@ -197,9 +197,9 @@ def _kernel_call(rw: Any, name: str, compute: Any, x: Any, *args: Any,
     from tvm import relax, te
 
     key = (name, str(x.ty.dtype), tuple(int(d) for d in x.ty.shape.values[1:]), args)
+    data = te.placeholder(x.ty.shape.values, str(x.ty.dtype), name="x")
+    out = compute(data, *args)
     if key not in rw.kernels:
-        data = te.placeholder(x.ty.shape.values, str(x.ty.dtype), name="x")
-        out = compute(data, *args)
         symbol = f"{name}{sum(k[0] == name for k in rw.kernels) or ''}"
         func = te.create_prim_func([data, out]).with_attr("global_symbol", symbol)
         if schedule is not None:          # loop order only: schedule_cpu still applies
@@ -209,9 +209,7 @@ def _kernel_call(rw: Any, name: str, compute: Any, x: Any, *args: Any,
             schedule(sch)
             func = sch.mod["main"]
         rw.add_kernel(key, func, symbol)
-        rw.out_shapes = {**getattr(rw, "out_shapes", {}),
-                         key: [int(d) for d in out.shape[1:]]}
-    shape = [x.ty.shape.values[0], *rw.out_shapes[key]]
+    shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
     return relax.call_tir(rw.kernels[key], [x], relax.TensorType(shape, str(x.ty.dtype)))
 
 
