@@ -38,7 +38,17 @@ STANDARD_OPS = ("MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLin
 """Default-domain ops converted here instead of (or in the absence of) TVM's converters."""
 
 INT_MATMUL_ATTRS = {"edgert.op": "intmatmul"}
-"""PrimFunc attributes of the integer matmuls: ``compiler/schedule_intmatmul.py`` finds them by it."""
+"""PrimFunc attributes of the integer matmuls: ``compiler/schedule_intmatmul.py`` finds them
+by it."""
+
+
+def emit_int_matmul(bb: Any, a: Any, b: Any, name: str = "matmul_integer") -> Any:
+    """``a @ b`` (int8/int16 operands, int32 out) emitted on the IntMatMul compute, marked
+    for :mod:`edgert.compiler.schedule_intmatmul`."""
+    from edgert.ops import intmatmul
+
+    return bb.emit_te(intmatmul.te_compute, a, b, primfunc_name_hint=name,
+                      primfunc_attrs=INT_MATMUL_ATTRS)
 
 _lock = threading.RLock()
 
@@ -221,10 +231,7 @@ def _make_converters() -> dict[str, Any]:
             if ndim(a) < 2 or ndim(b) < 2 or ndim(b) > ndim(a):
                 raise ValueError(f"MatMulInteger {node_name(attr)}: operands of rank >= 2 with "
                                  f"rank(B) <= rank(A) are supported, got {a.ty} and {b.ty}")
-            from edgert.ops import intmatmul
-
-            return bb.emit_te(intmatmul.te_compute, a, b, primfunc_name_hint="matmul_integer",
-                              primfunc_attrs=INT_MATMUL_ATTRS)
+            return emit_int_matmul(bb, a, b)
 
     class IntMatMul(EdgertOp):
         """``edgert.IntMatMul`` (int8/int16 operands) on the IntMatMul compute."""
@@ -233,11 +240,8 @@ def _make_converters() -> dict[str, Any]:
 
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
-            from edgert.ops import intmatmul
-
             a, b = [x for x in inputs if x is not None]
-            return bb.emit_te(intmatmul.te_compute, a, b, primfunc_name_hint=cls.module,
-                              primfunc_attrs=INT_MATMUL_ATTRS)
+            return emit_int_matmul(bb, a, b, cls.module)
 
     class LutMatMul(OnnxOpConverter):
         """``edgert.LutMatMul(A, W, scales?, zero_points?)`` on ``lutmatmul.te_compute`` (the

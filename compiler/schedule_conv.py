@@ -163,11 +163,9 @@ def _rewrite(rw: Any, call: Any) -> Any | None:
     if w_dtype == np.float32:
         out = bb.emit(relax.op.matmul(cols, w_t))
     else:
-        from edgert.compiler.lower_int import INT_MATMUL_ATTRS
-        from edgert.ops import intmatmul
+        from edgert.compiler.lower_int import emit_int_matmul
 
-        out = bb.emit_te(intmatmul.te_compute, cols, w_t, primfunc_name_hint="matmul_integer",
-                         primfunc_attrs=INT_MATMUL_ATTRS)
+        out = emit_int_matmul(bb, cols, w_t)
     return _kernel_call(rw, "to_nchw", to_nchw_te, out, int(ow), schedule=_rows_outside)
 
 

@@ -20,7 +20,8 @@ Kernels that carry ``tirx.is_scheduled`` (the matmuls of
 :mod:`edgert.compiler.schedule_intmatmul`) are left alone, and so are PrimFuncs no rule accepts
 (grouped convolutions: the default build; the others run as im2col + matmul, see
 :mod:`edgert.compiler.schedule_conv`). A schedule only reorders loops and changes none of the
-arithmetic, so the integer kernels stay bit-exact (the op tests compare TVM with the numpy references).
+arithmetic, so the integer kernels stay bit-exact (the op tests compare TVM with the numpy
+references).
 """
 
 from __future__ import annotations
