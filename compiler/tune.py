@@ -273,7 +273,6 @@ def tune_model(model_path: str | os.PathLike, *, target: str = "host", trials: i
     if search not in SEARCHES:
         raise InputError(f"--search must be one of {', '.join(SEARCHES)}, got {search!r}")
     tgt = _tunable_target(target, rpc)
-    measured_on = "local" if rpc is None else f"rpc {rpc}"
     start = time.monotonic()
     deadline = None if budget_minutes is None else start + 60.0 * budget_minutes
     stage = on_stage or (lambda _s: None)
@@ -335,7 +334,12 @@ def tune_model(model_path: str | os.PathLike, *, target: str = "host", trials: i
         if tuner is not None:
             tuner.close()
     return TuneReport(tgt.name, str(db_dir), tuned_results + results, budget_hit,
-                      time.monotonic() - start, measured_on)
+                      time.monotonic() - start, measured_on(rpc))
+
+
+def measured_on(rpc: str | None) -> str:
+    """Where timings come from: ``local`` (this machine) or ``rpc HOST:PORT`` (a board)."""
+    return "local" if rpc is None else f"rpc {rpc}"
 
 
 def _tunable_target(name: str, rpc: str | None) -> Target:
@@ -497,7 +501,7 @@ class _Tuner:
         self.target = tvm_target
         self.search = search
         self.seed = seed
-        self.measured_on = "local" if rpc is None else f"rpc {rpc}"
+        self.measured_on = measured_on(rpc)
         self.builder = _make_builder(cross_cc)
         evaluator = EvaluatorConfig(**_EVALUATOR)
         if rpc is None:
@@ -610,7 +614,8 @@ class _Tuner:
                     "trials": result.trials,
                     "complete_for": max(asked if finished else 0, int(meta.get("complete_for", 0))),
                     "default_ms": result.default_ms, "tuned_ms": result.tuned_ms,
-                    "search": self.search, "measured_on": self.measured_on, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "search": self.search, "measured_on": self.measured_on,
+                    "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with atomic_path(final / KERNEL_META) as tmp:
             tmp.write_text(json.dumps(new_meta, indent=1, default=str) + "\n")
         return finished
