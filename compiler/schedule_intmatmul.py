@@ -31,10 +31,14 @@ it). The kernel, for an ISA of L int32 lanes and G elements per lane:
   of B, 1 broadcast; on NEON 16 q accumulators, 4 of B, 1 broadcast), K innermost. Tails: a row
   tail of at most ``MR/2`` rows runs a 1-row kernel per row, a longer one the ``MR``-row kernel
   over zero rows; a column tail uses masked stores.
-- Parallelism: one parallel loop over tasks = (batch, panel of ``MP`` rows, chunk of columns),
-  the chunk width picked so that even ``M = 1`` yields ``2 * num-cores`` tasks; no parallel
-  loop at all when ``num-cores`` is 1 or ``K * N`` is small (``parallel_min_kn``). (A run-time
-  choice on M would duplicate the kernel body: twice the parse and compile time.)
+- Parallelism: one parallel loop over tasks = (batch, panel of ``MP`` rows, chunk of columns);
+  no parallel loop at all when ``num-cores`` is 1 or ``K * N`` is small (``parallel_min_kn``).
+  Every task packs its A panel, so the fewer chunks the better: with a constant (packed) B
+  the run splits the columns only as far as ``2 * num-cores`` tasks need, from its M (one
+  chunk on one core; 4 at M = 1 on 2 cores). Measured on all-MiniLM-L6 (seq 128, one
+  thread, VNNI): 9% off the whole run against fixed chunks of 4 blocks, which packed each
+  A panel 6 to 24 times. An activation B is packed into a per-task buffer of ``nbc``
+  blocks, the compile-time width (``max_chunk`` at most, 1 when N is symbolic).
 
 The kernels carry ``tirx.is_scheduled`` so that nothing downstream re-schedules them, and are
 marked opaque for operator fusion. Other targets (generic aarch64 without dotprod, CUDA) keep
@@ -69,7 +73,8 @@ class MatmulConfig:
         nr: columns of the register tile (a multiple of 8: one ymm of int32 per 8 columns);
             also the column block of the packed B layout.
         mp: rows of A packed per task (a multiple of ``mr``).
-        max_chunk: most column blocks (of ``nr``) one task computes.
+        max_chunk: most column blocks (of ``nr``) one task computes when B is an activation
+            (a packed constant B: as many as the run's task count allows).
         parallel_min_kn: kernels with ``K * N`` below this run serially (at typical M, a
             parallel launch costs more than such a matmul: ~1-5 us against ~0.5 us of work
             for 17 x 32 x 96); a symbolic K or N always gets the parallel loop.
@@ -335,6 +340,9 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
     VEC, OPV = f"{WORD}x{L}", f"{isa.operand}x{L * G}"
     FLOAT = G == 1
     PAR = cores > 1
+    TASKS = 2 * cores if PAR else 1       # tasks a run should have at least
+    WIDEN = 1 if b_packed else 0          # chunks as wide as TASKS allows (else NBC blocks:
+                                          # an activation B's chunk is packed in a buffer of NBC)
     BSEL = 1 if b_batched else 0          # batch index of B = BSEL * batch index of A
     INTRIN, ACCUMULATES = isa.intrin, isa.accumulates
     EXTRA = 1 if isa.a_offset else 0      # B's correction row (VNNI)
@@ -431,7 +439,7 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
                      (row0 + full * MR + r) * n + ncol, 1, cols, KG, n)
 
     @T.macro
-    def task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH):
+    def task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH, NBUF):
         # task t: batch bi, rows [mp*MP, +MP) of it, column blocks [nc*NBC, +NBC)
         bi: T.let[T.int64] = t // (MPN * NCH)
         rest: T.let[T.int64] = t - bi * (MPN * NCH)
@@ -461,7 +469,7 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         else:
             # this task's column chunk of B[bi or 0], packed into the same layout
             b_base: T.let[T.int64] = bi * BSEL * (k * n)
-            bp32 = T.alloc_buffer((NBC * KG * NR,), WORD)
+            bp32 = T.alloc_buffer((NBUF * KG * NR,), WORD)   # NBUF = NBC here
             for nbi in range(nblocks):
                 col0: T.let[T.int64] = (nc * NBC + nbi) * NR
                 if col0 + NR <= n:
@@ -488,14 +496,18 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
     def run_tasks(Af, Bf, Cf, BA, M, k, n, NBC):
         KG: T.let[T.int64] = (k + G - 1) // G
         NBR: T.let[T.int64] = (n + NR - 1) // NR
-        NCH: T.let[T.int64] = T.max((NBR + NBC - 1) // NBC, T.int64(1))   # (max: a divisor)
         MPN: T.let[T.int64] = (M + MP - 1) // MP
+        # Row tasks short of TASKS: split the columns (a packed B: into chunks as wide as that
+        # allows, so that each A panel is packed as few times as possible; else NBC blocks).
+        SPLIT: T.let[T.int64] = (T.int64(TASKS) + BA * MPN - 1) // T.max(BA * MPN, T.int64(1))
+        NBCR: T.let[T.int64] = T.max(NBC, WIDEN * ((NBR + SPLIT - 1) // T.max(SPLIT, T.int64(1))))
+        NCH: T.let[T.int64] = T.max((NBR + NBCR - 1) // NBCR, T.int64(1))   # (max: a divisor)
         if PAR:
             for t in T.parallel(BA * MPN * NCH):
-                task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
+                task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBCR, NCH, NBC)
         else:
             for t in range(BA * MPN * NCH):
-                task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
+                task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBCR, NCH, NBC)
 
     if b_packed:
         @T.prim_func

@@ -124,10 +124,11 @@ def test_config_is_checked():
 # ---------------------------------------------------------------- kernels against the reference
 
 @needs_avx2
-@pytest.mark.parametrize("a_dtype", ["int8", "int16"])
-def test_constant_weight_kernels_bit_exact(a_dtype):
-    """Every (K, N) of the grid as its own specialized kernel, every M through each."""
-    funcs = {f"w_{k}_{n}": int_matmul_kernel(a_dtype, "int16", k, n, b_packed=True, cores=2,
+@pytest.mark.parametrize("a_dtype, cores", [("int8", 2), ("int16", 2), ("int8", 1)])
+def test_constant_weight_kernels_bit_exact(a_dtype, cores):
+    """Every (K, N) of the grid as its own specialized kernel, every M through each (the
+    column chunks a run splits into depend on M and the cores: 1 to 4 chunks here)."""
+    funcs = {f"w_{k}_{n}": int_matmul_kernel(a_dtype, "int16", k, n, b_packed=True, cores=cores,
                                              name=f"w_{k}_{n}") for k in KS for n in NS}
     lib = build(funcs)
     rng = np.random.default_rng(1)
