@@ -191,7 +191,8 @@ def te_compute(q: Any, exclude: Any | None = None, table: Any | None = None, *, 
     else:
         top_index = tirx.const(int(table.shape[0]) - 1, "int32")
 
-        def exp(x: Any) -> Any:   # x > 0 only for excluded elements, whose e is 0: clamp for the load
+        # x > 0 only for excluded elements, whose e is 0: clamp for the load
+        def exp(x: Any) -> Any:
             return table[tirx.min(x, zero) + top_index]
     e = te.compute(q.shape, lambda *i: tirx.Select(
         keep(*i), exp(q(*i).astype(wide) - mx(*i[:-1])), zero), name="shift_exp")
@@ -204,8 +205,8 @@ def te_compute(q: Any, exclude: Any | None = None, table: Any | None = None, *, 
     top = tirx.const((1 << (k - 1)) - 1, "uint32")
 
     def body(*i):
-        v = tirx.shift_right(e(*i).astype("uint32") * f(*i[:-1]) + tirx.const(1 << (sh - 1), "uint32"),
-                             tirx.const(sh, "uint32"))
+        rounded = e(*i).astype("uint32") * f(*i[:-1]) + tirx.const(1 << (sh - 1), "uint32")
+        v = tirx.shift_right(rounded, tirx.const(sh, "uint32"))
         return tirx.min(v, top).astype(out_dtype(k))
 
     return te.compute(q.shape, body, name="shiftmax")
