@@ -79,8 +79,9 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
             ``"never"`` (dequantize); see :mod:`edgert.compiler.kernel_choice`.
         tuning_db: a tuning database folder written by ``edgert tune``
             (:mod:`edgert.compiler.tune`): kernels it has faster schedules for (for this
-            target, same shapes) use them; the manifest's ``tuning`` section lists them. Only
-            an explicit database is used (the tuning cache is never read on its own).
+            target, same shapes) use them; the manifest's ``tuning`` section lists them.
+            ``"shipped"`` (``None``, the default): the records shipped with edgert for the
+            target, if any; ``"none"``: no records. The tuning cache is never read on its own.
 
     Returns:
         The artifact path.
@@ -114,8 +115,10 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                          "low-bit weights: add --weight-bits {1,2,3,4,ternary}")
     tgt = get_target(target)
     source = str(model_path)
-    if tuning_db is not None and not Path(tuning_db).is_dir():
-        raise InputError(f"--tuning-db {tuning_db}: no such directory")
+    from edgert.compiler.tune import SHIPPED, resolve_tuning_db, shipped_db_root
+
+    tuning_db = resolve_tuning_db(tuning_db, tgt)
+    db_label = SHIPPED if tuning_db == shipped_db_root() else str(tuning_db)
 
     stage("checking the model")
     model = load_model(model_path)
@@ -165,8 +168,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     lib = build_library(mod, tgt, threads=threads, source=source, tuning_db=tuning_db,
                         tuned=tuned)
     if tuning_db is not None:
-        options["tuning_db"] = str(tuning_db)
-        extra["tuning"] = {"db": str(tuning_db), "tuned_kernels": sorted(tuned)}
+        options["tuning_db"] = db_label
+        extra["tuning"] = {"db": db_label, "tuned_kernels": sorted(tuned)}
 
     stage("packaging")
     model_bytes = model.SerializeToString()

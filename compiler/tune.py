@@ -29,8 +29,10 @@ How it works:
 5. ``edgert compile --tuning-db DB`` (:func:`tuned_cpu_pipeline`) looks every kernel up in
    ``DB/<target>/`` after fusion and, where the tuned schedule measured faster than the default
    one, replaces the kernel by it (marked ``tirx.is_scheduled``, so our default CPU schedules
-   skip it); all other kernels build as without a database. Only an explicit ``--tuning-db``
-   is used, never the cache on its own, so a compile does not depend on what was tuned before.
+   skip it); all other kernels build as without a database. Without ``--tuning-db`` a compile
+   uses the records shipped inside the package (:func:`shipped_db_root`, a copy of a
+   ``DB/<target>/`` folder; ``--tuning-db none``: none), never the cache on its own, so a
+   compile does not depend on what was tuned on the machine before.
 
 A board is tuned from here through its TVM RPC server (``rpc="HOST:PORT"``, ``edgert tune
 --target rpi5 --rpc HOST:PORT``): candidates are built (cross-compiled) in this process and
@@ -77,6 +79,35 @@ def default_db_root() -> Path:
 def target_db_dir(db_root: str | os.PathLike, target: Target) -> Path:
     """The folder holding ``target``'s records inside a tuning database."""
     return Path(db_root) / target.name
+
+
+SHIPPED = "shipped"
+"""``tuning_db`` value: the records that come with edgert for the target (the default)."""
+NO_DB = "none"
+"""``tuning_db`` value: no records, every kernel on its default schedule."""
+
+
+def shipped_db_root() -> Path:
+    """The tuning database inside the edgert package (``edgert/data/tuning``): the same layout
+    as one ``edgert tune`` writes; a target's folder is copied there to ship its records."""
+    from importlib import resources
+
+    return Path(str(resources.files("edgert"))) / "data" / "tuning"
+
+
+def resolve_tuning_db(tuning_db: str | os.PathLike | None, target: Target) -> Path | None:
+    """The database a compile for ``target`` uses: ``"shipped"`` (or ``None``) is edgert's own
+    records when it ships some for the target (else no database), ``"none"`` is no database,
+    anything else a folder written by ``edgert tune`` (:class:`InputError` when missing)."""
+    if tuning_db is None or str(tuning_db) == SHIPPED:
+        root = shipped_db_root()
+        return root if any(target_db_dir(root, target).glob(f"*/{KERNEL_META}")) else None
+    if str(tuning_db) == NO_DB:
+        return None
+    if not Path(tuning_db).is_dir():
+        raise InputError(f"--tuning-db {tuning_db}: no such directory (or use "
+                         f"'{SHIPPED}' or '{NO_DB}')")
+    return Path(tuning_db)
 
 
 @dataclass

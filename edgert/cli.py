@@ -107,10 +107,12 @@ def compile_cmd(
         "the faster (cached in ~/.cache/edgert/kernel_choice.json; a target this machine "
         "cannot run gets table lookup); always: table lookup; never: dequantize. `edgert "
         "inspect` shows each node's kernel.")] = None,
-    tuning_db: Annotated[Optional[Path], typer.Option(
-        "--tuning-db", help="A tuning database written by `edgert tune` (its default: "
-        "~/.cache/edgert/tuning): kernels it holds faster schedules for, for this target and "
-        "the same shapes, use them. Without this option no tuning records are used.")] = None,
+    tuning_db: Annotated[str, typer.Option(
+        "--tuning-db", metavar="PATH|shipped|none", help="A tuning database written by "
+        "`edgert tune` (its default: ~/.cache/edgert/tuning): kernels it holds faster "
+        "schedules for, for this target and the same shapes, use them. shipped (default): "
+        "the records that come with edgert for the target, if any; none: no records.")
+    ] = "shipped",
 ) -> None:
     """Compile an ONNX model into a .edgert artifact for a target.
 

@@ -138,10 +138,10 @@ class Session:
 
     def kernel_times(self, input_feed: Mapping[str, np.ndarray], *,
                      repeats: int = 20) -> list[KernelTime]:
-        """Where a run's time goes: each kernel (and VM builtin) the run calls, with its calls
-        and milliseconds per run, slowest first (see
-        :meth:`edgert.backends.tvm_vm.TvmBackend.kernel_times`). The instrument adds about a
-        microsecond a call to the run, so the sum exceeds :meth:`run`'s time on small models.
+        """Where a run's time goes: each kernel the run calls, with its calls and milliseconds
+        per run, and one row for the VM's own time (its builtins and dispatch: a plain run's
+        median minus the kernels), slowest first (see
+        :meth:`edgert.backends.tvm_vm.TvmBackend.kernel_times`).
 
         Raises:
             InputError: bad ``input_feed``, ``repeats`` < 1, or a session not on the local

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import edgert
+from edgert.backends.tvm_vm import VM_OVERHEAD
 from edgert.errors import InputError
 
 from conftest import random_input
@@ -203,6 +204,9 @@ def test_kernel_times_name_each_kernel_of_a_run(sess, mlp_artifact):
     matmuls = [t for t in times if t.name.startswith("matmul_fma")]
     assert sum(t.calls for t in matmuls) == 3                      # the MLP's three Linears
     assert all(t.calls >= 1 and t.ms >= 0 for t in times)
+    # the VM's builtins (alloc, shapes) as one row, not one row each
+    assert [t.name for t in times].count(VM_OVERHEAD) == 1
+    assert not [t for t in times if t.name.startswith("vm.builtin.")]
     assert [t.ms for t in times] == sorted((t.ms for t in times), reverse=True)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], sess.run(None, {"x": x})[0])
     with pytest.raises(InputError, match="repeats"):

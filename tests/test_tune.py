@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -104,6 +105,25 @@ def test_compile_uses_records(tuned, tmp_path):
     ref = Session(plain).run(None, {"x": x})[0]
     out = Session(fast).run(None, {"x": x})[0]
     assert rel_err(out, ref) < 1e-5
+
+
+def test_compile_uses_shipped_records_by_default(tuned, tmp_path, monkeypatch):
+    """Records in the package's database (a copy of a DB/<target> folder) apply without
+    --tuning-db; "none" turns them off; a target the package has no records for gets none."""
+    from edgert.compiler import compile_model, tune
+
+    model, db, report, _ = tuned
+    if report.kernels[0].tuned_ms >= report.kernels[0].default_ms:
+        pytest.skip("the 8 random schedules were all slower than the default one")
+    shipped = tmp_path / "package-data"
+    shutil.copytree(Path(report.db_dir), shipped / Path(report.db_dir).name)
+    monkeypatch.setattr(tune, "shipped_db_root", lambda: shipped)
+    default = _manifest(compile_model(model, tmp_path / "default.edgert"))
+    assert default["tuning"] == {"db": "shipped", "tuned_kernels": [KERNEL]}
+    assert "tuning" not in _manifest(compile_model(model, tmp_path / "none.edgert",
+                                                   tuning_db="none"))
+    monkeypatch.setattr(tune, "shipped_db_root", lambda: tmp_path / "no-records")
+    assert "tuning" not in _manifest(compile_model(model, tmp_path / "plain.edgert"))
 
 
 def test_rerun_resumes(tuned):

@@ -67,11 +67,14 @@ class TvmBackend:
                 else np.from_dlpack(r) for r in outputs]
 
     def kernel_times(self, inputs: list[np.ndarray], repeats: int) -> list[KernelTime]:
-        """Wall time of each function the VM calls (our kernels, TVM's, and the VM's builtins:
-        allocation, shapes), summed over ``repeats`` runs after one warm-up run and given per
-        run, slowest first. Timed by a VM instrument around each call, on a second VM over the
-        same library; each call's time has the instrument's own cost (about a microsecond,
-        estimated as the shortest call seen) taken off."""
+        """Wall time of each kernel the VM calls (ours and TVM's), summed over ``repeats`` runs
+        after one warm-up run and given per run, slowest first, and one row
+        :data:`VM_OVERHEAD`: what the run costs beyond its kernels (the VM's builtins, which
+        allocate and make shapes, and its dispatch), the median time of a plain run minus the
+        kernels' sum, with the builtins' calls. Kernels are timed by a VM instrument around
+        each call, on a second VM over the same library; each call's time has the
+        instrument's own cost (about a microsecond, estimated as the shortest call seen)
+        taken off."""
         from tvm.runtime.vm import VirtualMachine
 
         if self.target.device == "cuda":
@@ -90,9 +93,16 @@ class TvmBackend:
 
         vm = VirtualMachine(self._module, self.device)
         vm.set_instrument(instrument)
-        main = vm["main"]
         self._configure_threads()
         args = [self._stage(i, a) for i, a in enumerate(inputs)]
+        plain = self._main
+        plain(*args)
+        run_ms = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            plain(*args)
+            run_ms.append((time.perf_counter() - start) * 1e3)
+        main = vm["main"]
         main(*args)
         spans.clear()
         for _ in range(repeats):
@@ -100,7 +110,10 @@ class TvmBackend:
         overhead = min((min(v) for v in spans.values()), default=0.0)
         times = [KernelTime(name, len(v) // repeats,
                             sum(t - overhead for t in v) / repeats * 1e3)
-                 for name, v in spans.items()]
+                 for name, v in spans.items() if not name.startswith("vm.builtin.")]
+        builtin_calls = sum(len(v) for name, v in spans.items() if name.startswith("vm.builtin."))
+        vm_ms = max(float(np.median(run_ms)) - sum(t.ms for t in times), 0.0)
+        times.append(KernelTime(VM_OVERHEAD, builtin_calls // repeats, vm_ms))
         return sorted(times, key=lambda k: -k.ms)
 
     def _stage(self, index: int, a: np.ndarray) -> object:
@@ -137,6 +150,8 @@ class KernelTime:
     ms: float
 
 
+VM_OVERHEAD = "(VM: builtins and dispatch)"
+"""The :meth:`TvmBackend.kernel_times` row for a run's time outside its kernels."""
 ALIGNMENT = 64
 """Byte alignment TVM requires of tensors it does not allocate itself."""
 LEND_BYTES = 1 << 20
