@@ -5,9 +5,9 @@ no vectorization, one thread). :func:`convs_as_matmuls` rewrites each 2-D convol
 constant weight (NCHW data, OIHW weight, one group) before the matmul rules run:
 
 1. ``pad_nhwc``: the input zero-padded and transposed to NHWC (one pass), then ``im2col``:
-   its patches as ``cols[N, OH, OW, KH, KW, C]``, copies of C contiguous elements without
-   bounds checks, viewed as ``[N, OH*OW, KH*KW*C]`` (a pointwise convolution skips im2col).
-   Each is a kernel of its own, opaque to fusion, scheduled by
+   its patches as ``cols[N, OH, OW, KH, KW, C]``, copies of KW*C contiguous elements (C with
+   dilation) without bounds checks, viewed as ``[N, OH*OW, KH*KW*C]`` (a pointwise
+   convolution skips im2col). Each is a kernel of its own, opaque to fusion, scheduled by
    :class:`edgert.compiler.schedule_cpu.Elementwise`;
 2. ``cols @ Wt`` with the weight transposed at compile time to ``[KH*KW*C, O]``: float32
    convolutions become ``relax.matmul`` (the FMA kernels of
@@ -25,14 +25,15 @@ and activations as weights keep TVM's default build. Measured (``benchmarks/benc
 ========================================  ===========================  =========
 layer                                     fp32 (ORT fp32)              int8
 ========================================  ===========================  =========
-3x3 64->64 at 56x56 (ResNet)              121 -> 2.70 ms (2.60)        54 -> 1.27
-1x1 256->64 at 56x56                      45.6 -> 1.49 ms (1.69)       31.6 -> 0.86
-16x16 stride 16, 3->192 at 224 (DeiT)     30.8 -> 0.79 ms (0.91)       3.95 -> 0.47
-3x3 stride 2, 3->32 at 224 (stem)         1.07 -> 1.24 ms (0.55)       1.58 -> 0.96
+3x3 64->64 at 56x56 (ResNet)              123 -> 2.92 ms (2.67)        60 -> 1.07
+1x1 256->64 at 56x56                      45.5 -> 1.87 ms (1.80)       41.6 -> 1.08
+16x16 stride 16, 3->192 at 224 (DeiT)     30.7 -> 0.90 ms (0.93)       3.62 -> 0.33
+3x3 stride 2, 3->32 at 224 (stem)         0.91 -> 0.73 ms (0.39)       1.55 -> 0.77
 ========================================  ===========================  =========
 
-With three input channels (the stem) the patches are 27 long: the copies cost more than
-TVM's direct loop saves, and onnxruntime stays 2x ahead.
+With three input channels (the stem) onnxruntime stays ahead: the transposes to NHWC and
+back cost as much as the K = 27 matmul. Keeping activations NHWC between convolutions (TVM's
+``ConvertLayout``) measured no faster on a five-convolution chain (8.22 against 8.29 ms).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def output_size(h: int, w: int, kernel: tuple[int, int], strides: tuple[int, int
 def pad_nhwc_te(x: Any, padding: tuple[int, int, int, int]) -> Any:
     """TVM TE: ``x`` [N, C, H, W] (static C, H, W) zero-padded and transposed to
     [N, H + top + bottom, W + left + right, C]: one pass over the input, so that
-    :func:`im2col_te` copies runs of C contiguous elements without bounds checks."""
+    :func:`im2col_te` copies contiguous runs without bounds checks."""
     from tvm import te, tirx
 
     top, left, bottom, right = padding
