@@ -25,20 +25,20 @@ it). The kernel, for an ISA of L int32 lanes and G elements per lane:
   packed once, by numpy, when the module is rewritten, so the runtime never re-packs it. A B
   that is an activation (attention ``Q·K^T`` and ``P·V``, batched) is packed by the kernel, one
   column chunk per task.
-- A is packed per task into a panel of ``MP`` rows of int32 words (element h of a group in
-  bits ``[32h/G, 32(h+1)/G)``; zero past K and past M); a word is broadcast to L lanes.
+- A is packed first, in panels of ``MP`` rows of int32 words (element h of a group in bits
+  ``[32h/G, 32(h+1)/G)``; zero past K and past M), every panel once, into a workspace of the
+  kernel (in parallel over panels); a word is broadcast to L lanes.
 - Micro-kernel: ``MR`` rows x ``NR`` columns (default 4 x 16: on AVX2 8 ymm accumulators, 2 ymm
   of B, 1 broadcast; on NEON 16 q accumulators, 4 of B, 1 broadcast), K innermost. Tails: a row
   tail of at most ``MR/2`` rows runs a 1-row kernel per row, a longer one the ``MR``-row kernel
   over zero rows; a column tail uses masked stores.
-- Parallelism: one parallel loop over tasks = (batch, panel of ``MP`` rows, chunk of columns);
-  no parallel loop at all when ``num-cores`` is 1 or ``K * N`` is small (``parallel_min_kn``).
-  Every task packs its A panel, so the fewer chunks the better: with a constant (packed) B
-  the run splits the columns only as far as ``2 * num-cores`` tasks need, from its M (one
-  chunk on one core; 4 at M = 1 on 2 cores). Measured on all-MiniLM-L6 (seq 128, one
-  thread, VNNI): 9% off the whole run against fixed chunks of 4 blocks, which packed each
-  A panel 6 to 24 times. An activation B is packed into a per-task buffer of ``nbc``
-  blocks, the compile-time width (``max_chunk`` at most, 1 when N is symbolic).
+- Parallelism: one parallel loop over tasks = (batch, panel of ``MP`` rows, chunk of columns),
+  the chunk width picked so that even ``M = 1`` yields ``2 * num-cores`` tasks; no parallel
+  loop at all when ``num-cores`` is 1 or ``K * N`` is small (``parallel_min_kn``). (A run-time
+  choice on M would duplicate the kernel body: twice the parse and compile time; a chunk
+  width computed at run time made each kernel 4x slower to compile.) Packing A in each task
+  instead, as before, packed a panel once per chunk: 6-24 times on all-MiniLM-L6's matmuls,
+  9% of its one-thread run.
 
 The kernels carry ``tirx.is_scheduled`` so that nothing downstream re-schedules them, and are
 marked opaque for operator fusion. Other targets (generic aarch64 without dotprod, CUDA) keep
@@ -73,8 +73,7 @@ class MatmulConfig:
         nr: columns of the register tile (a multiple of 8: one ymm of int32 per 8 columns);
             also the column block of the packed B layout.
         mp: rows of A packed per task (a multiple of ``mr``).
-        max_chunk: most column blocks (of ``nr``) one task computes when B is an activation
-            (a packed constant B: as many as the run's task count allows).
+        max_chunk: most column blocks (of ``nr``) one task computes.
         parallel_min_kn: kernels with ``K * N`` below this run serially (at typical M, a
             parallel launch costs more than such a matmul: ~1-5 us against ~0.5 us of work
             for 17 x 32 x 96); a symbolic K or N always gets the parallel loop.
@@ -340,9 +339,6 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
     VEC, OPV = f"{WORD}x{L}", f"{isa.operand}x{L * G}"
     FLOAT = G == 1
     PAR = cores > 1
-    TASKS = 2 * cores if PAR else 1       # tasks a run should have at least
-    WIDEN = 1 if b_packed else 0          # chunks as wide as TASKS allows (else NBC blocks:
-                                          # an activation B's chunk is packed in a buffer of NBC)
     BSEL = 1 if b_batched else 0          # batch index of B = BSEL * batch index of A
     INTRIN, ACCUMULATES = isa.intrin, isa.accumulates
     EXTRA = 1 if isa.a_offset else 0      # B's correction row (VNNI)
@@ -422,25 +418,48 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
                             T.Ramp(0, 1, L) < T.Broadcast(T.Cast("int32", cols) - v * L, L)))
 
     @T.macro
-    def block(ap32, bsrc, b0, Cf, row0, rows, ncol, KG, n):
-        # every row of the panel against one column block of B (at b0 in bsrc)
+    def block(ap32, a0, bsrc, b0, Cf, row0, rows, ncol, KG, n):
+        # every row of the panel (at a0 in ap32) against one column block of B (at b0 in bsrc)
         full: T.let[T.int32] = T.floordiv(rows, MR)
         tail: T.let[T.int32] = rows - full * MR
         cols: T.let[T.int64] = n - ncol
         for mi in range(full):
-            tile(MR, ap32, mi * MR * KG, bsrc, b0, Cf, (row0 + mi * MR) * n + ncol,
+            tile(MR, ap32, a0 + mi * MR * KG, bsrc, b0, Cf, (row0 + mi * MR) * n + ncol,
                  rows - mi * MR, cols, KG, n)
         if tail * 2 > MR:      # a long row tail: the MR-row tile over zero rows
-            tile(MR, ap32, full * MR * KG, bsrc, b0, Cf, (row0 + full * MR) * n + ncol,
+            tile(MR, ap32, a0 + full * MR * KG, bsrc, b0, Cf, (row0 + full * MR) * n + ncol,
                  tail, cols, KG, n)
         else:                  # a short one: row by row
             for r in range(tail):
-                tile(1, ap32, (full * MR + r) * KG, bsrc, b0, Cf,
+                tile(1, ap32, a0 + (full * MR + r) * KG, bsrc, b0, Cf,
                      (row0 + full * MR + r) * n + ncol, 1, cols, KG, n)
 
     @T.macro
-    def task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH, NBUF):
-        # task t: batch bi, rows [mp*MP, +MP) of it, column blocks [nc*NBC, +NBC)
+    def pack_panel(pi, Af, ap32, M, MPN, k, KG):
+        # A panel pi (batch pi // MPN, rows [mp*MP, +MP)) into ap32[pi * MP * KG ...]: rows of
+        # KG int32 words of G elements (zero past K); zero rows up to a multiple of MR.
+        # (Every buffer the kernel writes is accessed with its own dtype only: TVM
+        # miscompiled stores through a view of another dtype.)
+        bi: T.let[T.int64] = pi // MPN
+        mp: T.let[T.int64] = pi - bi * MPN
+        row0: T.let[T.int64] = bi * M + mp * MP
+        rows: T.let[T.int32] = T.Cast("int32", T.min(T.int64(MP), M - mp * MP))
+        base: T.let[T.int64] = pi * (MP * KG)
+        for r in range((rows + MR - 1) // MR * MR):
+            if r < rows:
+                for p in range(k // G):
+                    ap32[base + r * KG + p] = a_word(Af, (row0 + r) * k + G * p)
+                if k % G != 0:
+                    ap32[base + r * KG + KG - 1] = a_word(Af, (row0 + r) * k + G * (KG - 1),
+                                                          k - G * (KG - 1))
+            else:
+                for p in range(KG):
+                    ap32[base + r * KG + p] = T.Cast(WORD, 0)
+
+    @T.macro
+    def task(t, ap32, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH):
+        # task t: batch bi, rows [mp*MP, +MP) of it (packed A panel bi * MPN + mp), column
+        # blocks [nc*NBC, +NBC)
         bi: T.let[T.int64] = t // (MPN * NCH)
         rest: T.let[T.int64] = t - bi * (MPN * NCH)
         mp: T.let[T.int64] = rest // NCH
@@ -448,28 +467,15 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
         row0: T.let[T.int64] = bi * M + mp * MP           # first row of the panel in A and C
         rows: T.let[T.int32] = T.Cast("int32", T.min(T.int64(MP), M - mp * MP))
         nblocks: T.let[T.int64] = T.min(NBC, NBR - nc * NBC)
-        # A panel: rows of KG int32 words of G elements (zero past K); zero rows up to a
-        # multiple of MR. (Every buffer the kernel writes is accessed with its own dtype only:
-        # TVM miscompiled stores through a view of another dtype.)
-        ap32 = T.alloc_buffer((MP * KG,), WORD)
-        for r in range((rows + MR - 1) // MR * MR):
-            if r < rows:
-                for p in range(k // G):
-                    ap32[r * KG + p] = a_word(Af, (row0 + r) * k + G * p)
-                if k % G != 0:
-                    ap32[r * KG + KG - 1] = a_word(Af, (row0 + r) * k + G * (KG - 1),
-                                                   k - G * (KG - 1))
-            else:
-                for p in range(KG):
-                    ap32[r * KG + p] = T.Cast(WORD, 0)
+        a0: T.let[T.int64] = (bi * MPN + mp) * (MP * KG)
         if b_packed:
             for nbi in range(nblocks):
-                block(ap32, Bf, (nc * NBC + nbi) * ((KG + EXTRA) * NR), Cf, row0, rows,
+                block(ap32, a0, Bf, (nc * NBC + nbi) * ((KG + EXTRA) * NR), Cf, row0, rows,
                       (nc * NBC + nbi) * NR, KG, n)
         else:
             # this task's column chunk of B[bi or 0], packed into the same layout
             b_base: T.let[T.int64] = bi * BSEL * (k * n)
-            bp32 = T.alloc_buffer((NBUF * KG * NR,), WORD)   # NBUF = NBC here
+            bp32 = T.alloc_buffer((NBC * KG * NR,), WORD)
             for nbi in range(nblocks):
                 col0: T.let[T.int64] = (nc * NBC + nbi) * NR
                 if col0 + NR <= n:
@@ -489,25 +495,28 @@ def _template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: 
                         bp32[(nbi * KG + p) * NR + j] = b_word_ragged(Bf, b_base, p, col0 + j,
                                                                       k, n)
             for nbi in range(nblocks):
-                block(ap32, bp32, nbi * (KG * NR), Cf, row0, rows, (nc * NBC + nbi) * NR,
+                block(ap32, a0, bp32, nbi * (KG * NR), Cf, row0, rows, (nc * NBC + nbi) * NR,
                       KG, n)
 
     @T.macro
     def run_tasks(Af, Bf, Cf, BA, M, k, n, NBC):
         KG: T.let[T.int64] = (k + G - 1) // G
         NBR: T.let[T.int64] = (n + NR - 1) // NR
+        NCH: T.let[T.int64] = T.max((NBR + NBC - 1) // NBC, T.int64(1))   # (max: a divisor)
         MPN: T.let[T.int64] = (M + MP - 1) // MP
-        # Row tasks short of TASKS: split the columns (a packed B: into chunks as wide as that
-        # allows, so that each A panel is packed as few times as possible; else NBC blocks).
-        SPLIT: T.let[T.int64] = (T.int64(TASKS) + BA * MPN - 1) // T.max(BA * MPN, T.int64(1))
-        NBCR: T.let[T.int64] = T.max(NBC, WIDEN * ((NBR + SPLIT - 1) // T.max(SPLIT, T.int64(1))))
-        NCH: T.let[T.int64] = T.max((NBR + NBCR - 1) // NBCR, T.int64(1))   # (max: a divisor)
+        # every A panel packed once, before the tasks (a task per panel and column chunk
+        # would pack its panel once per chunk: 6-24 times on MiniLM's matmuls)
+        ap32 = T.alloc_buffer((BA * MPN * MP * KG,), WORD)
         if PAR:
+            for pi in T.parallel(BA * MPN):
+                pack_panel(pi, Af, ap32, M, MPN, k, KG)
             for t in T.parallel(BA * MPN * NCH):
-                task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBCR, NCH, NBC)
+                task(t, ap32, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
         else:
+            for pi in range(BA * MPN):
+                pack_panel(pi, Af, ap32, M, MPN, k, KG)
             for t in range(BA * MPN * NCH):
-                task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBCR, NCH, NBC)
+                task(t, ap32, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
 
     if b_packed:
         @T.prim_func

@@ -126,8 +126,8 @@ def test_config_is_checked():
 @needs_avx2
 @pytest.mark.parametrize("a_dtype, cores", [("int8", 2), ("int16", 2), ("int8", 1)])
 def test_constant_weight_kernels_bit_exact(a_dtype, cores):
-    """Every (K, N) of the grid as its own specialized kernel, every M through each (the
-    column chunks a run splits into depend on M and the cores: 1 to 4 chunks here)."""
+    """Every (K, N) of the grid as its own specialized kernel, every M through each, on 1
+    and 2 cores (1 to 4 column chunks, each reading the A panels packed before the tasks)."""
     funcs = {f"w_{k}_{n}": int_matmul_kernel(a_dtype, "int16", k, n, b_packed=True, cores=cores,
                                              name=f"w_{k}_{n}") for k in KS for n in NS}
     lib = build(funcs)
