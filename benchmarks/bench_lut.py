@@ -23,9 +23,9 @@ symbolic, so one build serves every ``--m``) is run by:
   symmetric, ``accuracy_level=4``: int8 activations, MLAS's integer kernels);
 - ``ort-fp32``: onnxruntime on the float graph itself;
 - ``ggml-q4_0``, ``ggml-tq2_0``, ``ggml-tq1_0``: ggml's own CPU kernels (llama.cpp's code:
-  Q4_0 4-bit, TQ2_0 / TQ1_0 ternary) on the same weights quantized by ggml, through the libggml
-  that llama-cpp-python ships (:class:`edgert.peers.GgmlMatMul`; ``libggml-python`` does not
-  install here). Skipped, with a note, when llama-cpp-python is not installed.
+  Q4_0 4-bit, TQ2_0 / TQ1_0 ternary) on the same weights quantized by ggml, through the
+  prebuilt AVX2 ggml of the PyPI wheel ``libggml-python`` (else llama-cpp-python's libggml;
+  :class:`edgert.peers.GgmlMatMul`). Skipped, with a note, when neither is installed.
 
 Cached vs rotated: "cached" calls one loaded copy again and again (a 4096x4096 2-bit weight is
 4.7 MB: it sits in the L3 after the first call). "Rotated" calls ``C`` copies round robin, ``C``
@@ -64,6 +64,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -84,8 +85,6 @@ def group_size(k: int) -> int:
 
 
 GGML_KERNELS = ("q4_0", "tq2_0", "tq1_0")
-GGML_SKIP = ("ggml not run: it comes from llama-cpp-python's libggml (libggml-python does not "
-             "install here) and llama-cpp-python is not installed")
 
 
 # ---------------------------------------------------------------- helpers
@@ -178,10 +177,11 @@ def cpu_name() -> str:
 
 class Burst:
     """One candidate: ``__call__`` does an untimed warm call, then times ``n`` calls (round
-    robin over ``fns``) and records seconds per call."""
+    robin over ``fns``) and records seconds per call; then calls ``after`` (untimed: ggml's
+    pool is put to sleep so that its polling threads leave the cores to the next one)."""
 
-    def __init__(self, fns: list, burst: int) -> None:
-        self.fns = fns
+    def __init__(self, fns: list, burst: int, after: Callable[[], None] | None = None) -> None:
+        self.fns, self.after = fns, after
         self.n = max(1, math.ceil(burst / len(fns))) * len(fns)
         self.samples: list[float] = []
 
@@ -192,6 +192,8 @@ class Burst:
         for i in range(n):
             fns[i % len(fns)]()
         self.samples.append((time.perf_counter() - t0) / n)
+        if self.after is not None:
+            self.after()
 
 
 def copies_for(nbytes: int, args: argparse.Namespace) -> int:
@@ -273,8 +275,8 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, bw: dict[int, float], 
                                       for _ in range(copies_for(first.weight_bytes, args) - 1)]
                 errors[f"ggml-{qt}"] = rel_err(first.run(x), want[m])
                 run = [lambda g=g: g.run(x) for g in ggml[qt]]
-                cands[f"ggml-{qt}/cached"] = Burst(run[:1], args.burst)
-                cands[f"ggml-{qt}/rotated"] = Burst(run, args.burst)
+                cands[f"ggml-{qt}/cached"] = Burst(run[:1], args.burst, first.pause)
+                cands[f"ggml-{qt}/rotated"] = Burst(run, args.burst, first.pause)
             load = load_avg()
             t0 = time.perf_counter()
             interleaved_latencies(cands, repeats=args.repeats, warmup=1)
@@ -388,13 +390,13 @@ def main(argv: list[str] | None = None) -> int:
               [parse_shape(s) for s in args.shapes] if args.shapes else ALL_SHAPES)
     os.environ.setdefault("TVM_NUM_THREADS", str(max(args.threads)))
 
+    from edgert.peers import libggml_dir
+
     try:
-        import llama_cpp  # noqa: F401
         args.ggml = True
-        ggml_note = ("ggml: llama-cpp-python's libggml " + llama_cpp.__version__
-                     + ", kernels " + ", ".join(GGML_KERNELS))
-    except ImportError:
-        args.ggml, ggml_note = False, GGML_SKIP
+        ggml_note = f"ggml: {libggml_dir()[1]}, kernels " + ", ".join(GGML_KERNELS)
+    except ImportError as e:
+        args.ggml, ggml_note = False, f"ggml not run: {e}"
     print(ggml_note)
     t_start = time.perf_counter()
     print(f"load at start {load_avg()}; measuring read bandwidth ...", flush=True)

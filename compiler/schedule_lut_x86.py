@@ -37,7 +37,7 @@ whose packed weight (and scales / zero points) are constants by two hand-written
    0.5)`` in float32, the reference's expression and order (scales re-packed to ``[NT, NG,
    32]``). Integer variant: ``acc + sum_g zc[g, n] * rowsum[g]`` as int32. Stores of the last,
    ragged column tile are masked (``vmaskmov``).
-   Weight words are prefetched :data:`PREFETCH` bytes ahead (1-3 bits).
+   Weight words are prefetched :data:`PREFETCH` bytes ahead (``prefetcht2``).
    **VNNI variant** (targets with AVX-512 VNNI, 4-bit weights): the words are re-packed so
    that a dword holds one column's four planes (:func:`repack_weight_vnni`); a 4-group's table
    is broadcast to both lanes and each ``vpshufb`` result goes through one ``vpdpbusd``
@@ -74,10 +74,28 @@ INPUTS_ATTR = "edgert.lut_inputs"
 KERNEL_ATTR = "edgert.lut_kernel"
 """``"lut"`` (table lookup) or ``"dequant"`` (the node's ``dequant = 1``)."""
 TN = 32                 # columns per tile (one tile: 4 int32 ymm accumulators)
-PREFETCH = 2048
-"""Bytes ahead of the K tile in hand at which the lookup kernel prefetches weight words, for 1-3
-bits (the hardware prefetcher runs too little ahead of a stream read this fast: 4096x4096
-from DRAM, 2 threads, 1-bit 0.134 -> 0.106 ms, 2-bit 0.131 -> 0.116 ms; 4 bits: no change)."""
+PREFETCH = 16384
+"""Bytes ahead of the K tile in hand at which the lookup kernel prefetches weight words (every
+bit width). Each K tile's words are consumed in a few hundred cycles, faster than the hardware
+prefetcher runs ahead of the stream. 4096x4096 from DRAM (64 MB of rotated copies in huge
+pages), the kernel alone, Zen 4, one interleaved process per width; before (2048 bytes ahead
+into L1 below 4 bits, none at 4) -> after, us:
+
+=======  ==========  ==========
+bits     1 thread    2 threads
+=======  ==========  ==========
+1        150 -> 128  115 -> 94
+2        286 -> 240  255 -> 204
+3        378 -> 288  236 -> 179
+4        400 -> 359  222 -> 182
+ternary  258 -> 196  186 -> 160
+=======  ==========  ==========
+
+Weights read from the cache run as before."""
+PREFETCH_LOCALITY = 1
+"""``llvm.prefetch`` locality of those prefetches: 1 = ``prefetcht2`` (toward L2 and beyond,
+not L1: the 16 KiB ahead would evict the tables from L1, and the L1 has fewer miss buffers;
+``prefetcht0`` at 8 KiB ran 1-bit in 233 us, ``prefetcht2`` in 152)."""
 PSHUF = "llvm.x86.avx2.pshuf.b"
 DPBUSD = "llvm.x86.avx512.vpdpbusd.256"
 MADDUBS = "llvm.x86.avx2.pmadd.ub.sw"
@@ -191,6 +209,11 @@ def table_kernel(layout: LutLayout, float_acts: bool, table_bits: int, cores: in
     PAD = TK4 % 2 == 1
     PAR = cores > 1
 
+    def sign(j):
+        # float32x8 of -1 / +1: entry e adds +x_j where bit j of e is set
+        return T.Cast("float32x8", T.bitwise_and(T.shift_right(T.Ramp(0, 1, 8), T.Broadcast(
+            j, 8)), T.Broadcast(1, 8)) * T.Broadcast(2, 8) - T.Broadcast(1, 8))
+
     def pos(r, f, nb, e):
         kt = f // TK4
         fi = f % TK4
@@ -213,19 +236,22 @@ def table_kernel(layout: LutLayout, float_acts: bool, table_bits: int, cores: in
                 TSf[r * NG + g] = TSf[r * NG + g] / T.float32(127)
                 d: T.let[T.float32] = T.Select(TSf[r * NG + g] > T.float32(0), TSf[r * NG + g],
                                                T.float32(1))
+                dv: T.let[T.float32x8] = T.Broadcast(d, 8)
                 for ff in range(GS // 4):
                     f: T.let[T.int32] = g * (GS // 4) + ff
                     b0: T.let[T.int64] = r * K + f * 4
-                    for e in T.unroll(8):
-                        v: T.let[T.float32] = ((T.Select(T.bitwise_and(e, 1) == 1, Af[b0], -Af[b0])
-                                                + T.Select(T.bitwise_and(e, 2) == 2, Af[b0 + 1],
-                                                           -Af[b0 + 1]))
-                                               + T.Select(T.bitwise_and(e, 4) == 4, Af[b0 + 2],
-                                                          -Af[b0 + 2])) - Af[b0 + 3]
-                        q: T.let[T.float32] = T.max(T.min(T.nearbyint(v / d), T.float32(127)),
-                                                    T.float32(-127))
-                        Qf[pos(r, f, 0, e)] = T.Cast("int8", q)
-                        Qf[pos(r, f, 0, 15 - e)] = T.Cast("int8", -q)
+                    # entries 0..7 at once: +-x_j by the sign vectors (exact), the
+                    # reference's order of additions; entry 15 - e is -entry e
+                    v: T.let[T.float32x8] = ((sign(0) * T.Broadcast(Af[b0], 8)
+                                              + sign(1) * T.Broadcast(Af[b0 + 1], 8))
+                                             + sign(2) * T.Broadcast(Af[b0 + 2], 8)) \
+                        - T.Broadcast(Af[b0 + 3], 8)
+                    q: T.let[T.float32x8] = T.max(T.min(T.nearbyint(v / dv), T.Broadcast(
+                        T.float32(127), 8)), T.Broadcast(T.float32(-127), 8))
+                    p0: T.let[T.int64] = pos(r, f, 0, 0)
+                    Qf[T.Ramp(p0, 1, 8)] = T.Cast("int8x8", q)
+                    Qf[T.Ramp(p0 + 8, 1, 8)] = T.Cast("int8x8", T.Shuffle(
+                        [-q], list(range(7, -1, -1))))
             if PAD:
                 for kt in range(KT):
                     for e in range(16):
@@ -246,7 +272,7 @@ def table_kernel(layout: LutLayout, float_acts: bool, table_bits: int, cores: in
             Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
             TSf = T.decl_buffer((R * NG,), "float32", data=TS.data)
             RSf = T.decl_buffer((R * NG,), "float32", data=RS.data)
-            if PAR:
+            if PAR and R > 1:               # one row (LLM decode): no pool launch
                 for r in T.parallel(R):
                     row(r, Af, A2f, Qf, TSf, RSf)
             else:
@@ -320,7 +346,7 @@ def table_kernel(layout: LutLayout, float_acts: bool, table_bits: int, cores: in
             Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
             SHf = T.decl_buffer((R * KT,), "int32", data=SH.data)
             RSf = T.decl_buffer((R * NG,), "int32", data=RS.data)
-            if PAR:
+            if PAR and R > 1:               # one row (LLM decode): no pool launch
                 for r in T.parallel(R):
                     row(r, Af, A2f, Qf, SHf, RSf)
             else:
@@ -454,7 +480,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     """Lookup PrimFunc. Float: ``(QT, TS, RS, W2, S [NT, NG, 32] f32, [ZC [NT, NG, 32] f32],
     OUT f32 [R, N])``; int8: ``(QT, SH, RSUM, W2, [ZC [NT, NG, 32] i32], OUT i32 [R, N])``
     (``ZC`` is read only with zero points; otherwise the symmetric constant). ``prefetch``:
-    bytes ahead to prefetch weight words (None: :data:`PREFETCH` below 4 bits, else none).
+    bytes ahead to prefetch weight words (None: :data:`PREFETCH`; 0: none).
 
     ``vnni`` (AVX-512 VNNI targets; 4-bit weights, see :func:`uses_vnni`): the weight comes
     from :func:`repack_weight_vnni` and each lookup is merged over its four planes and added
@@ -473,7 +499,8 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     M_ODD0, M_ODD1 = 1 << OI, (1 << OI) << 8         # int16 multiplier words of the odd plane
     LINES = (TK2 * NV * 32 + 63) // 64                # cache lines of one K tile's weight words
     if prefetch is None:
-        prefetch = PREFETCH if B < 4 else 0
+        prefetch = PREFETCH
+    LOC = PREFETCH_LOCALITY
 
     def nibbles(w, h):
         # the 4-bit fields at bit 4h of a word's bytes, as vpshufb indices
@@ -486,7 +513,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
         if prefetch > 0:
             for i in T.unroll(LINES):
                 T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                    Wf[((nt * KT + kt) * TK2) * NV * 32 + prefetch + i * 64]), 0, 3, 1))
+                    Wf[((nt * KT + kt) * TK2) * NV * 32 + prefetch + i * 64]), 0, LOC, 1))
 
     def make_lookups(unsigned: bool):
         @T.macro

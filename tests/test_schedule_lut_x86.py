@@ -103,7 +103,7 @@ def test_kernels_use_avx2_lookups_only(lib):
     # the dequantize kernel: widen the code bytes, convert, FMA
     assert "vpmovzxbd" in asm and "vcvtdq2ps" in asm and "vfmadd" in asm
     assert "zmm" not in asm                    # AVX2 only: the reference machine has no AVX-512
-    assert "prefetcht0" in asm                 # weight words prefetched (1-3 bits)
+    assert "prefetcht2" in asm                 # weight words prefetched, toward L2
 
 
 @needs_avx2
