@@ -6,8 +6,8 @@ replaces each generic LutMatMul ``call_tir`` (PrimFunc marked ``edgert.op = "lut
 whose packed weight (and scales / zero points) are constants by two TIR kernels:
 
 1. **Tables** (``lut_tables_arm_*``): the x86 table kernel
-   (:func:`edgert.compiler.schedule_lut_x86.table_kernel`) is plain scalar TIR with nothing
-   x86-specific, so it is reused as is (imported, given an ``_arm`` name). Its table bytes
+   (:func:`edgert.compiler.schedule_lut_x86.table_kernel`) is generic TIR (scalars and
+   8-lane vectors, no intrinsics), so it is reused as is (imported, given an ``_arm`` name). Its table bytes
    ``[R, K/tile_k, TK2, NB, 32]`` hold the 16-byte table of 4-group ``fi`` of a K tile at byte
    ``(fi % 2) * 16`` of pair ``fi // 2``: exactly one NEON register per table, loaded with one
    ``ldr q``. (Float32 activations: int8 tables, table scale and float row sum per weight

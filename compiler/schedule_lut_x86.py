@@ -6,9 +6,11 @@ with its layout (``edgert.lut_layout``, JSON), ``edgert.lut_table_bits`` and whi
 inputs it has. On x86 targets with AVX2, :func:`schedule_lut_matmuls` replaces each such call
 whose packed weight (and scales / zero points) are constants by two hand-written TIR kernels:
 
-1. **Tables** (``lut_tables_x86_*``, parallel over activation rows): per row and 4-group the
-   8 entries ``((t0 + t1) + t2) + t3`` (``t_j = +-x_j``), mirrored ``T[15 - e] = -T[e]``, in
-   the reference's order of operations. Float32 activations: per weight group the table scale
+1. **Tables** (``lut_tables_x86_*``, parallel over activation rows when there are two or
+   more): per row and 4-group the 8 entries ``((t0 + t1) + t2) + t3`` (``t_j = +-x_j``),
+   mirrored ``T[15 - e] = -T[e]``, in the reference's order of operations (float32: the 8
+   entries as one vector, the signs as exact multiplications by +-1). Float32 activations: per
+   weight group the table scale
    ``ts = max(((|x0| + |x1|) + |x2|) + |x3|) / 127`` and ``q = clip(nearbyint(T / ts))`` as
    int8 (:func:`edgert.ops.lutmatmul.quantize_float_tables`), plus ``r = sum T[15]`` (float32,
    sequential). int8 activations: exact int16 tables stored as two byte planes (low byte read
@@ -30,9 +32,11 @@ whose packed weight (and scales / zero points) are constants by two hand-written
    2**(2p+1))`` per byte pair: the bit-plane merge and the widening to int16 in one
    instruction (the odd plane uses ``(2**i, 0)`` and ``(0, 2**i)``). Four int16 accumulators
    (8 columns x 2 lanes each) per byte plane; per lane at most ``tile_k / 8`` lookups of each
-   plane, ``|sum| <= 8 * 255 * 15 < 2**15`` (unsigned low bytes included); at each K tile end
-   the two lanes are sign-extended (``vpmovsxwd``), added, shifted (8 for the high byte
-   plane, the table shift for int8 tables of the integer variant) and added into int32.
+   plane per K tile, ``|sum| <= 8 * 255 * 15 < 2**15`` (unsigned low bytes included); the
+   two lanes are then sign-extended (``vpmovsxwd``), added, shifted (8 for the high byte
+   plane, the table shift for int8 tables of the integer variant) and added into int32: at
+   each K tile end for int8 activations, every :func:`lookup_span` K tiles (the whole group
+   at group 128) for float32 activations, whose int8 tables keep longer int16 sums in range.
    Float32 variant: at each weight-group end ``y += s[g, n] * ((ts * float(acc) + zc * r) *
    0.5)`` in float32, the reference's expression and order (scales re-packed to ``[NT, NG,
    32]``). Integer variant: ``acc + sum_g zc[g, n] * rowsum[g]`` as int32. Stores of the last,
@@ -178,6 +182,24 @@ def uses_vnni(layout: LutLayout, vnni: bool) -> bool:
     """Whether the VNNI lookup kernel serves ``layout`` on a target with AVX-512 VNNI (4-bit
     weights: a dword holds one column's four planes; fewer bits would waste lookups)."""
     return vnni and layout.bits == 4 and layout.tile_n == TN
+
+
+def lookup_span(layout: LutLayout, float_acts: bool, vnni: bool) -> int:
+    """K tiles whose lookups the x86 kernel sums before widening them into int32: 1 for int8
+    activations (int16 tables, per-tile shifts); for float32 activations (int8 tables, |q| <=
+    127) the most K tiles of a weight group that keep every int16 sum in range: a lookup
+    merged over plane pair ``p`` adds at most ``127 * 3 * 4**p`` (the odd plane ``127 *
+    2**(b-1)``), ``ceil(tile_k / 8)`` of them per K tile and lane. The VNNI kernel adds into
+    int32 and spans the whole group. At group 128 every width spans both K tiles: half the
+    widening."""
+    gk = layout.group_size // layout.tile_k
+    if not float_acts:
+        return 1
+    if vnni:
+        return gk
+    _, _, tk2, np_, odd, _ = _geometry(layout)
+    most = 127 * max(3 * 4 ** (np_ - 1) if np_ else 0, 2 ** (layout.bits - 1) if odd else 0)
+    return max(s for s in range(1, gk + 1) if gk % s == 0 and s * tk2 * most < 2**15)
 
 
 def repack_columns(values: np.ndarray, layout: LutLayout, dtype: str) -> np.ndarray:
@@ -361,10 +383,11 @@ def table_kernel(layout: LutLayout, float_acts: bool, table_bits: int, cores: in
 @lru_cache(maxsize=None)
 def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tuple[int, ...],
                      k_tile: Any, store: Any, fence: Any, KT: int, TK2: int, NB: int, NT: int,
-                     NG: int, GK: int, N: int, ZC0: int, PAR: bool) -> Any:
+                     NG: int, GK: int, N: int, ZC0: int, PAR: bool, span: int = 1) -> Any:
     """The lookup PrimFunc around an ISA's macros, shared by the x86 and the aarch64 kernels:
-    per column tile ``nt`` (parallel when ``PAR``) and row ``r``, ``k_tile`` adds one K tile's
-    lookups into ``TN`` int32 accumulators; the group epilogue (float: the reference's fenced
+    per column tile ``nt`` (parallel when ``PAR``) and row ``r``, ``k_tile(..., kt, ...)`` adds
+    the lookups of K tiles ``kt .. kt + span - 1`` (float activations; one K tile for int8)
+    into ``TN`` int32 accumulators; the group epilogue (float: the reference's fenced
     ``s * (ts * acc + zc * rs) / 2`` per weight group; int: ``acc + zc * rs``) runs on vectors
     of ``lanes``; ``store`` writes a row of the tile. Signatures: see :func:`lookup_kernel`."""
     from tvm.script import tirx as T
@@ -385,8 +408,8 @@ def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tup
                 for g in range(NG):
                     for a in T.unroll(V):
                         acc32[T.Ramp(a * L, 1, L)] = T.Broadcast(T.int32(0), L)
-                    for kg in range(GK):
-                        k_tile(nt, r, g * GK + kg, Qf, TSf, Wf, acc32)
+                    for kg in range(GK // span):
+                        k_tile(nt, r, g * GK + kg * span, Qf, TSf, Wf, acc32)
                     ts: T.let = T.Broadcast(TSf[r * NG + g], L)
                     rs: T.let = T.Broadcast(RSf[r * NG + g], L)
                     for a in T.unroll(V):
@@ -495,6 +518,8 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     SHIFTED = not float_acts and table_bits == 8
     ZC0 = int(zero_constant(layout, None)[0, 0])
     PAR = cores > 1
+    use_vnni = uses_vnni(layout, vnni)
+    SPAN = lookup_span(layout, float_acts, use_vnni)
     OI = B - 1                                       # the odd plane
     M_ODD0, M_ODD1 = 1 << OI, (1 << OI) << 8         # int16 multiplier words of the odd plane
     LINES = (TK2 * NV * 32 + 63) // 64                # cache lines of one K tile's weight words
@@ -558,27 +583,29 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     look_unsigned = make_lookups(True)
 
     @T.macro
-    def k_tile(nt, r, kt, Qf, SHf, Wf, acc32):
+    def k_tile(nt, r, kt0, Qf, SHf, Wf, acc32):
         acc16 = T.alloc_buffer((NB * 64,), "int16")
         for i in T.unroll(NB * 4):
             acc16[T.Ramp(i * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
-        prefetch_words(Wf, nt, kt)
-        for fi2 in range(TK2):
-            q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi2) * NB * 32
-            w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fi2) * NV * 32
-            if NB == 2:
-                look_unsigned(acc16, 0, Qf[T.Ramp(q0, 1, 32)], Wf, w0)
-                look_signed(acc16, 64, Qf[T.Ramp(q0 + 32, 1, 32)], Wf, w0)
-            else:
-                look_signed(acc16, 0, Qf[T.Ramp(q0, 1, 32)], Wf, w0)
+        for kk in range(SPAN):
+            kt: T.let[T.int32] = kt0 + kk
+            prefetch_words(Wf, nt, kt)
+            for fi2 in range(TK2):
+                q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi2) * NB * 32
+                w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fi2) * NV * 32
+                if NB == 2:
+                    look_unsigned(acc16, 0, Qf[T.Ramp(q0, 1, 32)], Wf, w0)
+                    look_signed(acc16, 64, Qf[T.Ramp(q0 + 32, 1, 32)], Wf, w0)
+                else:
+                    look_signed(acc16, 0, Qf[T.Ramp(q0, 1, 32)], Wf, w0)
         for nb in T.unroll(NB):
             for a in T.unroll(4):
                 both: T.let[T.int32x8] = \
                     T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16, 1, 8)]) \
                     + T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16 + 8, 1, 8)])
-                if SHIFTED:
+                if SHIFTED:                          # (SPAN = 1)
                     acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + T.shift_left(
-                        both, T.Broadcast(SHf[r * KT + kt], 8))
+                        both, T.Broadcast(SHf[r * KT + kt0], 8))
                 else:
                     acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + T.shift_left(
                         both, T.Broadcast(T.int32(8) * nb, 8))
@@ -586,45 +613,47 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     MULT = 0x08040201                                # vpdpbusd multipliers: plane e -> 2**e
 
     @T.macro
-    def k_tile_vnni(nt, r, kt, Qf, SHf, Wf, acc32):
+    def k_tile_vnni(nt, r, kt0, Qf, SHf, Wf, acc32):
         # accumulators [s][j][h] (s: the 4-group of the pair, or the table byte plane)
         acc = T.alloc_buffer((64,), "int32")
         for i in T.unroll(8):
             acc[T.Ramp(i * 8, 1, 8)] = T.Broadcast(T.int32(0), 8)
-        prefetch_words(Wf, nt, kt)
         mult: T.let[T.int8x32] = T.reinterpret("int8x32", T.Broadcast(T.int32(MULT), 8))
-        for fi2 in range(TK2):
-            q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi2) * NB * 32
-            w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fi2) * NV * 32
-            for g in T.unroll(2):
-                for j in T.unroll(2):
-                    w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (2 * g + j) * 32, 1, 32)]
-                    for h in T.unroll(2):
-                        idx: T.let[T.int8x32] = nibbles(w, h)
-                        for nb in T.unroll(NB):
-                            t16: T.let[T.int8x16] = Qf[T.Ramp(q0 + nb * 32 + g * 16, 1, 16)]
-                            tab: T.let[T.int8x32] = T.Shuffle([t16, t16], list(range(16)) * 2)
-                            look: T.let[T.int8x32] = T.call_llvm_pure_intrin(
-                                "int8x32", PSHUF, tab, idx)
-                            s_: T.let[T.int32] = g * (2 - NB) + nb * (NB - 1)   # g, or nb
-                            a0: T.let[T.int32] = ((s_ * 2 + j) * 2 + h) * 8
-                            if NB == 2 and nb == 0:      # the unsigned low byte plane
-                                acc[T.Ramp(a0, 1, 8)] = T.call_llvm_pure_intrin(
-                                    "int32x8", DPBUSD, acc[T.Ramp(a0, 1, 8)],
-                                    T.reinterpret("uint8x32", look), mult)
-                            else:
-                                acc[T.Ramp(a0, 1, 8)] = T.call_llvm_pure_intrin(
-                                    "int32x8", DPBUSD, acc[T.Ramp(a0, 1, 8)],
-                                    T.reinterpret("uint8x32", mult), look)
+        for kk in range(SPAN):
+            kt: T.let[T.int32] = kt0 + kk
+            prefetch_words(Wf, nt, kt)
+            for fi2 in range(TK2):
+                q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi2) * NB * 32
+                w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fi2) * NV * 32
+                for g in T.unroll(2):
+                    for j in T.unroll(2):
+                        w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (2 * g + j) * 32, 1, 32)]
+                        for h in T.unroll(2):
+                            idx: T.let[T.int8x32] = nibbles(w, h)
+                            for nb in T.unroll(NB):
+                                t16: T.let[T.int8x16] = Qf[T.Ramp(q0 + nb * 32 + g * 16, 1, 16)]
+                                tab: T.let[T.int8x32] = T.Shuffle([t16, t16], list(range(16)) * 2)
+                                look: T.let[T.int8x32] = T.call_llvm_pure_intrin(
+                                    "int8x32", PSHUF, tab, idx)
+                                s_: T.let[T.int32] = g * (2 - NB) + nb * (NB - 1)   # g, or nb
+                                a0: T.let[T.int32] = ((s_ * 2 + j) * 2 + h) * 8
+                                if NB == 2 and nb == 0:      # the unsigned low byte plane
+                                    acc[T.Ramp(a0, 1, 8)] = T.call_llvm_pure_intrin(
+                                        "int32x8", DPBUSD, acc[T.Ramp(a0, 1, 8)],
+                                        T.reinterpret("uint8x32", look), mult)
+                                else:
+                                    acc[T.Ramp(a0, 1, 8)] = T.call_llvm_pure_intrin(
+                                        "int32x8", DPBUSD, acc[T.Ramp(a0, 1, 8)],
+                                        T.reinterpret("uint8x32", mult), look)
         for a in T.unroll(4):
             if NB == 2:
                 both: T.let[T.int32x8] = acc[T.Ramp(a * 8, 1, 8)] + T.shift_left(
                     acc[T.Ramp(32 + a * 8, 1, 8)], T.Broadcast(T.int32(8), 8))
             else:
                 both: T.let[T.int32x8] = acc[T.Ramp(a * 8, 1, 8)] + acc[T.Ramp(32 + a * 8, 1, 8)]
-            if SHIFTED:
+            if SHIFTED:                              # (SPAN = 1)
                 acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + T.shift_left(
-                    both, T.Broadcast(SHf[r * KT + kt], 8))
+                    both, T.Broadcast(SHf[r * KT + kt0], 8))
             else:
                 acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + both
 
@@ -640,13 +669,12 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
                     Of, y[T.Ramp(a * 8, 1, 8)], T.Ramp(r * N + nt * TN + a * 8, 1, 8),
                     T.Ramp(0, 1, 8) < T.Broadcast(T.Cast("int32", cols) - a * 8, 8)))
 
-    use_vnni = uses_vnni(layout, vnni)
     return lookup_prim_func(
         float_acts=float_acts, has_zp=has_zp, lanes=8,
         w_shape=(NT, KT, TK2, 4 if use_vnni else NV, 32),
         k_tile=k_tile_vnni if use_vnni else k_tile, store=store, fence=fence, KT=KT, TK2=TK2,
         NB=NB, NT=NT, NG=NG, GK=GK,
-        N=N, ZC0=ZC0, PAR=PAR).with_attr("global_symbol", name)
+        N=N, ZC0=ZC0, PAR=PAR, span=SPAN).with_attr("global_symbol", name)
 
 
 # ---------------------------------------------------------------- direct use (tests, benchmark)
@@ -798,14 +826,14 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
         rows = shape[0]
         for d in shape[1:-1]:
             rows = rows * d
-        a2 = bb.emit(relax.op.reshape(a, [rows, layout.K]))
+        a2 = a if len(shape) == 2 else bb.emit(relax.op.memory.view(a, [rows, layout.K]))
         if dequant:
             consts = kernels.dequant.operands(w, scales, zps, layout)
             out = bb.emit(relax.call_tir(
                 kernel(rw, "dequant", layout, True, tb, zps is not None),
                 [a2, *(relax.const(c) for c in consts)],
                 relax.TensorType([rows, layout.N], "float32")))
-            return relax.op.reshape(out, out_ty.shape)
+            return out if len(shape) == 2 else relax.op.memory.view(out, out_ty.shape)
         ops = kernels.operands(layout, w, scales, zps, float_acts)
         outs = intermediate_shapes(layout, rows, float_acts, tb)
         tabs = bb.emit(relax.call_tir(
@@ -820,6 +848,6 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
         out = bb.emit(relax.call_tir(
             kernel(rw, "matmul", layout, float_acts, tb, ops.has_zp), [*parts, *consts],
             relax.TensorType([rows, layout.N], "float32" if float_acts else "int32")))
-        return relax.op.reshape(out, out_ty.shape)
+        return out if len(shape) == 2 else relax.op.memory.view(out, out_ty.shape)
 
     return rewrite_call_tirs(mod, specs, rewrite)
