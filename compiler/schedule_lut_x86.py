@@ -733,6 +733,8 @@ class LutKernels:
             the generic compute): a module with ``dequant_kernel(layout, cores, name=...)``,
             ``accepts(layout)`` and ``operands(planes, scales, zero_points, layout)``, as
             :mod:`edgert.compiler.schedule_lut_dequant`.
+        vnni: the target has AVX-512 VNNI (x86): calls that :func:`wants_vnni` get the
+            ``vpdpbusd`` lookups (``lookup_kernel`` and ``operands`` take ``vnni=True``).
     """
 
     isa: str
@@ -741,19 +743,38 @@ class LutKernels:
     operands: type
     accepts: Callable[[LutLayout], bool]
     dequant: Any = None
+    vnni: bool = False
+
+
+VNNI_MIN_ROWS = 8
+"""Activation rows from which a 4-bit LutMatMul gets the VNNI kernel. From DRAM at one row (LLM
+decode) the ``vpmaddubsw`` kernel was the faster one, though the VNNI one is faster from
+cache: 4096x4096, kernel alone, one / two threads, 301 vs 321 us / 237 vs 244 us; at 8 rows
+VNNI won, 1702 vs 1817 us / 904 vs 942 us; at 4 rows a tie."""
+
+
+def wants_vnni(layout: LutLayout, rows: Any) -> bool:
+    """Whether a call with ``rows`` activation rows (a PrimExpr) takes the VNNI kernel on a
+    VNNI target: 4-bit weights and a static row count of at least :data:`VNNI_MIN_ROWS`
+    (symbolic rows are an LLM's tokens: one at a time while it generates)."""
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+
+    rows = Analyzer().simplify(rows)
+    return (uses_vnni(layout, True) and isinstance(rows, tirx.IntImm)
+            and int(rows.value) >= VNNI_MIN_ROWS)
 
 
 def schedule_lut_matmuls(mod: Any, tvm_target: Any, vnni: bool = False) -> Any:
     """Replace the generic LutMatMul calls of a Relax module by the AVX2 kernels (the caller
-    checks that the target has AVX2; ``vnni``: it has AVX-512 VNNI, and 4-bit weights get the
-    ``vpdpbusd`` lookups); see :func:`rewrite_lut_matmuls`."""
-    from functools import partial
-
+    checks that the target has AVX2; ``vnni``: it has AVX-512 VNNI, and 4-bit weights with
+    enough static rows get the ``vpdpbusd`` lookups, :func:`wants_vnni`); see
+    :func:`rewrite_lut_matmuls`."""
     from edgert.compiler import schedule_lut_dequant as dq
 
     return rewrite_lut_matmuls(mod, tvm_target, LutKernels(
-        "x86", table_kernel, partial(lookup_kernel, vnni=vnni), partial(LutOperands, vnni=vnni),
-        lambda layout: layout.tile_n == TN, dq))
+        "x86", table_kernel, lookup_kernel, LutOperands, lambda layout: layout.tile_n == TN, dq,
+        vnni=vnni))
 
 
 def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
@@ -783,18 +804,19 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
     cores = num_cores(tvm_target)
 
     def kernel(rw: Any, kind: str, layout: LutLayout, float_acts: bool, tb: int,
-               has_zp: bool) -> Any:
-        key = (kind, layout, float_acts, tb, has_zp)
+               has_zp: bool, **vnni: bool) -> Any:
+        key = (kind, layout, float_acts, tb, has_zp, bool(vnni))
         if key not in rw.kernels:
             tag = (f"{'f32' if float_acts else 'i8'}_b{layout.bits}_k{layout.K}_n{layout.N}"
-                   f"_g{layout.group_size}_t{tb}{'_zp' if has_zp else ''}")
+                   f"_g{layout.group_size}_t{tb}{'_zp' if has_zp else ''}"
+                   f"{'_vnni' if vnni else ''}")
             name = f"lut_{kind}_{kernels.isa}_{tag}"
             if kind == "tables":
                 func = kernels.table_kernel(layout, float_acts, tb, cores, name)
             elif kind == "dequant":
                 func = kernels.dequant.dequant_kernel(layout, cores, name=name)
             else:
-                func = kernels.lookup_kernel(layout, float_acts, tb, has_zp, cores, name)
+                func = kernels.lookup_kernel(layout, float_acts, tb, has_zp, cores, name, **vnni)
             rw.add_kernel(key, func, name)
         return rw.kernels[key]
 
@@ -834,7 +856,8 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
                 [a2, *(relax.const(c) for c in consts)],
                 relax.TensorType([rows, layout.N], "float32")))
             return out if len(shape) == 2 else relax.op.memory.view(out, out_ty.shape)
-        ops = kernels.operands(layout, w, scales, zps, float_acts)
+        vnni = {"vnni": True} if kernels.vnni and wants_vnni(layout, rows) else {}
+        ops = kernels.operands(layout, w, scales, zps, float_acts, **vnni)
         outs = intermediate_shapes(layout, rows, float_acts, tb)
         tabs = bb.emit(relax.call_tir(
             kernel(rw, "tables", layout, float_acts, tb, False), [a2, a2],   # see table_kernel
@@ -846,7 +869,7 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
             consts.append(relax.const(ops.scales))
         consts.append(relax.const(ops.zc))
         out = bb.emit(relax.call_tir(
-            kernel(rw, "matmul", layout, float_acts, tb, ops.has_zp), [*parts, *consts],
+            kernel(rw, "matmul", layout, float_acts, tb, ops.has_zp, **vnni), [*parts, *consts],
             relax.TensorType([rows, layout.N], "float32" if float_acts else "int32")))
         return out if len(shape) == 2 else relax.op.memory.view(out, out_ty.shape)
 

@@ -233,6 +233,35 @@ def test_vnni_kernel_uses_vpdpbusd(vnni_lib):
     assert "vpmaddubsw" not in asm and "vpmovsxwd" not in asm     # no int16 stage
 
 
+def test_vnni_kernel_only_for_static_rows_from_8():
+    """The VNNI lookups win from cache (prefill), the vpmaddubsw ones from DRAM at one row
+    (decode): 4-bit calls with >= VNNI_MIN_ROWS static rows get VNNI, symbolic rows do not."""
+    from tvm import tirx
+
+    four = _weight((4, 128, 256, 64, True, 8, False, None), 0).layout
+    two = _weight((2, 128, 256, 64, True, 8, False, None), 0).layout
+    m = tirx.Var("m", "int64")
+    assert sl.wants_vnni(four, tirx.IntImm("int64", 16))
+    assert sl.wants_vnni(four, tirx.IntImm("int64", 2) * tirx.IntImm("int64", 4))
+    assert not sl.wants_vnni(four, tirx.IntImm("int64", sl.VNNI_MIN_ROWS - 1))
+    assert not sl.wants_vnni(four, m) and not sl.wants_vnni(four, m * 8)
+    assert not sl.wants_vnni(two, tirx.IntImm("int64", 64))
+
+
+@needs_avx2
+def test_compiled_vnni_target_picks_the_kernel_by_rows(tmp_path):
+    from edgert.artifact import read_artifact
+    from edgert.compiler import compile_model
+    from edgert.compiler.pipeline import LIB_MEMBER
+
+    for rows, vnni in ((16, True), (None, False)):
+        art = compile_model(lowbit_mlp(tmp_path / f"m{rows}.onnx", rows=rows),
+                            tmp_path / f"m{rows}.edgert", target="x86-avx512", weight_bits=4,
+                            group_size=32, threads=2, lut="always")
+        lib = read_artifact(art).members[LIB_MEMBER]
+        assert b"lut_matmul_x86" in lib and (b"_vnni" in lib) == vnni, rows
+
+
 @pytest.mark.skipif(not HOST_VNNI, reason="needs an x86-64 CPU with AVX-512 VNNI")
 @pytest.mark.parametrize("j", VNNI_CASES)
 def test_vnni_kernel_bit_exact_with_reference(vnni_lib, j):
