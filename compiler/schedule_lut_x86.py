@@ -97,9 +97,10 @@ ternary  258 -> 196  186 -> 160
 
 Weights read from the cache run as before."""
 PREFETCH_LOCALITY = 1
-"""``llvm.prefetch`` locality of those prefetches: 1 = ``prefetcht2`` (toward L2 and beyond,
-not L1: the 16 KiB ahead would evict the tables from L1, and the L1 has fewer miss buffers;
-``prefetcht0`` at 8 KiB ran 1-bit in 233 us, ``prefetcht2`` in 152)."""
+"""``llvm.prefetch`` locality of those prefetches: 1 = ``prefetcht2`` (toward L2, not L1: 16
+KiB ahead would evict the tables from L1, whose miss buffers are fewer). 4-bit, one thread,
+16 KiB ahead, one process: ``prefetcht2`` 444 us, ``prefetcht1`` 443, ``prefetcht0`` 770,
+``prefetchnta`` 781."""
 PSHUF = "llvm.x86.avx2.pshuf.b"
 DPBUSD = "llvm.x86.avx512.vpdpbusd.256"
 MADDUBS = "llvm.x86.avx2.pmadd.ub.sw"

@@ -28,3 +28,19 @@ def test_ggml_matmul_ternary_exact_and_q4_0_close(rows):
     got, want = GgmlMatMul(wf, "q4_0", rows, 2).run(xf), xf @ wf
     assert got.shape == (rows, n)
     assert np.abs(got - want).max() < 0.15 * np.abs(want).max()     # 4-bit weights, 8-bit x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ggml_matmul_pool_pause_and_shared_pool(threads):
+    """One and two threads give the same exact ternary result; a paused (shared) pool wakes
+    for the next run, and every instance with the same threads runs on that one pool."""
+    rng = np.random.default_rng(1)
+    w = rng.integers(-1, 2, (256, 64)).astype(np.float32)
+    x = rng.integers(-127, 128, (2, 256)).astype(np.float32)
+    x[:, 0] = 127
+    first, second = GgmlMatMul(w, "tq2_0", 2, threads), GgmlMatMul(w, "tq2_0", 2, threads)
+    assert (first._pool is None) == (threads == 1) and first._pool == second._pool
+    np.testing.assert_array_equal(first.run(x), x @ w)
+    first.pause()
+    np.testing.assert_array_equal(second.run(x), x @ w)
+    np.testing.assert_array_equal(first.run(x), x @ w)
