@@ -12,6 +12,9 @@ PY=${PYTHON:-python3}
 need=()
 command -v qemu-aarch64 >/dev/null || command -v qemu-aarch64-static >/dev/null || need+=(qemu-user)
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
+# the C library's start files and headers, which linking a shared library needs (a Recommends
+# of gcc-aarch64-linux-gnu, so --no-install-recommends alone leaves the compiler unable to link)
+[ -e /usr/aarch64-linux-gnu/lib/crti.o ] || need+=(libc6-dev-arm64-cross)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         timeout 300 apt-get update -qq
@@ -22,4 +25,13 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-exec "$PY" -m edgert.targets.qemu
+# the cross compiler must link a shared library (what every rpi5 artifact is)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+echo 'int edgert_probe(void) { return 1; }' > "$work/probe.c"
+if ! aarch64-linux-gnu-gcc -shared -fPIC -o "$work/probe.so" "$work/probe.c"; then
+    echo "error: aarch64-linux-gnu-gcc cannot link a shared library" \
+         "(apt-get install libc6-dev-arm64-cross)" >&2
+    exit 1
+fi
+"$PY" -m edgert.targets.qemu

@@ -136,10 +136,18 @@ def random_input(spec_shape: list, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+QEMU_FIXTURES = ("qemu_env", "aarch64_cc")
+"""Fixtures that need the aarch64 toolchain: a test using one is marked ``qemu``."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``gpu`` cleanly when no NVIDIA GPU is present."""
+    """Mark tests that use :data:`QEMU_FIXTURES` ``qemu`` (so ``-m "not qemu"`` deselects them);
+    skip tests marked ``gpu`` cleanly when no NVIDIA GPU is present."""
     from edgert.targets import cuda_device_present
 
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in QEMU_FIXTURES):
+            item.add_marker(pytest.mark.qemu)
     if cuda_device_present():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none found)")
@@ -148,31 +156,52 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _aarch64_unavailable(reason: str) -> None:
+    """Skip with ``reason``, or fail under ``EDGERT_REQUIRE_QEMU=1`` (CI sets it always: there
+    a missing toolchain must fail the run, not hide the rpi5 tests)."""
+    if os.environ.get("EDGERT_REQUIRE_QEMU") == "1":
+        pytest.fail(f"{reason} (EDGERT_REQUIRE_QEMU=1 makes this a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def aarch64_cc() -> str:
+    """Path of the aarch64 cross compiler (rpi5 / jetson artifacts are linked with it), or a
+    skip saying why not; with ``EDGERT_REQUIRE_QEMU=1`` a failure."""
+    import shutil
+
+    from edgert.targets import host_arch
+
+    if host_arch() == "aarch64":
+        pytest.skip("this machine is aarch64: no cross compiler involved")
+    path = shutil.which("aarch64-linux-gnu-gcc")
+    if path is None:
+        _aarch64_unavailable("needs the aarch64 cross compiler "
+                             "(apt-get install gcc-aarch64-linux-gnu)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def qemu_env():
     """The cached aarch64 environment of :mod:`edgert.targets.qemu` (set up here on first use)
     for running rpi5 artifacts under qemu-aarch64, or a skip saying why not; with
-    ``EDGERT_REQUIRE_QEMU=1`` (CI, once ``scripts/setup_aarch64.sh`` succeeded) a failure."""
+    ``EDGERT_REQUIRE_QEMU=1`` (CI sets it always) a failure."""
     import shutil
 
     from edgert.errors import TargetError
     from edgert.targets import host_arch
 
-    def unavailable(reason: str) -> None:
-        if os.environ.get("EDGERT_REQUIRE_QEMU") == "1":
-            pytest.fail(f"{reason} (EDGERT_REQUIRE_QEMU=1 makes this a failure)")
-        pytest.skip(reason)
-
     if host_arch() == "aarch64":
         pytest.skip("this machine is aarch64: rpi5 artifacts run natively, no qemu needed")
     if shutil.which("aarch64-linux-gnu-gcc") is None:
-        unavailable("needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
+        _aarch64_unavailable("needs the aarch64 cross compiler "
+                             "(apt-get install gcc-aarch64-linux-gnu)")
     from edgert.targets.qemu import ensure_aarch64_env
 
     try:
         return ensure_aarch64_env()
     except TargetError as e:
-        unavailable(f"cannot run aarch64 code here: {e}")
+        _aarch64_unavailable(f"cannot run aarch64 code here: {e}")
 
 
 def rpi5_and_host(model: str | os.PathLike, tmp: Path, name: str, **options) -> tuple[Path, Path]:

@@ -34,9 +34,7 @@ def test_missing_cross_compiler_names_the_package(model_files, tmp_path, monkeyp
     assert not (tmp_path / "m.edgert").exists()
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or host_arch() == "aarch64",
-                    reason="needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
-def test_rpi5_artifact_is_an_aarch64_library(model_files, tmp_path):
+def test_rpi5_artifact_is_an_aarch64_library(aarch64_cc, model_files, tmp_path):
     art = compile_model(model_files["mlp"], tmp_path / "m.edgert", target="rpi5")
     manifest = read_artifact(art).manifest
     assert manifest["target"]["name"] == "rpi5"
@@ -45,9 +43,7 @@ def test_rpi5_artifact_is_an_aarch64_library(model_files, tmp_path):
         edgert.Session(art)
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or host_arch() == "aarch64",
-                    reason="needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
-def test_jetson_orin_artifact_is_aarch64_with_cuda_kernels(model_files, tmp_path):
+def test_jetson_orin_artifact_is_aarch64_with_cuda_kernels(aarch64_cc, model_files, tmp_path):
     art = read_artifact(compile_model(model_files["mlp"], tmp_path / "m.edgert",
                                       target="jetson-orin"))
     assert art.manifest["target"]["cuda_arch"] == "sm_87"

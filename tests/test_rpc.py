@@ -45,14 +45,11 @@ def test_unreachable_server_and_bad_address(mlp_artifact):
     assert out.returncode != 0 and "Traceback" not in out.stderr
 
 
-def test_library_for_another_board_is_a_target_error(model_files, rpc_server, tmp_path):
+def test_library_for_another_board_is_a_target_error(aarch64_cc, model_files, rpc_server,
+                                                      tmp_path):
     """An rpi5 (aarch64) library sent to this x86 server cannot load there: a clear error."""
-    import shutil
-
     from edgert.compiler import compile_model
 
-    if shutil.which("aarch64-linux-gnu-gcc") is None:
-        pytest.skip("needs the aarch64 cross compiler (apt-get install gcc-aarch64-linux-gnu)")
     art = compile_model(model_files["mlp"], tmp_path / "mlp_rpi5.edgert", target="rpi5")
     with pytest.raises(TargetError, match=rf"{rpc_server} cannot load .*rpi5"):
         edgert.Session(art, rpc=rpc_server)
