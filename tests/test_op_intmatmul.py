@@ -38,7 +38,8 @@ def test_backends_bit_exact(case):
     assert_bit_exact("tvm", run_te(intmatmul.te_compute, [a, b]), want)
 
 
-def test_accumulator_bound_is_attained_and_overflow_raises():
+def test_accumulator_bound_is_attained():
+    """The bound is tight: the input with the sign of the largest column's weights reaches it."""
     rng = np.random.default_rng(1)
     w = _operand(rng, (600, 3), np.int8)
     a_max = 32767
@@ -47,11 +48,29 @@ def test_accumulator_bound_is_attained_and_overflow_raises():
     a = (np.sign(w[:, col]).astype(np.int64) * a_max).astype(np.int16)[None, :]
     exact = np.matmul(a.astype(np.int64), w.astype(np.int64))
     assert int(np.abs(exact).max()) == bound            # the bound is reached by this input
-    if bound > intmatmul.INT32_MAX:
-        with pytest.raises(OverflowError):
-            intmatmul.reference(a, w)
     assert intmatmul.accumulator_bound(10, w, bias=np.full(3, 5)) == 10 * int(
         np.abs(w.astype(np.int64)).sum(axis=0).max()) + 5
+
+
+def test_accumulator_past_int32_raises_and_at_int32_max_does_not():
+    """K = 600 int16 inputs at 32767 against int8 weights at +-127: the bound 32767 * 127 * 600
+    = 2,496,845,400 exceeds int32, the input reaching it makes the reference raise; one
+    accumulator exactly at INT32_MAX (2 * 32767**2 + 4 * 32767 + 1) passes, one past it raises."""
+    w = np.where(np.arange(600) % 3 == 0, -127, 127).astype(np.int8)[:, None]
+    bound = intmatmul.accumulator_bound(32767, w)
+    assert bound == 32767 * 127 * 600 > intmatmul.INT32_MAX
+    a = (np.sign(w[:, 0]).astype(np.int16) * 32767)[None, :]
+    with pytest.raises(OverflowError, match="exceeds int32"):
+        intmatmul.reference(a, w)
+    b = np.array([[32767], [32767], [1], [1], [1], [1], [1]], np.int16)
+    a = np.full((1, 7), 32767, np.int16)
+    a[0, -1] = 1
+    assert int(intmatmul.reference(a, b)[0, 0]) == intmatmul.INT32_MAX
+    a[0, -1] = 2
+    with pytest.raises(OverflowError, match="exceeds int32"):
+        intmatmul.reference(a, b)
+    with pytest.raises(OverflowError, match="exceeds int32"):
+        intmatmul.reference(-a, b)                      # the negative side alike
 
 
 def test_refuses_bad_operands():

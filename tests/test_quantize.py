@@ -16,6 +16,8 @@ from edgert.demo import demo_calib_file, demo_files
 from edgert.errors import InputError, QuantizationError, UnsupportedOpError
 from edgert.model_info import describe_model
 
+INT32_MAX = 2**31 - 1
+
 CALIB = demo_calib_file()
 
 
@@ -138,7 +140,10 @@ def _linear_model(k: int, n: int, weight: np.ndarray, bias: np.ndarray) -> onnx.
 
 def test_accumulator_bound_narrows_int16_inputs_instead_of_overflowing():
     """K = 1024 int16 inputs against int8 weights of the same magnitude: 32767 * 127 * 1024 > 2**31.
-    The quantizer narrows the activation range so that no input can overflow int32."""
+    The quantizer narrows the activation range to the largest qmax whose worst accumulator,
+    (qmax + 1) * sum|w| (the +1 for saturation at -qmax-1), fits int32: here
+    INT32_MAX // (127 * 1024) - 1 = 16512; the graph clamps to it, and the input that reaches
+    the bound gives exactly qmax * 127 * 1024 in the accumulator, inside int32."""
     rng = np.random.default_rng(0)
     k, n = 1024, 4
     w = np.sign(rng.standard_normal((k, n))).astype(np.float32)        # every |w_int8| = 127
@@ -146,10 +151,22 @@ def test_accumulator_bound_narrows_int16_inputs_instead_of_overflowing():
     x = rng.uniform(-1, 1, (16, k)).astype(np.float32)
     ranges = calibrate(model, [{"x": x}])
     qmodel, report = quantize_model(model, ranges)                      # FFN input -> int16
-    assert report.dtypes["x"] == "int16" and 0 < report.narrowed["x"] < 32767
+    l1 = 127 * k
+    qmax = INT32_MAX // l1 - 1
+    assert qmax == 16512 and (qmax + 1) * l1 <= INT32_MAX < (qmax + 2) * l1
+    assert report.dtypes["x"] == "int16" and report.narrowed == {"x": qmax}
+    [matmul] = [nd for nd in qmodel.graph.node if nd.op_type == "IntMatMul"]
+    [clamp] = [nd for nd in qmodel.graph.node if nd.output[0] == matmul.input[0]]
+    attrs = {a.name: a.i for a in clamp.attribute}
+    assert clamp.op_type == "Requant" and (attrs["lo"], attrs["hi"]) == (-qmax, qmax)
+    [quant] = [nd for nd in qmodel.graph.node if nd.op_type == "QuantizeLinear"]
+    scale = {t.name: numpy_helper.to_array(t) for t in qmodel.graph.initializer}[quant.input[1]]
+    np.testing.assert_allclose(scale, ranges["x"].amax / qmax, rtol=1e-6)   # a coarser scale
+    qmodel.graph.output.append(helper.make_tensor_value_info(matmul.output[0], TensorProto.INT32,
+                                                             None))
     worst = np.sign(w[:, :1].T).astype(np.float32) * np.float32(ranges["x"].amax)
-    [out] = run_reference(qmodel, {"x": np.repeat(worst, 2, axis=0)})   # raises on int32 overflow
-    assert np.isfinite(out).all()
+    _, acc = run_reference(qmodel, {"x": np.concatenate([worst, -worst])})  # raises on overflow
+    np.testing.assert_array_equal(acc[:, 0], [qmax * l1, -qmax * l1])      # the bound, reached
 
 
 def test_unquantizable_ops_are_listed_by_node(model_files):
