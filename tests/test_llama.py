@@ -252,6 +252,7 @@ def smollm2():
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_smollm2_4bit_lut_end_to_end(smollm2, tmp_path):
     """SmolLM2-135M-Instruct compiled with 4-bit exact-min LUT weights (its Q4_1 weights kept
     exactly, the Q8_0 head in float32) answers like the fp32 model, and its perplexity on real

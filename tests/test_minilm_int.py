@@ -23,7 +23,7 @@ from edgert.model_info import inspect_path
 
 from ophelpers import assert_bit_exact
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.network]
 minilm = pytest.importorskip("edgert.models.minilm")
 N_CALIB = 64
 INPUTS = ("input_ids", "attention_mask")

