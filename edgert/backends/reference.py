@@ -2,8 +2,9 @@
 
 ``onnx.reference.ReferenceEvaluator`` runs the standard ops (QuantizeLinear, DequantizeLinear,
 MatMulInteger, ConvInteger, Add and the shape ops); the edgert-domain ops run through the
-normative ``reference`` function of their module under ``ops/``. This is the slow, obviously
-correct executor every backend is checked against, bit for bit.
+normative ``reference`` of their op folder (``ops/<name>/spec.py``, found by
+:mod:`edgert.ops.registry`). This is the slow, obviously correct executor every backend is
+checked against, bit for bit.
 
 Known difference from the contract (``onnx.reference`` 1.23): ``QuantizeLinear`` casts
 ``rint(x / scale)`` to int32 *before* it saturates, so a quotient outside int32 (``|x / scale|
@@ -14,87 +15,44 @@ on x86-64, so +inf quantizes to -128) instead of saturating. Feed it quotients i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
-from onnx.helper import tensor_dtype_to_np_dtype
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from edgert.ops import DOMAIN, ilayernorm, intmatmul, requant, shiftgelu, shiftmax
+from edgert.ops import DOMAIN
+from edgert.ops.op import Op
 
 
-class Requant(OpRun):
-    """``edgert.Requant(q, multiplier, shift)``; ``to`` is a TensorProto enum in ONNX."""
+def op_run_class(op: Op) -> type[OpRun]:
+    """An ``OpRun`` class named ``op.name`` in the edgert domain whose ``_run`` is
+    ``op.reference(*inputs, **op.node_kwargs(attributes))``."""
 
-    op_domain = DOMAIN
+    def _run(self: OpRun, *inputs: np.ndarray, **attributes: Any) -> tuple[np.ndarray]:
+        return (op.reference(*inputs, **op.node_kwargs(attributes)),)
 
-    def _run(self, q, multiplier, shift, to=None, lo=None, hi=None, axis=None):  # noqa: D102
-        name = tensor_dtype_to_np_dtype(int(to)).name
-        return (requant.reference(q, multiplier, shift, lo=int(lo), hi=int(hi), to=name,
-                                  axis=int(axis)),)
-
-
-class Shiftmax(OpRun):
-    """``edgert.Shiftmax(q, exclude?)`` over the last axis."""
-
-    op_domain = DOMAIN
-
-    def _run(self, q, exclude=None, x0=None, n=None, k=None):  # noqa: D102
-        return (shiftmax.reference(q, exclude, x0=int(x0), n=int(n), k=int(k)),)
+    return type(op.name, (OpRun,), {"op_domain": DOMAIN, "_run": _run,
+                                    "__doc__": f"``edgert.{op.name}`` on its numpy spec."})
 
 
-class ShiftGELU(OpRun):
-    """``edgert.ShiftGELU(q) -> int32``."""
+def edgert_op_classes() -> list[type[OpRun]]:
+    """One ``OpRun`` class per op of :mod:`edgert.ops.registry` (built once)."""
+    global _CLASSES
+    if _CLASSES is None:
+        from edgert.ops import registry
 
-    op_domain = DOMAIN
-
-    def _run(self, q, x0=None, n=None):  # noqa: D102
-        return (shiftgelu.reference(q, x0=int(x0), n=int(n)),)
-
-
-class ILayerNorm(OpRun):
-    """``edgert.ILayerNorm(x[, bias]) -> int32`` over the last axis."""
-
-    op_domain = DOMAIN
-
-    def _run(self, x, bias=None):  # noqa: D102
-        return (ilayernorm.reference(x, bias),)
+        _CLASSES = [op_run_class(op) for op in registry.all()]
+    return list(_CLASSES)
 
 
-class IntMatMul(OpRun):
-    """``edgert.IntMatMul(A, B) -> int32``."""
-
-    op_domain = DOMAIN
-
-    def _run(self, a, b):  # noqa: D102
-        return (intmatmul.reference(a, b),)
-
-
-class LutMatMul(OpRun):
-    """``edgert.LutMatMul(A, W, scales?, zero_points?)`` (low-bit weights by table lookup)."""
-
-    op_domain = DOMAIN
-
-    def _run(self, a, w, scales=None, zero_points=None, bits=None, g=None,  # noqa: D102
-             group_size=None, K=None, N=None, tile_n=None, tile_k=None,  # noqa: N803
-             layout_version=None, table_bits=None, dequant=None):
-        from edgert.ops import lutmatmul
-
-        layout = lutmatmul.LutLayout.from_attrs(dict(
-            bits=bits, g=g, group_size=group_size, K=K, N=N, tile_n=tile_n, tile_k=tile_k,
-            layout_version=layout_version))
-        return (lutmatmul.reference(a, w, scales, zero_points, layout=layout,
-                                    table_bits=int(table_bits), dequant=bool(dequant)),)
-
-
-EDGERT_OPS: tuple[type[OpRun], ...] = (Requant, Shiftmax, ShiftGELU, ILayerNorm, IntMatMul,
-                                       LutMatMul)
+_CLASSES: list[type[OpRun]] | None = None
 
 
 def reference_evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:
     """A ``ReferenceEvaluator`` for ``model`` that knows the edgert ops (reusable across runs)."""
-    return ReferenceEvaluator(model, new_ops=list(EDGERT_OPS))
+    return ReferenceEvaluator(model, new_ops=edgert_op_classes())
 
 
 def run_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

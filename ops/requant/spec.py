@@ -1,6 +1,6 @@
 """``Requant``: dyadic requantization, the only way scales change inside an integer graph.
 
-Specification (``shared/reference/ivit.md``, "Dyadic requantization"):
+Specification (``docs/methods/ivit.md``, "Dyadic requantization"):
     ratio r = s_in / s_out (float64, at compile time) = mant * 2**exp, mant in [0.5, 1)
     m = round_half_up(mant * 2**31)  (m <= 2**31),  e = 31 - exp  (1 <= e <= 62 enforced)
     out = clamp((q * m + 2**(e-1)) >> e, lo, hi)   in int64  (round half up)
@@ -22,7 +22,8 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+
+from edgert.ops.op import Example
 
 OP_TYPE = "Requant"
 OUT_DTYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32}
@@ -106,65 +107,9 @@ def reference(q: np.ndarray, m: np.ndarray, e: np.ndarray, *, lo: int, hi: int,
     return np.clip(acc >> e, lo, hi).astype(OUT_DTYPES[to])
 
 
-@njit(cache=True, parallel=True)
-def _requant_nb(q2d, m, e, lo, hi, out2d):
-    rows, cols = q2d.shape
-    per_channel = m.size > 1
-    for r in prange(rows):
-        for c in range(cols):
-            mm = m[c] if per_channel else m[0]
-            ee = e[c] if per_channel else e[0]
-            v = (np.int64(q2d[r, c]) * mm + (np.int64(1) << (ee - 1))) >> ee
-            out2d[r, c] = min(max(v, lo), hi)
-
-
-def numba_kernel(q: np.ndarray, m: np.ndarray, e: np.ndarray, *, lo: int, hi: int,
-                 to: str = "int8", axis: int = -1) -> np.ndarray:
-    """numba twin of :func:`reference` (bit-identical)."""
-    q = np.asarray(q)
-    m = np.ascontiguousarray(np.asarray(m, np.int64).reshape(-1))
-    e = np.ascontiguousarray(np.asarray(e, np.int64).reshape(-1))
-    moved = m.size > 1 and q.ndim > 1 and axis not in (-1, q.ndim - 1)
-    x = np.moveaxis(q, axis, -1) if moved else q
-    q2d = np.ascontiguousarray(x).reshape(-1, x.shape[-1] if x.ndim else 1)
-    out = np.empty(q2d.shape, OUT_DTYPES[to])
-    _requant_nb(q2d, m, e, np.int64(lo), np.int64(hi), out)
-    out = out.reshape(x.shape)
-    return np.ascontiguousarray(np.moveaxis(out, -1, axis)) if moved else out
-
-
-def te_compute(q: Any, m: Any, e: Any, *, lo: int, hi: int, to: str = "int8", axis: int = -1) -> Any:
-    """TVM TE compute: ``q`` of any rank; ``m`` int64 (or int32, see :func:`narrow`) and ``e``
-    int64 tensors of shape [1] or [C]."""
-    from tvm import te, tirx
-
-    per_channel = int(m.shape[0]) != 1
-    ax = axis % len(q.shape) if len(q.shape) else 0
-
-    def body(*idx):
-        c = idx[ax] if per_channel else 0
-        acc = q(*idx).astype("int64") * m[c].astype("int64") + tirx.shift_left(
-            tirx.const(1, "int64"), e[c] - 1)
-        v = tirx.shift_right(acc, e[c])
-        return tirx.max(tirx.min(v, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(to)
-
-    return te.compute(q.shape, body, name="requant")
-
-
-def schema() -> object:
-    """ONNX schema of ``edgert.Requant``."""
-    from edgert.ops import make_schema, same_shape_output
-
-    return make_schema(
-        OP_TYPE, __doc__ or "",
-        inputs=[("q", "T", "integer tensor at scale s_in"),
-                ("multiplier", "tensor(int64)", "m, one value or one per channel of `axis`"),
-                ("shift", "tensor(int64)", "e in [1, 62], same shape as multiplier")],
-        outputs=[("out", "U", "integer tensor at scale s_out")],
-        type_constraints=[("T", ["tensor(int8)", "tensor(int16)", "tensor(int32)"], "input"),
-                          ("U", ["tensor(int8)", "tensor(int16)", "tensor(int32)"], "output")],
-        attributes=[("to", "INT", "output TensorProto type (INT8, INT16 or INT32)"),
-                    ("lo", "INT", "lower clamp"), ("hi", "INT", "upper clamp"),
-                    ("axis", "INT", "channel axis of per-channel multiplier/shift")],
-        infer=same_shape_output(lambda ctx: ctx.get_attribute("to").i),
-    )
+def example(rng: np.random.Generator) -> Example:
+    """int32 [2, 5, 4] requantized per channel of axis 1 (ratios of both signs) to int8."""
+    ratio = rng.uniform(1e-3, 0.1, 5) * rng.choice([-1.0, 1.0], 5)
+    m, e = params(ratio)
+    q = rng.integers(-(2**12), 2**12, (2, 5, 4)).astype(np.int32)
+    return Example((q, m, e), {"to": 3, "lo": -128, "hi": 127, "axis": 1})   # 3: TensorProto.INT8

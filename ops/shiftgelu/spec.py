@@ -1,6 +1,6 @@
 """``ShiftGELU``: integer-only GELU, ``GELU(x) ~ x * sigmoid(1.702 * x)`` (I-ViT, per-element form).
 
-Specification (``shared/reference/ivit.md``, "ShiftGELU"):
+Specification (``docs/methods/ivit.md``, "ShiftGELU"):
     input q: int8 or int16 at scale s; compile time: s' = 1.702 * s (float64),
     x0 = floor(-1 / s')  (the negative integer standing for -1),
     n = 23, reduced until |x0| * 2**n * 2 < 2**31 (and recorded).
@@ -23,12 +23,11 @@ ONNX (domain ``edgert``): ``ShiftGELU(q: int8|int16) -> int32`` with int attribu
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
-from numba import njit, prange
 
-from ._intmath import INT31_MAX, shift_exp, shift_exp_nb
+from edgert.ops._intmath.spec import INT31_MAX, shift_exp
+from edgert.ops.op import Example
 
 OP_TYPE = "ShiftGELU"
 DEFAULT_N = 23
@@ -65,7 +64,7 @@ def params(scale: float, n: int = DEFAULT_N, *, sum_bits: int = DEFAULT_SUM_BITS
         raise ValueError(f"ShiftGELU sum_bits must be in [1, 31], got {sum_bits}")
     x0 = math.floor(-1.0 / (1.702 * float(scale)))
     n_used = int(n)
-    while n_used >= 0 and not _fits(x0, n_used, sum_bits):
+    while n_used >= 0 and not fits(x0, n_used, sum_bits):
         n_used -= 1
     if n_used < 0:
         raise ValueError(f"ShiftGELU: x0 = {x0} (scale {scale}) gives |x0| * 2 >= 2**{sum_bits} "
@@ -73,15 +72,16 @@ def params(scale: float, n: int = DEFAULT_N, *, sum_bits: int = DEFAULT_SUM_BITS
     return {"x0": int(x0), "n": n_used}
 
 
-def _fits(x0: int, n: int, sum_bits: int = SUM_BITS) -> bool:
+def fits(x0: int, n: int, sum_bits: int = SUM_BITS) -> bool:
     """Compile-time range check: ``e1 + e2 <= |x0| * 2**(n+1)`` must stay below ``2**sum_bits``."""
     return abs(x0) * 2 ** (n + 1) < 2**sum_bits
 
 
-def _check_input(q: np.ndarray, x0: int, n: int) -> None:
+def check_input(q: np.ndarray, x0: int, n: int) -> None:
+    """Raise on an input dtype or constants the kernels do not take."""
     if q.dtype not in IN_DTYPES:
         raise TypeError(f"ShiftGELU input must be int8 or int16, got {q.dtype}")
-    if x0 >= 0 or n < 0 or not _fits(x0, n):
+    if x0 >= 0 or n < 0 or not fits(x0, n):
         raise ValueError(f"ShiftGELU constants out of range: x0={x0}, n={n} (use params())")
 
 
@@ -96,49 +96,13 @@ def reference(q: np.ndarray, *, x0: int, n: int) -> np.ndarray:
         int32 array of ``q``'s shape, at scale ``s * 2**-7``.
     """
     q = np.asarray(q)
-    _check_input(q, x0, n)
+    check_input(q, x0, n)
     q64 = q.astype(np.int64)
     m = np.maximum(q64, 0)
     e1 = shift_exp(q64 - m, x0, n)
     e2 = shift_exp(-m, x0, n)
     sig = ((INT31_MAX // (e1 + e2)) * e1) >> SIG_SHIFT
     return (q64 * sig).astype(np.int32)
-
-
-@njit(cache=True, parallel=True)
-def _shiftgelu_nb(q1d, x0, n, out1d):
-    for i in prange(q1d.size):
-        v = np.int64(q1d[i])
-        m = v if v > 0 else np.int64(0)
-        e1 = shift_exp_nb(v - m, x0, n)
-        e2 = shift_exp_nb(-m, x0, n)
-        sig = ((np.int64(2147483647) // (e1 + e2)) * e1) >> 24
-        out1d[i] = v * sig
-
-
-def numba_kernel(q: np.ndarray, *, x0: int, n: int) -> np.ndarray:
-    """numba twin of :func:`reference` (bit-identical): int8/int16 in, int32 out, same shape."""
-    q = np.asarray(q)
-    _check_input(q, x0, n)
-    q1d = np.ascontiguousarray(q).reshape(-1)
-    out = np.empty(q1d.shape, np.int32)
-    _shiftgelu_nb(q1d, np.int64(x0), np.int64(n), out)
-    return out.reshape(q.shape)
-
-
-def _te_shift_exp(x: Any, x0: int, n: int) -> Any:
-    """TE expression of :func:`shift_exp` for one int64 element ``x <= 0``."""
-    from tvm import tirx
-
-    c = lambda v: tirx.const(v, "int64")  # noqa: E731
-    x = x + tirx.shift_right(x, c(1)) - tirx.shift_right(x, c(4))
-    x = tirx.max(x, c(n * x0))
-    # x <= 0 and x0 < 0: divide the non-negative -x by |x0|, where floor == truncation. (TVM's
-    # floordiv lowering by the constant -1 trips an analyzer binding error, so avoid it.)
-    qi = tirx.truncdiv(-x, c(-x0))
-    rem = x - qi * c(x0)
-    e = tirx.shift_right(rem, c(1)) - c(x0)
-    return tirx.shift_left(e, c(n) - qi)
 
 
 def lookup_table(dtype: str, *, x0: int, n: int) -> np.ndarray:
@@ -148,52 +112,12 @@ def lookup_table(dtype: str, *, x0: int, n: int) -> np.ndarray:
     return reference(np.arange(info.min, info.max + 1, dtype=dtype), x0=x0, n=n)
 
 
-def te_compute(q: Any, table: Any = None, *, x0: int, n: int) -> Any:
-    """TVM TE compute: ``q`` an int8/int16 tensor of any rank -> int32 tensor of the same shape.
-
-    With ``table`` (the int32 :func:`lookup_table` of ``q``'s dtype, a constant) the kernel is
-    one load per element, ``table[q - min]``: the same values as the arithmetic (the table is
-    the reference's output for every input), without its int64 division, which x86 cannot
-    vectorize (measured on all-MiniLM-L6: 1.1 ms -> see benchmarks/bench_int.py per layer).
-    """
-    from tvm import te, tirx
-
-    if x0 >= 0 or n < 0 or not _fits(x0, n):
-        raise ValueError(f"ShiftGELU constants out of range: x0={x0}, n={n} (use params())")
-    if table is not None:
-        offset = -int(np.iinfo(str(q.dtype)).min)
-        return te.compute(q.shape, lambda *i: table[q(*i).astype("int32") + offset],
-                          name="shiftgelu")
-
-    def body(*idx):
-        v = q(*idx).astype("int64")
-        m = tirx.max(v, tirx.const(0, "int64"))
-        e1 = _te_shift_exp(v - m, x0, n)
-        e2 = _te_shift_exp(-m, x0, n)
-        # Positive numerator, e1 + e2 > 0: floor == truncation.
-        recip = tirx.truncdiv(tirx.const(INT31_MAX, "int64"), e1 + e2)
-        sig = tirx.shift_right(recip * e1, tirx.const(SIG_SHIFT, "int64"))
-        return (v * sig).astype("int32")
-
-    return te.compute(q.shape, body, name="shiftgelu")
-
-
 def to_float(out: np.ndarray, scale: float) -> np.ndarray:
     """The float GELU estimate of an int32 ShiftGELU output: ``out * scale * 2**-7`` (float64)."""
     return np.asarray(out, np.float64) * (float(scale) * 2.0**-OUT_FRAC_BITS)
 
 
-def schema() -> object:
-    """ONNX schema of ``edgert.ShiftGELU``."""
-    from onnx import TensorProto
-
-    from edgert.ops import make_schema, same_shape_output
-
-    return make_schema(
-        OP_TYPE, __doc__ or "",
-        inputs=[("q", "T", "integer input at scale s")],
-        outputs=[("out", "tensor(int32)", "GELU(q*s) at scale s * 2**-7")],
-        type_constraints=[("T", ["tensor(int8)", "tensor(int16)"], "input")],
-        attributes=[("x0", "INT", "floor(-1/(1.702*s))"), ("n", "INT", "shift budget")],
-        infer=same_shape_output(TensorProto.INT32),
-    )
+def example(rng: np.random.Generator) -> Example:
+    """int8 [3, 40] at scale 0.05 (GELU's whole curve within +-6.4)."""
+    q = rng.integers(-128, 128, (3, 40)).astype(np.int8)
+    return Example((q,), params(0.05))

@@ -1,0 +1,180 @@
+"""TVM ONNX-frontend converters of the default-domain ops of the integer graph
+(``docs/integer-onnx.md``); :mod:`edgert.compiler.lower_int` adds them to the frontend's map.
+
+- ``MatMulInteger`` on the IntMatMul compute (int32 accumulation, no zero points);
+- ``ConvInteger`` (missing in TVM): int8 operands cast to int32, then TVM's ``Conv`` converter;
+- ``QuantizeLinear`` / ``DequantizeLinear`` with the contract's arithmetic spelled out: one float32
+  division, ``nearbyint`` (round half to even), clamp, cast; ``float32(q) * scale``. (TVM's
+  quantize calls ``round``, which means half away from zero but which TVM happens to lower to
+  ``llvm.nearbyint`` / CUDA ``nearbyintf``; ours does not depend on that lowering.)
+- ``Gather`` of a 1-D constant index from a shape stays a shape (TVM's makes it a tensor, which
+  Reshape/Expand then refuse); every other Gather is TVM's.
+
+Imports TVM: imported only when a model is converted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax.frontend.onnx.onnx_frontend import Conv, OnnxOpConverter
+from tvm.relax.frontend.onnx.onnx_frontend import Gather as TvmGather
+
+from edgert.ops.intmatmul.tvm import emit_int_matmul
+from edgert.ops.relax_util import dtype_name, node_name
+
+
+def _dtype(x: Any) -> str:
+    return str(x.ty.dtype)
+
+
+def _ndim(x: Any) -> int:
+    return int(x.ty.ndim)
+
+
+def _is_zero_constant(x: Any) -> bool:
+    return isinstance(x, tvm.ir.GenericConst) and not np.any(x.value.numpy())
+
+
+def _channel(x: Any, scale: Any, axis: int) -> int | None:
+    """Axis of ``x`` that a 1-D ``scale`` runs along (``None``: one scale)."""
+    if _ndim(scale) == 0:
+        return None
+    if _ndim(scale) != 1:
+        raise ValueError(f"only scalar or 1-D (per-axis) scales are supported, got {scale.ty}")
+    size = scale.ty.shape[0]
+    if isinstance(size, tirx.IntImm) and int(size) == 1:
+        return None
+    return axis % _ndim(x)
+
+
+def _scalar_or_channel(t: Any, ax: int | None, idx: tuple) -> Any:
+    if ax is None:
+        return t() if len(t.shape) == 0 else t[0]
+    return t[idx[ax]]
+
+
+def _refuse_zero_points(op: str, inputs: list, attr: dict[str, Any]) -> None:
+    for zp in inputs[2:4]:
+        if zp is not None and not _is_zero_constant(zp):
+            raise ValueError(f"{op} {node_name(attr)}: zero points are not supported "
+                             "(the integer graph is symmetric)")
+
+
+def _refuse_blocked(op: str, attr: dict[str, Any]) -> None:
+    if attr.get("block_size", 0):
+        raise ValueError(f"{op} {node_name(attr)}: blocked quantization is not supported")
+
+
+class MatMulInteger(OnnxOpConverter):
+    """int8 x int8 -> int32 on the IntMatMul compute; zero points are refused."""
+
+    @classmethod
+    def _impl_v10(cls, bb, inputs, attr, params):
+        a, b = inputs[0], inputs[1]
+        _refuse_zero_points("MatMulInteger", inputs, attr)
+        if _ndim(a) < 2 or _ndim(b) < 2 or _ndim(b) > _ndim(a):
+            raise ValueError(f"MatMulInteger {node_name(attr)}: operands of rank >= 2 with "
+                             f"rank(B) <= rank(A) are supported, got {a.ty} and {b.ty}")
+        return emit_int_matmul(bb, a, b)
+
+
+class ConvInteger(OnnxOpConverter):
+    """int8 NCHW (or 1-D/3-D) convolution -> int32: operands cast to int32, then ``Conv``."""
+
+    @classmethod
+    def _impl_v10(cls, bb, inputs, attr, params):
+        x, w = inputs[0], inputs[1]
+        _refuse_zero_points("ConvInteger", inputs, attr)
+        x32 = bb.normalize(relax.op.astype(x, "int32"))
+        w32 = bb.normalize(relax.op.astype(w, "int32"))
+        return Conv._impl_v11(bb, [x32, w32, None], dict(attr), params)
+
+
+def _quantize_output(attr: dict[str, Any], zp: Any | None) -> str:
+    """Output dtype of a QuantizeLinear: ``output_dtype``, else the zero point's, else uint8."""
+    out = (dtype_name(attr["output_dtype"]) if attr.get("output_dtype")
+           else _dtype(zp) if zp is not None else "uint8")
+    if out not in ("int8", "uint8", "int16", "uint16"):
+        raise ValueError(f"QuantizeLinear {node_name(attr)}: output {out} not supported")
+    return out
+
+
+class QuantizeLinear(OnnxOpConverter):
+    """``saturate(nearbyint(x / scale) + zp)``: float32 division, round half to even."""
+
+    @classmethod
+    def _impl_v10(cls, bb, inputs, attr, params):
+        x, scale = inputs[0], inputs[1]
+        zp = inputs[2] if len(inputs) > 2 else None
+        _refuse_blocked("QuantizeLinear", attr)
+        out = _quantize_output(attr, zp)
+        if _dtype(x) != "float32" or _dtype(scale) != "float32":
+            raise ValueError(f"QuantizeLinear {node_name(attr)}: float32 x and scale expected")
+        ax = _channel(x, scale, attr.get("axis", 1))
+        info = np.iinfo(out)
+
+        def compute(xt: Any, st: Any, zt: Any | None = None) -> Any:
+            def body(*i):
+                v = tirx.nearbyint(xt(*i) / _scalar_or_channel(st, ax, i))
+                if zt is not None:
+                    v = v + _scalar_or_channel(zt, ax, i).astype("float32")
+                v = tirx.max(tirx.min(v, tirx.const(float(info.max), "float32")),
+                             tirx.const(float(info.min), "float32"))
+                return v.astype(out)
+
+            return te.compute(xt.shape, body, name="quantize")
+
+        args = [x, scale] + ([] if zp is None or _is_zero_constant(zp) else [zp])
+        return bb.emit_te(compute, *args, primfunc_name_hint="quantize_linear")
+
+
+class DequantizeLinear(OnnxOpConverter):
+    """``float32(q - zp) * scale`` in float32, scale scalar or per channel along ``axis``."""
+
+    @classmethod
+    def _impl_v10(cls, bb, inputs, attr, params):
+        q, scale = inputs[0], inputs[1]
+        zp = inputs[2] if len(inputs) > 2 else None
+        _refuse_blocked("DequantizeLinear", attr)
+        if _dtype(scale) != "float32" or not _dtype(q).startswith(("int", "uint")):
+            raise ValueError(f"DequantizeLinear {node_name(attr)}: integer q and float32 "
+                             f"scale expected, got {_dtype(q)} and {_dtype(scale)}")
+        ax = _channel(q, scale, attr.get("axis", 1))
+
+        def compute(qt: Any, st: Any, zt: Any | None = None) -> Any:
+            def body(*i):
+                v = qt(*i)
+                if zt is not None:   # int32 x - zp of int32 operands: exact for 8/16 bit
+                    v = v.astype("int32") - _scalar_or_channel(zt, ax, i).astype("int32")
+                return v.astype("float32") * _scalar_or_channel(st, ax, i)
+
+            return te.compute(qt.shape, body, name="dequantize")
+
+        args = [q, scale] + ([] if zp is None or _is_zero_constant(zp) else [zp])
+        return bb.emit_te(compute, *args, primfunc_name_hint="dequantize_linear")
+
+
+class Gather(TvmGather):
+    """TVM's Gather, plus a 1-D constant index into a shape (``Gather(Shape(x), [0])``), which
+    TVM turns into a tensor that a following Reshape/Expand then refuses: kept a shape here."""
+
+    @classmethod
+    def _impl_v13(cls, bb, inputs, attr, params):
+        data, indices = inputs[0], inputs[1]
+        if (isinstance(data, relax.ShapeExpr) and isinstance(indices, tvm.ir.GenericConst)
+                and indices.value.numpy().ndim == 1 and attr.get("axis", 0) == 0):
+            idx, n = indices.value.numpy().tolist(), len(data.values)
+            if all(-n <= i < n for i in idx):
+                return relax.ShapeExpr([data.values[i] for i in idx])
+        return TvmGather._impl_v13(bb, inputs, attr, params)
+
+
+CONVERTERS: dict[str, type] = {
+    "MatMulInteger": MatMulInteger, "ConvInteger": ConvInteger, "Gather": Gather,
+    "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
+}
+"""op_type -> converter class, for the default domain."""

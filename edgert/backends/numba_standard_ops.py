@@ -1,0 +1,403 @@
+"""Handlers of the default-domain ONNX ops in the numba backend (:mod:`.numba_backend`).
+
+Integer arithmetic (``MatMulInteger``, ``ConvInteger`` on the IntMatMul numba kernel, ``Add``...),
+the boundary ops (``QuantizeLinear``, ``DequantizeLinear``), the shape ops and the fallback of
+float nodes to ``onnx.reference``; the semantics are listed in the backend's module docstring.
+:data:`FACTORIES` maps each op type to its handler factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from edgert.backends.numba_nodes import Factory, Handler, Node, Unsupported
+from edgert.ops.intmatmul.numba import matmul, numba_kernel
+
+FACTORIES: dict[str, Factory] = {}
+"""Default-domain op type -> handler factory."""
+
+_QUANT_DTYPES = {np.dtype(t): (int(np.iinfo(t).min), int(np.iinfo(t).max))
+                 for t in (np.int8, np.uint8, np.int16, np.uint16)}
+_CAST_DTYPES = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                                      np.uint16, np.uint32, np.uint64, np.float16, np.float32,
+                                      np.float64)}
+
+
+def handles(*names: str) -> Callable[[Factory], Factory]:
+    """Decorator: the factory handles the default-domain ops ``names``."""
+    def register(factory: Factory) -> Factory:
+        for name in names:
+            FACTORIES[name] = factory
+        return factory
+    return register
+
+
+# --- integer arithmetic ----------------------------------------------------------------------------
+
+def _operand(x: np.ndarray, zero_point: int | None) -> np.ndarray:
+    """An int8/int16 operand for the kernels: ``x - zero_point`` (uint8 widens to int16)."""
+    if zero_point is None:
+        return x.astype(np.int16) if x.dtype == np.uint8 else x
+    return x.astype(np.int16) - np.int16(zero_point)
+
+
+@handles("MatMulInteger")
+def _matmulinteger(node: Node) -> Handler:
+    za, zb = node.zero_point(2), node.zero_point(3)
+
+    def run(a, b, _za=None, _zb=None):
+        return (matmul(_operand(a, za), _operand(b, zb)),)
+    return run
+
+
+@handles("ConvInteger")
+def _convinteger(node: Node) -> Handler:
+    zx, zw = node.zero_point(2), node.zero_point(3)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad={auto_pad}")
+    group = int(node.attr("group", 1))
+    pads, strides, dilations = (node.attr(k, None) for k in ("pads", "strides", "dilations"))
+
+    def run(x, w, _zx=None, _zw=None):
+        x, w = _operand(x, zx), _operand(w, zw)
+        nd = x.ndim - 2
+        kshape = w.shape[2:]
+        st = list(strides or [1] * nd)
+        dil = list(dilations or [1] * nd)
+        pd = _conv_pads(auto_pad, pads, x.shape[2:], kshape, st, dil)
+        n, c = x.shape[:2]
+        m = w.shape[0]
+        if w.shape[1] * group != c or m % group:
+            raise ValueError(f"ConvInteger: x {x.shape}, w {w.shape} and group {group} disagree")
+        cols, out_sp = _im2col(x, kshape, pd, st, dil)
+        cols = cols.reshape(n, group, -1, cols.shape[-1])
+        out = numba_kernel(w.reshape(1, group, m // group, -1), cols)
+        return (out.reshape(n, m, *out_sp),)
+    return run
+
+
+def _conv_pads(auto_pad: str, pads: Sequence[int] | None, spatial: Sequence[int],
+               kshape: Sequence[int], strides: Sequence[int], dil: Sequence[int]) -> list[int]:
+    """Begin pads then end pads, one per spatial axis (ONNX Conv ``auto_pad`` rules)."""
+    nd = len(spatial)
+    if auto_pad == "VALID":
+        return [0] * (2 * nd)
+    if auto_pad == "NOTSET":
+        return list(pads or [0] * (2 * nd))
+    head, tail = [], []
+    for d, k, s, dl in zip(spatial, kshape, strides, dil):
+        total = max(0, (-(-d // s) - 1) * s + (k - 1) * dl + 1 - d)
+        first = (total + 1) // 2 if auto_pad == "SAME_LOWER" else total // 2
+        head.append(first)
+        tail.append(total - first)
+    return head + tail
+
+
+def _im2col(x: np.ndarray, kshape: Sequence[int], pads: Sequence[int], strides: Sequence[int],
+            dil: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+    """x [N, C, *S] -> columns [N, C * prod(kshape), prod(out)] (rows: channel, then kernel
+    offset, as ``w.reshape(M, -1)``) and the output spatial shape."""
+    n, c, *spatial = x.shape
+    nd = len(spatial)
+    if any(pads):
+        x = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
+    out_sp = [(x.shape[2 + i] - (kshape[i] - 1) * dil[i] - 1) // strides[i] + 1 for i in range(nd)]
+    if any(o < 1 for o in out_sp):
+        raise ValueError(f"ConvInteger: kernel {list(kshape)} does not fit the padded input "
+                         f"{list(x.shape[2:])}")
+    cols = np.empty((n, c, *kshape, *out_sp), x.dtype)
+    every = (slice(None), slice(None))
+    for off in np.ndindex(*kshape):
+        src = tuple(slice(o * dl, o * dl + (size - 1) * s + 1, s)
+                    for o, dl, size, s in zip(off, dil, out_sp, strides))
+        cols[(*every, *off)] = x[(*every, *src)]
+    return cols.reshape(n, c * int(np.prod(kshape)), int(np.prod(out_sp))), out_sp
+
+
+@handles("Add")
+def _add(node: Node) -> Handler:
+    return lambda a, b: (np.asarray(np.add(a, b)),)
+
+
+@handles("Sub")
+def _sub(node: Node) -> Handler:
+    return lambda a, b: (np.asarray(np.subtract(a, b)),)
+
+
+@handles("Mul")
+def _mul(node: Node) -> Handler:
+    return lambda a, b: (np.asarray(np.multiply(a, b)),)
+
+
+@handles("Div")
+def _div(node: Node) -> Handler:
+    def run(a, b):
+        if a.dtype.kind == "f":                  # a float node kept by --allow-float
+            return (np.asarray(np.divide(a, b)),)
+        q = np.floor_divide(a, b)                # ONNX integer Div truncates toward zero
+        return (np.asarray(q + ((q < 0) & (q * b != a))).astype(a.dtype, copy=False),)
+    return run
+
+
+@handles("ReduceSum")
+def _reduce_sum(node: Node) -> Handler:
+    keepdims, noop = bool(node.attr("keepdims", 1)), bool(node.attr("noop_with_empty_axes", 0))
+
+    def run(x, axes=None):
+        if axes is None or axes.size == 0:
+            if noop:
+                return (x,)
+            axes = np.arange(x.ndim)
+        return (np.sum(x, axis=tuple(int(a) for a in axes), keepdims=keepdims, dtype=x.dtype),)
+    return run
+
+
+@handles("Clip")
+def _clip(node: Node) -> Handler:
+    def run(x, lo=None, hi=None):
+        return (x if lo is None and hi is None else np.clip(x, lo, hi).astype(x.dtype, copy=False),)
+    return run
+
+
+@handles("Equal")
+def _equal(node: Node) -> Handler:
+    return lambda a, b: (np.asarray(np.equal(a, b)),)
+
+
+@handles("Where")
+def _where(node: Node) -> Handler:
+    return lambda c, a, b: (np.asarray(np.where(c, a, b)),)
+
+
+@handles("ConstantOfShape")
+def _constant_of_shape(node: Node) -> Handler:
+    value = np.asarray(node.attr("value", np.zeros(1, np.float32))).reshape(-1)
+    return lambda shape: (np.full(tuple(int(d) for d in shape), value[0], value.dtype),)
+
+
+# --- float nodes (--allow-float) ------------------------------------------------------------------
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16}
+
+
+def float_fallback(opset: int) -> Factory:
+    """A factory running one float node on ``onnx.reference`` (default-domain ``opset``)."""
+
+    def factory(node: Node) -> Handler:
+        from onnx.reference import ReferenceEvaluator
+
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.proto.attribute):
+            raise Unsupported("subgraphs")
+        try:
+            evaluator = ReferenceEvaluator(node.proto, opsets={"": opset})
+        except Exception:                    # onnx.reference has no such op (or version)
+            raise Unsupported("no onnx.reference implementation") from None
+        names = list(node.proto.input)
+
+        def run(*args):
+            feeds = {n: a for n, a in zip(names, args) if n}
+            return [np.asarray(v) for v in evaluator.run(None, feeds)]
+        return run
+    return factory
+
+
+# --- boundary ops ---------------------------------------------------------------------------------
+
+def _along(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A scale/zero point ready to broadcast: one value as 0-d, a vector along ``axis``."""
+    if v.size == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[axis] = v.size
+    return v.reshape(shape)
+
+
+def _quant_axis(node: Node) -> int:
+    """The ``axis`` of a QuantizeLinear/DequantizeLinear; rejects blocked quantization and
+    opset-23 ``precision``."""
+    if int(node.attr("block_size", 0)):
+        raise Unsupported("blocked quantization")
+    if int(node.attr("precision", 0)):
+        raise Unsupported("precision")
+    return int(node.attr("axis", 1))
+
+
+@handles("QuantizeLinear")
+def _quantize(node: Node) -> Handler:
+    axis = _quant_axis(node)
+    zp = node.consts[2] if node.has_input(2) else None
+    out_attr = int(node.attr("output_dtype", 0))
+    if zp is not None:
+        fixed: np.dtype | None = zp.dtype
+    elif node.has_input(2):
+        fixed = None                                   # the zero point's type, seen at run time
+    else:
+        fixed = helper.tensor_dtype_to_np_dtype(out_attr) if out_attr else np.dtype(np.uint8)
+    if fixed is not None and fixed not in _QUANT_DTYPES:
+        raise Unsupported(f"output type {fixed}")
+    skip_zp = zp is not None and not zp.any()
+
+    def run(x, scale, z=None):
+        dtype = fixed if fixed is not None else z.dtype
+        lo, hi = _QUANT_DTYPES[dtype]
+        with np.errstate(over="ignore"):                   # x / scale may overflow to inf
+            y = np.rint(x / _along(scale, x.ndim, axis))  # float32: one division, half to even
+        if z is not None and not skip_zp:
+            y = y + _along(z, x.ndim, axis)
+        return (np.clip(y, lo, hi).astype(dtype),)
+    return run
+
+
+@handles("DequantizeLinear")
+def _dequantize(node: Node) -> Handler:
+    axis = _quant_axis(node)
+    zp = node.consts[2] if node.has_input(2) else None
+    skip_zp = zp is not None and not zp.any()
+    out_attr = int(node.attr("output_dtype", 0))
+    out = helper.tensor_dtype_to_np_dtype(out_attr) if out_attr else None
+
+    def run(x, scale, z=None):
+        dx = x.astype(np.float32)
+        if z is not None and not skip_zp:
+            dx = dx - _along(z, x.ndim, axis)
+        y = dx * _along(scale, x.ndim, axis)
+        return (y.astype(out if out is not None else scale.dtype, copy=False),)
+    return run
+
+
+# --- shape ops ------------------------------------------------------------------------------------
+
+@handles("Identity")
+def _identity(node: Node) -> Handler:
+    return lambda x: (x,)
+
+
+@handles("Constant")
+def _constant(node: Node) -> Handler:
+    attrs = [a.name for a in node.proto.attribute]
+    if len(attrs) != 1 or attrs[0] not in ("value", "value_float", "value_floats", "value_int",
+                                            "value_ints"):
+        raise Unsupported(f"attribute {', '.join(attrs) or '(none)'}")
+    value = node.attr(attrs[0])
+    if attrs[0] in ("value_float", "value_floats"):
+        value = np.array(value, np.float32)
+    elif attrs[0] in ("value_int", "value_ints"):
+        value = np.array(value, np.int64)
+    return lambda: (value,)
+
+
+@handles("Cast")
+def _cast(node: Node) -> Handler:
+    dtype = helper.tensor_dtype_to_np_dtype(int(node.attr("to")))
+    if dtype not in _CAST_DTYPES:
+        raise Unsupported(f"to={dtype}")
+    return lambda x: (x.astype(dtype, copy=False),)
+
+
+@handles("Shape")
+def _shape(node: Node) -> Handler:
+    start, end = node.attr("start", 0), node.attr("end", None)
+    return lambda x: (np.array(x.shape[start:end], np.int64),)
+
+
+@handles("Reshape")
+def _reshape(node: Node) -> Handler:
+    allowzero = int(node.attr("allowzero", 0))
+
+    def run(data, shape):
+        dims = [int(d) for d in shape]
+        if not allowzero:
+            dims = [data.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+        return (data.reshape(dims),)
+    return run
+
+
+@handles("Transpose")
+def _transpose(node: Node) -> Handler:
+    perm = node.attr("perm", None)
+    return lambda x: (np.transpose(x, perm),)
+
+
+@handles("Squeeze")
+def _squeeze(node: Node) -> Handler:
+    def run(x, axes=None):
+        return (np.squeeze(x) if axes is None else np.squeeze(x, tuple(int(a) for a in axes)),)
+    return run
+
+
+@handles("Unsqueeze")
+def _unsqueeze(node: Node) -> Handler:
+    return lambda x, axes: (np.expand_dims(x, tuple(int(a) for a in axes)),)
+
+
+@handles("Flatten")
+def _flatten(node: Node) -> Handler:
+    axis = int(node.attr("axis", 1))
+
+    def run(x):
+        a = axis + x.ndim if axis < 0 else axis
+        if not 0 <= a <= x.ndim:
+            raise ValueError(f"Flatten: axis {axis} out of range for rank {x.ndim}")
+        return (x.reshape(int(np.prod(x.shape[:a])), int(np.prod(x.shape[a:]))),)
+    return run
+
+
+def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
+    """One axis of ONNX ``Slice``: negative values count from the end, then start is clamped to
+    [0, dim] (step > 0) or [0, dim - 1] (step < 0), end to [0, dim] or [-1, dim - 1]. (Python
+    slices differ for step < 0 and start < -dim: they give nothing, ONNX starts at 0.)"""
+    if step == 0:
+        raise ValueError("Slice: steps must not be 0")
+    start += dim if start < 0 else 0
+    end += dim if end < 0 else 0
+    if step > 0:
+        return slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    if dim == 0:
+        return slice(0, 0, step)
+    end = min(max(end, -1), dim - 1)
+    return slice(min(max(start, 0), dim - 1), None if end < 0 else end, step)
+
+
+@handles("Slice")
+def _slice(node: Node) -> Handler:
+    def run(data, starts, ends, axes=None, steps=None):
+        n = len(starts)
+        axes_ = range(n) if axes is None else [int(a) for a in axes]
+        steps_ = [1] * n if steps is None else [int(s) for s in steps]
+        index = [slice(None)] * data.ndim
+        for s, e, a, st in zip(starts, ends, axes_, steps_):
+            index[a] = _slice_bounds(int(s), int(e), st, data.shape[a])
+        return (data[tuple(index)],)
+    return run
+
+
+@handles("Gather")
+def _gather(node: Node) -> Handler:
+    axis = int(node.attr("axis", 0))
+
+    def run(data, indices):
+        a = axis + data.ndim if axis < 0 else axis
+        idx = indices.astype(np.int64)
+        idx = np.where(idx < 0, idx + data.shape[a], idx)
+        return (np.asarray(np.take(data, idx, axis=a)),)
+    return run
+
+
+@handles("Concat")
+def _concat(node: Node) -> Handler:
+    axis = int(node.attr("axis"))
+    return lambda *xs: (np.concatenate(xs, axis=axis),)
+
+
+@handles("Expand")
+def _expand(node: Node) -> Handler:
+    def run(x, shape):
+        return (np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))),)
+    return run
