@@ -33,6 +33,10 @@ import numpy as np
 
 PARTS = ("spec", "numba", "tvm", "schema", "counts")
 """The modules every op folder has."""
+PART_ENTRIES = {"spec": ("reference", "example"), "numba": ("kernel",),
+                "tvm": ("te_compute", "Converter"), "schema": ("schema", "node_kwargs"),
+                "counts": ("counts",)}
+"""The names each part defines (what the consumers call)."""
 OPTIONAL_PARTS = ("quantize",)
 """Modules an op folder may have."""
 
@@ -129,6 +133,20 @@ class Op:
     def has_part(self, part: str) -> bool:
         """Whether the folder has a module ``part`` (without importing it)."""
         return importlib.util.find_spec(f"{self.package}.{part}") is not None
+
+    def missing_parts(self) -> list[str]:
+        """What the folder lacks: ``"<part>"`` for an absent module of :data:`PARTS` or
+        ``extra_parts``, ``"<part>.<name>"`` for an entry of :data:`PART_ENTRIES` a part does not
+        define. Imports every part (numba and TVM included)."""
+        missing: list[str] = []
+        for part in (*PARTS, *self.extra_parts):
+            if not self.has_part(part):
+                missing.append(part)
+                continue
+            module = self.part(part)
+            missing += [f"{part}.{name}" for name in PART_ENTRIES.get(part, ())
+                        if not hasattr(module, name)]
+        return missing
 
     # --- the parts ------------------------------------------------------------------------
     @property

@@ -33,7 +33,7 @@ def _ilayernorm_nb(x2d, bias, has_bias, out2d):
 
 
 def numba_kernel(x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """numba twin of :func:`~edgert.ops.ilayernorm.spec.reference` (bit-identical; no run-time range check)."""
+    """numba twin of ``spec.reference`` (bit-identical; no run-time range check)."""
     x = np.asarray(x)
     check_inputs(x, bias)
     x2d = np.ascontiguousarray(x).reshape(-1, x.shape[-1])

@@ -15,8 +15,8 @@ from edgert.ops.relax_util import EdgertConverter
 def te_compute(x: Any, bias: Any | None = None) -> Any:
     """TVM TE compute: ``x`` int8/int16/int32 [..., N], optional int32 ``bias`` [N] -> int32.
 
-    Stages: row sum, floored mean, sum of squares, exact isqrt (:func:`~edgert.ops._intmath.tvm.te_isqrt`), reciprocal,
-    then the elementwise output.
+    Stages: row sum, floored mean, sum of squares, exact isqrt (``_intmath.tvm.te_isqrt``),
+    reciprocal, then the elementwise output.
     """
     shape = list(x.shape)
     rows, n = shape[:-1], shape[-1]

@@ -26,7 +26,7 @@ def _matmul_nb(a3, b3, out3):
 
 
 def numba_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """numba twin of :func:`~edgert.ops.intmatmul.spec.reference` (int32 accumulation; bit-identical under the bound)."""
+    """numba twin of ``spec.reference`` (int32 accumulation; bit-identical under the bound)."""
     a, b = np.asarray(a), np.asarray(b)
     check_operands(a, b)
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])

@@ -21,7 +21,7 @@ def _shiftgelu_nb(q1d, x0, n, out1d):
 
 
 def numba_kernel(q: np.ndarray, *, x0: int, n: int) -> np.ndarray:
-    """numba twin of :func:`~edgert.ops.shiftgelu.spec.reference` (bit-identical): int8/int16 in, int32 out, same shape."""
+    """numba twin of ``spec.reference`` (bit-identical): int8/int16 in, int32 out, same shape."""
     q = np.asarray(q)
     check_input(q, x0, n)
     q1d = np.ascontiguousarray(q).reshape(-1)

@@ -17,7 +17,7 @@ from edgert.ops.shiftgelu.spec import SIG_SHIFT, fits, lookup_table
 def te_compute(q: Any, table: Any = None, *, x0: int, n: int) -> Any:
     """TVM TE compute: ``q`` an int8/int16 tensor of any rank -> int32 tensor of the same shape.
 
-    With ``table`` (the int32 :func:`~edgert.ops.shiftgelu.spec.lookup_table` of ``q``'s dtype, a constant) the kernel is
+    With ``table`` (the int32 ``spec.lookup_table`` of ``q``'s dtype, a constant) the kernel is
     one load per element, ``table[q - min]``: the same values as the arithmetic (the table is
     the reference's output for every input), without its int64 division, which x86 cannot
     vectorize (measured on all-MiniLM-L6: 1.1 ms -> see benchmarks/bench_int.py per layer).

@@ -32,7 +32,7 @@ def te_compute(q: Any, exclude: Any | None = None, table: Any | None = None, *, 
                k: int = 16) -> Any:
     """TVM TE Shiftmax over the last axis of ``q`` (any rank >= 1).
 
-    With ``table`` (:func:`~edgert.ops.shiftmax.spec.exp_table` of ``q``'s dtype, a constant) each exponential is one
+    With ``table`` (``spec.exp_table`` of ``q``'s dtype, a constant) each exponential is one
     load instead of the int64 arithmetic of ``shift_exp`` (a division by ``x0`` that x86
     cannot vectorize); the values are the same. The table path then runs in 32-bit lanes,
     which x86 vectorizes (it has no 64-bit vector max or multiply): ``q - max_row(q)`` and
