@@ -113,7 +113,7 @@ def convs_as_matmuls(mod: Any) -> Any:
     matmul (see the module docstring); others are left alone."""
     import tvm
 
-    from edgert.compiler.schedule_intmatmul import rewrite_calls
+    from edgert.compiler.relax_rewrite import rewrite_calls
 
     conv_op = tvm.ir.Op.get("relax.nn.conv2d")
     return rewrite_calls(mod, lambda call: call.op.same_as(conv_op), _rewrite)

@@ -174,7 +174,7 @@ def _worth_parallel(sch: Any, loops: list) -> bool:
 
 
 def _num_cores(target: Any) -> int:
-    from edgert.compiler.schedule_intmatmul import num_cores
+    from edgert.compiler.relax_rewrite import num_cores
 
     return num_cores(target)
 
@@ -187,7 +187,7 @@ def vectorizable_erf(mod: Any) -> Any:
     import tvm
     from tvm import topi
 
-    from edgert.compiler.schedule_intmatmul import rewrite_calls
+    from edgert.compiler.relax_rewrite import rewrite_calls
 
     erf = tvm.ir.Op.get("relax.erf")
 
@@ -205,7 +205,7 @@ def vectorizable_softmax(mod: Any) -> Any:
     import tvm
     from tvm import topi
 
-    from edgert.compiler.schedule_intmatmul import rewrite_calls
+    from edgert.compiler.relax_rewrite import rewrite_calls
 
     softmax = tvm.ir.Op.get("relax.nn.softmax")
 

@@ -51,7 +51,7 @@ def _template(b_packed: bool, b_batched: bool, nr: int, a_aligned: bool) -> Any:
     from tvm import tirx
     from tvm.script import tirx as T
 
-    from edgert.compiler.schedule_intmatmul import pack_word
+    from edgert.compiler.matmul_pack import pack_word
 
     ROWS = TY * RM
     BSEL = 1 if b_batched else 0
