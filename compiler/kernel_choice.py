@@ -2,7 +2,7 @@
 
 Every ``edgert.LutMatMul`` node can run two ways on the same packed operands: by table lookup
 (T-MAC; ``dequant = 0``) or by dequantizing its weight and multiplying (``dequant = 1``; on x86
-AVX2 with float32 activations :mod:`edgert.compiler.schedule_lut_dequant`, elsewhere the generic
+AVX2 with float32 activations :mod:`edgert.ops.lut_matmul.tvm_dequant`, elsewhere the generic
 compute). ``--lut always`` keeps lookups, ``never`` dequantizes every node, and ``auto``
 (the default) times both kernels for each distinct node signature (layout, activation dtype,
 table bits, zero points, rows) on this machine at compile time and keeps the faster one:
@@ -24,8 +24,8 @@ table bits, zero points, rows) on this machine at compile time and keeps the fas
   with the error in the manifest, and is not cached.
 
 With float32 activations the two kernels do not give the same numbers: lookups round the
-tables to int8, dequantization is the exact dequantized matmul (``ops/lutmatmul.py``). With int8
-activations they agree bit for bit (exact int16 tables).
+tables to int8, dequantization is the exact dequantized matmul (``ops/lut_matmul/spec.py``).
+With int8 activations they agree bit for bit (exact int16 tables).
 
 The manifest's ``lowbit`` section records ``"lut": mode`` and per node ``"kernel"`` ("lut" or
 "dequant") and ``"kernel_choice"`` (how it was chosen, and the times).
@@ -252,7 +252,7 @@ def record(section: dict, mode: str, choices: dict[str, Choice]) -> None:
 def signature_model(sig: Signature, dequant: bool, seed: int = 0) -> onnx.ModelProto:
     """One LutMatMul node of signature ``sig`` on random operands (A [rows, K] is the input)."""
     from edgert.ops import DOMAIN, OPSET_VERSION
-    from edgert.ops.lutmatmul import LutLayout
+    from edgert.ops.lut_matmul import LutLayout
 
     attrs = dict(sig.attrs)
     layout = LutLayout.from_attrs(attrs)

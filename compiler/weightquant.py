@@ -3,7 +3,7 @@
 A float weight ``W`` [K, N] (ONNX MatMul layout, ``y = x @ W``) becomes b-bit codes
 ``u`` in [0, 2**b), one float32 scale per (group of ``group_size`` rows of K, column) and
 optionally one zero point per (group, column); the value of a code is (the convention of
-:mod:`edgert.ops.lutmatmul`, following ``shared/reference/tmac.md``)::
+:mod:`edgert.ops.lut_matmul`, following ``shared/reference/tmac.md``)::
 
     w = s * (u - z)     symmetric:  z = 2**(b-1) for b >= 2, z = 1/2 for b = 1 (w = +-s/2)
                         asymmetric: z = zero point, an integer code in [0, 2**b)
@@ -29,7 +29,7 @@ Group sizes are 32, 64 or 128, or K itself (one scale per column, what the integ
 of LutMatMul needs: its weight scales fold into the following Requant, which is possible
 only when a column's scales are equal across groups, see :func:`integer_output_scale`).
 
-Packing: :func:`pack_planes` writes the layout of :class:`~edgert.ops.lutmatmul.LutLayout`
+Packing: :func:`pack_planes` writes the layout of :class:`~edgert.ops.lut_matmul.LutLayout`
 (bit planes, nibbles of 4 weight bits per column, two columns a byte, tiles of ``tile_n``
 columns x ``tile_k`` rows); :func:`unpack_planes` inverts it.
 """
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgert.errors import ArtifactError, QuantizationError
-from edgert.ops.lutmatmul import G, MAX_TILE_K, LutLayout, codes, dequantize_codes, doubled_weight
+from edgert.ops.lut_matmul import G, MAX_TILE_K, LutLayout, codes, dequantize_codes, doubled_weight
 
 unpack_planes = codes
 """Codes uint8 [K, N] from packed planes (inverse of :func:`pack_planes`)."""

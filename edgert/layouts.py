@@ -1,7 +1,7 @@
 """Load-time checks of the packed weight layouts in an artifact (``edgert.LutMatMul``).
 
 The packed bytes of a low-bit weight mean something only under the layout they were packed
-with (bits, group size, K, N, tiles, g, layout version: :class:`edgert.ops.lutmatmul.LutLayout`),
+with (bits, group size, K, N, tiles, g, layout version: :class:`edgert.ops.lut_matmul.LutLayout`),
 and the kernels index them by the LutMatMul node's layout attributes. Every backend is created
 through :func:`edgert.backends.load_backend`, which calls :func:`check_lut_layouts` first: an
 artifact whose attributes are invalid for this build (e.g. another ``layout_version``), disagree
@@ -39,7 +39,7 @@ def check_lut_layouts(artifact: Artifact) -> int:
     from onnx import numpy_helper
 
     from edgert.ops import DOMAIN
-    from edgert.ops.lutmatmul import LutLayout
+    from edgert.ops.lut_matmul import LutLayout
 
     source = str(artifact.path)
     try:

@@ -17,7 +17,7 @@ from edgert.compiler import compile_model
 from edgert.compiler import kernel_choice as kc
 from edgert.compiler.pipeline import LIB_MEMBER
 from edgert.errors import InputError
-from edgert.ops.lutmatmul import LutLayout
+from edgert.ops.lut_matmul import LutLayout
 from edgert.targets import get_target, host_arch, host_cpu_features
 
 from conftest import lowbit_mlp, run_cli
@@ -57,7 +57,7 @@ def test_lut_never_runs_the_dequant_kernel(tmp_path):
     for shape in [(1, 1, 128), (1, 9, 128), (2, 4, 128)]:
         feed = {"x": np.random.default_rng(5).standard_normal(shape).astype(np.float32)}
         got, want = tvm_s.run(None, feed)[0], numba_s.run(None, feed)[0]
-        # numba sums in float64, the kernel in float32 (the bound is in ops/lutmatmul.py)
+        # numba sums in float64, the kernel in float32 (the bound is in ops/lut_matmul/spec.py)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
         # table lookup rounds its tables: a different (less exact) result
         assert np.abs(lut.run(None, feed)[0] - want).max() > 1e-3 * np.abs(want).max()

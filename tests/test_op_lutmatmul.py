@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgert.compiler import weightquant as wq
 from edgert.errors import ArtifactError
-from edgert.ops import DOMAIN, intmatmul, lutmatmul
-from edgert.ops.lutmatmul import LutLayout
+from edgert.ops import DOMAIN, intmatmul, lut_matmul
+from edgert.ops.lut_matmul import LutLayout
 
 from ophelpers import assert_bit_exact, integer_model, run_te
 
@@ -57,16 +57,16 @@ def _int8_acts(rng: np.random.Generator, shape: tuple) -> np.ndarray:
 def test_tables_mirror_and_match_one_bit_dot_products():
     rng = np.random.default_rng(0)
     x4 = rng.standard_normal((3, 5, 4)).astype(np.float32)
-    t = lutmatmul.tables(x4)
+    t = lut_matmul.tables(x4)
     np.testing.assert_array_equal(t[..., ::-1], -t)                  # T[15 - idx] = -T[idx]
     sigma = 2.0 * ((np.arange(16)[:, None] >> np.arange(4)) & 1) - 1  # [16, 4] of +-1
     np.testing.assert_allclose(t, x4.astype(np.float64) @ sigma.T, rtol=1e-6, atol=1e-6)
-    q, ts = lutmatmul.quantize_float_tables(x4, 5)
+    q, ts = lut_matmul.quantize_float_tables(x4, 5)
     np.testing.assert_array_equal(q[..., ::-1], -q)                  # rounding keeps the mirror
     assert np.abs(q).max() == 127 and ts.shape == (3, 1)
     assert (np.abs(q * ts[..., None] - t) <= ts[..., None] / 2 * (1 + 1e-5)).all()
     xi = rng.integers(-128, 128, (2, 7, 4)).astype(np.int32)
-    ti = lutmatmul.tables(xi)
+    ti = lut_matmul.tables(xi)
     np.testing.assert_array_equal(ti, xi @ sigma.T.astype(np.int32))
     assert np.abs(ti).max() <= 512
 
@@ -74,11 +74,11 @@ def test_tables_mirror_and_match_one_bit_dot_products():
 def test_integer_table_rounding_is_half_even():
     t = np.arange(-600, 601, dtype=np.int32)
     for sh in range(4):
-        got = lutmatmul.shift_round_half_even(t, np.full(t.shape, sh, np.int32))
+        got = lut_matmul.shift_round_half_even(t, np.full(t.shape, sh, np.int32))
         np.testing.assert_array_equal(got, np.rint(t / 2.0**sh).astype(np.int32))
     x4 = np.array([[[127, 0, 0, 0], [64, 64, 0, 0]], [[-128, -128, -128, -128], [1, 2, 3, 4]],
                    [[100, -100, 55, 0], [0, 0, 0, 0]]], np.int32)
-    np.testing.assert_array_equal(lutmatmul.int8_table_shift(x4, 2), [[1], [3], [2]])
+    np.testing.assert_array_equal(lut_matmul.int8_table_shift(x4, 2), [[1], [3], [2]])
 
 
 # ---------------------------------------------------------------- float32 activations
@@ -94,13 +94,13 @@ def test_float_error_against_exact_dequantized_matmul(bits):
             qw = _case(bits, group_size, zero_point=zero_point, seed=bits)
             x = rng.standard_normal((8, 256)).astype(np.float32)
             exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64)
-            y = lutmatmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
+            y = lut_matmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
             assert y.dtype == np.float32 and y.shape == (8, 48)
             worst = np.maximum(worst, _rel(y, exact))
             # Worst case of table rounding: |q - T/ts| <= 1/2 on every lookup, so per group
             # |err| <= s * ts / 2 * sum_i 2**i * (G/4) / 2 = s * ts * (2**b - 1) * G / 16.
             gf = group_size // 4
-            _, ts = lutmatmul.quantize_float_tables(x.reshape(8, -1, 4), gf)
+            _, ts = lut_matmul.quantize_float_tables(x.reshape(8, -1, 4), gf)
             bound = (ts[:, :, None] * np.abs(qw.scales)[None]).sum(1) * ((1 << bits) - 1) * (
                 group_size / 16)
             assert (np.abs(y - exact) <= bound * 1.001 + 1e-5).all()
@@ -124,13 +124,13 @@ def test_float_backends_agree(case):
     qw = _case(bits, gs, k=128, n=n, zero_point=zp, seed=5, tile_n=tile_n, tile_k=tile_k)
     x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
     x[..., :4] = 0.0                                     # an all-zero 4-group: ts may be 0
-    want = lutmatmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
+    want = lut_matmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
     assert want.shape == (*shape[:-1], n)
     tol = FLOAT_BACKEND_RTOL * np.abs(want).max()
-    got = lutmatmul.numba_kernel(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
+    got = lut_matmul.numba_kernel(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
     assert got.dtype == np.float32 and np.abs(got - want).max() <= tol
     tensors = {"scales": qw.scales} | ({"zero_points": qw.zero_points} if zp else {})
-    got = run_te(lutmatmul.te_compute, [x, qw.planes], tensors=tensors, layout=qw.layout)
+    got = run_te(lut_matmul.te_compute, [x, qw.planes], tensors=tensors, layout=qw.layout)
     assert got.dtype == np.float32 and np.abs(got - want).max() <= tol
 
 
@@ -138,24 +138,24 @@ def test_float_backends_agree(case):
 def test_dequant_float_backends_within_bound(case):
     """``dequant = 1``: the reference is x @ dequant(W) rounded once (equal to the float64
     product of :func:`wq.QuantizedWeight.dequantize`); numba and the TE compute are within
-    :func:`lutmatmul.dequant_error_bound`, and closer to it than the tables are."""
+    :func:`lut_matmul.dequant_error_bound`, and closer to it than the tables are."""
     bits, gs, zp, shape, n, tile_n, tile_k = CASES[case]
     qw = _case(bits, gs, k=128, n=n, zero_point=zp, seed=15, tile_n=tile_n, tile_k=tile_k)
     x = np.random.default_rng(16).standard_normal(shape).astype(np.float32)
-    want = lutmatmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout,
-                               dequant=True)
+    want = lut_matmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout,
+                                dequant=True)
     exact = x.astype(np.float64) @ qw.dequantize().astype(np.float64)
     np.testing.assert_array_equal(want, exact.astype(np.float32))
-    bound = lutmatmul.dequant_error_bound(x, qw.planes, qw.scales, qw.zero_points, qw.layout)
+    bound = lut_matmul.dequant_error_bound(x, qw.planes, qw.scales, qw.zero_points, qw.layout)
     assert bound.max() < 1e-3 * np.abs(exact).max()      # the bound is tight, not vacuous
-    got = lutmatmul.numba_kernel(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout,
-                                 dequant=True)
+    got = lut_matmul.numba_kernel(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout,
+                                  dequant=True)
     assert got.dtype == np.float32 and (np.abs(got - exact) <= bound).all()
     tensors = {"scales": qw.scales} | ({"zero_points": qw.zero_points} if zp else {})
-    got = run_te(lutmatmul.te_compute, [x, qw.planes], tensors=tensors, layout=qw.layout,
+    got = run_te(lut_matmul.te_compute, [x, qw.planes], tensors=tensors, layout=qw.layout,
                  dequant=True)
     assert got.dtype == np.float32 and (np.abs(got - exact) <= bound).all()
-    tables = lutmatmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
+    tables = lut_matmul.reference(x, qw.planes, qw.scales, qw.zero_points, layout=qw.layout)
     assert np.abs(tables - exact).max() > 10 * np.abs(got - exact).max()
 
 
@@ -174,14 +174,14 @@ def test_dequant_int_equals_exact_tables(case):
     bits, gs, zp, shape, n, tile_n, tile_k = INT_CASES[case]
     qw = _case(bits, gs, k=128, n=n, zero_point=zp, seed=19, tile_n=tile_n, tile_k=tile_k)
     x = np.random.default_rng(20).integers(-128, 128, shape).astype(np.int8)
-    want = lutmatmul.reference(x, qw.planes, None, qw.zero_points, layout=qw.layout,
-                               table_bits=16)
-    assert_bit_exact("reference", lutmatmul.reference(
+    want = lut_matmul.reference(x, qw.planes, None, qw.zero_points, layout=qw.layout,
+                                table_bits=16)
+    assert_bit_exact("reference", lut_matmul.reference(
         x, qw.planes, None, qw.zero_points, layout=qw.layout, dequant=True), want)
-    assert_bit_exact("numba", lutmatmul.numba_kernel(
+    assert_bit_exact("numba", lut_matmul.numba_kernel(
         x, qw.planes, None, qw.zero_points, layout=qw.layout, dequant=True), want)
     tensors = {"zero_points": qw.zero_points} if zp else None
-    assert_bit_exact("tvm", run_te(lutmatmul.te_compute, [x, qw.planes], tensors=tensors,
+    assert_bit_exact("tvm", run_te(lut_matmul.te_compute, [x, qw.planes], tensors=tensors,
                                    layout=qw.layout, dequant=True), want)
 
 
@@ -198,18 +198,18 @@ def test_int_backends_bit_exact(case, table_bits):
     x = rng.integers(-128, 128, shape).astype(np.int8)
     x.reshape(-1, 128)[0, :8] = -128                   # the extreme table entries (|T| = 512)
     x.reshape(-1, 128)[-1, 8:40] = rng.integers(-20, 20, 32)   # small tiles: shift 0 (exact)
-    want = lutmatmul.reference(x, qw.planes, None, qw.zero_points, layout=qw.layout,
-                               table_bits=table_bits)
+    want = lut_matmul.reference(x, qw.planes, None, qw.zero_points, layout=qw.layout,
+                                table_bits=table_bits)
     assert want.dtype == np.int32 and want.shape == (*shape[:-1], n)
     exact = intmatmul.reference(x, qw.signed_codes())    # x @ 2 (u - z)
     if table_bits == 16:
         assert_bit_exact("int16 tables vs IntMatMul", want, exact)
     else:
         assert not np.array_equal(want, exact)          # int8 tables do round
-    assert_bit_exact("numba", lutmatmul.numba_kernel(
+    assert_bit_exact("numba", lut_matmul.numba_kernel(
         x, qw.planes, None, qw.zero_points, layout=qw.layout, table_bits=table_bits), want)
     tensors = {"zero_points": qw.zero_points} if zp else None
-    got = run_te(lutmatmul.te_compute, [x, qw.planes], tensors=tensors, layout=qw.layout,
+    got = run_te(lut_matmul.te_compute, [x, qw.planes], tensors=tensors, layout=qw.layout,
                  table_bits=table_bits)
     assert_bit_exact("tvm", got, want)
 
@@ -223,10 +223,10 @@ def test_int8_table_error(bits):
     for tile_k in (16, 64):
         qw = _case(bits, 256, seed=bits, tile_k=tile_k)
         x = _int8_acts(rng, (16, 256))
-        exact = lutmatmul.reference(x, qw.planes, layout=qw.layout, table_bits=16)
-        y8 = lutmatmul.reference(x, qw.planes, layout=qw.layout, table_bits=8)
+        exact = lut_matmul.reference(x, qw.planes, layout=qw.layout, table_bits=16)
+        y8 = lut_matmul.reference(x, qw.planes, layout=qw.layout, table_bits=8)
         worst = np.maximum(worst, _rel(y8, exact.astype(np.float64)))
-        sh = lutmatmul.int8_table_shift(x.reshape(16, -1, 4).astype(np.int32), tile_k // 4)
+        sh = lut_matmul.int8_table_shift(x.reshape(16, -1, 4).astype(np.int32), tile_k // 4)
         per_tile = np.where(sh > 0, 2.0 ** (sh - 1), 0) * ((1 << bits) - 1) * tile_k / 4
         assert (np.abs(y8 - exact) <= per_tile.sum(axis=1)[:, None]).all()
     assert worst[0] <= INT8_TABLE_ERR[0] and worst[1] <= INT8_TABLE_ERR[1], worst
@@ -236,23 +236,23 @@ def test_ternary_integer_path_is_exact():
     w = np.random.default_rng(3).standard_normal((128, 24)).astype(np.float32)
     qw = wq.quantize_ternary(w, group_size=64)
     x = _int8_acts(np.random.default_rng(4), (8, 128))
-    acc = lutmatmul.reference(x, qw.planes, layout=qw.layout)
+    acc = lut_matmul.reference(x, qw.planes, layout=qw.layout)
     t = np.clip(np.rint(w / (np.abs(w).mean() + 1e-5)), -1, 1).astype(np.int64)
     np.testing.assert_array_equal(acc, x.astype(np.int64) @ (2 * t))
     scale = wq.integer_output_scale(qw, 1.0)                    # acc * s_x * gamma / 2
     np.testing.assert_allclose(acc * scale, x.astype(np.float64) @ qw.dequantize(), rtol=1e-6)
-    assert_bit_exact("numba", lutmatmul.numba_kernel(x, qw.planes, layout=qw.layout), acc)
+    assert_bit_exact("numba", lut_matmul.numba_kernel(x, qw.planes, layout=qw.layout), acc)
 
 
 def test_accumulator_bound_holds():
     lay = _case(4, 128, zero_point=True).layout
     for tb in (8, 16):
-        assert lutmatmul.accumulator_bound(lay, 128, tb) < 2**31
+        assert lut_matmul.accumulator_bound(lay, 128, tb) < 2**31
     qw = _case(4, 128, zero_point=True)
     col = int(np.argmax(np.abs(qw.signed_codes().astype(np.int64)).sum(0)))
     x = np.where(qw.signed_codes()[:, col] >= 0, 127, -128).astype(np.int8)[None]
-    acc = lutmatmul.reference(x, qw.planes, None, qw.zero_points, layout=qw.layout)
-    assert 0 < np.abs(acc).max() <= lutmatmul.accumulator_bound(lay, 128)
+    acc = lut_matmul.reference(x, qw.planes, None, qw.zero_points, layout=qw.layout)
+    assert 0 < np.abs(acc).max() <= lut_matmul.accumulator_bound(lay, 128)
 
 
 # ---------------------------------------------------------------- layout checks
@@ -261,7 +261,7 @@ def test_layout_mismatch_is_refused():
     qw = _case(3, 64, tile_n=32)
     x = np.zeros((2, 256), np.float32)
     other = LutLayout(bits=3, group_size=64, K=256, N=48, tile_n=16, tile_k=64)
-    for fn in (lutmatmul.reference, lutmatmul.numba_kernel):
+    for fn in (lut_matmul.reference, lut_matmul.numba_kernel):
         with pytest.raises(ArtifactError, match=r"packed weight is uint8\[2, 4, 3, 16, 16\].*"
                                                 r"needs uint8\[3, 4, 3, 16, 8\]"):
             fn(x, qw.planes, qw.scales, layout=other)
@@ -285,7 +285,7 @@ def test_layout_mismatch_is_refused():
         with pytest.raises(TypeError, match="float32 or int8"):
             fn(x.astype(np.float64), qw.planes, qw.scales, layout=qw.layout)
     with pytest.raises(ArtifactError, match="do not match the layout"):
-        run_te(lutmatmul.te_compute, [x, qw.planes], tensors={"scales": qw.scales},
+        run_te(lut_matmul.te_compute, [x, qw.planes], tensors={"scales": qw.scales},
                layout=other)
     with pytest.raises(ArtifactError, match="tile_n: stored 32, kernel 16"):
         qw.layout.require(other)

@@ -1,11 +1,11 @@
-"""The aarch64 NEON LutMatMul kernels (``compiler/schedule_lut_arm.py``).
+"""The aarch64 NEON LutMatMul kernels (``ops/lut_matmul/tvm_arm.py``).
 
 1. Compiled for rpi5 (Cortex-A76), the lookup kernels use ``tbl`` and no FMA (``fmla`` /
    ``fmadd``: the float epilogue is fenced), checked in the assembly; no qemu needed.
 2. Under qemu-aarch64 (:func:`edgert.targets.qemu.run_under_qemu`), rpi5 artifacts equal the
    host (x86) artifacts of the same model bit for bit: a graph of bare LutMatMul nodes over a
    grid of layouts (float32 and int8 activations, int16 and int8 tables, zero points, ragged
-   N, an odd 4-group count per K tile) also equal to ``lutmatmul.reference``; a fp32 MLP with
+   N, an odd 4-group count per K tile) also equal to ``lut_matmul.reference``; a fp32 MLP with
    ``weight_bits`` 2, 3 and ternary; the int-only tiny ViT with ``weight_bits`` 2, 3 and
    ternary. These skip like ``tests/test_qemu_rpi5.py`` when qemu or the cross compiler is
    missing (``EDGERT_REQUIRE_QEMU=1`` makes that a failure).
@@ -22,10 +22,10 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 import edgert
-from edgert.compiler import schedule_lut_arm as sa
+from edgert.ops.lut_matmul import tvm_arm as sa
 from edgert.compiler import weightquant as wq
 from edgert.demo import demo_calib_file, demo_files
-from edgert.ops import DOMAIN, lutmatmul
+from edgert.ops import DOMAIN, lut_matmul
 from edgert.targets import TARGETS
 from edgert.targets.qemu import run_under_qemu
 
@@ -98,7 +98,7 @@ def test_repack_weight_keeps_every_nibble():
         w2 = sa.repack_weight(qw.planes, layout)
         kt, tk4, _, nt = sa._geometry(layout)
         assert w2.shape == (nt, kt, tk4, layout.bits, 16)
-        nib = lutmatmul.plane_nibbles(qw.planes, layout)           # [b, K/4, N]
+        nib = lut_matmul.plane_nibbles(qw.planes, layout)           # [b, K/4, N]
         lo, hi = w2 & 15, w2 >> 4                                  # [nt, kt, tk4, b, 16]
         cols = np.concatenate([lo, hi], axis=-1)                   # column 32 nt + c
         got = cols.transpose(3, 1, 2, 0, 4).reshape(layout.bits, layout.K // 4, nt * 32)
@@ -140,9 +140,9 @@ def _lut_graph():
                                       domain=DOMAIN, **qw.layout.to_attrs(), table_bits=tb))
         outs.append(helper.make_tensor_value_info(f"y{j}", TP.FLOAT if fa else TP.INT32,
                                                   [5, case[3]]))
-        want.append(lutmatmul.reference(feed[a], qw.planes, qw.scales if fa else None,
-                                        qw.zero_points, layout=qw.layout,
-                                        table_bits=None if fa else tb))
+        want.append(lut_matmul.reference(feed[a], qw.planes, qw.scales if fa else None,
+                                         qw.zero_points, layout=qw.layout,
+                                         table_bits=None if fa else tb))
     return integer_model(nodes, list(ins.values()), outs, inits), feed, want
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from edgert.compiler import weightquant as wq
 from edgert.errors import ArtifactError, ModelError, QuantizationError
-from edgert.ops.lutmatmul import LAYOUT_VERSION, LutLayout
+from edgert.ops.lut_matmul import LAYOUT_VERSION, LutLayout
 
 # Relative L2 error ||dequant(W) - W|| / ||W|| of a standard-normal W [256, 48], measured
 # 0.59-0.60 / 0.37-0.38 / 0.18-0.20 / 0.087-0.10 (symmetric), 0.41-0.51 / 0.17-0.22 /

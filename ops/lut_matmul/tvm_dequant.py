@@ -2,7 +2,7 @@
 
 The alternative to table lookup that ``--lut never`` asks for and ``--lut auto`` times
 (:mod:`edgert.compiler.kernel_choice`). Float32 activations only; the integer variant's
-``dequant = 1`` keeps the generic TE compute (:func:`edgert.ops.lutmatmul.te_compute`).
+``dequant = 1`` keeps the generic TE compute (:func:`edgert.ops.lut_matmul.tvm.te_compute`).
 
 Weight (re-packed at compile time from the layout-v1 bit planes by :func:`repack_codes`):
 uint8 ``[NT, K / C, 32]``: per tile of 32 columns and block of ``C`` rows of K, byte ``j`` holds
@@ -18,18 +18,20 @@ one FMA ``u * s + Z`` (the dequantized weight), and per activation row one FMA i
 accumulator. Stores of a ragged last column tile are masked (``vmaskmov``).
 
 Numerics: a float32 sum in K order per column, the weight formed as ``fma(u, s, Z)``: within
-:func:`edgert.ops.lutmatmul.dequant_error_bound` of the reference (asserted in the tests).
+:func:`edgert.ops.lut_matmul.spec.dequant_error_bound` of the reference (asserted in the tests).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from edgert.compiler.schedule_lut_x86 import TN, repack_columns
-from edgert.ops.lutmatmul import LutLayout, codes, doubled_zero
+from edgert.ops.lut_matmul.layout import LutLayout
+from edgert.ops.lut_matmul.spec import codes, doubled_zero
+from edgert.ops.lut_matmul.tvm_pack_x86 import TN, repack_columns
 
 ROW_BLOCK = 3           # activation rows sharing one dequantized weight vector
 """3 rows x 4 column vectors = 12 ymm accumulators, + weight, scale, zero term: 16."""
@@ -86,7 +88,6 @@ def operands(planes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | N
     """The kernel's constant operands after ``A``: ``[W, S, Z]`` (module docstring)."""
     return [repack_codes(planes, layout), *repack_scales(scales, zero_points, layout)]
 
-
 @lru_cache(maxsize=None)
 def dequant_kernel(layout: LutLayout, cores: int, row_block: int = ROW_BLOCK,
                    name: str = "lut_dequant_x86") -> Any:
@@ -94,81 +95,97 @@ def dequant_kernel(layout: LutLayout, cores: int, row_block: int = ROW_BLOCK,
     OUT f32 [R, N])``, R symbolic."""
     from tvm.script import tirx as T
 
-    K, N, NT, NG, GS = layout.K, layout.N, layout.n_tiles, layout.n_groups, layout.group_size
     P = code_bits(layout.bits)
     C = 8 // P
-    KC, GC = K // C, GS // C
-    MASK = (1 << P) - 1
-    PAR = cores > 1
-    KB = chunk_rows(K, C)
+    p = SimpleNamespace(K=layout.K, N=layout.N, NT=layout.n_tiles, NG=layout.n_groups,
+                        GS=layout.group_size, P=P, C=C, KC=layout.K // C,
+                        GC=layout.group_size // C, MASK=(1 << P) - 1, PAR=cores > 1,
+                        KB=chunk_rows(layout.K, C), row_block=row_block)
+    blocks, single = _row_block(T, p, row_block), _row_block(T, p, 1)
+    chunked = _chunked(T, p, _chunk_block(T, p, row_block), _chunk_block(T, p, 1))
+    task = _task(T, p, chunked, blocks, single)
+    return _dequant_func(T, p, task).with_attr("global_symbol", name)
 
-    def make_block(rb: int):
-        @T.macro
-        def block(nt, r0, Af, Wf, Sf, Zf, Of):
-            acc = T.alloc_buffer((rb * TN,), "float32")
-            for i in T.unroll(rb * 4):
-                acc[T.Ramp(i * 8, 1, 8)] = T.Broadcast(T.float32(0), 8)
-            for g in range(NG):
-                for kc in range(GC):
-                    w0: T.let[T.int64] = (T.Cast("int64", nt) * KC + g * GC + kc) * TN
-                    for a in T.unroll(4):
-                        w32: T.let[T.int32x8] = T.Cast("int32x8", Wf[T.Ramp(w0 + a * 8, 1, 8)])
-                        s: T.let[T.float32x8] = Sf[T.Ramp((nt * NG + g) * TN + a * 8, 1, 8)]
-                        z: T.let[T.float32x8] = Zf[T.Ramp((nt * NG + g) * TN + a * 8, 1, 8)]
-                        for i in T.unroll(C):
-                            u: T.let[T.float32x8] = T.Cast("float32x8", T.bitwise_and(
-                                T.shift_right(w32, T.Broadcast(T.int32(P * i), 8)),
-                                T.Broadcast(T.int32(MASK), 8)))
-                            w: T.let[T.float32x8] = u * s + z
-                            k: T.let[T.int64] = T.Cast("int64", g * GS + kc * C + i)
-                            for rr in T.unroll(rb):
-                                acc[T.Ramp(rr * TN + a * 8, 1, 8)] = \
-                                    acc[T.Ramp(rr * TN + a * 8, 1, 8)] + T.Broadcast(
-                                        Af[(r0 + rr) * K + k], 8) * w
-            cols: T.let[T.int32] = N - nt * TN
-            for rr in T.unroll(rb):
-                if cols >= TN:
-                    for a in T.unroll(4):
-                        Of[T.Ramp((r0 + rr) * N + nt * TN + a * 8, 1, 8)] = \
-                            acc[T.Ramp(rr * TN + a * 8, 1, 8)]
-                else:
-                    for a in T.unroll(4):
-                        T.evaluate(T.masked_store(
-                            Of, acc[T.Ramp(rr * TN + a * 8, 1, 8)],
-                            T.Ramp((r0 + rr) * N + nt * TN + a * 8, 1, 8),
-                            T.Ramp(0, 1, 8) < T.Broadcast(T.Cast("int32", cols) - a * 8, 8)))
-        return block
 
-    blocks = make_block(row_block)
-    single = make_block(1)
+def _row_block(T: Any, p: SimpleNamespace, rb: int) -> Any:
+    """Macro ``block(nt, r0, Af, Wf, Sf, Zf, Of)``: ``rb`` activation rows x one column tile,
+    each weight vector dequantized as it is used (few rows)."""
+    K, N, NG, GS, P, C, KC, GC, MASK = p.K, p.N, p.NG, p.GS, p.P, p.C, p.KC, p.GC, p.MASK
 
-    def make_chunk_block(rb: int):
-        @T.macro
-        def chunk_block(nt, c, r0, Af, Wb, Of):
-            # rb rows x 32 columns += A[rows, chunk c] @ Wb (the chunk's dequantized weight)
-            acc = T.alloc_buffer((rb * TN,), "float32")
-            for rr in T.unroll(rb):
+    @T.macro
+    def block(nt, r0, Af, Wf, Sf, Zf, Of):
+        acc = T.alloc_buffer((rb * TN,), "float32")
+        for i in T.unroll(rb * 4):
+            acc[T.Ramp(i * 8, 1, 8)] = T.Broadcast(T.float32(0), 8)
+        for g in range(NG):
+            for kc in range(GC):
+                w0: T.let[T.int64] = (T.Cast("int64", nt) * KC + g * GC + kc) * TN
                 for a in T.unroll(4):
-                    o: T.let[T.int64] = (r0 + rr) * N + nt * TN + a * 8
-                    if c == 0:
-                        acc[T.Ramp(rr * TN + a * 8, 1, 8)] = T.Broadcast(T.float32(0), 8)
-                    else:
-                        acc[T.Ramp(rr * TN + a * 8, 1, 8)] = Of[T.Ramp(o, 1, 8)]
-            for k in range(KB):
-                for rr in T.unroll(rb):
-                    x: T.let[T.float32x8] = T.Broadcast(Af[(r0 + rr) * K + c * KB + k], 8)
-                    for a in T.unroll(4):
-                        acc[T.Ramp(rr * TN + a * 8, 1, 8)] = \
-                            acc[T.Ramp(rr * TN + a * 8, 1, 8)] \
-                            + x * Wb[T.Ramp(k * TN + a * 8, 1, 8)]
-            for rr in T.unroll(rb):
+                    w32: T.let[T.int32x8] = T.Cast("int32x8", Wf[T.Ramp(w0 + a * 8, 1, 8)])
+                    s: T.let[T.float32x8] = Sf[T.Ramp((nt * NG + g) * TN + a * 8, 1, 8)]
+                    z: T.let[T.float32x8] = Zf[T.Ramp((nt * NG + g) * TN + a * 8, 1, 8)]
+                    for i in T.unroll(C):
+                        u: T.let[T.float32x8] = T.Cast("float32x8", T.bitwise_and(
+                            T.shift_right(w32, T.Broadcast(T.int32(P * i), 8)),
+                            T.Broadcast(T.int32(MASK), 8)))
+                        w: T.let[T.float32x8] = u * s + z
+                        k: T.let[T.int64] = T.Cast("int64", g * GS + kc * C + i)
+                        for rr in T.unroll(rb):
+                            acc[T.Ramp(rr * TN + a * 8, 1, 8)] = \
+                                acc[T.Ramp(rr * TN + a * 8, 1, 8)] + T.Broadcast(
+                                    Af[(r0 + rr) * K + k], 8) * w
+        cols: T.let[T.int32] = N - nt * TN
+        for rr in T.unroll(rb):
+            if cols >= TN:
                 for a in T.unroll(4):
                     Of[T.Ramp((r0 + rr) * N + nt * TN + a * 8, 1, 8)] = \
                         acc[T.Ramp(rr * TN + a * 8, 1, 8)]
-        return chunk_block
+            else:
+                for a in T.unroll(4):
+                    T.evaluate(T.masked_store(
+                        Of, acc[T.Ramp(rr * TN + a * 8, 1, 8)],
+                        T.Ramp((r0 + rr) * N + nt * TN + a * 8, 1, 8),
+                        T.Ramp(0, 1, 8) < T.Broadcast(T.Cast("int32", cols) - a * 8, 8)))
+    return block
+    return block
 
-    chunk_blocks = make_chunk_block(row_block)
-    chunk_single = make_chunk_block(1)
+
+def _chunk_block(T: Any, p: SimpleNamespace, rb: int) -> Any:
+    """Macro ``chunk_block(nt, c, r0, Af, Wb, Of)``: ``rb`` rows x one column tile += the rows'
+    activations of K chunk ``c`` times its dequantized weight ``Wb``."""
+    K, N, KB = p.K, p.N, p.KB
+
+    @T.macro
+    def chunk_block(nt, c, r0, Af, Wb, Of):
+        # rb rows x 32 columns += A[rows, chunk c] @ Wb (the chunk's dequantized weight)
+        acc = T.alloc_buffer((rb * TN,), "float32")
+        for rr in T.unroll(rb):
+            for a in T.unroll(4):
+                o: T.let[T.int64] = (r0 + rr) * N + nt * TN + a * 8
+                if c == 0:
+                    acc[T.Ramp(rr * TN + a * 8, 1, 8)] = T.Broadcast(T.float32(0), 8)
+                else:
+                    acc[T.Ramp(rr * TN + a * 8, 1, 8)] = Of[T.Ramp(o, 1, 8)]
+        for k in range(KB):
+            for rr in T.unroll(rb):
+                x: T.let[T.float32x8] = T.Broadcast(Af[(r0 + rr) * K + c * KB + k], 8)
+                for a in T.unroll(4):
+                    acc[T.Ramp(rr * TN + a * 8, 1, 8)] = \
+                        acc[T.Ramp(rr * TN + a * 8, 1, 8)] \
+                        + x * Wb[T.Ramp(k * TN + a * 8, 1, 8)]
+        for rr in T.unroll(rb):
+            for a in T.unroll(4):
+                Of[T.Ramp((r0 + rr) * N + nt * TN + a * 8, 1, 8)] = \
+                    acc[T.Ramp(rr * TN + a * 8, 1, 8)]
+    return chunk_block
+    return chunk_block
+
+
+def _chunked(T: Any, p: SimpleNamespace, chunk_blocks: Any, chunk_single: Any) -> Any:
+    """Macro ``chunked(nt, R, Af, Wf, Sf, Zf, Of)``: a full column tile for many rows, each K
+    chunk's weight dequantized once into a buffer."""
+    K, NG, GS, P, C, KC, MASK, KB = p.K, p.NG, p.GS, p.P, p.C, p.KC, p.MASK, p.KB
+    row_block = p.row_block
 
     @T.macro
     def chunked(nt, R, Af, Wf, Sf, Zf, Of):
@@ -191,6 +208,12 @@ def dequant_kernel(layout: LutLayout, cores: int, row_block: int = ROW_BLOCK,
                 chunk_blocks(nt, c, rb * row_block, Af, Wb, Of)
             for r in range(R - R // row_block * row_block):
                 chunk_single(nt, c, R // row_block * row_block + r, Af, Wb, Of)
+    return chunked
+
+
+def _task(T: Any, p: SimpleNamespace, chunked: Any, blocks: Any, single: Any) -> Any:
+    """Macro ``task(nt, R, Af, Wf, Sf, Zf, Of)``: one column tile, every row."""
+    N, row_block = p.N, p.row_block
 
     @T.macro
     def task(nt, R, Af, Wf, Sf, Zf, Of):
@@ -201,6 +224,12 @@ def dequant_kernel(layout: LutLayout, cores: int, row_block: int = ROW_BLOCK,
                 blocks(nt, rb * row_block, Af, Wf, Sf, Zf, Of)
             for r in range(R - R // row_block * row_block):
                 single(nt, R // row_block * row_block + r, Af, Wf, Sf, Zf, Of)
+    return task
+
+
+def _dequant_func(T: Any, p: SimpleNamespace, task: Any) -> Any:
+    """The PrimFunc around ``task`` (parallel over column tiles when ``PAR``)."""
+    K, N, NT, NG, KC, PAR = p.K, p.N, p.NT, p.NG, p.KC, p.PAR
 
     @T.prim_func
     def kernel(a_h: T.handle, w_h: T.handle, s_h: T.handle, z_h: T.handle, out_h: T.handle):
@@ -222,5 +251,4 @@ def dequant_kernel(layout: LutLayout, cores: int, row_block: int = ROW_BLOCK,
         else:
             for nt in range(NT):
                 task(nt, R, Af, Wf, Sf, Zf, Of)
-
-    return kernel.with_attr("global_symbol", name)
+    return kernel

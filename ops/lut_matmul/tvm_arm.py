@@ -1,13 +1,13 @@
 """aarch64 NEON kernel for ``edgert.LutMatMul`` (T-MAC table lookup), wired into the CPU lowering.
 
-The aarch64 counterpart of :mod:`edgert.compiler.schedule_lut_x86` (same structure, same
+The aarch64 counterpart of :mod:`edgert.ops.lut_matmul.tvm_x86` (same structure, same
 Relax rewrite, same bit-exactness): on ``aarch64`` CPU targets, :func:`schedule_lut_matmuls`
 replaces each generic LutMatMul ``call_tir`` (PrimFunc marked ``edgert.op = "lutmatmul"``)
 whose packed weight (and scales / zero points) are constants by two TIR kernels:
 
-1. **Tables** (``lut_tables_arm_*``): the x86 table kernel
-   (:func:`edgert.compiler.schedule_lut_x86.table_kernel`) is generic TIR (scalars and
-   8-lane vectors, no intrinsics), so it is reused as is (imported, given an ``_arm`` name). Its table bytes
+1. **Tables** (``lut_tables_arm_*``): the table kernel
+   (:func:`edgert.ops.lut_matmul.tvm_tables.table_kernel`) is generic TIR (scalars and
+   8-lane vectors, no intrinsics), so it is reused as is (given an ``_arm`` name). Its table bytes
    ``[R, K/tile_k, TK2, NB, 32]`` hold the 16-byte table of 4-group ``fi`` of a K tile at byte
    ``(fi % 2) * 16`` of pair ``fi // 2``: exactly one NEON register per table, loaded with one
    ``ldr q``. (Float32 activations: int8 tables, table scale and float row sum per weight
@@ -37,7 +37,7 @@ tables of the integer variant) and added into 8 int32x4 accumulators.
 Float32 variant: at each weight-group end ``y += s[g, n] * ((ts * float(acc) + zc * r) *
 0.5)`` in float32 (the reference's expression and order; scales re-packed to ``[NT, NG, 32]``),
 every product through ``llvm.arithmetic.fence`` so LLVM emits no ``fmla`` (TVM lets it
-contract): bit-exact with :func:`edgert.ops.lutmatmul.reference`. Integer variant: ``acc +
+contract): bit-exact with :func:`edgert.ops.lut_matmul.spec.reference`. Integer variant: ``acc +
 sum_g zc[g, n] * rowsum[g]`` as int32, exact. The ragged last column tile is stored with a
 scalar loop (no masked stores on NEON).
 
@@ -52,8 +52,11 @@ from typing import Any
 
 import numpy as np
 
-from edgert.compiler import schedule_lut_x86 as x86
-from edgert.ops.lutmatmul import G, LutLayout, plane_nibbles, zero_constant
+from edgert.ops.lut_matmul import tvm_tables
+from edgert.ops.lut_matmul.layout import G, LutLayout
+from edgert.ops.lut_matmul.spec import plane_nibbles, zero_constant
+from edgert.ops.lut_matmul.tvm_lookup import lookup_prim_func
+from edgert.ops.lut_matmul.tvm_rewrite import LutKernels, rewrite_lut_matmuls
 
 TN = 32                 # columns per tile: two 16-lane lookups per (4-group, plane) word
 TBL = "llvm.aarch64.neon.tbl1"
@@ -110,11 +113,11 @@ class LutOperands:
 
 def table_kernel(layout: LutLayout, float_acts: bool, table_bits: int, cores: int,
                  name: str = "lut_tables_arm") -> Any:
-    """The tables PrimFunc: the x86 module's (portable scalar TIR), see its docstring."""
-    return x86.table_kernel(layout, float_acts, table_bits, cores, name)
+    """The tables PrimFunc: the portable one of :mod:`edgert.ops.lut_matmul.tvm_tables`."""
+    return tvm_tables.table_kernel(layout, float_acts, table_bits, cores, name)
 
 
-intermediate_shapes = x86.intermediate_shapes
+intermediate_shapes = tvm_tables.intermediate_shapes
 
 
 @lru_cache(maxsize=None)
@@ -191,7 +194,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     def fence(x):
         return T.call_llvm_pure_intrin("float32x4", FENCE, x)
 
-    return x86.lookup_prim_func(
+    return lookup_prim_func(
         float_acts=float_acts, has_zp=has_zp, lanes=4, w_shape=(NT, KT, TK4, B, 16),
         k_tile=k_tile, store=store, fence=fence, KT=KT, TK2=TK2, NB=NB, NT=NT, NG=NG, GK=GK,
         N=N, ZC0=ZC0, PAR=PAR).with_attr("global_symbol", name)
@@ -202,7 +205,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
 def schedule_lut_matmuls(mod: Any, tvm_target: Any) -> Any:
     """Replace the generic LutMatMul calls of a Relax module by the NEON kernels (the caller
     checks that the target is aarch64): the rewrite of
-    :func:`edgert.compiler.schedule_lut_x86.rewrite_lut_matmuls` with this module's kernels
+    :func:`edgert.ops.lut_matmul.tvm_rewrite.rewrite_lut_matmuls` with this module's kernels
     (any ``tile_n``: the re-pack makes its own 32-column tiles)."""
-    return x86.rewrite_lut_matmuls(mod, tvm_target, x86.LutKernels(
+    return rewrite_lut_matmuls(mod, tvm_target, LutKernels(
         "arm", table_kernel, lookup_kernel, LutOperands, lambda layout: True))

@@ -1,0 +1,153 @@
+"""The x86 LutMatMul kernels' compile-time operands: weight, scale and zero-term re-packs (numpy).
+
+Weight words (:func:`repack_weight`), uint8 ``[NT, K/tile_k, TK2, NV, 32]`` for ymm registers:
+lane ``l`` = 4-group ``2*fi2 + l`` of the K tile (``TK2 = ceil(tile_k / 8)`` pairs, an odd last
+4-group padded with zero nibbles); byte ``2j + e`` of a lane holds, for a *plane pair*
+``(2p, 2p+1)``, the nibble of plane ``2p + e`` of column ``16v + j`` (low nibble) and of column
+``16v + 8 + j`` (high nibble), ``v`` in {0, 1} (two words per pair); for the last plane of an
+odd bit count, the nibble of that plane of column ``8e + j`` (low) and ``16 + 8e + j`` (high)
+in one word (``NV = 2 * (bits // 2) + bits % 2`` words per 4-group pair).
+VNNI words (:func:`repack_weight_vnni`, 4-bit weights): a dword holds one column's four planes.
+Per-(group, column) values (scales, zero terms) become ``[NT, NG, 32]`` (:func:`repack_columns`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgert.ops.lut_matmul.layout import G, LutLayout
+from edgert.ops.lut_matmul.spec import plane_nibbles, zero_constant
+
+TN = 32                 # columns per tile (one tile: 4 int32 ymm accumulators)
+VNNI_MIN_ROWS = 8
+"""Activation rows from which a 4-bit LutMatMul gets the VNNI kernel. From DRAM at one row (LLM
+decode) the ``vpmaddubsw`` kernel was the faster one, though the VNNI one is faster from
+cache: 4096x4096, kernel alone, one / two threads, 301 vs 321 us / 237 vs 244 us; at 8 rows
+VNNI won, 1702 vs 1817 us / 904 vs 942 us; at 4 rows a tie."""
+
+
+def geometry(layout: LutLayout) -> tuple[int, int, int, int, int, int]:
+    """``(KT, TK4, TK2, NP, ODD, NV)``: K tiles, 4-groups per tile, 4-group pairs per tile,
+    plane pairs, an odd last plane (0/1), ymm words per 4-group pair."""
+    kt, tk4 = layout.K // layout.tile_k, layout.tile_k // G
+    tk2 = (tk4 + 1) // 2
+    np_, odd = layout.bits // 2, layout.bits % 2
+    return kt, tk4, tk2, np_, odd, 2 * np_ + odd
+
+
+def _paired_nibbles(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
+    """Every (plane, 4-group, column) nibble as uint8 ``[NT, KT, TK2, 2, B, 32]``: tile, K tile,
+    4-group pair, 4-group of the pair, plane, column of the tile (zero for the padded 4-group
+    of an odd count and the padded columns)."""
+    if layout.tile_n != TN:
+        raise ValueError(f"the x86 LutMatMul kernel needs tile_n = {TN}, got {layout.tile_n}")
+    kt, tk4, tk2, _, _, _ = geometry(layout)
+    nt, b = layout.n_tiles, layout.bits
+    nib = np.zeros((b, layout.K // G, nt * TN), np.uint8)
+    nib[:, :, :layout.N] = plane_nibbles(planes, layout)
+    pad = np.zeros((b, kt, 2 * tk2, nt, TN), np.uint8)
+    pad[:, :, :tk4] = nib.reshape(b, kt, tk4, nt, TN)
+    return pad.reshape(b, kt, tk2, 2, nt, TN).transpose(4, 1, 2, 3, 0, 5)
+
+
+def repack_weight(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
+    """The layout-v1 packed weight re-packed for the kernel: uint8 ``[NT, KT, TK2, NV, 32]``
+    (module docstring)."""
+    nib = _paired_nibbles(planes, layout)                           # [nt,kt,tk2,l,b,col]
+    kt, _, tk2, np_, odd, nv = geometry(layout)
+    nt, b = layout.n_tiles, layout.bits
+    out = np.zeros((nt, kt, tk2, nv, 2, 16), np.uint8)
+    j = np.arange(8)
+    for p in range(np_):
+        for v in range(2):
+            for e in range(2):
+                lo = nib[..., 2 * p + e, 16 * v + j]
+                hi = nib[..., 2 * p + e, 16 * v + 8 + j]
+                out[:, :, :, 2 * p + v][..., 2 * j + e] = lo | (hi << 4)
+    if odd:
+        for e in range(2):
+            lo = nib[..., b - 1, 8 * e + j]
+            hi = nib[..., b - 1, 16 + 8 * e + j]
+            out[:, :, :, nv - 1][..., 2 * j + e] = lo | (hi << 4)
+    return np.ascontiguousarray(out.reshape(nt, kt, tk2, nv, 32))
+
+
+def repack_weight_vnni(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
+    """A 4-bit layout-v1 packed weight re-packed for the VNNI kernel: uint8 ``[NT, KT, TK2, 4,
+    32]``; word ``2g + j`` of 4-group pair ``fi2`` holds 4-group ``2 fi2 + g``: in lane ``L``,
+    byte ``4d + e`` has plane ``e``'s nibble of column ``16j + 4L + d`` (low nibble) and of
+    column ``16j + 8 + 4L + d`` (high nibble), so that a dword is one column's four planes."""
+    if layout.bits != 4:
+        raise ValueError("the VNNI LutMatMul kernel needs 4-bit weights")
+    nib = _paired_nibbles(planes, layout).swapaxes(-1, -2)         # [nt,kt,tk2,g,col,e]
+    kt, _, tk2, _, _, _ = geometry(layout)
+    nt = layout.n_tiles
+    col = (16 * np.arange(2)[:, None, None] + 4 * np.arange(2)[None, :, None]
+           + np.arange(4)[None, None, :])                                  # [j, L, d]
+    out = nib[..., col, :] | (nib[..., col + 8, :] << 4)                   # [..,g,j,L,d,e]
+    return np.ascontiguousarray(out.reshape(nt, kt, tk2, 4, 32))
+
+
+def uses_vnni(layout: LutLayout, vnni: bool) -> bool:
+    """Whether the VNNI lookup kernel serves ``layout`` on a target with AVX-512 VNNI (4-bit
+    weights: a dword holds one column's four planes; fewer bits would waste lookups)."""
+    return vnni and layout.bits == 4 and layout.tile_n == TN
+
+
+def lookup_span(layout: LutLayout, float_acts: bool, vnni: bool) -> int:
+    """K tiles whose lookups the x86 kernel sums before widening them into int32: 1 for int8
+    activations (int16 tables, per-tile shifts); for float32 activations (int8 tables, |q| <=
+    127) the most K tiles of a weight group that keep every int16 sum in range: a lookup
+    merged over plane pair ``p`` adds at most ``127 * 3 * 4**p`` (the odd plane ``127 *
+    2**(b-1)``), ``ceil(tile_k / 8)`` of them per K tile and lane. The VNNI kernel adds into
+    int32 and spans the whole group. At group 128 every width spans both K tiles: half the
+    widening."""
+    gk = layout.group_size // layout.tile_k
+    if not float_acts:
+        return 1
+    if vnni:
+        return gk
+    _, _, tk2, np_, odd, _ = geometry(layout)
+    most = 127 * max(3 * 4 ** (np_ - 1) if np_ else 0, 2 ** (layout.bits - 1) if odd else 0)
+    return max(s for s in range(1, gk + 1) if gk % s == 0 and s * tk2 * most < 2**15)
+
+
+def repack_columns(values: np.ndarray, layout: LutLayout, dtype: str) -> np.ndarray:
+    """Per (group, column) values [NG, N] -> ``[NT, NG, 32]`` of ``dtype`` (zero padded)."""
+    nt, ng = layout.n_tiles, layout.n_groups
+    out = np.zeros((ng, nt * TN), dtype)
+    out[:, :layout.N] = values
+    return np.ascontiguousarray(out.reshape(ng, nt, TN).transpose(1, 0, 2))
+
+
+class LutOperands:
+    """Compile-time operands of one LutMatMul for the kernels (numpy)."""
+
+    def __init__(self, layout: LutLayout, planes: np.ndarray, scales: np.ndarray | None,
+                 zero_points: np.ndarray | None, float_acts: bool, vnni: bool = False) -> None:
+        self.layout = layout
+        self.w2 = (repack_weight_vnni if uses_vnni(layout, vnni) else repack_weight)(
+            planes, layout)
+        self.has_zp = zero_points is not None
+        zc = zero_constant(layout, zero_points)
+        if float_acts:
+            self.scales = repack_columns(scales, layout, "float32")
+            self.zc = repack_columns(zc.astype(np.float32), layout, "float32")
+        else:
+            self.scales = None
+            self.zc = repack_columns(zc, layout, "int32")
+
+
+def wants_vnni(layout: LutLayout, rows: Any) -> bool:
+    """Whether a call with ``rows`` activation rows (a PrimExpr) takes the VNNI kernel on a
+    VNNI target: 4-bit weights and a static row count of at least :data:`VNNI_MIN_ROWS`
+    (symbolic rows are an LLM's tokens: one at a time while it generates)."""
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+
+    rows = Analyzer().simplify(rows)
+    return (uses_vnni(layout, True) and isinstance(rows, tirx.IntImm)
+            and int(rows.value) >= VNNI_MIN_ROWS)
+
