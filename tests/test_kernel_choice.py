@@ -63,27 +63,57 @@ def test_lut_never_runs_the_dequant_kernel(tmp_path):
         assert np.abs(lut.run(None, feed)[0] - want).max() > 1e-3 * np.abs(want).max()
 
 
+def _fake_timings(monkeypatch, lut_s: float, dequant_s: float) -> list[set[str]]:
+    """Make :func:`edgert.timing.interleaved_latencies` report ``lut_s`` / ``dequant_s`` seconds
+    per call for the "lut" / "dequant" candidates (after calling each once, so both kernels
+    still build and run); returns the candidate names of each call, appended as they come."""
+    from edgert import timing
+
+    calls: list[set[str]] = []
+
+    def fake(fns, *, repeats=50, warmup=3):
+        calls.append(set(fns))
+        for fn in fns.values():
+            fn()
+        return {name: np.full(repeats, {"lut": lut_s, "dequant": dequant_s}[name])
+                for name in fns}
+
+    monkeypatch.setattr(timing, "interleaved_latencies", fake)
+    return calls
+
+
 @needs_avx2
-def test_lut_auto_times_both_kernels_and_caches_the_choice(tmp_path, monkeypatch):
+@pytest.mark.parametrize("faster", ["dequant", "lut"])
+def test_lut_auto_times_both_kernels_and_caches_the_choice(tmp_path, monkeypatch, faster):
+    """With timings injected so that ``faster`` is known to win: ``auto`` picks it for every
+    node, records both times, sets ``dequant`` in the node and caches the choice; a second
+    compile takes it from the cache without timing."""
     cache = tmp_path / "choice.json"
     monkeypatch.setenv(kc.CACHE_FILE_ENV, str(cache))
+    times = {"lut": 0.002, "dequant": 0.003} if faster == "lut" else \
+        {"lut": 0.003, "dequant": 0.002}
+    calls = _fake_timings(monkeypatch, times["lut"], times["dequant"])
     src = lowbit_mlp(tmp_path / "mlp16.onnx", rows=16)
     art = compile_model(src, tmp_path / "a.edgert", weight_bits=4, threads=2)   # auto
+    assert calls and all(c == {"lut", "dequant"} for c in calls)
     lowbit = read_artifact(art).manifest["lowbit"]
     assert lowbit["lut"] == "auto"
     attrs = _dequant_attrs(art)
+    assert len(lowbit["nodes"]) == 2
     for entry in lowbit["nodes"].values():
-        choice = entry["kernel_choice"]
-        assert choice["how"] == "timed" and choice["rows"] == 16
-        assert choice["lut_ms"] > 0 and choice["dequant_ms"] > 0
-        faster = "dequant" if choice["dequant_ms"] < choice["lut_ms"] else "lut"
         assert entry["kernel"] == faster
+        assert entry["kernel_choice"] == {"how": "timed", "rows": 16,
+                                          "lut_ms": 1e3 * times["lut"],
+                                          "dequant_ms": 1e3 * times["dequant"]}
         assert attrs[entry["lut_node"]] == (faster == "dequant")
-    assert len(json.loads(cache.read_text())) == 2          # two shapes, one entry each
+    cached = json.loads(cache.read_text())
+    assert len(cached) == 2                                   # two shapes, one entry each
+    assert {v["kernel"] for v in cached.values()} == {faster}
+    calls.clear()
     again = read_artifact(compile_model(src, tmp_path / "b.edgert", weight_bits=4, threads=2))
-    for name, entry in again.manifest["lowbit"]["nodes"].items():
-        assert entry["kernel_choice"]["how"] == "cached"
-        assert entry["kernel"] == lowbit["nodes"][name]["kernel"]
+    assert not calls                                          # nothing timed again
+    for entry in again.manifest["lowbit"]["nodes"].values():
+        assert entry["kernel_choice"]["how"] == "cached" and entry["kernel"] == faster
 
 
 def test_symbolic_rows_are_timed_at_one_row_and_other_targets_not_at_all(tmp_path,
