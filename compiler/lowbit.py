@@ -222,8 +222,6 @@ def plan_weights(model: onnx.ModelProto, config: LowbitConfig, *, source: str = 
         QuantizationError: a weight whose K (larger than the group size) is not a multiple of
             the group size.
     """
-    from edgert.compiler import weightquant as wq
-
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     shapes = _shapes(model)
@@ -273,25 +271,30 @@ def plan_weights(model: onnx.ModelProto, config: LowbitConfig, *, source: str = 
                 f"(--group-size K: one group over all of K)")
         key = (b, trans_b, alpha, group)
         if key not in cache:
-            w = numpy_helper.to_array(inits[b]).astype(np.float64)
-            w = (w.T if trans_b else w) * alpha
-            if not np.isfinite(w).all():
-                raise QuantizationError(f"{source}: node {label}: the weight has non-finite "
-                                        "values")
             try:
-                if config.scheme == "ternary":
-                    cache[key] = wq.quantize_ternary(w.astype(np.float32), group,
-                                                     tile_n=config.tile_n)
-                else:
-                    cache[key] = wq.quantize_weight(w.astype(np.float32), config.bits, group,
-                                                    zero_point=config.scheme != "symmetric",
-                                                    float_zero=config.scheme == "exact-min",
-                                                    tile_n=config.tile_n)
+                cache[key] = _quantize_weight(inits[b], trans_b, alpha, group, config)
             except QuantizationError as e:
                 raise QuantizationError(f"{source}: node {label}: {e}") from None
         plan.weights[node.output[0]] = LowbitWeight(label, node.output[0], b, cache[key],
                                                     trans_b, alpha)
     return plan
+
+
+def _quantize_weight(init: onnx.TensorProto, trans_b: bool, alpha: float, group: int,
+                     config: LowbitConfig) -> object:
+    """The :mod:`edgert.compiler.weightquant` codes of one float32 weight initializer (as
+    [K, N]: transposed with ``trans_b``, times ``alpha``). Raises QuantizationError."""
+    from edgert.compiler import weightquant as wq
+
+    w = numpy_helper.to_array(init).astype(np.float64)
+    w = (w.T if trans_b else w) * alpha
+    if not np.isfinite(w).all():
+        raise QuantizationError("the weight has non-finite values")
+    if config.scheme == "ternary":
+        return wq.quantize_ternary(w.astype(np.float32), group, tile_n=config.tile_n)
+    return wq.quantize_weight(w.astype(np.float32), config.bits, group,
+                              zero_point=config.scheme != "symmetric",
+                              float_zero=config.scheme == "exact-min", tile_n=config.tile_n)
 
 
 # ---------------------------------------------------------------- graph editing helpers
@@ -342,6 +345,29 @@ def _drop_unread(model: onnx.ModelProto, names: set[str]) -> None:
     inputs = [v for v in model.graph.input if v.name not in names or v.name in kept]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
+
+
+def _add_gemm_bias(node: onnx.NodeProto, bias: str, lut_out: str, g: onnx.GraphProto,
+                   names: _Names, nodes: list[onnx.NodeProto]) -> None:
+    """Append ``y = lut_out + beta * C`` for a Gemm's bias ``C`` (a constant C is scaled
+    now, another gets a Mul node)."""
+    y = node.output[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    beta = float(attrs.get("beta", 1.0))
+    c = bias
+    if beta != 1.0:
+        init = next((t for t in g.initializer if t.name == bias), None)
+        if init is not None:
+            c = names.fresh(f"{bias}_beta")
+            value = (numpy_helper.to_array(init).astype(np.float64) * beta)
+            g.initializer.append(numpy_helper.from_array(value.astype(np.float32), c))
+        else:
+            b_name, c = names.fresh(f"{y}_beta"), names.fresh(f"{bias}_times_beta")
+            g.initializer.append(numpy_helper.from_array(np.array(beta, np.float32), b_name))
+            nodes.append(helper.make_node("Mul", [bias, b_name], [c],
+                                          name=names.fresh(f"{y}_bias_scale")))
+    nodes.append(helper.make_node("Add", [lut_out, c], [y],
+                                  name=names.fresh(f"{node.name or y}_bias")))
 
 
 # ---------------------------------------------------------------- the float variant
@@ -405,23 +431,7 @@ def lowbit_model(model: onnx.ModelProto, bits: int | str, group_size: int | str 
             "LutMatMul", [node.input[0], p, s] + ([z] if z else []), [lut_out], name=lut_name,
             domain="edgert", **qw.layout.to_attrs(), table_bits=FLOAT_TABLE_BITS))
         if bias:
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            beta = float(attrs.get("beta", 1.0))
-            c = bias
-            if beta != 1.0:
-                init = next((t for t in g.initializer if t.name == bias), None)
-                if init is not None:
-                    c = names.fresh(f"{bias}_beta")
-                    value = (numpy_helper.to_array(init).astype(np.float64) * beta)
-                    g.initializer.append(numpy_helper.from_array(value.astype(np.float32), c))
-                else:
-                    b_name, c = names.fresh(f"{y}_beta"), names.fresh(f"{bias}_times_beta")
-                    g.initializer.append(numpy_helper.from_array(np.array(beta, np.float32),
-                                                                 b_name))
-                    nodes.append(helper.make_node("Mul", [bias, b_name], [c],
-                                                  name=names.fresh(f"{y}_bias_scale")))
-            nodes.append(helper.make_node("Add", [lut_out, c], [y],
-                                          name=names.fresh(f"{node.name or y}_bias")))
+            _add_gemm_bias(node, bias, lut_out, g, names, nodes)
         done[lw.label] = lut_name
     del g.node[:]
     g.node.extend(nodes)

@@ -4,8 +4,9 @@ TVM's Relax ONNX frontend (with the integer-graph converters of ``lower_int``), 
 op decomposition, then ``tvm.compile`` with the target's dict. CPU targets: the integer and
 float32 matmuls run on the kernels of :mod:`edgert.compiler.schedule_intmatmul` (x86 AVX2
 ``vpmaddwd`` and FMA, aarch64 ``sdot`` and NEON FMA), LutMatMul on those of
-``schedule_lut_x86``/``schedule_lut_arm``, and TVM's default CPU pipeline gets the elementwise
-and row-reduction schedules of :mod:`edgert.compiler.schedule_cpu` after operator fusion.
+``edgert.ops.lut_matmul.tvm_x86``/``tvm_arm``, and TVM's default CPU pipeline gets the
+elementwise and row-reduction schedules of :mod:`edgert.compiler.schedule_cpu` after operator
+fusion.
 CUDA targets: int8 matmuls run the ``__dp4a`` kernel of :mod:`edgert.compiler.schedule_cuda`,
 everything else dlight's default GPU schedules, which every GPU kernel needs to bind its loops
 to threads.
@@ -24,7 +25,7 @@ import onnx
 from edgert.compiler import schedule_cpu
 from edgert.errors import CompileError, TargetError, last_line
 from edgert.ops import register_schemas_for
-from edgert.targets import Target, host_arch
+from edgert.targets import Target, host_arch, isa
 
 
 @lru_cache(maxsize=1)
@@ -74,9 +75,9 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
         if target.cuda_arch:
             from edgert.compiler import schedule_intmatmul
 
-            isa = schedule_intmatmul.target_isa(target)      # dp4a int8 matmuls
-            if isa is not None:
-                mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=isa)
+            int_isa = schedule_intmatmul.target_isa(target)      # dp4a int8 matmuls
+            if int_isa is not None:
+                mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=int_isa)
             executable = tvm.compile(_schedule_for_gpu(mod, tvm_target), target=tvm_target)
         else:
             executable = tvm.compile(_schedule_for_cpu(mod, target, tvm_target),
@@ -128,28 +129,28 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     x86 and dotprod ``sdot`` on aarch64 (int8 operands), float32 matmuls with FMA on x86 AVX2
     and aarch64 NEON: see
     :mod:`edgert.compiler.schedule_intmatmul`; LutMatMul on x86 AVX2 and on aarch64 NEON: see
-    :mod:`edgert.compiler.schedule_lut_x86`, :mod:`edgert.compiler.schedule_lut_arm`;
+    :mod:`edgert.ops.lut_matmul.tvm_x86`, :mod:`edgert.ops.lut_matmul.tvm_arm`;
     convolutions first become im2col + matmul: :mod:`edgert.compiler.schedule_conv`);
     everything else stays on TVM's default pipeline."""
     from edgert.compiler import schedule_conv, schedule_intmatmul
 
     mod = schedule_conv.convs_as_matmuls(mod)
-    isa = schedule_intmatmul.target_isa(target)
-    if isa is not None:
-        mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=isa)
+    int_isa = schedule_intmatmul.target_isa(target)
+    if int_isa is not None:
+        mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=int_isa)
     float_isa = schedule_intmatmul.float_isa(target)
     if float_isa is not None:
         mod = schedule_intmatmul.schedule_float_matmuls(mod, tvm_target, float_isa)
     mod = schedule_cpu.vectorizable_softmax(schedule_cpu.vectorizable_erf(mod))
-    if schedule_intmatmul.target_has_avx2(target):
-        from edgert.compiler import schedule_lut_x86
+    lut = isa.lut_isa(target)
+    if lut in ("x86", "x86-vnni"):
+        from edgert.ops.lut_matmul import tvm_x86    # pshufb (and VNNI) LutMatMul kernels
 
-        mod = schedule_lut_x86.schedule_lut_matmuls(
-            mod, tvm_target, vnni="avx512_vnni" in target.cpu_features)
-    elif target.arch == "aarch64" and not target.cuda_arch:
-        from edgert.compiler import schedule_lut_arm    # NEON tbl LutMatMul kernels
+        mod = tvm_x86.schedule_lut_matmuls(mod, tvm_target, vnni=lut == "x86-vnni")
+    elif lut == "neon":
+        from edgert.ops.lut_matmul import tvm_arm    # NEON tbl LutMatMul kernels
 
-        mod = schedule_lut_arm.schedule_lut_matmuls(mod, tvm_target)
+        mod = tvm_arm.schedule_lut_matmuls(mod, tvm_target)
     return mod
 
 

@@ -203,7 +203,8 @@ def _block_macros(sh: _Shape, tile: Any, a_word: Any) -> tuple[Any, Any]:
 def _task_macro(sh: _Shape, block: Any, b_word: Any, b_word_ragged: Any, b_packed: bool) -> Any:
     from tvm.script import tirx as T
 
-    MP, NR, L, G, NV, WORD, BSEL, EXTRA = sh.MP, sh.NR, sh.L, sh.G, sh.NV, sh.WORD, sh.BSEL, sh.EXTRA
+    MP, NR, L, G, NV, WORD = sh.MP, sh.NR, sh.L, sh.G, sh.NV, sh.WORD
+    BSEL, EXTRA = sh.BSEL, sh.EXTRA
 
     @T.macro
     def task(t, ap32, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH):

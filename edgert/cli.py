@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import typer
@@ -51,6 +51,61 @@ def export(
     out.print(f"wrote {path}")
 
 
+IntOnlyOpt = Annotated[bool, typer.Option(
+    "--int-only", help="Rewrite the model into an integer-only graph (I-ViT ops, int8/int16 "
+    "activations); needs --calib.")]
+CalibOpt = Annotated[Optional[Path], typer.Option(
+    help="Calibration inputs for --int-only: an .npz with one array per input (samples on axis "
+    "0) or a directory of .npz/.npy files.")]
+CalibMethodOpt = Annotated[str, typer.Option(
+    help="How ranges are taken from the calibration data: minmax or percentile.")]
+ActBitsOpt = Annotated[str, typer.Option(
+    help="Activation dtypes: auto (int16 residual stream, LayerNorm and FFN inputs, int8 "
+    "elsewhere), linear8 (as auto, but every Linear input int8: int8 x int8 matmuls), 8 or 16.")]
+IoOpt = Annotated[Literal["float", "int8"], typer.Option(
+    "--io", help="Graph I/O with --int-only: float (float32 in and out, quantized and "
+    "dequantized inside the graph) or int8 = integer I/O (the integer tensors themselves: "
+    "int8/int16 inputs, int8/int16/int32 outputs; their dtypes and scales are in the "
+    "manifest and `edgert inspect`). Integer model inputs (token ids, masks) stay as they "
+    "are.")]
+AllowFloatOpt = Annotated[bool, typer.Option(
+    "--allow-float", help="With --int-only: keep nodes that have no integer form in float32 "
+    "(their inputs dequantized, their outputs requantized at calibrated scales) instead of "
+    "failing; `edgert inspect` lists them.")]
+WeightBitsOpt = Annotated[Optional[str], typer.Option(
+    "--weight-bits", metavar="[1|2|3|4|ternary]", help="Low-bit weights: every MatMul/Gemm "
+    "with a constant float weight (K x N >= 1024) becomes an edgert.LutMatMul on packed "
+    "1-4-bit or ternary weights, computed by table lookup (T-MAC). With --int-only: int8 "
+    "activations and the weight scale folded into the Requant. `edgert inspect` lists the "
+    "nodes and the bytes saved.")]
+GroupSizeOpt = Annotated[Optional[str], typer.Option(
+    "--group-size", metavar="[32|64|128|K]", help="With --weight-bits: rows of K sharing "
+    "one weight scale: 32, 64, 128 (default) or K (or 0: one group over all of K; the "
+    "default and only choice with --int-only, except for ternary). A weight whose K is "
+    "smaller than the group size gets one group.")]
+ZeroPointOpt = Annotated[bool, typer.Option(
+    "--weight-zero-point", help="With --weight-bits 1-4: asymmetric codes (min-max scale "
+    "and a zero point per group and column) instead of symmetric ones. Float activations "
+    "get a float zero point (the grid runs exactly from each group's min to its max: "
+    "weights from a GGUF Q4_1 file with --group-size 32 stay exactly as they were); "
+    "--int-only gets an integer one.")]
+KeepFloatOpt = Annotated[Optional[list[str]], typer.Option(
+    "--keep-float", metavar="PATTERN", help="With --weight-bits: MatMul/Gemm nodes whose "
+    "node name or weight name matches this glob keep float32 weights (repeatable), e.g. "
+    "an LLM's output head, where low-bit weights cost the most quality.")]
+LutOpt = Annotated[Optional[Literal["auto", "always", "never"]], typer.Option(
+    "--lut", help="With --weight-bits: how each low-bit matmul runs. auto (default): time "
+    "table lookup against dequantize-then-multiply for each shape on this machine and keep "
+    "the faster (cached in ~/.cache/edgert/kernel_choice.json; a target this machine "
+    "cannot run gets table lookup); always: table lookup; never: dequantize. `edgert "
+    "inspect` shows each node's kernel.")]
+TuningDbOpt = Annotated[str, typer.Option(
+    "--tuning-db", metavar="PATH|shipped|none", help="A tuning database written by "
+    "`edgert tune` (its default: ~/.cache/edgert/tuning): kernels it holds faster "
+    "schedules for, for this target and the same shapes, use them. shipped (default): "
+    "the records that come with edgert for the target, if any; none: no records.")]
+
+
 @app.command("compile")
 def compile_cmd(
     model: Annotated[Path, typer.Argument(help="The ONNX model to compile.")],
@@ -58,61 +113,18 @@ def compile_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact to write "
                                                    "(default: MODEL with suffix .edgert).")] = None,
     threads: ThreadsOpt = None,
-    int_only: Annotated[bool, typer.Option("--int-only", help="Rewrite the model into an "
-                                           "integer-only graph (I-ViT ops, int8/int16 "
-                                           "activations); needs --calib.")] = False,
-    calib: Annotated[Optional[Path], typer.Option(help="Calibration inputs for --int-only: an .npz "
-                                                  "with one array per input (samples on axis 0) "
-                                                  "or a directory of .npz/.npy files.")] = None,
-    calib_method: Annotated[str, typer.Option(help="How ranges are taken from the calibration "
-                                              "data: minmax or percentile.")] = "minmax",
-    act_bits: Annotated[str, typer.Option(help="Activation dtypes: auto (int16 residual stream, "
-                                          "LayerNorm and FFN inputs, int8 elsewhere), linear8 "
-                                          "(as auto, but every Linear input int8: int8 x int8 "
-                                          "matmuls), 8 or 16.")] = "auto",
-    io: Annotated[Literal["float", "int8"], typer.Option(
-        "--io", help="Graph I/O with --int-only: float (float32 in and out, quantized and "
-        "dequantized inside the graph) or int8 = integer I/O (the integer tensors themselves: "
-        "int8/int16 inputs, int8/int16/int32 outputs; their dtypes and scales are in the "
-        "manifest and `edgert inspect`). Integer model inputs (token ids, masks) stay as they "
-        "are.")] = "float",
-    allow_float: Annotated[bool, typer.Option(
-        "--allow-float", help="With --int-only: keep nodes that have no integer form in float32 "
-        "(their inputs dequantized, their outputs requantized at calibrated scales) instead of "
-        "failing; `edgert inspect` lists them.")] = False,
-    weight_bits: Annotated[Optional[str], typer.Option(
-        "--weight-bits", metavar="[1|2|3|4|ternary]", help="Low-bit weights: every MatMul/Gemm "
-        "with a constant float weight (K x N >= 1024) becomes an edgert.LutMatMul on packed "
-        "1-4-bit or ternary weights, computed by table lookup (T-MAC). With --int-only: int8 "
-        "activations and the weight scale folded into the Requant. `edgert inspect` lists the "
-        "nodes and the bytes saved.")] = None,
-    group_size: Annotated[Optional[str], typer.Option(
-        "--group-size", metavar="[32|64|128|K]", help="With --weight-bits: rows of K sharing "
-        "one weight scale: 32, 64, 128 (default) or K (or 0: one group over all of K; the "
-        "default and only choice with --int-only, except for ternary). A weight whose K is "
-        "smaller than the group size gets one group.")] = None,
-    weight_zero_point: Annotated[bool, typer.Option(
-        "--weight-zero-point", help="With --weight-bits 1-4: asymmetric codes (min-max scale "
-        "and a zero point per group and column) instead of symmetric ones. Float activations "
-        "get a float zero point (the grid runs exactly from each group's min to its max: "
-        "weights from a GGUF Q4_1 file with --group-size 32 stay exactly as they were); "
-        "--int-only gets an integer one.")] = False,
-    keep_float: Annotated[Optional[list[str]], typer.Option(
-        "--keep-float", metavar="PATTERN", help="With --weight-bits: MatMul/Gemm nodes whose "
-        "node name or weight name matches this glob keep float32 weights (repeatable), e.g. "
-        "an LLM's output head, where low-bit weights cost the most quality.")] = None,
-    lut: Annotated[Optional[Literal["auto", "always", "never"]], typer.Option(
-        "--lut", help="With --weight-bits: how each low-bit matmul runs. auto (default): time "
-        "table lookup against dequantize-then-multiply for each shape on this machine and keep "
-        "the faster (cached in ~/.cache/edgert/kernel_choice.json; a target this machine "
-        "cannot run gets table lookup); always: table lookup; never: dequantize. `edgert "
-        "inspect` shows each node's kernel.")] = None,
-    tuning_db: Annotated[str, typer.Option(
-        "--tuning-db", metavar="PATH|shipped|none", help="A tuning database written by "
-        "`edgert tune` (its default: ~/.cache/edgert/tuning): kernels it holds faster "
-        "schedules for, for this target and the same shapes, use them. shipped (default): "
-        "the records that come with edgert for the target, if any; none: no records.")
-    ] = "shipped",
+    int_only: IntOnlyOpt = False,
+    calib: CalibOpt = None,
+    calib_method: CalibMethodOpt = "minmax",
+    act_bits: ActBitsOpt = "auto",
+    io: IoOpt = "float",
+    allow_float: AllowFloatOpt = False,
+    weight_bits: WeightBitsOpt = None,
+    group_size: GroupSizeOpt = None,
+    weight_zero_point: ZeroPointOpt = False,
+    keep_float: KeepFloatOpt = None,
+    lut: LutOpt = None,
+    tuning_db: TuningDbOpt = "shipped",
 ) -> None:
     """Compile an ONNX model into a .edgert artifact for a target.
 
@@ -124,21 +136,22 @@ def compile_cmd(
     packaged into one file that `edgert run` and `edgert.Session` load. The file is written
     atomically.
     """
+    from edgert.compiler.options import CompileOptions
     from edgert.compiler.pipeline import compile_model
 
+    options = CompileOptions(
+        target=target, threads=threads, int_only=int_only, calib=calib,
+        calib_method=calib_method, act_bits=act_bits, io=io, allow_float=allow_float,
+        weight_bits=weight_bits, group_size=group_size, weight_zero_point=weight_zero_point,
+        keep_float=tuple(keep_float or ()), lut=lut, tuning_db=tuning_db)
     output = output or model.with_suffix(".edgert")
     with err.status("compiling") as status:
         def progress(done: int, total: int) -> None:
             filled = 20 * done // total
             status.update(f"calibrating [{'#' * filled}{'.' * (20 - filled)}] {done}/{total} batches")
 
-        path = compile_model(model, output, target=target, threads=threads,
-                             on_stage=lambda s: status.update(s), int_only=int_only, calib=calib,
-                             calib_method=calib_method, act_bits=act_bits, io=io,
-                             allow_float=allow_float, on_progress=progress,
-                             weight_bits=weight_bits, group_size=group_size,
-                             weight_zero_point=weight_zero_point, keep_float=keep_float or (),
-                             lut=lut, tuning_db=tuning_db)
+        path = compile_model(model, output, options, on_stage=lambda s: status.update(s),
+                             on_progress=progress)
     out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -201,7 +214,13 @@ def tune(
         progress.update(stage_task, description="done", total=1, completed=1)
     if as_json:
         out.print_json(json.dumps(report.to_json()))
-        return
+    else:
+        _print_tune_report(report, model, target, tuning_db, budget_minutes)
+
+
+def _print_tune_report(report: Any, model: Path, target: str, tuning_db: Optional[Path],
+                       budget_minutes: Optional[float]) -> None:
+    """The table of tuned kernels and where the records went."""
     table = Table("kernel", "shapes", "MFLOP", "calls", "trials", "default ms", "tuned ms",
                   "speedup", "status")
     for k in report.kernels:

@@ -224,8 +224,9 @@ def _torch() -> Any:
 
 
 @functools.cache
-def _llama_class() -> type:
-    """The decoder module class (defined on first use so torch stays optional)."""
+def _block_class() -> tuple[type, Callable]:
+    """The decoder block class and the RMS norm (defined on first use so torch stays
+    optional)."""
     torch = _torch()
     nn = torch.nn
 
@@ -273,6 +274,16 @@ def _llama_class() -> type:
             gate = h @ self.w_gate
             x = x + (gate * torch.sigmoid(gate) * (h @ self.w_up)) @ self.w_down
             return x, new
+
+    return Block, rms_norm
+
+
+@functools.cache
+def _llama_class() -> type:
+    """The decoder module class (defined on first use so torch stays optional)."""
+    torch = _torch()
+    nn = torch.nn
+    Block, rms_norm = _block_class()
 
     class Llama(nn.Module):
         """(input_ids, position_ids, attention_mask, past) -> (logits, present); see the

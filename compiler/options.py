@@ -1,0 +1,141 @@
+"""``CompileOptions``: everything ``edgert compile`` can be asked, in one frozen value.
+
+:func:`edgert.compiler.pipeline.compile_model` takes one (or the same fields as keywords).
+:meth:`CompileOptions.check` validates the combinations before any file is read, with the
+messages the CLI shows (``--io int8`` needs ``--int-only``, ``--lut`` needs ``--weight-bits``...).
+This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from edgert.errors import InputError
+
+IO_MODES = ("float", "int8")
+"""Graph I/O of an integer-only compile: float32 at the boundary, or the integer tensors."""
+LUT_MODES = ("auto", "always", "never")
+"""``--lut``: per LutMatMul node, time both kernels, always table lookup, never (dequantize)."""
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How to compile a model.
+
+    Attributes:
+        target: a target name from ``edgert targets`` (``host`` = this machine).
+        threads: worker threads the kernels are built for (default: all cores).
+        int_only: calibrate and rewrite the graph into the integer ONNX graph
+            (``docs/integer-onnx.md``) before lowering; needs ``calib``.
+        calib: calibration inputs (``.npz`` or a directory, see
+            :func:`edgert.compiler.calibrate.load_samples`).
+        calib_method: ``minmax`` or ``percentile``.
+        act_bits: activation dtype policy, ``auto``, ``linear8``, ``8`` or ``16`` (see
+            :mod:`edgert.compiler.quantize`).
+        io: with ``int_only``: ``"float"`` (float32 graph inputs/outputs, quantized and
+            dequantized inside the graph) or ``"int8"`` (integer I/O: the graph's float inputs
+            and outputs become the integer tensors themselves, int8/int16 in and
+            int8/int16/int32 out; their dtypes and scales go to the manifest's
+            ``quantization.io``, see :class:`edgert.compiler.quantize.QuantizeReport`).
+        allow_float: with ``int_only``: keep nodes that have no integer form in float32
+            (dequantized before, requantized after) instead of failing; the manifest's
+            ``quantization.float_nodes`` names them.
+        weight_bits: 1, 2, 3, 4 or "ternary": MatMul/Gemm nodes with constant float weights
+            become ``edgert.LutMatMul`` (table lookup on packed low-bit weights, see
+            :mod:`edgert.compiler.lowbit`); with ``int_only`` the integer variant (int8
+            activations, the weight scale folded into the Requant). The manifest's ``lowbit``
+            section lists the nodes, their layouts and the bytes saved.
+        group_size: rows of K per weight scale: 32, 64, 128 or "K"/0 (one group over K).
+            Default 128, and K with ``int_only`` (the only choice there, except for ternary).
+        weight_zero_point: asymmetric low-bit codes (a zero point per group and column).
+        lowbit_min_elements: weights with fewer elements (K * N) stay as they are (default
+            :data:`edgert.compiler.lowbit.MIN_ELEMENTS`).
+        keep_float: glob patterns (fnmatch) of MatMul/Gemm node names or weight names that
+            keep their float weights under ``weight_bits``.
+        lut: with ``weight_bits``: ``"auto"`` (default: per node, the faster of table lookup
+            and dequantize-then-multiply, timed here), ``"always"`` (table lookup) or
+            ``"never"`` (dequantize); see :mod:`edgert.compiler.kernel_choice`.
+        tuning_db: a tuning database folder written by ``edgert tune``
+            (:mod:`edgert.compiler.tune`): kernels it has faster schedules for (for this
+            target, same shapes) use them; the manifest's ``tuning`` section lists them.
+            ``"shipped"`` (``None``, the default): the records shipped with edgert for the
+            target, if any; ``"none"``: no records. The tuning cache is never read on its own.
+    """
+
+    target: str = "host"
+    threads: int | None = None
+    int_only: bool = False
+    calib: str | os.PathLike | None = None
+    calib_method: str = "minmax"
+    act_bits: str = "auto"
+    io: str = "float"
+    allow_float: bool = False
+    weight_bits: int | str | None = None
+    group_size: int | str | None = None
+    weight_zero_point: bool = False
+    lowbit_min_elements: int | None = None
+    keep_float: tuple[str, ...] = ()
+    lut: str | None = None
+    tuning_db: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_float", tuple(self.keep_float or ()))
+
+    @classmethod
+    def of(cls, options: CompileOptions | None = None, **changes: Any) -> CompileOptions:
+        """``options`` (default: all defaults) with ``changes`` applied; an unknown field is a
+        ``TypeError`` naming it, as for a function's keyword."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown compile option(s): {', '.join(unknown)}")
+        base = options if options is not None else cls()
+        return base if not changes else cls(**{**{n: getattr(base, n) for n in known}, **changes})
+
+    @property
+    def lowbit(self) -> bool:
+        """Low-bit weights asked for (``--weight-bits``)."""
+        return self.weight_bits is not None
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for combinations that do not apply (checked before any
+        file is read; the low-bit values themselves by :meth:`lowbit_config`)."""
+        if self.io not in IO_MODES:
+            raise InputError(f"io must be one of {', '.join(IO_MODES)}, got {self.io!r}")
+        if not self.int_only and (self.io != "float" or self.allow_float):
+            raise InputError("--io int8 and --allow-float apply to integer-only compilation: "
+                             "add --int-only --calib DATA")
+        lowbit_flags = (self.group_size is not None or self.weight_zero_point
+                        or self.keep_float or self.lut is not None)
+        if not self.lowbit and lowbit_flags:
+            raise InputError("--group-size, --weight-zero-point, --keep-float and --lut apply "
+                             "to low-bit weights: add --weight-bits {1,2,3,4,ternary}")
+
+    def lowbit_config(self) -> Any:
+        """The :class:`edgert.compiler.lowbit.LowbitConfig` of ``--weight-bits`` and its
+        flags (None without low-bit weights), after checking them and ``--lut``; raises
+        InputError."""
+        if not self.lowbit:
+            return None
+        from edgert.compiler.lowbit import MIN_ELEMENTS, make_config
+
+        config = make_config(self.weight_bits, self.group_size, zero_point=self.weight_zero_point,
+                             integer=self.int_only,
+                             min_elements=MIN_ELEMENTS if self.lowbit_min_elements is None
+                             else self.lowbit_min_elements, keep=self.keep_float)
+        check_lut_mode(self.lut_mode)
+        return config
+
+    @property
+    def lut_mode(self) -> str:
+        """``--lut`` with its default (``auto``)."""
+        return "auto" if self.lut is None else self.lut
+
+
+def check_lut_mode(mode: str) -> str:
+    """Validate ``--lut``; raises InputError."""
+    if mode not in LUT_MODES:
+        raise InputError(f"--lut must be one of {', '.join(LUT_MODES)}, got {mode!r}")
+    return mode

@@ -1,0 +1,182 @@
+"""Rules for elementwise arithmetic: the residual Add (a scores bias mask * C becomes Shiftmax's
+``exclude``), Mul/Div by a constant, Relu, and integer-valued tensors (attention masks, counts):
+Cast, Sub, Mul/Div by a mask, ReduceSum, Clip stay integer with proven intervals."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from edgert.compiler.quantize.core import (ADD_EXTRA_BITS, DEFAULT_ROW_LEN, ELEM, INT32_MAX,
+                                           MASK_BIAS, QMAX, QTensor, Quantizer)
+
+
+def add(q: Quantizer, node: onnx.NodeProto) -> None:
+    out = node.output[0]
+    biases = [n for n in node.input if n in q.mask_bias]
+    if biases:
+        users = q.consumers.get(out, [])
+        if len(biases) != 1 or out in q.outputs or any(u.op_type != "Softmax" for u in users):
+            raise q.fail("an attention-mask bias (mask * C, C <= -1e4) must be added to "
+                         "scores that only feed a Softmax")
+        scores = next(n for n in node.input if n not in q.mask_bias)
+        q.masked[out] = (scores, q.mask_bias[biases[0]].name)
+        return
+    dtype = q.wide()
+    s_out = max(q.amax(out), 1e-12) / QMAX[dtype] / 2**ADD_EXTRA_BITS
+    lim = (1 << 30) - 1
+    parts, bound = [], 0
+    for name in node.input:
+        if name in q.inits:
+            v = np.clip(np.rint(np.asarray(q.inits[name], np.float64) / s_out), -lim, lim)
+            parts.append(q.const(v.astype(np.int32), f"{out}_addend"))
+            bound += int(np.abs(v).max()) if v.size else 0
+            continue
+        src = q.q.get(name) or q.need(name, dtype)
+        t = q.requant_to_int32(src, s_out, lim)
+        parts.append(t.name)
+        bound += t.bound
+    if bound > INT32_MAX:
+        raise q.fail(f"residual sum bound {bound} exceeds int32")
+    acc = q.emit("Add", parts, out, TensorProto.INT32)
+    q.q[out] = QTensor(acc, "int32", np.asarray(s_out), bound=bound)
+
+
+def scale_by_const(q: Quantizer, node: onnx.NodeProto) -> None:
+    x, c = node.input
+    if c not in q.inits and node.op_type == "Mul" and x in q.inits:
+        x, c = c, x
+    if c not in q.inits and x not in q.inits:
+        int_product(q, node)
+        return
+    if c not in q.inits or q.inits[c].size != 1 or x in q.inits:
+        raise q.fail(f"{node.op_type} of two activations has no integer form here")
+    value = float(np.asarray(q.inits[c]).reshape(()))
+    if value == 0.0 or not math.isfinite(value):
+        raise q.fail(f"{node.op_type} by {value}")
+    src = q.q.get(x) or q.need(x, q.downstream_dtype(x))
+    factor = value if node.op_type == "Mul" else 1.0 / value
+    out = replace(src, scale=src.scale * factor)
+    q.q[node.output[0]] = out
+    if q.exact(x) is not None and src.interval[0] >= 0 and float(out.scale) <= -MASK_BIAS:
+        q.mask_bias[node.output[0]] = src
+
+
+def cast(q: Quantizer, node: onnx.NodeProto) -> None:
+    src, out = node.input[0], node.output[0]
+    if q.is_float(src):
+        raise q.fail("Cast of a float tensor has no integer form")
+    if q.types.get(src) == TensorProto.BOOL:
+        a, name, interval = 1, src, (0, 1)
+    else:
+        a = max(1, math.ceil(q.amax(out)))
+        dtype = helper.tensor_dtype_to_np_dtype(q.types[src])
+        name = q.emit("Clip", [src, q.const(np.array(-a, dtype), f"{out}_lo"),
+                               q.const(np.array(a, dtype), f"{out}_hi")], out, q.types[src])
+        interval = (-a, a)
+    c = q.emit("Cast", [name], out, TensorProto.INT32, to=TensorProto.INT32)
+    q.q[out] = QTensor(c, "int32", np.asarray(1.0), bound=a, interval=interval)
+
+
+def sub(q: Quantizer, node: onnx.NodeProto) -> None:
+    ends = []
+    for name in node.input:
+        if name in q.inits:
+            v = q.int_const(name)
+            ends.append((q.const(np.array(v, np.int32), f"{node.output[0]}_c"), (v, v)))
+        elif (t := q.exact(name)) is not None:
+            ends.append((t.name, t.interval))
+        else:
+            raise q.fail("Sub of float activations has no integer form here (only of "
+                         "integer-valued tensors such as masks)")
+    (a, (alo, ahi)), (b, (blo, bhi)) = ends
+    lo, hi = alo - bhi, ahi - blo
+    out = q.emit("Sub", [a, b], node.output[0], TensorProto.INT32)
+    q.q[node.output[0]] = QTensor(out, "int32", np.asarray(1.0), bound=max(-lo, hi),
+                                  interval=(lo, hi))
+
+
+def int_product(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``x * mask`` or ``x / count`` with an integer-valued mask or count (pooling)."""
+    a, b = node.input
+    if node.op_type == "Mul" and q.exact(a) is not None:
+        a, b = b, a
+    e = q.exact(b)
+    if e is None:
+        raise q.fail(f"{node.op_type} of two activations has no integer form here (one "
+                     "operand must be an integer-valued tensor such as a mask)")
+    x = q.as_int32(a)
+    lo, hi = e.interval
+    if node.op_type == "Mul":
+        bound = x.bound * max(-lo, hi)
+        if bound > INT32_MAX:
+            raise q.fail(f"int32 product bound {bound} exceeded")
+        interval = None
+        if x.interval is not None:
+            corners = [i * j for i in x.interval for j in e.interval]
+            interval = (min(corners), max(corners))
+    else:
+        if lo < 1:
+            raise q.fail("integer division by a tensor that may be 0 (clip it to >= 1)")
+        bound, interval = x.bound, None
+    out = q.emit(node.op_type, [x.name, e.name], node.output[0], TensorProto.INT32)
+    q.q[node.output[0]] = QTensor(out, "int32", x.scale, bound=bound, interval=interval)
+
+
+def reduce_sum(q: Quantizer, node: onnx.NodeProto) -> None:
+    x, out = node.input[0], node.output[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    rank = len(q.shapes.get(x) or [])
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in q.inits:
+            raise q.fail("ReduceSum needs constant axes")
+        axes = [int(v) for v in np.asarray(q.inits[node.input[1]]).reshape(-1)]
+    else:
+        axes = list(attrs.get("axes", [] if attrs.get("noop_with_empty_axes") else range(rank)))
+    count = 1
+    for ax in axes:
+        count *= q.static_dim(x, ax) or DEFAULT_ROW_LEN
+    t = q.as_int32(x)
+    bound = t.bound * count
+    if bound > INT32_MAX:
+        raise q.fail(f"ReduceSum bound {bound} exceeds int32")
+    new = q.emit("ReduceSum", [t.name, *node.input[1:]], out, TensorProto.INT32,
+                 **{k: v for k, v in attrs.items() if k in ("keepdims", "noop_with_empty_axes")})
+    interval = None if t.interval is None else (min(0, t.interval[0] * count),
+                                                max(0, t.interval[1] * count))
+    q.q[out] = QTensor(new, "int32", t.scale, bound=bound, interval=interval)
+
+
+def clip(q: Quantizer, node: onnx.NodeProto) -> None:
+    x, out = node.input[0], node.output[0]
+    t = q.q.get(x) or q.need(x, q.downstream_dtype(x))
+    if not t.per_tensor or float(t.scale) <= 0:
+        raise q.fail("Clip needs a per-tensor positive scale")
+    top = QMAX.get(t.dtype, INT32_MAX)
+    limits = [-top - 1, top]
+    for i, pick in ((1, math.ceil), (2, math.floor)):
+        if len(node.input) > i and node.input[i]:
+            if node.input[i] not in q.inits:
+                raise q.fail("Clip needs constant bounds")
+            v = pick(float(np.asarray(q.inits[node.input[i]]).reshape(())) / float(t.scale))
+            limits[i - 1] = min(max(v, -top - 1), top)
+    lo, hi = limits
+    np_dtype = np.dtype(t.dtype)
+    new = q.emit("Clip", [t.name, q.const(np.array(lo, np_dtype), f"{out}_lo"),
+                          q.const(np.array(hi, np_dtype), f"{out}_hi")], out, ELEM[t.dtype])
+    interval = None
+    if t.interval is not None:
+        interval = (min(max(t.interval[0], lo), hi), max(min(t.interval[1], hi), lo))
+    q.q[out] = QTensor(new, t.dtype, t.scale, bound=min(t.bound, max(-lo, hi)),
+                       interval=interval)
+
+
+def relu(q: Quantizer, node: onnx.NodeProto) -> None:
+    out = node.output[0]
+    dtype = q.downstream_dtype(out)
+    t = q.need(node.input[0], dtype, scale=max(q.amax(out), 1e-12) / QMAX[dtype], lo=0)
+    q.q[out] = t

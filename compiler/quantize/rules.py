@@ -1,0 +1,27 @@
+"""Which rule rewrites which ONNX op type: one table, built from the rule modules here and
+from the op folders' ``quantize.py`` (found through :mod:`edgert.ops.registry`: Softmax ->
+Shiftmax, Gelu -> ShiftGELU, LayerNormalization -> ILayerNorm)."""
+
+from __future__ import annotations
+
+from edgert.compiler.quantize import arith, linear, shapes
+from edgert.compiler.quantize.core import SHAPE_OPS, Rule
+from edgert.ops import registry
+
+
+def table() -> dict[str, Rule]:
+    """ONNX op type -> the rule that writes its integer form (ops without one have no
+    integer form: an error, or float32 with ``allow_float``)."""
+    out: dict[str, Rule] = {
+        "MatMul": linear.matmul, "Gemm": linear.gemm, "Conv": linear.conv,
+        "Add": arith.add, "Mul": arith.scale_by_const, "Div": arith.scale_by_const,
+        "Relu": arith.relu, "Cast": arith.cast, "Sub": arith.sub,
+        "ReduceSum": arith.reduce_sum, "Clip": arith.clip,
+        "Shape": shapes.shape,
+    }
+    out.update({op: shapes.shape_op for op in SHAPE_OPS})
+    for op in registry.all():
+        rules = op.quantize
+        for onnx_op in getattr(rules, "ONNX_OPS", ()):
+            out[onnx_op] = rules.rule
+    return out
