@@ -11,13 +11,13 @@ symbolic, so one build serves every ``--m``) is run by:
 
 - ``lut``: ``compile_model(..., weight_bits=b, group_size=128, threads=t)`` (64 where K is
   not a multiple of 128: BitNet's 8640; MatMulNBits uses the same block) (float32
-  activations, int8 tables, the x86 AVX2 ``vpshufb`` kernel of ``compiler/schedule_lut_x86.py``)
+  activations, int8 tables, the x86 AVX2 ``vpshufb`` kernel of ``ops/lut_matmul/tvm_x86.py``)
   through ``edgert.Session(threads=t).run``;
 - ``lut-vm``: the same artifact's Relax VM ``main`` called directly on a TVM tensor (no input
   validation, no staging copy, no numpy output view): the kernel time plus one VM dispatch, so
   the Session overhead is the difference;
 - ``<bits>dq`` rows: the same weights compiled with ``lut="never"``: the dequantize-then-multiply
-  kernel (``compiler/schedule_lut_dequant.py``), the alternative ``--lut auto`` times
+  kernel (``ops/lut_matmul/tvm_dequant.py``), the alternative ``--lut auto`` times
   (``--kernels lut`` leaves it out);
 - ``ort-nbits4``: onnxruntime ``MatMulNBits`` from ``MatMulNBitsQuantizer`` (4 bits, block 128,
   symmetric, ``accuracy_level=4``: int8 activations, MLAS's integer kernels);
