@@ -218,10 +218,43 @@ def test_symbolic_parallel_loops_are_split_at_run_time():
     assert schedule_cpu.guard_parallel_loops(heavy).same_as(heavy)
 
 
+def _parallel_launches(artifact, lib_path, x: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Run ``artifact``'s library (written to ``lib_path``, loaded by TVM) on ``x`` with its
+    ``__TVMBackendParallelLaunch`` slot (the pointer through which every parallel loop of the
+    library reaches TVM's thread pool, set when TVM loads it) wrapped by a counter; returns
+    the task counts of the launches and the output."""
+    import ctypes
+
+    from tvm import relax
+
+    from edgert.artifact import read_artifact
+    from edgert.compiler.pipeline import LIB_MEMBER
+
+    lib_path.write_bytes(read_artifact(artifact).members[LIB_MEMBER])
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), tvm.cpu())
+    slot = ctypes.c_void_p.in_dll(ctypes.CDLL(str(lib_path)), "__TVMBackendParallelLaunch")
+    launch = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+    real, seen = launch(slot.value), []
+
+    def counting(flambda, cdata, num_task):
+        seen.append(num_task)
+        return real(flambda, cdata, num_task)
+
+    hook = launch(counting)
+    slot.value = ctypes.cast(hook, ctypes.c_void_p).value
+    try:
+        out = vm["main"](tvm.runtime.tensor(x)).numpy()
+    finally:
+        slot.value = ctypes.cast(real, ctypes.c_void_p).value
+    return seen, out
+
+
 @pytest.mark.parametrize("rows", [1, 3, 700])
 def test_guarded_kernels_compute_the_same(tmp_path, rows):
     """Both branches of a guarded kernel give the same results (compiled through the CPU TIR
-    pipeline, rows below and above the threshold)."""
+    pipeline, rows below and above the threshold), and the branch meant for ``rows`` is the one
+    that ran: the parallel branch launches on TVM's thread pool, the serial one does not
+    (launches counted at the library's launch slot; without the guard every size launches)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto as TP
@@ -231,14 +264,20 @@ def test_guarded_kernels_compute_the_same(tmp_path, rows):
     from edgert.compiler import compile_model
 
     path = tmp_path / "add.onnx"
-    if not path.exists():
-        nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]),
-                 helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
-                 helper.make_node("Add", ["x", "ms"], ["y"])]
-        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
-            "x", TP.FLOAT, ["n", 96])], [helper.make_tensor_value_info("y", TP.FLOAT, ["n", 96])])
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+             helper.make_node("Add", ["x", "ms"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TP.FLOAT, ["n", 96])], [helper.make_tensor_value_info("y", TP.FLOAT, ["n", 96])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     x = np.random.default_rng(rows).standard_normal((rows, 96)).astype(np.float32)
-    got = Session(compile_model(path, tmp_path / "add.edgert", threads=2)).run(None, {"x": x})[0]
+    art = compile_model(path, tmp_path / "add.edgert", threads=2)
+    got = Session(art, threads=2).run(None, {"x": x})[0]
     want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    launches, out = _parallel_launches(art, tmp_path / "model.so", x)
+    np.testing.assert_array_equal(out, got)
+    if rows * 96 >= schedule_cpu.PARALLEL_MIN_WORK:       # 700 rows: the parallel branch
+        assert launches, "the parallel branch did not run"
+    else:                                                 # 1 and 3 rows: the serial one
+        assert launches == [], f"a parallel loop launched at {rows} rows: {launches}"
