@@ -109,7 +109,7 @@ def rewrite_lut_matmuls(mod: Any, tvm_target: Any, kernels: LutKernels) -> Any:
     becomes ``kernels.dequant``'s kernel on its re-packed codes, scales and zero terms instead
     (where there is one and it accepts the layout). Other calls are left alone.
     """
-    from edgert.compiler.schedule_intmatmul import num_cores, rewrite_call_tirs
+    from edgert.compiler.relax_rewrite import num_cores, rewrite_call_tirs
 
     specs = _marked_calls(mod)
     if not specs:
