@@ -120,11 +120,16 @@ def test_demo_runs_and_reports():
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["test_images"] == 360
-    assert result["accuracy"]["edgert"] >= 0.95
-    assert abs(result["accuracy"]["edgert"] - result["accuracy"]["onnxruntime"]) < 1e-9
+    # regression pin: 353 of the 360 held-out digits (98.06%), as onnxruntime's fp32 run
+    assert result["accuracy"] == {"edgert": 353 / 360, "onnxruntime": 353 / 360}
     assert result["agreement"] == 1.0
+    assert result["max_abs_logit_diff"] < 1e-4      # fp32 rounding (measured 6.9e-6)
     for runtime in ("edgert", "onnxruntime"):
-        assert result["latency_batch1"][runtime]["p50_ms"] > 0
+        lat = result["latency_batch1"][runtime]
+        assert lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+        # milliseconds, not seconds or microseconds: one tiny-ViT image takes 0.13 / 0.24 ms
+        # (edgert / onnxruntime) on a 2-core Zen 3; a unit slip is 1000x off either way
+        assert 0.01 < lat["p50_ms"] < 50, lat
 
 
 def test_demo_table():
