@@ -107,7 +107,7 @@ def _cpu_relax_pipeline(target: Target, tvm_target: Any, tuning_db: str | os.Pat
     tuning database its variant that applies the database's records first."""
     if tuning_db is None:
         return schedule_cpu.cpu_pipeline(tvm_target)
-    from edgert.compiler.tune import target_db_dir, tuned_cpu_pipeline
+    from edgert.compiler.tuning_db import target_db_dir, tuned_cpu_pipeline
 
     return tuned_cpu_pipeline(tvm_target, target_db_dir(tuning_db, target), tuned)
 

@@ -16,6 +16,8 @@ from edgert.compiler.quantize.core import (ADD_EXTRA_BITS, DEFAULT_ROW_LEN, ELEM
 
 
 def add(q: Quantizer, node: onnx.NodeProto) -> None:
+    """Residual ``Add``: every addend requantized to int32 at a scale 2^ADD_EXTRA_BITS finer than
+    the output's; a scores bias ``mask * C`` is recorded for the Softmax instead."""
     out = node.output[0]
     biases = [n for n in node.input if n in q.mask_bias]
     if biases:
@@ -47,6 +49,8 @@ def add(q: Quantizer, node: onnx.NodeProto) -> None:
 
 
 def scale_by_const(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Mul``/``Div`` by a scalar constant: only the scale changes (no node); two activations go
+    to :func:`int_product`."""
     x, c = node.input
     if c not in q.inits and node.op_type == "Mul" and x in q.inits:
         x, c = c, x
@@ -67,6 +71,8 @@ def scale_by_const(q: Quantizer, node: onnx.NodeProto) -> None:
 
 
 def cast(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Cast`` of an integer tensor (a mask) to float: carried exactly as int32 at scale 1,
+    clamped to its calibrated range."""
     src, out = node.input[0], node.output[0]
     if q.is_float(src):
         raise q.fail("Cast of a float tensor has no integer form")
@@ -83,6 +89,7 @@ def cast(q: Quantizer, node: onnx.NodeProto) -> None:
 
 
 def sub(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Sub`` of integer-valued tensors or integer constants: int32 with the proven interval."""
     ends = []
     for name in node.input:
         if name in q.inits:
@@ -176,6 +183,8 @@ def clip(q: Quantizer, node: onnx.NodeProto) -> None:
 
 
 def relu(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Relu``: the input requantized with its lower clamp at 0, at the output's calibrated
+    scale."""
     out = node.output[0]
     dtype = q.downstream_dtype(out)
     t = q.need(node.input[0], dtype, scale=max(q.amax(out), 1e-12) / QMAX[dtype], lo=0)

@@ -105,7 +105,8 @@ class Quantizer:
                  act_bits: str = "auto", source: str = "model", io: str = "float",
                  allow_float: bool = False, lowbit: dict | None = None) -> None:
         if act_bits not in ACT_BITS:
-            raise QuantizationError(f"act_bits must be one of {', '.join(ACT_BITS)}, got {act_bits!r}")
+            raise QuantizationError(f"act_bits must be one of {', '.join(ACT_BITS)}, "
+                                    f"got {act_bits!r}")
         if io not in IO_MODES:
             raise QuantizationError(f"io must be one of {', '.join(IO_MODES)}, got {io!r}")
         self.model, self.ranges, self.act_bits, self.source = model, ranges, act_bits, source
@@ -137,7 +138,8 @@ class Quantizer:
         self.nodes: list[onnx.NodeProto] = []
         self.new_inits: list[onnx.TensorProto] = []
         self.value_types: dict[str, int] = {}
-        self.used = {n for n in self.types} | {o for n in g.node for o in n.output} | set(self.inits)
+        self.used = ({n for n in self.types} | {o for n in g.node for o in n.output}
+                     | set(self.inits))
         self.cache: dict[tuple, QTensor] = {}
         self.skip: set[int] = set()
         self.report = QuantizeReport(act_bits)
@@ -274,7 +276,8 @@ class Quantizer:
         for c in self.consumers.get(name, []):
             if c.op_type in SHAPE_OPS and c.input[0] == name or c.op_type == "Concat":
                 wants.add(self.downstream_dtype(c.output[0]))
-            elif c.op_type in ("MatMul", "Gemm") and c.input[0] == name and self.weight(c) is not None:
+            elif (c.op_type in ("MatMul", "Gemm") and c.input[0] == name
+                  and self.weight(c) is not None):
                 wants.add(self.linear_dtype(c, name))
             elif c.op_type in ("Add", "LayerNormalization", "Gelu"):
                 wants.add(self.wide())

@@ -77,6 +77,8 @@ def new_graph_inputs(q: Quantizer) -> None:
 
 
 def finish(q: Quantizer) -> onnx.ModelProto:
+    """Graph outputs (dequantized, or integer with ``io="int8"``), the kept initializers, the ONNX
+    checker."""
     g = q.model.graph
     outputs = list(g.output)
     for i, out in enumerate(g.output):

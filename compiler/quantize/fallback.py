@@ -83,4 +83,5 @@ def float_node(q: Quantizer, node: onnx.NodeProto, reason: str) -> None:
 
 
 def is_float_node(q: Quantizer, node: onnx.NodeProto) -> bool:
+    """Whether a node reads or writes a float tensor (the others are copied as they are)."""
     return any(q.is_float(n) for n in [*node.input, *node.output] if n)

@@ -14,6 +14,8 @@ from edgert.ops import DOMAIN
 
 
 def matmul(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``MatMul``: with a constant [K, N] weight (and the bias ``Add`` after it, if any) a Linear,
+    else an activation matmul."""
     w = q.weight(node)
     if w is None:
         act_matmul(q, node)
@@ -26,6 +28,7 @@ def matmul(q: Quantizer, node: onnx.NodeProto) -> None:
 
 
 def gemm(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Gemm`` with a constant B and ``transA = 0``: a Linear (``alpha``/``beta`` folded)."""
     w = q.weight(node)
     if w is None:
         raise q.fail("Gemm needs a constant B and transA = 0")
@@ -70,6 +73,8 @@ def _fit_accumulator(q: Quantizer, a: str, dtype: str, l1: np.ndarray,
 
 def linear(q: Quantizer, node: onnx.NodeProto, a: str, w: np.ndarray, bias: np.ndarray | None,
            out: str) -> None:
+    """A Linear ``a @ w + bias``: int8 per-channel weights, ``MatMulInteger`` (int8 input) or
+    ``edgert.IntMatMul`` (int16), or ``LutMatMul`` for a low-bit weight."""
     if node.output[0] in q.lowbit:
         lowbit_linear(q, node, a, q.lowbit[node.output[0]], bias, out)
         return
@@ -125,6 +130,8 @@ def lowbit_linear(q: Quantizer, node: onnx.NodeProto, a: str, lw, bias: np.ndarr
 
 
 def act_matmul(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``MatMul`` of two activations (attention): int8 operands, bounded by the row sums of a
+    Shiftmax output or by ``K * |a| * |b|``."""
     a_name, b_name = node.input
     prev = q.q.get(a_name)
     a = prev if prev is not None and prev.row_sum is not None else q.need(a_name, "int8")
@@ -145,6 +152,8 @@ def act_matmul(q: Quantizer, node: onnx.NodeProto) -> None:
 
 
 def conv(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Conv`` with a constant weight: ``ConvInteger`` on int8 per-output-channel weights, the
+    bias added in int32."""
     if node.input[1] not in q.inits:
         raise q.fail("Conv needs a constant weight")
     w = np.asarray(q.inits[node.input[1]], np.float64)

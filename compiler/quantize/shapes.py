@@ -12,6 +12,7 @@ from edgert.compiler.quantize.core import ELEM, QMAX, Quantizer
 
 
 def shape(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Shape``: of the integer tensor (same shape)."""
     x = node.input[0]
     t = q.q.get(x) or q.need(x, q.downstream_dtype(x))
     q.nodes.append(helper.make_node("Shape", [t.name], list(node.output), name=node.name,
@@ -20,6 +21,8 @@ def shape(q: Quantizer, node: onnx.NodeProto) -> None:
 
 
 def shape_op(q: Quantizer, node: onnx.NodeProto) -> None:
+    """Shape and data-movement ops (Reshape, Transpose, Slice, Gather, Concat...): the integer
+    tensor moved as it is; Concat inputs requantized to one scale."""
     out = node.output[0]
     dtype = q.downstream_dtype(out)
     data = [0] if node.op_type != "Concat" else range(len(node.input))

@@ -23,6 +23,7 @@ ONNX_OPS = ("LayerNormalization",)
 
 
 def rule(q: Quantizer, node: onnx.NodeProto) -> None:
+    """LayerNormalization -> ILayerNorm (module docstring)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     x = node.input[0]
     rank = len(q.shapes.get(x) or [])

@@ -21,6 +21,7 @@ ONNX_OPS = ("Gelu",)
 
 
 def rule(q: Quantizer, node: onnx.NodeProto) -> None:
+    """Gelu -> ShiftGELU (module docstring)."""
     t = q.need(node.input[0], q.wide())
     try:
         p = shiftgelu.params(float(t.scale))

@@ -27,6 +27,7 @@ SHIFTMAX_BITS = 16
 
 
 def rule(q: Quantizer, node: onnx.NodeProto) -> None:
+    """Softmax over the last axis -> Shiftmax (module docstring)."""
     x, exclude = node.input[0], []
     if x in q.masked:
         x, mask = q.masked[x]
