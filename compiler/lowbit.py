@@ -4,7 +4,7 @@ Every MatMul whose right operand B is a constant float32 [K, N] initializer, and
 with a constant float32 B (``transA = 0``), gets its weight quantized to 1-4 bits or ternary by
 :mod:`edgert.compiler.weightquant` (group-wise scales, optional zero points) and packed into the
 bit planes of :class:`edgert.ops.lut_matmul.LutLayout`; the node becomes ``LutMatMul``, computed
-by table lookup (T-MAC, ``shared/reference/tmac.md``), never by dequantizing.
+by table lookup (T-MAC, ``docs/methods/tmac.md``), never by dequantizing.
 
 Two variants:
 

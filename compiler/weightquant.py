@@ -3,7 +3,7 @@
 A float weight ``W`` [K, N] (ONNX MatMul layout, ``y = x @ W``) becomes b-bit codes
 ``u`` in [0, 2**b), one float32 scale per (group of ``group_size`` rows of K, column) and
 optionally one zero point per (group, column); the value of a code is (the convention of
-:mod:`edgert.ops.lut_matmul`, following ``shared/reference/tmac.md``)::
+:mod:`edgert.ops.lut_matmul`, following ``docs/methods/tmac.md``)::
 
     w = s * (u - z)     symmetric:  z = 2**(b-1) for b >= 2, z = 1/2 for b = 1 (w = +-s/2)
                         asymmetric: z = zero point, an integer code in [0, 2**b)

@@ -7,7 +7,7 @@ lazily: a producer leaves its int32 accumulator as it is, and each consumer asks
 requantized once, straight to the add's scale.
 
 Activation dtypes follow one documented policy (``act_bits``):
-- ``"auto"`` (default; the post-training recipe of ``shared/reference/ivit.md``): int16 for the
+- ``"auto"`` (default; the post-training recipe of ``docs/methods/ivit.md``): int16 for the
   residual stream, LayerNorm and GELU inputs, and the two FFN Linear inputs (a Linear whose
   output feeds a GELU, or whose input comes from one); int8 for other Linear inputs, Q/K/V,
   attention scores (Shiftmax input) and convolutions.
