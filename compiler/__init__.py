@@ -1,4 +1,5 @@
-"""The host-side compiler: export, checks, lowering to TVM, packaging.
+"""The host-side compiler: export, checks, lowering to TVM, packaging (the stages are listed in
+:mod:`edgert.compiler.pipeline`).
 
 Importing this package is cheap; TVM and PyTorch are imported by the functions that need them.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export", "compile_model", "load_model"]
+__all__ = ["export", "compile_model", "CompileOptions", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from edgert.compiler.pipeline import compile_model
 
         return compile_model
+    if name == "CompileOptions":
+        from edgert.compiler.options import CompileOptions
+
+        return CompileOptions
     if name == "load_model":
         from edgert.compiler.check import load_model
 
