@@ -170,3 +170,18 @@ def test_files_and_functions_are_small():
     (decorators not counted; tests and benchmarks are not checked)."""
     oversized = _oversized()
     assert not oversized, "too large: " + "; ".join(oversized)
+
+
+def test_each_compile_stage_has_one_entry_function():
+    """``compiler/stages/<stage>.py`` holds one public function (its entry), and the pipeline
+    calls each of them."""
+    pipeline = (ROOT / "compiler" / "pipeline.py").read_text()
+    stages = sorted(p for p in (ROOT / "compiler" / "stages").glob("*.py")
+                    if p.name != "__init__.py")
+    assert len(stages) >= 7
+    for path in stages:
+        tree = ast.parse(path.read_text(), str(path))
+        public = [n.name for n in tree.body
+                  if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+        assert len(public) == 1, f"{path.name}: public functions {public}"
+        assert f"{public[0]}(" in pipeline, f"the pipeline does not call {public[0]}"

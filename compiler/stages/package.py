@@ -33,14 +33,14 @@ def package(graph: Graph, lowered: Lowered, library: Library, ctx: Context,
         "outputs": lowered.outputs,
         "lib": LIB_MEMBER,
         "source_model": {"name": source.name, "sha256": sha256(source.read_bytes())},
-        "compile_options": compile_options(ctx),
+        "compile_options": _compile_options(ctx),
         **sections,
     }
     return write_artifact(output, manifest, {MODEL_MEMBER: graph.model.SerializeToString(),
                                              LIB_MEMBER: library.data})
 
 
-def compile_options(ctx: Context) -> dict:
+def _compile_options(ctx: Context) -> dict:
     """The manifest's ``compile_options``: what was asked, with the defaults filled in."""
     opts, lowbit = ctx.options, ctx.lowbit
     out: dict = {"target": opts.target, "threads": opts.threads, "precision": "fp32"}
