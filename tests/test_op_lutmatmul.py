@@ -22,14 +22,21 @@ from ophelpers import assert_bit_exact, integer_model, run_te
 # 0.9e-2..1.2e-2; b=3 0.8e-2..1.2e-2 / 0.8e-2..1.0e-2; b=4 0.8e-2..1.2e-2 / 0.8e-2..1.1e-2.
 # Outlier activations raise it (every 37th x times 8, K = 512: b=1 up to 2.5e-2 / 6.1e-2,
 # b>=2 up to 1.7e-2 / 1.4e-2): a table scale is shared by a whole weight group.
-FLOAT_ERR = {1: (0.012, 0.012), 2: (0.02, 0.016), 3: (0.018, 0.015), 4: (0.018, 0.015)}
+# Every element is also held to the analytic bound the test states (the int8 rounding of each
+# table, summed over the lookups). Regression pins: the test's own inputs (seed 0) measured
+# (max, mean) b=1 (0.00625, 0.00666), b=2 (0.0151, 0.00968), b=3 (0.0113, 0.00888),
+# b=4 (0.00759, 0.00877); pinned <= 10% above.
+FLOAT_ERR = {1: (0.0069, 0.0073), 2: (0.0166, 0.0106), 3: (0.0124, 0.0097), 4: (0.0083, 0.0096)}
 # int8 activations (quantized from a standard normal with one absmax scale) with int8 tables
 # (power-of-two shift per row and K tile) against the exact int16 tables: measured over 12
 # seeds, b = 1..4, tile_k 16/64: max 0.8e-2..1.6e-2, mean 0.9e-2..1.5e-2, as large as the
 # error of the int8 activation quantization itself (1.0e-2..1.3e-2). Alternatives measured
 # (K = 512): static /4 tables 2.5e-2..3.2e-2, one shift per row 1.7e-2..2.1e-2. int16 tables
 # (the default) are exact: equal to IntMatMul(x, 2 (u - z)).
-INT8_TABLE_ERR = (0.025, 0.02)
+# Elementwise the analytic worst case 2**(sh-1) per lookup is asserted too. Regression pins, the
+# test's inputs: measured (max, mean) b=1 (0.01139, 0.01105), b=2 (0.01927, 0.01365),
+# b=4 (0.01155, 0.01258); pinned <= 10% above.
+INT8_TABLE_ERR = {1: (0.0124, 0.012), 2: (0.021, 0.0149), 4: (0.0126, 0.0137)}
 FLOAT_BACKEND_RTOL = 1e-5    # numba / TVM vs reference, relative to max |y| (numba measured 0)
 
 
@@ -229,7 +236,7 @@ def test_int8_table_error(bits):
         sh = lut_matmul.int8_table_shift(x.reshape(16, -1, 4).astype(np.int32), tile_k // 4)
         per_tile = np.where(sh > 0, 2.0 ** (sh - 1), 0) * ((1 << bits) - 1) * tile_k / 4
         assert (np.abs(y8 - exact) <= per_tile.sum(axis=1)[:, None]).all()
-    assert worst[0] <= INT8_TABLE_ERR[0] and worst[1] <= INT8_TABLE_ERR[1], worst
+    assert worst[0] <= INT8_TABLE_ERR[bits][0] and worst[1] <= INT8_TABLE_ERR[bits][1], worst
 
 
 def test_ternary_integer_path_is_exact():
