@@ -74,10 +74,12 @@ class LutLayout:
 
     @property
     def n_groups(self) -> int:
+        """Weight groups along K (rows of ``scales`` / ``zero_points``)."""
         return self.K // self.group_size
 
     @property
     def n_tiles(self) -> int:
+        """Column tiles of ``tile_n`` (the last one zero padded past N)."""
         return -(-self.N // self.tile_n)
 
     @property
@@ -100,10 +102,13 @@ class LutLayout:
         return cls(**{k: int(v) for k, v in attrs.items() if k in names})
 
     def to_json(self) -> str:
+        """Every field as a JSON object with sorted keys (stored in compiled PrimFuncs)."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> LutLayout:
+        """The inverse of :meth:`to_json`; raises :class:`ArtifactError` on bad JSON, unknown
+        or missing fields, or an invalid layout."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
