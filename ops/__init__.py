@@ -1,4 +1,4 @@
-"""The edgert op set: one folder per op, found by :mod:`edgert.ops.registry`.
+"""The edgert op set: one folder per op, found by :mod:`edgert.ops._common.registry`.
 
 Custom ops live in the ONNX domain :data:`DOMAIN`. Each op folder ``ops/<name>/`` holds the
 op's numpy specification, numba kernel, TVM compute and converter, ONNX schema and operation
@@ -12,18 +12,17 @@ from typing import Any
 DOMAIN = "edgert"
 OPSET_VERSION = 1
 
-from edgert.ops.schema_util import make_schema, same_shape_output  # noqa: E402
+from edgert.ops._common import registry  # noqa: E402
+from edgert.ops._common.schema_util import make_schema, same_shape_output  # noqa: E402
 
-__all__ = ["DOMAIN", "OPSET_VERSION", "make_schema", "same_shape_output", "register_schemas",
-           "register_schemas_for"]
+__all__ = ["DOMAIN", "OPSET_VERSION", "registry", "make_schema", "same_shape_output",
+           "register_schemas", "register_schemas_for"]
 
 _registered = False
 
 
 def _schemas() -> list[Any]:
     """The ``OpSchema`` of every registered op."""
-    from edgert.ops import registry
-
     return [op.schema() for op in registry.all()]
 
 

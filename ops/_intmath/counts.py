@@ -20,7 +20,7 @@ every int64 value, so the count below is that upper bound.
 from __future__ import annotations
 
 from edgert.ops._intmath.spec import ISQRT_STEPS
-from edgert.ops.op import OpCounts
+from edgert.ops._common.op import OpCounts
 
 SHIFT_EXP = OpCounts(shifts=4, int64_add=5, int64_mul=1, int64_div=1, compares=1)
 """Operations of one ``shift_exp``."""

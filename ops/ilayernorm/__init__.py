@@ -23,7 +23,7 @@ from edgert.ops.ilayernorm.spec import (
     reference,
     to_float,
 )
-from edgert.ops.op import Op, lazy_exports
+from edgert.ops._common.op import Op, lazy_exports
 
 OP = Op(OP_TYPE, __name__)
 

@@ -44,4 +44,4 @@ def numba_kernel(x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
 
 
 kernel = numba_kernel
-"""The registry's entry point (:attr:`edgert.ops.op.Op.numba_kernel`)."""
+"""The registry's entry point (:attr:`edgert.ops._common.op.Op.numba_kernel`)."""

@@ -17,7 +17,7 @@ def schema() -> object:
     """ONNX schema of ``edgert.ILayerNorm``."""
     from onnx import TensorProto
 
-    from edgert.ops.schema_util import make_schema, same_shape_output
+    from edgert.ops._common.schema_util import make_schema, same_shape_output
 
     return make_schema(
         spec.OP_TYPE, spec.__doc__ or "",

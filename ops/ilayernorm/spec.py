@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from edgert.ops._intmath.spec import INT31_MAX, isqrt
-from edgert.ops.op import Example
+from edgert.ops._common.op import Example
 
 OP_TYPE = "ILayerNorm"
 OUT_SHIFT = 30                # output scale sqrt(N) / 2**30

@@ -9,7 +9,7 @@ from tvm import te, tirx
 from edgert.ops._intmath.spec import INT31_MAX
 from edgert.ops._intmath.tvm import te_isqrt
 from edgert.ops.ilayernorm import OP
-from edgert.ops.relax_util import EdgertConverter
+from edgert.ops._common.relax_util import EdgertConverter
 
 
 def te_compute(x: Any, bias: Any | None = None) -> Any:

@@ -15,7 +15,7 @@ from edgert.ops.intmatmul.spec import (
     check_operands,
     reference,
 )
-from edgert.ops.op import Op, lazy_exports
+from edgert.ops._common.op import Op, lazy_exports
 
 OP = Op(OP_TYPE, __name__)
 

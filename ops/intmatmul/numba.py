@@ -44,7 +44,7 @@ def numba_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """numpy ``matmul`` shapes (rank-1 operands too) on :func:`numba_kernel`: int32 out.
 
-    The registry's entry point (:attr:`edgert.ops.op.Op.numba_kernel`) and the kernel of the
+    The registry's entry point (:attr:`edgert.ops._common.op.Op.numba_kernel`) and the kernel of the
     standard ``MatMulInteger`` in the numba backend."""
     vec_a, vec_b = a.ndim == 1, b.ndim == 1
     out = numba_kernel(a[None, :] if vec_a else a, b[:, None] if vec_b else b)

@@ -30,7 +30,7 @@ def _infer(ctx: Any) -> None:
 
 def schema() -> object:
     """ONNX schema of ``edgert.IntMatMul``."""
-    from edgert.ops.schema_util import make_schema
+    from edgert.ops._common.schema_util import make_schema
 
     return make_schema(
         spec.OP_TYPE, spec.__doc__ or "",

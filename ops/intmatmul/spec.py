@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgert.ops.op import Example
+from edgert.ops._common.op import Example
 
 OP_TYPE = "IntMatMul"
 IN_DTYPES = (np.int8, np.int16)

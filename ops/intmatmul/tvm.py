@@ -8,7 +8,7 @@ from typing import Any
 from tvm import te
 
 from edgert.ops.intmatmul import OP
-from edgert.ops.relax_util import EdgertConverter
+from edgert.ops._common.relax_util import EdgertConverter
 
 INT_MATMUL_ATTRS = {"edgert.op": "intmatmul"}
 """PrimFunc attributes of the integer matmuls: ``compiler/schedule_intmatmul.py`` finds them

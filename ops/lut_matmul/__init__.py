@@ -41,7 +41,7 @@ from edgert.ops.lut_matmul.spec import (
     tables,
     zero_constant,
 )
-from edgert.ops.op import Op, lazy_exports
+from edgert.ops._common.op import Op, lazy_exports
 
 OP = Op(OP_TYPE, __name__, extra_parts=("layout", "tvm_rewrite", "tvm_tables", "tvm_lookup",
                                         "tvm_pack_x86", "tvm_x86", "tvm_arm", "tvm_dequant"))

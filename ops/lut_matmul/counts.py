@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from edgert.ops.lut_matmul.layout import G, LutLayout
-from edgert.ops.op import OpCounts, tensor_bytes
+from edgert.ops._common.op import OpCounts, tensor_bytes
 
 
 def weight_bytes(attrs: Mapping[str, Any]) -> int:

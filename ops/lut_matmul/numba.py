@@ -181,4 +181,4 @@ def numba_kernel(a: np.ndarray, planes: np.ndarray, scales: np.ndarray | None = 
 
 
 kernel = numba_kernel
-"""The registry's name for the numba twin (:attr:`edgert.ops.op.Op.numba_kernel`)."""
+"""The registry's name for the numba twin (:attr:`edgert.ops._common.op.Op.numba_kernel`)."""

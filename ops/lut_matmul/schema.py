@@ -30,7 +30,7 @@ def schema() -> object:
     """ONNX schema of ``edgert.LutMatMul``."""
     from onnx import TensorProto
 
-    from edgert.ops.schema_util import make_schema
+    from edgert.ops._common.schema_util import make_schema
 
     def infer(ctx: Any) -> None:
         """float32 for float A, int32 for int8 A; shape [..., M, N] (N from the attribute)."""

@@ -86,7 +86,7 @@ import numpy as np
 from edgert.ops.lut_matmul.layout import (
     G, INT8_SHIFT_LIMITS, INT32_MAX, LAYOUT_VERSION, MAX_TILE_K, OP_TYPE, LutLayout,
     check_operands, table_bits_for)
-from edgert.ops.op import Example
+from edgert.ops._common.op import Example
 
 __all__ = ["G", "INT32_MAX", "LAYOUT_VERSION", "MAX_TILE_K", "OP_TYPE", "LutLayout",
            "accumulator_bound", "check_operands", "codes", "dequant_error_bound",

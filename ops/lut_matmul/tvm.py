@@ -19,7 +19,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 from edgert.errors import ArtifactError
 from edgert.ops.lut_matmul.layout import G, INT8_SHIFT_LIMITS, LutLayout, table_bits_for
 from edgert.ops.lut_matmul.spec import zero_constant
-from edgert.ops.relax_util import attrs_of, node_name
+from edgert.ops._common.relax_util import attrs_of, node_name
 
 PRIMFUNC_NAME = "lutmatmul"
 """Name hint of the generic PrimFunc (compiled libraries carry it in their symbol names)."""

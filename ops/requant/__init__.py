@@ -7,7 +7,7 @@
     counts.py   counts
 """
 
-from edgert.ops.op import Op, lazy_exports
+from edgert.ops._common.op import Op, lazy_exports
 from edgert.ops.requant.spec import OP_TYPE, OUT_DTYPES, narrow, params, reference
 
 OP = Op(OP_TYPE, __name__)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgert.ops.op import OpCounts, tensor_bytes
+from edgert.ops._common.op import OpCounts, tensor_bytes
 
 
 def counts(input_shapes: Sequence[Sequence[int] | None], input_dtypes: Sequence[Any],

@@ -36,4 +36,4 @@ def numba_kernel(q: np.ndarray, m: np.ndarray, e: np.ndarray, *, lo: int, hi: in
 
 
 kernel = numba_kernel
-"""The registry's entry point (:attr:`edgert.ops.op.Op.numba_kernel`)."""
+"""The registry's entry point (:attr:`edgert.ops._common.op.Op.numba_kernel`)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edgert.ops.op import UnsupportedAttribute
+from edgert.ops._common.op import UnsupportedAttribute
 from edgert.ops.requant import spec
 
 
@@ -25,7 +25,7 @@ def node_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def schema() -> object:
     """ONNX schema of ``edgert.Requant``."""
-    from edgert.ops.schema_util import make_schema, same_shape_output
+    from edgert.ops._common.schema_util import make_schema, same_shape_output
 
     return make_schema(
         spec.OP_TYPE, spec.__doc__ or "",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgert.ops.op import Example
+from edgert.ops._common.op import Example
 
 OP_TYPE = "Requant"
 OUT_DTYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32}

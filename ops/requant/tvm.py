@@ -7,7 +7,7 @@ from typing import Any
 import tvm
 from tvm import relax, te, tirx
 
-from edgert.ops.relax_util import EdgertConverter, as_vector
+from edgert.ops._common.relax_util import EdgertConverter, as_vector
 from edgert.ops.requant import OP
 from edgert.ops.requant.spec import narrow
 

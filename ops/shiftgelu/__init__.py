@@ -7,7 +7,7 @@
     counts.py   counts
 """
 
-from edgert.ops.op import Op, lazy_exports
+from edgert.ops._common.op import Op, lazy_exports
 from edgert.ops.shiftgelu.spec import (
     DEFAULT_N,
     DEFAULT_SUM_BITS,

@@ -31,4 +31,4 @@ def numba_kernel(q: np.ndarray, *, x0: int, n: int) -> np.ndarray:
 
 
 kernel = numba_kernel
-"""The registry's entry point (:attr:`edgert.ops.op.Op.numba_kernel`)."""
+"""The registry's entry point (:attr:`edgert.ops._common.op.Op.numba_kernel`)."""

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from edgert.ops._intmath.spec import INT31_MAX, shift_exp
-from edgert.ops.op import Example
+from edgert.ops._common.op import Example
 
 OP_TYPE = "ShiftGELU"
 DEFAULT_N = 23

@@ -9,7 +9,7 @@ from tvm import relax, te, tirx
 
 from edgert.ops._intmath.spec import INT31_MAX
 from edgert.ops._intmath.tvm import te_shift_exp
-from edgert.ops.relax_util import EdgertConverter
+from edgert.ops._common.relax_util import EdgertConverter
 from edgert.ops.shiftgelu import OP
 from edgert.ops.shiftgelu.spec import SIG_SHIFT, fits, lookup_table
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgert.ops._intmath.counts import SHIFT_EXP
-from edgert.ops.op import OpCounts, tensor_bytes
+from edgert.ops._common.op import OpCounts, tensor_bytes
 from edgert.ops.shiftmax.spec import out_dtype
 
 

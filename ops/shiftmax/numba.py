@@ -41,4 +41,4 @@ def numba_kernel(q: np.ndarray, exclude: np.ndarray | None = None, *, x0: int, n
 
 
 kernel = numba_kernel
-"""The registry's entry point (:attr:`edgert.ops.op.Op.numba_kernel`)."""
+"""The registry's entry point (:attr:`edgert.ops._common.op.Op.numba_kernel`)."""

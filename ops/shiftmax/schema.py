@@ -17,7 +17,7 @@ def schema() -> object:
     """ONNX schema of ``edgert.Shiftmax``."""
     from onnx import TensorProto
 
-    from edgert.ops.schema_util import make_schema, same_shape_output
+    from edgert.ops._common.schema_util import make_schema, same_shape_output
 
     def elem(ctx: Any) -> int:
         return TensorProto.INT8 if ctx.get_attribute("k").i <= 8 else TensorProto.INT16

@@ -108,7 +108,7 @@ def tensor_bytes(shapes: Sequence[Sequence[int]], dtypes: Sequence[Any]) -> int:
 
 @dataclass(frozen=True)
 class Op:
-    """One edgert op, found by :mod:`edgert.ops.registry` in its folder.
+    """One edgert op, found by :mod:`edgert.ops._common.registry` in its folder.
 
     Attributes:
         name: the ``op_type`` in the ``edgert`` ONNX domain (e.g. ``"Shiftmax"``).

@@ -1,7 +1,7 @@
 """The edgert ops, found by walking the folders of ``edgert.ops``: nothing else lists them.
 
 Every sub-package of ``edgert.ops`` whose name does not start with ``_`` is an op folder and
-sets ``OP`` (an :class:`~edgert.ops.op.Op`); ``_``-prefixed sub-packages hold shared helpers
+sets ``OP`` (an :class:`~edgert.ops._common.op.Op`); ``_``-prefixed sub-packages hold shared helpers
 (``_intmath``). Discovery imports each folder's ``__init__`` only, which imports neither numba,
 TVM nor onnx.
 
@@ -16,7 +16,7 @@ import importlib
 import pkgutil
 import threading
 
-from edgert.ops.op import Op
+from edgert.ops._common.op import Op
 
 _lock = threading.Lock()
 _ops: dict[str, Op] | None = None
