@@ -24,7 +24,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import Conv, OnnxOpConverter
 from tvm.relax.frontend.onnx.onnx_frontend import Gather as TvmGather
 
 from edgert.ops.intmatmul.tvm import emit_int_matmul
-from edgert.ops.relax_util import dtype_name, node_name
+from edgert.ops._common.relax_util import dtype_name, node_name
 
 
 def _dtype(x: Any) -> str:

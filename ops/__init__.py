@@ -1,4 +1,4 @@
-"""The edgert op set: one folder per op, found by :mod:`edgert.ops._common.registry`.
+"""The edgert op set: one folder per op, found by :mod:`edgert.ops.registry`.
 
 Custom ops live in the ONNX domain :data:`DOMAIN`. Each op folder ``ops/<name>/`` holds the
 op's numpy specification, numba kernel, TVM compute and converter, ONNX schema and operation

@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 import edgert.ops
 from edgert.ops import DOMAIN, registry
-from edgert.ops.op import PARTS, Example, Op, OpCounts
+from edgert.ops._common.op import PARTS, Example, Op, OpCounts
 
 from ophelpers import assert_bit_exact, integer_model
 

@@ -54,7 +54,7 @@ from edgert.backends.numba_standard_ops import FACTORIES, FLOAT_TYPES, float_fal
 from edgert.errors import ArtifactError, InputError, ModelError, UnsupportedOpError
 from edgert.onnx_graph import node_label
 from edgert.ops import DOMAIN
-from edgert.ops.op import Op, UnsupportedAttribute
+from edgert.ops._common.op import Op, UnsupportedAttribute
 
 MIN_OPSET = 13
 

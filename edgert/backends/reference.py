@@ -23,7 +23,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from edgert.ops import DOMAIN
-from edgert.ops.op import Op
+from edgert.ops._common.op import Op
 
 
 def op_run_class(op: Op) -> type[OpRun]:
