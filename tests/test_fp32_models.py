@@ -44,4 +44,6 @@ def test_vit_accuracy_on_held_out_digits(compiled):
 
     data = np.load(demo_files()[1])
     [logits] = edgert.Session(compiled["vit"]).run(None, {"image": data["images"]})
-    assert (logits.argmax(1) == data["labels"]).mean() >= 0.95
+    # regression pin: 353 of the 360 held-out digits (98.06%, onnxruntime's count too); fp32
+    # rounding differs between machines, so no fewer rather than exactly
+    assert int((logits.argmax(1) == data["labels"]).sum()) >= 353

@@ -38,13 +38,18 @@ FLOAT_VS_DEQUANT = 0.02
 # same dequantized fp32 model: activation quantization only (inputs past the calibrated range
 # clip); 6 seeds: b=1 0.7e-2..5.2e-2, b=2 0.9e-2..3.5e-2, b=3 1.0e-2..2.0e-2,
 # b=4 0.9e-2..3.1e-2, ternary 0.8e-2..5.8e-2.
-INT_VS_DEQUANT = 0.08
+# Regression pins for the input test_mlp_float_and_integer_variants uses (seed 2), measured
+# max|err| / max|y| + 10%: float variant 0.60e-2, 0.87e-2, 0.85e-2, 0.70e-2, 1.03e-2 and
+# integer variant 0.67e-2, 0.88e-2, 1.14e-2, 1.00e-2, 1.01e-2 for b = 1, 2, 3, 4, ternary.
+MLP_FLOAT_VS_DEQUANT = {1: 0.0066, 2: 0.0096, 3: 0.0094, 4: 0.0078, "ternary": 0.0113}
+INT_VS_DEQUANT = {1: 0.0074, 2: 0.0097, 3: 0.0126, 4: 0.0111, "ternary": 0.0112}
 # Tiny ViT on load_digits (360 held-out images), --weight-bits 4: measured accuracy 98.89%
-# (float variant) and 98.61% (int-only) against 98.06% for the fp32 model. Other widths
+# (float variant, table lookup: 356 images) and 98.61% (int-only: 355) against 98.06% (353)
+# for the fp32 model; pinned in VIT_4BIT_CORRECT (regression pins). Other widths
 # (float / int-only): 3 bits 96.39% / 96.67%; 2 bits 60.0% / 57.2%; 1 bit 18.1% / 17.8%;
 # ternary 10.0% / 10.0% (post-training low-bit quantization of a model trained in fp32:
 # 2 bits and below need quantization-aware training, as BitNet is trained).
-VIT_4BIT_DROP = 0.01
+VIT_4BIT_CORRECT = {"float": 356, "int-only": 355}
 
 
 # ---------------------------------------------------------------- models
@@ -118,7 +123,7 @@ def test_mlp_float_and_integer_variants(files, bits):
         for g, w in zip(got, want):
             assert g.dtype == np.float32 and rel_err(g, w) <= FLOAT_BACKEND_RTOL, backend
     deq = _dequantized_outputs(files["mlp"], bits, 32, feed)
-    assert rel_err(want[0], deq[0]) <= FLOAT_VS_DEQUANT
+    assert rel_err(want[0], deq[0]) <= MLP_FLOAT_VS_DEQUANT[bits]
     assert rel_err(want[0], deq[0]) > 1e-5           # the tables really are int8
 
     # integer variant: TVM == numba == reference, bit for bit; close to dequantized fp32
@@ -136,7 +141,7 @@ def test_mlp_float_and_integer_variants(files, bits):
         for i, (g, w) in enumerate(zip(got, want)):
             assert_bit_exact(f"{backend} output {i}", g, w)
     deq = _dequantized_outputs(files["mlp"], bits, None, feed, integer=True)
-    assert rel_err(want[0], deq[0]) <= INT_VS_DEQUANT
+    assert rel_err(want[0], deq[0]) <= INT_VS_DEQUANT[bits]
 
 
 def test_zero_points_integer_and_exact_min_float(files):
@@ -181,15 +186,16 @@ def digits():
 
 def test_vit_4bit_float_keeps_accuracy(files, digits):
     images, labels, acc_fp32 = digits
-    art = compile_model(demo_files()[0], files["dir"] / "vit4.edgert", weight_bits=4)
+    art = compile_model(demo_files()[0], files["dir"] / "vit4.edgert", weight_bits=4,
+                        lut="always")     # --lut auto could pick dequantization: other numbers
     lowbit = read_artifact(art).manifest["lowbit"]
     assert len(lowbit["nodes"]) == 8                  # qkv, proj, fc1, fc2 of both blocks
     assert "small weight" in lowbit["skipped"]["node_linear_8"]      # the 32 x 10 head
     logits = Session(art).run(None, {"image": images})[0]
     want = run_reference(_graph(art), {"image": images[:16]})[0]
     assert rel_err(logits[:16], want) <= FLOAT_BACKEND_RTOL
-    acc = float((logits.argmax(1) == labels).mean())
-    assert acc >= acc_fp32 - VIT_4BIT_DROP, (acc, acc_fp32)          # measured 0.9889
+    # float arithmetic: no fewer than measured rather than exactly
+    assert int((logits.argmax(1) == labels).sum()) >= VIT_4BIT_CORRECT["float"], acc_fp32
 
 
 def test_vit_4bit_int_only_bit_exact_and_accuracy(files, digits):
@@ -208,8 +214,8 @@ def test_vit_4bit_int_only_bit_exact_and_accuracy(files, digits):
     numba = Session(art, backend="numba").run(None, {"image": images[:64]})[0]
     assert_bit_exact("numba", numba, logits[:64])
     assert_bit_exact("reference", run_reference(graph, {"image": images[:8]})[0], logits[:8])
-    acc = float((logits.argmax(1) == labels).mean())
-    assert acc >= acc_fp32 - VIT_4BIT_DROP, (acc, acc_fp32)          # measured 0.9861
+    # integer arithmetic: the same count on every machine
+    assert int((logits.argmax(1) == labels).sum()) == VIT_4BIT_CORRECT["int-only"], acc_fp32
 
 
 # ---------------------------------------------------------------- flags and errors

@@ -3,8 +3,8 @@ safetensors through our PyTorch BERT) and paraphrase-MiniLM-L3-v2 (the published
 
 Calibration: the last 64 sentences of ``edgert/data/sentences.txt``; evaluation: the other
 221 (>= 200), mean-pooled embeddings (the models' own in-graph pooling) against fp32
-onnxruntime. Measured (numba backend, this machine): L6 mean cosine 0.9939 (min 0.978),
-L3 0.9981 (min 0.989).
+onnxruntime. Measured (numba backend): L6 mean cosine 0.9939 (min 0.978), L3 0.9981
+(min 0.989), pinned in :data:`COSINE_PINS`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.network]
 minilm = pytest.importorskip("edgert.models.minilm")
 N_CALIB = 64
 INPUTS = ("input_ids", "attention_mask")
+COSINE_PINS = {"L6": (0.9932, 0.9761), "L3": (0.9979, 0.9882)}
+"""Model -> (mean, min) cosine to fp32 that the integer graph must keep (regression pins)."""
 
 
 def _source(which: str):
@@ -81,4 +83,8 @@ def test_mean_cosine_against_fp32_on_221_sentences(compiled):
         got = session.run([output], feed)[0]
         cos.extend(minilm.cosine(want, got))
     cos = np.array(cos)
-    assert cos.mean() >= 0.99 and cos.min() >= 0.95, (which, cos.mean(), cos.min())
+    # Regression pins, margin 10% of 1 - cos (integer graph: the same on every machine up to
+    # onnxruntime's fp32 rounding): measured L6 mean 0.99388, min 0.97834; L3 mean 0.99813,
+    # min 0.98936
+    mean_pin, min_pin = COSINE_PINS[which]
+    assert cos.mean() >= mean_pin and cos.min() >= min_pin, (which, cos.mean(), cos.min())
