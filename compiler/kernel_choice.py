@@ -11,8 +11,8 @@ table bits, zero points, rows) on this machine at compile time and keeps the fas
   ones (an LLM's sequence length) are timed at 1 row, token generation, where most of an LLM's
   time goes;
 - each kernel is compiled alone (one node, random operands of the node's shapes and dtypes, the
-  compile's target and threads) and timed interleaved with its rival
-  (:func:`edgert.timing.interleaved_latencies`, median);
+  compile's target and threads), loaded and timed interleaved with its rival, median, by the
+  timing service (:func:`edgert.compiler.timing_service.median_latencies`);
 - results are cached in ``$EDGERT_CACHE/kernel_choice.json`` (default
   ``~/.cache/edgert``; ``$EDGERT_KERNEL_CHOICE`` names another file), keyed by target,
   threads, CPU model, edgert version and the signature, so a shape is timed once per machine;
@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
@@ -47,16 +46,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgert import __version__
-from edgert.errors import EdgertError, InputError
-from edgert.targets import Target, can_run_here
+from edgert.compiler.options import LUT_MODES
+from edgert.compiler.options import check_lut_mode as check_mode
+from edgert.errors import EdgertError
+from edgert.targets import Target, can_run_here, isa
 
-LUT_MODES = ("auto", "always", "never")
+__all__ = ["LUT_MODES", "Choice", "Signature", "apply_choices", "check_mode", "choose_kernels",
+           "record", "signature_model", "time_signature"]
+
 CACHE_FILE = "kernel_choice.json"
 CACHE_FILE_ENV = "EDGERT_KERNEL_CHOICE"
-TIME_BUDGET_S = 0.3
-"""Timed seconds per kernel and signature (at least :data:`MIN_REPEATS` calls)."""
-MIN_REPEATS = 5
-MAX_REPEATS = 200
 
 
 @dataclass(frozen=True)
@@ -81,13 +80,6 @@ class Choice:
 
 
 CHOICE_FIELDS = {f.name for f in fields(Choice)}
-
-
-def check_mode(mode: str) -> str:
-    """Validate ``--lut``; raises InputError."""
-    if mode not in LUT_MODES:
-        raise InputError(f"--lut must be one of {', '.join(LUT_MODES)}, got {mode!r}")
-    return mode
 
 
 def cache_path() -> Path:
@@ -211,9 +203,7 @@ def choose_kernels(model: onnx.ModelProto, mode: str, target: Target, threads: i
 def has_dequant_kernel(target: Target, sig: Signature) -> bool:
     """Whether ``dequant = 1`` has a scheduled kernel (x86 AVX2, float32 activations) rather
     than the generic compute."""
-    from edgert.compiler.schedule_intmatmul import target_has_avx2
-
-    return sig.a_dtype == TensorProto.FLOAT and target_has_avx2(target)
+    return sig.a_dtype == TensorProto.FLOAT and isa.has_avx2(target)
 
 
 def _write_cache(path: Path, cache: dict) -> None:
@@ -285,29 +275,17 @@ def signature_model(sig: Signature, dequant: bool, seed: int = 0) -> onnx.ModelP
 
 
 def time_signature(sig: Signature, target: Target, threads: int | None) -> Choice:
-    """Compile both kernels of ``sig`` for ``target`` and time them here, interleaved."""
-    from edgert.compiler.pipeline import compile_model
-    from edgert.session import Session
-    from edgert.timing import interleaved_latencies
+    """Compile both kernels of ``sig`` for ``target`` and time them here, interleaved
+    (:mod:`edgert.compiler.timing_service`)."""
+    from edgert.compiler.timing_service import median_latencies
 
     rng = np.random.default_rng(1)
     k = dict(sig.attrs)["K"]
     a = (rng.standard_normal((sig.rows, k)).astype(np.float32)
          if sig.a_dtype == TensorProto.FLOAT
          else rng.integers(-127, 128, (sig.rows, k)).astype(np.int8))
-    with tempfile.TemporaryDirectory(prefix="edgert-kernel-choice-") as tmp:
-        runs = {}
-        for kind in ("lut", "dequant"):
-            src = Path(tmp) / f"{kind}.onnx"
-            onnx.save_model(signature_model(sig, kind == "dequant"), src)
-            path = compile_model(src, Path(tmp) / f"{kind}.edgert", target=target.name,
-                                 threads=threads)
-            session = Session(path, threads=threads)
-            runs[kind] = (lambda s: lambda: s.run(None, {"a": a}))(session)
-        once = interleaved_latencies(runs, repeats=1, warmup=1)
-        slowest = max(float(v[0]) for v in once.values())
-        repeats = int(np.clip(TIME_BUDGET_S / max(slowest, 1e-6), MIN_REPEATS, MAX_REPEATS))
-        times = interleaved_latencies(runs, repeats=repeats, warmup=1)
-    ms = {kind: float(np.median(v)) * 1e3 for kind, v in times.items()}
+    models = {kind: signature_model(sig, kind == "dequant") for kind in ("lut", "dequant")}
+    times = median_latencies(models, {"a": a}, target, threads)
+    ms = {kind: v * 1e3 for kind, v in times.items()}
     kernel = "dequant" if ms["dequant"] < ms["lut"] else "lut"
     return Choice(kernel, "timed", sig.rows, round(ms["lut"], 4), round(ms["dequant"], 4))

@@ -5,7 +5,7 @@ named by the structural hash of the kernel (:func:`kernel_key`)::
 
     <db>/<target>/<hash>/database_workload.json        MetaSchedule JSONDatabase
     <db>/<target>/<hash>/database_tuning_record.json
-    <db>/<target>/<hash>/edgert-kernel.json            name, shape, FLOPs, trials, default/best ms
+    <db>/<target>/<hash>/edgert-kernel.json            name, shape, FLOPs, trials, ms
 
 A compile with a database (:func:`tuned_cpu_pipeline`) looks every kernel up in
 ``<db>/<target>/`` after fusion and, where the tuned schedule measured faster than the default
@@ -92,7 +92,8 @@ def light_tensor_intrin(target: Any) -> None:
         pass
 
 
-def apply_tuning_db(mod: Any, db_dir: Path, tvm_target: Any, applied: list[str] | None = None) -> Any:
+def apply_tuning_db(mod: Any, db_dir: Path, tvm_target: Any,
+                    applied: list[str] | None = None) -> Any:
     """Replace each PrimFunc of a fused Relax module that ``db_dir`` (one target's folder)
     has a faster-than-default record for by its tuned schedule (``tirx.is_scheduled``);
     the module is updated in place and returned."""
