@@ -11,8 +11,8 @@ Models:
   (sentences padded to that length); accuracy = mean cosine of the sentence embedding against
   onnxruntime fp32 on the 221 held-out packaged sentences (1.0 for the fp32 peers).
 
-edgert fp32 (TVM's default schedules: no fp32 matmul kernels yet) is left out of MiniLM runs
-by default (``--edgert-fp32 auto``): it takes seconds per sentence there.
+edgert fp32 is left out of MiniLM runs by default (``--edgert-fp32 auto``) to keep them short;
+``--edgert-fp32 always`` adds it (``bench_fp32.py`` compares the fp32 paths).
 
 Peers: onnxruntime fp32, onnxruntime int8 from ``quantize_dynamic`` and ``quantize_static``
 (QDQ, calibrated on the same inputs edgert uses). All candidates of one (model, batch,

@@ -182,8 +182,8 @@ def _num_cores(target: Any) -> int:
 def vectorizable_erf(mod: Any) -> Any:
     """Every float32 ``relax.erf`` of ``mod`` (the erf GELU of BERT-style models) as TVM's
     ``topi.fast_erf``: a rational polynomial that LLVM vectorizes, where the default erf calls
-    libm's scalar ``erff`` per element. Measured here over [-6, 6]: max error 3.7e-7 (a few
-    ulp; libm's: 7e-8); MiniLM-L6's GELU over 128 x 1536 values, 1 thread: 2.06 -> 0.09 ms."""
+    libm's scalar ``erff`` per element. Over [-6, 6] its relative error is 3.3e-7 (a few ulp;
+    ``tests/test_schedule_cpu.py`` pins it below 3.6e-7)."""
     import tvm
     from tvm import topi
 

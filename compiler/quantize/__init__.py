@@ -14,8 +14,7 @@ Activation dtypes follow one documented policy (``act_bits``):
 - ``"linear8"``: as ``auto``, but every Linear input int8 (the FFN ones too), so every matmul
   with a constant weight is int8 x int8 (on rpi5 the ``sdot`` kernel; int16 operands stay on
   the generic compute there); the residual stream, LayerNorm and GELU inputs stay int16.
-  Measured on all-MiniLM-L6-v2 (221 sentences, mean cosine to fp32): 0.978 (min 0.899), vs
-  0.994 for ``auto``, 0.60 for ``"8"`` and 0.958 for onnxruntime's dynamic int8.
+  ``benchmarks/bench_int.py --act-bits`` reports each policy's accuracy (``docs/benchmarks.md``).
 - ``"8"``: int8 everywhere (I-ViT as published).  ``"16"``: int16 wherever an op allows it
   (all Linear inputs and the residual stream; attention operands and convolutions stay int8).
 Shiftmax outputs are 16-bit probabilities (k = 16).

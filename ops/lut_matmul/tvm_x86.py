@@ -64,7 +64,8 @@ PREFETCH = 16384
 """Bytes ahead of the K tile in hand at which the lookup kernel prefetches weight words (every
 bit width). Each K tile's words are consumed in a few hundred cycles, faster than the hardware
 prefetcher runs ahead of the stream. 4096x4096 from DRAM (64 MB of rotated copies in huge
-pages), the kernel alone, Zen 4, one interleaved process per width; before (2048 bytes ahead
+pages), the kernel alone, Zen 4, one interleaved process per width (a one-off measurement made
+when the distance was chosen, not re-run by a benchmark); before (2048 bytes ahead
 into L1 below 4 bits, none at 4) -> after, us:
 
 =======  ==========  ==========
