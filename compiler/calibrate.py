@@ -9,24 +9,30 @@ Per-channel maxima over the last axis are kept for every tensor too (SmoothQuant
 Linear inputs).
 
 Calibration data: an ``.npz`` holding one array per model input (first axis = samples), or a
-directory of ``.npz`` files (same form) and, for single-input models, ``.npy`` files. onnxruntime
-runs the fp32 graph with every intermediate float tensor added as a graph output.
+directory of ``.npz`` files (same form) and, for single-input models, ``.npy`` files; from Python
+also an iterable of such dicts (input name -> array). onnxruntime runs the fp32 graph with every
+intermediate float tensor added as a graph output, on chunks of samples the model accepts
+(:mod:`edgert.compiler.calib_batches`): one at a time for a static batch of 1, ``N`` at a time
+for a static batch of ``N``, :data:`BATCH` at a time for a dynamic batch axis. With
+``percentile`` the percentile is taken per chunk, so it depends on the chunk size.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgert.compiler.calib_batches import BATCH
 from edgert.errors import InputError
 from edgert.onnx_graph import graph_inputs
 
 METHODS = ("minmax", "percentile")
-BATCH = 32
+__all__ = ["BATCH", "METHODS", "TensorRange", "calibrate", "float_tensors", "load_samples",
+           "sample_feeds"]
 
 
 @dataclass
@@ -71,11 +77,18 @@ def load_samples(path: str | os.PathLike, input_names: list[str]) -> list[dict[s
     return feeds
 
 
-def _batches(feeds: list[dict[str, np.ndarray]], batch: int) -> Iterator[dict[str, np.ndarray]]:
-    for feed in feeds:
-        n = min(len(v) for v in feed.values())
-        for start in range(0, n, batch):
-            yield {k: v[start:start + batch] for k, v in feed.items()}
+def sample_feeds(calib: object, input_names: list[str]) -> Iterable[dict[str, np.ndarray]]:
+    """The feeds of ``--calib``: a path (:func:`load_samples`) or, from Python, a dict or an
+    iterable of dicts input name -> array (returned as given, read lazily by
+    :func:`edgert.compiler.calib_batches.chunks`). Raises InputError for anything else."""
+    if isinstance(calib, (str, os.PathLike)):
+        return load_samples(calib, input_names)
+    if isinstance(calib, Mapping):
+        return [calib]
+    if not isinstance(calib, Iterable) or isinstance(calib, bytes):
+        raise InputError(f"calibration data must be an .npz file, a directory or an iterable "
+                         f"of dicts input name -> array, not {type(calib).__name__}")
+    return calib
 
 
 def float_tensors(model: object) -> list[str]:
@@ -90,57 +103,50 @@ def float_tensors(model: object) -> list[str]:
     return [n for n in names if types.get(n) == TensorProto.FLOAT]
 
 
-def calibrate(model: object, feeds: list[dict[str, np.ndarray]], *, method: str = "minmax",
-              percentile: float = 99.99,
+def calibrate(model: object, feeds: Iterable[dict[str, np.ndarray]], *, method: str = "minmax",
+              percentile: float = 99.99, batch: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> dict[str, TensorRange]:
     """Ranges of every graph input and float intermediate of ``model`` (shape-inferred ModelProto).
 
     Args:
-        feeds: from :func:`load_samples`; each array's first axis holds samples.
+        feeds: dicts input name -> array, each array's first axis holding samples (a dict of
+            arrays one axis short is one sample): :func:`load_samples`' list, or any iterable
+            (read once, lazily).
         method: ``minmax`` or ``percentile``.
-        progress: called with (batches done, batches in all).
+        batch: samples per onnxruntime run (default: what the model accepts,
+            :func:`edgert.compiler.calib_batches.model_batch`).
+        progress: called with (samples done, samples in all; 0 when an iterable's length is
+            unknown) after each run.
 
     Raises:
-        InputError: unknown method, no samples, or inputs the model rejects.
+        InputError: unknown method, no samples, or inputs the model rejects (the message names
+            the input and both shapes).
     """
-    import onnx
-    import onnxruntime as ort
+    from edgert.compiler.calib_batches import chunks, input_specs, model_batch
 
     if method not in METHODS:
         raise InputError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     watched = float_tensors(model)
-    watch_set = set(watched)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for v in probe.graph.value_info:
-        if v.name in watch_set and v.name not in existing:
-            probe.graph.output.append(v)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    out_names = [o.name for o in sess.get_outputs() if o.name in watch_set]
-    batches = list(_batches(feeds, BATCH))
-    if not batches:
-        raise InputError("calibration data holds no samples")
+    sess, out_names = _probe_session(model, set(watched))
+    specs = input_specs(model)
+    batch = batch or model_batch(specs)
     acc: dict[str, list] = {n: [] for n in watched}
     chan: dict[str, np.ndarray] = {}
-    for done, feed in enumerate(batches, 1):
+    done = 0
+    for feed, real, total in chunks(feeds, specs, batch):
         try:
             values = dict(zip(out_names, sess.run(out_names, feed)))
         except Exception as e:  # onnxruntime raises its own exception types
-            raise InputError(f"calibration inputs do not fit the model: {e}") from None
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
+            raise InputError(f"calibration inputs do not fit the model ({shapes}): {e}") from None
         values.update({k: v for k, v in feed.items() if k in acc})
         for name, v in values.items():
-            a = np.abs(np.asarray(v, np.float64))
-            if a.size == 0:
-                continue
-            acc[name].append(a.max() if method == "minmax" else np.percentile(a, percentile))
-            if a.ndim:
-                c = a.reshape(-1, a.shape[-1]).max(axis=0)
-                chan[name] = c if name not in chan or chan[name].shape != c.shape else np.maximum(chan[name], c)
+            _accumulate(acc, chan, name, np.abs(np.asarray(v, np.float64)), method, percentile)
+        done += real
         if progress:
-            progress(done, len(batches))
+            progress(done, total)
+    if not done:
+        raise InputError("calibration data holds no samples")
     ranges = {}
     for name, vals in acc.items():
         if not vals:
@@ -149,3 +155,32 @@ def calibrate(model: object, feeds: list[dict[str, np.ndarray]], *, method: str 
         ranges[name] = TensorRange(amax, chan.get(name))
     return ranges
 
+
+def _probe_session(model: object, watch: set[str]) -> tuple[object, list[str]]:
+    """An onnxruntime session of ``model`` with every watched tensor as an output (no graph
+    optimizations), and the names of its watched outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for v in probe.graph.value_info:
+        if v.name in watch and v.name not in existing:
+            probe.graph.output.append(v)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess, [o.name for o in sess.get_outputs() if o.name in watch]
+
+
+def _accumulate(acc: dict[str, list], chan: dict[str, np.ndarray], name: str, a: np.ndarray,
+                method: str, percentile: float) -> None:
+    """Add one chunk's ``|x|`` (float64) of tensor ``name``: its max or percentile, and the
+    per-channel maxima over the last axis."""
+    if a.size == 0:
+        return
+    acc[name].append(a.max() if method == "minmax" else np.percentile(a, percentile))
+    if a.ndim:
+        c = a.reshape(-1, a.shape[-1]).max(axis=0)
+        chan[name] = c if name not in chan or chan[name].shape != c.shape else np.maximum(chan[name], c)

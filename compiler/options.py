@@ -9,6 +9,7 @@ This module imports nothing heavy.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -30,7 +31,8 @@ class CompileOptions:
         int_only: calibrate and rewrite the graph into the integer ONNX graph
             (``docs/integer-onnx.md``) before lowering; needs ``calib``.
         calib: calibration inputs (``.npz`` or a directory, see
-            :func:`edgert.compiler.calibrate.load_samples`).
+            :func:`edgert.compiler.calibrate.load_samples`; from Python also an iterable
+            of dicts input name -> array, see :mod:`edgert.compiler.calib_batches`).
         calib_method: ``minmax`` or ``percentile``.
         act_bits: activation dtype policy, ``auto``, ``linear8``, ``8`` or ``16`` (see
             :mod:`edgert.compiler.quantize`).
@@ -67,7 +69,7 @@ class CompileOptions:
     target: str = "host"
     threads: int | None = None
     int_only: bool = False
-    calib: str | os.PathLike | None = None
+    calib: str | os.PathLike | Iterable[Mapping[str, Any]] | None = None
     calib_method: str = "minmax"
     act_bits: str = "auto"
     io: str = "float"

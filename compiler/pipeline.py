@@ -22,7 +22,8 @@ package               Graph + Lowered + Library -> .edgert     :mod:`.stages.pac
 ``weights`` is the float variant of ``--weight-bits``; ``calibrate`` and ``quantize`` run with
 ``--int-only`` (the integer variant of ``--weight-bits`` chooses its weights in
 ``calibrate``); ``kernels`` with ``--weight-bits``. ``on_stage`` is called with a short label
-as each stage starts, so the CLI can show progress.
+as each step starts and ``on_stage_done`` with each stage's time, so the CLI can show
+progress; library output goes to the build log.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgert.capture import released
+from edgert.compiler.build_log import BuildLog
 from edgert.compiler.options import CompileOptions
 from edgert.compiler.stages import prepare
 from edgert.compiler.stages.calibrate import calibrate
@@ -50,15 +53,24 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
                   options: CompileOptions | None = None, *,
                   on_stage: Callable[[str], None] | None = None,
                   on_progress: Callable[[int, int], None] | None = None,
+                  on_stage_done: Callable[[str, float], None] | None = None,
                   **fields: Any) -> Path:
     """Compile an fp32 ONNX model into a ``.edgert`` artifact.
+
+    What TVM and the other libraries print is captured per stage into the build log
+    (:mod:`edgert.compiler.build_log`): the artifact's ``build.log`` member, or, when the
+    compile fails, ``<output stem>.build.log`` (named in the error).
 
     Args:
         model_path: the ONNX file.
         output: where to write the artifact (written atomically).
         options: what to compile for and how (:class:`CompileOptions`; default: all defaults).
-        on_stage: progress callback, called with a label as each stage starts.
-        on_progress: called with (batches done, batches in all) during calibration.
+        on_stage: progress callback, called with a label as each step starts.
+        on_progress: called with (samples done, samples in all; 0 when unknown) during
+            calibration.
+        on_stage_done: called with (stage, seconds) as each stage ends: ``check``,
+            ``weights``, ``calibrate``, ``quantize``, ``kernels``, ``lower``, ``build``,
+            ``package`` (those that run).
         **fields: :class:`CompileOptions` fields given as keywords (``target="rpi5"``,
             ``int_only=True``...), applied over ``options``.
 
@@ -68,12 +80,26 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
     Raises:
         ModelError, UnsupportedOpError, QuantizationError, InputError, TargetError, CompileError.
     """
-    ctx = prepare(model_path, CompileOptions.of(options, **fields), on_stage, on_progress)
-    graph = check(model_path, ctx)                  # ONNX file -> checked fp32 graph
-    graph = quantize_weights(graph, ctx)            # [--weight-bits, float] LutMatMul weights
-    if ctx.options.int_only:                        # [--int-only] ranges -> integer graph
-        graph = quantize(calibrate(graph, ctx), ctx)
-    graph = choose_kernels(graph, ctx)              # [--weight-bits] lookup or dequantize
-    lowered = lower(graph, ctx)                     # ONNX -> Relax IRModule
-    library = schedule(lowered, ctx)                # our kernels + TVM build -> library
-    return package(graph, lowered, library, ctx, output)
+    ctx = prepare(model_path, CompileOptions.of(options, **fields), released(on_stage),
+                  released(on_progress))           # the callbacks print to the real terminal
+    log = BuildLog(on_stage_done)
+    with log.kept_on_failure(output):
+        with log.stage("check"):                    # ONNX file -> checked fp32 graph
+            graph = check(model_path, ctx)
+        if ctx.lowbit is not None and not ctx.options.int_only:
+            with log.stage("weights"):              # [--weight-bits, float] LutMatMul weights
+                graph = quantize_weights(graph, ctx)
+        if ctx.options.int_only:                    # [--int-only] ranges -> integer graph
+            with log.stage("calibrate"):
+                calibrated = calibrate(graph, ctx)
+            with log.stage("quantize"):
+                graph = quantize(calibrated, ctx)
+        if ctx.lowbit is not None:
+            with log.stage("kernels"):              # [--weight-bits] lookup or dequantize
+                graph = choose_kernels(graph, ctx)
+        with log.stage("lower"):                    # ONNX -> Relax IRModule
+            lowered = lower(graph, ctx)
+        with log.stage("build"):                    # our kernels + TVM build -> library
+            library = schedule(lowered, ctx)
+        with log.stage("package"):
+            return package(graph, lowered, library, ctx, output, build_log=log.text())

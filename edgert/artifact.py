@@ -6,6 +6,9 @@ Members:
     ``model.onnx``     the ONNX graph that was compiled (the contract between the compiler and
                        every backend).
     ``lib/<name>``     the compiled library for the target (absent for numba-only artifacts).
+    ``build.log``      optional (UTF-8 text): each compile stage's time and what the libraries
+                       (TVM, onnxruntime) printed during it; readers that do not know it
+                       verify its hash like any member and ignore it.
 
 Writing is atomic: the zip is built in a temporary file next to the destination and renamed
 into place, so an interrupted compile never leaves a half-written artifact. Reading checks the
@@ -28,6 +31,7 @@ from edgert.fileio import atomic_path
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_MEMBER = "model.onnx"
+BUILD_LOG_MEMBER = "build.log"
 STORE_ABOVE = 1 << 20
 """Members of this many bytes or more are stored, not deflated: weights and machine code shrink
 by a few percent at ~10 MB/s (a 30-layer LLM's artifact took minutes to pack)."""
@@ -82,6 +86,12 @@ class Artifact:
     def lib_member(self) -> str | None:
         """Name of the compiled library member, if the artifact has one."""
         return self.manifest.get("lib")
+
+    @property
+    def build_log(self) -> str | None:
+        """The compile's build log (text), or None for artifacts written without one."""
+        data = self.members.get(self.manifest.get("build_log", BUILD_LOG_MEMBER))
+        return None if data is None else data.decode("utf-8", "replace")
 
 
 def read_artifact(path: str | os.PathLike) -> Artifact:

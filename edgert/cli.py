@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,          # click's formatter: help paragraphs rewrapped to the terminal
 )
 out = Console()
 err = Console(stderr=True)
@@ -125,6 +126,10 @@ def compile_cmd(
     keep_float: KeepFloatOpt = None,
     lut: LutOpt = None,
     tuning_db: TuningDbOpt = "shipped",
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also print the build log: what TVM and the other libraries "
+        "printed during each stage (kept in the artifact; `edgert inspect --build-log` "
+        "shows it later).")] = False,
 ) -> None:
     """Compile an ONNX model into a .edgert artifact for a target.
 
@@ -134,10 +139,9 @@ def compile_cmd(
     --allow-float to keep ops without an integer form in float32), optionally given low-bit
     weights (--weight-bits, with or without --int-only), lowered with TVM and
     packaged into one file that `edgert run` and `edgert.Session` load. The file is written
-    atomically.
+    atomically. Each stage is shown with its time; library messages go to the build log.
     """
     from edgert.compiler.options import CompileOptions
-    from edgert.compiler.pipeline import compile_model
 
     options = CompileOptions(
         target=target, threads=threads, int_only=int_only, calib=calib,
@@ -145,14 +149,52 @@ def compile_cmd(
         weight_bits=weight_bits, group_size=group_size, weight_zero_point=weight_zero_point,
         keep_float=tuple(keep_float or ()), lut=lut, tuning_db=tuning_db)
     output = output or model.with_suffix(".edgert")
-    with err.status("compiling") as status:
-        def progress(done: int, total: int) -> None:
-            filled = 20 * done // total
-            status.update(f"calibrating [{'#' * filled}{'.' * (20 - filled)}] {done}/{total} batches")
+    term = _terminal_console()
+    try:
+        path = _compile_with_progress(term, model, output, options)
+    except EdgertError as e:
+        if verbose and getattr(e, "build_log", None):
+            term.print(Path(e.build_log).read_text(encoding="utf-8"), highlight=False,
+                       markup=False, soft_wrap=True)
+        raise
+    if verbose:
+        from edgert.artifact import read_artifact
 
-        path = compile_model(model, output, options, on_stage=lambda s: status.update(s),
-                             on_progress=progress)
+        term.print(read_artifact(path).build_log or "", highlight=False, markup=False,
+                   soft_wrap=True, end="")
     out.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+def _terminal_console(fd: int = 2) -> Console:
+    """A console on the terminal's stderr (``fd`` 2) or stdout (1) that keeps working while
+    the compiler captures the process's stdout and stderr into the build log."""
+    from edgert.capture import terminal_stream
+
+    return Console(file=terminal_stream(fd))
+
+
+def _compile_with_progress(term: Console, model: Path, output: Path, options: Any) -> Path:
+    """Run the compile showing the current step (on stderr), each finished stage with its
+    time (on stdout, so that a failure stays one line on stderr) and the calibration samples
+    done."""
+    from edgert.compiler.pipeline import compile_model
+
+    stages = _terminal_console(1)
+
+    with term.status("compiling") as status:
+        def progress(done: int, total: int) -> None:
+            if not total:
+                status.update(f"calibrating: {done} samples")
+                return
+            filled = 20 * done // total
+            status.update(f"calibrating [{'#' * filled}{'.' * (20 - filled)}] "
+                          f"{done}/{total} samples")
+
+        def stage_done(name: str, seconds: float) -> None:
+            stages.print(f"  {name:<10} {seconds:7.2f} s", highlight=False)
+
+        return compile_model(model, output, options, on_stage=lambda s: status.update(s),
+                             on_progress=progress, on_stage_done=stage_done)
 
 
 @app.command()
@@ -281,10 +323,17 @@ def run(
 def inspect(
     path: Annotated[Path, typer.Argument(help="An .onnx model or a .edgert artifact.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    build_log: Annotated[bool, typer.Option(
+        "--build-log", help="Print the artifact's build log (stage times and what the "
+        "libraries printed during the compile) instead.")] = False,
 ) -> None:
     """Show a model's ops (counts, dtypes), inputs, outputs, target, versions, float-op count
     and the low-bit (LutMatMul) nodes with the bytes they save."""
     from edgert.model_info import inspect_path
+
+    if build_log:
+        _print_build_log(path)
+        return
 
     info = inspect_path(path)
     if as_json:
@@ -362,7 +411,7 @@ def demo(
     """Compile the built-in tiny ViT (scikit-learn digits) for this machine and compare with onnxruntime."""
     from edgert.demo import run_demo
 
-    with err.status("compiling the demo model") as status:
+    with _terminal_console().status("compiling the demo model") as status:
         result = run_demo(threads=threads, repeats=repeats, on_stage=lambda s: status.update(s))
     if as_json:
         out.print_json(json.dumps(result))
@@ -378,6 +427,19 @@ def demo(
     ratio = result["latency_batch1"]["edgert"]["p50_ms"] / result["latency_batch1"]["onnxruntime"]["p50_ms"]
     out.print(f"edgert/onnxruntime latency ratio {ratio:.2f}; predictions agree on "
               f"{100 * result['agreement']:.1f}%; max |logit difference| {result['max_abs_logit_diff']:.2e}")
+
+
+def _print_build_log(path: Path) -> None:
+    """An artifact's build log on stdout (an InputError for files without one)."""
+    from edgert.artifact import read_artifact
+
+    if path.suffix == ".onnx":
+        raise InputError(f"{path}: an ONNX model has no build log; give a .edgert artifact")
+    text = read_artifact(path).build_log
+    if text is None:
+        raise InputError(f"{path}: this artifact has no build log (compiled by an edgert "
+                         "that did not keep one)")
+    out.print(text, highlight=False, markup=False, soft_wrap=True, end="")
 
 
 FLOAT_NODES_SHOWN = 10

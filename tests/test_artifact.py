@@ -40,7 +40,8 @@ def test_manifest_contents(mlp_artifact):
     assert m["target"]["name"] == resolve_host().name     # "host" resolves on this machine
     assert m["inputs"] == [{"name": "x", "shape": ["batch", 20], "dtype": "float32"}]
     assert m["outputs"] == [{"name": "y", "shape": ["batch", 5], "dtype": "float32"}]
-    assert set(m["members"]) == {"model.onnx", "lib/model.so"}
+    assert set(m["members"]) == {"model.onnx", "lib/model.so", "build.log"}
+    assert m["build_log"] == "build.log" and "== build (" in art.build_log
     assert m["compile_options"]["target"] == "host"
     assert art.members["lib/model.so"][:4] == b"\x7fELF"
 

@@ -39,7 +39,8 @@ class Context:
         tuning_db: the tuning database a build applies (None: none).
         tuning_label: how the manifest names it (``shipped`` or the folder).
         stage: called with a short label as each stage starts.
-        progress: called with (batches done, batches in all) during calibration.
+        progress: called with (samples done, samples in all; 0 when unknown) during
+            calibration.
     """
 
     options: CompileOptions

@@ -16,7 +16,7 @@ def calibrate(graph: Graph, ctx: Context) -> Calibrated:
         InputError: no calibration data, or samples that do not match the inputs.
     """
     from edgert.compiler.calibrate import calibrate as collect_ranges
-    from edgert.compiler.calibrate import load_samples
+    from edgert.compiler.calibrate import sample_feeds
     from edgert.compiler.check import check_model
     from edgert.compiler.fuse import fuse_patterns
 
@@ -26,7 +26,7 @@ def calibrate(graph: Graph, ctx: Context) -> Calibrated:
             "--int-only needs calibration data (--calib samples.npz, or a directory of .npz/.npy "
             "files): the integer scale of every tensor comes from the ranges that typical inputs "
             "produce, and without them any choice would clip or waste the integer range")
-    feeds = load_samples(opts.calib, [v.name for v in graph_inputs(graph.model)])
+    feeds = sample_feeds(opts.calib, [v.name for v in graph_inputs(graph.model)])
     ctx.stage("fusing patterns")
     model, fused = fuse_patterns(graph.model)
     model = check_model(model, ctx.source)
@@ -37,6 +37,6 @@ def calibrate(graph: Graph, ctx: Context) -> Calibrated:
         ctx.stage("quantizing weights to low bits")
         plan = plan_weights(model, ctx.lowbit, source=ctx.source)
         model = fake_quantized(model, plan)
-    ctx.stage("calibrating")
+    ctx.stage("calibrating")                    # chunks of samples the model accepts
     ranges = collect_ranges(model, feeds, method=opts.calib_method, progress=ctx.progress)
     return Calibrated(graph.with_model(model), ranges, fused, plan)

@@ -8,15 +8,16 @@ import os
 from pathlib import Path
 
 from edgert import __version__
-from edgert.artifact import MODEL_MEMBER, sha256, write_artifact
+from edgert.artifact import BUILD_LOG_MEMBER, MODEL_MEMBER, sha256, write_artifact
 from edgert.compiler.stages import Context, Graph, Library, Lowered
 
 LIB_MEMBER = "lib/model.so"
 
 
 def package(graph: Graph, lowered: Lowered, library: Library, ctx: Context,
-            output: str | os.PathLike) -> Path:
-    """Write the artifact; returns its path."""
+            output: str | os.PathLike, build_log: str | None = None) -> Path:
+    """Write the artifact (with ``build_log``, the compile's log text, as member
+    ``build.log`` when given); returns its path."""
     import tvm
 
     ctx.stage("packaging")
@@ -36,8 +37,11 @@ def package(graph: Graph, lowered: Lowered, library: Library, ctx: Context,
         "compile_options": _compile_options(ctx),
         **sections,
     }
-    return write_artifact(output, manifest, {MODEL_MEMBER: graph.model.SerializeToString(),
-                                             LIB_MEMBER: library.data})
+    members = {MODEL_MEMBER: graph.model.SerializeToString(), LIB_MEMBER: library.data}
+    if build_log is not None:
+        manifest["build_log"] = BUILD_LOG_MEMBER
+        members[BUILD_LOG_MEMBER] = build_log.encode("utf-8")
+    return write_artifact(output, manifest, members)
 
 
 def _compile_options(ctx: Context) -> dict:
@@ -51,7 +55,9 @@ def _compile_options(ctx: Context) -> dict:
                    lowbit_min_elements=lowbit.min_elements, keep_float=list(opts.keep_float),
                    lut=opts.lut_mode)
     if opts.int_only:
-        out.update(precision="int-only", calib=Path(opts.calib).name,
+        calib = (Path(opts.calib).name if isinstance(opts.calib, (str, os.PathLike))
+                 else "samples given in Python")
+        out.update(precision="int-only", calib=calib,
                    calib_method=opts.calib_method, act_bits=opts.act_bits, io=opts.io,
                    allow_float=opts.allow_float)
     if ctx.tuning_db is not None:
