@@ -9,6 +9,10 @@
   ``llvm.nearbyint`` / CUDA ``nearbyintf``; ours does not depend on that lowering.)
 - ``Gather`` of a 1-D constant index from a shape stays a shape (TVM's makes it a tensor, which
   Reshape/Expand then refuse); every other Gather is TVM's.
+- ``MaxPool`` (int8 in the integer graph): ``auto_pad = SAME_*`` becomes explicit pads computed
+  from the static spatial dims (TVM's converter converts the whole shape to ints, so a dynamic
+  batch fails, and its SAME_LOWER output size is floor, not ONNX's ceil); then TVM's MaxPool,
+  which pads with the dtype's minimum.
 
 Imports TVM: imported only when a model is converted.
 """
@@ -22,6 +26,7 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.frontend.onnx.onnx_frontend import Conv, OnnxOpConverter
 from tvm.relax.frontend.onnx.onnx_frontend import Gather as TvmGather
+from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as TvmMaxPool
 
 from edgert.ops.intmatmul.tvm import emit_int_matmul
 from edgert.ops._common.relax_util import dtype_name, node_name
@@ -173,8 +178,45 @@ class Gather(TvmGather):
         return TvmGather._impl_v13(bb, inputs, attr, params)
 
 
+def same_pads(auto_pad: str, spatial: list[int], kernel: list[int], strides: list[int],
+              dilations: list[int]) -> list[int]:
+    """ONNX ``SAME_UPPER`` / ``SAME_LOWER`` as explicit pads (all begins, then all ends): the
+    output is ``ceil(in / stride)``, the odd unit of padding goes to the end (UPPER) or the
+    begin (LOWER)."""
+    head, tail = [], []
+    for d, k, s, dl in zip(spatial, kernel, strides, dilations):
+        total = max(0, (-(-d // s) - 1) * s + (k - 1) * dl + 1 - d)
+        first = (total + 1) // 2 if auto_pad == "SAME_LOWER" else total // 2
+        head.append(first)
+        tail.append(total - first)
+    return head + tail
+
+
+class MaxPool(TvmMaxPool):
+    """TVM's MaxPool with ``SAME_*`` padding resolved here from the static spatial dims."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        auto_pad = attr.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            spatial = list(inputs[0].ty.shape)[2:]
+            if not all(isinstance(d, tirx.IntImm) for d in spatial):
+                raise ValueError(f"MaxPool {node_name(attr)}: auto_pad={auto_pad} needs static "
+                                 "spatial dims")
+            nd = len(spatial)
+            attr = dict(attr)
+            attr["pads"] = same_pads(auto_pad, [int(d) for d in spatial],
+                                     list(attr["kernel_shape"]),
+                                     list(attr.get("strides", [1] * nd)),
+                                     list(attr.get("dilations", [1] * nd)))
+            attr["auto_pad"] = b"NOTSET"
+        return TvmMaxPool._impl_v1(bb, inputs, attr, params)
+
+
 CONVERTERS: dict[str, type] = {
     "MatMulInteger": MatMulInteger, "ConvInteger": ConvInteger, "Gather": Gather,
+    "MaxPool": MaxPool,
     "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
 }
 """op_type -> converter class, for the default domain."""

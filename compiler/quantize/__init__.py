@@ -58,7 +58,7 @@ Without ``allow_float`` such a node is an error naming it.
 
 Layout: :mod:`.core` (the state, ``need`` and the dtype policy), :mod:`.driver` (the graph walk,
 graph I/O), :mod:`.fallback` (``allow_float``), :mod:`.rules` (op type -> rule), the rules in
-:mod:`.linear`, :mod:`.arith`, :mod:`.shapes` and, for the edgert ops, the
+:mod:`.linear`, :mod:`.arith`, :mod:`.pool`, :mod:`.shapes` and, for the edgert ops, the
 ``quantize.py`` of their folders under ``ops/`` (found through the op registry).
 """
 

@@ -158,9 +158,42 @@ def reduce_sum(q: Quantizer, node: onnx.NodeProto) -> None:
     q.q[out] = QTensor(new, "int32", t.scale, bound=bound, interval=interval)
 
 
+def _clip_bounds(q: Quantizer, node: onnx.NodeProto) -> list[float | None]:
+    """The constant ``min`` and ``max`` of a Clip (``None`` where absent)."""
+    out: list[float | None] = [None, None]
+    for i in (1, 2):
+        if len(node.input) > i and node.input[i]:
+            if node.input[i] not in q.inits:
+                raise q.fail("Clip needs constant bounds")
+            out[i - 1] = float(np.asarray(q.inits[node.input[i]]).reshape(()))
+    return out
+
+
+def clip_activation(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Clip`` of an activation (ReLU6): the input requantized at the output's calibrated
+    scale, clamped to ``[ceil(min / s), floor(max / s)]`` (inside the dtype) by that Requant."""
+    out = node.output[0]
+    dtype = q.downstream_dtype(out)
+    top = QMAX[dtype]
+    scale = max(q.amax(out), 1e-12) / top
+    lo_f, hi_f = _clip_bounds(q, node)
+    lo = -top if lo_f is None else min(max(math.ceil(lo_f / scale), -top), top)
+    hi = top if hi_f is None else min(max(math.floor(hi_f / scale), -top), top)
+    if hi < 1 or lo > hi:
+        raise q.fail(f"Clip to [{lo_f}, {hi_f}] leaves no positive integer range at scale {scale}")
+    q.q[out] = q.need(node.input[0], dtype, scale=scale, qmax=hi, lo=lo)
+
+
 def clip(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Clip``: of a per-tensor int8/int16 tensor or an integer-valued one (a count, a mask) in
+    place, else (an int32 accumulator, a per-channel scale: a ReLU6 after a Conv)
+    :func:`clip_activation`."""
     x, out = node.input[0], node.output[0]
-    t = q.q.get(x) or q.need(x, q.downstream_dtype(x))
+    t = q.q.get(x)
+    if t is not None and (not t.per_tensor or (t.dtype == "int32" and t.interval is None)):
+        clip_activation(q, node)
+        return
+    t = t or q.need(x, q.downstream_dtype(x))
     if not t.per_tensor or float(t.scale) <= 0:
         raise q.fail("Clip needs a per-tensor positive scale")
     top = QMAX.get(t.dtype, INT32_MAX)

@@ -4,7 +4,7 @@ Shiftmax, Gelu -> ShiftGELU, LayerNormalization -> ILayerNorm)."""
 
 from __future__ import annotations
 
-from edgert.compiler.quantize import arith, linear, shapes
+from edgert.compiler.quantize import arith, linear, pool, shapes
 from edgert.compiler.quantize.core import SHAPE_OPS, Rule
 from edgert.ops import registry
 
@@ -17,7 +17,9 @@ def table() -> dict[str, Rule]:
         "Add": arith.add, "Mul": arith.scale_by_const, "Div": arith.scale_by_const,
         "Relu": arith.relu, "Cast": arith.cast, "Sub": arith.sub,
         "ReduceSum": arith.reduce_sum, "Clip": arith.clip,
-        "Shape": shapes.shape,
+        "Shape": shapes.shape, "MaxPool": pool.max_pool,
+        "GlobalAveragePool": pool.global_average_pool, "ReduceMean": pool.reduce_mean,
+        "AveragePool": pool.average_pool,
     }
     out.update({op: shapes.shape_op for op in SHAPE_OPS})
     for op in registry.all():

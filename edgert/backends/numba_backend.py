@@ -17,8 +17,9 @@ Ops (the contract is ``docs/integer-onnx.md``; shapes follow ONNX/numpy broadcas
     integer arithmetic: ``MatMulInteger`` (int8/uint8 -> int32, numpy matmul shapes, rank-1
         operands included) on ``intmatmul.numba_kernel``; ``ConvInteger`` (N-d, NCHW..., pads,
         strides, dilations, group, auto_pad) as numpy im2col + ``intmatmul.numba_kernel``;
-        ``Add`` (numpy broadcasting, wrapping like int32 hardware). Zero points, when present,
-        must be constant scalars (the contract has none).
+        ``Add`` (numpy broadcasting, wrapping like int32 hardware); ``MaxPool`` (integer, one
+        output; pads, strides, dilations, auto_pad, ceil_mode; padding never wins the max).
+        Zero points, when present, must be constant scalars (the contract has none).
     boundary: ``QuantizeLinear`` (float32 ``x / scale``, round half to even, saturate to the
         zero point's int8/uint8/int16/uint16; per tensor or per ``axis``), ``DequantizeLinear``
         (``float32(q) * scale``, per tensor or per ``axis``).

@@ -1,8 +1,9 @@
 """Handlers of the default-domain ONNX ops in the numba backend (:mod:`.numba_backend`).
 
-Integer arithmetic (``MatMulInteger``, ``ConvInteger`` on the IntMatMul numba kernel, ``Add``...),
-the boundary ops (``QuantizeLinear``, ``DequantizeLinear``), the shape ops and the fallback of
-float nodes to ``onnx.reference``; the semantics are listed in the backend's module docstring.
+Integer arithmetic (``MatMulInteger``, ``ConvInteger`` on the IntMatMul numba kernel, ``MaxPool``,
+``Add``...), the boundary ops (``QuantizeLinear``, ``DequantizeLinear``), the shape ops and the
+fallback of float nodes to ``onnx.reference``; the semantics are listed in the backend's module
+docstring.
 :data:`FACTORIES` maps each op type to its handler factory.
 """
 
@@ -117,6 +118,57 @@ def _im2col(x: np.ndarray, kshape: Sequence[int], pads: Sequence[int], strides: 
                     for o, dl, size, s in zip(off, dil, out_sp, strides))
         cols[(*every, *off)] = x[(*every, *src)]
     return cols.reshape(n, c * int(np.prod(kshape)), int(np.prod(out_sp))), out_sp
+
+
+@handles("MaxPool")
+def _maxpool(node: Node) -> Handler:
+    """Integer ``MaxPool`` (one output): padding takes no part (it is the dtype's minimum);
+    ``ceil_mode`` keeps a last window only when it starts inside the input or the begin pad."""
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad={auto_pad}")
+    if int(node.attr("storage_order", 0)) or len(node.proto.output) > 1:
+        raise Unsupported("Indices output / storage_order")
+    kshape = [int(k) for k in node.attr("kernel_shape")]
+    nd = len(kshape)
+    st = [int(v) for v in node.attr("strides", None) or [1] * nd]
+    dil = [int(v) for v in node.attr("dilations", None) or [1] * nd]
+    pads, ceil_mode = node.attr("pads", None), int(node.attr("ceil_mode", 0))
+
+    def run(x):
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"MaxPool: integer input expected, got {x.dtype}")
+        pd = _conv_pads(auto_pad, pads, x.shape[2:], kshape, st, dil)
+        return (_max_pool(x, kshape, pd, st, dil, bool(ceil_mode)),)
+    return run
+
+
+def _max_pool(x: np.ndarray, kshape: Sequence[int], pads: Sequence[int],
+              strides: Sequence[int], dil: Sequence[int], ceil_mode: bool) -> np.ndarray:
+    """Max over each window of x [N, C, *S] (begin/end ``pads``), as ONNX MaxPool."""
+    nd = len(kshape)
+    spatial = x.shape[2:]
+    out_sp = []
+    for i in range(nd):
+        span = spatial[i] + pads[i] + pads[i + nd] - (kshape[i] - 1) * dil[i] - 1
+        o = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
+        if ceil_mode and (o - 1) * strides[i] >= spatial[i] + pads[i]:
+            o -= 1                                  # the last window would start in the end pad
+        out_sp.append(o)
+    if any(o < 1 for o in out_sp):
+        raise ValueError(f"MaxPool: kernel {list(kshape)} does not fit the input {list(spatial)}")
+    extra = [max(0, (out_sp[i] - 1) * strides[i] + (kshape[i] - 1) * dil[i] + 1
+                 - spatial[i] - pads[i] - pads[i + nd]) for i in range(nd)]
+    lowest = np.iinfo(x.dtype).min
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd] + extra[i]) for i in range(nd)],
+                constant_values=lowest)
+    out = np.full((*x.shape[:2], *out_sp), lowest, x.dtype)
+    every = (slice(None), slice(None))
+    for off in np.ndindex(*kshape):
+        src = tuple(slice(o * dl, o * dl + (size - 1) * s + 1, s)
+                    for o, dl, size, s in zip(off, dil, out_sp, strides))
+        np.maximum(out, xp[(*every, *src)], out=out)
+    return out
 
 
 @handles("Add")
