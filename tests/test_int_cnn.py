@@ -2,7 +2,8 @@
 
 The two architectures are written out here layer for layer as torchvision defines them (the
 torchvision wheel reachable here is a CUDA build that does not load next to the CPU torch), with
-torchvision's initialization. Random weights, eval mode, dynamic batch, 64x64 inputs:
+torchvision's initialization. Random weights, eval mode, dynamic batch (and resnet18 with a
+static batch of 1), 64x64 inputs:
 - BatchNorm statistics are measured on random images (non-trivial means and variances that keep
   the signal's size through the depth), its affine parameters random around (1, 0); the last
   BatchNorm of each residual branch is scaled by 0.7. A random network is otherwise chaotic
@@ -153,11 +154,15 @@ def random_model(arch: str, seed: int = 0):
     return model.eval()
 
 
-def export(model, path, dynamo: bool):
-    """ONNX with a dynamic batch by ``torch.onnx.export`` (dynamo or TorchScript, opset 17)."""
-    x = torch.randn(2, 3, SIZE, SIZE)
+def export(model, path, dynamo: bool, static_batch: bool = False):
+    """ONNX by ``torch.onnx.export`` (dynamo or TorchScript, opset 17) with a dynamic batch, or
+    a static batch of 1 (TorchScript)."""
+    x = torch.randn(1 if static_batch else 2, 3, SIZE, SIZE)
     with torch.no_grad():
-        if dynamo:
+        if static_batch:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"],
+                              output_names=["y"], opset_version=17)
+        elif dynamo:
             program = torch.onnx.export(model, (x,), dynamo=True, input_names=["x"],
                                         output_names=["y"], verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch")},))
@@ -176,13 +181,15 @@ def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 
 CASES = [(arch, exporter) for arch in ARCHS for exporter in ("torchscript", "dynamo")]
+CASES.append(("resnet18", "torchscript-batch1"))        # a static batch of 1
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{a}-{e}" for a, e in CASES])
 def cnn(request, tmp_path_factory):
     arch, exporter = request.param
     tmp = tmp_path_factory.mktemp(f"{arch}_{exporter}")
-    onnx_path = export(random_model(arch), tmp / f"{arch}.onnx", exporter == "dynamo")
+    onnx_path = export(random_model(arch), tmp / f"{arch}.onnx", exporter == "dynamo",
+                       static_batch=exporter.endswith("batch1"))
     rng = np.random.default_rng(0)
     calib = tmp / "calib.npz"
     np.savez(calib, x=rng.standard_normal((CALIB_SAMPLES, 3, SIZE, SIZE)).astype(np.float32))
@@ -200,9 +207,14 @@ def test_no_float_ops(cnn):
 def test_logits_match_fp32_and_backends_agree(cnn):
     arch, exporter, onnx_path, artifact = cnn
     x = np.random.default_rng(1).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
-    fp32 = ort.InferenceSession(str(onnx_path)).run(None, {"x": x})[0]
-    tvm_out = Session(artifact, backend="tvm").run(None, {"x": x})[0]
-    numba_out = Session(artifact, backend="numba").run(None, {"x": x})[0]
+    runs = [x[i:i + 1] for i in range(len(x))] if exporter.endswith("batch1") else [x]
+
+    def run(f):
+        return np.concatenate([f(part) for part in runs])
+
+    fp32 = run(lambda v: ort.InferenceSession(str(onnx_path)).run(None, {"x": v})[0])
+    tvm_out = run(lambda v: Session(artifact, backend="tvm").run(None, {"x": v})[0])
+    numba_out = run(lambda v: Session(artifact, backend="numba").run(None, {"x": v})[0])
     assert_bit_exact(f"{arch}/{exporter} numba vs tvm", numba_out, tvm_out)
     cos = cosines(tvm_out, fp32)
     centered = cosines(tvm_out - fp32.mean(0), fp32 - fp32.mean(0))
