@@ -2,9 +2,9 @@
 
 A weight read from DRAM once per call (every projection of an LLM at one token) crosses a
 4 KiB page every 4 KiB: with 4 KiB pages the TLB misses on nearly every page, and the
-hardware prefetchers stop at page boundaries. Measured on the 2-core Zen 4 (4096x4096 4-bit
-LUT matmul, weights from DRAM, 2 threads): 0.245 ms with 4 KiB pages, 0.210 ms after
-collapsing the same weights into 2 MiB pages; numpy's own large arrays are advised already.
+hardware prefetchers stop at page boundaries (``EDGERT_HUGE_PAGES=0 python
+benchmarks/bench_llm.py ...`` measures the difference); numpy's own large arrays are advised
+already.
 
 TVM allocates a compiled library's constants itself while the library and its VM load, so
 :class:`edgert.backends.tvm_vm.TvmBackend` takes :func:`anonymous_mappings` before loading
@@ -15,7 +15,9 @@ dynamic mmap threshold (which rises to the largest block freed so far, up to 32 
 brk heap, and in a process that freed large blocks before, the constants land in free space
 the heap already had: when the new mappings are too small to hold the constants, the whole
 heap is backed too (0.15 s for a 100 MiB heap on the Zen 4, once). Neither call changes the
-memory's contents; a failing call is ignored. ``EDGERT_HUGE_PAGES=0`` turns this off.
+memory's contents; a failing call is ignored (:data:`last_collapse_errno` keeps why: EAGAIN or
+ENOMEM when the kernel has no free huge page at that moment). ``EDGERT_HUGE_PAGES=0`` turns
+this off.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import sys
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 _THP = "/sys/kernel/mm/transparent_hugepage"
+last_collapse_errno = 0
+"""errno of the last ``MADV_COLLAPSE`` that failed in this process (0: none failed)."""
 
 
 def huge_page_size() -> int:
@@ -86,6 +90,7 @@ def back_by_huge_pages(before: dict[int, int], constants_bytes: int = 0) -> int:
     memory; the huge-page-aligned part of each region), and the whole brk heap when that is
     less than ``constants_bytes`` (what the load allocated at most, e.g. the library's size)
     over 2. Returns the bytes collapsed now."""
+    global last_collapse_errno
     size = huge_page_size()
     if not size:
         return 0
@@ -102,4 +107,6 @@ def back_by_huge_pages(before: dict[int, int], constants_bytes: int = 0) -> int:
         libc.madvise(lo, hi - lo, MADV_HUGEPAGE)
         if libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
             collapsed += hi - lo
+        else:
+            last_collapse_errno = ctypes.get_errno()
     return collapsed
