@@ -28,6 +28,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import Conv, OnnxOpConverter
 from tvm.relax.frontend.onnx.onnx_frontend import Gather as TvmGather
 from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as TvmMaxPool
 
+from edgert.onnx_graph import same_pads
 from edgert.ops.intmatmul.tvm import emit_int_matmul
 from edgert.ops._common.relax_util import dtype_name, node_name
 
@@ -176,20 +177,6 @@ class Gather(TvmGather):
             if all(-n <= i < n for i in idx):
                 return relax.ShapeExpr([data.values[i] for i in idx])
         return TvmGather._impl_v13(bb, inputs, attr, params)
-
-
-def same_pads(auto_pad: str, spatial: list[int], kernel: list[int], strides: list[int],
-              dilations: list[int]) -> list[int]:
-    """ONNX ``SAME_UPPER`` / ``SAME_LOWER`` as explicit pads (all begins, then all ends): the
-    output is ``ceil(in / stride)``, the odd unit of padding goes to the end (UPPER) or the
-    begin (LOWER)."""
-    head, tail = [], []
-    for d, k, s, dl in zip(spatial, kernel, strides, dilations):
-        total = max(0, (-(-d // s) - 1) * s + (k - 1) * dl + 1 - d)
-        first = (total + 1) // 2 if auto_pad == "SAME_LOWER" else total // 2
-        head.append(first)
-        tail.append(total - first)
-    return head + tail
 
 
 class MaxPool(TvmMaxPool):

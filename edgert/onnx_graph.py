@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import onnx
@@ -105,3 +105,17 @@ def index_ranges(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
                         ranges[v.name] = {"min": -n, "max": n - 1,
                                           "why": f"Gather {node_label(node)} over {n} rows"}
     return ranges
+
+
+def same_pads(auto_pad: str, spatial: Sequence[int], kernel: Sequence[int],
+              strides: Sequence[int], dilations: Sequence[int]) -> list[int]:
+    """ONNX ``SAME_UPPER`` / ``SAME_LOWER`` as explicit pads (all begins, then all ends): the
+    output is ``ceil(in / stride)``, the odd unit of padding goes to the end (UPPER) or the
+    begin (LOWER)."""
+    head, tail = [], []
+    for d, k, s, dl in zip(spatial, kernel, strides, dilations):
+        total = max(0, (-(-d // s) - 1) * s + (k - 1) * dl + 1 - d)
+        first = (total + 1) // 2 if auto_pad == "SAME_LOWER" else total // 2
+        head.append(first)
+        tail.append(total - first)
+    return head + tail

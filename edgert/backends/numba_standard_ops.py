@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from edgert.backends.numba_nodes import Factory, Handler, Node, Unsupported
+from edgert.onnx_graph import same_pads
 from edgert.ops.intmatmul.numba import matmul, numba_kernel
 
 FACTORIES: dict[str, Factory] = {}
@@ -90,13 +91,7 @@ def _conv_pads(auto_pad: str, pads: Sequence[int] | None, spatial: Sequence[int]
         return [0] * (2 * nd)
     if auto_pad == "NOTSET":
         return list(pads or [0] * (2 * nd))
-    head, tail = [], []
-    for d, k, s, dl in zip(spatial, kshape, strides, dil):
-        total = max(0, (-(-d // s) - 1) * s + (k - 1) * dl + 1 - d)
-        first = (total + 1) // 2 if auto_pad == "SAME_LOWER" else total // 2
-        head.append(first)
-        tail.append(total - first)
-    return head + tail
+    return same_pads(auto_pad, spatial, kshape, strides, dil)
 
 
 def _im2col(x: np.ndarray, kshape: Sequence[int], pads: Sequence[int], strides: Sequence[int],
