@@ -25,6 +25,15 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     Raises:
         ModelError: the file is missing, not ONNX, fails the checker or shape inference.
     """
+    return check_model(read_model(path), source=str(path))
+
+
+def read_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file and run the ONNX checker (no shape inference).
+
+    Raises:
+        ModelError: the file is missing, not ONNX or fails the checker.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
@@ -32,17 +41,24 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(str(path))
     except Exception as e:
         raise ModelError(f"{path}: not a readable ONNX model ({_first_line(e)})") from None
-    return check_model(model, source=str(path))
+    return validate_model(model, source=str(path))
 
 
-def check_model(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
-    """Run the ONNX checker and strict shape inference on an in-memory model (edgert op
-    schemas registered first when the model uses them)."""
+def validate_model(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
+    """Run the ONNX checker on an in-memory model (edgert op schemas registered first when
+    the model uses them); returns the model. Raises ModelError."""
     register_schemas_for(model)
     try:
         onnx.checker.check_model(model)
     except Exception as e:
         raise ModelError(f"{source}: the ONNX checker rejects the model: {_first_line(e)}") from None
+    return model
+
+
+def check_model(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
+    """Run the ONNX checker and strict shape inference on an in-memory model (edgert op
+    schemas registered first when the model uses them)."""
+    validate_model(model, source)
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False,
                                                  data_prop=True)

@@ -14,6 +14,7 @@ to threads.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -23,7 +24,9 @@ from typing import Any
 import onnx
 
 from edgert.compiler import schedule_cpu
+from edgert.compiler.fold import declared_shape
 from edgert.errors import CompileError, TargetError, last_line
+from edgert.onnx_graph import graph_inputs, node_label
 from edgert.ops import register_schemas_for
 from edgert.targets import Target, host_arch, isa
 
@@ -42,7 +45,15 @@ def supported_ops() -> frozenset[tuple[str, str]]:
 
 def to_relax(model: onnx.ModelProto, source: str = "model") -> Any:
     """Import an ONNX model (fp32 or the integer graph of ``docs/integer-onnx.md``) into a Relax
-    IRModule (weights embedded as constants)."""
+    IRModule (weights embedded as constants).
+
+    Raises:
+        CompileError: one line naming the node and op TVM's importer failed on (when it got
+            that far), its reason, and for a model with dynamic dims other than the batch, a
+            pointer to ``--input-shape``. What TVM printed meanwhile (its dump of the node's
+            inputs, the ``BlockBuilder destroyed`` warning of the abandoned import) stays in
+            the build log: the failed import is released here, inside the stage's capture.
+    """
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -54,7 +65,26 @@ def to_relax(model: onnx.ModelProto, source: str = "model") -> Any:
             mod = from_onnx(model, keep_params_in_input=False)
         return relax.transform.DecomposeOpsForInference()(mod)
     except Exception as e:
-        raise CompileError(f"{source}: TVM's ONNX import failed: {last_line(e)}") from None
+        message = _import_failure(e, model, source)
+    gc.collect()                  # the failed import's BlockBuilder, freed while captured
+    raise CompileError(message)
+
+
+def _import_failure(error: BaseException, model: onnx.ModelProto, source: str) -> str:
+    """The one-line message of a failed TVM import (see :func:`to_relax`)."""
+    node = None
+    tb = error.__traceback__
+    while tb is not None:                  # the importer's loop over the graph's nodes
+        if tb.tb_frame.f_code.co_name == "_construct_nodes":
+            found = tb.tb_frame.f_locals.get("node")
+            node = found if isinstance(found, onnx.NodeProto) else node
+        tb = tb.tb_next
+    where = f" at node {node_label(node)!r} ({node.op_type})" if node is not None else ""
+    dynamic = [f"{v.name} {declared_shape(v)}" for v in graph_inputs(model)
+               if any(not d.HasField("dim_value") for d in v.type.tensor_type.shape.dim[1:])]
+    hint = ("; the model has dynamic dims (" + ", ".join(dynamic) + "): fix them with "
+            "--input-shape NAME=D1,D2,..." if dynamic else "")
+    return f"{source}: TVM's ONNX import failed{where}: {last_line(error)}{hint}"
 
 
 def build_library(mod: Any, target: Target, *, threads: int | None = None,

@@ -9,7 +9,7 @@ This module imports nothing heavy.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -64,6 +64,11 @@ class CompileOptions:
             target, same shapes) use them; the manifest's ``tuning`` section lists them.
             ``"shipped"`` (``None``, the default): the records shipped with edgert for the
             target, if any; ``"none"``: no records. The tuning cache is never read on its own.
+        input_shapes: input name -> dims (positive integers) that replace the dims the
+            model declares for that input (``--input-shape NAME=D1,D2,...``, like
+            onnxruntime's free-dimension overrides); given as a mapping, or as
+            ``"NAME=D1,D2,..."`` strings. Inputs not named keep their dims (a dynamic batch
+            stays dynamic). Stored as ``((name, dims), ...)``; :attr:`input_shape_map` reads it.
     """
 
     target: str = "host"
@@ -81,9 +86,11 @@ class CompileOptions:
     keep_float: tuple[str, ...] = ()
     lut: str | None = None
     tuning_db: str | os.PathLike | None = None
+    input_shapes: Mapping[str, Sequence[int]] | Iterable[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float or ()))
+        object.__setattr__(self, "input_shapes", normalize_input_shapes(self.input_shapes))
 
     @classmethod
     def of(cls, options: CompileOptions | None = None, **changes: Any) -> CompileOptions:
@@ -131,6 +138,11 @@ class CompileOptions:
         return config
 
     @property
+    def input_shape_map(self) -> dict[str, tuple[int, ...]]:
+        """``input_shapes`` as input name -> dims."""
+        return dict(self.input_shapes or ())
+
+    @property
     def lut_mode(self) -> str:
         """``--lut`` with its default (``auto``)."""
         return "auto" if self.lut is None else self.lut
@@ -141,3 +153,46 @@ def check_lut_mode(mode: str) -> str:
     if mode not in LUT_MODES:
         raise InputError(f"--lut must be one of {', '.join(LUT_MODES)}, got {mode!r}")
     return mode
+
+
+def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
+    """``"NAME=D1,D2,..."`` (``--input-shape``) -> ``(NAME, (D1, D2, ...))``; the name is
+    what comes before the last ``=``. Raises InputError."""
+    name, sep, dims = str(spec).rpartition("=")
+    try:
+        values = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not name or not values or min(values) < 1:
+        raise InputError(f"--input-shape {spec!r}: expected NAME=D1,D2,... with positive "
+                         f"integer dims, e.g. x=1,3,320,320")
+    return name, values
+
+
+def normalize_input_shapes(shapes: Mapping[str, Sequence[int]] | Iterable[str] | None
+                           ) -> tuple[tuple[str, tuple[int, ...]], ...] | None:
+    """``input_shapes`` as given (a mapping name -> dims, ``"NAME=D1,..."`` strings, or the
+    stored pairs) -> ``((name, dims), ...)``, None when empty. Raises InputError for a
+    malformed entry, a dim that is not a positive integer or an input named twice."""
+    if not shapes:
+        return None
+    if isinstance(shapes, Mapping):
+        items = list(shapes.items())
+    elif isinstance(shapes, str):
+        items = [parse_input_shape(shapes)]
+    else:
+        items = [parse_input_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
+    out: dict[str, tuple[int, ...]] = {}
+    for name, dims in items:
+        try:
+            values = tuple(int(d) for d in dims)
+        except (TypeError, ValueError):
+            values = ()
+        if not values or min(values) < 1 or any(isinstance(d, float) and not d.is_integer()
+                                                for d in dims):
+            raise InputError(f"input shape of {name!r}: expected positive integer dims, "
+                             f"got {dims!r}")
+        if name in out:
+            raise InputError(f"--input-shape names {name!r} twice")
+        out[str(name)] = values
+    return tuple(out.items())

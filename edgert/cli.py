@@ -106,6 +106,12 @@ TuningDbOpt = Annotated[str, typer.Option(
     "schedules for, for this target and the same shapes, use them. shipped (default): "
     "the records that come with edgert for the target, if any; none: no records.")]
 
+InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--input-shape", metavar="NAME=D1,D2,...", help="Fix the dims of an input the model "
+    "leaves dynamic (repeatable), e.g. --input-shape x=1,3,320,320: the shape arithmetic "
+    "that depends on them is folded at compile time. Inputs not named keep their dims (a "
+    "dynamic batch stays dynamic).")]
+
 
 @app.command("compile")
 def compile_cmd(
@@ -126,6 +132,7 @@ def compile_cmd(
     keep_float: KeepFloatOpt = None,
     lut: LutOpt = None,
     tuning_db: TuningDbOpt = "shipped",
+    input_shape: InputShapeOpt = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also print the build log: what TVM and the other libraries "
         "printed during each stage (kept in the artifact; `edgert inspect --build-log` "
@@ -147,7 +154,8 @@ def compile_cmd(
         target=target, threads=threads, int_only=int_only, calib=calib,
         calib_method=calib_method, act_bits=act_bits, io=io, allow_float=allow_float,
         weight_bits=weight_bits, group_size=group_size, weight_zero_point=weight_zero_point,
-        keep_float=tuple(keep_float or ()), lut=lut, tuning_db=tuning_db)
+        keep_float=tuple(keep_float or ()), lut=lut, tuning_db=tuning_db,
+        input_shapes=input_shape)
     output = output or model.with_suffix(".edgert")
     term = _terminal_console()
     try:

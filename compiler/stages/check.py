@@ -1,19 +1,28 @@
-"""Stage ``check``: the ONNX file -> a checked, shape-inferred fp32 :class:`Graph`."""
+"""Stage ``check``: the ONNX file -> a checked, shape-inferred fp32 :class:`Graph`, with the
+``--input-shape`` dims fixed and shape subgraphs folded (:mod:`edgert.compiler.fold`)."""
 
 from __future__ import annotations
 
 import os
 
-from edgert.compiler.check import load_model
+from edgert.compiler.check import check_model, read_model
+from edgert.compiler.fold import fold_model
 from edgert.compiler.stages import Context, Graph
 
 
 def check(model_path: str | os.PathLike, ctx: Context) -> Graph:
-    """Load ``model_path``, run the ONNX checker and shape inference (every op's support is
-    checked later, by :func:`edgert.compiler.stages.lower.lower`, on the final graph).
+    """Load ``model_path`` and run the ONNX checker; fix the dims of ``--input-shape`` and
+    fold what is known at compile time (:func:`edgert.compiler.fold.fold_model`: shape
+    arithmetic, so that no shape-derived float math remains and TVM sees static shapes where
+    they are); then the checker and shape inference again (every op's support is checked
+    later, by :func:`edgert.compiler.stages.lower.lower`, on the final graph).
 
     Raises:
         ModelError: a file that is not a valid ONNX model.
+        InputError: an ``--input-shape`` that names no input, or whose rank or static dims
+            differ from the model's.
     """
     ctx.stage("checking the model")
-    return Graph(load_model(model_path))
+    model = read_model(model_path)
+    folded, _report = fold_model(model, ctx.options.input_shape_map, source=ctx.source)
+    return Graph(check_model(folded, source=ctx.source))

@@ -91,3 +91,16 @@ def fetch_wheel(package: str, version: str) -> Path:
             if not target.is_dir():      # not a lost race with another process: a real error
                 raise
     return target
+
+
+def wheel_file(package: str, version: str, member: str) -> Path:
+    """A file shipped inside the wheel of ``package==version`` (``member``: its path inside
+    the wheel, e.g. ``nudenet/320n.onnx``), fetched as :func:`fetch_wheel` does.
+
+    Raises:
+        InputError: PyPI cannot be reached, or the wheel has no such file.
+    """
+    path = fetch_wheel(package, version) / member
+    if not path.is_file():
+        raise InputError(f"{package}=={version}: the wheel has no file {member}")
+    return path

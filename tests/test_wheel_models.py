@@ -1,0 +1,108 @@
+"""Pretrained ONNX models shipped inside PyPI wheels, with dynamic height and width, compile in
+fp32 with ``--input-shape`` and match onnxruntime.
+
+Each wheel is fetched once by :func:`edgert.models.wheels.wheel_file` (``pip download``, then
+cached); without PyPI the tests skip. One model runs by default (the YOLOv8n-style detector of
+nudenet: the quickest build); the PP-OCR detection, recognition and direction-classification
+models of rapidocr-onnxruntime take a minute or more each to build on two cores and run with
+``EDGERT_WHEEL_MODELS=all``. docs/models.md lists them all with these numbers.
+
+Agreement is ``rel_err`` (max |edgert - onnxruntime| / max |onnxruntime|) on one input per
+model: a page of dark glyph-like strokes for the OCR models (normalized as rapidocr does, to
+[-1, 1]), uniform [0, 1) noise for the detector. Each bound is the measured value plus 10%
+(regression pins), except where it measured 0 (see ``MODELS``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import edgert
+from edgert.compiler import compile_model
+from edgert.errors import InputError
+from edgert.models.wheels import wheel_file
+
+from conftest import rel_err
+
+pytestmark = [pytest.mark.network]
+OPT_IN = "EDGERT_WHEEL_MODELS"
+RAPIDOCR = ("rapidocr-onnxruntime", "1.4.4")
+
+
+@dataclass(frozen=True)
+class WheelModel:
+    package: str
+    version: str
+    member: str              # the .onnx file's path inside the wheel
+    input: str
+    shape: tuple[int, ...]   # the --input-shape used
+    image: str               # "text" (OCR page) or "noise"
+    max_rel_err: float       # regression pin (see the module docstring)
+    default: bool = False    # runs without the opt-in
+
+
+MODELS = {
+    # measured 5.7e-7 (1.8e-4 of a largest box coordinate of 319.9)
+    "nudenet-320n": WheelModel("nudenet", "3.4.2", "nudenet/320n.onnx", "images",
+                               (1, 3, 320, 320), "noise", 6.3e-7, default=True),
+    # measured 1.16e-5 (sigmoid text probabilities)
+    "ppocrv4-det": WheelModel(*RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+                              "x", (1, 3, 64, 64), "text", 1.28e-5),
+    # measured 7.1e-5 (softmax over 6625 characters, 20 time steps)
+    "ppocrv4-rec": WheelModel(*RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+                              "x", (1, 3, 48, 160), "text", 7.8e-5),
+    # measured 0 (two softmax probabilities, equal to the bit); the bound allows a few float32
+    # ulps of a probability near 0.6 (1.2e-7 each), which another CPU's rounding may cost
+    "ppocr-cls": WheelModel(*RAPIDOCR,
+                            "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                            "x", (1, 3, 48, 192), "text", 1e-6),
+}
+
+
+def text_page(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A white page with rows of dark random 5x7 glyphs (scaled 2x), as rapidocr feeds its
+    models: RGB scaled to [0, 1], then (v - 0.5) / 0.5."""
+    n, c, height, width = shape
+    rng = np.random.default_rng(seed)
+    page = np.ones((height, width), np.float32)
+    for top in range(4, height - 14, 20):
+        for left in range(4, width - 10, 12):
+            glyph = np.kron(rng.random((7, 5)) < 0.45, np.ones((2, 2), bool))
+            page[top:top + 14, left:left + 10][glyph] = 0.1
+    return np.broadcast_to((page - 0.5) / 0.5, shape).astype(np.float32)
+
+
+def _input(m: WheelModel) -> np.ndarray:
+    if m.image == "text":
+        return text_page(m.shape)
+    return np.random.default_rng(0).random(m.shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_wheel_model_matches_onnxruntime(name, tmp_path):
+    m = MODELS[name]
+    if not m.default and os.environ.get(OPT_IN) != "all":
+        pytest.skip(f"{name} builds for a minute or more: set {OPT_IN}=all to run it")
+    try:
+        path = wheel_file(m.package, m.version, m.member)
+    except InputError as e:
+        pytest.skip(str(e))
+    art = compile_model(path, tmp_path / f"{name}.edgert", input_shapes={m.input: m.shape})
+    sess = edgert.Session(art)
+    assert [tuple(i.shape) for i in sess.get_inputs()] == [m.shape]
+    x = _input(m)
+    ours = sess.run(None, {m.input: x})
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {m.input: x})
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert np.ptp(b) > 0.1 * np.abs(b).max()      # the input gives the model something to see
+        err = rel_err(a, b)
+        print(f"{name} {'x'.join(map(str, m.shape))}: rel_err {err:.3g}")
+        assert err <= m.max_rel_err
