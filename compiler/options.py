@@ -69,6 +69,11 @@ class CompileOptions:
             onnxruntime's free-dimension overrides); given as a mapping, or as
             ``"NAME=D1,D2,..."`` strings. Inputs not named keep their dims (a dynamic batch
             stays dynamic). Stored as ``((name, dims), ...)``; :attr:`input_shape_map` reads it.
+        lmul: ``"attention"`` or ``"all"``: float32 matmuls become ``edgert.LMulMatMul``
+            (L-Mul products, integer additions instead of multiplies; the attention
+            matmuls with two computed operands, or every MatMul and matrix-product Gemm),
+            see :mod:`edgert.compiler.lmul`; the manifest's ``lmul`` section lists them.
+        lmul_mantissa: with ``lmul``: operand mantissa bits, 2..5 (default 4).
     """
 
     target: str = "host"
@@ -87,6 +92,8 @@ class CompileOptions:
     lut: str | None = None
     tuning_db: str | os.PathLike | None = None
     input_shapes: Mapping[str, Sequence[int]] | Iterable[str] | None = None
+    lmul: str | None = None
+    lmul_mantissa: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float or ()))
@@ -121,6 +128,22 @@ class CompileOptions:
         if not self.lowbit and lowbit_flags:
             raise InputError("--group-size, --weight-zero-point, --keep-float and --lut apply "
                              "to low-bit weights: add --weight-bits {1,2,3,4,ternary}")
+        if self.lmul is not None or self.lmul_mantissa is not None:
+            self._check_lmul()
+
+    def _check_lmul(self) -> None:
+        """``--lmul`` / ``--lmul-mantissa``: values, and what they combine with."""
+        from edgert.compiler.lmul import check_mode
+
+        if self.lmul is None:
+            raise InputError("--lmul-mantissa applies to L-Mul matmuls: add --lmul attention|all")
+        check_mode(self.lmul, self.lmul_mantissa)
+        if self.int_only:
+            raise InputError("--lmul replaces float32 products and --int-only leaves none (its "
+                             "matmuls multiply integers): use one or the other")
+        if self.lmul == "all" and self.lowbit:
+            raise InputError("--lmul all and --weight-bits both rewrite the constant-weight "
+                             "matmuls: use --lmul attention with --weight-bits")
 
     def lowbit_config(self) -> Any:
         """The :class:`edgert.compiler.lowbit.LowbitConfig` of ``--weight-bits`` and its

@@ -10,6 +10,7 @@ stage                 in -> out                                 module
 export                torch module -> ONNX file                ``edgert export``
                                                                (:mod:`edgert.compiler.exporter`)
 check                 ONNX file -> fp32 Graph                  :mod:`.stages.check`
+[lmul]                Graph -> Graph with LMulMatMul           :mod:`.stages.lmul`
 [weights]             Graph -> Graph with LutMatMul            :mod:`.stages.weights`
 [calibrate]           Graph -> Calibrated (graph + ranges)     :mod:`.stages.calibrate`
 [quantize]            Calibrated -> integer Graph              :mod:`.stages.quantize`
@@ -19,11 +20,11 @@ schedule              Lowered -> Library (shared library)      :mod:`.stages.sch
 package               Graph + Lowered + Library -> .edgert     :mod:`.stages.package`
 ====================  =======================================  ==============================
 
-``weights`` is the float variant of ``--weight-bits``; ``calibrate`` and ``quantize`` run with
-``--int-only`` (the integer variant of ``--weight-bits`` chooses its weights in
-``calibrate``); ``kernels`` with ``--weight-bits``. ``on_stage`` is called with a short label
-as each step starts and ``on_stage_done`` with each stage's time, so the CLI can show
-progress; library output goes to the build log.
+``lmul`` runs with ``--lmul``; ``weights`` is the float variant of ``--weight-bits``;
+``calibrate`` and ``quantize`` run with ``--int-only`` (the integer variant of
+``--weight-bits`` chooses its weights in ``calibrate``); ``kernels`` with ``--weight-bits``.
+``on_stage`` is called with a short label as each step starts and ``on_stage_done`` with
+each stage's time, so the CLI can show progress; library output goes to the build log.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from edgert.compiler.stages import prepare
 from edgert.compiler.stages.calibrate import calibrate
 from edgert.compiler.stages.check import check
 from edgert.compiler.stages.kernels import choose_kernels
+from edgert.compiler.stages.lmul import lmul_matmuls
 from edgert.compiler.stages.lower import lower
 from edgert.compiler.stages.package import LIB_MEMBER, package
 from edgert.compiler.stages.quantize import quantize
@@ -69,8 +71,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
         on_progress: called with (samples done, samples in all; 0 when unknown) during
             calibration.
         on_stage_done: called with (stage, seconds) as each stage ends: ``check``,
-            ``weights``, ``calibrate``, ``quantize``, ``kernels``, ``lower``, ``build``,
-            ``package`` (those that run).
+            ``lmul``, ``weights``, ``calibrate``, ``quantize``, ``kernels``, ``lower``,
+            ``build``, ``package`` (those that run).
         **fields: :class:`CompileOptions` fields given as keywords (``target="rpi5"``,
             ``int_only=True``...), applied over ``options``.
 
@@ -86,6 +88,9 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
     with log.kept_on_failure(output):
         with log.stage("check"):                    # ONNX file -> checked fp32 graph
             graph = check(model_path, ctx)
+        if ctx.options.lmul is not None:
+            with log.stage("lmul"):                 # [--lmul] L-Mul matmuls
+                graph = lmul_matmuls(graph, ctx)
         if ctx.lowbit is not None and not ctx.options.int_only:
             with log.stage("weights"):              # [--weight-bits, float] LutMatMul weights
                 graph = quantize_weights(graph, ctx)

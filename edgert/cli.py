@@ -111,6 +111,14 @@ InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
     "leaves dynamic (repeatable), e.g. --input-shape x=1,3,320,320: the shape arithmetic "
     "that depends on them is folded at compile time. Inputs not named keep their dims (a "
     "dynamic batch stays dynamic).")]
+LMulOpt = Annotated[Optional[Literal["attention", "all"]], typer.Option(
+    "--lmul", help="fp32 compiles: multiply by L-Mul, an integer addition of the operands' "
+    "bit patterns (mantissas cut to --lmul-mantissa bits, products summed in float32). "
+    "attention: the matmuls of two computed operands (Q·Kᵀ, scores·V); all: every MatMul "
+    "and matrix-product Gemm. `edgert inspect` shows how many were replaced.")]
+LMulMantissaOpt = Annotated[Optional[int], typer.Option(
+    "--lmul-mantissa", metavar="[2|3|4|5]", help="With --lmul: operand mantissa bits "
+    "(default 4: as precise as float8_e4m3 products; 3 beats float8_e5m2).")]
 
 
 @app.command("compile")
@@ -133,6 +141,8 @@ def compile_cmd(
     lut: LutOpt = None,
     tuning_db: TuningDbOpt = "shipped",
     input_shape: InputShapeOpt = None,
+    lmul: LMulOpt = None,
+    lmul_mantissa: LMulMantissaOpt = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also print the build log: what TVM and the other libraries "
         "printed during each stage (kept in the artifact; `edgert inspect --build-log` "
@@ -155,7 +165,7 @@ def compile_cmd(
         calib_method=calib_method, act_bits=act_bits, io=io, allow_float=allow_float,
         weight_bits=weight_bits, group_size=group_size, weight_zero_point=weight_zero_point,
         keep_float=tuple(keep_float or ()), lut=lut, tuning_db=tuning_db,
-        input_shapes=input_shape)
+        input_shapes=input_shape, lmul=lmul, lmul_mantissa=lmul_mantissa)
     output = output or model.with_suffix(".edgert")
     term = _terminal_console()
     try:
@@ -335,8 +345,8 @@ def inspect(
         "--build-log", help="Print the artifact's build log (stage times and what the "
         "libraries printed during the compile) instead.")] = False,
 ) -> None:
-    """Show a model's ops (counts, dtypes), inputs, outputs, target, versions, float-op count
-    and the low-bit (LutMatMul) nodes with the bytes they save."""
+    """Show a model's ops (counts, dtypes), inputs, outputs, target, versions, float-op count,
+    the low-bit (LutMatMul) nodes with the bytes they save and the L-Mul matmuls."""
     from edgert.model_info import inspect_path
 
     if build_log:
@@ -369,6 +379,12 @@ def inspect(
     lowbit = info.get("lowbit")
     if lowbit:
         _print_lowbit(lowbit)
+    lmul = info.get("lmul")
+    if lmul:
+        out.print(f"L-Mul matmuls (--lmul {lmul['mode']}, {lmul['mantissa_bits']}-bit "
+                  f"mantissas): {len(lmul['replaced'])} of {lmul['matmuls']} MatMul/Gemm "
+                  f"replaced" + (f"; kept: {', '.join(lmul['kept'])}" if lmul["kept"] else ""),
+                  highlight=False)
     scales = q.get("io")
     if scales:
         out.print("integer I/O (--io int8): input q = saturate(round_half_even(x / scale)), "

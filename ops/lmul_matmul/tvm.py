@@ -8,10 +8,13 @@ uint32 operation wraps. The reduction is a float32 ``te.sum`` over k.
 Schedule (:func:`schedule`, the same for x86 and aarch64): the batch and row loops fused into
 one outer loop (parallel when the work is large enough), then column chunks of
 :data:`LANES`, then k serial, then the chunk's columns vectorized (one AVX2 ymm register, two
-NEON q registers). Each output element is still the sum of its products in ascending k,
-each addition rounded: the spec's order, so every target gives the spec's bits (no multiply
-in the chain, so nothing for LLVM to contract into an FMA). The accumulator is initialized by
-its own block before the k loop (``decompose_reduction``).
+NEON q registers). A static column count that is not a multiple of :data:`LANES` is
+partitioned into a vectorized part and a scalar tail; a symbolic one (attention scores over a
+dynamic sequence length) keeps the predicated chunk loop, which LLVM runs scalar (TVM's
+``loop_partition`` takes static extents only). Each output element is still the sum of its
+products in ascending k, each addition rounded: the spec's order, so every target gives the
+spec's bits (no multiply in the chain, so nothing for LLVM to contract into an FMA). The
+accumulator is initialized by its own block before the k loop (``decompose_reduction``).
 
 The converter emits the compute with ``emit_te`` and replaces the PrimFunc by its scheduled
 form, marked ``tirx.is_scheduled`` (the CPU pipeline's rules leave it alone) and opaque to
