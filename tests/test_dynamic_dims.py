@@ -28,7 +28,9 @@ from edgert.errors import CompileError, InputError
 from edgert.model_info import describe_model
 
 D_MODEL, HEADS, SEQ, CALIB = 32, 4, 16, 8
-MIN_COSINE = 0.99
+MIN_COSINE = 0.99973
+"""Regression pin: the int-only encoder's smallest cosine to onnxruntime fp32 over the 48
+tokens measured 0.999761 (mean 0.999955); the pin leaves 10% of 1 - cosine."""
 
 
 def transformer_ts(path):
@@ -90,8 +92,8 @@ def test_torchscript_encoder_compiles_int_only(encoder, tmp_path):
     want = ort.InferenceSession(str(encoder)).run(None, {"x": x})[0].reshape(-1, D_MODEL)
     got = sess.run(None, {"x": x})[0].reshape(-1, D_MODEL).astype(np.float64)
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    print(f"TorchScript TransformerEncoder int-only: cosine per token min {cos.min():.4f} "
-          f"mean {cos.mean():.4f}")
+    print(f"TorchScript TransformerEncoder int-only: cosine per token min {cos.min():.6f} "
+          f"mean {cos.mean():.6f}")
     assert cos.min() >= MIN_COSINE
 
 

@@ -23,6 +23,7 @@ import onnxruntime as ort
 import pytest
 
 import edgert
+from edgert.artifact import read_artifact
 from edgert.compiler import compile_model
 from edgert.errors import InputError
 from edgert.models.wheels import wheel_file
@@ -95,6 +96,8 @@ def test_wheel_model_matches_onnxruntime(name, tmp_path):
     art = compile_model(path, tmp_path / f"{name}.edgert", input_shapes={m.input: m.shape})
     sess = edgert.Session(art)
     assert [tuple(i.shape) for i in sess.get_inputs()] == [m.shape]
+    options = read_artifact(art).manifest["compile_options"]
+    assert options["input_shapes"] == {m.input: list(m.shape)}
     x = _input(m)
     ours = sess.run(None, {m.input: x})
     theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(

@@ -60,6 +60,8 @@ def _compile_options(ctx: Context) -> dict:
         out.update(precision="int-only", calib=calib,
                    calib_method=opts.calib_method, act_bits=opts.act_bits, io=opts.io,
                    allow_float=opts.allow_float)
+    if opts.input_shapes:
+        out["input_shapes"] = {name: list(dims) for name, dims in opts.input_shapes}
     if ctx.tuning_db is not None:
         out["tuning_db"] = ctx.tuning_label
     return out
