@@ -177,10 +177,24 @@ class _Values:
             self.consts[name] = outs[0]
         return self.consts.get(name)
 
+    def size(self, name: str) -> int | None:
+        """The element count of a known value, without reading it; None if not known."""
+        if name in self.consts:
+            return self.consts[name].size
+        if name in self.inits and name not in self.inputs:
+            return math.prod(self.inits[name].dims)
+        if name in self.constant_nodes:
+            tensor = [a.t for a in self.constant_nodes[name].attribute if a.name == "value"]
+            return math.prod(tensor[0].dims) if tensor else 1
+        return None
+
     def part(self, name: str) -> _Partial | None:
         """``name`` as a partly known integer vector (a known one counts too)."""
         if name in self.partial:
             return self.partial[name]
+        size = self.size(name)
+        if size is None or size > SMALL:
+            return None
         c = self.const(name)
         if c is not None and c.ndim <= 1 and c.dtype.kind in "iu" and c.size <= SMALL:
             return _Partial(np.array(c.tolist(), dtype=object).reshape(c.shape), c.dtype)
@@ -320,13 +334,14 @@ def _fold_constant_node(v: _Values, node: onnx.NodeProto, opset: int) -> bool:
         v.constant_nodes[node.output[0]] = node
         return True
     ins = [i for i in node.input if i]
-    if (node.op_type in NONDETERMINISTIC or not ins or any(v.const(i) is None for i in ins)
+    sizes = [v.size(i) for i in ins]
+    if (node.op_type in NONDETERMINISTIC or not ins or None in sizes
             or any(at.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                    for at in node.attribute)):
         return False
     derived = any(i in v.derived for i in ins)
     limit = MAX_FOLD_ELEMENTS if derived else SMALL
-    if not derived and any(v.const(i).size > SMALL for i in ins):
+    if (not derived and max(sizes) > SMALL) or any(v.const(i) is None for i in ins):
         return False
     try:
         size = _output_size(v, node)
@@ -364,11 +379,32 @@ def _propagate(graph: onnx.GraphProto, shapes: dict[str, list[int | None]],
     return v
 
 
+def _inference_view(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` for shape inference: initializers of more than ``SMALL`` elements become
+    typed graph inputs (their values matter to no shape; a model's weights would otherwise
+    be serialized on every round)."""
+    view = onnx.ModelProto(ir_version=model.ir_version)
+    view.opset_import.extend(model.opset_import)
+    view.functions.extend(model.functions)
+    g, graph = view.graph, model.graph
+    g.node.extend(graph.node)
+    g.input.extend(graph.input)
+    g.output.extend(graph.output)
+    g.value_info.extend(graph.value_info)
+    listed = {v.name for v in graph.input}
+    for t in graph.initializer:
+        if math.prod(t.dims) <= SMALL:
+            g.initializer.append(t)
+        elif t.name not in listed:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return view
+
+
 def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Every typed tensor's dims after shape inference (None where not a static dim > 0)."""
     try:
-        graph = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
-                                                  data_prop=True).graph
+        graph = onnx.shape_inference.infer_shapes(_inference_view(model), check_type=False,
+                                                  strict_mode=False, data_prop=True).graph
     except Exception:  # noqa: BLE001 - without shapes only constants fold; check reports it
         graph = model.graph
     out = {}
@@ -421,10 +457,9 @@ def _remove_unused(model: onnx.ModelProto) -> int:
         del graph.node[:]
         graph.node.extend(reversed(keep))
     inputs = {i.name for i in graph.input}
-    inits = [t for t in graph.initializer if t.name in used or t.name in inputs]
-    if len(inits) < len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(inits)
+    for k in reversed(range(len(graph.initializer))):      # in place: no weight is copied
+        if graph.initializer[k].name not in used and graph.initializer[k].name not in inputs:
+            del graph.initializer[k]
     produced = {o for n in graph.node for o in n.output}
     infos = [vi for vi in graph.value_info if vi.name in produced]
     del graph.value_info[:]
