@@ -2,16 +2,20 @@
 
 Uses ``torch.onnx.export`` with the ``torch.export`` (dynamo) exporter, the one PyTorch
 maintains. Axis 0 of every input (and output) is symbolic (``batch``) unless
-``dynamic_batch=False``.
+``dynamic_batch=False``. PyTorch's fused attention fast path (``nn.MultiheadAttention`` and
+``nn.TransformerEncoderLayer`` in eval mode without gradients call one native kernel, which no
+ONNX exporter can write) is switched off while exporting, so the graph holds the attention's
+ops, and restored afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +59,7 @@ def export(module: Any, example_inputs: Any, path: str | os.PathLike, *,
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
 
     try:
-        with torch.no_grad():
+        with torch.no_grad(), attention_fastpath_off():
             program = torch.onnx.export(
                 module, example_inputs, dynamo=True, input_names=list(input_names),
                 output_names=list(output_names) if output_names else None,
@@ -68,6 +72,23 @@ def export(module: Any, example_inputs: Any, path: str | os.PathLike, *,
         raise ModelError(f"exporting {type(module).__name__} to ONNX failed: "
                          f"{text.splitlines()[0] if text else type(e).__name__}") from None
     return Path(path)
+
+
+@contextlib.contextmanager
+def attention_fastpath_off() -> Iterator[None]:
+    """Switch PyTorch's fused attention fast path off (``torch.backends.mha``) for the block and
+    restore the previous setting afterwards. In eval mode without gradients,
+    ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` otherwise call
+    ``aten::_transformer_encoder_layer_fwd`` / ``aten::_native_multi_head_attention``, which
+    the TorchScript exporter refuses ("not supported")."""
+    import torch
+
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def _batch_of_two(t: Any) -> Any:

@@ -9,6 +9,9 @@
   ``llvm.nearbyint`` / CUDA ``nearbyintf``; ours does not depend on that lowering.)
 - ``Gather`` of a 1-D constant index from a shape stays a shape (TVM's makes it a tensor, which
   Reshape/Expand then refuse); every other Gather is TVM's.
+- ``Expand`` to a constant shape of a tensor with a symbolic dim (an attention mask
+  ``[batch, 1, 1, keys]`` expanded over the heads): the constant becomes a shape, which TVM's
+  converter handles with symbolic dims (its constant path reads every data dim as a number).
 - ``MaxPool`` (int8 in the integer graph): ``auto_pad = SAME_*`` becomes explicit pads computed
   from the static spatial dims (TVM's converter converts the whole shape to ints, so a dynamic
   batch fails, and its SAME_LOWER output size is floor, not ONNX's ceil); then TVM's MaxPool,
@@ -25,6 +28,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 from tvm.relax.frontend.onnx.onnx_frontend import Conv, OnnxOpConverter
+from tvm.relax.frontend.onnx.onnx_frontend import Expand as TvmExpand
 from tvm.relax.frontend.onnx.onnx_frontend import Gather as TvmGather
 from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as TvmMaxPool
 
@@ -179,6 +183,20 @@ class Gather(TvmGather):
         return TvmGather._impl_v13(bb, inputs, attr, params)
 
 
+class Expand(TvmExpand):
+    """TVM's Expand; a constant target shape of a tensor with a symbolic dim goes as a
+    ``ShapeExpr`` (module docstring)."""
+
+    @classmethod
+    def _impl_v13(cls, bb, inputs, attr, params):
+        data, shape = inputs[0], inputs[1]
+        if (isinstance(shape, tvm.ir.GenericConst) and shape.value.numpy().ndim == 1
+                and not all(isinstance(d, tirx.IntImm) for d in data.ty.shape)):
+            dims = [tirx.IntImm("int64", int(v)) for v in shape.value.numpy().tolist()]
+            return TvmExpand._impl_v13(bb, [data, relax.ShapeExpr(dims)], attr, params)
+        return TvmExpand._impl_v13(bb, inputs, attr, params)
+
+
 class MaxPool(TvmMaxPool):
     """TVM's MaxPool with ``SAME_*`` padding resolved here from the static spatial dims."""
 
@@ -203,6 +221,7 @@ class MaxPool(TvmMaxPool):
 
 CONVERTERS: dict[str, type] = {
     "MatMulInteger": MatMulInteger, "ConvInteger": ConvInteger, "Gather": Gather,
+    "Expand": Expand,
     "MaxPool": MaxPool,
     "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
 }

@@ -96,9 +96,11 @@ def finish(q: Quantizer) -> onnx.ModelProto:
         attrs = {} if t.per_tensor else {"axis": axis}
         q.nodes.append(helper.make_node("DequantizeLinear", [t.name, scale], [out.name],
                                         name=f"{out.name}_dequantize", **attrs))
+    declared = {o.name for o in outputs}
+    q.nodes = live_nodes(q.nodes, declared)
     used = {n for node in q.nodes for n in node.input}
     kept = [t for t in g.initializer if t.name in used]    # float ones: for float nodes
-    declared = {o.name for o in outputs}
+    q.new_inits = [t for t in q.new_inits if t.name in used]
     vi = [helper.make_tensor_value_info(n, elem, None) for n, elem in q.value_types.items()
           if n not in declared]
     graph = helper.make_graph(q.nodes, f"{g.name}_int", q.new_inputs,
@@ -113,6 +115,17 @@ def finish(q: Quantizer) -> onnx.ModelProto:
         raise QuantizationError(f"{q.source}: the integer graph fails the ONNX checker "
                                 f"(a quantizer bug): {str(e).splitlines()[0]}") from None
     return model
+
+
+def live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` less those whose outputs nothing reads (transitively; ONNX nodes have no side
+    effects): e.g. the zeros of a ``masked_fill`` whose mask became Shiftmax's ``exclude``."""
+    read, keep = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in read for o in node.output if o):
+            keep.append(node)
+            read.update(i for i in node.input if i)
+    return keep[::-1]
 
 
 def integer_output(q: Quantizer, out: onnx.ValueInfoProto) -> onnx.ValueInfoProto:

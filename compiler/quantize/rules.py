@@ -4,7 +4,7 @@ Shiftmax, Gelu -> ShiftGELU, LayerNormalization -> ILayerNorm)."""
 
 from __future__ import annotations
 
-from edgert.compiler.quantize import arith, linear, pool, shapes
+from edgert.compiler.quantize import arith, linear, masks, pool, shapes
 from edgert.compiler.quantize.core import SHAPE_OPS, Rule
 from edgert.ops import registry
 
@@ -19,7 +19,8 @@ def table() -> dict[str, Rule]:
         "ReduceSum": arith.reduce_sum, "Clip": arith.clip,
         "Shape": shapes.shape, "MaxPool": pool.max_pool,
         "GlobalAveragePool": pool.global_average_pool, "ReduceMean": pool.reduce_mean,
-        "AveragePool": pool.average_pool,
+        "AveragePool": pool.average_pool, "Split": shapes.split,
+        "Where": masks.where, "ConstantOfShape": masks.constant_of_shape,
     }
     out.update({op: shapes.shape_op for op in SHAPE_OPS})
     for op in registry.all():

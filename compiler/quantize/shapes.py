@@ -1,5 +1,5 @@
-"""Rules for shape and data-movement ops (Reshape, Transpose, Slice, Gather, Concat... and
-Shape): the integer tensor moves as it is, at one scale."""
+"""Rules for shape and data-movement ops (Reshape, Transpose, Slice, Gather, Concat, Split...
+and Shape): the integer tensor moves as it is, at one scale."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import replace
 import onnx
 from onnx import helper
 
+from edgert.compiler.quantize import masks
 from edgert.compiler.quantize.core import ELEM, QMAX, Quantizer
 
 
@@ -22,7 +23,11 @@ def shape(q: Quantizer, node: onnx.NodeProto) -> None:
 
 def shape_op(q: Quantizer, node: onnx.NodeProto) -> None:
     """Shape and data-movement ops (Reshape, Transpose, Slice, Gather, Concat...): the integer
-    tensor moved as it is; Concat inputs requantized to one scale."""
+    tensor moved as it is; Concat inputs requantized to one scale. An attention-mask bias moves
+    as its mask (:func:`edgert.compiler.quantize.masks.move`)."""
+    if node.input[0] in q.mask_bias and node.op_type != "Concat":
+        masks.move(q, node)
+        return
     out = node.output[0]
     dtype = q.downstream_dtype(out)
     data = [0] if node.op_type != "Concat" else range(len(node.input))
@@ -46,3 +51,22 @@ def shape_op(q: Quantizer, node: onnx.NodeProto) -> None:
                                        for a in node.attribute}))
     q.value_types[new] = ELEM[src.dtype]
     q.q[out] = replace(src, name=new)
+
+
+def split(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Split`` (every output a part of the input): the integer tensor split as it is, each
+    part at the input's scale and bound."""
+    x = node.input[0]
+    have = q.q.get(x)
+    keep = have is not None and have.per_tensor and (have.dtype != "int32"
+                                                     or have.interval is not None)
+    src = have if keep else q.need(x, q.downstream_dtype(x))
+    outputs = [q.fresh(o) if o else "" for o in node.output]
+    q.nodes.append(helper.make_node("Split", [src.name, *node.input[1:]], outputs,
+                                    name=outputs[0],
+                                    **{a.name: helper.get_attribute_value(a)
+                                       for a in node.attribute}))
+    for old, new in zip(node.output, outputs):
+        if old:
+            q.value_types[new] = ELEM[src.dtype]
+            q.q[old] = replace(src, name=new)

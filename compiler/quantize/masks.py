@@ -1,0 +1,109 @@
+"""Rules for attention masks written as ``masked_fill``: ``Where(mask, C, 0)`` with a constant
+``C <= -1e4`` (``-inf`` included) becomes Shiftmax's ``exclude`` input, followed through the
+shape ops between it and the scores' ``Add``; and ``ConstantOfShape`` of an integer value, an
+integer-valued tensor.
+
+What the exporters write for ``nn.MultiheadAttention``'s ``key_padding_mask`` (and
+``nn.TransformerEncoder``'s ``src_key_padding_mask``): PyTorch turns the bool mask into a float
+bias ``zeros_like(mask).masked_fill(mask, -inf)``, i.e. ``Where(mask, -inf, zeros)`` with the
+zeros from ``ConstantOfShape(Shape(mask))`` (TorchScript) or ``Expand(0, Shape(mask))``
+(dynamo), reshapes and expands it to ``[batch * heads, 1, keys]`` and adds it to the scores
+before the Softmax. In the integer graph the bool mask itself (``Not(mask)`` for
+``Where(keep, 0, C)``) goes through the same shape ops and becomes the ``exclude`` input of the
+Shiftmax (:func:`edgert.compiler.quantize.arith.add` records it): excluded elements get
+probability exactly 0, as fp32's ``exp(-inf)`` (or ``exp(C)``, ``C <= -1e4``) gives. A row with
+every key excluded is all zeros in the integer graph (fp32 gives NaN for ``-inf``).
+The zeros' own nodes are left unread and dropped with the graph's dead nodes
+(:func:`edgert.compiler.quantize.driver.finish`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgert.compiler.quantize.core import ELEM, INT32_MAX, MASK_BIAS, QTensor, Quantizer
+
+ZERO_THROUGH = {"Expand", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Identity", "Flatten",
+                "Cast"}
+"""Ops through which a tensor of zeros stays zeros (their first input is the data)."""
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _fill_value(node: onnx.NodeProto) -> np.ndarray:
+    """The value a ``ConstantOfShape`` fills with (float32 0 when absent)."""
+    value = _attrs(node).get("value")
+    return np.zeros(1, np.float32) if value is None else numpy_helper.to_array(value)
+
+
+def is_zero(q: Quantizer, name: str) -> bool:
+    """Whether the old-graph tensor ``name`` is all zeros by construction: a zero initializer,
+    ``ConstantOfShape`` of 0, or one of those through :data:`ZERO_THROUGH` ops."""
+    if name in q.inits:
+        return not np.any(np.asarray(q.inits[name]))
+    node = q.producer.get(name)
+    if node is None:
+        return False
+    if node.op_type == "ConstantOfShape":
+        return not np.any(_fill_value(node))
+    return node.op_type in ZERO_THROUGH and is_zero(q, node.input[0])
+
+
+def is_mask_constant(q: Quantizer, name: str) -> bool:
+    """Whether ``name`` is a constant whose every value is ``<= -1e4`` (``-inf`` included):
+    ``exp`` of it relative to any finite score is 0 in fp32."""
+    if name not in q.inits or not q.is_float(name) or q.inits[name].size == 0:
+        return False
+    return bool(np.all(np.asarray(q.inits[name], np.float64) <= -MASK_BIAS))
+
+
+def where(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Where(mask, C, 0)`` (or ``Where(keep, 0, C)``) with ``C <= -1e4``: an attention-mask
+    bias, recorded in ``q.mask_bias`` as the bool tensor of excluded elements (the mask, or
+    ``Not(keep)``). No other float ``Where`` has an integer form."""
+    cond, a, b = node.input
+    out = node.output[0]
+    if is_mask_constant(q, a) and is_zero(q, b):
+        exclude = cond
+    elif is_zero(q, a) and is_mask_constant(q, b):
+        exclude = q.emit("Not", [cond], f"{out}_exclude", TensorProto.BOOL)
+    else:
+        raise q.fail("a float Where has an integer form only as an attention-mask bias "
+                     "Where(mask, C, 0) or Where(keep, 0, C) with a constant C <= -1e4 or -inf")
+    want, have = q.shapes.get(out), q.shapes.get(cond)
+    if want is None or have is None or len(want) != len(have) or any(
+            w is not None and w != h for w, h in zip(want, have)):
+        raise q.fail(f"the mask {cond!r} (shape {have}) must have the bias's shape {want}; "
+                     "a Where that broadcasts the mask is not supported")
+    q.mask_bias[out] = QTensor(exclude, "bool", np.asarray(1.0), bound=1, interval=(0, 1))
+
+
+def move(q: Quantizer, node: onnx.NodeProto) -> None:
+    """A shape op (Reshape, Expand, Unsqueeze, Transpose...) of an attention-mask bias: the same
+    op on the integer or bool mask it stands for, which stays a mask bias (``q.mask_bias``)."""
+    t = q.mask_bias[node.input[0]]
+    elem = TensorProto.BOOL if t.dtype == "bool" else ELEM[t.dtype]
+    new = q.fresh(node.output[0])
+    q.nodes.append(helper.make_node(node.op_type, [t.name, *node.input[1:]], [new], name=new,
+                                    **_attrs(node)))
+    q.value_types[new] = elem
+    q.mask_bias[node.output[0]] = replace(t, name=new)
+
+
+def constant_of_shape(q: Quantizer, node: onnx.NodeProto) -> None:
+    """Float ``ConstantOfShape`` of an integer value ``v``: the int32 ``ConstantOfShape``, an
+    integer-valued tensor (scale 1, interval ``(v, v)``)."""
+    value = _fill_value(node).astype(np.float64).reshape(-1)
+    v = float(value[0]) if value.size == 1 else float("nan")
+    if not (np.isfinite(v) and v == np.rint(v) and abs(v) <= INT32_MAX):
+        raise q.fail(f"ConstantOfShape of {value.tolist()} has no integer form (only an "
+                     "integer value)")
+    out = node.output[0]
+    fill = helper.make_tensor("value", TensorProto.INT32, [1], [int(v)])
+    new = q.emit("ConstantOfShape", list(node.input), out, TensorProto.INT32, value=fill)
+    q.q[out] = QTensor(new, "int32", np.asarray(1.0), bound=abs(int(v)), interval=(int(v), int(v)))
