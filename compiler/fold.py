@@ -239,9 +239,9 @@ def _partial_slice(v: _Values, node: onnx.NodeProto, opset: int) -> _Partial | N
         starts, ends, axes, steps = a.get("starts"), a.get("ends"), a.get("axes"), None
     else:
         starts, ends, axes, steps = (_const_input(v, node, k) for k in (1, 2, 3, 4))
-        if starts is None or ends is None or (len(node.input) > 3 and node.input[3]
-                                              and axes is None):
-            return None
+        given = [len(node.input) > k and bool(node.input[k]) for k in (1, 2, 3, 4)]
+        if any(g and x is None for g, x in zip(given, (starts, ends, axes, steps))):
+            return None                                   # an input known only at run time
     if starts is None or len(list(np.reshape(starts, -1))) != 1:
         return None
     if axes is not None and int(np.reshape(axes, -1)[0]) not in (0, -1):
@@ -274,8 +274,7 @@ def _partial_output(v: _Values, node: onnx.NodeProto, opset: int) -> _Partial | 
         dims = v.shapes.get(node.input[0])
         if dims is None:
             return None
-        picked = dims[a.get("start", 0):a.get("end", len(dims))] if "end" in a else \
-            dims[a.get("start", 0):]
+        picked = dims[a.get("start", 0):a.get("end")]     # ONNX clamps as Python slices
         return _Partial(np.array(picked, dtype=object), np.dtype(np.int64))
     if op in ("Identity", "Cast"):
         p = v.part(node.input[0])

@@ -141,6 +141,54 @@ def test_static_dims_of_a_dynamic_shape_fold_alone():
     assert _dims(folded.graph.output[0]) == ["n", 3, 20]
 
 
+def test_partly_known_shape_vectors_fold_exactly():
+    """Slice with a negative step, Gather of the known elements, ReduceProd, Shape's start
+    attribute (opset 15): everything but the batch read folds, the result equals
+    onnxruntime's on the unfolded graph at two batch sizes."""
+    big = np.iinfo(np.int64)
+    inits = [h.make_tensor("neg1", T.INT64, [1], [-1]),
+             h.make_tensor("min", T.INT64, [1], [big.min]),
+             h.make_tensor("first3", T.INT64, [3], [0, 1, 2]),
+             h.make_tensor("zero", T.INT64, [], [0]), h.make_tensor("ax0", T.INT64, [1], [0])]
+    nodes = [h.make_node("Shape", ["x"], ["s"]),
+             h.make_node("Slice", ["s", "neg1", "min", "ax0", "neg1"], ["rev"]),   # [5,4,3,n]
+             h.make_node("Gather", ["rev", "first3"], ["cwh"]),
+             h.make_node("ReduceProd", ["cwh"], ["prod"], keepdims=1),
+             h.make_node("Gather", ["s", "zero"], ["n"]),
+             h.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+             h.make_node("Concat", ["n1", "prod"], ["shape"], axis=0),
+             h.make_node("Reshape", ["x", "shape"], ["r"]),
+             h.make_node("Shape", ["x"], ["tail"], start=1),
+             h.make_node("Cast", ["tail"], ["tailf"], to=T.FLOAT),
+             h.make_node("ReduceSum", ["tailf"], ["sum"], keepdims=0),
+             h.make_node("Mul", ["r", "sum"], ["y"])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 3, 4, 5])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["n", "k"])], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    folded, _ = fold_model(model)
+    assert sorted(n.op_type for n in folded.graph.node) == sorted(
+        ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Mul"])
+    assert _dims(folded.graph.output[0]) == ["n", 60]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 4, 5)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        got = ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(got, want)
+
+
+def test_runtime_slice_step_is_not_folded():
+    """A Slice whose step is a graph input is left alone (its result depends on the input)."""
+    nodes = [h.make_node("Shape", ["x"], ["s"]),
+             h.make_node("Slice", ["s", "st", "en", "", "step"], ["part"]),
+             h.make_node("Cast", ["part"], ["y"], to=T.FLOAT)]
+    inits = [h.make_tensor("st", T.INT64, [1], [1]), h.make_tensor("en", T.INT64, [1], [4])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 3, 4, 5]),
+                                      h.make_tensor_value_info("step", T.INT64, [1])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [None])], inits)
+    folded, report = fold_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    assert report.folded == 0 and len(folded.graph.node) == 3
+
+
 def _save(model: onnx.ModelProto, path):
     onnx.save(model, path)
     return path
