@@ -61,13 +61,13 @@ class FoldReport:
     """What :func:`fold_model` did.
 
     Attributes:
-        overridden: input name -> the dims ``--input-shape`` fixed.
+        overridden: input name -> the dims ``--input-shape`` gave (None: kept).
         folded: nodes replaced by initializers.
         removed: nodes removed because nothing used their outputs any more.
         rounds: shape-inference rounds run.
     """
 
-    overridden: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    overridden: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     folded: int = 0
     removed: int = 0
     rounds: int = 0
@@ -89,13 +89,14 @@ def declared_shape(value: onnx.ValueInfoProto) -> str:
     return "(" + ", ".join(_dim_text(d) for d in ttype.shape.dim) + ")"
 
 
-def override_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]],
-                    source: str = "model") -> dict[str, tuple[int, ...]]:
+def override_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int | None]],
+                    source: str = "model") -> dict[str, tuple[int | None, ...]]:
     """Fix the dims of the inputs named in ``shapes`` (in place), like onnxruntime's
-    free-dimension overrides. A declared static dim must equal the given one.
+    free-dimension overrides; a dim given as None keeps the model's. A declared static dim
+    must equal the given one.
 
     Returns:
-        input name -> the dims now fixed.
+        input name -> the dims as given.
 
     Raises:
         InputError: an unknown input name, a rank or a static dim that differs from the
@@ -110,20 +111,28 @@ def override_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]],
     done = {}
     for name, dims in shapes.items():
         value = inputs[name]
-        dims = tuple(int(d) for d in dims)
+        dims = tuple(None if d is None else int(d) for d in dims)
         ttype = value.type.tensor_type
-        given = ",".join(map(str, dims))
+        given = ",".join("?" if d is None else str(d) for d in dims)
         if ttype.HasField("shape") and len(ttype.shape.dim) != len(dims):
             raise InputError(f"{source}: --input-shape {name}={given} has {len(dims)} dims; "
                              f"the model declares {name} {declared_shape(value)} "
                              f"({len(ttype.shape.dim)} dims)")
+        if not ttype.HasField("shape") and None in dims:
+            raise InputError(f"{source}: --input-shape {name}={given} keeps dims (?) the model "
+                             f"does not declare: give every dim of {name}")
         for axis, (dim, want) in enumerate(zip(ttype.shape.dim, dims)):
-            if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != want:
+            if (want is not None and dim.HasField("dim_value") and dim.dim_value > 0
+                    and dim.dim_value != want):
                 raise InputError(f"{source}: --input-shape {name}={given} sets dim {axis} to "
                                  f"{want}; the model declares {name} {declared_shape(value)} "
                                  f"with {dim.dim_value} there")
+        old = [onnx.TensorShapeProto.Dimension() for _ in dims]
+        for kept, dim in zip(old, ttype.shape.dim):
+            kept.CopyFrom(dim)
         ttype.shape.Clear()
-        ttype.shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_value=d) for d in dims)
+        ttype.shape.dim.extend(kept if d is None else onnx.TensorShapeProto.Dimension(dim_value=d)
+                               for kept, d in zip(old, dims))
         done[name] = dims
     return done
 
@@ -492,7 +501,8 @@ def _unset_negative_dims(model: onnx.ModelProto) -> None:
                 dim.Clear()
 
 
-def fold_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None,
+def fold_model(model: onnx.ModelProto,
+               input_shapes: Mapping[str, Sequence[int | None]] | None = None,
                source: str = "model") -> tuple[onnx.ModelProto, FoldReport]:
     """Fix the overridden input dims and fold shape subgraphs (see the module docstring).
 

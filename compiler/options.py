@@ -17,6 +17,9 @@ from edgert.errors import InputError
 
 IO_MODES = ("float", "int8")
 """Graph I/O of an integer-only compile: float32 at the boundary, or the integer tensors."""
+Dims = tuple[int | None, ...]
+"""An input's dims as ``--input-shape`` gives them: a positive integer, or None (``?``: the
+dim the model declares, e.g. a dynamic batch kept dynamic)."""
 LUT_MODES = ("auto", "always", "never")
 """``--lut``: per LutMatMul node, time both kernels, always table lookup, never (dequantize)."""
 
@@ -67,8 +70,9 @@ class CompileOptions:
         input_shapes: input name -> dims (positive integers) that replace the dims the
             model declares for that input (``--input-shape NAME=D1,D2,...``, like
             onnxruntime's free-dimension overrides); given as a mapping, or as
-            ``"NAME=D1,D2,..."`` strings. Inputs not named keep their dims (a dynamic batch
-            stays dynamic). Stored as ``((name, dims), ...)``; :attr:`input_shape_map` reads it.
+            ``"NAME=D1,D2,..."`` strings. Inputs not named keep their dims, and so does a dim
+            given as None (``?``): ``x=?,3,320,320`` keeps a dynamic batch dynamic. Stored
+            as ``((name, dims), ...)``; :attr:`input_shape_map` reads it.
         lmul: ``"attention"`` or ``"all"``: float32 matmuls become ``edgert.LMulMatMul``
             (L-Mul products, integer additions instead of multiplies; the attention
             matmuls with two computed operands, or every MatMul and matrix-product Gemm),
@@ -91,7 +95,7 @@ class CompileOptions:
     keep_float: tuple[str, ...] = ()
     lut: str | None = None
     tuning_db: str | os.PathLike | None = None
-    input_shapes: Mapping[str, Sequence[int]] | Iterable[str] | None = None
+    input_shapes: Mapping[str, Sequence[int | None]] | Iterable[str] | None = None
     lmul: str | None = None
     lmul_mantissa: int | None = None
 
@@ -161,7 +165,7 @@ class CompileOptions:
         return config
 
     @property
-    def input_shape_map(self) -> dict[str, tuple[int, ...]]:
+    def input_shape_map(self) -> dict[str, Dims]:
         """``input_shapes`` as input name -> dims."""
         return dict(self.input_shapes or ())
 
@@ -178,25 +182,39 @@ def check_lut_mode(mode: str) -> str:
     return mode
 
 
-def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
+def _dim(d: Any) -> int | None:
+    """One given dim: ``?``/None, or a positive integer (a float only when integral)."""
+    if d is None or (isinstance(d, str) and d.strip() == "?"):
+        return None
+    if isinstance(d, float) and not d.is_integer():
+        raise ValueError(d)
+    value = int(d)
+    if value < 1:
+        raise ValueError(d)
+    return value
+
+
+def parse_input_shape(spec: str) -> tuple[str, Dims]:
     """``"NAME=D1,D2,..."`` (``--input-shape``) -> ``(NAME, (D1, D2, ...))``; the name is
-    what comes before the last ``=``. Raises InputError."""
+    what comes before the last ``=``; a dim ``?`` keeps the model's (None). Raises
+    InputError."""
     name, sep, dims = str(spec).rpartition("=")
     try:
-        values = tuple(int(d) for d in dims.split(","))
+        values = tuple(_dim(d) for d in dims.split(","))
     except ValueError:
         values = ()
-    if not sep or not name or not values or min(values) < 1:
+    if not sep or not name or not values:
         raise InputError(f"--input-shape {spec!r}: expected NAME=D1,D2,... with positive "
-                         f"integer dims, e.g. x=1,3,320,320")
+                         f"integer dims (or ? to keep the model's), e.g. x=1,3,320,320")
     return name, values
 
 
-def normalize_input_shapes(shapes: Mapping[str, Sequence[int]] | Iterable[str] | None
-                           ) -> tuple[tuple[str, tuple[int, ...]], ...] | None:
+def normalize_input_shapes(shapes: Mapping[str, Sequence[int | None]] | Iterable[str] | None
+                           ) -> tuple[tuple[str, Dims], ...] | None:
     """``input_shapes`` as given (a mapping name -> dims, ``"NAME=D1,..."`` strings, or the
     stored pairs) -> ``((name, dims), ...)``, None when empty. Raises InputError for a
-    malformed entry, a dim that is not a positive integer or an input named twice."""
+    malformed entry, a dim that is neither a positive integer nor ``?``/None, or an input
+    named twice."""
     if not shapes:
         return None
     if isinstance(shapes, Mapping):
@@ -205,16 +223,15 @@ def normalize_input_shapes(shapes: Mapping[str, Sequence[int]] | Iterable[str] |
         items = [parse_input_shape(shapes)]
     else:
         items = [parse_input_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
-    out: dict[str, tuple[int, ...]] = {}
+    out: dict[str, Dims] = {}
     for name, dims in items:
         try:
-            values = tuple(int(d) for d in dims)
+            values = tuple(_dim(d) for d in dims)
         except (TypeError, ValueError):
             values = ()
-        if not values or min(values) < 1 or any(isinstance(d, float) and not d.is_integer()
-                                                for d in dims):
-            raise InputError(f"input shape of {name!r}: expected positive integer dims, "
-                             f"got {dims!r}")
+        if not values:
+            raise InputError(f"input shape of {name!r}: expected positive integer dims (or "
+                             f"None to keep the model's), got {dims!r}")
         if name in out:
             raise InputError(f"--input-shape names {name!r} twice")
         out[str(name)] = values

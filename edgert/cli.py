@@ -109,8 +109,8 @@ TuningDbOpt = Annotated[str, typer.Option(
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
     "--input-shape", metavar="NAME=D1,D2,...", help="Fix the dims of an input the model "
     "leaves dynamic (repeatable), e.g. --input-shape x=1,3,320,320: the shape arithmetic "
-    "that depends on them is folded at compile time. Inputs not named keep their dims (a "
-    "dynamic batch stays dynamic).")]
+    "that depends on them is folded at compile time. A dim given as ? keeps the model's "
+    "(x=?,3,320,320: a dynamic batch stays dynamic), and so do inputs not named.")]
 LMulOpt = Annotated[Optional[Literal["attention", "all"]], typer.Option(
     "--lmul", help="fp32 compiles: multiply by L-Mul, an integer addition of the operands' "
     "bit patterns (mantissas cut to --lmul-mantissa bits, products summed in float32). "
