@@ -1,6 +1,7 @@
 """Rules for elementwise arithmetic: the residual Add (a scores bias mask * C becomes Shiftmax's
-``exclude``), Mul/Div by a constant, Relu, and integer-valued tensors (attention masks, counts):
-Cast, Sub, Mul/Div by a mask, ReduceSum, Clip stay integer with proven intervals."""
+``exclude``), Mul/Div by a constant, Mul of two activations (an exact integer product), Relu,
+and integer-valued tensors (attention masks, counts): Cast, Sub, Mul/Div by a mask, ReduceSum,
+Clip stay integer with proven intervals."""
 
 from __future__ import annotations
 
@@ -113,9 +114,12 @@ def int_product(q: Quantizer, node: onnx.NodeProto) -> None:
     if node.op_type == "Mul" and q.exact(a) is not None:
         a, b = b, a
     e = q.exact(b)
+    if e is None and node.op_type == "Mul" and q.exact(a) is None:
+        act_product(q, node)
+        return
     if e is None:
-        raise q.fail(f"{node.op_type} of two activations has no integer form here (one "
-                     "operand must be an integer-valued tensor such as a mask)")
+        raise q.fail(f"{node.op_type} of two activations has no integer form here (the "
+                     "divisor must be an integer-valued tensor such as a count)")
     x = q.as_int32(a)
     lo, hi = e.interval
     if node.op_type == "Mul":
@@ -132,6 +136,38 @@ def int_product(q: Quantizer, node: onnx.NodeProto) -> None:
         bound, interval = x.bound, None
     out = q.emit(node.op_type, [x.name, e.name], node.output[0], TensorProto.INT32)
     q.q[node.output[0]] = QTensor(out, "int32", x.scale, bound=bound, interval=interval)
+
+
+def per_tensor(q: Quantizer, name: str) -> QTensor:
+    """``name`` as a per-tensor int8/int16 tensor (as it is, or requantized to int16)."""
+    t = q.q.get(name)
+    if t is None or not t.per_tensor or t.dtype == "int32":
+        t = q.need(name, "int16")
+    return t
+
+
+def act_product(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``Mul`` of two activations (SiLU's ``x * sigmoid(x)``, a squeeze-and-excitation gate
+    ``x * g``; numpy broadcasting): both per-tensor int8/int16 (an int32 accumulator is
+    requantized to int16 first), cast to int16 (when the product bound fits) or int32 and
+    multiplied exactly; the product is at scale ``s_a * s_b``, and the consumer's ``Requant``
+    rounds it once."""
+    multiply(q, node.output[0], *(per_tensor(q, name) for name in node.input))
+
+
+def multiply(q: Quantizer, out: str, a: QTensor, b: QTensor) -> None:
+    """The exact integer product ``a * b`` (per-tensor int8/int16 operands) as the integer form
+    of ``out``: int16 when the bound fits, else int32, at scale ``s_a * s_b``."""
+    bound = a.bound * b.bound
+    if bound > INT32_MAX:
+        raise q.fail(f"product bound {bound} exceeds int32")
+    dtype = "int16" if bound <= QMAX["int16"] else "int32"
+    names = []
+    for t in (a, b):
+        names.append(t.name if t.dtype == dtype else
+                     q.emit("Cast", [t.name], out, ELEM[dtype], to=ELEM[dtype]))
+    new = q.emit("Mul", names, out, ELEM[dtype])
+    q.q[out] = QTensor(new, dtype, np.asarray(float(a.scale) * float(b.scale)), bound=bound)
 
 
 def reduce_sum(q: Quantizer, node: onnx.NodeProto) -> None:

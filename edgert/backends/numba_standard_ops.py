@@ -443,6 +443,25 @@ def _concat(node: Node) -> Handler:
     return lambda *xs: (np.concatenate(xs, axis=axis),)
 
 
+@handles("Split")
+def _split(node: Node) -> Handler:
+    """ONNX ``Split``: sizes from the ``split`` input (opset >= 13), else ``num_outputs`` (opset
+    18) or as many outputs as the node has, equal parts (the last one smaller)."""
+    axis = int(node.attr("axis", 0))
+    count = int(node.attr("num_outputs", 0)) or len(node.proto.output)
+
+    def run(x, split=None):
+        a = axis + x.ndim if axis < 0 else axis
+        if split is None:
+            part = -(-x.shape[a] // count)
+            sizes = [min(part, x.shape[a] - i * part) for i in range(count)]
+        else:
+            sizes = [int(s) for s in split]
+        cuts = np.cumsum(sizes)[:-1]
+        return tuple(np.split(x, cuts, axis=a))
+    return run
+
+
 @handles("Expand")
 def _expand(node: Node) -> Handler:
     def run(x, shape):
