@@ -12,6 +12,10 @@
 - ``Expand`` to a constant shape of a tensor with a symbolic dim (an attention mask
   ``[batch, 1, 1, keys]`` expanded over the heads): the constant becomes a shape, which TVM's
   converter handles with symbolic dims (its constant path reads every data dim as a number).
+- ``Range`` with constant integer start and step and a limit read from a shape (``arange(batch)``
+  of an attention mask built by indexing): ``arange`` over the symbolic dim itself; TVM's
+  converter turns the limit into a tensor and back into a new shape variable, which TVM's
+  build then rejects (``VarRemapGet``).
 - ``MaxPool`` (int8 in the integer graph): ``auto_pad = SAME_*`` becomes explicit pads computed
   from the static spatial dims (TVM's converter converts the whole shape to ints, so a dynamic
   batch fails, and its SAME_LOWER output size is floor, not ONNX's ceil); then TVM's MaxPool,
@@ -31,6 +35,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import Conv, OnnxOpConverter
 from tvm.relax.frontend.onnx.onnx_frontend import Expand as TvmExpand
 from tvm.relax.frontend.onnx.onnx_frontend import Gather as TvmGather
 from tvm.relax.frontend.onnx.onnx_frontend import MaxPool as TvmMaxPool
+from tvm.relax.frontend.onnx.onnx_frontend import Range as TvmRange
 
 from edgert.onnx_graph import same_pads
 from edgert.ops.intmatmul.tvm import emit_int_matmul
@@ -197,6 +202,43 @@ class Expand(TvmExpand):
         return TvmExpand._impl_v13(bb, inputs, attr, params)
 
 
+def _shape_scalar(bb: Any, x: Any) -> Any:
+    """A scalar integer input as a PrimExpr: an integer constant, or a value read from a shape
+    (``reshape(shape_to_tensor(shape([d])), [])``, what TVM makes of ``Squeeze(Shape(x))``);
+    else None."""
+    for _ in range(8):
+        if isinstance(x, tvm.ir.GenericConst):
+            v = x.value.numpy()
+            ok = v.size == 1 and v.dtype.kind in "iu"
+            return tirx.IntImm("int64", int(v.reshape(()))) if ok else None
+        if tvm.ir.is_prim_expr(x):
+            return x
+        if isinstance(x, relax.Var):
+            x = bb.lookup_binding(x)
+        elif isinstance(x, relax.Call) and x.op.name == "relax.reshape":
+            x = x.args[0]
+        elif isinstance(x, relax.Call) and x.op.name == "relax.shape_to_tensor":
+            shape = x.args[0]
+            ok = isinstance(shape, relax.ShapeExpr) and len(shape.values) == 1
+            return shape.values[0] if ok else None
+        else:
+            return None
+    return None
+
+
+class Range(TvmRange):
+    """TVM's Range; ``arange`` over a symbolic dim when the limit is read from a shape and
+    start and step are integer constants (module docstring)."""
+
+    @classmethod
+    def _impl_v12(cls, bb, inputs, attr, params):
+        start, limit, step = (_shape_scalar(bb, x) for x in inputs)
+        if (isinstance(start, tirx.IntImm) and isinstance(step, tirx.IntImm)
+                and limit is not None and _dtype(inputs[0]) in ("int32", "int64")):
+            return relax.op.arange(start, limit, step, _dtype(inputs[0]))
+        return TvmRange._impl_v12(bb, inputs, attr, params)
+
+
 class MaxPool(TvmMaxPool):
     """TVM's MaxPool with ``SAME_*`` padding resolved here from the static spatial dims."""
 
@@ -221,7 +263,7 @@ class MaxPool(TvmMaxPool):
 
 CONVERTERS: dict[str, type] = {
     "MatMulInteger": MatMulInteger, "ConvInteger": ConvInteger, "Gather": Gather,
-    "Expand": Expand,
+    "Expand": Expand, "Range": Range,
     "MaxPool": MaxPool,
     "QuantizeLinear": QuantizeLinear, "DequantizeLinear": DequantizeLinear,
 }

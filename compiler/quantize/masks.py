@@ -14,7 +14,12 @@ Shiftmax (:func:`edgert.compiler.quantize.arith.add` records it): excluded eleme
 probability exactly 0, as fp32's ``exp(-inf)`` (or ``exp(C)``, ``C <= -1e4``) gives. A row with
 every key excluded is all zeros in the integer graph (fp32 gives NaN for ``-inf``).
 The zeros' own nodes are left unread and dropped with the graph's dead nodes
-(:func:`edgert.compiler.quantize.driver.finish`)."""
+(:func:`edgert.compiler.quantize.driver.finish`).
+
+NaN guards: the exporters' ``scaled_dot_product_attention`` with a bool mask writes
+``Where(IsNaN(p), 0, p)`` after the Softmax (a row with every key masked is NaN in fp32). An
+integer tensor is never NaN or infinite: ``IsNaN`` / ``IsInf`` of a tensor with an integer form
+is all false, and a ``Where`` on such a condition is its third input."""
 
 from __future__ import annotations
 
@@ -62,12 +67,37 @@ def is_mask_constant(q: Quantizer, name: str) -> bool:
     return bool(np.all(np.asarray(q.inits[name], np.float64) <= -MASK_BIAS))
 
 
+def never(q: Quantizer, name: str) -> bool:
+    """Whether the bool tensor ``name`` is all false by construction: ``IsNaN`` / ``IsInf`` of a
+    float tensor that has an integer form."""
+    node = q.producer.get(name)
+    return (node is not None and node.op_type in ("IsNaN", "IsInf")
+            and node.input[0] in q.q)
+
+
+def is_nan(q: Quantizer, node: onnx.NodeProto) -> None:
+    """``IsNaN`` / ``IsInf`` of a float tensor: all false (integers are finite), written as
+    ``ConstantOfShape(Shape(x), false)`` under the output's name for any reader (and dropped
+    as a dead node where :func:`where` reads the condition itself)."""
+    x, out = node.input[0], node.output[0]
+    t = q.q.get(x) or q.need(x, q.downstream_dtype(x))
+    shape = q.emit("Shape", [t.name], f"{out}_shape", TensorProto.INT64)
+    false = helper.make_tensor("value", TensorProto.BOOL, [1], [False])
+    q.nodes.append(helper.make_node("ConstantOfShape", [shape], [out], name=q.fresh(out),
+                                    value=false))
+    q.value_types[out] = TensorProto.BOOL
+
+
 def where(q: Quantizer, node: onnx.NodeProto) -> None:
     """``Where(mask, C, 0)`` (or ``Where(keep, 0, C)``) with ``C <= -1e4``: an attention-mask
     bias, recorded in ``q.mask_bias`` as the bool tensor of excluded elements (the mask, or
-    ``Not(keep)``). No other float ``Where`` has an integer form."""
+    ``Not(keep)``); ``Where(never, a, b)`` (a NaN guard, :func:`never`) is ``b``. No other
+    float ``Where`` has an integer form."""
     cond, a, b = node.input
     out = node.output[0]
+    if never(q, cond) and q.is_float(b):
+        q.q[out] = q.q.get(b) or q.need(b, q.downstream_dtype(b))
+        return
     if is_mask_constant(q, a) and is_zero(q, b):
         exclude = cond
     elif is_zero(q, a) and is_mask_constant(q, b):

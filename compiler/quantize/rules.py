@@ -21,6 +21,7 @@ def table() -> dict[str, Rule]:
         "GlobalAveragePool": pool.global_average_pool, "ReduceMean": pool.reduce_mean,
         "AveragePool": pool.average_pool, "Split": shapes.split,
         "Where": masks.where, "ConstantOfShape": masks.constant_of_shape,
+        "IsNaN": masks.is_nan, "IsInf": masks.is_nan,
     }
     out.update({op: shapes.shape_op for op in SHAPE_OPS})
     for op in registry.all():

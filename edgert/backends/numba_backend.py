@@ -28,6 +28,10 @@ Ops (the contract is ``docs/integer-onnx.md``; shapes follow ONNX/numpy broadcas
         ``Flatten``, ``Slice`` (axes/steps optional, negative indices and steps, ONNX clamping),
         ``Gather`` (negative indices), ``Concat``, ``Expand``, ``Identity``, ``Shape``
         (start/end), ``Constant``, ``Cast`` (numeric types).
+    masks and indices built in the graph: ``Equal``, ``Less``, ``LessOrEqual``, ``Greater``,
+        ``GreaterOrEqual``, ``Not``, ``And``, ``Or``, ``Xor``, ``Max``, ``Min``, ``Where``,
+        ``Range``, ``ConstantOfShape`` (numpy, broadcasting), ``GatherND`` (``batch_dims``,
+        negative indices).
     float nodes (``--allow-float``): ``Div`` of floats is IEEE float division; a default-domain
         op without a kernel here whose outputs the graph declares floating point (graph
         outputs or ``value_info``, which the quantizer writes for every tensor) runs on

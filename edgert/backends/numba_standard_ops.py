@@ -216,6 +216,38 @@ def _equal(node: Node) -> Handler:
     return lambda a, b: (np.asarray(np.equal(a, b)),)
 
 
+_LOGIC = {"Not": np.logical_not, "And": np.logical_and, "Or": np.logical_or,
+          "Xor": np.logical_xor, "Less": np.less, "LessOrEqual": np.less_equal,
+          "Greater": np.greater, "GreaterOrEqual": np.greater_equal}
+
+
+@handles(*_LOGIC)
+def _logic(node: Node) -> Handler:
+    """Bool logic and comparisons (attention masks built in the graph): numpy's, elementwise
+    with broadcasting, bool results."""
+    fn = _LOGIC[node.proto.op_type]
+    return lambda *args: (np.asarray(fn(*args)),)
+
+
+@handles("Max", "Min")
+def _max_min(node: Node) -> Handler:
+    """Elementwise ``Max`` / ``Min`` of any number of integer tensors (broadcasting)."""
+    fn = np.maximum if node.proto.op_type == "Max" else np.minimum
+
+    def run(*xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = fn(out, x)
+        return (np.asarray(out),)
+    return run
+
+
+@handles("Range")
+def _range(node: Node) -> Handler:
+    return lambda start, limit, delta: (np.arange(start.item(), limit.item(), delta.item(),
+                                                  dtype=start.dtype),)
+
+
 @handles("Where")
 def _where(node: Node) -> Handler:
     return lambda c, a, b: (np.asarray(np.where(c, a, b)),)
@@ -434,6 +466,24 @@ def _gather(node: Node) -> Handler:
         idx = indices.astype(np.int64)
         idx = np.where(idx < 0, idx + data.shape[a], idx)
         return (np.asarray(np.take(data, idx, axis=a)),)
+    return run
+
+
+@handles("GatherND")
+def _gather_nd(node: Node) -> Handler:
+    """ONNX ``GatherND``: slices of ``data`` at the index tuples along the last axis of
+    ``indices`` (negative indices count from the end), the first ``batch_dims`` axes shared."""
+    b = int(node.attr("batch_dims", 0))
+
+    def run(data, indices):
+        k, batch = indices.shape[-1], data.shape[:b]
+        n = int(np.prod(batch, dtype=np.int64))
+        d = data.reshape(n, *data.shape[b:])
+        idx = indices.astype(np.int64).reshape(n, -1, k)
+        idx = np.where(idx < 0, idx + np.array(data.shape[b:b + k]), idx)
+        rows = np.arange(n)[:, None]
+        out = d[(rows, *np.moveaxis(idx, -1, 0))]
+        return (np.asarray(out.reshape(*indices.shape[:-1], *data.shape[b + k:])),)
     return run
 
 
