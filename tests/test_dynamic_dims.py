@@ -253,6 +253,31 @@ def test_cli_input_shape_error_is_one_line(tmp_path, monkeypatch, capfd):
                       f"model; its inputs: x (n, 3, h, w)"]
 
 
+def test_cli_input_shape_keeps_a_dynamic_batch(tmp_path, monkeypatch):
+    """``--input-shape x=?,3,4,5`` through the CLI: height and width fixed and folded, the
+    batch still dynamic at run time, the manifest records what was asked."""
+    from edgert import cli
+
+    path = _save(_shape_model(), tmp_path / "m.onnx")
+    art = tmp_path / "m.edgert"
+    monkeypatch.setattr(sys, "argv", ["edgert", "compile", str(path), "-o", str(art),
+                                      "--input-shape", "x=?,3,4,5"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code in (0, None)
+    manifest = read_artifact(art).manifest
+    assert manifest["compile_options"]["input_shapes"] == {"x": [None, 3, 4, 5]}
+    ops = {n.op_type for n in onnx.load_from_string(read_artifact(art).members[MODEL_MEMBER])
+           .graph.node}
+    assert "Sqrt" not in ops and "Cast" not in ops
+    sess = edgert.Session(art)
+    assert sess.get_inputs()[0].shape == ["n", 3, 4, 5]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 4, 5)).astype(np.float32)
+        want = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6)
+
+
 def _unimportable() -> onnx.ModelProto:
     """A reshape to a shape computed in float from dynamic dims: TVM's importer cannot take
     it (and nothing folds it)."""
