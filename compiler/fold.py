@@ -21,7 +21,10 @@ quantizer has no integer form for a float ``Sqrt``. :func:`fold_model` runs, in 
    derives from a shape (up to ``MAX_FOLD_ELEMENTS`` elements), or when it and its inputs
    are small (``SMALL`` elements: scalars, shape vectors); weight transforms stay for the
    later stages. Folded values are exact: ``onnx.reference`` computes each op as ONNX
-   defines it, in the op's dtype.
+   defines it, in the op's dtype. A ``Reshape`` whose target is partly known, its runtime
+   elements being the data's own dims at the same positions (a flatten's
+   ``Concat(Shape(x)[0:1], [-1])``), gets a constant target with ``0`` there (ONNX's "copy
+   this dim"), so TVM sees a constant reshape while the batch stays dynamic.
 3. Nodes whose outputs nothing uses any more are removed, and the graph outputs' dims that
    shape inference now proves static are written into the model (symbolic ones stay).
 
@@ -63,12 +66,14 @@ class FoldReport:
     Attributes:
         overridden: input name -> the dims ``--input-shape`` gave (None: kept).
         folded: nodes replaced by initializers.
+        reshaped: Reshape nodes given a constant target with ``0`` for "copy this dim".
         removed: nodes removed because nothing used their outputs any more.
         rounds: shape-inference rounds run.
     """
 
     overridden: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     folded: int = 0
+    reshaped: int = 0
     removed: int = 0
     rounds: int = 0
 
@@ -137,11 +142,24 @@ def override_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int | 
     return done
 
 
+@dataclass(frozen=True)
+class _Dim:
+    """A dim known only at run time: its symbol from shape inference (``dim_param``), or
+    ``(tensor, axis)`` where it has none. Equal symbols are equal values."""
+
+    key: str | tuple[str, int]
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer))
+
+
 @dataclass
 class _Partial:
-    """A 0-d or 1-d integer tensor whose elements are partly known (None: a runtime value)."""
+    """A 0-d or 1-d integer tensor whose elements are partly known: ints, :class:`_Dim` (a
+    runtime dim, by name) or None (a runtime value)."""
 
-    values: np.ndarray          # dtype object: int or None
+    values: np.ndarray          # dtype object
     dtype: np.dtype
 
     def __post_init__(self) -> None:
@@ -152,7 +170,7 @@ class _Partial:
 
     def known(self) -> np.ndarray | None:
         """The value as an array when every element is known, else None."""
-        if any(v is None for v in self.values.reshape(-1)):
+        if not all(_is_int(x) for x in self.values.reshape(-1)):
             return None
         return np.array(self.values.tolist(), dtype=self.dtype).reshape(self.values.shape)
 
@@ -160,7 +178,7 @@ class _Partial:
 class _Values:
     """What is known about each tensor while walking the graph once in order."""
 
-    def __init__(self, graph: onnx.GraphProto, shapes: dict[str, list[int | None]],
+    def __init__(self, graph: onnx.GraphProto, shapes: dict[str, list[int | _Dim]],
                  opset: int) -> None:
         self.opset = opset
         self.inits = {t.name: t for t in graph.initializer}
@@ -170,6 +188,7 @@ class _Values:
         self.constant_nodes: dict[str, onnx.NodeProto] = {}   # read on first use
         self.partial: dict[str, _Partial] = {}
         self.derived: set[str] = set()                  # values computed from a shape
+        self.reshapes: dict[int, np.ndarray] = {}       # node index -> its constant shape
 
     def const(self, name: str) -> np.ndarray | None:
         if name in self.consts:
@@ -271,7 +290,7 @@ def _partial_binary(v: _Values, node: onnx.NodeProto) -> _Partial | None:
         pairs = np.broadcast_arrays(a.values, b.values)
     except ValueError:
         return None
-    out = [None if x is None or y is None else op[node.op_type](x, y)
+    out = [op[node.op_type](x, y) if _is_int(x) and _is_int(y) else None
            for x, y in zip(pairs[0].reshape(-1), pairs[1].reshape(-1))]
     return _Partial(np.array(out, dtype=object).reshape(pairs[0].shape), a.dtype)
 
@@ -368,15 +387,17 @@ def _fold_constant_node(v: _Values, node: onnx.NodeProto, opset: int) -> bool:
     return True
 
 
-def _propagate(graph: onnx.GraphProto, shapes: dict[str, list[int | None]],
+def _propagate(graph: onnx.GraphProto, shapes: dict[str, list[int | _Dim]],
                opset: int) -> _Values:
     """Walk the top-level graph in order and record every known and partly known value."""
     v = _Values(graph, shapes, opset)
-    for node in graph.node:
+    for index, node in enumerate(graph.node):
         if node.domain not in DEFAULT:
             continue
         if _fold_constant_node(v, node, opset):
             continue
+        if node.op_type == "Reshape" and (target := _reshape_target(v, node)) is not None:
+            v.reshapes[index] = target
         if len(node.output) == 1 and node.output[0]:
             try:
                 p = _partial_output(v, node, opset)
@@ -385,6 +406,44 @@ def _propagate(graph: onnx.GraphProto, shapes: dict[str, list[int | None]],
             if p is not None:
                 v.set_partial(node.output[0], p)
     return v
+
+
+def _reshape_target(v: _Values, node: onnx.NodeProto) -> np.ndarray | None:
+    """The constant shape a ``Reshape`` whose target is read from its own input's dims can
+    use instead: each runtime element that is the data's dim at the same position becomes
+    ``0`` ("copy that dim", ONNX's rule without ``allowzero``), e.g. a flatten's
+    ``Concat(Shape(x)[0:1], [-1])`` -> ``[0, -1]``. None when some element is another runtime
+    value."""
+    shape = v.part(node.input[1]) if len(node.input) > 1 else None
+    dims = v.shapes.get(node.input[0])
+    if (shape is None or dims is None or shape.values.ndim != 1 or shape.known() is not None
+            or _attrs(node).get("allowzero", 0)):
+        return None
+    out = []
+    for i, e in enumerate(shape.values):
+        if _is_int(e):
+            out.append(int(e))
+        elif isinstance(e, _Dim) and i < len(dims) and dims[i] == e:
+            out.append(0)
+        else:
+            return None
+    return np.array(out, dtype=np.int64)
+
+
+def _static_reshapes(model: onnx.ModelProto, v: _Values) -> int:
+    """Give each Reshape of ``v.reshapes`` its constant target as a new initializer (the old
+    target tensor is left to whoever else reads it); returns how many."""
+    graph = model.graph
+    taken = ({t.name for t in graph.initializer} | {i.name for i in graph.input}
+             | {o for n in graph.node for o in n.output})
+    for index, target in v.reshapes.items():
+        node = graph.node[index]
+        name = next(n for k in range(len(taken) + 1)
+                    if (n := f"{node.input[1]}_static" + (f"_{k}" if k else "")) not in taken)
+        taken.add(name)
+        graph.initializer.append(numpy_helper.from_array(target, name))
+        node.input[1] = name
+    return len(v.reshapes)
 
 
 def _inference_view(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -408,8 +467,9 @@ def _inference_view(model: onnx.ModelProto) -> onnx.ModelProto:
     return view
 
 
-def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Every typed tensor's dims after shape inference (None where not a static dim > 0)."""
+def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | _Dim]]:
+    """Every typed tensor's dims after shape inference (a :class:`_Dim` where not a static
+    dim > 0)."""
     try:
         graph = onnx.shape_inference.infer_shapes(_inference_view(model), check_type=False,
                                                   strict_mode=False, data_prop=True).graph
@@ -420,7 +480,8 @@ def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
         ttype = value.type.tensor_type
         if value.type.HasField("tensor_type") and ttype.HasField("shape"):
             out[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
-                               else None for d in ttype.shape.dim]
+                               else _Dim(d.dim_param or (value.name, k))
+                               for k, d in enumerate(ttype.shape.dim)]
     return out
 
 
@@ -487,7 +548,7 @@ def _write_output_dims(model: onnx.ModelProto) -> None:
         if len(ttype.shape.dim) != len(inferred):
             continue
         for dim, value in zip(ttype.shape.dim, inferred):
-            if value is not None and not (dim.HasField("dim_value") and dim.dim_value > 0):
+            if _is_int(value) and not (dim.HasField("dim_value") and dim.dim_value > 0):
                 dim.Clear()
                 dim.dim_value = value
 
@@ -526,12 +587,14 @@ def fold_model(model: onnx.ModelProto,
     for _ in range(MAX_ROUNDS):
         report.rounds += 1
         values = _propagate(new.graph, _static_dims(new), opset)
+        reshaped = _static_reshapes(new, values)          # before: it reads node indices
         folded = _replace_known(new, values)
         report.folded += folded
+        report.reshaped += reshaped
         report.removed += _remove_unused(new)
-        if not folded:
+        if not folded and not reshaped:
             break
-    if report.folded or report.overridden:
+    if report.folded or report.reshaped or report.overridden:
         new.ir_version = max(new.ir_version, 4)          # initializers need not be inputs
         _write_output_dims(new)
     return new, report

