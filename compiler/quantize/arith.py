@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from edgert.compiler.quantize import masks
 from edgert.compiler.quantize.core import (ADD_EXTRA_BITS, DEFAULT_ROW_LEN, ELEM, INT32_MAX,
                                            MASK_BIAS, QMAX, QTensor, Quantizer)
 
@@ -55,6 +56,9 @@ def scale_by_const(q: Quantizer, node: onnx.NodeProto) -> None:
     x, c = node.input
     if c not in q.inits and node.op_type == "Mul" and x in q.inits:
         x, c = c, x
+    if x in q.mask_bias:
+        masks.scale_bias(q, node, x, c)
+        return
     if c not in q.inits and x not in q.inits:
         int_product(q, node)
         return

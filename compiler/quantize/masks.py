@@ -91,8 +91,9 @@ def is_nan(q: Quantizer, node: onnx.NodeProto) -> None:
 def where(q: Quantizer, node: onnx.NodeProto) -> None:
     """``Where(mask, C, 0)`` (or ``Where(keep, 0, C)``) with ``C <= -1e4``: an attention-mask
     bias, recorded in ``q.mask_bias`` as the bool tensor of excluded elements (the mask, or
-    ``Not(keep)``); ``Where(never, a, b)`` (a NaN guard, :func:`never`) is ``b``. No other
-    float ``Where`` has an integer form."""
+    ``Not(keep)``; scale: the constant ``C``, the largest where it is a tensor);
+    ``Where(never, a, b)`` (a NaN guard, :func:`never`) is ``b``. No other float ``Where`` has
+    an integer form."""
     cond, a, b = node.input
     out = node.output[0]
     if never(q, cond) and q.is_float(b):
@@ -110,7 +111,22 @@ def where(q: Quantizer, node: onnx.NodeProto) -> None:
             w is not None and w != h for w, h in zip(want, have)):
         raise q.fail(f"the mask {cond!r} (shape {have}) must have the bias's shape {want}; "
                      "a Where that broadcasts the mask is not supported")
-    q.mask_bias[out] = QTensor(exclude, "bool", np.asarray(1.0), bound=1, interval=(0, 1))
+    c = float(np.max(q.inits[a if exclude == cond else b]))
+    q.mask_bias[out] = QTensor(exclude, "bool", np.asarray(c), bound=1, interval=(0, 1))
+
+
+def scale_bias(q: Quantizer, node: onnx.NodeProto, x: str, c: str) -> None:
+    """``Mul`` / ``Div`` of a ``Where`` mask bias ``x`` by a scalar constant ``c`` (``baddbmm``'s
+    ``beta``): still a mask bias where the product stays ``<= -1e4`` (the bias's scale holds
+    its constant ``C``)."""
+    t = q.mask_bias[x]
+    value = float(np.asarray(q.inits[c]).reshape(-1)[0]) if c in q.inits else float("nan")
+    factor = value if node.op_type == "Mul" else 1.0 / value
+    if c not in q.inits or q.inits[c].size != 1 or not factor > 0 \
+            or not float(t.scale) * factor <= -MASK_BIAS:
+        raise q.fail(f"{node.op_type} of an attention-mask bias by {c!r}: only a positive "
+                     "scalar constant that keeps the bias <= -1e4 is supported")
+    q.mask_bias[node.output[0]] = replace(t, scale=t.scale * factor)
 
 
 def move(q: Quantizer, node: onnx.NodeProto) -> None:
