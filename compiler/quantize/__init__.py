@@ -24,7 +24,9 @@ exactly (scale 1, int32, clamped to its calibrated range) with a proven interval
 ``Mul``, ``ReduceSum``, ``Clip`` and ``Div`` on such tensors stay integer, which makes the
 mean pooling ``sum(x * mask) / max(sum(mask), eps)`` integer (the division truncates: at most
 one unit of the output scale). A scores bias ``mask * C`` with ``C <= -10000`` added before a
-Softmax becomes Shiftmax's ``exclude`` input (fp32 ``exp(-10000)`` is exactly 0 as well).
+Softmax becomes Shiftmax's ``exclude`` input (fp32 ``exp(-10000)`` is exactly 0 as well), and so
+does PyTorch's ``masked_fill`` bias ``Where(mask, -inf, 0)`` through the reshapes between it and
+the scores (:mod:`.masks`).
 
 Range checks at compile time: every int32 accumulator is bounded from the integer weights and
 the activation range (:func:`edgert.ops.intmatmul.accumulator_bound`); when the bound fails
@@ -58,7 +60,7 @@ Without ``allow_float`` such a node is an error naming it.
 
 Layout: :mod:`.core` (the state, ``need`` and the dtype policy), :mod:`.driver` (the graph walk,
 graph I/O), :mod:`.fallback` (``allow_float``), :mod:`.rules` (op type -> rule), the rules in
-:mod:`.linear`, :mod:`.arith`, :mod:`.pool`, :mod:`.shapes` and, for the edgert ops, the
+:mod:`.linear`, :mod:`.arith`, :mod:`.pool`, :mod:`.shapes`, :mod:`.masks` and, for the edgert ops, the
 ``quantize.py`` of their folders under ``ops/`` (found through the op registry).
 """
 
