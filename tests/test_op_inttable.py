@@ -194,3 +194,33 @@ def test_counts():
     c = inttable.OP.counts([(2, 3, 4), (256,)], [np.int8, np.int16], {})
     assert (c.lookups, c.int32_add) == (24, 24)
     assert (c.bytes_read, c.bytes_written) == (24 + 512, 48)
+
+
+def test_converter_fuses_with_the_requant_before_it():
+    """The converter marks the lookup injective (TVM calls a data-dependent load opaque), so
+    operator fusion puts ``Requant -> IntTable -> Cast`` in one kernel."""
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm import relax
+
+    from edgert.compiler.lower import to_relax
+    from edgert.ops import DOMAIN
+
+    from ophelpers import integer_model
+
+    m, e = requant.params(np.full(4, 1e-3))
+    table = inttable.make_table(inttable.float_function("sigmoid"), 0.05, 1 / 32767, "int16")
+    inits = [numpy_helper.from_array(m, "m"), numpy_helper.from_array(e, "e"),
+             numpy_helper.from_array(table, "table")]
+    nodes = [helper.make_node("Requant", ["acc", "m", "e"], ["q"], domain=DOMAIN, to=3, lo=-127,
+                              hi=127, axis=1),
+             helper.make_node("IntTable", ["q", "table"], ["g"], domain=DOMAIN),
+             helper.make_node("Cast", ["g"], ["y"], to=TensorProto.INT32)]
+    model = integer_model(
+        nodes, [helper.make_tensor_value_info("acc", TensorProto.INT32, ["b", 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, ["b", 4, 3, 3])], inits)
+    mod = relax.transform.LegalizeOps()(to_relax(model))
+    fused = relax.transform.FuseTIR()(relax.transform.FuseOps()(
+        relax.transform.AnnotateTIROpPattern()(mod)))
+    prim_funcs = [gv.name_hint for gv, f in fused.functions.items()
+                  if not isinstance(f, relax.Function)]
+    assert len(prim_funcs) == 1 and "inttable" in prim_funcs[0], prim_funcs
