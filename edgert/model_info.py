@@ -6,6 +6,8 @@ dequantize into a graph output (counted apart as ``boundary_ops``). The float op
 too: ``float_nodes`` names the nodes that compute in floating point (the nodes an
 ``--allow-float`` build keeps float), ``float_conversions`` counts the QuantizeLinear /
 DequantizeLinear nodes inside the graph that feed and drain them; ``float_ops`` is the sum.
+A ``Resize``'s ``roi`` and ``scales`` inputs (float by ONNX's definition) only place the
+indices the data is read at, so a nearest ``Resize`` of an integer tensor is no float op.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
         counts[op] += 1
         if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
             types[node.output[0]] = node.attribute[0].t.data_type
-        tensor_types = [types[n] for n in list(node.input) + list(node.output) if n in types]
+        data = node.input[:1] if node.op_type == "Resize" else node.input   # roi/scales: index math
+        tensor_types = [types[n] for n in list(data) + list(node.output) if n in types]
         dtypes[op].update(_dtype_name(t) for t in tensor_types)
         if any(t in FLOAT_TYPES for t in tensor_types):
             is_boundary = (node.op_type in _QUANTIZE and node.input and node.input[0] in graph_in) or (

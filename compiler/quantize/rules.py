@@ -4,7 +4,7 @@ Shiftmax, Gelu -> ShiftGELU, LayerNormalization -> ILayerNorm)."""
 
 from __future__ import annotations
 
-from edgert.compiler.quantize import arith, linear, masks, pool, shapes
+from edgert.compiler.quantize import arith, cnn, linear, masks, pool, shapes
 from edgert.compiler.quantize.core import SHAPE_OPS, Rule
 from edgert.ops import registry
 
@@ -22,6 +22,7 @@ def table() -> dict[str, Rule]:
         "AveragePool": pool.average_pool, "Split": shapes.split,
         "Where": masks.where, "ConstantOfShape": masks.constant_of_shape,
         "IsNaN": masks.is_nan, "IsInf": masks.is_nan,
+        "BatchNormalization": cnn.batch_norm, "Resize": cnn.resize,
     }
     out.update({op: shapes.shape_op for op in SHAPE_OPS})
     for op in registry.all():

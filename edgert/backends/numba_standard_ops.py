@@ -517,3 +517,51 @@ def _expand(node: Node) -> Handler:
     def run(x, shape):
         return (np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(int(d) for d in shape))),)
     return run
+
+
+_NEAREST = {"round_prefer_floor": lambda v: np.ceil(v - 0.5), "round_prefer_ceil":
+            lambda v: np.floor(v + 0.5), "floor": np.floor, "ceil": np.ceil}
+
+
+def _source_index(out: int, size: int, scale: float, mode: str, nearest: str) -> np.ndarray:
+    """Input index of each of ``out`` outputs along one axis of a nearest ``Resize``."""
+    x = np.arange(out, dtype=np.float64)
+    if mode == "half_pixel" or (mode == "pytorch_half_pixel" and out > 1):
+        v = (x + 0.5) / scale - 0.5
+    elif mode == "pytorch_half_pixel":
+        v = np.zeros_like(x)
+    elif mode == "align_corners":
+        v = x * (size - 1) / (out - 1) if out > 1 else np.zeros_like(x)
+    elif mode == "asymmetric":
+        v = x / scale
+    elif mode == "tf_half_pixel_for_nn":
+        v = (x + 0.5) / scale
+    else:
+        raise Unsupported(f"Resize coordinate_transformation_mode {mode!r}")
+    return np.clip(_NEAREST[nearest](v), 0, size - 1).astype(np.int64)
+
+
+@handles("Resize")
+def _resize(node: Node) -> Handler:
+    """ONNX ``Resize`` in ``nearest`` mode (the integer graph moves integer tensors with it):
+    output dims from ``sizes`` or ``floor(dim * scale)``, then one gather per resized axis."""
+    attrs = node.attributes()
+    if attrs.get("mode", "nearest") != "nearest" or attrs.get("antialias", 0) or "axes" in attrs:
+        raise Unsupported("Resize other than nearest mode over all axes")
+    mode = attrs.get("coordinate_transformation_mode", "half_pixel")
+    nearest = attrs.get("nearest_mode", "round_prefer_floor")
+    if nearest not in _NEAREST or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise Unsupported(f"Resize nearest_mode {nearest!r}")
+
+    def run(x, roi=None, scales=None, sizes=None):
+        if sizes is not None and np.size(sizes):
+            dims = [int(s) for s in sizes]
+            factors = [d / n for d, n in zip(dims, x.shape)]
+        else:
+            factors = [float(s) for s in scales]
+            dims = [int(np.floor(n * f)) for n, f in zip(x.shape, factors)]
+        for ax, (n, d, f) in enumerate(zip(x.shape, dims, factors)):
+            if d != n or f != 1.0:
+                x = np.take(x, _source_index(d, n, f, mode, nearest), axis=ax)
+        return (np.ascontiguousarray(x),)
+    return run
