@@ -174,3 +174,24 @@ def test_resize_linear_has_no_integer_form(tmp_path):
         (2, 3, SIZE, SIZE)).astype(np.float32))
     with pytest.raises(QuantizationError, match="Resize mode 'linear' has no integer form"):
         compile_model(path, tmp_path / "lin.edgert", int_only=True, calib=tmp_path / "calib.npz")
+
+
+class SoftmaxChannels(nn.Module):
+    """A Softmax over the channel axis (YOLOv8's distribution over box bins)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+
+    def forward(self, x):
+        return torch.softmax(self.conv(x), dim=1)
+
+
+def test_softmax_over_channels(tmp_path):
+    """Softmax over axis 1 -> Transpose, Shiftmax, Transpose back."""
+    torch.manual_seed(0)
+    path = export(SoftmaxChannels().eval(), torch.randn(2, 3, SIZE, SIZE),
+                  tmp_path / "sm.onnx", "torchscript")
+    graph, cos = compile_and_check(path, tmp_path, "softmax_axis1")
+    assert "Shiftmax" in {n.op_type for n in graph.graph.node}
+    assert cos >= MIN_COSINE

@@ -35,7 +35,8 @@ def rule(q: Quantizer, node: onnx.NodeProto) -> None:
     axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)
     rank = len(q.shapes.get(x) or [])
     if axis not in (-1, rank - 1):
-        raise q.fail(f"Softmax over axis {axis}; only the last axis is supported")
+        _moved_axis(q, node, x, axis, rank, exclude)
+        return
     t = q.need(x, "int8")
     length = q.static_dim(x, -1) or DEFAULT_ROW_LEN
     try:
@@ -48,3 +49,26 @@ def rule(q: Quantizer, node: onnx.NodeProto) -> None:
     top = 1 << (SHIFTMAX_BITS - 1)
     q.q[node.output[0]] = QTensor(out, dtype, np.asarray(1.0 / top), bound=top - 1,
                                   row_sum=top + length)
+
+
+def _moved_axis(q: Quantizer, node: onnx.NodeProto, x: str, axis: int, rank: int,
+                exclude: list[str]) -> None:
+    """Softmax over another axis (a detector's distribution over box bins, axis 1): that axis
+    swapped with the last by an integer ``Transpose``, Shiftmax, and swapped back. The row-sum
+    bound runs along the moved axis, so the output carries none."""
+    if exclude or rank < 2 or not -rank <= axis < rank:
+        raise q.fail(f"Softmax over axis {axis} of a rank-{rank} tensor has no integer form")
+    perm = list(range(rank))
+    perm[axis % rank], perm[-1] = perm[-1], perm[axis % rank]
+    t = q.need(x, "int8")
+    moved = q.emit("Transpose", [t.name], x, ELEM["int8"], perm=perm)
+    length = q.static_dim(x, axis) or DEFAULT_ROW_LEN
+    try:
+        p = shiftmax.params(float(t.scale), length, k=SHIFTMAX_BITS)
+    except ValueError as e:
+        raise q.fail(str(e)) from None
+    dtype = shiftmax.out_dtype(SHIFTMAX_BITS)
+    probs = q.emit("Shiftmax", [moved], node.output[0], ELEM[dtype], domain=DOMAIN, **p)
+    out = q.emit("Transpose", [probs], node.output[0], ELEM[dtype], perm=perm)
+    top = 1 << (SHIFTMAX_BITS - 1)
+    q.q[node.output[0]] = QTensor(out, dtype, np.asarray(1.0 / top), bound=top - 1)
