@@ -30,6 +30,14 @@ def add(q: Quantizer, node: onnx.NodeProto) -> None:
         scores = next(n for n in node.input if n not in q.mask_bias)
         q.masked[out] = (scores, q.mask_bias[biases[0]].name)
         return
+    int32_sum(q, node, "Add")
+
+
+def int32_sum(q: Quantizer, node: onnx.NodeProto, op: str) -> None:
+    """``Add``/``Sub`` of activations and float constants (any broadcastable shape): each
+    operand requantized (a constant rounded) to int32 at one scale 2^ADD_EXTRA_BITS finer than
+    the output's calibrated range, then one int32 ``op``; the bound is the sum of the bounds."""
+    out = node.output[0]
     dtype = q.wide()
     s_out = max(q.amax(out), 1e-12) / QMAX[dtype] / 2**ADD_EXTRA_BITS
     lim = (1 << 30) - 1
@@ -46,7 +54,7 @@ def add(q: Quantizer, node: onnx.NodeProto) -> None:
         bound += t.bound
     if bound > INT32_MAX:
         raise q.fail(f"residual sum bound {bound} exceeds int32")
-    acc = q.emit("Add", parts, out, TensorProto.INT32)
+    acc = q.emit(op, parts, out, TensorProto.INT32)
     q.q[out] = QTensor(acc, "int32", np.asarray(s_out), bound=bound)
 
 
@@ -62,6 +70,9 @@ def scale_by_const(q: Quantizer, node: onnx.NodeProto) -> None:
     if c not in q.inits and x not in q.inits:
         int_product(q, node)
         return
+    if c in q.inits and q.inits[c].size > 1 and x not in q.inits and node.op_type == "Mul":
+        scale_by_tensor(q, node, x, c)
+        return
     if c not in q.inits or q.inits[c].size != 1 or x in q.inits:
         raise q.fail(f"{node.op_type} of two activations has no integer form here")
     value = float(np.asarray(q.inits[c]).reshape(()))
@@ -73,6 +84,30 @@ def scale_by_const(q: Quantizer, node: onnx.NodeProto) -> None:
     q.q[node.output[0]] = out
     if q.exact(x) is not None and src.interval[0] >= 0 and float(out.scale) <= -MASK_BIAS:
         q.mask_bias[node.output[0]] = src
+
+
+def scale_by_tensor(q: Quantizer, node: onnx.NodeProto, x: str, c: str) -> None:
+    """``Mul`` by a constant tensor whose values are one scalar ``g`` times small integers ``m``
+    (a detector's per-anchor strides 8, 16, 32): ``x`` as int32 times the int32 ``m`` exactly,
+    at ``x``'s scale times ``g`` (g = the least nonzero ``|c|``)."""
+    value = np.asarray(q.inits[c], np.float64)
+    nonzero = np.abs(value[value != 0])
+    g = float(nonzero.min()) if nonzero.size else 1.0
+    m = np.rint(value / g)
+    if not np.all(np.isfinite(value)) or np.abs(m - value / g).max() > 1e-6 or \
+            np.abs(m).max() > QMAX["int16"]:
+        raise q.fail(f"Mul by the constant tensor {c!r} has no integer form here (its values "
+                     "must be one scalar times small integers)")
+    t = q.q.get(x)
+    if t is None or not t.per_tensor or t.dtype != "int32" or \
+            t.bound * int(np.abs(m).max()) > INT32_MAX:
+        t = q.as_int32(x)
+    bound = t.bound * int(np.abs(m).max())
+    if bound > INT32_MAX:
+        raise q.fail(f"int32 product bound {bound} exceeded")
+    out = q.emit("Mul", [t.name, q.const(m.astype(np.int32), f"{node.output[0]}_m")],
+                 node.output[0], TensorProto.INT32)
+    q.q[node.output[0]] = QTensor(out, "int32", np.asarray(float(t.scale) * g), bound=bound)
 
 
 def cast(q: Quantizer, node: onnx.NodeProto) -> None:
@@ -93,18 +128,28 @@ def cast(q: Quantizer, node: onnx.NodeProto) -> None:
     q.q[out] = QTensor(c, "int32", np.asarray(1.0), bound=a, interval=interval)
 
 
+def _is_int_scalar(q: Quantizer, name: str) -> bool:
+    value = np.asarray(q.inits[name], np.float64)
+    return value.size == 1 and bool(value.reshape(()) == np.rint(value.reshape(())))
+
+
 def sub(q: Quantizer, node: onnx.NodeProto) -> None:
-    """``Sub`` of integer-valued tensors or integer constants: int32 with the proven interval."""
+    """``Sub`` of integer-valued tensors or integer constants: int32 with the proven interval
+    (scale 1); any other ``Sub`` (a float activation or constant on either side, such as a
+    detector's anchor grid minus a box distance) is an int32 difference like :func:`add`'s
+    sum (:func:`int32_sum`)."""
+    if not all(q.exact(n) is not None or (n in q.inits and _is_int_scalar(q, n))
+               for n in node.input):
+        int32_sum(q, node, "Sub")
+        return
     ends = []
     for name in node.input:
         if name in q.inits:
             v = q.int_const(name)
             ends.append((q.const(np.array(v, np.int32), f"{node.output[0]}_c"), (v, v)))
-        elif (t := q.exact(name)) is not None:
-            ends.append((t.name, t.interval))
         else:
-            raise q.fail("Sub of float activations has no integer form here (only of "
-                         "integer-valued tensors such as masks)")
+            t = q.exact(name)
+            ends.append((t.name, t.interval))
     (a, (alo, ahi)), (b, (blo, bhi)) = ends
     lo, hi = alo - bhi, ahi - blo
     out = q.emit("Sub", [a, b], node.output[0], TensorProto.INT32)
