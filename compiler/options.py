@@ -78,6 +78,14 @@ class CompileOptions:
             matmuls with two computed operands, or every MatMul and matrix-product Gemm),
             see :mod:`edgert.compiler.lmul`; the manifest's ``lmul`` section lists them.
         lmul_mantissa: with ``lmul``: operand mantissa bits, 2..5 (default 4).
+        binary_attention: fp32 compiles: attention subgraphs (Q·Kᵀ, scale, mask, softmax, ·V)
+            become binary codes and popcount scores (``edgert.HashCodes`` +
+            ``edgert.BinaryAttention``), the hash fitted on ``calib`` (see
+            :mod:`edgert.compiler.binary_attention`); the manifest's ``binary_attention``
+            section lists them.
+        hash_bits: with ``binary_attention``: code bits, 8, 16 or 32 (default 16).
+        attention_form: with ``binary_attention``: ``"quadratic"`` (softmax on the scores,
+            default) or ``"linear"`` (the associative kernel form, linear in the sequence).
     """
 
     target: str = "host"
@@ -98,6 +106,9 @@ class CompileOptions:
     input_shapes: Mapping[str, Sequence[int | None]] | Iterable[str] | None = None
     lmul: str | None = None
     lmul_mantissa: int | None = None
+    binary_attention: bool = False
+    hash_bits: int | None = None
+    attention_form: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float or ()))
@@ -134,6 +145,8 @@ class CompileOptions:
                              "to low-bit weights: add --weight-bits {1,2,3,4,ternary}")
         if self.lmul is not None or self.lmul_mantissa is not None:
             self._check_lmul()
+        if self.binary_attention or self.hash_bits is not None or self.attention_form is not None:
+            self._check_binary_attention()
 
     def _check_lmul(self) -> None:
         """``--lmul`` / ``--lmul-mantissa``: values, and what they combine with."""
@@ -148,6 +161,23 @@ class CompileOptions:
         if self.lmul == "all" and self.lowbit:
             raise InputError("--lmul all and --weight-bits both rewrite the constant-weight "
                              "matmuls: use --lmul attention with --weight-bits")
+
+    def _check_binary_attention(self) -> None:
+        """``--binary-attention`` / ``--hash-bits`` / ``--attention-form``: values, and what
+        they combine with."""
+        from edgert.compiler.binary_attention import check_options
+
+        if not self.binary_attention:
+            raise InputError("--hash-bits and --attention-form apply to binary attention: add "
+                             "--binary-attention --calib DATA")
+        check_options(self.hash_bits, self.attention_form)
+        if self.int_only:
+            raise InputError("--binary-attention compiles fp32 graphs for now; its integer "
+                             "form (Shiftmax on popcount scores) is not built: drop --int-only")
+        if self.calib is None:
+            raise InputError("--binary-attention needs calibration data (--calib samples.npz "
+                             "or a directory): the hash of queries and keys is fitted on the "
+                             "attention that typical inputs produce")
 
     def lowbit_config(self) -> Any:
         """The :class:`edgert.compiler.lowbit.LowbitConfig` of ``--weight-bits`` and its

@@ -10,6 +10,7 @@ stage                 in -> out                                 module
 export                torch module -> ONNX file                ``edgert export``
                                                                (:mod:`edgert.compiler.exporter`)
 check                 ONNX file -> fp32 Graph                  :mod:`.stages.check`
+[binary_attention]    Graph -> Graph with BinaryAttention      :mod:`.stages.binary_attention`
 [lmul]                Graph -> Graph with LMulMatMul           :mod:`.stages.lmul`
 [weights]             Graph -> Graph with LutMatMul            :mod:`.stages.weights`
 [calibrate]           Graph -> Calibrated (graph + ranges)     :mod:`.stages.calibrate`
@@ -20,7 +21,8 @@ schedule              Lowered -> Library (shared library)      :mod:`.stages.sch
 package               Graph + Lowered + Library -> .edgert     :mod:`.stages.package`
 ====================  =======================================  ==============================
 
-``lmul`` runs with ``--lmul``; ``weights`` is the float variant of ``--weight-bits``;
+``binary_attention`` runs with ``--binary-attention``; ``lmul`` with ``--lmul``; ``weights``
+is the float variant of ``--weight-bits``;
 ``calibrate`` and ``quantize`` run with ``--int-only`` (the integer variant of
 ``--weight-bits`` chooses its weights in ``calibrate``); ``kernels`` with ``--weight-bits``.
 ``on_stage`` is called with a short label as each step starts and ``on_stage_done`` with
@@ -38,6 +40,7 @@ from edgert.capture import released
 from edgert.compiler.build_log import BuildLog
 from edgert.compiler.options import CompileOptions
 from edgert.compiler.stages import prepare
+from edgert.compiler.stages.binary_attention import binary_attention
 from edgert.compiler.stages.calibrate import calibrate
 from edgert.compiler.stages.check import check
 from edgert.compiler.stages.kernels import choose_kernels
@@ -71,8 +74,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
         on_progress: called with (samples done, samples in all; 0 when unknown) during
             calibration.
         on_stage_done: called with (stage, seconds) as each stage ends: ``check``,
-            ``lmul``, ``weights``, ``calibrate``, ``quantize``, ``kernels``, ``lower``,
-            ``build``, ``package`` (those that run).
+            ``binary_attention``, ``lmul``, ``weights``, ``calibrate``, ``quantize``,
+            ``kernels``, ``lower``, ``build``, ``package`` (those that run).
         **fields: :class:`CompileOptions` fields given as keywords (``target="rpi5"``,
             ``int_only=True``...), applied over ``options``.
 
@@ -88,6 +91,9 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
     with log.kept_on_failure(output):
         with log.stage("check"):                    # ONNX file -> checked fp32 graph
             graph = check(model_path, ctx)
+        if ctx.options.binary_attention:
+            with log.stage("binary_attention"):     # [--binary-attention] hashed attention
+                graph = binary_attention(graph, ctx)
         if ctx.options.lmul is not None:
             with log.stage("lmul"):                 # [--lmul] L-Mul matmuls
                 graph = lmul_matmuls(graph, ctx)

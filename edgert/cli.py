@@ -119,6 +119,18 @@ LMulOpt = Annotated[Optional[Literal["attention", "all"]], typer.Option(
 LMulMantissaOpt = Annotated[Optional[int], typer.Option(
     "--lmul-mantissa", metavar="[2|3|4|5]", help="With --lmul: operand mantissa bits "
     "(default 4: as precise as float8_e4m3 products; 3 beats float8_e5m2).")]
+BinaryAttentionOpt = Annotated[bool, typer.Option(
+    "--binary-attention", help="fp32 compiles: attention (Q·Kᵀ, scale, mask, softmax, ·V) on "
+    "binary codes of queries and keys, scores by xor and popcount; the hash is fitted on "
+    "--calib DATA (post-training: expect an accuracy drop). `edgert inspect` shows the "
+    "attention replaced.")]
+HashBitsOpt = Annotated[Optional[int], typer.Option(
+    "--hash-bits", metavar="[8|16|32]", help="With --binary-attention: code bits per query "
+    "and key (default 16).")]
+AttentionFormOpt = Annotated[Optional[Literal["quadratic", "linear"]], typer.Option(
+    "--attention-form", help="With --binary-attention: quadratic (softmax on the popcount "
+    "scores, default) or linear (the kernel s + b + 1 by associativity: linear in the "
+    "sequence length, no softmax).")]
 
 
 @app.command("compile")
@@ -143,6 +155,9 @@ def compile_cmd(
     input_shape: InputShapeOpt = None,
     lmul: LMulOpt = None,
     lmul_mantissa: LMulMantissaOpt = None,
+    binary_attention: BinaryAttentionOpt = False,
+    hash_bits: HashBitsOpt = None,
+    attention_form: AttentionFormOpt = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also print the build log: what TVM and the other libraries "
         "printed during each stage (kept in the artifact; `edgert inspect --build-log` "
@@ -165,7 +180,8 @@ def compile_cmd(
         calib_method=calib_method, act_bits=act_bits, io=io, allow_float=allow_float,
         weight_bits=weight_bits, group_size=group_size, weight_zero_point=weight_zero_point,
         keep_float=tuple(keep_float or ()), lut=lut, tuning_db=tuning_db,
-        input_shapes=input_shape, lmul=lmul, lmul_mantissa=lmul_mantissa)
+        input_shapes=input_shape, lmul=lmul, lmul_mantissa=lmul_mantissa,
+        binary_attention=binary_attention, hash_bits=hash_bits, attention_form=attention_form)
     output = output or model.with_suffix(".edgert")
     term = _terminal_console()
     try:
@@ -346,7 +362,8 @@ def inspect(
         "libraries printed during the compile) instead.")] = False,
 ) -> None:
     """Show a model's ops (counts, dtypes), inputs, outputs, target, versions, float-op count,
-    the low-bit (LutMatMul) nodes with the bytes they save and the L-Mul matmuls."""
+    the low-bit (LutMatMul) nodes with the bytes they save, the L-Mul matmuls and the binary
+    attention."""
     from edgert.model_info import inspect_path
 
     if build_log:
@@ -384,6 +401,12 @@ def inspect(
         out.print(f"L-Mul matmuls (--lmul {lmul['mode']}, {lmul['mantissa_bits']}-bit "
                   f"mantissas): {len(lmul['replaced'])} of {lmul['matmuls']} MatMul/Gemm "
                   f"replaced" + (f"; kept: {', '.join(lmul['kept'])}" if lmul["kept"] else ""),
+                  highlight=False)
+    battn = info.get("binary_attention")
+    if battn:
+        out.print(f"binary attention ({battn['bits']}-bit codes, {battn['form']} form): "
+                  f"{len(battn['replaced'])} of {battn['softmaxes']} softmaxes replaced"
+                  + (f"; kept: {', '.join(battn['kept'])}" if battn["kept"] else ""),
                   highlight=False)
     scales = q.get("io")
     if scales:

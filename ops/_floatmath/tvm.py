@@ -23,16 +23,37 @@ def _f(v: float) -> Any:
     return tirx.const(float(v), "float32")
 
 
+def _let(name: str, value: Any, body: Any) -> Any:
+    """``body(v)`` with ``v`` bound to ``value`` once (a TIR Let: the expression stays a DAG)."""
+    value = tirx.const(value, "float32") if isinstance(value, float) else value
+    value = value.asobject() if hasattr(value, "asobject") else value      # a tensor element
+    var = tirx.Var(name, value.ty)
+    return tirx.Let(var, value, body(var))
+
+
 def exp_neg_tir(t: Any) -> Any:
     """TIR twin of :func:`~edgert.ops._floatmath.spec.exp_neg` for one float32 PrimExpr."""
-    tc = tirx.max(tirx.min(t, _f(EXP_MAX)), _f(EXP_MIN))
-    k = tirx.floor(fence(tc * _f(LOG2E)) + _f(HALF))
-    r = (tc - fence(k * _f(LN2_HI))) - fence(k * _f(LN2_LO))
+    def with_t(tv: Any) -> Any:
+        tc = tirx.max(tirx.min(tv, _f(EXP_MAX)), _f(EXP_MIN))
+        return _let("exp_tc", tc, lambda tcv: _let(
+            "exp_k", tirx.floor(fence(tcv * _f(LOG2E)) + _f(HALF)),
+            lambda kv: _let("exp_r", (tcv - fence(kv * _f(LN2_HI))) - fence(kv * _f(LN2_LO)),
+                            lambda rv: tirx.Select(tv < _f(EXP_MIN), _f(0.0),
+                                                   fence(_poly(rv) * _pow2(kv))))))
+
+    return _let("exp_t", t, with_t)
+
+
+def _poly(r: Any) -> Any:
     p = _f(COEFFS[6])
     for c in COEFFS[5::-1]:
         p = fence(p * r) + _f(c)
+    return p
+
+
+def _pow2(k: Any) -> Any:
+    """2**k (k a float32 holding an integer) from its bit pattern, k clamped to [-126, 127]."""
     ki = tirx.max(tirx.min(k.astype("int32"), tirx.const(127, "int32")),
                   tirx.const(-126, "int32"))
-    two_k = tirx.reinterpret("float32", tirx.shift_left(ki + tirx.const(127, "int32"),
-                                                         tirx.const(23, "int32")))
-    return tirx.Select(t < _f(EXP_MIN), _f(0.0), fence(p * two_k))
+    return tirx.reinterpret("float32", tirx.shift_left(ki + tirx.const(127, "int32"),
+                                                        tirx.const(23, "int32")))
