@@ -33,8 +33,8 @@ from edgert.ops._floatmath.spec import EXP_MAX, EXP_MIN
 from ophelpers import assert_bit_exact
 
 EXP_REL_PIN = 2.62e-7
-"""Largest relative error of ``exp_neg`` on [-87, 88]: measured 2.38e-7 (3e5 points), pinned
-with 10% slack (the spec states 4e-7)."""
+"""Largest relative error of ``exp_neg`` on [-87, 88]: measured 2.37e-7 on these 2e5 points
+(2.38e-7 on 3e5), pinned with 10% slack (the spec states 4e-7)."""
 
 
 def _bits_equal(name: str, got: np.ndarray, want: np.ndarray) -> None:
@@ -82,7 +82,7 @@ def test_exp_neg_is_the_same_everywhere_and_close_to_exp():
     from tvm import te
 
     rng = np.random.default_rng(0)
-    t = np.concatenate([rng.uniform(-90, 0, 200_000), rng.uniform(-1, 0, 50_000),
+    t = np.concatenate([rng.uniform(-90, 0, 100_000), rng.uniform(-1, 0, 50_000),
                         rng.uniform(0, 89, 50_000),
                         [EXP_MIN, np.nextafter(EXP_MIN, -1), 0, -0.0, EXP_MAX, 100, -1e30]])
     t = t.astype(np.float32)
