@@ -1,4 +1,5 @@
-"""Helpers for op tests: build a TE compute for this machine and run it on numpy arrays."""
+"""Helpers for op and model tests: build a TE compute for this machine and run it on numpy arrays,
+compare bits, build integer graphs, export small PyTorch models, compare outputs by cosine."""
 
 from __future__ import annotations
 
@@ -55,3 +56,28 @@ def integer_model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initi
         register_schemas()
         onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def row_cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sample (axis 0; the other axes flattened), in float64."""
+    g = got.reshape(len(got), -1).astype(np.float64)
+    w = want.reshape(len(want), -1).astype(np.float64)
+    return (g * w).sum(1) / np.linalg.norm(g, axis=1) / np.linalg.norm(w, axis=1)
+
+
+def export_dynamic_batch(model: Any, x: Any, path: Any, exporter: str) -> Any:
+    """Write ``model`` (a torch module taking ``x``: input ``x``, output ``y``) as ONNX with a
+    dynamic batch: ``exporter`` ``"dynamo"``, or TorchScript (``dynamo=False``, opset 17).
+    Returns ``path``."""
+    import torch
+
+    with torch.no_grad():
+        if exporter == "dynamo":
+            torch.onnx.export(model, (x,), dynamo=True, input_names=["x"], output_names=["y"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              verbose=False).save(str(path), external_data=False)
+        else:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"],
+                              output_names=["y"], opset_version=17,
+                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return path

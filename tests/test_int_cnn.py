@@ -20,32 +20,12 @@ from edgert.backends.reference import run_reference
 from edgert.compiler import compile_model
 from edgert.model_info import describe_model
 
-from ophelpers import assert_bit_exact, integer_model
+from ophelpers import assert_bit_exact, integer_model, row_cosines, export_dynamic_batch
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
 MIN_COSINE = 0.98
-
-
-def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row (one image's logits)."""
-    g, w = got.astype(np.float64), want.astype(np.float64)
-    return (g * w).sum(1) / np.linalg.norm(g, axis=1) / np.linalg.norm(w, axis=1)
-
-
-def export(model, x, path, exporter: str):
-    """ONNX by ``torch.onnx.export``: dynamo, or TorchScript opset 17; dynamic batch."""
-    with torch.no_grad():
-        if exporter == "dynamo":
-            torch.onnx.export(model, (x,), dynamo=True, input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},),
-                              verbose=False).save(str(path), external_data=False)
-        else:
-            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"],
-                              output_names=["y"], opset_version=17,
-                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    return path
 
 
 MAXPOOLS = [   # attributes of the integer MaxPool nodes checked on every backend
@@ -110,7 +90,7 @@ def test_average_pool(tmp_path, exporter):
     size = 16
     model = AvgPoolNet().eval()
     x = torch.randn(2, 3, size, size)
-    path = export(model, x, tmp_path / "avg.onnx", exporter)
+    path = export_dynamic_batch(model, x, tmp_path / "avg.onnx", exporter)
     assert "AveragePool" in {n.op_type for n in onnx.load(path).graph.node}
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((8, 3, size, size)).astype(np.float32))
@@ -123,7 +103,7 @@ def test_average_pool(tmp_path, exporter):
     tvm_out = Session(artifact, backend="tvm").run(None, feed)[0]
     assert_bit_exact("numba vs tvm", Session(artifact, backend="numba").run(None, feed)[0],
                      tvm_out)
-    assert cosines(tvm_out, fp32).min() >= MIN_COSINE
+    assert row_cosines(tvm_out, fp32).min() >= MIN_COSINE
 
 
 class SqueezeExcite(nn.Module):
@@ -184,7 +164,7 @@ def test_activations_and_gates(tmp_path, exporter):
     torch.manual_seed(0)
     size = 16
     model = ActivationNet().eval()
-    path = export(model, torch.randn(2, 3, size, size), tmp_path / "act.onnx", exporter)
+    path = export_dynamic_batch(model, torch.randn(2, 3, size, size), tmp_path / "act.onnx", exporter)
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert ACTIVATION_OPS <= ops and ops & {"Split", "Slice"}, ops
     rng = np.random.default_rng(0)
@@ -201,7 +181,7 @@ def test_activations_and_gates(tmp_path, exporter):
     numba_out = Session(artifact, backend="numba").run(None, feed)[0]
     assert_bit_exact("numba vs tvm", numba_out, tvm_out)
     assert_bit_exact("reference vs tvm", run_reference(int_model, feed)[0], tvm_out)
-    cos = cosines(tvm_out, fp32)
-    centered = cosines(tvm_out - fp32.mean(0), fp32 - fp32.mean(0))
+    cos = row_cosines(tvm_out, fp32)
+    centered = row_cosines(tvm_out - fp32.mean(0), fp32 - fp32.mean(0))
     print(f"{exporter}: cosine {np.round(cos, 5).tolist()}, centered {np.round(centered, 5)}")
     assert cos.min() >= MIN_COSINE and centered.min() >= ACTIVATION_MIN_CENTERED

@@ -22,19 +22,13 @@ from edgert.errors import QuantizationError
 from edgert.model_info import describe_model
 
 from conftest import batchnorm_cnn_onnx
-from ophelpers import assert_bit_exact
+from ophelpers import assert_bit_exact, row_cosines, export_dynamic_batch
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
 MIN_COSINE = 0.98
 SIZE = 16
-
-
-def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    g = got.reshape(len(got), -1).astype(np.float64)
-    w = want.reshape(len(want), -1).astype(np.float64)
-    return (g * w).sum(1) / np.linalg.norm(g, axis=1) / np.linalg.norm(w, axis=1)
 
 
 def compile_and_check(path, tmp_path, name: str) -> tuple[onnx.ModelProto, float]:
@@ -53,7 +47,7 @@ def compile_and_check(path, tmp_path, name: str) -> tuple[onnx.ModelProto, float
     tvm_out = Session(artifact, backend="tvm").run(None, feed)[0]
     assert_bit_exact(f"{name}: numba vs tvm", Session(artifact, backend="numba").run(None, feed)[0],
                      tvm_out)
-    cos = float(cosines(tvm_out, fp32).min())
+    cos = float(row_cosines(tvm_out, fp32).min())
     print(f"{name}: cosine {cos:.5f}")
     return graph, cos
 
@@ -90,7 +84,7 @@ class BnAfterRelu(nn.Module):
 def test_batchnorm_after_non_conv(tmp_path, exporter):
     torch.manual_seed(0)
     model = BnAfterRelu().eval()
-    path = export(model, torch.randn(2, 3, SIZE, SIZE), tmp_path / "bn.onnx", exporter)
+    path = export_dynamic_batch(model, torch.randn(2, 3, SIZE, SIZE), tmp_path / "bn.onnx", exporter)
     assert "BatchNormalization" in {n.op_type for n in onnx.load(path).graph.node}
     _, cos = compile_and_check(path, tmp_path, f"bn_relu_{exporter}")
     assert cos >= MIN_COSINE
@@ -109,24 +103,10 @@ class Upsample(nn.Module):
         return self.conv2(torch.relu(self.up(self.conv1(x))))
 
 
-def export(model, x, path, exporter: str):
-    """ONNX by ``torch.onnx.export``: dynamo, or TorchScript opset 17; dynamic batch."""
-    with torch.no_grad():
-        if exporter == "dynamo":
-            torch.onnx.export(model, (x,), dynamo=True, input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},),
-                              verbose=False).save(str(path), external_data=False)
-        else:
-            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"],
-                              output_names=["y"], opset_version=17,
-                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    return path
-
-
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_resize_nearest(tmp_path, exporter):
     torch.manual_seed(0)
-    path = export(Upsample("nearest").eval(), torch.randn(2, 3, SIZE, SIZE),
+    path = export_dynamic_batch(Upsample("nearest").eval(), torch.randn(2, 3, SIZE, SIZE),
                   tmp_path / "up.onnx", exporter)
     assert "Resize" in {n.op_type for n in onnx.load(path).graph.node}
     graph, cos = compile_and_check(path, tmp_path, f"resize_{exporter}")
@@ -163,12 +143,12 @@ def test_resize_nearest_modes_sizes(tmp_path, coord, nearest):
     assert_bit_exact(f"{coord}/{nearest}: numba vs tvm",
                      Session(artifact, backend="numba").run(None, feed)[0], tvm_out)
     fp32 = ort.InferenceSession(str(path)).run(None, feed)[0]
-    assert cosines(tvm_out, fp32).min() >= MIN_COSINE
+    assert row_cosines(tvm_out, fp32).min() >= MIN_COSINE
 
 
 def test_resize_linear_has_no_integer_form(tmp_path):
     torch.manual_seed(0)
-    path = export(Upsample("bilinear").eval(), torch.randn(2, 3, SIZE, SIZE),
+    path = export_dynamic_batch(Upsample("bilinear").eval(), torch.randn(2, 3, SIZE, SIZE),
                   tmp_path / "up.onnx", "torchscript")
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal(
         (2, 3, SIZE, SIZE)).astype(np.float32))
@@ -190,7 +170,7 @@ class SoftmaxChannels(nn.Module):
 def test_softmax_over_channels(tmp_path):
     """Softmax over axis 1 -> Transpose, Shiftmax, Transpose back."""
     torch.manual_seed(0)
-    path = export(SoftmaxChannels().eval(), torch.randn(2, 3, SIZE, SIZE),
+    path = export_dynamic_batch(SoftmaxChannels().eval(), torch.randn(2, 3, SIZE, SIZE),
                   tmp_path / "sm.onnx", "torchscript")
     graph, cos = compile_and_check(path, tmp_path, "softmax_axis1")
     assert "Shiftmax" in {n.op_type for n in graph.graph.node}
