@@ -81,3 +81,14 @@ def export_dynamic_batch(model: Any, x: Any, path: Any, exporter: str) -> Any:
                               output_names=["y"], opset_version=17,
                               dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
     return path
+
+
+def skip_unless_opted_in(variable: str, what: str) -> None:
+    """Skip, saying how to run it, unless the environment variable ``variable`` is ``all``: the
+    longer variants of a test grid that CI leaves out to stay in its time budget."""
+    import os
+
+    import pytest
+
+    if os.environ.get(variable) != "all":
+        pytest.skip(f"{what}: set {variable}=all to run it (the default run keeps one case)")

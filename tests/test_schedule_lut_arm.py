@@ -30,7 +30,7 @@ from edgert.targets import TARGETS
 from edgert.targets.qemu import run_under_qemu
 
 from conftest import lowbit_mlp, raw_bits, rpi5_and_host
-from ophelpers import assert_bit_exact, integer_model
+from ophelpers import assert_bit_exact, integer_model, skip_unless_opted_in
 
 
 # (bits, group_size, K, N, float activations, table_bits, zero points ("float": exact-min),
@@ -164,6 +164,8 @@ def test_lut_grid_rpi5_under_qemu_equals_reference_and_host(qemu_env, tmp_path):
 
 @pytest.mark.parametrize("bits", [2, 3, "ternary"])
 def test_fp32_lowbit_mlp_rpi5_under_qemu_bit_identical(qemu_env, tmp_path, bits):
+    if bits != 2:       # every bit width's kernels: test_lut_grid_rpi5_under_qemu_...
+        skip_unless_opted_in("EDGERT_QEMU", f"the {bits}-bit MLP under qemu")
     rpi5, host = rpi5_and_host(lowbit_mlp(tmp_path / "mlp.onnx"), tmp_path, f"mlp_w{bits}",
                        weight_bits=bits, group_size=32)
     from edgert.artifact import read_artifact
@@ -180,6 +182,8 @@ def test_fp32_lowbit_mlp_rpi5_under_qemu_bit_identical(qemu_env, tmp_path, bits)
 
 @pytest.mark.parametrize("bits", [2, 3, "ternary"])
 def test_int_only_lowbit_vit_rpi5_under_qemu_bit_identical(qemu_env, tmp_path, bits):
+    if bits != 2:
+        skip_unless_opted_in("EDGERT_QEMU", f"the {bits}-bit int-only ViT under qemu")
     rpi5, host = rpi5_and_host(demo_files()[0], tmp_path, f"vit_w{bits}", int_only=True,
                        calib=demo_calib_file(), weight_bits=bits)
     assert edgert.Session(host).manifest["lowbit"]["nodes"]

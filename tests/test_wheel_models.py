@@ -145,8 +145,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_nudenet_int_only(tmp_path):
     """nudenet's detector with ``--int-only`` (its box decode too: anchor grid minus distances,
     times per-anchor strides): no float op, numba == TVM bit for bit, close to onnxruntime fp32
-    (box coordinates, rows 0..3, by rel_err; class scores by cosine per image). Runs by default
-    (measured 57 s on two cores)."""
+    (box coordinates, rows 0..3, by rel_err; class scores by cosine per image). With
+    EDGERT_WHEEL_MODELS=all (34-57 s on two cores; CI's time budget keeps the fp32 case only)."""
+    if os.environ.get(OPT_IN) != "all":
+        pytest.skip(f"nudenet --int-only builds for most of a minute: set {OPT_IN}=all to run it")
     m = MODELS["nudenet-320n"]
     try:
         path = wheel_file(m.package, m.version, m.member)
