@@ -68,44 +68,15 @@ def find_sites(model: onnx.ModelProto, form: str) -> tuple[list[Site], dict[str,
     return sites, kept
 
 
-def _probe(model: onnx.ModelProto, names: list[str]) -> tuple[Any, list[str]]:
-    """An onnxruntime session of ``model`` with ``names`` as extra outputs (those that are
-    computed by nodes), and the list of them it returns."""
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    infos = {v.name: v for v in probe.graph.value_info}
-    for n in names:
-        if n in infos and n not in have:
-            probe.graph.output.append(infos[n])
-            have.add(n)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-    return sess, [n for n in names if n in have]
-
-
 def collect(model: onnx.ModelProto, sites: list[Site], feeds: Iterable[Mapping[str, Any]],
             progress: Callable[[int, int], None] | None = None) -> list[SiteData]:
     """Each site's calibration tensors (queries, keys, probabilities, bias) over ``feeds``."""
-    from edgert.compiler.calib_batches import chunks, input_specs, model_batch
+    from edgert.compiler.calib_batches import probe_runs
 
     g = GraphIndex.of(model.graph)
     wanted = sorted({n for s in sites for n in (s.q, s.kt, s.probs, s.bias) if n})
-    sess, fetched = _probe(model, wanted)
     data = [SiteData([], [], [], []) for _ in sites]
-    specs = input_specs(model)
-    done = 0
-    for feed, real, total in chunks(feeds, specs, model_batch(specs)):
-        try:
-            values = dict(zip(fetched, sess.run(fetched, feed)))
-        except Exception as e:  # onnxruntime raises its own exception types
-            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
-            raise InputError(f"calibration inputs do not fit the model ({shapes}): {e}") from None
+    for feed, values, real in probe_runs(model, wanted, feeds, progress=progress):
         values.update({k: np.asarray(v) for k, v in feed.items()})
 
         def value(name: str) -> np.ndarray:
@@ -117,11 +88,6 @@ def collect(model: onnx.ModelProto, sites: list[Site], feeds: Iterable[Mapping[s
             d.k.append(np.ascontiguousarray(np.swapaxes(value(s.kt), -1, -2)))
             d.probs.append(value(s.probs))
             d.bias.append(None if s.bias is None else value(s.bias))
-        done += real
-        if progress:
-            progress(done, total)
-    if not done:
-        raise InputError("calibration data holds no samples")
     return data
 
 

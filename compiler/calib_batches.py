@@ -13,7 +13,7 @@ dtype; a rank or a fixed dim that cannot fit is an :class:`InputError` naming th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +86,58 @@ def chunks(feeds: Iterable[Mapping[str, np.ndarray]], specs: list[InputSpec],
             rows = np.arange(start, start + (batch if static else real)) % n
             yield ({k: v[start:start + real] if real == len(rows) else v[rows]
                     for k, v in feed.items()}, real, total)
+
+
+def probe_runs(model: object, watch: Iterable[str], feeds: Iterable[Mapping[str, np.ndarray]],
+               batch: int | None = None,
+               progress: Callable[[int, int], None] | None = None
+               ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]]:
+    """Run ``model`` on ``feeds`` with onnxruntime (no graph optimizations), in the chunks of
+    :func:`chunks` (``batch`` samples per run, default :func:`model_batch`), with the tensors of
+    ``watch`` that the graph describes (``value_info`` or outputs) fetched as outputs.
+
+    Yields:
+        (the run's feed, watched tensor name -> value, real samples in the run); ``progress``
+        is called with (samples done, samples in all or 0) after each run.
+
+    Raises:
+        InputError: a chunk the model rejects (the message gives the shapes fed), or no samples.
+    """
+    sess, fetched = _probe_session(model, set(watch))
+    specs = input_specs(model)
+    done = 0
+    for feed, real, total in chunks(feeds, specs, batch or model_batch(specs)):
+        try:
+            values = dict(zip(fetched, sess.run(fetched, feed)))
+        except Exception as e:  # onnxruntime raises its own exception types
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
+            raise InputError(f"calibration inputs do not fit the model ({shapes}): {e}") from None
+        yield feed, values, real
+        done += real
+        if progress:
+            progress(done, total)
+    if not done:
+        raise InputError("calibration data holds no samples")
+
+
+def _probe_session(model: object, watch: set[str]) -> tuple[object, list[str]]:
+    """An onnxruntime session of ``model`` with every watched tensor as an output (no graph
+    optimizations, no log output), and the names of its watched outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for v in probe.graph.value_info:
+        if v.name in watch and v.name not in existing:
+            probe.graph.output.append(v)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return sess, [o.name for o in sess.get_outputs() if o.name in watch]
 
 
 def _count(feed: Mapping[str, np.ndarray]) -> int:

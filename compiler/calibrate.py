@@ -122,31 +122,17 @@ def calibrate(model: object, feeds: Iterable[dict[str, np.ndarray]], *, method: 
         InputError: unknown method, no samples, or inputs the model rejects (the message names
             the input and both shapes).
     """
-    from edgert.compiler.calib_batches import chunks, input_specs, model_batch
+    from edgert.compiler.calib_batches import probe_runs
 
     if method not in METHODS:
         raise InputError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     watched = float_tensors(model)
-    sess, out_names = _probe_session(model, set(watched))
-    specs = input_specs(model)
-    batch = batch or model_batch(specs)
     acc: dict[str, list] = {n: [] for n in watched}
     chan: dict[str, np.ndarray] = {}
-    done = 0
-    for feed, real, total in chunks(feeds, specs, batch):
-        try:
-            values = dict(zip(out_names, sess.run(out_names, feed)))
-        except Exception as e:  # onnxruntime raises its own exception types
-            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
-            raise InputError(f"calibration inputs do not fit the model ({shapes}): {e}") from None
+    for feed, values, _ in probe_runs(model, watched, feeds, batch, progress):
         values.update({k: v for k, v in feed.items() if k in acc})
         for name, v in values.items():
             _accumulate(acc, chan, name, np.abs(np.asarray(v, np.float64)), method, percentile)
-        done += real
-        if progress:
-            progress(done, total)
-    if not done:
-        raise InputError("calibration data holds no samples")
     ranges = {}
     for name, vals in acc.items():
         if not vals:
@@ -154,24 +140,6 @@ def calibrate(model: object, feeds: Iterable[dict[str, np.ndarray]], *, method: 
         amax = float(max(vals)) if method == "minmax" else float(np.mean(vals))
         ranges[name] = TensorRange(amax, chan.get(name))
     return ranges
-
-
-def _probe_session(model: object, watch: set[str]) -> tuple[object, list[str]]:
-    """An onnxruntime session of ``model`` with every watched tensor as an output (no graph
-    optimizations), and the names of its watched outputs."""
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for v in probe.graph.value_info:
-        if v.name in watch and v.name not in existing:
-            probe.graph.output.append(v)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess, [o.name for o in sess.get_outputs() if o.name in watch]
 
 
 def _accumulate(acc: dict[str, list], chan: dict[str, np.ndarray], name: str, a: np.ndarray,
