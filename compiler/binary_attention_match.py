@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgert.onnx_graph import node_attr
 from edgert.ops import DOMAIN
 
 SWAP_LAST = [0, 1, 3, 2]
@@ -91,15 +92,8 @@ class GraphIndex:
         return len(self.consumers.get(name, [])) == 1 and name not in self.outputs
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _softmax_axis_ok(node: onnx.NodeProto, opset: int) -> bool:
-    axis = _attr(node, "axis", -1 if opset >= 13 else 1)
+    axis = node_attr(node, "axis", -1 if opset >= 13 else 1)
     return axis in (-1, 3)
 
 
@@ -178,7 +172,7 @@ def find_site(softmax: onnx.NodeProto, g: GraphIndex, opset: int, form: str) -> 
     if form == "linear" and per_query:
         return "a bias per query (e.g. causal) has no linear form: use --attention-form quadratic"
     t = g.producer.get(kt)
-    if t is not None and t.op_type == "Transpose" and g.private(kt) and _attr(t, "perm", None):
+    if t is not None and t.op_type == "Transpose" and g.private(kt) and node_attr(t, "perm", None):
         site.key_transpose = t
     return site
 
@@ -190,7 +184,7 @@ def _key_nodes(site: Site, prefix: str) -> tuple[list[onnx.NodeProto], str]:
         k = f"{prefix}_keys"
         return [helper.make_node("Transpose", [site.kt], [k], name=k, perm=SWAP_LAST)], k
     site.removed.append(t)
-    perm = list(_attr(t, "perm", []))
+    perm = list(node_attr(t, "perm", []))
     composed = [perm[i] for i in SWAP_LAST]
     if composed == [0, 1, 2, 3]:
         return [], t.input[0]

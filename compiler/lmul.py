@@ -22,14 +22,13 @@ for the added Transpose / Add).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgert.errors import InputError
-from edgert.onnx_graph import iter_nodes
+from edgert.onnx_graph import iter_nodes, node_attr
 from edgert.ops import DOMAIN, OPSET_VERSION
 from edgert.ops.lmul_matmul.spec import DEFAULT_MANTISSA_BITS, MANTISSA_BITS, OP_TYPE
 
@@ -92,27 +91,20 @@ class _Graph:
         return None
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _gemm_nodes(node: onnx.NodeProto, g: _Graph, inits: dict[str, onnx.TensorProto],
                 mantissa_bits: int) -> list[onnx.NodeProto] | str:
     """The nodes replacing a matrix-product Gemm, or why it is kept."""
     a, b, *rest = list(node.input)
     c = rest[0] if rest and rest[0] else None
-    if _attr(node, "transA", 0) or float(_attr(node, "alpha", 1.0)) != 1.0 or (
-            c is not None and float(_attr(node, "beta", 1.0)) != 1.0):
+    if node_attr(node, "transA", 0) or float(node_attr(node, "alpha", 1.0)) != 1.0 or (
+            c is not None and float(node_attr(node, "beta", 1.0)) != 1.0):
         return "Gemm with transA, alpha != 1 or beta != 1 is not a plain matrix product"
     why = g.why_not([a, b])
     if why is not None:
         return why
     name = node.name or node.output[0]
     nodes = []
-    if _attr(node, "transB", 0):
+    if node_attr(node, "transB", 0):
         if b in inits:
             t = numpy_helper.to_array(inits[b]).T.copy()
             b_t = f"{b}_lmul_t"

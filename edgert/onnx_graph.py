@@ -32,6 +32,14 @@ def node_label(node: onnx.NodeProto, index: int | None = None) -> str:
     return f"<node #{index}>" if index is not None else "<unnamed node>"
 
 
+def node_attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of ``node``'s attribute ``name``, or ``default`` when the node has none."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The real inputs of the graph (older exporters also list initializers as inputs)."""
     inits = {t.name for t in model.graph.initializer}
