@@ -63,7 +63,10 @@ def load_samples(path: str | os.PathLike, input_names: list[str]) -> list[dict[s
             if len(input_names) != 1:
                 raise InputError(f"{f}: .npy calibration files need a single-input model; this one "
                                  f"has inputs {', '.join(input_names)} (use .npz with one array each)")
-            feeds.append({input_names[0]: np.load(f, allow_pickle=False)})
+            try:
+                feeds.append({input_names[0]: np.load(f, allow_pickle=False)})
+            except Exception as e:    # EOFError (0 bytes), ValueError, OSError...
+                raise InputError(f"{f}: not a readable .npy file ({e or type(e).__name__})") from None
             continue
         try:
             with np.load(f, allow_pickle=False) as data:
@@ -72,8 +75,10 @@ def load_samples(path: str | os.PathLike, input_names: list[str]) -> list[dict[s
                     raise InputError(f"{f}: no array for input(s) {', '.join(missing)} "
                                      f"(holds {', '.join(data.files) or 'nothing'})")
                 feeds.append({n: data[n] for n in input_names})
-        except (OSError, ValueError) as e:
-            raise InputError(f"{f}: not a readable .npz file ({e})") from None
+        except InputError:
+            raise
+        except Exception as e:        # EOFError (0 bytes), BadZipFile, ValueError, OSError...
+            raise InputError(f"{f}: not a readable .npz file ({e or type(e).__name__})") from None
     return feeds
 
 

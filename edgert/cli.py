@@ -7,7 +7,6 @@ Every user mistake ends in one line on stderr and a distinct exit code (see
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -335,11 +334,15 @@ def run(
         "--rpc", metavar="HOST:PORT", help="Run on a remote board through its TVM RPC server "
         "(`python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9091` there); the artifact must "
         "be compiled for that board, e.g. --target rpi5.")] = None,
+    check_finite: Annotated[bool, typer.Option(
+        "--check-finite/--no-check-finite", help="Refuse float inputs holding NaN or inf "
+        "(default), naming the first; --no-check-finite runs them (docs/reliability.md).")] = True,
 ) -> None:
     """Run an artifact on inputs from .npy/.npz files and summarize the outputs."""
     from edgert.session import Session
 
-    sess = Session(artifact, backend=backend, threads=threads, rpc=rpc)
+    sess = Session(artifact, backend=backend, threads=threads, rpc=rpc,
+                   check_finite=check_finite)
     feed = _load_inputs(inputs)
     names = [o.name for o in sess.get_outputs()]
     results = sess.run(None, feed)
@@ -569,12 +572,8 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app, turning edgert errors into one line and an exit code."""
-    try:
-        app()
-    except EdgertError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    """Entry point: run the app; edgert errors become one line and their exit code, SIGINT /
+    SIGTERM 130 / 143 after a clean unwind (:func:`edgert.interrupts.run_app`)."""
+    from edgert.interrupts import run_app
+
+    run_app(app, err)

@@ -35,6 +35,15 @@ class UnsupportedOpError(ModelError):
         )
 
 
+class UnsupportedOpsetError(UnsupportedOpError):
+    """The model's default-domain opset is outside the range edgert compiles (same exit code
+    as an unsupported operator: the model must be converted or re-exported)."""
+
+    def __init__(self, message: str) -> None:
+        self.unsupported = []
+        ModelError.__init__(self, message)
+
+
 class QuantizationError(ModelError):
     """A model cannot be made integer-only: a node without an integer form, a range check
     that no scale choice can satisfy, or missing calibration data."""
@@ -78,6 +87,7 @@ __all__ = [
     "EdgertError",
     "ModelError",
     "UnsupportedOpError",
+    "UnsupportedOpsetError",
     "QuantizationError",
     "InputError",
     "ArtifactError",

@@ -4,9 +4,10 @@
     [logits] = sess.run(None, {"x": batch})
 
 Inputs are validated before anything runs (names, dtypes, ranks, fixed dimensions, the
-consistency of symbolic dimensions across inputs, and the values of integer inputs that index
-a table, e.g. token ids: the manifest's ``range``); any mismatch is an :class:`InputError`
-naming the input and what was expected. ``run`` may be called from several threads: calls
+consistency of symbolic dimensions across inputs, the values of integer inputs that index
+a table, e.g. token ids: the manifest's ``range``, and that float inputs hold no NaN or
+infinity unless ``check_finite=False``); any mismatch is an :class:`InputError` naming the
+input and what was expected (and the first offending element). ``run`` may be called from several threads: calls
 into one backend are serialized by a lock (the TVM virtual machine keeps per-call state).
 """
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgert.artifact import Artifact, read_artifact
-from edgert.errors import ArtifactError, InputError
+from edgert.errors import InputError
 from edgert.intio import io_specs
 
 if TYPE_CHECKING:
@@ -75,6 +76,11 @@ class Session:
         rpc: ``"HOST:PORT"`` of a board's TVM RPC server (``python -m tvm.exec.rpc_server``):
             the compiled library runs there (compiled for that board's target); inputs and
             outputs travel over the network. Unreachable server: :class:`TargetError`.
+        check_finite: refuse float inputs holding NaN or +-inf (default), naming the input and
+            the first such element: an integer graph would turn them into saturated or
+            arbitrary integers and answer with confident finite numbers. ``False`` skips the
+            one vectorized pass over each float input (see docs/reliability.md for its cost
+            and for what a graph does with non-finite values).
 
     Raises:
         ArtifactError: the file is damaged or of an unknown format version.
@@ -82,16 +88,15 @@ class Session:
     """
 
     def __init__(self, path: str | os.PathLike, *, backend: str = "tvm",
-                 threads: int | None = None, rpc: str | None = None) -> None:
+                 threads: int | None = None, rpc: str | None = None,
+                 check_finite: bool = True) -> None:
         from edgert.backends import load_backend
 
-        self._artifact: Artifact = read_artifact(path)
+        self._artifact: Artifact = read_artifact(path)      # the manifest's schema is checked
         manifest = self._artifact.manifest
-        try:
-            self._inputs = [NodeArg.from_json(d) for d in manifest["inputs"]]
-            self._outputs = [NodeArg.from_json(d) for d in manifest["outputs"]]
-        except (KeyError, TypeError) as e:
-            raise ArtifactError(f"{path}: manifest.json has malformed inputs/outputs ({e})") from None
+        self._inputs = [NodeArg.from_json(d) for d in manifest["inputs"]]
+        self._outputs = [NodeArg.from_json(d) for d in manifest["outputs"]]
+        self._check_finite = bool(check_finite)
         self._output_index = {o.name: i for i, o in enumerate(self._outputs)}
         self._ranges = {d["name"]: d["range"] for d in manifest["inputs"] if d.get("range")}
         self._integer_inputs: dict[str, Any] = dict((io_specs(manifest) or {}).get("inputs") or {})
@@ -194,6 +199,8 @@ class Session:
                         f"q = saturate(round_half_even(x / {scale!r})) as {spec.dtype}; "
                         "edgert.intio.quantize does it)")
             array = _check_input(spec, value, symbols, hint)
+            if self._check_finite and array.dtype.kind == "f":
+                check_finite(spec.name, array)
             if spec.name in self._ranges:
                 _check_range(spec.name, array, self._ranges[spec.name])
             arrays.append(array)
@@ -231,6 +238,32 @@ def _check_input(spec: NodeArg, value: Any, symbols: dict[str, tuple[int, str]],
                     f"{seen[1]!r} has {want!r} = {seen[0]}"
                 )
     return np.ascontiguousarray(value)
+
+
+def check_finite(name: str, value: np.ndarray) -> None:
+    """Refuse a float array holding NaN or +-inf, naming the first such element (row-major
+    order) and how many there are. One vectorized pass (``np.isfinite(...).all()``); the
+    index is searched only when the check fails.
+
+    Raises:
+        InputError: ``value`` holds a non-finite element.
+    """
+    found = nonfinite(value)
+    if found is not None:
+        count, where = found
+        raise InputError(
+            f"input {name!r}: holds {count} non-finite value(s) (NaN or +-inf), the first "
+            f"{value[tuple(where)]} at index {where}; pass check_finite=False (edgert run "
+            "--no-check-finite) to run anyway")
+
+
+def nonfinite(value: np.ndarray) -> tuple[int, list[int]] | None:
+    """(how many, index of the first in row-major order) of the NaN and +-inf elements of a
+    float array, or None when all are finite (or it is not a float array)."""
+    if value.dtype.kind not in "fc" or value.size == 0 or bool(np.isfinite(value).all()):
+        return None
+    bad = ~np.isfinite(value)
+    return int(bad.sum()), [int(i) for i in np.unravel_index(int(np.argmax(bad)), value.shape)]
 
 
 def _check_range(name: str, value: np.ndarray, bounds: Mapping[str, Any]) -> None:

@@ -17,7 +17,7 @@ def calibrate(graph: Graph, ctx: Context) -> Calibrated:
     """
     from edgert.compiler.calibrate import calibrate as collect_ranges
     from edgert.compiler.calibrate import sample_feeds
-    from edgert.compiler.check import check_model
+    from edgert.compiler.check import check_model, finite_samples
     from edgert.compiler.fuse import fuse_patterns
 
     opts = ctx.options
@@ -26,7 +26,7 @@ def calibrate(graph: Graph, ctx: Context) -> Calibrated:
             "--int-only needs calibration data (--calib samples.npz, or a directory of .npz/.npy "
             "files): the integer scale of every tensor comes from the ranges that typical inputs "
             "produce, and without them any choice would clip or waste the integer range")
-    feeds = sample_feeds(opts.calib, [v.name for v in graph_inputs(graph.model)])
+    feeds = finite_samples(sample_feeds(opts.calib, [v.name for v in graph_inputs(graph.model)]))
     ctx.stage("fusing patterns")
     model, fused = fuse_patterns(graph.model)
     model = check_model(model, ctx.source)

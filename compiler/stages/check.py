@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from edgert.compiler.check import check_model, read_model
+from edgert.compiler.check import check_model, read_model, require_static_shape_operands
 from edgert.compiler.fold import fold_model
 from edgert.compiler.stages import Context, Graph
 
@@ -18,11 +18,15 @@ def check(model_path: str | os.PathLike, ctx: Context) -> Graph:
     later, by :func:`edgert.compiler.stages.lower.lower`, on the final graph).
 
     Raises:
-        ModelError: a file that is not a valid ONNX model.
+        ModelError: a file that is missing, a directory, empty, not ONNX or rejected by the
+            checker; a shape operand computed from input values (dynamic shapes that cannot
+            be resolved).
+        UnsupportedOpsetError: an opset outside the supported range.
         InputError: an ``--input-shape`` that names no input, or whose rank or static dims
             differ from the model's.
     """
     ctx.stage("checking the model")
     model = read_model(model_path)
     folded, _report = fold_model(model, ctx.options.input_shape_map, source=ctx.source)
+    require_static_shape_operands(folded, source=ctx.source)
     return Graph(check_model(folded, source=ctx.source))
