@@ -58,10 +58,11 @@ def to_relax(model: onnx.ModelProto, source: str = "model") -> Any:
     from tvm.relax.frontend.onnx import from_onnx
 
     from edgert.compiler.lower_int import integer_converters
+    from edgert.compiler.standard_int_converters import tensor_gathers
 
     register_schemas_for(model)   # from_onnx runs the ONNX checker first
     try:
-        with integer_converters():
+        with integer_converters(), tensor_gathers(model):
             mod = from_onnx(model, keep_params_in_input=False)
         return relax.transform.DecomposeOpsForInference()(mod)
     except Exception as e:

@@ -8,7 +8,9 @@
   quantize calls ``round``, which means half away from zero but which TVM happens to lower to
   ``llvm.nearbyint`` / CUDA ``nearbyintf``; ours does not depend on that lowering.)
 - ``Gather`` of a 1-D constant index from a shape stays a shape (TVM's makes it a tensor, which
-  Reshape/Expand then refuse); every other Gather is TVM's.
+  Reshape/Expand then refuse) unless an op that TVM's importer refuses shapes for reads it
+  (:func:`shape_gathers_read_as_tensors`: TorchScript's BERT mask index ``Range(0, batch) *
+  Shape(mask)[1:2]``), then an int64 tensor; every other Gather is TVM's.
 - ``Expand`` to a constant shape of a tensor with a symbolic dim (an attention mask
   ``[batch, 1, 1, keys]`` expanded over the heads): the constant becomes a shape, which TVM's
   converter handles with symbolic dims (its constant path reads every data dim as a number).
@@ -26,7 +28,12 @@ Imports TVM: imported only when a model is converted.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
+
+import onnx
 
 import numpy as np
 import tvm
@@ -173,9 +180,45 @@ class DequantizeLinear(OnnxOpConverter):
         return bb.emit_te(compute, *args, primfunc_name_hint="dequantize_linear")
 
 
+SHAPE_READERS = frozenset({"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape",
+                           "Expand", "Concat", "Equal", "Where", "Cast", "CastLike", "Squeeze"})
+"""The ops TVM's ONNX importer lets read a shape value (its ``shape_compatible_ops``); it
+refuses a shape input to any other op ("cannot handle ShapeExpr inputs")."""
+
+_TENSOR_GATHERS: ContextVar[frozenset[str]] = ContextVar("tensor_gathers", default=frozenset())
+
+
+def shape_gathers_read_as_tensors(model: onnx.ModelProto) -> frozenset[str]:
+    """Names of the top-level ``Gather`` nodes whose output some op outside
+    :data:`SHAPE_READERS` (or a graph output) reads: their shape values must be tensors.
+    Only nodes with a unique, non-empty name (TVM passes the converter the node's name)."""
+    graph = model.graph
+    names = [n.name for n in graph.node]
+    unique = {n for n in names if n and names.count(n) == 1}
+    read_as_tensor = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type not in SHAPE_READERS or node.domain not in ("", "ai.onnx"):
+            read_as_tensor.update(node.input)
+    return frozenset(n.name for n in graph.node if n.op_type == "Gather" and n.name in unique
+                     and any(o in read_as_tensor for o in n.output))
+
+
+@contextlib.contextmanager
+def tensor_gathers(model: onnx.ModelProto) -> Iterator[None]:
+    """Within the block, :class:`Gather` reads :func:`shape_gathers_read_as_tensors` of
+    ``model``."""
+    token = _TENSOR_GATHERS.set(shape_gathers_read_as_tensors(model))
+    try:
+        yield
+    finally:
+        _TENSOR_GATHERS.reset(token)
+
+
 class Gather(TvmGather):
     """TVM's Gather, plus a 1-D constant index into a shape (``Gather(Shape(x), [0])``), which
-    TVM turns into a tensor that a following Reshape/Expand then refuses: kept a shape here."""
+    TVM turns into a tensor that a following Reshape/Expand then refuses: kept a shape here,
+    or, where an op that takes no shape reads it (:func:`tensor_gathers`), the int64 tensor of
+    those dims."""
 
     @classmethod
     def _impl_v13(cls, bb, inputs, attr, params):
@@ -184,7 +227,10 @@ class Gather(TvmGather):
                 and indices.value.numpy().ndim == 1 and attr.get("axis", 0) == 0):
             idx, n = indices.value.numpy().tolist(), len(data.values)
             if all(-n <= i < n for i in idx):
-                return relax.ShapeExpr([data.values[i] for i in idx])
+                picked = relax.ShapeExpr([data.values[i] for i in idx])
+                if node_name(attr) in _TENSOR_GATHERS.get():
+                    return bb.normalize(relax.op.shape_to_tensor(picked))
+                return picked
         return TvmGather._impl_v13(bb, inputs, attr, params)
 
 

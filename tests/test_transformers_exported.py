@@ -15,6 +15,10 @@ and ``torch.onnx.export(dynamo=True)``):
   and ``ViTForImageClassification``; their ``scaled_dot_product_attention`` ends in a NaN guard
   ``Where(IsNaN(p), 0, p)``.
 
+- The same BERT with a dynamic sequence length as well (:func:`test_bert_dynamic_sequence_length`):
+  TorchScript indexes its mask with ``Range(0, batch) * Shape(mask)[1:2] + Range(0, seq)``
+  (``compiler/standard_int_converters.py``: the shape value a ``Mul`` reads becomes a tensor).
+
 Each case asserts ``float_ops == 0`` and a cosine >= :data:`MIN_COSINE` to onnxruntime fp32 on
 the positions no mask hides; numba equals TVM bit for bit on a masked and an unmasked model.
 The default run covers every feature and both exporters (:data:`DEFAULT`); ``EDGERT_ZOO=all``
@@ -51,7 +55,7 @@ CALIB, EVAL = 8, 3
 MIN_COSINE = 0.99
 MEASURED = {"encoder": 0.999947, "encoder-delta": 0.999766, "mha-mask": 0.999436,
             "tv-vit": 0.997867, "hf-bert": 0.999504, "hf-bert-eager": 0.999504,
-            "hf-vit": 0.998334}
+            "hf-vit": 0.998334, "hf-bert-seq": 0.999335}
 """Cosine to onnxruntime fp32 as measured (EDGERT_ZOO=all, x86), the same for both exporters;
 for the encoders the smallest over the eight variants, and ``encoder-delta`` that of the part the
 layers add (output minus input). Pinned with 10 % of ``1 - cos`` as slack (:data:`PIN`)."""
@@ -76,6 +80,7 @@ class Spec:
     module: Any
     names: tuple[str, ...]
     feed: Any
+    dynamic_seq: bool = False
 
 
 class Encoder(nn.Module):
@@ -128,9 +133,9 @@ def _images(rng: np.random.Generator, n: int):
     return {"x": rng.standard_normal((n, 3, 32, 32)).astype(np.float32)}, None
 
 
-def _bert_feed(rng: np.random.Generator, n: int):
-    pad = _padding(rng, n, 12)
-    ids = rng.integers(1, 100, (n, 12)).astype(np.int64)
+def _bert_feed(rng: np.random.Generator, n: int, s: int = 12):
+    pad = _padding(rng, n, s)
+    ids = rng.integers(1, 100, (n, s)).astype(np.int64)
     return {"ids": ids, "mask": (~pad).astype(np.int64)}, ~pad
 
 
@@ -200,12 +205,13 @@ def spec(name: str) -> Spec:
         return Spec(_tv_vit(), ("x",), _images)
     if name.startswith("hf-bert"):
         return Spec(_Bert("eager" if name.endswith("eager") else "sdpa"), ("ids", "mask"),
-                    _bert_feed)
+                    _bert_feed, dynamic_seq=name.endswith("-seq"))
     return Spec(_HfVit(), ("x",), _images)
 
 
 def export(s: Spec, path: Path, exporter: str) -> Path:
-    """ONNX of ``s.module`` in eval mode by ``exporter``, axis 0 of every input dynamic.
+    """ONNX of ``s.module`` in eval mode by ``exporter``, axis 0 of every input dynamic (and
+    axis 1, the tokens, with ``s.dynamic_seq``).
 
     dynamo: ``edgert export``'s :func:`edgert.compiler.export` (``torch.onnx.export(dynamo=True)``
     with ``dynamic_shapes``; the attention fast path off). TorchScript: ``torch.onnx.export(
@@ -215,12 +221,19 @@ def export(s: Spec, path: Path, exporter: str) -> Path:
     module = s.module.eval()
     inputs, _ = s.feed(np.random.default_rng(5), 2)
     args = tuple(torch.from_numpy(inputs[n]) for n in s.names)
-    if exporter == "dynamo":
+    if exporter == "dynamo" and not s.dynamic_seq:
         return edgert_export(module, args, path, input_names=s.names, output_names=["y"])
+    axes = {0: "batch", 1: "seq"} if s.dynamic_seq else {0: "batch"}
     with torch.no_grad(), attention_fastpath_off():
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17,
-                          input_names=list(s.names), output_names=["y"],
-                          dynamic_axes={n: {0: "batch"} for n in (*s.names, "y")})
+        if exporter == "dynamo":
+            dims = {k: torch.export.Dim(v) for k, v in axes.items()}
+            torch.onnx.export(module, args, dynamo=True, input_names=list(s.names),
+                              output_names=["y"], dynamic_shapes=tuple(dims for _ in args),
+                              verbose=False).save(str(path), external_data=False)
+        else:
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17,
+                              input_names=list(s.names), output_names=["y"],
+                              dynamic_axes={n: axes for n in (*s.names, "y")})
     return path
 
 
@@ -286,6 +299,28 @@ def test_int_only_no_float_op_and_close_to_fp32(built, name, exporter):
         assert float(extra) >= max(MIN_COSINE, PIN["encoder-delta"])
     print(f"\nTRANSFORMER | {name} | {exporter} | {info['float_ops']} | {cos:.6f} | {extra} |")
     assert cos >= max(MIN_COSINE, PIN["encoder" if name.startswith("encoder-") else name])
+
+
+@pytest.mark.parametrize("exporter", [
+    "torchscript", pytest.param("dynamo", marks=pytest.mark.skipif(
+        not RUN_ALL, reason="set EDGERT_ZOO=all for the dynamo export (about 1 minute)"))])
+def test_bert_dynamic_sequence_length(built, exporter):
+    """BERT exported with a dynamic batch and sequence length (calibrated at 12 tokens)
+    compiles int-only with no float op; at 9 and 16 tokens it stays close to fp32."""
+    b = built("hf-bert-seq", exporter)
+    model = onnx.load_from_string(read_artifact(b.artifact).members[MODEL_MEMBER])
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == [
+        "batch", "seq"] or exporter == "dynamo"
+    info = describe_model(model)
+    assert info["float_ops"] == 0, info["float_nodes"]
+    fp32, session = ort.InferenceSession(str(b.onnx_path)), Session(b.artifact)
+    for tokens in (9, 16):
+        feed, kept = _bert_feed(np.random.default_rng(tokens), EVAL, tokens)
+        want, got = fp32.run(None, feed)[0], session.run(None, feed)[0]
+        assert got.shape == want.shape == (EVAL, tokens, D)
+        cos = _cosine(got[kept], want[kept])
+        print(f"\nTRANSFORMER | hf-bert-seq {tokens} tokens | {exporter} | 0 | {cos:.6f} | |")
+        assert cos >= max(MIN_COSINE, PIN["hf-bert-seq"])
 
 
 @pytest.mark.parametrize("name, exporter", BIT_EXACT)
