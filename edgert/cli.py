@@ -17,6 +17,7 @@ from rich.table import Table
 
 from edgert.backends import BACKENDS
 from edgert.errors import EdgertError, InputError
+from edgert.profiling.command import make_profile_cli
 
 app = typer.Typer(
     help="edgert: compile ONNX models for edge devices (integer-only, low-bit) and run them.",
@@ -569,6 +570,9 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+app.command("profile")(make_profile_cli(out, _terminal_console, _load_inputs))
 
 
 def main() -> None:

@@ -1,0 +1,209 @@
+"""edgert.profiling: statistics, random inputs, kernel -> ONNX mapping, the JSON report
+against its schema, the HTML page and the Chrome trace, on known values and on the MLP."""
+
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from edgert.errors import InputError
+from edgert.profiling import ops, stats
+from edgert.profiling.inputs import random_feed
+from edgert.profiling.report_json import SCHEMA, SCHEMA_FILE
+
+# ---------------------------------------------------------------------------------------------
+# a small JSON Schema checker (jsonschema is not a dependency): the keywords the schema uses
+
+
+def schema_errors(value, schema, root, path="$"):
+    """Violations of ``schema`` by ``value``: type, const, enum, required, properties,
+    additionalProperties, items, minItems, minimum, maximum, oneOf, $ref."""
+    if "$ref" in schema:
+        node = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        return schema_errors(value, node, root, path)
+    errors = []
+    if "oneOf" in schema:
+        ok = [s for s in schema["oneOf"] if not schema_errors(value, s, root, path)]
+        if len(ok) != 1:
+            errors.append(f"{path}: matches {len(ok)} of oneOf")
+    types = schema.get("type")
+    if types is not None:
+        kinds = {"object": dict, "array": list, "string": str, "boolean": bool,
+                 "null": type(None), "integer": int, "number": (int, float)}
+        wanted = types if isinstance(types, list) else [types]
+        good = any(isinstance(value, kinds[t]) and not (t in ("integer", "number")
+                                                        and isinstance(value, bool))
+                   for t in wanted)
+        if not good:
+            return [f"{path}: {type(value).__name__} is not {wanted}"]
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path}: {value!r} != {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} not in {schema['enum']}")
+    if "minimum" in schema and value < schema["minimum"]:
+        errors.append(f"{path}: {value} < {schema['minimum']}")
+    if "maximum" in schema and value > schema["maximum"]:
+        errors.append(f"{path}: {value} > {schema['maximum']}")
+    if isinstance(value, dict):
+        errors += [f"{path}: missing {k!r}" for k in schema.get("required", []) if k not in value]
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            if k in props:
+                errors += schema_errors(v, props[k], root, f"{path}.{k}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += schema_errors(v, schema["additionalProperties"], root, f"{path}.{k}")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            errors.append(f"{path}: fewer than {schema['minItems']} items")
+        if "items" in schema:
+            for i, v in enumerate(value):
+                errors += schema_errors(v, schema["items"], root, f"{path}[{i}]")
+    return errors
+
+
+def validate(report):
+    schema = json.loads(SCHEMA_FILE.read_text())
+    return schema_errors(report, schema, schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# unit tests on known values
+
+
+def test_latency_stats_on_known_timings():
+    seconds = np.arange(1, 101) / 1e3            # 1..100 ms, shuffled
+    np.random.default_rng(0).shuffle(seconds)
+    s = stats.latency_stats(seconds)
+    assert s["min"] == pytest.approx(1.0) and s["max"] == pytest.approx(100.0)
+    assert s["mean"] == pytest.approx(50.5) and s["p50"] == pytest.approx(50.5)
+    assert s["p90"] == pytest.approx(90.1) and s["p99"] == pytest.approx(99.01)
+    assert s["std"] == pytest.approx(np.sqrt((100 ** 2 - 1) / 12))
+    assert stats.throughput_per_s(seconds, batch=4) == pytest.approx(4 / 0.0505)
+    counts, edges = stats.histogram(seconds * 1e3, bins=10)
+    assert counts == [10] * 10 and edges[0] == 1.0 and edges[-1] == 100.0
+    assert stats.histogram([2.0, 2.0], bins=3)[0] == [2, 0, 0]
+    with pytest.raises(ValueError):
+        stats.latency_stats([])
+
+
+def test_op_rows_shares_counts_and_order():
+    k = SimpleNamespace
+    times = [k(name="add1", calls=2, ms=1.0), k(name="matmul_fma_x86_k4_n8", calls=3, ms=3.0),
+             k(name="(VM: builtins and dispatch)", calls=40, ms=0.0)]
+    nodes = [("mm0", "MatMul"), ("a0", "Add"), ("mm1", "MatMul"), ("a1", "Add"),
+             ("mm2", "MatMul")]
+    order = ["matmul_fma_x86_k4_n8", "add1", "matmul_fma_x86_k4_n8", "add1",
+             "matmul_fma_x86_k4_n8"]
+    rows = ops.op_rows(times, order, nodes)
+    assert [r.name for r in rows] == ["matmul_fma_x86_k4_n8", "add1", "(VM: builtins and dispatch)"]
+    assert [r.share for r in rows] == pytest.approx([0.75, 0.25, 0.0])
+    assert [r.calls for r in rows] == [3, 2, 40]
+    assert rows[0].nodes == ["mm0", "mm1", "mm2"] and rows[1].nodes == ["a0", "a1"]
+    assert rows[0].op_type == "MatMul" and rows[2].op_type == ops.VM_TYPE
+
+
+def test_kernel_names_to_onnx_types():
+    t = ops.kernel_op_types
+    assert t("fused_add5_gelu") == ["Add", "Gelu"]
+    assert t("fused_strided_slice1_squeeze_transpose2") == ["Slice", "Squeeze", "Transpose"]
+    assert t("matmul_fma_x86_float32_packed_k32_n96") == ["MatMul"]
+    assert t("fused_add3_add4", repeats=True) == ["Add", "Add"]
+    assert t("lut_matmul", ["LutMatMul", "Shiftmax"]) == ["LutMatMul"]
+    # a convolution lowered to im2col + matmul + to_nchw maps all three to its Conv
+    got = ops.map_calls_to_nodes(["im2col", "matmul_k9_n8", "to_nchw", "fused_add_relu"],
+                                 [("c", "Conv"), ("r", "Relu")])
+    assert got == [["c"], ["c"], ["c"], ["r"]]
+
+
+def test_random_feed_shapes_dtypes_and_errors():
+    spec = SimpleNamespace
+    ins = [spec(name="x", shape=["batch", 3], dtype="float32"),
+           spec(name="ids", shape=["batch", 5], dtype="int64"),
+           spec(name="m", shape=[2], dtype="bool")]
+    feed = random_feed(ins, batch=4, ranges={"ids": {"min": 3, "max": 7}})
+    assert feed["x"].shape == (4, 3) and feed["x"].dtype == np.float32
+    assert feed["ids"].shape == (4, 5) and feed["ids"].min() >= 3 and feed["ids"].max() <= 7
+    assert feed["m"].dtype == bool
+    given = random_feed(ins, given={"x": np.zeros((6, 3), np.float32)})
+    assert given["ids"].shape == (6, 5)                   # 'batch' taken from the given x
+    with pytest.raises(InputError, match=r"input 's'.*axis 1 \('seq'\)"):
+        random_feed([spec(name="s", shape=[1, "seq"], dtype="float32")])
+    with pytest.raises(InputError, match="unknown input"):
+        random_feed(ins, given={"nope": np.zeros(1)})
+
+
+def test_schema_checker_catches_violations():
+    schema = json.loads(SCHEMA_FILE.read_text())
+    assert schema["properties"]["schema"]["const"] == SCHEMA
+    bad = {"schema": SCHEMA, "machine": {}, "results": [{"artifact": 1, "ops": [],
+                                                         "energy": {"method": "guessed"}}]}
+    errors = validate(bad)
+    assert any("machine: missing" in e for e in errors)
+    assert any("artifact" in e for e in errors) and any("latency_ms" in e for e in errors)
+    assert any("oneOf" in e for e in errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole profile of the MLP artifact, in this process
+
+
+@pytest.fixture(scope="module")
+def mlp_profile(mlp_artifact):
+    from edgert import Session
+    from edgert.profiling import profile
+
+    sess = Session(mlp_artifact, threads=1)
+    return profile(sess, runs=12, warmup=2, batch=3, trace_runs=2)
+
+
+def test_profile_json_validates_and_counts(mlp_profile):
+    report = mlp_profile.to_json()
+    assert validate(report) == []
+    json.dumps(report, allow_nan=False)
+    (res,) = report["results"]
+    assert res["runs"] == 12 and sum(res["latency_histogram"]["counts"]) == 12
+    assert res["batch"] == 3 and res["input_shapes"] == {"x": [3, 20]}
+    lat = res["latency_ms"]
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert sum(o["share"] for o in res["ops"]) == pytest.approx(1.0)
+    assert {o["op_type"] for o in res["ops"]} >= {"Gemm", "Relu", "Tanh"}
+    assert res["memory"]["weights_bytes"] == 4 * (20 * 64 + 64 + 64 * 64 + 64 + 64 * 5 + 5)
+    assert res["energy"] is None or res["energy"]["method"] in ("modelled", "measured")
+
+
+def test_trace_has_one_event_per_kernel_call(mlp_profile):
+    res = mlp_profile.results[0]
+    events = json.loads(json.dumps(mlp_profile.trace_events()))
+    calls = sum(r.calls for r in res.ops if r.op_type != ops.VM_TYPE)
+    assert len(events) == 2 * calls > 0                  # trace_runs=2
+    for e in events:
+        assert e["ph"] == "X" and e["dur"] >= 0 and e["ts"] >= 0
+        assert set(e) >= {"name", "cat", "ph", "ts", "dur", "pid", "tid", "args"}
+        assert set(e["args"]) >= {"op_name", "op_type"}
+    for run in (0, 1):
+        ts = [e["ts"] for e in events if e["tid"] == run]
+        assert ts == sorted(ts)
+    assert [e["tid"] for e in events].count(0) == calls
+
+
+def test_html_has_plots_and_no_external_resources(mlp_profile):
+    from edgert.profiling.report_html import render_html
+
+    page = render_html(mlp_profile.to_json())
+    assert page.count("<svg") >= 2 and page.count('class="bar"') >= 5
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    assert "<script src" not in page and "http://" not in page and "https://" not in page
+    assert "<link" not in page
+
+
+def test_plain_text_report_without_rich(mlp_profile):
+    from edgert.profiling.report_text import plain_text
+
+    text = plain_text(mlp_profile.to_json())
+    assert "p99 ms" in text and "per-kernel" in text and "Gemm" in text
