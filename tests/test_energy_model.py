@@ -184,3 +184,14 @@ def test_integer_vit_takes_less_energy_than_fp32(vit_graphs):
     assert integer.details["counts"].get("fp32_mul", 0) < fp32.details["counts"]["fp32_mul"] / 100
     assert integer.details["weight_bytes"] < fp32.details["weight_bytes"] / 2
     assert integer.joules_per_inference < 0.6 * fp32.joules_per_inference
+
+
+def test_package_imports_only_numpy_and_the_runtime():
+    """A board bundle with only numpy imports edgert.energy (onnx only when a graph is counted)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgert.energy; "
+            "print(sorted(m for m in ('onnx', 'tvm', 'numba', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -57,7 +57,8 @@ class GraphCounts:
     Attributes:
         nodes: per node, in graph order.
         input_shapes: input name -> the concrete shape counted.
-        weights: initializer name -> bytes (every initializer a node reads).
+        weights: initializer name -> bytes read per call (every initializer a node reads; of a
+            table only gathered from, the rows gathered).
         uncounted: op types (with node counts) no counter knows: their arithmetic is missing.
         shapes_from: ``"shape_inference"`` or ``"reference_run"``.
     """
@@ -130,9 +131,28 @@ def count_graph(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
             nc = _bytes_only(node, i, tensors, weights)
             uncounted[nc.op_type] = uncounted.get(nc.op_type, 0) + 1
         nodes.append(nc)
-    read = {name for node in model.graph.node for name in node.input}
-    return GraphCounts(nodes, shapes, {k: v for k, v in weights.items() if k in read},
-                       uncounted, how)
+    return GraphCounts(nodes, shapes, _weights_read(model, tensors, weights), uncounted, how)
+
+
+def _weights_read(model: Any, tensors: Mapping[str, tuple[Shape, np.dtype]],
+                  weights: Mapping[str, int]) -> dict[str, int]:
+    """initializer name -> bytes of it read per call: all of it, except a table read only as
+    the data of Gather nodes (an embedding), of which only the gathered rows (the Gathers'
+    outputs, at most the whole table)."""
+    gathered: dict[str, int] = {}
+    other: set[str] = set()
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name not in weights:
+                continue
+            if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and i == 0:
+                shape, dtype = tensors[node.output[0]]
+                gathered[name] = gathered.get(name, 0) + tensor_bytes([shape], [dtype])
+            else:
+                other.add(name)
+    out = {name: weights[name] for name in other}
+    out.update({name: min(n, weights[name]) for name, n in gathered.items() if name not in other})
+    return out
 
 
 # --- shapes ----------------------------------------------------------------------------------
