@@ -1,7 +1,8 @@
 """edgert: an on-device edge inference runtime.
 
 ``edgert.Session`` runs compiled ``.edgert`` artifacts; the compiler (``edgert.compiler``) is
-imported only when asked for, so this package imports quickly on a device.
+imported only when asked for, so this package imports quickly on a device. ``edgert.profile``
+(:mod:`edgert.profiling`) measures an artifact's latency, per-op time, memory and energy.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ __all__ = [
     "ArtifactError",
     "TargetError",
     "CompileError",
+    "profile",
+    "ProfileResult",
 ]
 
 
@@ -44,4 +47,8 @@ def __getattr__(name: str) -> Any:
         from edgert import session
 
         return getattr(session, name)
+    if name in ("profile", "ProfileResult"):
+        from edgert.profiling import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'edgert' has no attribute {name!r}")
