@@ -79,6 +79,43 @@ def test_conv_counts():
     ]
 
 
+def test_standard_op_family_counts():
+    """One node of each of several families, counted by edgert.energy.onnx_counts."""
+    from edgert.energy.onnx_counts import EXP_NEG, NodeIO, count_standard
+
+    f = np.float32
+
+    def arith(op, ins, outs, **attrs):
+        c = count_standard(op, NodeIO([s for s, _ in ins], [d for _, d in ins],
+                                      [s for s, _ in outs], [d for _, d in outs], attrs))
+        return {k: v for k, v in c.as_dict().items() if v and not k.startswith("bytes_")}
+
+    # Gemm 2x8 @ (4x8)^T with alpha 0.5 and beta 2 on C: 64 MACs, 8 alpha + 8 beta mul, 8 adds
+    assert arith("Gemm", [((2, 8), f), ((4, 8), f), ((4,), f)], [((2, 4), f)],
+                 transB=1, alpha=0.5, beta=2.0) == {"fp32_mul": 80, "fp32_add": 72}
+    # Softmax over rows of 5, 6 rows: per element EXP_NEG + 1 compare, 2 adds, 1 mul; 6 rows
+    want = (EXP_NEG + type(EXP_NEG)(compares=1, fp32_add=2, fp32_mul=1)).times(30)
+    got = arith("Softmax", [((2, 3, 5), f)], [((2, 3, 5), f)])
+    assert got == {k: v + (6 if k == "fp32_mul" else 0) for k, v in want.as_dict().items() if v}
+    # LayerNormalization, 4 rows of 8 with gamma and beta: 4 adds, 3 muls per element;
+    # 4 muls, 1 add per row
+    assert arith("LayerNormalization", [((4, 8), f), ((8,), f), ((8,), f)], [((4, 8), f)]) \
+        == {"fp32_add": 4 * 32 + 4, "fp32_mul": 3 * 32 + 16}
+    # MaxPool 2x2 stride 2 on 1x3x4x4: 12 outputs x 4 compares; GlobalAveragePool: 48 adds
+    # and one multiply per output
+    assert arith("MaxPool", [((1, 3, 4, 4), f)], [((1, 3, 2, 2), f)],
+                 kernel_shape=[2, 2]) == {"compares": 48}
+    assert arith("GlobalAveragePool", [((1, 3, 4, 4), f)], [((1, 3, 1, 1), f)]) \
+        == {"fp32_add": 48, "fp32_mul": 3}
+    assert arith("ReduceMean", [((2, 6), f)], [((2, 1), f)]) == {"fp32_add": 12, "fp32_mul": 2}
+    assert arith("Where", [((6,), bool), ((6,), f), ((1,), f)], [((6,), f)]) == {"compares": 6}
+    assert arith("Add", [((3, 4), np.int32), ((4,), np.int32)], [((3, 4), np.int32)]) \
+        == {"int32_add": 12}
+    assert arith("Transpose", [((3, 4), f)], [((4, 3), f)]) == {}
+    assert count_standard("Reshape", NodeIO([(3, 4), (1,)], [f, np.int64], [(12,)], [f])) \
+        .as_dict() == {k: 0 for k in want.as_dict()}
+
+
 def test_integer_graph_counts():
     """QuantizeLinear -> MatMulInteger -> edgert.Requant -> DequantizeLinear."""
     inits = {"s": np.array(0.05, np.float32), "zp": np.array(0, np.int8),

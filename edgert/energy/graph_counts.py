@@ -258,7 +258,6 @@ def _io(node: Any, tensors: Mapping[str, tuple[Shape, np.dtype]]) -> NodeIO:
 def _count_node(node: Any, index: int, tensors: Mapping, weights: Mapping[str, int]) -> NodeCount | None:
     """The node's counts, or ``None`` when no counter knows its op."""
     from edgert.ops import DOMAIN, registry
-    from edgert.onnx_graph import node_label
 
     io = _io(node, tensors)
     if node.domain == DOMAIN:

@@ -16,7 +16,8 @@ same as the op folders'):
 
 Every function takes a :class:`NodeIO` (the node's concrete input/output shapes and dtypes and
 its attributes) and returns an ``OpCounts`` for one call; :func:`count_standard` dispatches on
-the op type and returns ``None`` for an op this module does not know.
+the op type (passed on to the functions as the attribute ``_op``) and returns ``None`` for an
+op this module does not know.
 """
 
 from __future__ import annotations
@@ -168,7 +169,6 @@ def elementwise(op: str) -> Callable[[NodeIO], OpCounts]:
         ops = arith(io.in_dtypes[0], op, io.out_numel * (operands - 1))
         return ops + io.moved
 
-    count.__doc__ = f"One {op} per output element (per extra operand)."
     return count
 
 
@@ -178,12 +178,15 @@ def mean(io: NodeIO) -> OpCounts:
 
 
 def compare(io: NodeIO) -> OpCounts:
-    """Relu, Max, Min, Clip, Where, Equal, Less, Greater...: one compare per output element
-    per extra operand (Clip: one per bound given; Relu: ``max(x, 0)``)."""
+    """Relu, Max, Min, Clip, Where, Equal, Less, Greater, IsNaN...: one compare per output
+    element per extra operand (Clip: one per bound given; Relu: ``max(x, 0)``; Where: a
+    select)."""
     n = io.out_numel
     if io.attrs.get("_op") == "Clip":
         bounds = sum(s is not None for s in io.in_shapes[1:]) or 2
         return OpCounts(compares=n * bounds) + io.moved
+    if io.attrs.get("_op") == "Where":
+        return OpCounts(compares=n) + io.moved
     operands = max(2, sum(s is not None for s in io.in_shapes))
     return OpCounts(compares=n * (operands - 1)) + io.moved
 
@@ -337,11 +340,24 @@ def dynamic_quantize_linear(io: NodeIO) -> OpCounts:
     return OpCounts(compares=2 * n) + quantize_linear(io)
 
 
+def per_input_element(field: str) -> Callable[[NodeIO], OpCounts]:
+    """ArgMax, ArgMin, TopK (``compares``), CumSum (adds in the input's type), BitShift
+    (``shifts``): one operation per element of the first input."""
+
+    def count(io: NodeIO) -> OpCounts:
+        n = io.numel(io.in_shapes[0])
+        ops = arith(io.in_dtypes[0], "add", n) if field == "add" else OpCounts(**{field: n})
+        return ops + io.moved
+
+    return count
+
+
 # --- data movement ---------------------------------------------------------------------------
 
 def moved_only(io: NodeIO) -> OpCounts:
-    """Transpose, Concat, Slice, Gather, Expand, Tile, Split, Pad, Cast, DepthToSpace...:
-    no arithmetic (a conversion is free), every input and output tensor moved once."""
+    """Transpose, Concat, Slice, Gather, Expand, Tile, Split, Pad, Cast, Resize (nearest),
+    bitwise logic...: no arithmetic (a conversion is free), every input and output tensor
+    moved once."""
     return io.moved
 
 
@@ -355,10 +371,10 @@ VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Siz
          "Constant", "ConstantOfShape", "Dropout", "Range")
 MOVES = ("Transpose", "Concat", "Slice", "Gather", "GatherElements", "GatherND", "Expand",
          "Tile", "Split", "Pad", "Cast", "CastLike", "DepthToSpace", "SpaceToDepth",
-         "ScatterND", "ScatterElements", "Resize", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
-         "BitShift", "NonZero", "TopK", "Trilu", "CumSum")
+         "ScatterND", "ScatterElements", "Resize", "Not", "And", "Or", "Xor", "NonZero",
+         "Trilu")
 COMPARES = ("Relu", "Max", "Min", "Clip", "Where", "Equal", "Less", "LessOrEqual", "Greater",
-            "GreaterOrEqual", "ArgMax", "ArgMin")
+            "GreaterOrEqual", "IsNaN", "IsInf")
 POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "LpPool")
 
 COUNTERS: dict[str, Callable[[NodeIO], OpCounts]] = {
@@ -373,6 +389,9 @@ COUNTERS: dict[str, Callable[[NodeIO], OpCounts]] = {
     "Softmax": softmax, "LogSoftmax": softmax, "LayerNormalization": layer_norm,
     **{op: reduce(op) for op in REDUCE},
     **{op: pool for op in POOLS},
+    "ArgMax": per_input_element("compares"), "ArgMin": per_input_element("compares"),
+    "TopK": per_input_element("compares"), "CumSum": per_input_element("add"),
+    "BitShift": per_input_element("shifts"),
     "QuantizeLinear": quantize_linear, "DequantizeLinear": dequantize_linear,
     "DynamicQuantizeLinear": dynamic_quantize_linear,
     **{op: moved_only for op in MOVES},
@@ -382,12 +401,10 @@ COUNTERS: dict[str, Callable[[NodeIO], OpCounts]] = {
 
 
 def count_standard(op_type: str, io: NodeIO) -> OpCounts | None:
-    """Counts of one call of the default-domain op ``op_type`` (``None``: not known here).
-    ArgMax / Cumsum-like ops that are not arithmetic-heavy are counted as data movement."""
+    """Counts of one call of the default-domain op ``op_type`` (``None``: not known here)."""
     fn = COUNTERS.get(op_type)
     if fn is None:
         return None
-    if op_type in POOLS or op_type == "Clip":
-        io = NodeIO(io.in_shapes, io.in_dtypes, io.out_shapes, io.out_dtypes,
-                    {**io.attrs, "_op": op_type})
+    io = NodeIO(io.in_shapes, io.in_dtypes, io.out_shapes, io.out_dtypes,
+                {**io.attrs, "_op": op_type})
     return fn(io)
