@@ -173,19 +173,40 @@ def finite_samples(feeds: Any) -> Any:
     """Calibration ``feeds`` (a dict, a list of dicts or an iterable of them) with every float
     array checked for NaN and +-inf: a list is checked now, an iterable lazily as it is read.
     A non-finite sample would make every range it reaches NaN or inf, and the quantizer fail
-    far from the cause.
+    far from the cause. A list (or dict) is also checked for a float input that is 0 in every
+    sample (a zero range).
 
     Raises:
-        InputError: naming the sample (feed position), the input and the first bad index.
+        InputError: naming the sample (feed position), the input and the first bad index; or
+            the inputs whose range is 0.
     """
-    if isinstance(feeds, Mapping):
-        _check_finite_feed(feeds, 0)
-        return feeds
-    if isinstance(feeds, Sized):
-        for i, feed in enumerate(feeds):
+    if isinstance(feeds, Mapping) or isinstance(feeds, Sized):
+        listed = [feeds] if isinstance(feeds, Mapping) else list(feeds)
+        for i, feed in enumerate(listed):
             _check_finite_feed(feed, i)
+        _check_nonzero_range(listed)
         return feeds
     return (_check_finite_feed(feed, i) for i, feed in enumerate(feeds))
+
+
+def _check_nonzero_range(feeds: list[Any]) -> None:
+    """Refuse a float input that is 0 in every sample: its range would be 0, its scale the
+    smallest there is, and any real input would saturate (the outputs then come out near 0:
+    a confident wrong answer, measured before this check)."""
+    peak: dict[str, float] = {}
+    for feed in feeds:
+        if not isinstance(feed, Mapping):
+            return                           # the calibration reports malformed feeds
+        for name, value in feed.items():
+            a = np.asarray(value)
+            if a.dtype.kind == "f":
+                peak[name] = max(peak.get(name, 0.0), float(np.abs(a).max()) if a.size else 0.0)
+    zero = [name for name, p in peak.items() if p == 0.0]
+    if zero and any(a.size for f in feeds for a in map(np.asarray, f.values())):
+        raise InputError(
+            f"calibration data: float input(s) {', '.join(map(repr, zero))} are 0 in every "
+            "sample (range 0): the integer scale would be meaningless and every real input "
+            "saturate; calibrate on typical inputs")
 
 
 def _check_finite_feed(feed: Any, position: int) -> Any:
