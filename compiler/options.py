@@ -86,6 +86,12 @@ class CompileOptions:
         hash_bits: with ``binary_attention``: code bits, 8, 16 or 32 (default 16).
         attention_form: with ``binary_attention``: ``"quadratic"`` (softmax on the scores,
             default) or ``"linear"`` (the associative kernel form, linear in the sequence).
+        shift_linear: with ``int_only``: ``"mlp"`` (the two Linears of each MLP block),
+            ``"all"`` (every Linear) or a name pattern (glob, or ``re:`` + a regular
+            expression, on the fp32 Linear's node, weight, bias or output names): their int8
+            weights are rounded to signed powers of two and the products become shifts
+            (``edgert.ShiftMatMul``), see :mod:`edgert.compiler.shift_linear`; the manifest's
+            ``shift_linear`` section lists them.
     """
 
     target: str = "host"
@@ -109,6 +115,7 @@ class CompileOptions:
     binary_attention: bool = False
     hash_bits: int | None = None
     attention_form: str | None = None
+    shift_linear: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_float", tuple(self.keep_float or ()))
@@ -147,6 +154,8 @@ class CompileOptions:
             self._check_lmul()
         if self.binary_attention or self.hash_bits is not None or self.attention_form is not None:
             self._check_binary_attention()
+        if self.shift_linear is not None:
+            self._check_shift_linear()
 
     def _check_lmul(self) -> None:
         """``--lmul`` / ``--lmul-mantissa``: values, and what they combine with."""
@@ -161,6 +170,18 @@ class CompileOptions:
         if self.lmul == "all" and self.lowbit:
             raise InputError("--lmul all and --weight-bits both rewrite the constant-weight "
                              "matmuls: use --lmul attention with --weight-bits")
+
+    def _check_shift_linear(self) -> None:
+        """``--shift-linear``: the choice, and what it combines with."""
+        from edgert.compiler.shift_linear import matcher
+
+        matcher(self.shift_linear)
+        if not self.int_only:
+            raise InputError("--shift-linear rounds the int8 weights of an integer graph: add "
+                             "--int-only --calib DATA")
+        if self.lowbit:
+            raise InputError("--shift-linear and --weight-bits both rewrite the Linear weights: "
+                             "use one or the other")
 
     def _check_binary_attention(self) -> None:
         """``--binary-attention`` / ``--hash-bits`` / ``--attention-form``: values, and what

@@ -15,6 +15,7 @@ check                 ONNX file -> fp32 Graph                  :mod:`.stages.che
 [weights]             Graph -> Graph with LutMatMul            :mod:`.stages.weights`
 [calibrate]           Graph -> Calibrated (graph + ranges)     :mod:`.stages.calibrate`
 [quantize]            Calibrated -> integer Graph              :mod:`.stages.quantize`
+[shift_linear]        Graph -> Graph with ShiftMatMul          :mod:`.stages.shift_linear`
 [kernels]             Graph -> Graph (lut or dequant / node)   :mod:`.stages.kernels`
 lower                 Graph -> Lowered (Relax IRModule)        :mod:`.stages.lower`
 schedule              Lowered -> Library (shared library)      :mod:`.stages.schedule`
@@ -24,7 +25,8 @@ package               Graph + Lowered + Library -> .edgert     :mod:`.stages.pac
 ``binary_attention`` runs with ``--binary-attention``; ``lmul`` with ``--lmul``; ``weights``
 is the float variant of ``--weight-bits``;
 ``calibrate`` and ``quantize`` run with ``--int-only`` (the integer variant of
-``--weight-bits`` chooses its weights in ``calibrate``); ``kernels`` with ``--weight-bits``.
+``--weight-bits`` chooses its weights in ``calibrate``); ``kernels`` with ``--weight-bits``;
+``shift_linear`` with ``--shift-linear`` (integer graphs).
 ``on_stage`` is called with a short label as each step starts and ``on_stage_done`` with
 each stage's time, so the CLI can show progress; library output goes to the build log.
 """
@@ -49,6 +51,7 @@ from edgert.compiler.stages.lower import lower
 from edgert.compiler.stages.package import LIB_MEMBER, package
 from edgert.compiler.stages.quantize import quantize
 from edgert.compiler.stages.schedule import schedule
+from edgert.compiler.stages.shift_linear import shift_linears
 from edgert.compiler.stages.weights import quantize_weights
 
 __all__ = ["CompileOptions", "LIB_MEMBER", "compile_model"]
@@ -75,7 +78,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
             calibration.
         on_stage_done: called with (stage, seconds) as each stage ends: ``check``,
             ``binary_attention``, ``lmul``, ``weights``, ``calibrate``, ``quantize``,
-            ``kernels``, ``lower``, ``build``, ``package`` (those that run).
+            ``shift_linear``, ``kernels``, ``lower``, ``build``, ``package`` (those that run).
         **fields: :class:`CompileOptions` fields given as keywords (``target="rpi5"``,
             ``int_only=True``...), applied over ``options``.
 
@@ -105,6 +108,9 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
                 calibrated = calibrate(graph, ctx)
             with log.stage("quantize"):
                 graph = quantize(calibrated, ctx)
+            if ctx.options.shift_linear is not None:
+                with log.stage("shift_linear"):     # [--shift-linear] power-of-two weights
+                    graph = shift_linears(graph, calibrated.graph, ctx)
         if ctx.lowbit is not None:
             with log.stage("kernels"):              # [--weight-bits] lookup or dequantize
                 graph = choose_kernels(graph, ctx)

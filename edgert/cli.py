@@ -131,6 +131,11 @@ AttentionFormOpt = Annotated[Optional[Literal["quadratic", "linear"]], typer.Opt
     "--attention-form", help="With --binary-attention: quadratic (softmax on the popcount "
     "scores, default) or linear (the kernel s + b + 1 by associativity: linear in the "
     "sequence length, no softmax).")]
+ShiftLinearOpt = Annotated[Optional[str], typer.Option(
+    "--shift-linear", metavar="mlp|all|PATTERN", help="With --int-only: round the chosen "
+    "Linears' int8 weights to signed powers of two, so each product is a shift. mlp: the two "
+    "Linears of each MLP block; all: every Linear; else a glob (or re:REGEX) on the fp32 "
+    "node, weight, bias or output names. `edgert inspect` shows what was replaced.")]
 
 
 @app.command("compile")
@@ -158,6 +163,7 @@ def compile_cmd(
     binary_attention: BinaryAttentionOpt = False,
     hash_bits: HashBitsOpt = None,
     attention_form: AttentionFormOpt = None,
+    shift_linear: ShiftLinearOpt = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also print the build log: what TVM and the other libraries "
         "printed during each stage (kept in the artifact; `edgert inspect --build-log` "
@@ -181,7 +187,8 @@ def compile_cmd(
         weight_bits=weight_bits, group_size=group_size, weight_zero_point=weight_zero_point,
         keep_float=tuple(keep_float or ()), lut=lut, tuning_db=tuning_db,
         input_shapes=input_shape, lmul=lmul, lmul_mantissa=lmul_mantissa,
-        binary_attention=binary_attention, hash_bits=hash_bits, attention_form=attention_form)
+        binary_attention=binary_attention, hash_bits=hash_bits, attention_form=attention_form,
+        shift_linear=shift_linear)
     output = output or model.with_suffix(".edgert")
     term = _terminal_console()
     try:
@@ -366,8 +373,8 @@ def inspect(
         "libraries printed during the compile) instead.")] = False,
 ) -> None:
     """Show a model's ops (counts, dtypes), inputs, outputs, target, versions, float-op count,
-    the low-bit (LutMatMul) nodes with the bytes they save, the L-Mul matmuls and the binary
-    attention."""
+    the low-bit (LutMatMul) nodes with the bytes they save, the L-Mul matmuls, the binary
+    attention and the shift linears."""
     from edgert.model_info import inspect_path
 
     if build_log:
@@ -412,6 +419,9 @@ def inspect(
                   f"{len(battn['replaced'])} of {battn['softmaxes']} softmaxes replaced"
                   + (f"; kept: {', '.join(battn['kept'])}" if battn["kept"] else ""),
                   highlight=False)
+    if info.get("shift_linear"):
+        from edgert.compiler.shift_linear import summary
+        out.print(summary(info["shift_linear"]), highlight=False)
     scales = q.get("io")
     if scales:
         out.print("integer I/O (--io int8): input q = saturate(round_half_even(x / scale)), "

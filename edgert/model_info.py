@@ -134,6 +134,7 @@ def inspect_path(path: str | os.PathLike) -> dict[str, Any]:
         "lowbit": m.get("lowbit"),
         "lmul": m.get("lmul"),
         "binary_attention": m.get("binary_attention"),
+        "shift_linear": m.get("shift_linear"),
         "members": {name: len(data) for name, data in art.members.items()},
     }
     info.update(describe_model(check_model(onnx.load_from_string(art.model_bytes), str(path))))
