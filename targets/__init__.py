@@ -106,7 +106,12 @@ TARGETS: dict[str, Target] = {
 
 @lru_cache(maxsize=1)
 def host_cpu_features() -> frozenset[str]:
-    """CPU feature flags of this machine (``flags``/``Features`` lines of /proc/cpuinfo)."""
+    """CPU feature flags of this machine (``flags``/``Features`` lines of /proc/cpuinfo), or
+    the comma-separated list in ``$EDGERT_CPU_FEATURES`` when set (an emulator such as
+    qemu-user shows the host's /proc/cpuinfo to the guest)."""
+    forced = os.environ.get("EDGERT_CPU_FEATURES")
+    if forced is not None:
+        return frozenset(f for f in forced.replace(",", " ").split() if f)
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

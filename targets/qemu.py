@@ -83,10 +83,15 @@ _SKIP_MEMBERS = re.compile(
 Log = Callable[[str], None]
 
 
+def cache_base() -> Path:
+    """edgert's download cache: ``$EDGERT_CACHE`` if set, else ``~/.cache/edgert``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "edgert"
+
+
 def cache_root() -> Path:
     """``$EDGERT_CACHE/aarch64`` if ``EDGERT_CACHE`` is set, else ``~/.cache/edgert/aarch64``."""
-    env = os.environ.get(CACHE_ENV)
-    return (Path(env) if env else Path.home() / ".cache" / "edgert") / "aarch64"
+    return cache_base() / "aarch64"
 
 
 def find_qemu() -> str:
@@ -379,20 +384,16 @@ def _fetch_wheels(dest: Path, py: str, glibc: str, log: Log) -> None:
     step = time.perf_counter()
     wheels, site = dest / "wheels", dest / "site"
     v = versions()
-    major, minor = (int(x) for x in glibc.split("."))
-    platforms = [f"manylinux_{major}_{m}_aarch64" for m in range(minor, 16, -1)]
-    platforms.append("manylinux2014_aarch64")
-    tag = "cp" + py.replace(".", "")
-    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-q", "--python-version", py, "--implementation", "cp",
-            "--abi", tag, *(f"--platform={p}" for p in platforms), "-d", str(wheels)]
-    _tool([*base, f"apache-tvm=={v['tvm']}", f"apache-tvm-ffi=={v['tvm_ffi']}", "ml_dtypes",
-           "typing_extensions", "cloudpickle"],     # cloudpickle: TVM's RPC server
-          "pip download (aarch64 wheels of apache-tvm)", timeout=900)
+    platforms = manylinux_platforms("aarch64", glibc)
+    pip_download([f"apache-tvm=={v['tvm']}", f"apache-tvm-ffi=={v['tvm_ffi']}", "ml_dtypes",
+                  "typing_extensions", "cloudpickle"],     # cloudpickle: TVM's RPC server
+                 wheels, py=py, platforms=platforms,
+                 what="pip download (aarch64 wheels of apache-tvm)", timeout=900)
     # numpy: the host's version if it has a wheel for this Python, else the newest that does.
-    if _tool([*base, f"numpy=={v['numpy']}"], "pip download numpy", check=False,
-             timeout=600).returncode != 0:
-        _tool([*base, "numpy"], "pip download (aarch64 wheel of numpy)", timeout=600)
+    if pip_download([f"numpy=={v['numpy']}"], wheels, py=py, platforms=platforms,
+                    what="pip download numpy", check=False, timeout=600).returncode != 0:
+        pip_download(["numpy"], wheels, py=py, platforms=platforms,
+                     what="pip download (aarch64 wheel of numpy)", timeout=600)
     for whl in sorted(wheels.glob("*.whl")):
         with zipfile.ZipFile(whl) as zf:
             for member in zf.namelist():
@@ -403,18 +404,47 @@ def _fetch_wheels(dest: Path, py: str, glibc: str, log: Log) -> None:
         f"{time.perf_counter() - step:.1f} s")
 
 
+def manylinux_platforms(arch: str, glibc: str) -> list[str]:
+    """pip ``--platform`` tags a machine with ``glibc`` (``"2.36"``) on ``arch`` (``x86_64``,
+    ``aarch64``) accepts: ``manylinux_2_X_<arch>`` for X from its minor down to 17, and
+    ``manylinux2014_<arch>``."""
+    major, minor = (int(x) for x in glibc.split("."))
+    return [*(f"manylinux_{major}_{m}_{arch}" for m in range(minor, 16, -1)),
+            f"manylinux2014_{arch}"]
+
+
+def pip_download(requirements: list[str], dest: Path, *, py: str, platforms: list[str],
+                 what: str, check: bool = True, timeout: float = 600,
+                 context: str = "aarch64 environment setup") -> subprocess.CompletedProcess:
+    """``pip download --no-deps --only-binary=:all:`` of ``requirements`` (``name==version``)
+    for CPython ``py`` (``"3.11"``) on ``platforms`` into ``dest``: wheels for another machine.
+    pip's own HTTP cache makes a repeated download cheap.
+
+    Raises:
+        TargetError: pip failed (``check``) or took over ``timeout`` seconds; the message
+            starts with ``context`` and names ``what``.
+    """
+    tag = "cp" + py.replace(".", "")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "--python-version", py, "--implementation", "cp",
+           "--abi", tag, *(f"--platform={p}" for p in platforms), "-d", str(dest),
+           *requirements]
+    return _tool(cmd, what, check=check, timeout=timeout, context=context)
+
+
 def _tool(cmd: list[str], what: str, *, check: bool = True, cwd: Path | None = None,
-          timeout: float = 300) -> subprocess.CompletedProcess:
+          timeout: float = 300, context: str = "aarch64 environment setup"
+          ) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
                               env={**os.environ, "LANG": "C", "LC_ALL": "C"})
     except subprocess.TimeoutExpired:
-        raise TargetError(f"aarch64 environment setup: {what} took over {timeout:.0f} s "
+        raise TargetError(f"{context}: {what} took over {timeout:.0f} s "
                           "(no network?)") from None
     except OSError as e:
-        raise TargetError(f"aarch64 environment setup: {what} could not start: {e}") from None
+        raise TargetError(f"{context}: {what} could not start: {e}") from None
     if check and proc.returncode != 0:
-        raise TargetError(f"aarch64 environment setup: {what} failed (exit status "
+        raise TargetError(f"{context}: {what} failed (exit status "
                           f"{proc.returncode}; no network?):\n{_tail(proc.stdout + proc.stderr)}")
     return proc
 
@@ -446,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ensure_aarch64_env", "run_under_qemu", "cache_root", "env_key", "find_qemu",
-           "versions"]
+__all__ = ["ensure_aarch64_env", "run_under_qemu", "cache_base", "cache_root", "env_key",
+           "find_qemu", "versions", "manylinux_platforms", "pip_download", "guest_command"]
 
 
 if __name__ == "__main__":
