@@ -7,6 +7,7 @@ Every user mistake ends in one line on stderr and a distinct exit code (see
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from edgert.backends import BACKENDS
 from edgert.errors import EdgertError, InputError
+from edgert.bundle.command import make_bundle_cli
 from edgert.profiling.command import make_profile_cli
 
 app = typer.Typer(
@@ -583,6 +585,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 app.command("profile")(make_profile_cli(out, _terminal_console, _load_inputs))
+app.command("bundle")(make_bundle_cli(out, _terminal_console))
 
 
 def main() -> None:
