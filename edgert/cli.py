@@ -7,7 +7,6 @@ Every user mistake ends in one line on stderr and a distinct exit code (see
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
