@@ -369,6 +369,30 @@ def _match_layernorm(g: _Graph, r1: onnx.NodeProto, shapes: dict) -> tuple | Non
     return op, nodes, op, inputs, y, {"axis": -1, "epsilon": eps}
 
 
+def layernorm_sites(model: onnx.ModelProto, shapes: dict[str, list[int | None]]
+                    ) -> list[tuple[list[str], onnx.NodeProto, dict[str, np.ndarray]]]:
+    """The decomposed LayerNorms of step 4 in ``model`` (constants already initializers),
+    whatever its opset: for each, the first output names of the nodes it spans (its
+    ``ReduceMean`` first), the ``LayerNormalization`` node that computes the same (axis -1,
+    writing the last tensor's name) and the new ``[C]`` scale/bias initializers it reads.
+    The quantizer uses it where the opset keeps step 4 from fusing (below 13: PaddlePaddle's
+    exports). ``model`` is not modified."""
+    g, sites, taken = _Graph(model), [], set()
+    old = {t.name for t in model.graph.initializer}
+    for n in list(g.nodes):
+        if n.op_type != "ReduceMean" or n.domain not in DEFAULT or n.output[0] in taken:
+            continue
+        m = _match_layernorm(g, n, shapes)
+        if m is None or any(k.output[0] in taken for k in m[1]):
+            continue
+        _, nodes, op, inputs, y, attrs = m
+        taken.update(k.output[0] for k in nodes)
+        new = {i: g.const(i) for i in inputs[1:] if i not in old}
+        sites.append(([k.output[0] for k in nodes],
+                      helper.make_node(op, inputs, [y], name=f"{op}_{y}", **attrs), new))
+    return sites
+
+
 def _match_softmax(g: _Graph, div: onnx.NodeProto, shapes: dict) -> tuple | None:
     """The rewrite (see :func:`_fuse`) of ``Exp([Sub(x, ReduceMax(x))]) / ReduceSum(.)`` ending
     at Div ``div``, else None."""

@@ -16,6 +16,16 @@ BatchNormalization is a per-channel affine map ``y = a[c] x + b[c]`` with
   zero ratios are Requant's), then ``round(b / s_out)`` added in int32. One rounding of half a
   unit of ``s_out`` plus the multiplier's relative error ``2^-31``.
 
+ConvTranspose (2-D, constant weight) is the convolution of the input with zeros inserted:
+``stride - 1`` zeros after each element along each spatial axis (``Unsqueeze`` + ``Pad`` +
+``Reshape`` of the int8 tensor, which keeps its scale), then ``ConvInteger`` with stride 1 and
+the kernel flipped and transposed per group (``[C_in, C_out / g, kh, kw]`` ->
+``[C_out, C_in / g, kh, kw]``), padded by ``dilation (k - 1) - pad`` before and that plus
+``output_padding`` less the ``stride - 1`` trailing zeros after; bias and per-channel weight
+scales as for ``Conv``. The integer result is exact (the inserted zeros add nothing); it costs
+``stride^2`` times the multiplications of a direct transposed convolution. Static spatial dims
+only; ``output_shape``, ``auto_pad`` and pads beyond ``dilation (k - 1)`` have no integer form.
+
 Resize, nearest: each output element is one input element, so the integer tensor is resized
 as it is (same scale and bound; any coordinate transformation and nearest mode). Linear and
 cubic modes weight several inputs by fractional coefficients; they have no integer form here
@@ -28,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edgert.compiler.quantize import shapes
+from edgert.compiler.quantize import linear, shapes
 from edgert.compiler.quantize.core import (ADD_EXTRA_BITS, INT32_MAX, QMAX, QTensor, Quantizer)
 
 LIMIT = (1 << 30) - 1       # |int32 part| before the bias is added: the sum stays in int32
@@ -99,3 +109,54 @@ def resize(q: Quantizer, node: onnx.NodeProto) -> None:
     if attrs.get("antialias", 0):
         raise q.fail("Resize with antialias has no integer form")
     shapes.shape_op(q, node)
+
+
+def _spread(q: Quantizer, x: QTensor, dims: list[int], strides: list[int], out: str) -> QTensor:
+    """The int8 ``x`` [N, C, H, W] with ``stride - 1`` zeros after each element along H and W:
+    [N, C, H sh, W sw] (the trailing zeros included), same scale and bound."""
+    (h, w), (sh, sw) = dims, strides
+    if sh == sw == 1:
+        return x
+    six = q.emit("Unsqueeze", [x.name, q.const(np.array([3, 5], np.int64), f"{out}_axes")],
+                 f"{out}_unsqueezed", TensorProto.INT8)
+    pads = q.const(np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1], np.int64),
+                   f"{out}_zeros")
+    padded = q.emit("Pad", [six, pads], f"{out}_zero_inserted", TensorProto.INT8)
+    flat = q.emit("Reshape", [padded, q.const(np.array([0, 0, h * sh, w * sw], np.int64),
+                                              f"{out}_spread_shape")],
+                  f"{out}_spread", TensorProto.INT8)
+    return QTensor(flat, x.dtype, x.scale, bound=x.bound)
+
+
+def conv_transpose(q: Quantizer, node: onnx.NodeProto) -> None:
+    """2-D ``ConvTranspose`` with a constant weight: zeros inserted into the int8 input, then
+    ``ConvInteger`` with the flipped, transposed kernel (see the module docstring)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.input[1] not in q.inits:
+        raise q.fail("ConvTranspose needs a constant weight")
+    w = np.asarray(q.inits[node.input[1]], np.float64)
+    dims = (q.shapes.get(node.input[0]) or [None])[2:]
+    if w.ndim != 4 or len(dims) != 2 or None in dims:
+        raise q.fail("ConvTranspose has an integer form for 2-D inputs with static height and "
+                     "width only")
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if "output_shape" in attrs or (auto_pad.decode() if isinstance(auto_pad, bytes)
+                                   else auto_pad) != "NOTSET":
+        raise q.fail("ConvTranspose with output_shape or auto_pad has no integer form")
+    g, k = int(attrs.get("group", 1)), list(w.shape[2:])
+    strides = list(attrs.get("strides", [1, 1]))
+    dil = list(attrs.get("dilations", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    extra = list(attrs.get("output_padding", [0, 0]))
+    before = [d * (kk - 1) - p for d, kk, p in zip(dil, k, pads[:2])]
+    after = [d * (kk - 1) - p + e - (s - 1)
+             for d, kk, p, e, s in zip(dil, k, pads[2:], extra, strides)]
+    if min(before + after) < 0:
+        raise q.fail("ConvTranspose pads beyond dilation * (kernel - 1) have no integer form")
+    c_in, c_out_g = w.shape[:2]
+    kernel = (w.reshape(g, c_in // g, c_out_g, *k).transpose(0, 2, 1, 3, 4)
+              .reshape(g * c_out_g, c_in // g, *k)[..., ::-1, ::-1])
+    conv_attrs = {"group": g, "dilations": dil, "kernel_shape": k, "pads": before + after,
+                  "strides": [1, 1]}
+    linear.conv_integer(q, node, np.ascontiguousarray(kernel), conv_attrs,
+                        spread=lambda x: _spread(q, x, dims, strides, node.output[0]))

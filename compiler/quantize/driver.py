@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from edgert.compiler.calibrate import TensorRange
-from edgert.compiler.quantize import rules
+from edgert.compiler.quantize import layernorm, opset, rules
 from edgert.compiler.quantize.core import ELEM, OPSET, QMAX, QTensor, QuantizeReport, Quantizer
 from edgert.compiler.quantize.fallback import float_node, is_float_node, restore, save
 from edgert.errors import QuantizationError, UnsupportedOpError
@@ -22,16 +22,19 @@ def run(q: Quantizer) -> onnx.ModelProto:
     """Rewrite every node of ``q.model`` with its rule (or keep it float32 with
     ``allow_float``) and return the checked integer model."""
     handlers = q.rules = rules.table()
+    fused = layernorm.decomposed(q)     # index of a ReduceMean -> LayerNormalization
     bad = [(n.op_type, node_label(n, i)) for i, n in enumerate(q.model.graph.node)
-           if is_float_node(q, n) and n.op_type not in handlers]
+           if i not in q.skip and is_float_node(q, n) and fused.get(i, n).op_type not in handlers]
     if bad and not q.allow_float:
         raise UnsupportedOpError(bad, source=f"{q.source} (no integer form; --allow-float "
                                  "keeps such nodes in float32)")
     new_graph_inputs(q)
+    version = opset.model_opset(q.model)
     for i, node in enumerate(q.model.graph.node):
         if i in q.skip:
             continue
         q.current = node_label(node, i)
+        node = opset.modern(q, fused.get(i, node), version)
         if not is_float_node(q, node):
             q.nodes.append(node)
             continue

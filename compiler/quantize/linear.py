@@ -4,6 +4,8 @@ bounded from the integer weights and the activation range, the range narrowed wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -156,7 +158,16 @@ def conv(q: Quantizer, node: onnx.NodeProto) -> None:
     bias added in int32."""
     if node.input[1] not in q.inits:
         raise q.fail("Conv needs a constant weight")
-    w = np.asarray(q.inits[node.input[1]], np.float64)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    conv_integer(q, node, np.asarray(q.inits[node.input[1]], np.float64), attrs)
+
+
+def conv_integer(q: Quantizer, node: onnx.NodeProto, w: np.ndarray, attrs: dict,
+                 spread: Callable[[QTensor], QTensor] | None = None) -> None:
+    """``ConvInteger(x, int8 w, **attrs)`` writing ``node.output[0]`` at scale ``s_x * s_w[c]``
+    per output channel, for the float weight ``w`` [C_out, C_in / group, *kernel]; the bias
+    (``node.input[2]``, if any) added in int32. ``spread`` maps the int8 input to the tensor
+    the convolution reads (an integer ConvTranspose's zero insertion: same scale and bound)."""
     wq, s_w = _weights_per_channel(q, w, axis=0)
     l1 = np.abs(wq.astype(np.int64)).reshape(wq.shape[0], -1).sum(axis=1)
     bias = None
@@ -164,7 +175,7 @@ def conv(q: Quantizer, node: onnx.NodeProto) -> None:
         bias = np.asarray(q.inits[node.input[2]], np.float64).reshape(-1)
     qmax, bias_q = _fit_accumulator(q, node.input[0], "int8", l1, bias, s_w)
     x = q.need(node.input[0], "int8", qmax=qmax)
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    x = spread(x) if spread is not None else x
     out = node.output[0]
     acc = q.emit("ConvInteger", [x.name, q.const(wq, f"{node.input[1]}_int8")], out,
                  TensorProto.INT32, **attrs)

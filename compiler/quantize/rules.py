@@ -23,6 +23,7 @@ def table() -> dict[str, Rule]:
         "Where": masks.where, "ConstantOfShape": masks.constant_of_shape,
         "IsNaN": masks.is_nan, "IsInf": masks.is_nan,
         "BatchNormalization": cnn.batch_norm, "Resize": cnn.resize,
+        "ConvTranspose": cnn.conv_transpose,
     }
     out.update({op: shapes.shape_op for op in SHAPE_OPS})
     for op in registry.all():

@@ -27,7 +27,8 @@ Ops (the contract is ``docs/integer-onnx.md``; shapes follow ONNX/numpy broadcas
         ``allowzero``), ``Transpose``, ``Squeeze`` / ``Unsqueeze`` (axes as an input),
         ``Flatten``, ``Slice`` (axes/steps optional, negative indices and steps, ONNX clamping),
         ``Gather`` (negative indices), ``Concat``, ``Expand``, ``Identity``, ``Shape``
-        (start/end), ``Constant``, ``Cast`` (numeric types).
+        (start/end), ``Constant``, ``Cast`` (numeric types), ``Pad`` (constant mode,
+        non-negative pads: an integer ConvTranspose's zero insertion).
     masks and indices built in the graph: ``Equal``, ``Less``, ``LessOrEqual``, ``Greater``,
         ``GreaterOrEqual``, ``Not``, ``And``, ``Or``, ``Xor``, ``Max``, ``Min``, ``Where``,
         ``Range``, ``ConstantOfShape`` (numpy, broadcasting), ``GatherND`` (``batch_dims``,

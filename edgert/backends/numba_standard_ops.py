@@ -416,6 +416,25 @@ def _unsqueeze(node: Node) -> Handler:
     return lambda x, axes: (np.expand_dims(x, tuple(int(a) for a in axes)),)
 
 
+@handles("Pad")
+def _pad(node: Node) -> Handler:
+    """ONNX ``Pad`` in ``constant`` mode, non-negative pads (an integer ConvTranspose's zero
+    insertion); other modes and negative pads (cropping) are not handled."""
+    if node.attr("mode", "constant") != "constant":
+        raise Unsupported(f"Pad mode {node.attr('mode')!r}")
+
+    def run(data, pads, value=None, axes=None):
+        axes_ = range(data.ndim) if axes is None else [int(a) % data.ndim for a in axes]
+        n, width = len(pads) // 2, [(0, 0)] * data.ndim
+        for k, a in enumerate(axes_):
+            width[a] = (int(pads[k]), int(pads[k + n]))
+        if min(min(w) for w in width) < 0:
+            raise ValueError("Pad: negative pads are not handled")
+        fill = 0 if value is None or value.size == 0 else value.reshape(())[()]
+        return (np.pad(data, width, constant_values=fill),)
+    return run
+
+
 @handles("Flatten")
 def _flatten(node: Node) -> Handler:
     axis = int(node.attr("axis", 1))
