@@ -9,7 +9,8 @@ the shapes are read off the arrays. ``details["shapes_from"]`` says which one wa
 
 Each node is counted by its own op: an edgert-domain node by its folder's ``counts.py`` (through
 :mod:`edgert.ops._common.registry`), a default-domain one by :mod:`edgert.energy.onnx_counts`.
-A node that neither knows is listed in :attr:`GraphCounts.uncounted` (counted as its bytes).
+A node that neither knows (or whose counter rejects its attributes) is listed in
+:attr:`GraphCounts.uncounted` and counted as its bytes only.
 """
 
 from __future__ import annotations
@@ -126,7 +127,10 @@ def count_graph(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = N
     nodes: list[NodeCount] = []
     uncounted: dict[str, int] = {}
     for i, node in enumerate(model.graph.node):
-        nc = _count_node(node, i, tensors, weights)
+        try:
+            nc = _count_node(node, i, tensors, weights)
+        except (KeyError, ValueError, IndexError, TypeError):
+            nc = None                           # a form its counter does not know: listed
         if nc is None:
             nc = _bytes_only(node, i, tensors, weights)
             uncounted[nc.op_type] = uncounted.get(nc.op_type, 0) + 1

@@ -111,6 +111,9 @@ def energy_of_counts(counts: GraphCounts, table: EnergyTable) -> EnergyResult:
         weight_bytes / WORD * table.memory[weight_level] * PJ)
     total = sum(breakdown.values())
     details = {
+        "method": (f"operation counts of the graph at batch {batch} times pJ per operation "
+                   f"of {table.name}, plus memory traffic ({MEMORY_MODEL}); divided by the "
+                   f"batch"),
         "batch": batch,
         "input_shapes": {k: list(v) for k, v in counts.input_shapes.items()},
         "shapes_from": counts.shapes_from,
