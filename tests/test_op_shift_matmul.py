@@ -6,7 +6,7 @@ the vectorized x86 kernel, and rpi5 under qemu.
   representable weights (0, +-1, ..., +-128; ties to the smaller magnitude) and on worked
   values; stated bound: the relative error of a nonzero int8 weight is at most 1/3 (|q| = 1.5 *
   2^e lies halfway between 2^e and 2^(e+1)); regression pin on Gaussian weights (the relative
-  RMS error of one layer, measured 0.1896, pinned at 0.209: +10%).
+  RMS error of one layer, measured 0.1956, pinned at 0.215: +10%).
 - The spec is an integer matmul with the decoded weights: ``reference(a, c) == a @ 2^e`` in
   int64, exact.
 - Backends on int8 and int16 activations with every code, at the extremes (-32768 x 128 summed
@@ -26,9 +26,9 @@ import pytest
 from edgert.ops import shift_matmul as S
 from edgert.ops.shift_matmul import spec
 
-ERROR_PIN = 0.209
+ERROR_PIN = 0.215
 """Relative RMS error of power-of-two rounding on int8 Gaussian weights [256, 64] (per-column
-scales): measured 0.1896, pinned with 10% slack."""
+scales): measured 0.1956, pinned with 10% slack."""
 
 
 def _same(name: str, got: np.ndarray, want: np.ndarray) -> None:
@@ -145,8 +145,8 @@ def test_numpy_numba_tvm_agree(lead, k, n, dtype, extreme):
     rng = np.random.default_rng(k + n)
     a, c = _operands(rng, lead, k, n, dtype, extreme)
     want = S.reference(a, c)
-    if extreme:
-        assert int(np.abs(want.astype(np.int64)).max()) >= 2**31 - 2**22 if k == 511 else True
+    if k == 511:                                            # -32768 * 128 * 511
+        assert int(np.abs(want.astype(np.int64)).max()) == 2**31 - 2**22
     _same("numba", S.numba_kernel(a, c), want)
     lib, _ = _tvm_kernel(a.shape, np.dtype(dtype).name, n)
     out = tvm.runtime.tensor(np.zeros(want.shape, np.int32))
@@ -154,14 +154,17 @@ def test_numpy_numba_tvm_agree(lead, k, n, dtype, extreme):
     _same("TVM", out.numpy(), want)
 
 
-def test_x86_kernel_shifts_eight_lanes():
-    """x86 AVX2: per k, 8 columns shifted by a vector of counts and added in one ymm register
-    (``shl <8 x i32>``, ``add <8 x i32>``), no multiply."""
+def test_kernel_shifts_vectors_on_each_cpu_target():
+    """x86 AVX2 / AVX-512 and rpi5 (NEON): per k, 8 columns shifted by a vector of counts and
+    added as one vector (``shl <8 x i32>``, ``add <8 x i32>`` in LLVM IR, which LLVM lowers to
+    one ymm, half a zmm or two q registers), no multiply."""
     from edgert.targets import get_target
 
-    _, ll = _tvm_kernel((2, 17, 32), "int8", 64, get_target("x86-avx2").tvm_target_dict())
-    assert re.search(r"shl (nsw )?<8 x i32>", ll) and re.search(r"add (nsw )?<8 x i32>", ll)
-    assert not re.search(r"\bmul <\d+ x i32>", ll)
+    for name in ("x86-avx2", "x86-avx512", "rpi5"):
+        _, ll = _tvm_kernel((2, 17, 32), "int8", 64, get_target(name).tvm_target_dict())
+        assert re.search(r"shl (nsw )?<8 x i32>", ll), name
+        assert re.search(r"add (nsw )?<8 x i32>", ll), name
+        assert not re.search(r"\bmul (nsw )?<\d+ x i32>", ll), name
 
 
 # ---------------------------------------------------------------- rpi5 under qemu

@@ -9,8 +9,11 @@ the accuracy of the bundled digits ViT per choice, and the whole pipeline on a s
   int-only 353 (as tests/test_int_only.py), ``mlp`` 352, ``blocks.1.mlp.*`` 352, ``re:attn``
   345, ``all`` 344 (measured on x86-64, 2026-12-07). The numba backend gives the reference's
   bits on ``all``. Stated bound for ``mlp``: at most 1 percentage point below int-only.
-- A small MLP (x -> fc1 -> Relu -> fc2) through ``edgert compile --shift-linear mlp`` and
-  ``edgert inspect``: TVM, numba and the reference executor agree bit for bit.
+- A small MLP (x -> fc1 -> Relu -> fc2) compiled with ``--shift-linear mlp`` and shown by
+  ``edgert inspect`` (the CLI refuses the option without ``--int-only``): TVM, numba and the
+  reference executor agree bit for bit.
+- Opt-in (``EDGERT_SHIFT_LINEAR=all``): the digits ViT compiled with ``--shift-linear all``;
+  TVM gives the reference executor's bits and the pinned count.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from edgert.demo import demo_files
 from edgert.errors import InputError
 
 from conftest import lowbit_mlp, run_cli
+from ophelpers import skip_unless_opted_in
 
 HELD_OUT = 360
 INT_ONLY_CORRECT = 353
@@ -123,7 +127,8 @@ def test_digits_vit_accuracy_per_choice(vit_graphs):
     assert got == PINS                                       # regression pins
 
 
-def test_cli_compile_inspect_and_backends_on_a_small_mlp(tmp_path, capsys):
+def test_compile_inspect_and_backends_on_a_small_mlp(tmp_path, capsys):
+    from edgert.compiler import compile_model
     from edgert.artifact import MODEL_MEMBER, read_artifact
     from edgert.backends.reference import run_reference
     from edgert.session import Session
@@ -131,10 +136,12 @@ def test_cli_compile_inspect_and_backends_on_a_small_mlp(tmp_path, capsys):
     model = lowbit_mlp(tmp_path / "mlp.onnx", k=32, h=24, n=10)
     rng = np.random.default_rng(4)
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 5, 32)).astype(np.float32))
-    art = tmp_path / "mlp.edgert"
-    done = run_cli("compile", str(model), "--int-only", "--calib", str(tmp_path / "calib.npz"),
-                   "--shift-linear", "mlp", "-o", str(art))
-    assert done.returncode == 0, done.stderr
+    refused = run_cli("compile", str(model), "--shift-linear", "mlp", "-o",
+                      str(tmp_path / "x.edgert"))                 # the option reaches the check
+    assert refused.returncode == 5 and "add --int-only" in refused.stderr, refused.stderr
+    assert not (tmp_path / "x.edgert").exists()
+    art = compile_model(model, tmp_path / "mlp.edgert", int_only=True,
+                        calib=str(tmp_path / "calib.npz"), shift_linear="mlp")
     from edgert import cli
     from edgert.model_info import inspect_path
 
@@ -152,3 +159,22 @@ def test_cli_compile_inspect_and_backends_on_a_small_mlp(tmp_path, capsys):
     for backend in ("tvm", "numba"):
         [got] = Session(art, backend=backend).run(None, {"x": x})
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), backend
+
+
+def test_digits_vit_compiled_with_every_linear_on_shifts(tmp_path):
+    skip_unless_opted_in("EDGERT_SHIFT_LINEAR", "the digits ViT built by TVM with "
+                         "--shift-linear all")
+    from edgert.artifact import MODEL_MEMBER, read_artifact
+    from edgert.compiler import compile_model
+    from edgert.session import Session
+
+    model, test = demo_files()
+    art = compile_model(model, tmp_path / "vit.edgert", int_only=True,
+                        calib=str(model.with_name("vit_digits_calib.npz")), shift_linear="all")
+    graph = onnx.load_from_string(read_artifact(art).members[MODEL_MEMBER])
+    assert len(_shift_nodes(graph)) == 9
+    correct, want = _correct(graph)
+    data = np.load(test)
+    [got] = Session(art).run(None, {"image": data["images"]})
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert correct == PINS["all"]
