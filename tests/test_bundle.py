@@ -209,9 +209,10 @@ def test_bundle_refuses_an_artifact_for_another_target(int_models, tmp_path):
 def test_bundled_modules_import_only_numpy_and_tvm():
     """Every module a bundle carries imports, at module level, only the standard library,
     numpy, TVM's runtime and edgert modules that are in the bundle too (no onnx, typer, rich,
-    compiler); the numba bundle adds numba and onnx only."""
-    for numba in (False, True):
-        files = source_files(numba=numba)
+    compiler); the numba bundle adds numba and onnx only; low-bit artifacts add the ops
+    package's layout code, which imports nothing more at module level."""
+    for numba, lowbit in ((False, False), (True, False), (False, True)):
+        files = source_files(numba=numba, lowbit=lowbit)
         carried = {rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
                    for rel in files}
         allowed = set(sys.stdlib_module_names) | {"numpy", "tvm", "tvm_ffi", "edgert"}
@@ -223,6 +224,7 @@ def test_bundled_modules_import_only_numpy_and_tvm():
         assert not any(m.startswith(("edgert.compiler", "edgert.cli", "edgert.model_info"))
                        for m in carried)
         assert ("edgert.backends.numba_backend" in carried) == numba
+        assert ("edgert.ops.lut_matmul.layout" in carried) == (numba or lowbit)
 
 
 def test_bundle_archive(int_models, tmp_path):

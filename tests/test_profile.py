@@ -85,9 +85,11 @@ def test_latency_stats_on_known_timings():
     assert s["p90"] == pytest.approx(90.1) and s["p99"] == pytest.approx(99.01)
     assert s["std"] == pytest.approx(np.sqrt((100 ** 2 - 1) / 12))
     assert stats.throughput_per_s(seconds, batch=4) == pytest.approx(4 / 0.0505)
-    counts, edges = stats.histogram(seconds * 1e3, bins=10)
-    assert counts == [10] * 10 and edges[0] == 1.0 and edges[-1] == 100.0
+    counts, edges, scale = stats.histogram(seconds * 1e3 + 10, bins=10)     # 11..110 ms
+    assert scale == "linear" and counts == [10] * 10 and (edges[0], edges[-1]) == (11, 110)
     assert stats.histogram([2.0, 2.0], bins=3)[0] == [2, 0, 0]
+    counts, edges, scale = stats.histogram([1.0, 1.0, 10.0, 100.0], bins=2)
+    assert scale == "log" and edges == pytest.approx([1.0, 10.0, 100.0]) and counts == [2, 2]
     with pytest.raises(ValueError):
         stats.latency_stats([])
 
@@ -167,7 +169,8 @@ def test_profile_json_validates_and_counts(mlp_profile):
     assert validate(report) == []
     json.dumps(report, allow_nan=False)
     (res,) = report["results"]
-    assert res["runs"] == 12 and sum(res["latency_histogram"]["counts"]) == 12
+    hist = res["latency_histogram"]
+    assert res["runs"] == 12 and sum(hist["counts"]) == 12
     assert res["batch"] == 3 and res["input_shapes"] == {"x": [3, 20]}
     lat = res["latency_ms"]
     assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
@@ -179,7 +182,9 @@ def test_profile_json_validates_and_counts(mlp_profile):
 
 def test_trace_has_one_event_per_kernel_call(mlp_profile):
     res = mlp_profile.results[0]
-    events = json.loads(json.dumps(mlp_profile.trace_events()))
+    everything = json.loads(json.dumps(mlp_profile.trace_events()))
+    assert [e["ph"] for e in everything].count("M") == 1
+    events = [e for e in everything if e["ph"] == "X"]
     calls = sum(r.calls for r in res.ops if r.op_type != ops.VM_TYPE)
     assert len(events) == 2 * calls > 0                  # trace_runs=2
     for e in events:
@@ -207,3 +212,61 @@ def test_plain_text_report_without_rich(mlp_profile):
 
     text = plain_text(mlp_profile.to_json())
     assert "p99 ms" in text and "per-kernel" in text and "Gemm" in text
+
+
+class FakeDecoder:
+    """A stand-in with the KV-cache decoder's I/O (edgert.models.llama): records each call's
+    token count and cached positions."""
+
+    def __init__(self, vocab=11, cache=(2, 2, 1, 4)):
+        arg = SimpleNamespace
+        self.vocab, self.cache, self.calls = vocab, cache, []
+        self.inputs = [arg(name="input_ids", shape=[1, "sequence"], dtype="int64"),
+                       arg(name="position_ids", shape=[1, "sequence"], dtype="int64"),
+                       arg(name="attention_mask", shape=[1, 1, "sequence", "total"],
+                           dtype="float32"),
+                       arg(name="past", shape=["past", *cache], dtype="float32")]
+        self.outputs = [arg(name="logits", shape=[1, "sequence", vocab], dtype="float32"),
+                        arg(name="new_kv", shape=["sequence", *cache], dtype="float32")]
+
+    def get_inputs(self):
+        return self.inputs
+
+    def get_outputs(self):
+        return self.outputs
+
+    def run(self, _names, feed):
+        n, p = feed["input_ids"].shape[1], feed["past"].shape[0]
+        assert feed["attention_mask"].shape == (1, 1, n, p + n)
+        assert feed["position_ids"].tolist() == [list(range(p, p + n))]
+        assert feed["input_ids"].max() < self.vocab
+        self.calls.append((n, p))
+        return [np.zeros((1, n, self.vocab), np.float32),
+                np.full((n, *self.cache), p, np.float32)]
+
+
+def test_decoder_pp_tg_feeds_prompt_then_one_token_per_step():
+    from edgert.profiling import llm
+
+    fake = FakeDecoder()
+    assert llm.is_decoder(fake)
+    rates = llm.decoder_rates(fake, prompt_tokens=5, gen_tokens=3, repeats=2)
+    assert fake.calls == [(5, 0), (1, 5), (1, 6), (1, 7)] * 2
+    assert rates["pp"]["tokens"] == 5 and rates["tg"]["tokens"] == 3 and rates["repeats"] == 2
+    assert rates["pp"]["tokens_per_s"] > 0 and rates["tg"]["tokens_per_s"] > 0
+    feed = llm.decode_step_feed(fake, past_tokens=7)
+    assert feed["past"].shape == (7, 2, 2, 1, 4) and feed["input_ids"].shape == (1, 1)
+
+
+def test_core_imports_numpy_and_runtime_only():
+    """A board bundle with numpy alone reuses the measuring core and the report writers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgert.profiling.api, edgert.profiling.report_json, "
+            "edgert.profiling.report_html, edgert.profiling.report_text, edgert.profiling.trace;"
+            "print([m for m in ('onnx', 'onnxruntime', 'rich', 'typer', 'torch', "
+            "'edgert.compiler', 'edgert.energy') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.strip() == "[]"

@@ -47,7 +47,9 @@ def test_cli_trace_is_chrome_trace(cli_run):
     assert isinstance(events, list)
     for pid, res in enumerate(report["results"]):
         calls = sum(o["calls"] for o in res["ops"] if o["op_type"] != "(VM)")
-        mine = [e for e in events if e["pid"] == pid]
+        mine = [e for e in events if e["pid"] == pid and e["ph"] == "X"]
+        assert [e for e in events if e["pid"] == pid and e["ph"] == "M"][0]["args"]["name"] \
+            == res["artifact"]
         assert len(mine) == calls > 0                     # one event per kernel call, one run
         assert all(e["ph"] == "X" and isinstance(e["ts"], (int, float)) for e in mine)
         assert {e["name"] for e in mine} == {o["name"] for o in res["ops"]
@@ -106,3 +108,55 @@ def test_html_renders_in_headless_chromium(cli_run):
     width, height, spread, colors = _png_size_and_spread(shot)
     assert (width, height) == (900, 1200)
     assert spread > 10 and colors > 8                  # text, bars in several colors: not blank
+
+
+def _tiny_decoder_onnx(path, vocab=32, cache=(1, 2, 1, 4)):
+    """An ONNX graph with the KV-cache decoder's inputs and outputs (edgert.models.llama): logits
+    looked up by token, mean of past and mask added; new_kv looked up by token."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, vocab)).astype(np.float32),
+                                     "emb"),
+             numpy_helper.from_array(rng.standard_normal((vocab, int(np.prod(cache))))
+                                     .astype(np.float32), "kv"),
+             numpy_helper.from_array(np.array([-1, *cache], np.int64), "kvshape"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero")]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["l0"]),
+             helper.make_node("ReduceMean", ["past"], ["pm"], keepdims=0),
+             helper.make_node("ReduceMean", ["attention_mask"], ["mm"], keepdims=0),
+             helper.make_node("Add", ["pm", "mm"], ["s"]),
+             helper.make_node("Add", ["l0", "s"], ["logits"]),
+             helper.make_node("Squeeze", ["input_ids", "zero"], ["ids"]),
+             helper.make_node("Gather", ["kv", "ids"], ["kv0"]),
+             helper.make_node("Reshape", ["kv0", "kvshape"], ["new_kv"])]
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "decoder", [
+        info("input_ids", T.INT64, [1, "sequence"]), info("position_ids", T.INT64, [1, "sequence"]),
+        info("attention_mask", T.FLOAT, [1, 1, "sequence", "total"]),
+        info("past", T.FLOAT, ["past", *cache])],
+        [info("logits", T.FLOAT, [1, "sequence", vocab]),
+         info("new_kv", T.FLOAT, ["sequence", *cache])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_cli_decoder_pp_tg(tmp_path):
+    from ophelpers import skip_unless_opted_in
+
+    skip_unless_opted_in("EDGERT_PROFILE", "edgert profile of a compiled decoder (pp/tg)")
+    from edgert.compiler import compile_model
+
+    art = compile_model(_tiny_decoder_onnx(tmp_path / "dec.onnx"), tmp_path / "dec.edgert")
+    proc = run_cli("profile", str(art), "--runs", "5", "--warmup", "1", "--prompt-tokens", "6",
+                   "--gen-tokens", "3", "--json", str(tmp_path / "d.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "pp 6" in proc.stdout and "tg 3" in proc.stdout
+    (res,) = json.loads((tmp_path / "d.json").read_text())["results"]
+    assert validate({"schema": "edgert.profile/1", "machine": {"os": "", "arch": "", "cpu": "",
+                                                               "logical_cpus": 1, "edgert": ""},
+                     "results": [res]}) == []
+    assert res["llm"]["pp"]["tokens"] == 6 and res["llm"]["tg"]["tokens_per_s"] > 0
+    assert res["input_shapes"]["past"] == [6, 1, 2, 1, 4]          # one step after the prompt

@@ -102,7 +102,7 @@ def make_bundle(artifacts: Sequence[str | os.PathLike], output: str | os.PathLik
     """
     log = log or (lambda _line: None)
     python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
-    paths, names, board = _checked_inputs(artifacts, target, backend, python)
+    paths, names, board, lowbit = _checked_inputs(artifacts, target, backend, python)
     out = Path(output)
     archive = out.name.endswith((".tar.gz", ".tgz"))
     if not archive:
@@ -117,8 +117,8 @@ def make_bundle(artifacts: Sequence[str | os.PathLike], output: str | os.PathLik
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
     try:
         report = BundleReport(out, board.name, backend, python,
-                              requirements=board_requirements(backend))
-        report.parts = _fill(stage, board, report, dict(zip(names, paths)), runtime)
+                              requirements=board_requirements(backend, lowbit))
+        report.parts = _fill(stage, board, report, dict(zip(names, paths)), runtime, lowbit)
         if archive:
             report.archive_bytes = _write_archive(stage, out)
         else:
@@ -129,9 +129,10 @@ def make_bundle(artifacts: Sequence[str | os.PathLike], output: str | os.PathLik
 
 
 def _checked_inputs(artifacts: Sequence[str | os.PathLike], target: str | None, backend: str,
-                    python: str) -> tuple[list[Path], list[str], Any]:
-    """The artifact paths, their names in the bundle and the board's Target, after every check
-    that needs no download (see :func:`make_bundle`'s Raises)."""
+                    python: str) -> tuple[list[Path], list[str], Any, bool]:
+    """The artifact paths, their names in the bundle, the board's Target and whether an
+    artifact has low-bit (LutMatMul) weights, after every check that needs no download (see
+    :func:`make_bundle`'s Raises)."""
     from edgert.artifact import read_artifact
     from edgert.targets import get_target
 
@@ -152,15 +153,16 @@ def _checked_inputs(artifacts: Sequence[str | os.PathLike], target: str | None, 
     if backend == "tvm":
         for art in arts:
             check_artifact_target(art.path, art.manifest, board)
-    return paths, names, board
+    lowbit = any(b"LutMatMul" in art.model_bytes for art in arts)
+    return paths, names, board, lowbit
 
 
 def _fill(stage: Path, board: Any, report: BundleReport, models: dict[str, Path],
-          runtime: Path | None) -> dict[str, int]:
+          runtime: Path | None, lowbit: bool) -> dict[str, int]:
     """Write the bundle's contents into ``stage``; returns the bytes of each part."""
     from edgert.bundle.contents import copy_edgert
 
-    parts = {"edgert": copy_edgert(stage, numba=report.backend == "numba")}
+    parts = {"edgert": copy_edgert(stage, numba=report.backend == "numba", lowbit=lowbit)}
     if runtime is not None:
         parts["tvm runtime"] = _copy_runtime(runtime, stage)
     (stage / "models").mkdir()
@@ -199,10 +201,12 @@ def check_artifact_target(path: Path, manifest: dict[str, Any], board: Any) -> N
                       f"recompile it with --target {board.name}")
 
 
-def board_requirements(backend: str) -> list[str]:
+def board_requirements(backend: str, lowbit: bool = False) -> list[str]:
     """The pinned packages a board needs (this machine's versions, which the bundle was
-    tested with): numpy; numba, llvmlite and onnx too for the numba backend."""
-    names = ["numpy"] + (["numba", "llvmlite", "onnx"] if backend == "numba" else [])
+    tested with): numpy; numba, llvmlite and onnx too for the numba backend; onnx for
+    artifacts with low-bit weights (their load-time layout check reads the graph)."""
+    names = ["numpy"] + (["numba", "llvmlite", "onnx"] if backend == "numba" else
+                         ["onnx"] if lowbit else [])
     pins = []
     for name in names:
         try:

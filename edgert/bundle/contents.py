@@ -33,6 +33,10 @@ NUMBA_ROOTS = ("edgert.backends.numba_backend", "edgert.onnx_graph", "edgert.ops
 """Added by ``--backend numba`` (numba and onnx on the board)."""
 NUMBA_KEPT = ("edgert.ops", "edgert.onnx_graph", "edgert.backends.numba*")
 """The :data:`LEFT_OUT` entries a ``--backend numba`` bundle carries after all."""
+LOWBIT_ROOTS = ("edgert.ops.lut_matmul",)
+"""Added when an artifact has low-bit (``LutMatMul``) weights: the load-time layout check
+(:mod:`edgert.layouts`) reads them with onnx, which the board then needs too."""
+LOWBIT_KEPT = ("edgert.ops",)
 BOARD_ONLY_DEPS = frozenset({"numpy", "tvm", "tvm_ffi", "edgert"})
 """Top-level packages a tvm bundle's modules may import at module level (besides the standard
 library)."""
@@ -52,12 +56,14 @@ _os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
 '''
 
 
-def source_files(*, numba: bool = False) -> dict[str, Path]:
+def source_files(*, numba: bool = False, lowbit: bool = False) -> dict[str, Path]:
     """Bundle path (``edgert/session.py``...) -> source file for the modules a bundle carries:
     the :data:`ROOTS` and every edgert module they import, transitively, minus
-    :data:`LEFT_OUT` (for ``numba``: plus :data:`NUMBA_ROOTS`)."""
-    roots = ROOTS + (NUMBA_ROOTS if numba else ())
-    left_out = tuple(m for m in LEFT_OUT if not (numba and m in NUMBA_KEPT))
+    :data:`LEFT_OUT` (for ``numba``: plus :data:`NUMBA_ROOTS`; for ``lowbit``: plus
+    :data:`LOWBIT_ROOTS`)."""
+    roots = ROOTS + (NUMBA_ROOTS if numba else ()) + (LOWBIT_ROOTS if lowbit else ())
+    kept = (NUMBA_KEPT if numba else ()) + (LOWBIT_KEPT if lowbit else ())
+    left_out = tuple(m for m in LEFT_OUT if m not in kept)
     todo = [m for r in roots for m in _expand(r)]
     files: dict[str, Path] = {}
     seen: set[str] = set()
@@ -140,11 +146,11 @@ def _bundle_path(name: str, path: Path) -> str:
     return "/".join(parts) + ".py"
 
 
-def copy_edgert(dest: Path, *, numba: bool = False) -> int:
-    """Copy edgert's runtime modules to ``dest/edgert`` (``dest`` is the bundle folder) with the
-    board's ``__main__.py``; returns the bytes written."""
+def copy_edgert(dest: Path, *, numba: bool = False, lowbit: bool = False) -> int:
+    """Copy edgert's runtime modules (:func:`source_files`) to ``dest/edgert`` (``dest`` is the
+    bundle folder) with the board's ``__main__.py``; returns the bytes written."""
     total = 0
-    for rel, src in source_files(numba=numba).items():
+    for rel, src in source_files(numba=numba, lowbit=lowbit).items():
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, out)

@@ -94,9 +94,10 @@ def _comparison(results: Sequence[dict[str, Any]]) -> list[str]:
                      notes=[f"({v / values[0]:.2f}x)" for v in values], colors=svg.PALETTE)]
     energies = [(_short(r["artifact"]), r["energy"]) for r in results if r.get("energy")]
     if len(energies) > 1:
+        unit, scale = _joule_unit(max(e["joules_per_inference"] for _, e in energies))
         out.append(svg.hbars([n for n, _ in energies],
-                             [e["joules_per_inference"] * 1e3 for _, e in energies],
-                             unit="mJ", title="energy per inference",
+                             [e["joules_per_inference"] / scale for _, e in energies],
+                             unit=unit, title="energy per inference",
                              notes=[f"({e['method']})" for _, e in energies],
                              colors=svg.PALETTE))
     return out
@@ -108,7 +109,9 @@ def _latency_plot(r: dict[str, Any]) -> str:
     if not hist:
         return ""
     return svg.histogram(hist["counts"], hist["edges_ms"],
-                         title=f"latency of {r.get('runs', '?')} runs (ms)",
+                         title=f"latency of {r.get('runs', '?')} runs (ms"
+                         + (", log scale)" if hist.get("scale") == "log" else ")"),
+                         log=hist.get("scale") == "log",
                          marks={"p50": lat["p50"], "p90": lat["p90"], "p99": lat["p99"]})
 
 
@@ -129,15 +132,25 @@ def _energy_plot(r: dict[str, Any]) -> list[str]:
     if not e:
         return [f'<p class="note">{escape(r.get("energy_note") or "no energy figure")}</p>']
     method = str(e["method"])
-    head = (f'<p>energy per inference: <b>{e["joules_per_inference"] * 1e3:.4g} mJ</b> '
+    unit, scale = _joule_unit(e["joules_per_inference"])
+    head = (f'<p>energy per inference: <b>{e["joules_per_inference"] / scale:.4g} {unit}</b> '
             f'<span class="method {escape(method)}">{escape(method)}</span> '
             f'<span class="note">{escape(str(e.get("source", "")))}</span></p>')
     parts = sorted(e.get("breakdown", {}).items(), key=lambda kv: -kv[1])
     if not parts:
         return [head]
-    return [head, svg.hbars([k for k, _ in parts], [v * 1e3 for _, v in parts], unit="mJ",
+    unit, scale = _joule_unit(parts[0][1])
+    return [head, svg.hbars([k for k, _ in parts], [v / scale for _, v in parts], unit=unit,
                             title=f"energy per inference by category ({method})",
                             colors=svg.PALETTE)]
+
+
+def _joule_unit(joules: float) -> tuple[str, float]:
+    """The unit (and its size in joules) that shows ``joules`` as 1..1000."""
+    for unit, scale in (("J", 1.0), ("mJ", 1e-3), ("µJ", 1e-6), ("nJ", 1e-9)):
+        if abs(joules) >= scale:
+            return unit, scale
+    return "pJ", 1e-12
 
 
 def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -33,12 +33,22 @@ def throughput_per_s(seconds: Sequence[float] | np.ndarray, batch: int = 1) -> f
     return batch / mean if mean > 0 else float("inf")
 
 
-def histogram(ms: Sequence[float] | np.ndarray, bins: int = 20) -> tuple[list[int], list[float]]:
-    """Counts and bin edges (ms) of latencies for the report's histogram; all values in one
-    bin when they are equal."""
+def histogram(ms: Sequence[float] | np.ndarray, bins: int = 20,
+              scale: str | None = None) -> tuple[list[int], list[float], str]:
+    """Counts, bin edges (ms) and scale of latencies for the report's histogram, from the min
+    to the max. ``scale`` ``"log"`` spaces the edges geometrically (a busy machine's few stalls,
+    100x the median, would squeeze every other run into one linear bin); the default picks
+    log when the max is over 10x the min. All values in one bin when they are equal."""
     ms = np.asarray(ms, dtype=np.float64)
     lo, hi = float(ms.min()), float(ms.max())
     if hi <= lo:
         hi = lo + max(abs(lo) * 1e-3, 1e-6)
-    counts, edges = np.histogram(ms, bins=bins, range=(lo, hi))
-    return [int(c) for c in counts], [float(e) for e in edges]
+    if scale is None:
+        scale = "log" if lo > 0 and hi > 10 * lo else "linear"
+    if scale == "log":
+        edges = np.geomspace(lo, hi, bins + 1)
+        edges[0], edges[-1] = lo, hi
+    else:
+        edges = np.linspace(lo, hi, bins + 1)
+    counts, _ = np.histogram(ms, bins=edges)
+    return [int(c) for c in counts], [float(e) for e in edges], scale

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from html import escape
 
@@ -11,12 +12,12 @@ FONT = 'font-family="sans-serif" font-size="11"'
 
 
 def hbars(labels: Sequence[str], values: Sequence[float], *, unit: str, title: str,
-          width: int = 640, notes: Sequence[str] | None = None,
+          width: int = 720, notes: Sequence[str] | None = None,
           colors: Sequence[str] | None = None) -> str:
     """A horizontal bar chart: one bar per label, its value printed after it (``unit``)."""
     row, left, top = 20, 220, 24
     height = top + row * max(1, len(values)) + 10
-    scale = (width - left - 110) / max(max(values, default=0.0), 1e-30)
+    scale = (width - left - 170) / max(max(values, default=0.0), 1e-30)
     parts = [_open(width, height, title), _title(title)]
     for i, (label, value) in enumerate(zip(labels, values)):
         y = top + i * row
@@ -33,13 +34,20 @@ def hbars(labels: Sequence[str], values: Sequence[float], *, unit: str, title: s
 
 
 def histogram(counts: Sequence[int], edges: Sequence[float], *, title: str,
-              marks: dict[str, float] | None = None, width: int = 640, height: int = 220) -> str:
-    """Vertical bars of ``counts`` over bin ``edges`` (ms), with labelled vertical lines at
-    ``marks`` (name -> ms: p50, p99...)."""
+              marks: dict[str, float] | None = None, log: bool = False, width: int = 720,
+              height: int = 220) -> str:
+    """Bars of ``counts`` over bin ``edges`` (ms; equally wide on screen: linear or, with
+    ``log``, geometric edges), with labelled vertical lines at ``marks`` (name -> ms: p50,
+    p99...) placed on the same scale."""
     left, right, top, bottom = 40, 12, 26, 34
     w, h = width - left - right, height - top - bottom
     lo, hi = edges[0], edges[-1]
     span = (hi - lo) or 1.0
+
+    def x_of(ms: float) -> float:
+        if log and lo > 0:
+            return left + math.log(ms / lo) / math.log(hi / lo) * w
+        return left + (ms - lo) / span * w
     peak = max(max(counts, default=0), 1)
     bw = w / max(len(counts), 1)
     parts = [_open(width, height, title), _title(title),
@@ -49,13 +57,13 @@ def histogram(counts: Sequence[int], edges: Sequence[float], *, title: str,
         parts.append(f'<rect class="bar" x="{left + i * bw + 1:.1f}" y="{top + h - bh:.1f}" '
                      f'width="{max(bw - 2, 1):.1f}" height="{bh:.1f}" fill="{PALETTE[0]}">'
                      f'<title>{edges[i]:.4g}-{edges[i + 1]:.4g} ms: {c} runs</title></rect>')
-    for x, text in ((lo, f"{lo:.4g} ms"), (hi, f"{hi:.4g} ms")):
-        px = left + (x - lo) / span * w
-        parts.append(f'<text x="{px:.1f}" y="{top + h + 14}" text-anchor="middle" {FONT}>'
+    for x, text, anchor in ((lo, f"{lo:.4g} ms", "start"), (hi, f"{hi:.4g} ms", "end")):
+        px = x_of(x)
+        parts.append(f'<text x="{px:.1f}" y="{top + h + 14}" text-anchor="{anchor}" {FONT}>'
                      f'{text}</text>')
     parts.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" {FONT}>{peak}</text>')
     for i, (name, x) in enumerate((marks or {}).items()):
-        px = left + (x - lo) / span * w
+        px = min(max(x_of(x), left), left + w)
         color = PALETTE[(i + 1) % len(PALETTE)]
         parts.append(f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{top + h}" '
                      f'stroke="{color}" stroke-dasharray="4 3"/><text x="{px + 3:.1f}" '

@@ -14,9 +14,11 @@ from edgert.profiling.timeline import KernelCall
 def trace_events(calls: Sequence[KernelCall], nodes_of_call: Sequence[Sequence[str]],
                  op_types: Mapping[str, str], *, pid: int = 0,
                  label: str = "edgert") -> list[dict[str, Any]]:
-    """One event per call: ``ts``/``dur`` in microseconds, ``tid`` the run, ``args`` the ONNX
-    ``op_name`` (nodes joined by ``,``), ``op_type`` and the ``kernel``."""
-    events = []
+    """A metadata event naming process ``pid`` ``label`` (``"ph": "M"``), then one complete
+    event (``"ph": "X"``) per call: ``ts``/``dur`` in microseconds, ``tid`` the run, ``args``
+    the ONNX ``op_name`` (nodes joined by ``,``), ``op_type`` and the ``kernel``."""
+    events: list[dict[str, Any]] = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
+                                     "args": {"name": label}}]
     for call, nodes in zip(calls, nodes_of_call):
         events.append({
             "name": call.name, "cat": "Node", "ph": "X", "ts": round(call.start_us, 3),
