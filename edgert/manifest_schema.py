@@ -30,7 +30,7 @@ MAX_NAME = 4096
 MAX_MEMBER_PATH = 255
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _OPTIONAL_SECTIONS = ("compile_options", "quantization", "lowbit", "lmul", "binary_attention",
-                      "tuning", "source_model")
+                      "shift_linear", "tuning", "source_model")
 _OPTIONAL_TEXT = ("edgert_version", "tvm_version", "created")
 
 
