@@ -9,11 +9,14 @@ extra outputs (onnxruntime, in the chunks the model accepts); fit each site's ha
 temperature per head on the fitted codes; rewrite the graph. The manifest's
 ``binary_attention`` section lists the sites replaced (heads, each head's pair AUC and
 temperature) and those kept with the reason.
+
+A model exported after :func:`finetune` carries its fine-tuned hashes in its metadata
+(:mod:`edgert.compiler.binary_attention_finetune`): they replace the fit (method
+``finetuned``); the calibration samples then only measure their pair AUC.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -21,37 +24,19 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgert.compiler.binary_attention_fit import SiteData, fit_sites, fit_temperature
+from edgert.compiler.binary_attention_finetune import (FinetunedHashes, carried_hashes,
+                                                       check_carried, finetune)
+from edgert.compiler.binary_attention_fit import (DEFAULT_BITS, METHODS, HashParams, SiteData,
+                                                  check_options, fit_sites, labels,
+                                                  one_blas_thread, pair_auc, stack,
+                                                  temperatures)
 from edgert.compiler.binary_attention_match import (GraphIndex, Site, find_site,
                                                     replace_sites, site_nodes)
 from edgert.errors import InputError
 from edgert.ops import DOMAIN, OPSET_VERSION
-from edgert.ops.binary_attention.spec import FORMS
-from edgert.ops.hash_codes.spec import BITS
 
-METHODS = ("ksh", "pca")
-"""How the hash projection is fitted: supervised (kernel-based supervised hashing, greedy) or
-the PCA baseline."""
-DEFAULT_BITS = 16
-
-
-def check_options(bits: int | None, form: str | None, method: str | None = None
-                  ) -> tuple[int, str, str]:
-    """Validate ``--hash-bits`` / ``--attention-form`` (and the fitting method); returns them
-    with their defaults (16, quadratic, ksh). Raises InputError."""
-    b = DEFAULT_BITS if bits is None else bits
-    if b not in BITS:
-        raise InputError(f"--hash-bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
-    f = "quadratic" if form is None else form
-    if f not in FORMS:
-        raise InputError(f"--attention-form must be one of {', '.join(FORMS)}, got {form!r}")
-    m = "ksh" if method is None else method
-    if m not in METHODS:
-        raise InputError(f"binary attention fit method must be one of {', '.join(METHODS)}, "
-                         f"got {method!r}")
-    return int(b), f, m
-
-
+__all__ = ["DEFAULT_BITS", "METHODS", "FinetunedHashes", "binary_attention_model",
+           "check_options", "finetune", "find_sites"]
 def find_sites(model: onnx.ModelProto, form: str) -> tuple[list[Site], dict[str, str]]:
     """The attention sites of ``model`` (shape-inferred) and the softmaxes kept, with why."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -91,23 +76,6 @@ def collect(model: onnx.ModelProto, sites: list[Site], feeds: Iterable[Mapping[s
     return data
 
 
-def _temperatures(data: SiteData, params: Any, bits: int, shared: bool) -> np.ndarray:
-    """The softmax temperature of the fitted codes (the op's own codes, float32): one per
-    head, or one for all heads when the hash is shared (the head count may be symbolic)."""
-    from edgert.ops.binary_attention.spec import scores
-    from edgert.ops.hash_codes import reference as hash_codes
-
-    p = [params.anchors, params.gamma, params.mean, params.proj]
-    s = [scores(hash_codes(q, *p, bits=bits), hash_codes(k, *p, bits=bits), bits)
-         for q, k in zip(data.q, data.k)]
-    if shared:
-        return np.array([fit_temperature(s, data.probs, data.bias)], np.float32)
-    pick = lambda a, h: None if a is None else a[:, h if a.shape[1] > 1 else 0]   # noqa: E731
-    return np.array([fit_temperature([x[:, h] for x in s], [p_[:, h] for p_ in data.probs],
-                                     [pick(b, h) for b in data.bias])
-                     for h in range(data.q[0].shape[1])], np.float32)
-
-
 def binary_attention_model(model: onnx.ModelProto, calib: Iterable[Mapping[str, Any]],
                            bits: int | None = None, form: str | None = None,
                            method: str | None = None, *, seed: int = 0,
@@ -124,37 +92,63 @@ def binary_attention_model(model: onnx.ModelProto, calib: Iterable[Mapping[str, 
     Raises:
         InputError: bad options or calibration data that does not fit the model.
     """
+    carried = carried_hashes(model)
+    if carried is not None:
+        bits, form = carried.bits if bits is None else bits, carried.form if form is None else form
     bits, form, method = check_options(bits, form, method)
     sites, kept = find_sites(model, form)
+    if carried is not None:
+        check_carried(carried, bits, form, len(sites))
+        method = "finetuned"
     section: dict[str, Any] = {"bits": bits, "form": form, "method": method, "replaced": [],
                                "kept": kept, "softmaxes": len(sites) + len(kept)}
     if not sites:
         return model, section
     data = collect(model, sites, calib, progress)
-    with _one_blas_thread():
-        out = _rewrite(model, sites, data, section, seed)
+    with one_blas_thread():
+        out = _rewrite(model, sites, data, section, seed, carried)
     return out, section
 
 
-def _one_blas_thread() -> Any:
-    """The fit multiplies small matrices: one BLAS thread beats several contending for the
-    cores (20x on a busy two-core machine). Limited through threadpoolctl where installed."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, "blas")
+def _carried_fits(carried: FinetunedHashes, sites: list[Site], data: list[SiteData], bits: int
+                  ) -> list[tuple[HashParams, list[float]]]:
+    """The fine-tuned hash of each site and its pair AUC per head on the calibration
+    attention; InputError where a hash does not fit its site's heads or vector length."""
+    from edgert.ops.binary_attention.spec import scores
+    from edgert.ops.hash_codes import reference as hash_codes
+
+    out = []
+    for i, (site, d, h) in enumerate(zip(sites, data, carried.sites)):
+        p = h.params
+        heads, dim = d.q[0].shape[1], d.q[0].shape[-1]
+        if p.anchors.shape[0] not in (1, heads) or p.anchors.shape[2] != dim:
+            raise InputError(f"fine-tuned hash {i} is for {p.anchors.shape[0]} heads of "
+                             f"{p.anchors.shape[2]} values; attention {site.name!r} has "
+                             f"{heads} heads of {dim}")
+        blk = stack(d)
+        y = labels(blk.probs, blk.valid)
+        arrays = [p.anchors, p.gamma, p.mean, p.proj]
+        codes = lambda x: hash_codes(np.moveaxis(x, 0, 1).astype(np.float32), *arrays,  # noqa
+                                     bits=bits)
+        s = scores(codes(blk.q), codes(blk.k), bits)                  # [N, H, S, T]
+        out.append((p, [pair_auc(s[:, g], y[g]) for g in range(heads)]))
+    return out
 
 
 def _rewrite(model: onnx.ModelProto, sites: list[Site], data: list[SiteData], section: dict,
-             seed: int) -> onnx.ModelProto:
-    """``model`` with every site replaced by its fitted hash; fills ``section["replaced"]``."""
+             seed: int, carried: FinetunedHashes | None = None) -> onnx.ModelProto:
+    """``model`` with every site replaced by its fitted (or ``carried``) hash; fills
+    ``section["replaced"]``."""
     bits, form, method = section["bits"], section["form"], section["method"]
     out = onnx.ModelProto()
     out.CopyFrom(model)
     replacements, inits = [], []
-    shared = [site.heads is None for site in sites]
-    fits = fit_sites(data, shared, bits, method, seed=seed)
+    if carried is None:
+        shared = [site.heads is None for site in sites]
+        fits = fit_sites(data, shared, bits, method, seed=seed)
+    else:
+        shared = [h.params.proj.shape[0] == 1 for h in carried.sites]
+        fits = _carried_fits(carried, sites, data, bits)
     for i, (site, d, (params, auc)) in enumerate(zip(sites, data, fits)):
         heads = 1 if shared[i] else d.q[0].shape[1]
         prefix = f"binary_attention_{i}"
@@ -163,7 +157,8 @@ def _rewrite(model: onnx.ModelProto, sites: list[Site], data: list[SiteData], se
         entry = {"name": site.name, "heads": heads, "shared": shared[i],
                  "pair_auc": [round(a, 4) for a in auc]}
         if form == "quadratic":
-            arrays["temperature"] = _temperatures(d, params, bits, shared[i])
+            arrays["temperature"] = (temperatures(d, params, bits, shared[i]) if carried is None
+                                     else carried.sites[i].temperature)
             entry["temperature"] = [round(float(t), 5) for t in arrays["temperature"]]
         inits += [numpy_helper.from_array(a, f"{prefix}_{k}") for k, a in arrays.items()]
         replacements.append((site, site_nodes(site, prefix, bits, form, form == "quadratic")))

@@ -27,9 +27,37 @@ features [G, N, S, m] (zero at padding).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from edgert.errors import InputError
+from edgert.ops.binary_attention.spec import FORMS
+from edgert.ops.hash_codes.spec import BITS
+
+METHODS = ("ksh", "pca")
+"""How the hash projection is fitted: supervised (kernel-based supervised hashing, greedy) or
+the PCA baseline."""
+DEFAULT_BITS = 16
+
+
+def check_options(bits: int | None, form: str | None, method: str | None = None
+                  ) -> tuple[int, str, str]:
+    """Validate ``--hash-bits`` / ``--attention-form`` (and the fitting method); returns them
+    with their defaults (16, quadratic, ksh). Raises InputError."""
+    b = DEFAULT_BITS if bits is None else bits
+    if b not in BITS:
+        raise InputError(f"--hash-bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
+    f = "quadratic" if form is None else form
+    if f not in FORMS:
+        raise InputError(f"--attention-form must be one of {', '.join(FORMS)}, got {form!r}")
+    m = "ksh" if method is None else method
+    if m not in METHODS:
+        raise InputError(f"binary attention fit method must be one of {', '.join(METHODS)}, "
+                         f"got {method!r}")
+    return int(b), f, m
 
 ANCHORS = 25
 TOPK = 10
@@ -340,3 +368,30 @@ def fit_temperature(scores: list[np.ndarray], probs: list[np.ndarray],
             x2 = lo + g * (hi - lo)
             f2 = loss(x2)
     return float(np.exp((lo + hi) / 2))
+
+
+def temperatures(data: SiteData, params: Any, bits: int, shared: bool) -> np.ndarray:
+    """The softmax temperature of the fitted codes (the op's own codes, float32): one per
+    head, or one for all heads when the hash is shared (the head count may be symbolic)."""
+    from edgert.ops.binary_attention.spec import scores
+    from edgert.ops.hash_codes import reference as hash_codes
+
+    p = [params.anchors, params.gamma, params.mean, params.proj]
+    s = [scores(hash_codes(q, *p, bits=bits), hash_codes(k, *p, bits=bits), bits)
+         for q, k in zip(data.q, data.k)]
+    if shared:
+        return np.array([fit_temperature(s, data.probs, data.bias)], np.float32)
+    pick = lambda a, h: None if a is None else a[:, h if a.shape[1] > 1 else 0]   # noqa: E731
+    return np.array([fit_temperature([x[:, h] for x in s], [p_[:, h] for p_ in data.probs],
+                                     [pick(b, h) for b in data.bias])
+                     for h in range(data.q[0].shape[1])], np.float32)
+
+
+def one_blas_thread() -> Any:
+    """The fit multiplies small matrices: one BLAS thread beats several contending for the
+    cores (20x on a busy two-core machine). Limited through threadpoolctl where installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, "blas")

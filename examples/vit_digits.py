@@ -2,6 +2,10 @@
 
     python examples/vit_digits.py                 # rebuild edgert/data/vit_digits{.onnx,_test.npz,_calib.npz}
     python examples/vit_digits.py --out /tmp/vit  # write somewhere else
+    python examples/vit_digits.py --finetune-binary linear --out /tmp/vit
+        # the bundled model fine-tuned with binary attention (3 epochs), exported with its
+        # hashes to vit_digits_binary_linear.onnx, compiled with --binary-attention, against
+        # the post-training fit
 
 Steps: load the 8x8 digits (1797 images) and split off a stratified 20% held-out test set;
 train a 2-block ViT (2x2 patches -> 16 tokens + a class token, width 32, 4 heads, GELU MLP)
@@ -102,13 +106,76 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int, seed: int = 0) -> TinyViT:
     return model.eval()
 
 
+def from_onnx(path: str | Path) -> TinyViT:
+    """The TinyViT of an ONNX file this script exported (its weights read back)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    model = TinyViT()
+    state = model.state_dict()
+    # the exporter stores each Linear's weight transposed, unnamed, as the MatMul's 2nd input
+    linear = [n for n in state if n.endswith(".weight") and state[n].dim() == 2 and n != "head.weight"]
+    matmuls = [n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    if len(linear) != len(matmuls):
+        raise ValueError(f"{path}: {len(matmuls)} weight MatMuls for {len(linear)} Linear layers")
+    values = {**{n: inits[n] for n in state if n in inits},
+              **{n: inits[m].T for n, m in zip(linear, matmuls)}}
+    missing = set(state) - set(values)
+    if missing:
+        raise ValueError(f"{path}: no weights for {sorted(missing)}")
+    model.load_state_dict({n: torch.from_numpy(np.array(v)) for n, v in values.items()})
+    return model.eval()
+
+
+def finetune_binary(form: str, epochs: int, out: Path) -> int:
+    """The bundled model with binary attention: post-training fit against a short fine-tune
+    (``edgert.compiler.binary_attention.finetune``), both compiled, top-1 on the held-out
+    digits."""
+    import edgert
+    from edgert.compiler import compile_model, export
+    from edgert.compiler.binary_attention import finetune
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    x_train, x_test, y_train, y_test = load_split()
+    calib = {"image": x_train[:32]}
+    out.mkdir(parents=True, exist_ok=True)
+    bundled = DATA_DIR / "vit_digits.onnx"
+
+    def correct(onnx_path: Path, name: str) -> int:
+        art = compile_model(onnx_path, out / f"{name}.edgert", binary_attention=True,
+                            attention_form=form, calib=calib)
+        [logits] = edgert.Session(art).run(None, {"image": x_test})
+        return int((logits.argmax(1) == y_test).sum())
+
+    post = correct(bundled, f"vit_digits_post_{form}")
+    print(f"post-training binary attention ({form}): {post}/{len(y_test)}")
+    model = from_onnx(bundled)
+    hashes = finetune(model, (x_train, y_train), epochs, form=form, calib=x_train[:32],
+                      progress=lambda e, n, loss: print(f"epoch {e}/{n}: loss {loss:.4f}"))
+    path = export(model, (torch.from_numpy(x_train[:2].copy()),),
+                  out / f"vit_digits_binary_{form}.onnx", input_names=["image"],
+                  output_names=["logits"])
+    hashes.attach(path)
+    tuned = correct(path, f"vit_digits_binary_{form}")
+    print(f"fine-tuned {epochs} epochs ({form}): {tuned}/{len(y_test)}; wrote {path}")
+    return 0 if tuned > post else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--min-accuracy", type=float, default=0.9,
                         help="fail if held-out accuracy is below this")
+    parser.add_argument("--finetune-binary", choices=["quadratic", "linear"],
+                        help="fine-tune the bundled model with binary attention of this form")
+    parser.add_argument("--finetune-epochs", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.finetune_binary:
+        return finetune_binary(args.finetune_binary, args.finetune_epochs, args.out)
 
     import onnxruntime as ort
 
