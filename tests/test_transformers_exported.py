@@ -55,10 +55,11 @@ CALIB, EVAL = 8, 3
 MIN_COSINE = 0.99
 MEASURED = {"encoder": 0.999947, "encoder-delta": 0.999766, "mha-mask": 0.999436,
             "tv-vit": 0.997867, "hf-bert": 0.999504, "hf-bert-eager": 0.999504,
-            "hf-vit": 0.998334, "hf-bert-seq": 0.999335}
+            "hf-vit": 0.998334, "hf-bert-seq": 0.999354}
 """Cosine to onnxruntime fp32 as measured (EDGERT_ZOO=all, x86), the same for both exporters;
 for the encoders the smallest over the eight variants, and ``encoder-delta`` that of the part the
-layers add (output minus input). Pinned with 10 % of ``1 - cos`` as slack (:data:`PIN`)."""
+layers add (output minus input); ``hf-bert-seq`` the smaller at 9 and 16 tokens (TorchScript).
+Pinned with 10 % of ``1 - cos`` as slack (:data:`PIN`)."""
 PIN = {case: 1 - 1.1 * (1 - cos) for case, cos in MEASURED.items()}
 RUN_ALL = os.environ.get("EDGERT_ZOO") == "all"
 EXPORTERS = ("torchscript", "dynamo")
