@@ -30,12 +30,15 @@ FULL_INSTALL_ONLY = ("compile", "export", "tune", "bundle", "demo")
 BUNDLE_INFO = "bundle.json"
 MODELS_DIR = "models"
 PROFILE_RUNS = 100
+MISSING_EXIT = 10
+"""Exit code of a command this board cannot do: it needs the full install, a module the bundle
+left out or a package not installed here (edgert.errors uses 1 and 3-9)."""
 
 
 class FullInstallError(EdgertError):
     """A command that needs edgert's compiler (the full install) was run from a bundle."""
 
-    exit_code = 2
+    exit_code = MISSING_EXIT
 
 
 def bundle_root() -> Path:
@@ -336,6 +339,16 @@ def print_table(rows: list[Sequence[str]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def missing_module_hint(name: str) -> str:
+    """One line for a module this board lacks: an edgert module the bundle left out (the numba
+    backend, the compiler) or a Python package not installed here."""
+    if name.split(".")[0] == "edgert":
+        return (f"{name} is not in this bundle: the numba backend needs a bundle made with "
+                "`edgert bundle --backend numba`, compiling needs the full install")
+    return (f"this needs the Python package {name.split('.')[0]}, which is not installed here "
+            "(pip install -r requirements.txt next to the bundle's edgert/ folder)")
+
+
 def _profiling_api() -> Any:
     """edgert.profiling's ``api`` module when this edgert carries it and it imports here."""
     try:
@@ -417,6 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgertError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        print(f"error: {missing_module_hint(e.name or str(e))}", file=sys.stderr)
+        return MISSING_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -153,9 +153,14 @@ def test_x86_bundle_runs_with_numpy_only(int_models, tmp_path):
     assert "p50" in profile.stdout and "5 runs" in profile.stdout
 
     compile_ = board(python, deploy, "compile", "m.onnx", "-o", "m.edgert", cwd=tmp_path)
-    assert compile_.returncode != 0 and compile_.stdout == ""
+    assert compile_.returncode == 10 and compile_.stdout == ""
     assert len(compile_.stderr.strip().splitlines()) == 1, compile_.stderr
     assert "needs the full edgert install" in compile_.stderr
+
+    numba = board(python, deploy, "run", "int_matmul", "-i", f"x={tmp_path / 'x.npy'}",
+                  "--backend", "numba", cwd=tmp_path)        # not in a tvm bundle
+    assert numba.returncode == 10 and len(numba.stderr.strip().splitlines()) == 1, numba.stderr
+    assert "--backend numba" in numba.stderr
 
 
 def test_rpi5_bundle_under_qemu(qemu_env, int_models, tmp_path):

@@ -30,6 +30,8 @@ from typing import Any
 from edgert.errors import InputError, TargetError
 
 BACKENDS = ("tvm", "numba")
+CUDA_NOTE = ("# CUDA targets compile their kernels when they load: also NVRTC's Python bindings\n"
+             "# (cuda-bindings) or the CUDA toolkit's nvcc on the PATH (JetPack has it)\n")
 Log = Callable[[str], None]
 
 
@@ -169,9 +171,10 @@ def _fill(stage: Path, board: Any, report: BundleReport, models: dict[str, Path]
     for name, path in models.items():
         shutil.copyfile(path, stage / "models" / name)
     parts["models"] = sum(f.stat().st_size for f in (stage / "models").iterdir())
+    cuda = CUDA_NOTE if board.device == "cuda" else ""
     (stage / "requirements.txt").write_text(
         "# Python packages the board needs besides this bundle (pip install -r "
-        "requirements.txt)\n" + "\n".join(report.requirements) + "\n")
+        "requirements.txt)\n" + "\n".join(report.requirements) + "\n" + cuda)
     (stage / "bundle.json").write_text(json.dumps(
         _bundle_info(board, report.backend, report.python, list(models), parts, runtime),
         indent=1, sort_keys=True) + "\n")
