@@ -108,6 +108,10 @@ def test_op_rows_shares_counts_and_order():
     assert [r.calls for r in rows] == [3, 2, 40]
     assert rows[0].nodes == ["mm0", "mm1", "mm2"] and rows[1].nodes == ["a0", "a1"]
     assert rows[0].op_type == "MatMul" and rows[2].op_type == ops.VM_TYPE
+    types = ops.by_op_type(rows + [ops.OpRow("add9", "Add", 0.5, 0.125, 1)])
+    assert [(t["op_type"], t["kernels"], t["calls"]) for t in types] == [
+        ("MatMul", 1, 3), ("Add", 2, 3), (ops.VM_TYPE, 1, 40)]
+    assert types[1]["ms"] == pytest.approx(1.5)
 
 
 def test_kernel_names_to_onnx_types():

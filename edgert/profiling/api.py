@@ -62,7 +62,8 @@ class ArtifactProfile:
                "throughput_per_s": self.throughput_per_s,
                "latency_histogram": {"counts": hist_counts, "edges_ms": hist_edges,
                                      "scale": hist_scale},
-               "ops": [r.to_json() for r in self.ops], "bandwidth": self.bandwidth,
+               "ops": [r.to_json() for r in self.ops],
+               "op_types": ops.by_op_type(self.ops), "bandwidth": self.bandwidth,
                "memory": self.memory, "energy": self.energy}
         if self.ops_note:
             out["ops_note"] = self.ops_note

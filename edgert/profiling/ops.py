@@ -202,6 +202,20 @@ def op_rows(kernel_times: Sequence[Any], call_order: Sequence[str],
     return sorted(rows, key=lambda r: -r.ms)
 
 
+def by_op_type(rows: Sequence[OpRow]) -> list[dict[str, Any]]:
+    """The breakdown summed by ``op_type`` (a fused kernel counts once, under its joined
+    types): ``{"op_type", "ms", "share", "kernels", "calls"}``, slowest first."""
+    sums: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        d = sums.setdefault(r.op_type, {"op_type": r.op_type, "ms": 0.0, "share": 0.0,
+                                        "kernels": 0, "calls": 0})
+        d["ms"] += r.ms
+        d["share"] += r.share
+        d["kernels"] += 1
+        d["calls"] += r.calls
+    return sorted(sums.values(), key=lambda d: -d["ms"])
+
+
 def graph_nodes(model_bytes: bytes) -> list[tuple[str, str]]:
     """(name, op_type) of every node of a serialized ONNX model, in graph order; empty when
     the ``onnx`` package is not installed (a board with numpy only)."""

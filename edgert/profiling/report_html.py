@@ -122,9 +122,16 @@ def _ops_plot(r: dict[str, Any]) -> list[str]:
         return [f'<p class="note">{escape(note)}</p>']
     top = ops[:TOP_OPS]
     labels = [f"{o['op_type']} · {o['name']}" for o in top]
-    return [svg.hbars(labels, [o["ms"] for o in top], unit="ms",
-                      title="time per run by kernel (ONNX op · kernel)",
-                      notes=[f"{100 * o['share']:.1f}% ×{o['calls']}" for o in top])]
+    out = [svg.hbars(labels, [o["ms"] for o in top], unit="ms",
+                     title="time per run by kernel (ONNX op · kernel)",
+                     notes=[f"{100 * o['share']:.1f}% ×{o['calls']}" for o in top])]
+    types = (r.get("op_types") or [])[:TOP_OPS]
+    if types:
+        out.append(svg.hbars([t["op_type"] for t in types], [t["ms"] for t in types], unit="ms",
+                             title="time per run by ONNX op type",
+                             notes=[f"{100 * t['share']:.1f}%" for t in types],
+                             colors=svg.PALETTE))
+    return out
 
 
 def _energy_plot(r: dict[str, Any]) -> list[str]:
