@@ -5,8 +5,9 @@ file pointing at a folder that holds only numpy: no apache-tvm, no onnx, no edge
 board is the cached arm64 Python of :mod:`edgert.targets.qemu` under ``qemu-aarch64 -cpu
 cortex-a76`` with only its numpy on the path. Integer graphs must give the full install's
 outputs bit for bit. TVM's runtime files come from the apache-tvm wheels (``pip download`` on
-first use, then cached under ``$EDGERT_CACHE/runtime`` like the qemu environment); the tests
-skip when that download is impossible (offline) and print the bundle sizes.
+first use, then cached under ``$EDGERT_CACHE/runtime`` like the qemu environment; offline, the
+x86 bundle takes them from this machine's installed wheels); the rpi5 test skips when the
+aarch64 wheels cannot be downloaded. The tests print the bundle sizes.
 """
 
 from __future__ import annotations
@@ -264,3 +265,34 @@ def test_vit_int_only_bundle(tmp_path):
     with np.load(tmp_path / "out.npz") as got:
         assert_bit_exact("int-only ViT from the bundle", got["logits"].view(np.uint32),
                          want.view(np.uint32))
+
+
+def test_runtime_files_offline_from_the_installed_wheels(monkeypatch, tmp_path):
+    """With pip unable to download, a board like this machine gets TVM's runtime files from
+    the installed wheels: the libraries and the FFI extension, no compiler, a RECORD that
+    lists only what was kept (tvm_ffi finds its libraries through it)."""
+    import json
+
+    import edgert.targets.qemu as qemu
+    from edgert.bundle.runtime_files import ensure_runtime_files
+    from edgert.targets import host_arch
+
+    def offline(*_args, **_kwargs):
+        raise TargetError("fetching TVM's runtime for the bundle: pip download failed (test)")
+
+    monkeypatch.setattr(qemu, "pip_download", offline)
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    folder = ensure_runtime_files(host_arch(), py, cache=tmp_path)
+    files = json.loads((folder / "files.json").read_text())["files"]
+    assert {"tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so", "tvm/runtime/vm.py",
+            "typing_extensions.py"} <= set(files)
+    assert any(f.startswith("tvm_ffi/core.") for f in files)
+    assert not any("compiler" in f or f.startswith(("tvm/relax/", "tvm/include/")) for f in files)
+    for rel, size in files.items():
+        assert (folder / rel).stat().st_size == size
+    record = next(folder.glob("apache_tvm_ffi-*.dist-info/RECORD")).read_text().splitlines()
+    assert {ln.split(",")[0] for ln in record} <= set(files) | {ln.split(",")[0] for ln in record
+                                                               if ln.endswith("RECORD,,")}
+    with pytest.raises(TargetError, match="pip download failed"):   # another architecture
+        ensure_runtime_files("aarch64" if host_arch() != "aarch64" else "x86_64", py,
+                             cache=tmp_path)

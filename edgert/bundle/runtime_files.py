@@ -22,7 +22,8 @@ The wheels come from ``pip download --platform manylinux_2_X_<arch> --only-binar
 --no-deps`` (:func:`edgert.targets.qemu.pip_download`); the kept files are cached under
 ``$EDGERT_CACHE/runtime/<key>/`` (default ``~/.cache/edgert/runtime``), so a second bundle
 for the same board is a file copy. A first fetch downloads about 105 MB of wheels (pip's own
-cache makes a repeat cheap) and takes a few seconds.
+cache makes a repeat cheap) and takes a few seconds. Offline, a board of this machine's
+architecture and Python version gets the same files from this machine's installed wheels.
 """
 
 from __future__ import annotations
@@ -152,20 +153,30 @@ def _fetch(folder: Path, arch: str, python: str, cuda: bool, log: Log) -> None:
     try:
         wheels = tmp / "wheels"
         pure = [f"{name}=={metadata.version(name)}" for name in PURE_DEPS]
-        pip_download([f"apache-tvm=={v['tvm']}", f"apache-tvm-ffi=={v['tvm_ffi']}", *pure],
-                     wheels,
-                     py=python, platforms=manylinux_platforms(arch, BOARD_GLIBC),
-                     what=f"pip download (the {arch} wheels of apache-tvm for Python {python})",
-                     timeout=900, context="fetching TVM's runtime for the bundle")
+        try:
+            pip_download([f"apache-tvm=={v['tvm']}", f"apache-tvm-ffi=={v['tvm_ffi']}", *pure],
+                         wheels, py=python, platforms=manylinux_platforms(arch, BOARD_GLIBC),
+                         what=f"pip download (the {arch} wheels of apache-tvm for Python "
+                         f"{python})", timeout=900,
+                         context="fetching TVM's runtime for the bundle")
+        except TargetError:
+            if not _is_this_machine(arch, python):
+                raise
+            log("pip download failed (offline?): taking the same files from this machine's "
+                "installed wheels")
+            wheels = None
         python_files = set(imported_python_files())
         tree = tmp / "tree"
         sizes: dict[str, int] = {}
-        for whl in sorted(wheels.glob("*.whl")):
-            sizes.update(_extract_kept(whl, tree, python_files, cuda))
+        if wheels is None:
+            sizes = _copy_installed(tree, python_files, cuda)
+        else:
+            for whl in sorted(wheels.glob("*.whl")):
+                sizes.update(_extract_kept(whl, tree, python_files, cuda))
         missing = [p for p in ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so")
                    if p not in sizes]
         if missing:
-            raise TargetError(f"the downloaded wheels lack {', '.join(missing)}")
+            raise TargetError(f"the wheels of apache-tvm lack {', '.join(missing)}")
         (tree / "files.json").write_text(json.dumps(
             {"arch": arch, "python": python, "cuda": cuda, **v, "files": sizes}, indent=1,
             sort_keys=True))
@@ -175,6 +186,44 @@ def _fetch(folder: Path, arch: str, python: str, cuda: bool, log: Log) -> None:
     total = sum(sizes.values()) / 1e6
     log(f"TVM runtime for {arch}, Python {python}: {len(sizes)} files, {total:.1f} MB "
         f"({time.perf_counter() - start:.1f} s)")
+
+
+def _is_this_machine(arch: str, python: str) -> bool:
+    """Whether this machine's installed TVM wheels are the ones a board of ``arch`` with CPython
+    ``python`` needs (then they stand in for a download that failed)."""
+    from edgert.targets import host_arch
+
+    return arch == host_arch() and python == f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _copy_installed(tree: Path, python_files: set[str], cuda: bool) -> dict[str, int]:
+    """The kept files of this machine's installed apache-tvm, apache-tvm-ffi and
+    :data:`PURE_DEPS` (the files of their wheels, listed by each RECORD), with the same
+    dist-info as :func:`_extract_kept` writes."""
+    sizes: dict[str, int] = {}
+    for name in ("apache-tvm", "apache-tvm-ffi", *PURE_DEPS):
+        dist = metadata.distribution(name)
+        kept = []
+        for f in dist.files or []:
+            rel = f.as_posix()
+            info_dir = rel.split("/")[0].endswith(".dist-info")
+            if not is_kept(rel, python_files, cuda) and not (
+                    info_dir and rel.split("/")[-1] in DIST_FILES):
+                continue
+            dest = tree / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(dist.locate_file(f), dest)
+            sizes[rel] = dest.stat().st_size
+            kept.append(rel)
+        info = next((k.split("/")[0] for k in kept if k.endswith("/METADATA")), None)
+        if info is None:
+            continue
+        record = dist.read_text("RECORD") or ""
+        lines = [ln for ln in record.splitlines() if ln.split(",")[0] in set(kept)]
+        path = tree / info / "RECORD"
+        path.write_text("\n".join([*lines, f"{info}/RECORD,,"]) + "\n")
+        sizes[f"{info}/RECORD"] = path.stat().st_size
+    return sizes
 
 
 def _extract_kept(whl: Path, tree: Path, python_files: set[str], cuda: bool) -> dict[str, int]:
