@@ -122,14 +122,33 @@ def _interrupted_compile(model: Path, folder: Path, sig: int) -> subprocess.Pope
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _deep_mlp(path: Path, layers: int = 8) -> Path:
+    """MatMul + Relu x ``layers`` of different widths: a model whose build takes a while
+    (a kernel per layer) so that a signal sent as it starts lands inside it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    widths = [8 + 8 * i for i in range(layers + 1)]
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array(
+            rng.standard_normal((widths[i], widths[i + 1])).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", widths[0]])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["b", widths[-1]])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def test_compile_interrupted_during_the_build(tmp_path):
     """SIGINT and SIGTERM (two compiles side by side), sent once the lower stage has ended,
     i.e. during TVM's build: exit 130 / 143, "interrupted", no artifact, no temporary file or
     folder, no build log."""
-    from test_reliability_models import tiny_model
-
-    model = tmp_path / "tiny.onnx"
-    model.write_bytes(tiny_model().SerializeToString())
+    model = _deep_mlp(tmp_path / "deep.onnx")
     procs = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         folder = tmp_path / sig.name
@@ -139,8 +158,8 @@ def test_compile_interrupted_during_the_build(tmp_path):
         for line in proc.stdout:                       # stage lines, as each stage ends
             if line.split()[:1] == ["lower"]:
                 break
-        time.sleep(0.5)
-        assert proc.poll() is None, "the build ended before the signal"
+        time.sleep(0.05)
+        assert proc.poll() is None, "the compile ended before the signal"
         proc.send_signal(sig)
     for sig, (folder, proc) in procs.items():
         _, err = proc.communicate(timeout=300)
