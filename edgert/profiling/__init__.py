@@ -1,10 +1,11 @@
 """``edgert profile``: where an artifact's time, memory and energy go.
 
 The measuring core (:mod:`.stats`, :mod:`.inputs`, :mod:`.timeline`, :mod:`.ops`,
-:mod:`.bandwidth`, :mod:`.memory`, :mod:`.api`) and the report writers :mod:`.report_json`,
-:mod:`.report_html` and :mod:`.trace` need only numpy and edgert's runtime, so a board with
-numpy alone runs them; onnx, onnxruntime and rich are imported inside the functions that use
-them (:mod:`.report_text` falls back to plain text without rich).
+:mod:`.bandwidth`, :mod:`.memory`, :mod:`.llm`, :mod:`.machine`, :mod:`.api`) and the report
+writers :mod:`.report_json`, :mod:`.report_html` (plots by :mod:`.svg`), :mod:`.report_text`
+and :mod:`.trace` need only numpy and edgert's runtime, so a board with numpy alone runs them;
+onnx, onnxruntime and rich are imported inside the functions that use them (the text report
+falls back to plain text without rich). :mod:`.command` is the ``edgert profile`` command.
 
     from edgert.profiling import profile
     result = profile("model.edgert", runs=100)
