@@ -70,6 +70,7 @@ def model_energy(name: str, case: Any, tmp: Path, seq: int, table: str | None) -
                      "by_op": result.details["joules_by_op_type"],
                      "uncounted": result.details["uncounted_ops"],
                      "source": result.source})
+        print(f"    {result.summary()}", file=sys.stderr, flush=True)
     fp32 = rows[0]
     for row in rows:
         row["ratio"] = row["joules"] / fp32["joules"]
