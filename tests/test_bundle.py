@@ -296,3 +296,18 @@ def test_runtime_files_offline_from_the_installed_wheels(monkeypatch, tmp_path):
     with pytest.raises(TargetError, match="pip download failed"):   # another architecture
         ensure_runtime_files("aarch64" if host_arch() != "aarch64" else "x86_64", py,
                              cache=tmp_path)
+
+
+def test_numba_bundle_has_no_tvm(int_models, tmp_path):
+    """``--backend numba``: no TVM files; the board's requirements pin numba, llvmlite and onnx;
+    bundle.json makes numba the board CLI's default backend."""
+    import json
+
+    report = make_bundle([int_models["host"]], tmp_path / "deploy", backend="numba")
+    deploy = report.path
+    assert not (deploy / "tvm").exists() and not list(deploy.rglob("*.so"))
+    assert (deploy / "edgert" / "backends" / "numba_backend.py").is_file()
+    pins = {line.split("==")[0] for line in report.requirements}
+    assert pins == {"numpy", "numba", "llvmlite", "onnx"}
+    assert json.loads((deploy / "bundle.json").read_text())["backend"] == "numba"
+    assert report.runtime_bytes < 2e6, report.lines()
