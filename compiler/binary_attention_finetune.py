@@ -329,7 +329,8 @@ def _positive_scalar(v: Any) -> bool:
 
 class _AttentionMode:
     """A torch function mode finding the attention sites of one forward pass (module
-    docstring), in call order. ``collect``: records each site's queries, keys, probabilities
+    docstring), in call order (site ``i`` of a forward pass is call ``i`` modulo the number of
+    hashes, so one mode may see several passes). ``collect``: records each site's queries, keys, probabilities
     and bias (numpy, in :attr:`data`) and changes nothing; ``hash``: each site's probabilities
     come from its binary codes (``hashes[i]``; ``exact`` codes without the tanh gradient when
     autograd is off)."""
@@ -438,6 +439,7 @@ class _AttentionMode:
         torch = _torch()
         i = self.sites
         self.sites += 1
+        self.origin.clear()                     # one chain at a time: drop its tensors
         if self.mode == "collect":
             probs = exact()
             while len(self.data) <= i:
@@ -449,9 +451,9 @@ class _AttentionMode:
             d.probs.append(np32(probs))
             d.bias.append(None if bias is None else np32(_pad_bias(bias)))
             return probs
-        if self.hashes is None or i >= len(self.hashes):
-            raise InputError(f"the model ran attention site {i + 1}, but the hashes cover "
-                             f"{len(self.hashes or [])} sites")
+        if not self.hashes:
+            raise InputError("no hashes to run the attention on")
+        i %= len(self.hashes)                   # every forward pass runs the sites in order
         return self.hashes[i].probs(q, k, bias, self.bits, self.form,
                                     exact=not torch.is_grad_enabled())
 
