@@ -10,8 +10,9 @@ Memory traffic model (deliberately simple; every access is a 64-bit word):
   else from the smallest SRAM of the table (8 KB, 32 KB, 1 MB) that holds them all;
 - activations: each node reads its non-weight inputs and writes its outputs once (the bytes its
   counts give; views such as Reshape move nothing), from the smallest SRAM of the table
-  (8 KB, 32 KB, 1 MB) that holds all of the node's activation tensors; a node whose tensors
-  exceed ``cache_bytes`` moves them to and from DRAM.
+  (8 KB, 32 KB, 1 MB) that holds all of the node's activation tensors, the 1 MB one for
+  larger tensors: activations stay on chip (they are produced and consumed in tiles; a graph
+  whose activations stream through DRAM would cost more than this model says).
 
 Per inference: a graph counted at batch ``B`` (the first dim of the first input) is divided by
 ``B``. What the model leaves out: instruction fetch and control, register files, data
@@ -35,7 +36,7 @@ WORD = 8
 """Bytes per memory access (the table's energies are per 64 bits)."""
 MEMORY_MODEL = ("weights once per inference from DRAM above the cache size, else from the "
                 "smallest SRAM holding them; activations (each tensor once per node) from the "
-                "smallest SRAM holding the node's activations")
+                "smallest SRAM holding the node's activations, else the 1 MB SRAM")
 
 
 def category(field_name: str) -> str:
@@ -130,9 +131,7 @@ def energy_of_counts(counts: GraphCounts, table: EnergyTable) -> EnergyResult:
 
 def _activation_level(footprint: int, table: EnergyTable) -> tuple[str, float]:
     """(category, pJ per 64-bit access) of a node whose activations take ``footprint`` bytes:
-    DRAM above the cache size, else the smallest SRAM entry holding them."""
-    if footprint > table.cache_bytes:
-        return "dram", table.memory["dram"]
+    always SRAM, the smallest entry holding them (the 1 MB one above that)."""
     return "sram", table.memory[sram_key(footprint)]
 
 
