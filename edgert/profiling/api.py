@@ -279,13 +279,21 @@ def _breakdown(res: ArtifactProfile, sess: Any, feed: Mapping[str, np.ndarray], 
     if not nodes:
         res.ops_note = "ONNX node names need the onnx package; kernel names only"
     first = [c.name for c in calls if c.run == 0]
-    res.ops = ops.op_rows(times, first, nodes)
     mapped = ops.map_calls_to_nodes(first, nodes) if nodes else [[] for _ in first]
+    res.ops = ops.op_rows(times, first, nodes, mapped)
+    summed, plain = sum(r.ms for r in res.ops), res.latency_ms["p50"]
+    if summed > INSTRUMENT_SLACK * plain:
+        res.ops_note = (f"the kernels timed one by one sum to {summed:.4g} ms, "
+                        f"{summed / plain:.1f}x a plain run's p50 ({plain:.4g} ms): the VM "
+                        "instrument slows this model's calls (thread-pool wake-ups between "
+                        "kernels); read the shares, not the absolute ms")
     per_call = [mapped[j % len(first)] if first else [] for j in range(len(calls))]
     types = {r.name: r.op_type for r in res.ops}
     res.trace = trace_events(calls, per_call, types, pid=pid, label=res.artifact)
 
 
+INSTRUMENT_SLACK = 1.3
+"""Kernels summing to more than this times a plain run's p50 get an ``ops_note``."""
 KERNEL_CHUNKS = 5
 """``Session.kernel_times`` is called this many times; each kernel's time is the median."""
 

@@ -177,16 +177,20 @@ LCS_CELLS = 3_000_000
 
 
 def op_rows(kernel_times: Sequence[Any], call_order: Sequence[str],
-            nodes: Sequence[tuple[str, str]]) -> list[OpRow]:
+            nodes: Sequence[tuple[str, str]],
+            mapping: Sequence[Sequence[str]] | None = None) -> list[OpRow]:
     """The breakdown table: one :class:`OpRow` per entry of
     :meth:`edgert.Session.kernel_times` (``name``, ``calls``, ``ms``), with ONNX types and
     nodes from one run's ``call_order`` mapped onto ``nodes`` ((name, op_type) in graph
-    order; empty when the graph could not be read). Slowest first."""
+    order; empty when the graph could not be read); ``mapping``: :func:`map_calls_to_nodes`
+    of them when already computed. Slowest first."""
     from edgert.backends.tvm_vm import VM_OVERHEAD
 
     graph_types = {t for _, t in nodes}
     mapped: dict[str, list[str]] = {}
-    for kernel, names in zip(call_order, map_calls_to_nodes(call_order, nodes)):
+    if mapping is None:
+        mapping = map_calls_to_nodes(call_order, nodes)
+    for kernel, names in zip(call_order, mapping):
         mapped.setdefault(kernel, []).extend(names)
     type_of = dict((n, t) for n, t in nodes)
     total = sum(k.ms for k in kernel_times) or 1.0

@@ -122,7 +122,8 @@ def _ops_plot(r: dict[str, Any]) -> list[str]:
         return [f'<p class="note">{escape(note)}</p>']
     top = ops[:TOP_OPS]
     labels = [f"{o['op_type']} · {o['name']}" for o in top]
-    out = [svg.hbars(labels, [o["ms"] for o in top], unit="ms",
+    out = [f'<p class="note">{escape(r["ops_note"])}</p>'] if r.get("ops_note") else []
+    out += [svg.hbars(labels, [o["ms"] for o in top], unit="ms",
                      title="time per run by kernel (ONNX op · kernel)",
                      notes=[f"{100 * o['share']:.1f}% ×{o['calls']}" for o in top])]
     types = (r.get("op_types") or [])[:TOP_OPS]

@@ -48,7 +48,8 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                 orows.append([f"({len(rest)} more)", "", _ms(sum(o["ms"] for o in rest)),
                               f"{100 * sum(o['share'] for o in rest):.1f}%",
                               str(sum(o["calls"] for o in rest)), ""])
-            out.append((f"{name}: per-kernel time per run",
+            note = f" (note: {r['ops_note']})" if r.get("ops_note") else ""
+            out.append((f"{name}: per-kernel time per run{note}",
                         ["kernel", "ONNX op", "ms", "share", "calls", "ONNX nodes"], orows))
     out.append(("memory, bandwidth, energy", header, _resource_rows(results)))
     return out
