@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgert.errors import EdgertError, InputError
+from edgert.feeds import load_inputs, save_npz
 
 FULL_INSTALL_ONLY = ("compile", "export", "tune", "bundle", "demo")
 BUNDLE_INFO = "bundle.json"
@@ -105,36 +106,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    """Latency of an artifact on given or random inputs, measured by
-    :func:`edgert.profiling.profile` when this edgert carries it (and the tvm backend runs),
-    else by :func:`latency_summary`: min, p50, p90, p99, mean, max in milliseconds."""
+    """Latency (min, mean, p50, p90, p99, max, std in milliseconds) and, on the tvm backend,
+    per-kernel times of an artifact on given or random inputs, by :func:`edgert.profiling.profile`
+    (no energy figure: the board command times only)."""
+    from edgert.profiling import api, report_text
+    from edgert.session import Session
+
     path = resolve_model(args.model)
-    backend = args.backend or default_backend()
-    api = _profiling_api() if backend == "tvm" else None
-    report = result = None
-    if api is not None:
-        given = load_inputs(args.input) if args.input else None
-        try:
-            result = api.profile(str(path), runs=args.runs, warmup=args.warmup,
-                                 threads=args.threads, inputs_given=given, energy=False)
-        except ImportError:          # a part of the report that needs a package not here
-            result = None
-        if result is not None:
-            latency = dict(result.latency_ms)
-            report = result.to_json() if args.json else None
-    if result is None:
-        latency = latency_summary(path, args.input, runs=args.runs, warmup=args.warmup,
-                                  threads=args.threads, backend=backend)
-    if report is not None:
-        print(json.dumps(report, indent=1))
-        return 0
+    sess = Session(path, backend=args.backend or default_backend(), threads=args.threads)
+    given = load_inputs(args.input) if args.input else None
+    result = api.profile(sess, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                         inputs_given=given, energy=False)
+    report = result.to_json()
     if args.json:
-        print(json.dumps({"model": str(path), "runs": args.runs, "latency_ms": latency},
-                         indent=1))
-        return 0
-    print(f"{path}: {args.runs} runs, batch {latency.get('batch', 1)}")
-    print_table([("", *latency_keys(latency)),
-                 ("ms", *(f"{latency[k]:.4g}" for k in latency_keys(latency)))])
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"{path}: {args.runs} runs after {args.warmup} warm-up, {sess.backend} backend\n")
+        print(report_text.plain_text(report))
     return 0
 
 
@@ -248,88 +236,6 @@ def op_counts(model_bytes: bytes) -> dict[str, int] | None:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def latency_summary(path: Path, inputs: Sequence[str], *, runs: int, warmup: int,
-                    threads: int | None, backend: str) -> dict[str, float]:
-    """``runs`` timed runs after ``warmup`` untimed ones on the given inputs (else random ones
-    of the manifest's shapes, symbolic axes 1): min/p50/p90/p99/mean/max in milliseconds."""
-    from edgert.session import Session
-
-    sess = Session(path, backend=backend, threads=threads)
-    feed = load_inputs(inputs) if inputs else random_feed(sess.manifest)
-    for _ in range(warmup):
-        sess.run(None, feed)
-    seconds = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        seconds[i] = time.perf_counter() - start
-    ms = seconds * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    batch = next((int(a.shape[0]) for a in feed.values() if a.ndim), 1)
-    return {"min": float(ms.min()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "mean": float(ms.mean()), "max": float(ms.max()), "batch": batch}
-
-
-def latency_keys(latency: dict[str, Any]) -> list[str]:
-    return [k for k in ("min", "p50", "p90", "p99", "mean", "max") if k in latency]
-
-
-def random_feed(manifest: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of the manifest's dtypes and shapes (symbolic axes 1): standard normal floats,
-    integers inside their ``range`` (else 0..9)."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in manifest.get("inputs") or []:
-        shape = [d if isinstance(d, int) else 1 for d in spec["shape"]]
-        dtype = np.dtype(spec["dtype"])
-        if dtype.kind == "f":
-            feed[spec["name"]] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            feed[spec["name"]] = np.ones(shape, dtype)
-        else:
-            r = spec.get("range") or {}
-            lo, hi = int(r.get("min", 0)), int(r.get("max", 9))
-            feed[spec["name"]] = rng.integers(lo, hi + 1, shape).astype(dtype)
-    return feed
-
-
-def load_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
-    """``NAME=file.npy`` or one ``.npz`` holding every input by name -> feed dict.
-
-    Raises:
-        InputError: a missing file, not a .npy/.npz file, a .npy without a name.
-    """
-    feed: dict[str, np.ndarray] = {}
-    for spec in specs:
-        name, sep, file = spec.partition("=")
-        if not sep:
-            file, name = spec, ""
-        path = Path(file)
-        if not path.is_file():
-            raise InputError(f"--input {spec}: no such file {file}")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise InputError(f"--input {spec}: not a .npy/.npz file ({e})") from None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            if name:
-                raise InputError(f"--input {spec}: give a .npz file alone, without NAME=")
-            feed.update({k: loaded[k] for k in loaded.files})
-        elif not name:
-            raise InputError(f"--input {spec}: a .npy file needs a name: --input NAME={file}")
-        else:
-            feed[name] = loaded
-    return feed
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to an .npz file atomically."""
-    from edgert.fileio import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def print_table(rows: list[Sequence[str]]) -> None:
     """Rows of strings as left-aligned columns (the first row is the header)."""
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -347,15 +253,6 @@ def missing_module_hint(name: str) -> str:
                 "`edgert bundle --backend numba`, compiling needs the full install")
     return (f"this needs the Python package {name.split('.')[0]}, which is not installed here "
             "(pip install -r requirements.txt next to the bundle's edgert/ folder)")
-
-
-def _profiling_api() -> Any:
-    """edgert.profiling's ``api`` module when this edgert carries it and it imports here."""
-    try:
-        from edgert.profiling import api
-    except ImportError:
-        return None
-    return api if hasattr(api, "profile") else None
 
 
 # ---------------------------------------------------------------------------------- parser

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from edgert.backends import BACKENDS
 from edgert.errors import EdgertError, InputError
+from edgert.feeds import load_inputs, save_npz
 from edgert.bundle.command import make_bundle_cli
 from edgert.profiling.command import make_profile_cli
 
@@ -352,7 +353,7 @@ def run(
 
     sess = Session(artifact, backend=backend, threads=threads, rpc=rpc,
                    check_finite=check_finite)
-    feed = _load_inputs(inputs)
+    feed = load_inputs(inputs)
     names = [o.name for o in sess.get_outputs()]
     results = sess.run(None, feed)
     table = Table("output", "shape", "dtype", "min", "max", "mean")
@@ -361,7 +362,7 @@ def run(
         table.add_row(name, str(list(value.shape)), str(value.dtype), *stats)
     out.print(table)
     if output:
-        _save_npz(output, dict(zip(names, results)))
+        save_npz(output, dict(zip(names, results)))
         out.print(f"wrote {output}")
 
 
@@ -552,38 +553,7 @@ def _scale_text(spec: dict | None) -> str:
     return f"{scale:.6g}"
 
 
-def _load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
-    feed: dict[str, np.ndarray] = {}
-    for spec in specs:
-        name, sep, file = spec.partition("=")
-        if not sep:
-            file, name = spec, ""
-        path = Path(file)
-        if not path.is_file():
-            raise InputError(f"--input {spec}: no such file {file}")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise InputError(f"--input {spec}: not a .npy/.npz file ({e})") from None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            if name:
-                raise InputError(f"--input {spec}: give a .npz file alone, without NAME=")
-            feed.update({k: loaded[k] for k in loaded.files})
-        elif not name:
-            raise InputError(f"--input {spec}: a .npy file needs a name: --input NAME={file}")
-        else:
-            feed[name] = loaded
-    return feed
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from edgert.fileio import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-app.command("profile")(make_profile_cli(out, _terminal_console, _load_inputs))
+app.command("profile")(make_profile_cli(out, _terminal_console))
 app.command("bundle")(make_bundle_cli(out, _terminal_console))
 
 

@@ -11,14 +11,14 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
+from edgert.feeds import load_inputs
+
 Opt = typer.Option
 
 
-def make_profile_cli(out: Any, terminal_console: Callable[[], Any],
-                     load_inputs: Callable[[list[str]], dict[str, np.ndarray]]
-                     ) -> Callable[..., None]:
+def make_profile_cli(out: Any, terminal_console: Callable[[], Any]) -> Callable[..., None]:
     """The typer command ``edgert profile``, printing to ``out`` (a rich console), its progress
-    bar on ``terminal_console()``, ``--input`` files read by ``load_inputs`` (edgert.cli's)."""
+    bar on ``terminal_console()``."""
 
     def profile(
         artifacts: Annotated[list[Path], typer.Argument(help="One or more .edgert artifacts "
