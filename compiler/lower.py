@@ -104,11 +104,12 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
         raise TargetError(f"--tuning-db applies to CPU targets; {target.name} is a GPU target")
     try:
         if target.cuda_arch:
-            from edgert.compiler import schedule_intmatmul
+            from edgert.compiler import schedule_cuda_ops, schedule_intmatmul
 
             int_isa = schedule_intmatmul.target_isa(target)      # dp4a int8 matmuls
             if int_isa is not None:
                 mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=int_isa)
+            mod = schedule_cuda_ops.schedule_edgert_ops(mod)    # LMul, Shift, hash, binary attn
             executable = tvm.compile(_schedule_for_gpu(mod, tvm_target), target=tvm_target)
         else:
             executable = tvm.compile(_schedule_for_cpu(mod, target, tvm_target),

@@ -208,7 +208,6 @@ KSH_AUC = 0.955
     ({"binary_attention": True, "calib": "x.npz", "hash_bits": 12}, "--hash-bits must be one"),
     ({"binary_attention": True, "calib": "x.npz", "attention_form": "cubic"},
      "--attention-form must be one of quadratic, linear"),
-    ({"binary_attention": True, "calib": "x.npz", "target": "jetson-orin"}, "CPU targets"),
 ])
 def test_options_that_do_not_apply(tmp_path, fields, message):
     with pytest.raises(InputError, match=message):

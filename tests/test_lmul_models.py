@@ -94,7 +94,6 @@ def test_gemms_that_are_not_plain_products_and_rank1_operands_are_kept():
     ({"lmul": "some"}, "--lmul must be one of attention, all"),
     ({"lmul": "all", "lmul_mantissa": 6}, "--lmul-mantissa must be one of 2, 3, 4, 5"),
     ({"lmul": "all", "weight_bits": 4}, "--lmul attention with --weight-bits"),
-    ({"lmul": "attention", "target": "jetson-orin"}, "CPU targets"),
 ])
 def test_options_that_do_not_apply(tmp_path, fields, message):
     with pytest.raises(InputError, match=message):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from edgert.compiler.check import check_model
 from edgert.compiler.stages import Context, Graph
-from edgert.errors import InputError
 from edgert.onnx_graph import graph_inputs
 
 
@@ -15,15 +14,11 @@ def binary_attention(graph: Graph, ctx: Context) -> Graph:
     the manifest's ``binary_attention`` section; ``graph`` itself without the option.
 
     Raises:
-        InputError: a GPU target (the kernels have CPU schedules only), or calibration data
-            that does not fit the model.
+        InputError: calibration data that does not fit the model.
     """
     opts = ctx.options
     if not opts.binary_attention:
         return graph
-    if ctx.target.cuda_arch:
-        raise InputError(f"--binary-attention compiles for CPU targets; {ctx.target.name} is a "
-                         f"GPU target")
     from edgert.compiler.binary_attention import binary_attention_model
     from edgert.compiler.calibrate import sample_feeds
 

@@ -5,21 +5,15 @@ from __future__ import annotations
 
 from edgert.compiler.check import check_model
 from edgert.compiler.stages import Context, Graph
-from edgert.errors import InputError
 
 
 def lmul_matmuls(graph: Graph, ctx: Context) -> Graph:
     """``graph`` with its ``--lmul`` matmuls on L-Mul products and the manifest's ``lmul``
     section; ``graph`` itself without ``--lmul``.
-
-    Raises:
-        InputError: a GPU target (the LMulMatMul kernel has a CPU schedule only).
     """
     mode = ctx.options.lmul
     if mode is None:
         return graph
-    if ctx.target.cuda_arch:
-        raise InputError(f"--lmul compiles for CPU targets; {ctx.target.name} is a GPU target")
     from edgert.compiler.lmul import lmul_model
 
     ctx.stage("replacing matmul products by L-Mul")

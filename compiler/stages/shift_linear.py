@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from edgert.compiler.check import check_model
 from edgert.compiler.stages import Context, Graph
-from edgert.errors import InputError
 
 
 def shift_linears(graph: Graph, fp32: Graph, ctx: Context) -> Graph:
@@ -15,15 +14,11 @@ def shift_linears(graph: Graph, fp32: Graph, ctx: Context) -> Graph:
     ``--shift-linear``.
 
     Raises:
-        InputError: a GPU target (the ShiftMatMul kernel has a CPU schedule only), a bad
-            pattern.
+        InputError: a bad pattern.
     """
     choice = ctx.options.shift_linear
     if choice is None:
         return graph
-    if ctx.target.cuda_arch:
-        raise InputError(f"--shift-linear compiles for CPU targets; {ctx.target.name} is a GPU "
-                         f"target")
     from edgert.compiler.shift_linear import shift_linear_model
 
     ctx.stage("rounding Linear weights to powers of two")

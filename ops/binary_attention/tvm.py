@@ -16,6 +16,13 @@ Schedules (:func:`schedule`, the same for x86 and aarch64):
   sums, keys outside and the value columns vectorized, then per query row the signed sums
   over bits and the normalization.
 
+CUDA (:func:`gpu_func`): the quadratic form one thread per query row (batch, head and row
+fused), the row's maximum, denominator and weighted values in registers / local memory, the
+logits and exponentials recomputed where read (no per-row buffer over a symbolic key count);
+the linear form one thread per (batch, head), its bit sums in local memory, then the rows.
+Products, divisions round to nearest (:func:`edgert.ops._floatmath.tvm.cuda_rounding`) and
+``popcount`` is CUDA's ``__popc``, so the GPU gives the spec's bits.
+
 Each kernel is marked ``tirx.is_scheduled`` (the CPU pipeline's rules leave it alone) and
 opaque to operator fusion (``op_pattern`` 8).
 """
@@ -26,8 +33,9 @@ from typing import Any
 
 from tvm import te, tirx
 
+from edgert.ops._common.gpu import mark
 from edgert.ops._common.relax_util import EdgertConverter, attrs_of
-from edgert.ops._floatmath.tvm import exp_neg_tir, fence
+from edgert.ops._floatmath.tvm import div, exp_neg_tir, fence, in_cuda
 from edgert.ops.binary_attention import OP
 from edgert.ops.binary_attention.spec import check_form
 from edgert.ops.hash_codes.spec import code_dtype
@@ -61,8 +69,18 @@ def te_scores(cq: Any, ck: Any, *, bits: int) -> Any:
     return te.compute((*lead, seq, keys), body, name="ba_scores")
 
 
+def _popcount(x: Any) -> Any:
+    """int32 popcount of an unsigned code; for CUDA ``__popc`` / ``__popcll`` (TVM's CUDA
+    backend lowers ``tirx.popcount`` of no narrow type)."""
+    if not in_cuda():
+        return tirx.popcount(x).astype("int32")
+    if str(x.ty) == "uint64":
+        return tirx.call_pure_extern("int32", "__popcll", x)
+    return tirx.call_pure_extern("int32", "__popc", x.astype("uint32"))
+
+
 def _score(a: Any, b: Any, bits: int) -> Any:
-    pop = tirx.popcount(tirx.bitwise_xor(a, b)).astype("int32")
+    pop = _popcount(tirx.bitwise_xor(a, b))
     return tirx.const(bits, "int32") - tirx.shift_left(pop, tirx.const(1, "int32"))
 
 
@@ -96,7 +114,7 @@ def _quadratic(cq: Any, ck: Any, v: Any, temp: Any, bias: Any | None, bits: int)
         return te.sum(fence(e(*t, i, j3) * v(*t, j3, d)), axis=j3)
 
     num = te.compute((*lead, seq, dv), weighted, name="ba_num")
-    return te.compute(num.shape, lambda *idx: num(*idx) * (_f(1) / den(*idx[:-1])),
+    return te.compute(num.shape, lambda *idx: num(*idx) * div(_f(1), den(*idx[:-1])),
                       name="binary_attention")
 
 
@@ -144,7 +162,7 @@ def _linear(cq: Any, ck: Any, v: Any, bias: Any | None, bits: int) -> Any:
     def out(*idx):
         *t, i, d = idx
         n = num(*idx) + fence(c * vs(*t, d))
-        return n * (_f(1) / (den(*t, i) + fence(c * ws(*t))))
+        return n * div(_f(1), den(*t, i) + fence(c * ws(*t)))
 
     return te.compute(num.shape, out, name="binary_attention")
 
@@ -236,6 +254,47 @@ def schedule(func: Any, form: str, has_bias: bool) -> Any:
     return sch.mod["main"].with_attrs({"tirx.is_scheduled": True, "op_pattern": 8})
 
 
+def gpu_func(func: Any) -> Any:
+    """The CUDA kernel for a kernel of this op (module docstring)."""
+    from tvm import s_tir
+
+    from edgert.ops._common import gpu
+
+    kwargs = gpu.kwargs_of(func)
+    has_temp, has_bias = kwargs.pop("has_temperature"), kwargs.pop("has_bias")
+
+    def compute(cq: Any, ck: Any, v: Any, *rest: Any) -> Any:
+        it = iter(rest)
+        temp = next(it) if has_temp else None
+        bias = next(it) if has_bias else None
+        return te_compute(cq, ck, v, temp, bias, **kwargs)
+
+    sch = s_tir.Schedule(gpu.rebuild(func, compute))
+    out = sch.get_sblock("binary_attention")
+    if kwargs["form"] == "quadratic":
+        *outer, _col = sch.get_loops(out)
+        thread = gpu.bind_threads(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        for name in ("ba_exp", "ba_logits"):
+            sch.compute_inline(sch.get_sblock(name))
+        _at_local(sch, ("ba_num", "ba_den", "ba_max"), thread)
+    else:
+        *outer, row, _col = sch.get_loops(out)
+        thread = gpu.bind_threads(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        for name in ("ba_u", "ba_w") if has_bias else ():
+            sch.compute_inline(sch.get_sblock(name))
+        _at_local(sch, ("ba_num", "ba_den"), row)
+        _at_local(sch, ("ba_g", "ba_ksum", "ba_vsum", "ba_wsum"), thread)
+    return gpu.finish(sch)
+
+
+def _at_local(sch: Any, names: tuple, loop: Any) -> None:
+    """Compute the blocks ``names`` (consumers first) under ``loop``, into local memory."""
+    for name in names:
+        block = sch.get_sblock(name)
+        sch.compute_at(block, loop)
+        sch.set_scope(block, 0, "local")
+
+
 class Converter(EdgertConverter):
     """``edgert.BinaryAttention``: the TE compute of the node's form, replaced by its
     :func:`schedule`. Absent optional inputs keep their places (the temperature may be absent
@@ -261,5 +320,7 @@ class Converter(EdgertConverter):
         gv = bb.lookup_binding(out).args[0]
         func = bb.get()[gv]
         if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            bb.update_func(gv, schedule(func, kwargs["form"], bias is not None))
+            marks = {**kwargs, "has_temperature": temp is not None, "has_bias": bias is not None}
+            bb.update_func(gv, mark(schedule(func, kwargs["form"], bias is not None), OP.folder,
+                                    marks))
         return out

@@ -9,6 +9,11 @@ Schedule (:func:`schedule`, the same for x86 and aarch64): one loop over all vec
 head and sequence fused; parallel when the work is large enough), and under it each stage for
 that vector, so the intermediates stay in a few hundred bytes of stack. The projection's bit
 loop is unrolled into the packing.
+
+CUDA (:func:`gpu_func`): one thread per vector (blocks of
+:data:`~edgert.ops._common.gpu.THREADS`), each stage computed by that thread into registers or
+local memory; products, the division and the square root round to nearest
+(:func:`edgert.ops._floatmath.tvm.cuda_rounding`), so the codes are the spec's.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any
 
 from tvm import te, tirx
 
+from edgert.ops._common.gpu import mark
 from edgert.ops._common.relax_util import EdgertConverter, attrs_of
-from edgert.ops._floatmath.tvm import exp_neg_tir, fence
+from edgert.ops._floatmath.tvm import div, exp_neg_tir, fence, sqrt
 from edgert.ops.hash_codes import OP
 from edgert.ops.hash_codes.spec import code_dtype
 
@@ -52,8 +58,8 @@ def te_compute(x: Any, anchors: Any, gamma: Any, mean: Any, proj: Any, *, bits: 
                     name="hash_norm")
 
     def unit(*i):
-        nrm = tirx.sqrt(n2(*i[:-1]))
-        return x(*i) / tirx.Select(nrm == _f(0), _f(1), nrm)
+        nrm = sqrt(n2(*i[:-1]))
+        return div(x(*i), tirx.Select(nrm == _f(0), _f(1), nrm))
 
     xh = te.compute(x.shape, unit, name="hash_unit")
     d2 = te.reduce_axis((0, dim), name="d2")
@@ -116,6 +122,24 @@ def schedule(func: Any) -> Any:
     return sch.mod["main"].with_attrs({"tirx.is_scheduled": True, "op_pattern": 8})
 
 
+def gpu_func(func: Any) -> Any:
+    """The CUDA kernel for a kernel of this op (module docstring)."""
+    from tvm import s_tir
+
+    from edgert.ops._common import gpu
+
+    kwargs = gpu.kwargs_of(func)
+    sch = s_tir.Schedule(gpu.rebuild(func, lambda *t: te_compute(*t, **kwargs)))
+    block = sch.get_sblock("hash_codes")
+    *outer, _bit = sch.get_loops(block)
+    thread = gpu.bind_threads(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    for name in STAGES[::-1]:
+        stage = sch.get_sblock(name)
+        sch.compute_at(stage, thread)
+        sch.set_scope(stage, 0, "local")
+    return gpu.finish(sch)
+
+
 class Converter(EdgertConverter):
     """``edgert.HashCodes``: the TE compute, replaced by its :func:`schedule`."""
 
@@ -129,5 +153,5 @@ class Converter(EdgertConverter):
         gv = bb.lookup_binding(out).args[0]
         func = bb.get()[gv]
         if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            bb.update_func(gv, schedule(func))
+            bb.update_func(gv, mark(schedule(func), OP.folder, kwargs))
         return out

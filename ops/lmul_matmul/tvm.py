@@ -16,6 +16,11 @@ products in ascending k, each addition rounded: the spec's order, so every targe
 spec's bits (no multiply in the chain, so nothing for LLVM to contract into an FMA). The
 accumulator is initialized by its own block before the k loop (``decompose_reduction``).
 
+CUDA (:func:`gpu_func`): one thread per output element (batch, row and column fused, blocks
+of :data:`~edgert.ops._common.gpu.THREADS`), k serial in a register accumulator: the same
+ascending-k float32 sum, so the GPU gives the spec's bits too (the L-Mul is integer adds on the
+bit patterns; no multiply for ``--use_fast_math`` to contract).
+
 The converter emits the compute with ``emit_te`` and replaces the PrimFunc by its scheduled
 form, marked ``tirx.is_scheduled`` (the CPU pipeline's rules leave it alone) and opaque to
 operator fusion (``op_pattern`` 8: a fused epilogue would bring the default loop nest back).
@@ -27,6 +32,7 @@ from typing import Any
 
 from tvm import te, tirx
 
+from edgert.ops._common.gpu import mark
 from edgert.ops._common.relax_util import EdgertConverter, attrs_of
 from edgert.ops.lmul_matmul import OP
 from edgert.ops.lmul_matmul.spec import (INF, MAGNITUDE, MAX_FINITE, MIN_NORMAL, NAN, SIGN,
@@ -148,6 +154,18 @@ def _vectorize_columns(sch: Any, block: Any) -> None:
         sch.vectorize(init_lane)
 
 
+def gpu_func(func: Any) -> Any:
+    """The CUDA kernel for a kernel of this op (module docstring): one thread per output, k
+    serial, accumulated in a register."""
+    from tvm import s_tir
+
+    from edgert.ops._common import gpu
+
+    kwargs = gpu.kwargs_of(func)
+    sch = s_tir.Schedule(gpu.rebuild(func, lambda a, b: te_compute(a, b, **kwargs)))
+    return gpu.finish(gpu.bind_outputs(sch, "lmul_matmul"))
+
+
 class Converter(EdgertConverter):
     """``edgert.LMulMatMul``: the TE compute, replaced by its :func:`schedule`."""
 
@@ -161,5 +179,5 @@ class Converter(EdgertConverter):
         gv = bb.lookup_binding(out).args[0]
         func = bb.get()[gv]
         if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            bb.update_func(gv, schedule(func))
+            bb.update_func(gv, mark(schedule(func), OP.folder, kwargs))
         return out

@@ -14,6 +14,10 @@ instructions exist on each, only the register width differs, and LLVM splits or 
 vectors. The accumulator is initialized by its own block before the k loop
 (``decompose_reduction``).
 
+CUDA (:func:`gpu_func`): one thread per output element (rows and column fused, blocks of
+:data:`~edgert.ops._common.gpu.THREADS`), k serial in a register accumulator: per k one
+variable shift, a negation select and an int32 add, no multiply.
+
 The converter emits the compute with ``emit_te`` and replaces the PrimFunc by its scheduled
 form, marked ``tirx.is_scheduled`` (the CPU pipeline's rules leave it alone) and opaque to
 operator fusion (``op_pattern`` 8).
@@ -25,6 +29,7 @@ from typing import Any
 
 from tvm import te, tirx
 
+from edgert.ops._common.gpu import mark
 from edgert.ops._common.relax_util import EdgertConverter
 from edgert.ops.shift_matmul import OP
 
@@ -90,6 +95,16 @@ def schedule(func: Any) -> Any:
     return sch.mod["main"].with_attrs({"tirx.is_scheduled": True, "op_pattern": 8})
 
 
+def gpu_func(func: Any) -> Any:
+    """The CUDA kernel for a kernel of this op (module docstring)."""
+    from tvm import s_tir
+
+    from edgert.ops._common import gpu
+
+    sch = s_tir.Schedule(gpu.rebuild(func, te_compute))
+    return gpu.finish(gpu.bind_outputs(sch, "shift_matmul"))
+
+
 class Converter(EdgertConverter):
     """``edgert.ShiftMatMul``: the TE compute, replaced by its :func:`schedule`."""
 
@@ -102,5 +117,5 @@ class Converter(EdgertConverter):
         gv = bb.lookup_binding(out).args[0]
         func = bb.get()[gv]
         if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            bb.update_func(gv, schedule(func))
+            bb.update_func(gv, mark(schedule(func), OP.folder, {}))
         return out
