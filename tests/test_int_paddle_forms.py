@@ -8,7 +8,8 @@ quantization leaves alone below opset 13 and the quantizer maps to ``ILayerNorm`
 Tiny torch models, exported by the TorchScript exporter (opset 12: PyTorch writes its
 ``nn.LayerNorm`` out there as Paddle does), compiled ``--int-only``: no float op inside the
 graph, the numba backend equals the TVM build bit for bit, cosine to onnxruntime fp32 per
-sample >= :data:`MIN_COSINE`.
+sample >= :data:`MIN_COSINE`. Nodes of an opset-12 graph are written in the integer graph's
+opset; a Softmax whose pre-13 meaning differs (several axes flattened) is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from edgert import Session
 from edgert.artifact import MODEL_MEMBER, read_artifact
 from edgert.compiler import compile_model
+from edgert.errors import QuantizationError
 from edgert.model_info import describe_model
 
 from ophelpers import assert_bit_exact, row_cosines
@@ -89,3 +91,21 @@ def test_integer_form_bit_exact_and_close(case, tmp_path):
     cos = row_cosines(got, want)
     print(f"\n{case}: cosine to fp32 {cos.min():.5f}")
     assert got.shape == want.shape and cos.min() >= MIN_COSINE
+
+
+def test_opset12_softmax_over_flattened_axes_is_refused(tmp_path):
+    """Below opset 13, ``Softmax(axis=1)`` of a [1, 3, 8] tensor normalizes over 24 values (the
+    input flattened to 2-D); Shiftmax normalizes rows, so the quantizer refuses it, naming it."""
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["h"]),
+         onnx.helper.make_node("Softmax", ["h"], ["y"], axis=1)], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8])], [w])
+    path = tmp_path / "softmax12.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 12)],
+                                     ir_version=7), path)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((4, 3, 8)).astype(np.float32))
+    with pytest.raises(QuantizationError, match="below opset 13 over more than the last axis"):
+        compile_model(path, tmp_path / "m.edgert", int_only=True, calib=tmp_path / "calib.npz")

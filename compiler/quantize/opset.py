@@ -5,7 +5,9 @@ an older model must be spelled as that opset spells it. From opset 13 on, ``Sque
 ``Unsqueeze`` take their ``axes``, ``ReduceSum`` its ``axes`` and ``Split`` its ``split`` as an
 input instead of an attribute (PaddlePaddle's exports are opset 12); :func:`modern` moves the
 attribute into a constant input (the other Reduce ops keep their attribute form: their rules
-read both). The meaning of these ops does not change between the opsets.
+read both). The meaning of these ops does not change between the opsets, except Softmax's:
+below 13 it normalizes over all the axes from ``axis`` on (the input flattened to 2-D), so the
+Softmax rule takes it only where ``axis`` is the last one (:func:`old_softmax_axis_ok`).
 """
 
 from __future__ import annotations
@@ -42,3 +44,14 @@ def modern(q: Quantizer, node: onnx.NodeProto, opset: int) -> onnx.NodeProto:
     new.input[:] = [node.input[0], name]
     new.attribute.remove(next(a for a in new.attribute if a.name == attr))
     return new
+
+
+def old_softmax_axis_ok(q: Quantizer, node: onnx.NodeProto) -> bool:
+    """For a ``Softmax`` of a model below opset 13 (axis default 1, the input flattened to 2-D
+    from ``axis`` on): True when that is the last axis alone, i.e. what opset 13 computes;
+    always True from opset 13 on."""
+    if model_opset(q.model) >= 13:
+        return True
+    rank = len(q.shapes.get(node.input[0]) or [])
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    return rank > 0 and axis % rank == rank - 1

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from edgert.compiler.quantize import opset
 from edgert.compiler.quantize.core import DEFAULT_ROW_LEN, ELEM, QTensor, Quantizer
 from edgert.ops import DOMAIN
 from edgert.ops.shiftmax import spec as shiftmax
@@ -28,6 +29,9 @@ SHIFTMAX_BITS = 16
 
 def rule(q: Quantizer, node: onnx.NodeProto) -> None:
     """Softmax over the last axis -> Shiftmax (module docstring)."""
+    if not opset.old_softmax_axis_ok(q, node):
+        raise q.fail("a Softmax below opset 13 over more than the last axis (the input "
+                     "flattened to 2-D from its axis on) has no integer form")
     x, exclude = node.input[0], []
     if x in q.masked:
         x, mask = q.masked[x]
