@@ -26,7 +26,7 @@ from edgert.errors import InputError
 from edgert.intio import io_specs
 
 if TYPE_CHECKING:
-    from edgert.backends.tvm_vm import KernelTime
+    from edgert.backends.tvm_vm import KernelCall, KernelTime
 
 _ONNX_TYPE_NAMES = {
     "float32": "float", "float64": "double", "float16": "float16", "int8": "int8",
@@ -153,14 +153,32 @@ class Session:
                 ``tvm`` backend.
             TargetError: a CUDA artifact.
         """
-        if repeats < 1:
-            raise InputError(f"repeats must be >= 1, got {repeats}")
-        if not hasattr(self._backend, "kernel_times"):
+        return self._profiled("kernel_times", input_feed, repeats, "repeats")
+
+    def kernel_calls(self, input_feed: Mapping[str, np.ndarray], *,
+                     runs: int = 1) -> list[KernelCall]:
+        """Every kernel call of ``runs`` runs, in call order, with its start and duration in
+        microseconds (the per-op timeline of ``edgert profile --trace``; see
+        :meth:`edgert.backends.tvm_vm.TvmBackend.kernel_calls`).
+
+        Raises:
+            InputError: bad ``input_feed``, ``runs`` < 1, or a session not on the local
+                ``tvm`` backend.
+            TargetError: a CUDA artifact.
+        """
+        return self._profiled("kernel_calls", input_feed, runs, "runs")
+
+    def _profiled(self, method: str, input_feed: Mapping[str, np.ndarray], runs: int,
+                  runs_name: str) -> Any:
+        """The backend's instrumented ``method`` over ``runs`` runs on ``input_feed``."""
+        if runs < 1:
+            raise InputError(f"{runs_name} must be >= 1, got {runs}")
+        if not hasattr(self._backend, method):
             raise InputError(f"per-kernel times need the local tvm backend; this session runs "
                              f"on {self._backend.name}")
         arrays = self._validate(input_feed)
         with self._lock:
-            return self._backend.kernel_times(arrays, repeats)
+            return getattr(self._backend, method)(arrays, runs)
 
     def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
         if output_names is None:

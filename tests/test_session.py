@@ -221,3 +221,20 @@ def test_kernel_times_name_each_kernel_of_a_run(sess, mlp_artifact, model_files)
         sess.kernel_times({}, repeats=1)
     with pytest.raises(InputError, match="tvm backend"):
         edgert.Session(mlp_artifact, backend="numba").kernel_times({"x": x})
+
+
+def test_kernel_calls_in_call_order(sess, mlp_artifact):
+    x = random_input(["batch", 20], 4)
+    calls = sess.kernel_calls({"x": x}, runs=2)
+    assert {c.run for c in calls} == {0, 1}
+    for run in (0, 1):
+        names = [c.name for c in calls if c.run == run]
+        assert sum(n.startswith("matmul_fma") for n in names) == 3    # the three Linears
+        assert not [n for n in names if n.startswith("vm.builtin.")]
+    starts = [c.start_us for c in calls]
+    assert starts == sorted(starts) and all(c.dur_us >= 0 for c in calls)
+    assert [c.name for c in calls if c.run == 0] == [c.name for c in calls if c.run == 1]
+    with pytest.raises(InputError, match="runs"):
+        sess.kernel_calls({"x": x}, runs=0)
+    with pytest.raises(InputError, match="tvm backend"):
+        edgert.Session(mlp_artifact, backend="numba").kernel_calls({"x": x})

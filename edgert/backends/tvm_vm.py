@@ -71,28 +71,8 @@ class TvmBackend:
         after one warm-up run and given per run, slowest first, and one row
         :data:`VM_OVERHEAD`: what the run costs beyond its kernels (the VM's builtins, which
         allocate and make shapes, and its dispatch), the median time of a plain run minus the
-        kernels' sum, with the builtins' calls. Kernels are timed by a VM instrument around
-        each call, on a second VM over the same library; each call's time has the
-        instrument's own cost (about a microsecond, estimated as the shortest call seen)
-        taken off."""
-        from tvm.runtime.vm import VirtualMachine
-
-        if self.target.device == "cuda":
-            raise TargetError("per-kernel times are measured for CPU artifacts only (CUDA "
-                              "kernels run asynchronously)")
-        spans: dict[str, list[float]] = {}
-        started = [0.0]
-
-        def instrument(_func: object, symbol: str, before: bool, *_rest: object) -> int:
-            now = time.perf_counter()
-            if before:
-                started[0] = now
-            else:
-                spans.setdefault(symbol, []).append(now - started[0])
-            return 0                                   # kNoOp: run the call as usual
-
-        vm = VirtualMachine(self._module, self.device)
-        vm.set_instrument(instrument)
+        kernels' sum, with the builtins' calls. Each call's time has the instrument's own cost
+        (about a microsecond, estimated as the shortest call seen) taken off."""
         self._configure_threads()
         args = [self._stage(i, a) for i, a in enumerate(inputs)]
         plain = self._main
@@ -102,19 +82,57 @@ class TvmBackend:
             start = time.perf_counter()
             plain(*args)
             run_ms.append((time.perf_counter() - start) * 1e3)
-        main = vm["main"]
-        main(*args)
-        spans.clear()
-        for _ in range(repeats):
-            main(*args)
+        spans: dict[str, list[float]] = {}
+        for call in self._instrumented_runs(args, repeats):
+            spans.setdefault(call.name, []).append(call.dur_us * 1e-6)
         overhead = min((min(v) for v in spans.values()), default=0.0)
         times = [KernelTime(name, len(v) // repeats,
                             sum(t - overhead for t in v) / repeats * 1e3)
-                 for name, v in spans.items() if not name.startswith("vm.builtin.")]
-        builtin_calls = sum(len(v) for name, v in spans.items() if name.startswith("vm.builtin."))
+                 for name, v in spans.items() if not name.startswith(BUILTIN_PREFIX)]
+        builtin_calls = sum(len(v) for name, v in spans.items() if name.startswith(BUILTIN_PREFIX))
         vm_ms = max(float(np.median(run_ms)) - sum(t.ms for t in times), 0.0)
         times.append(KernelTime(VM_OVERHEAD, builtin_calls // repeats, vm_ms))
         return sorted(times, key=lambda k: -k.ms)
+
+    def kernel_calls(self, inputs: list[np.ndarray], runs: int) -> list[KernelCall]:
+        """Every kernel call of ``runs`` runs (after one unrecorded warm-up run) in call order,
+        TVM's ``vm.builtin.*`` helpers left out: the per-op timeline."""
+        self._configure_threads()
+        args = [self._stage(i, a) for i, a in enumerate(inputs)]
+        self._main(*args)
+        return [c for c in self._instrumented_runs(args, runs)
+                if not c.name.startswith(BUILTIN_PREFIX)]
+
+    def _instrumented_runs(self, args: list[object], runs: int) -> list[KernelCall]:
+        """``runs`` runs on a second VM over the same library with an instrument around each
+        call (after one uninstrumented warm-up of that VM): every call, builtins included."""
+        from tvm.runtime.vm import VirtualMachine
+
+        if self.target.device == "cuda":
+            raise TargetError("per-kernel times are measured for CPU artifacts only (CUDA "
+                              "kernels run asynchronously)")
+        calls: list[KernelCall] = []
+        state = {"run": 0, "start": 0.0, "origin": 0.0}
+
+        def instrument(_func: object, symbol: str, before: bool, *_rest: object) -> int:
+            now = time.perf_counter()
+            if before:
+                state["start"] = now
+            else:
+                calls.append(KernelCall(symbol, state["run"],
+                                        (state["start"] - state["origin"]) * 1e6,
+                                        (now - state["start"]) * 1e6))
+            return 0                                   # kNoOp: run the call as usual
+
+        vm = VirtualMachine(self._module, self.device)
+        main = vm["main"]
+        main(*args)
+        vm.set_instrument(instrument)
+        state["origin"] = time.perf_counter()
+        for r in range(runs):
+            state["run"] = r
+            main(*args)
+        return calls
 
     def _stage(self, index: int, a: np.ndarray) -> object:
         """Input ``index`` copied into its staging array; returns the TVM tensor viewing it."""
@@ -150,6 +168,20 @@ class KernelTime:
     ms: float
 
 
+@dataclass(frozen=True)
+class KernelCall:
+    """One call of a compiled function: ``run`` its run's index, ``start_us`` from the start
+    of the first recorded run, ``dur_us`` its wall time (microseconds, including the
+    instrument's own ~1 us)."""
+
+    name: str
+    run: int
+    start_us: float
+    dur_us: float
+
+
+BUILTIN_PREFIX = "vm.builtin."
+"""TVM's own helper functions (allocation, shapes), not kernels."""
 VM_OVERHEAD = "(VM: builtins and dispatch)"
 """The :meth:`TvmBackend.kernel_times` row for a run's time outside its kernels."""
 ALIGNMENT = 64

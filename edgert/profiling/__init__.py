@@ -1,6 +1,6 @@
 """``edgert profile``: where an artifact's time, memory and energy go.
 
-The measuring core (:mod:`.stats`, :mod:`.inputs`, :mod:`.timeline`, :mod:`.ops`,
+The measuring core (:mod:`.stats`, :mod:`.inputs`, :mod:`.ops`,
 :mod:`.bandwidth`, :mod:`.memory`, :mod:`.llm`, :mod:`.machine`, :mod:`.api`) and the report
 writers :mod:`.report_json`, :mod:`.report_html` (plots by :mod:`.svg`), :mod:`.report_text`
 and :mod:`.trace` need only numpy and edgert's runtime, so a board with numpy alone runs them;

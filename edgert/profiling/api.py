@@ -266,12 +266,11 @@ def _breakdown(res: ArtifactProfile, sess: Any, feed: Mapping[str, np.ndarray], 
                trace_runs: int, pid: int) -> None:
     """Fill ``res.ops`` and ``res.trace`` (or ``ops_note`` when the backend cannot)."""
     from edgert.errors import TargetError
-    from edgert.profiling.timeline import record_calls
     from edgert.profiling.trace import trace_events
 
     try:
         times = _kernel_medians(sess, feed, runs)
-        calls = record_calls(sess, feed, trace_runs)
+        calls = sess.kernel_calls(feed, runs=trace_runs)
     except (InputError, TargetError) as e:
         res.ops_note = f"no per-op breakdown: {e}"
         return

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edgert.profiling.timeline import KernelCall
+from edgert.backends.tvm_vm import KernelCall
 
 
 def trace_events(calls: Sequence[KernelCall], nodes_of_call: Sequence[Sequence[str]],
