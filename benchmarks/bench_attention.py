@@ -31,21 +31,18 @@ edgert fp32.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common import emit
+from processes import Worker, in_child, one_line
 
 D = 64
 CALIB_N, CALIB_SAMPLES = 256, 8
@@ -63,13 +60,6 @@ REFERENCE = "ort-fp32"
 LONGEST = {"edgert-lmul": 2048}
 """Lengths past these are skipped unless ``--all-lengths`` (L-Mul's call at 512 already takes
 about 0.3 s here: at 8192 it would be about 256 times that)."""
-SPAWN = multiprocessing.get_context("spawn")
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and its message's first line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def attention_onnx(path: Path) -> Path:
@@ -150,56 +140,6 @@ def runtime_worker(conn: Any, runtime: str, path: str, threads: int) -> None:
             conn.send(("ok", times))
         except Exception as e:  # noqa: BLE001 - reported as the runtime's error
             conn.send(("error", one_line(e)))
-
-
-class Worker:
-    """One runtime in its own process, called one request at a time."""
-
-    def __init__(self, runtime: str, path: Path, threads: int) -> None:
-        self.conn, child = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=runtime_worker, args=(child, runtime, str(path), threads),
-                                  daemon=True)
-        self.proc.start()
-        child.close()
-        self._answer()
-
-    def _answer(self) -> Any:
-        try:
-            status, value = self.conn.recv()
-        except EOFError:
-            self.proc.join(5)
-            raise RuntimeError(f"runtime process died (exit code {self.proc.exitcode})") from None
-        if status == "error":
-            raise RuntimeError(value)
-        return value
-
-    def call(self, cmd: str, arg: Any) -> Any:
-        self.conn.send((cmd, arg))
-        return self._answer()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            self.conn.send(("stop", None))
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
-def guarded(fn: Any, *args: Any) -> tuple[Any, str | None]:
-    """``fn(*args)`` as (its value, None) or (None, the error as one line)."""
-    try:
-        return fn(*args), None
-    except Exception as e:  # noqa: BLE001 - a failed compile is a row, not a crash
-        return None, one_line(e)
-
-
-def in_child(fn: Any, *args: Any) -> tuple[Any, str | None]:
-    """Run ``fn(*args)`` in a fresh process: (its value, None) or (None, the error)."""
-    with ProcessPoolExecutor(1, mp_context=SPAWN) as pool:
-        try:
-            return pool.submit(guarded, fn, *args).result()
-        except BrokenProcessPool:
-            return None, "the process died (a crash in native code)"
 
 
 # --- the parent: build, time, compare -----------------------------------------------------------
@@ -340,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             for r, b in built.items():
                 if b["error"] is None:
                     try:
-                        workers[r] = Worker(r, b["path"], args.threads)
+                        workers[r] = Worker(runtime_worker, r, b["path"], args.threads)
                     except RuntimeError as e:
                         errors[r] = f"load: {e}"
             medians = time_rounds(workers, args, errors)

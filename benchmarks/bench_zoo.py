@@ -34,31 +34,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
 import traceback
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common import emit
+from processes import Worker, in_child, one_line
 
 RUNTIMES = ("edgert-fp32", "edgert-int", "ort-fp32", "ort-int8-static")
 REFERENCE = "ort-fp32"
-SPAWN = multiprocessing.get_context("spawn")
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and its message's first line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 # --- work done in child processes ---------------------------------------------------------------
@@ -148,60 +139,7 @@ def runtime_worker(conn: Any, runtime: str, path: str, threads: int) -> None:
             conn.send(("error", one_line(e)))
 
 
-class Worker:
-    """One runtime in its own process, called one request at a time."""
-
-    def __init__(self, runtime: str, path: Path, threads: int) -> None:
-        self.conn, child = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=runtime_worker, args=(child, runtime, str(path), threads),
-                                  daemon=True)
-        self.proc.start()
-        child.close()
-        self._answer()                           # loaded, or the error that stopped it
-
-    def _answer(self) -> Any:
-        try:
-            status, value = self.conn.recv()
-        except EOFError:
-            self.proc.join(5)
-            raise RuntimeError(f"runtime process died (exit code {self.proc.exitcode})") from None
-        if status == "error":
-            raise RuntimeError(value)
-        return value
-
-    def call(self, cmd: str, arg: Any) -> Any:
-        self.conn.send((cmd, arg))
-        return self._answer()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            self.conn.send(("stop", None))
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
 # --- the parent: build, time, compare -----------------------------------------------------------
-
-def guarded(fn: Any, *args: Any) -> tuple[Any, str | None]:
-    """``fn(*args)`` as (its value, None) or (None, the error as one line): no exception object
-    crosses the process boundary (edgert's errors take other arguments than their message, so
-    they would not unpickle)."""
-    try:
-        return fn(*args), None
-    except Exception as e:  # noqa: BLE001 - a failed compile is a row, not a crash
-        return None, one_line(e)
-
-
-def in_child(fn: Any, *args: Any) -> tuple[Any, str | None]:
-    """Run ``fn(*args)`` in a fresh process: (its return value, None) or (None, the error);
-    a process that dies (a crash in native code) is an error too."""
-    with ProcessPoolExecutor(1, mp_context=SPAWN) as pool:
-        try:
-            return pool.submit(guarded, fn, *args).result()
-        except BrokenProcessPool:
-            return None, "the process died (a crash in native code)"
-
 
 def build(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
     """Export ``name`` and build every runtime's model: runtime -> {path, compile_s, error}."""
@@ -279,7 +217,7 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str
         for r in RUNTIMES:
             if rows[r]["error"] is None:
                 try:
-                    workers[r] = Worker(r, built[r]["path"], args.threads)
+                    workers[r] = Worker(runtime_worker, r, built[r]["path"], args.threads)
                 except RuntimeError as e:
                     rows[r]["error"] = f"load: {e}"
         if REFERENCE not in workers:
