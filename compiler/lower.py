@@ -165,7 +165,9 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     convolutions first become im2col + matmul: :mod:`edgert.compiler.schedule_conv`);
     everything else stays on TVM's default pipeline."""
     from edgert.compiler import schedule_conv, schedule_intmatmul
+    from edgert.ops.lmul_matmul import tvm_cpu as lmul_cpu
 
+    mod = lmul_cpu.schedule_lmul_matmuls(mod, target)      # LMulMatMul: the vector kernel
     mod = schedule_conv.convs_as_matmuls(mod)
     int_isa = schedule_intmatmul.target_isa(target)
     if int_isa is not None:

@@ -4,6 +4,7 @@ operands' bit patterns, mantissas cut to 2..5 bits), summed in float32 in ascend
     spec.py     lmul / lmul_bits / reference (normative numpy) / example
     numba.py    numba_kernel
     tvm.py      te_compute, lmul_tir, schedule, Converter
+    tvm_cpu.py  the vectorized CPU kernel (x86 AVX2 / AVX-512, NEON) and its swap-in pass
     schema.py   schema, node_kwargs   (``OP.schema()``; ``lmul_matmul.schema`` is the module)
     counts.py   counts
     study.py    the error study: L-Mul against float8 products (``docs/methods/lmul.md``)

@@ -5,6 +5,12 @@ of the two truncated magnitudes is below 2**32, and the range checks compare it 
 ``C + 0x00800000`` and ``C + 0x7F7FFFFF`` (both below 2**32) before subtracting ``C``, so no
 uint32 operation wraps. The reduction is a float32 ``te.sum`` over k.
 
+The converter hands the compute rank-3 operands ``[B, M, K] @ [B, K, N]`` (reshaped, batch
+broadcast expanded: :func:`edgert.ops.lmul_matmul.tvm_cpu.batched_operands`) and marks it with
+the mantissa; CPU builds replace it by the vector kernel of :mod:`edgert.ops.lmul_matmul.tvm_cpu`
+(``compiler/lower.py``), CUDA builds by :func:`gpu_func`. The generic schedule below is the
+form the converter emits (and the reference for :func:`gpu_func`'s rebuild).
+
 Schedule (:func:`schedule`, the same for x86 and aarch64): the batch and row loops fused into
 one outer loop (parallel when the work is large enough), then column chunks of
 :data:`LANES`, then k serial, then the chunk's columns vectorized (one AVX2 ymm register, two
@@ -38,6 +44,9 @@ from edgert.ops.lmul_matmul import OP
 from edgert.ops.lmul_matmul.spec import (INF, MAGNITUDE, MAX_FINITE, MIN_NORMAL, NAN, SIGN,
                                          check_mantissa_bits, constant, truncation_mask)
 
+MANTISSA_ATTR = "edgert.lmul_mantissa"
+"""PrimFunc attribute the converter sets on its kernel (the mantissa bits): CPU builds swap in
+:func:`edgert.ops.lmul_matmul.tvm_cpu.kernel` for it."""
 LANES = 8
 """float32 columns per vector: 32 bytes."""
 PARALLEL_MIN_WORK = 1 << 15
@@ -102,6 +111,31 @@ def te_compute(a: Any, b: Any, *, mantissa_bits: int) -> Any:
         return te.sum(lmul_tir(x, y, m), axis=r)
 
     return te.compute((*_broadcast(a_batch, b_batch), rows, cols), body, name="lmul_matmul")
+
+
+def batched_operands(bb: Any, a: Any, b: Any) -> tuple[Any, Any, list]:
+    """``a`` [..., M, K] and ``b`` [..., K, N] (Relax, numpy batch broadcasting) as the
+    kernel's rank-3 operands ``[BA, M, K]``, ``[BB, K, N]`` (each batch 1 or the output's
+    batch count; an operand broadcast over part of the batch is expanded with
+    ``broadcast_to``), and the output's full shape ``[batch..., M, N]``."""
+    from tvm import relax
+
+    a_shape, b_shape = list(a.ty.shape.values), list(b.ty.shape.values)
+    batch = _broadcast(a_shape[:-2], b_shape[:-2])
+    count = 1
+    for d in batch:
+        count = count * d
+
+    def rank3(x: Any, shape: list) -> Any:
+        own = shape[:-2]
+        if all(_is_one(d) for d in own):
+            return bb.normalize(relax.op.reshape(x, [1, *shape[-2:]]))
+        padded = [1] * (len(batch) - len(own)) + own
+        if any(_is_one(d) and not _is_one(o) for d, o in zip(padded, batch)):
+            x = bb.normalize(relax.op.broadcast_to(x, [*batch, *shape[-2:]]))
+        return bb.normalize(relax.op.reshape(x, [count, *shape[-2:]]))
+
+    return rank3(a, a_shape), rank3(b, b_shape), [*batch, a_shape[-2], b_shape[-1]]
 
 
 def _static(dim: Any) -> int | None:
@@ -173,11 +207,15 @@ class Converter(EdgertConverter):
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):  # noqa: D102 (the frontend's entry point)
+        from tvm import relax
+
         a, b = [bb.normalize(x) for x in inputs if x is not None]
         kwargs = OP.node_kwargs(attrs_of(attr))
-        out = bb.emit_te(te_compute, a, b, **kwargs, primfunc_name_hint=OP.folder)
+        a3, b3, shape = batched_operands(bb, a, b)           # [B, M, K] @ [B, K, N]
+        out = bb.emit_te(te_compute, a3, b3, **kwargs, primfunc_name_hint=OP.folder)
         gv = bb.lookup_binding(out).args[0]
         func = bb.get()[gv]
         if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            bb.update_func(gv, mark(schedule(func), OP.folder, kwargs))
-        return out
+            func = mark(schedule(func), OP.folder, kwargs)
+            bb.update_func(gv, func.with_attr(MANTISSA_ATTR, kwargs["mantissa_bits"]))
+        return bb.normalize(relax.op.reshape(out, shape))
