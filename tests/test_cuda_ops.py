@@ -5,8 +5,10 @@ Without a GPU: each op, as a one-node ONNX graph through the compiler's own lowe
 for cuda-sm80 and the generated CUDA source holds what the method promises (thread-bound
 loops; ``__popc`` for the popcount; shifts and no multiply for ShiftMatMul; integer adds of
 bit patterns and no float multiply for L-Mul; round-to-nearest products, divisions and square
-roots where TVM's ``--use_fast_math`` would contract or approximate). Small whole models with
-``--lmul attention`` and with ``--binary-attention`` compile for cuda-sm80.
+roots where TVM's ``--use_fast_math`` would contract or approximate). A small attention model
+compiles for cuda-sm80 with ``--lmul attention``, ``--binary-attention`` and ``--int-only
+--shift-linear all``, and for jetson-orin with ``--binary-attention`` (with the aarch64 cross
+compiler; kernels with symbolic dims, whose PrimFuncs take the batch as a scalar).
 
 With a GPU (marked ``gpu``): each kernel runs on it and equals the numba kernel bit for bit.
 """
@@ -14,7 +16,6 @@ With a GPU (marked ``gpu``): each kernel runs on it and equals the numba kernel 
 from __future__ import annotations
 
 import re
-import zipfile
 
 import numpy as np
 import onnx
@@ -198,15 +199,9 @@ def _attention_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("fields,kernel", [
-    ({"lmul": "attention"}, b"lmul_matmul_kernel"),
-    ({"binary_attention": True, "hash_bits": 16}, b"binary_attention_kernel"),
-    ({"int_only": True, "shift_linear": "all"}, b"shift_matmul_kernel"),
-])
-def test_attention_model_compiles_for_cuda(tmp_path, fields, kernel):
-    """``--lmul``, ``--binary-attention`` and ``--shift-linear`` compile for a GPU target:
-    the artifact's library holds the op's CUDA kernel, and the manifest the option's
-    section."""
+def _compile_attention(tmp_path, target: str, fields: dict) -> bytes:
+    """The tiny attention model compiled for ``target`` with ``fields``; the library's bytes
+    (the manifest checked for the target and the option's section)."""
     from edgert.artifact import read_artifact
     from edgert.compiler import compile_model
 
@@ -214,10 +209,28 @@ def test_attention_model_compiles_for_cuda(tmp_path, fields, kernel):
     onnx.save(_attention_model(), src)
     calib = {"x": np.random.default_rng(1).standard_normal((16, S, H * D)).astype(np.float32)}
     extra = {"calib": calib} if "lmul" not in fields else {}
-    artifact = compile_model(src, tmp_path / "a.edgert", target=TARGET, **fields, **extra)
-    manifest = read_artifact(artifact).manifest
-    assert manifest["target"]["cuda_arch"] == "sm_80"
-    assert manifest[next(k for k in ("lmul", "binary_attention", "shift_linear") if k in fields)]
-    with zipfile.ZipFile(artifact) as z:
-        lib = next(n for n in z.namelist() if n.endswith(".so"))
-        assert kernel in z.read(lib)
+    art = read_artifact(compile_model(src, tmp_path / "a.edgert", target=target, **fields,
+                                      **extra))
+    assert art.manifest["target"]["name"] == target
+    assert art.manifest[next(k for k in ("lmul", "binary_attention", "shift_linear")
+                             if k in fields)]
+    return art.members["lib/model.so"]
+
+
+@pytest.mark.parametrize("fields,kernel", [
+    ({"lmul": "attention"}, b"lmul_matmul_kernel"),
+    ({"binary_attention": True, "hash_bits": 16}, b"binary_attention_kernel"),
+    ({"int_only": True, "shift_linear": "all"}, b"shift_matmul_kernel"),
+])
+def test_attention_model_compiles_for_cuda(tmp_path, fields, kernel):
+    """``--lmul``, ``--binary-attention`` and ``--shift-linear`` compile for a GPU target:
+    the artifact's library holds the op's CUDA kernel."""
+    assert kernel in _compile_attention(tmp_path, TARGET, fields)
+
+
+def test_binary_attention_compiles_for_jetson_orin(aarch64_cc, tmp_path):
+    """jetson-orin (sm_87, aarch64 host code): the hash and attention kernels in an aarch64
+    library."""
+    lib = _compile_attention(tmp_path, "jetson-orin", {"binary_attention": True})
+    assert lib[:4] == b"\x7fELF" and int.from_bytes(lib[18:20], "little") == 183   # EM_AARCH64
+    assert b"hash_codes_kernel" in lib and b"binary_attention_kernel" in lib

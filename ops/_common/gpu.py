@@ -36,22 +36,23 @@ def kwargs_of(func: Any) -> dict[str, Any]:
 
 def rebuild(func: Any, compute: Callable[..., Any]) -> Any:
     """The PrimFunc of ``compute(*inputs)`` on placeholders shaped as ``func``'s input buffers
-    (its last parameter is the output), built under CUDA rounding; ``func``'s attributes kept.
-
-    Raises:
-        ValueError: ``func`` has a parameter that is not a buffer (a symbolic-shape scalar).
-    """
+    (its last buffer parameter is the output; scalar parameters, the symbolic dims that
+    ``emit_te`` passes, keep their places), built under CUDA rounding; ``func``'s attributes
+    kept."""
     from tvm import te
 
     from edgert.ops._floatmath.tvm import cuda_rounding
 
-    bufs = list(func.params)             # TVM 0.27: a buffer parameter is a buffer-typed var
-    if not all("Buffer" in type(p.ty).__name__ for p in bufs):
-        raise ValueError("kernel has a scalar parameter; cannot rebuild it for CUDA")
-    inputs = [te.placeholder(b.shape, b.dtype, name=b.name) for b in bufs[:-1]]
+    def is_buffer(p: Any) -> bool:          # TVM 0.27: a buffer parameter is a buffer-typed var
+        return "Buffer" in type(p.ty).__name__
+
+    out_at = max(i for i, p in enumerate(func.params) if is_buffer(p))
+    args = [te.placeholder(p.shape, p.dtype, name=p.name) if is_buffer(p) else p
+            for p in func.params]
+    inputs = [a for i, a in enumerate(args) if i != out_at and is_buffer(func.params[i])]
     with cuda_rounding():
-        out = compute(*inputs)
-    new = te.create_prim_func([*inputs, out]).without_attr("global_symbol")
+        args[out_at] = compute(*inputs)
+    new = te.create_prim_func(args).without_attr("global_symbol")
     keep = {str(k): v for k, v in func.attrs.items() if str(k) != "tirx.is_scheduled"}
     return new.with_attrs(keep)
 
