@@ -264,16 +264,16 @@ def test_schedule_swaps_marked_kernels():
 
 
 def _lmul_graph(path) -> None:
-    """x [b, 6, 16] -> h = x @ W (constant) -> s = h @ h^T -> y = s @ h: one weight matmul,
-    two attention-like ones."""
+    """x [b, 2, 3, 16] -> h = x @ W (constant) -> s = h @ h^T -> y = s @ h: one weight matmul,
+    two attention-like ones; a batch count b * 2 (the kernel then takes b as a scalar too)."""
     w = np.random.default_rng(0).standard_normal((16, 24)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
-             helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1]),
+             helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 1, 3, 2]),
              helper.make_node("MatMul", ["h", "ht"], ["s"], name="scores"),
              helper.make_node("MatMul", ["s", "h"], ["y"], name="mix")]
     graph = helper.make_graph(
-        nodes, "lmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 6, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 6, 24])],
+        nodes, "lmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2, 3, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, 3, 24])],
         [numpy_helper.from_array(w, "w")])
     import onnx
 
@@ -293,8 +293,8 @@ def test_rpi5_under_qemu_matches_host_and_reference(qemu_env, tmp_path):
     _lmul_graph(tmp_path / "g.onnx")
     rpi5, host = rpi5_and_host(tmp_path / "g.onnx", tmp_path, "lmul", lmul="all",
                                lmul_mantissa=3)
-    x = np.random.default_rng(5).standard_normal((3, 6, 16)).astype(np.float32)
-    x[1, 0, :4] = [np.inf, 1e-40, 0.0, 3e38]              # Inf, denormal, zero, overflow
+    x = np.random.default_rng(5).standard_normal((3, 2, 3, 16)).astype(np.float32)
+    x[1, 0, 0, :4] = [np.inf, 1e-40, 0.0, 3e38]              # Inf, denormal, zero, overflow
     x[2] = np.float32(1e20)                                # every product saturates
     model = onnx.load_from_string(read_artifact(host).members[MODEL_MEMBER])
     assert sum(n.op_type == "LMulMatMul" for n in model.graph.node) == 3

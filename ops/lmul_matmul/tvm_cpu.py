@@ -235,7 +235,22 @@ def schedule_lmul_matmuls(mod: Any, target: Any) -> Any:
         attrs = getattr(func, "attrs", None)
         if attrs is None or MANTISSA_ATTR not in attrs:
             continue
-        new = kernel(int(attrs[MANTISSA_ATTR]), lanes).without_attr("global_symbol")
+        scalars = [p for p in func.params if "Buffer" not in type(p.ty).__name__]
+        new = _with_scalar_params(kernel(int(attrs[MANTISSA_ATTR]), lanes), scalars)
         keep = {str(k): v for k, v in attrs.items() if str(k) != "global_symbol"}
         mod[gv] = new.with_attrs({**keep, "tirx.is_scheduled": True})
     return mod
+
+
+def _with_scalar_params(func: Any, extra: list) -> Any:
+    """``func`` (no global symbol) taking unused scalars like ``extra`` between its input and
+    output buffers, where ``call_tir`` passes the symbolic dims the operands' shapes do not
+    name alone (a batch ``b * h``)."""
+    from tvm import tirx
+
+    func = func.without_attr("global_symbol")
+    if not extra:
+        return func
+    a, b, y = func.params
+    params = [a, b, *(tirx.Var(p.name, p.ty) for p in extra), y]
+    return tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)
