@@ -133,7 +133,7 @@ def test_counts_have_no_multiplies():
 CASES = [  # (a shape, b shape, mantissa bits, fraction of special values)
     ((3, 1, 5, 19), (4, 19, 13), 2, 0.15),     # broadcast batches, a vector and a scalar tail
     ((2, 17, 32), (32, 16), 4, 0.05),          # full vectors only, a shared B
-    ((1, 9, 40), (40, 72), 5, 0.0),            # two 32-column tiles + a vector, no specials
+    ((1, 9, 40), (40, 72), 5, 0.0),            # row blocks + a row, column tiles + a vector
     ((6, 7), (7, 5), 3, 0.3),                  # fewer columns than lanes (scalar)
     ((2, 4, 17, 8), (2, 4, 8, 17), 4, 0.1),    # attention scores
 ]

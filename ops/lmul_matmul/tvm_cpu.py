@@ -43,8 +43,10 @@ from edgert.ops.lmul_matmul.tvm import MANTISSA_ATTR, lmul_tir
 from edgert.ops.lmul_matmul.spec import (INF, MAGNITUDE, MAX_FINITE, MIN_NORMAL, SIGN,
                                          check_mantissa_bits, constant, truncation_mask)
 
-UNROLL = 4
+UNROLL = 2
 """Vectors of columns per tile (independent accumulators: the float adds' latency hidden)."""
+ROWS = 4
+"""Output rows per task: they share each load of B."""
 A_ZERO = 0x7FFFFFFF
 """``ea`` of a zero or denormal element of A (no normal element has it: ``ea < 2**30``)."""
 FAR = 1 << 40
@@ -69,15 +71,15 @@ def lanes_for(target: Any) -> int:
 
 
 @lru_cache(maxsize=None)
-def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, parallel: bool = True
-           ) -> Any:
+def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, rows: int = ROWS,
+           parallel: bool = True) -> Any:
     """The PrimFunc (module docstring): ``(A f32 [BA, M, K], B f32 [BB, K, N],
     Y f32 [BO, M, N])``, ``BA`` and ``BB`` each 1 or ``BO``; ``lanes`` float32 per vector,
     ``unroll`` vectors per column tile; rows in parallel when ``parallel``."""
     from tvm.script import tirx as T
 
     m = check_mantissa_bits(mantissa_bits)
-    one_row = _row_macro(T, m, lanes, unroll)
+    row_block = _row_macros(T, m, lanes, unroll, rows)
     prepass_a, prepass_b = _prepass_macros(T, m)
 
     @T.prim_func
@@ -104,22 +106,24 @@ def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, parallel: b
                 prepass_a(Af, EA, SA, LOA, HIA, r, K)
             for bb in T.parallel(BB):
                 prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N)
-            for tr in T.parallel(BO * M):
-                one_row(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tr, M, K, N, BA, BB)
+            for tb in T.parallel(BO * ((M + rows - 1) // rows)):
+                row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB)
         else:
             for r in range(BA * M):
                 prepass_a(Af, EA, SA, LOA, HIA, r, K)
             for bb in range(BB):
                 prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N)
-            for tr in range(BO * M):
-                one_row(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tr, M, K, N, BA, BB)
+            for tb in range(BO * ((M + rows - 1) // rows)):
+                row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB)
 
     return lmul_matmul_cpu
 
 
-def _row_macro(T: Any, m: int, L: int, U: int) -> Any:
-    """The macro computing one output row: column tiles of ``L x U``, a vector tail, a
-    scalar tail, then the recomputation of the elements the bounds flag."""
+def _row_macros(T: Any, m: int, L: int, U: int, R: int) -> tuple[Any, Any]:
+    """The macros of the main loop: ``tiles(..., t, i0, rows)`` for ``rows`` (:data:`ROWS` or
+    1) output rows ``i0 ..`` of batch ``t``, their column tiles of ``L x U`` (the rows share
+    the loads of B), and ``rest(..., t, i)`` for one row: its vector tail, its scalar tail,
+    then the recomputation of the elements the bounds flag."""
     W = L * U
     I32, F32 = f"int32x{L}", f"float32x{L}"
 
@@ -127,36 +131,45 @@ def _row_macro(T: Any, m: int, L: int, U: int) -> Any:
         return T.Ramp(start, 1, L)
 
     @T.macro
-    def product_tile(EA, SA, EB, SB, acc, a_at, b_at, k, N, nv):
+    def product_tile(EA, SA, EB, SB, acc, acc_at, a_at, b_at, k, N, nv):
         for u in T.unroll(nv):
-            acc[vec(u * L)] = acc[vec(u * L)] + T.reinterpret(F32, (T.max(T.reinterpret(
-                I32, T.Broadcast(EA[a_at + k], L) + EB[vec(b_at + k * N + u * L)]),
+            acc[vec(acc_at + u * L)] = acc[vec(acc_at + u * L)] + T.reinterpret(F32, (T.max(
+                T.reinterpret(I32, T.Broadcast(EA[a_at + k], L)
+                              + EB[vec(b_at + k * N + u * L)]),
                 T.Broadcast(T.int32(0), L)) & T.Broadcast(T.Select(
                     EA[a_at + k] == T.uint32(A_ZERO), T.int32(0), T.int32(-1)), L))
                 ^ T.Broadcast(SA[a_at + k], L) ^ SB[vec(b_at + k * N + u * L)])
 
+    def tiles_macro(rows: int) -> Any:
+        @T.macro
+        def tiles(Yf, EA, SA, EB, SB, t, i0, M, K, N, BA, BB):
+            b_at = (t % BB) * K * N
+            acc = T.alloc_buffer((rows * W,), "float32", scope="local")
+            for jb in range(N // W):
+                for v in T.unroll(rows * U):
+                    acc[vec(v * L)] = T.Broadcast(T.float32(0), L)
+                for k in range(K):
+                    for r in T.unroll(rows):
+                        product_tile(EA, SA, EB, SB, acc, r * W, ((t % BA) * M + i0 + r) * K,
+                                     b_at + jb * W, k, N, U)
+                for r in T.unroll(rows):
+                    for u in T.unroll(U):
+                        Yf[vec((t * M + i0 + r) * N + jb * W + u * L)] = acc[vec(r * W + u * L)]
+        return tiles
+
     @T.macro
-    def one_row(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tr, M, K, N, BA, BB):
-        t = tr // M
-        i = tr % M
+    def rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB):
         ra = (t % BA) * M + i
         cb = (t % BB) * N
         a_at = ra * K
         b_at = (t % BB) * K * N
-        y_at = tr * N
-        acc = T.alloc_buffer((W,), "float32", scope="local")
-        for jb in range(N // W):
-            for u in T.unroll(U):
-                acc[vec(u * L)] = T.Broadcast(T.float32(0), L)
-            for k in range(K):
-                product_tile(EA, SA, EB, SB, acc, a_at, b_at + jb * W, k, N, U)
-            for u in T.unroll(U):
-                Yf[vec(y_at + jb * W + u * L)] = acc[vec(u * L)]
+        y_at = (t * M + i) * N
+        acc = T.alloc_buffer((L,), "float32", scope="local")
         for jv in range(N % W // L):
             j0 = N // W * W + jv * L
             acc[vec(0)] = T.Broadcast(T.float32(0), L)
             for k in range(K):
-                product_tile(EA, SA, EB, SB, acc, a_at, b_at + j0, k, N, 1)
+                product_tile(EA, SA, EB, SB, acc, 0, a_at, b_at + j0, k, N, 1)
             Yf[vec(y_at + j0)] = acc[vec(0)]
         one = T.alloc_buffer((1,), "float32", scope="local")
         for j in range(N // L * L, N):
@@ -178,7 +191,22 @@ def _row_macro(T: Any, m: int, L: int, U: int) -> Any:
                     one[0] = one[0] + lmul_tir(Af[a_at + k], Bf[b_at + k * N + j], m)
                 Yf[y_at + j] = one[0]
 
-    return one_row
+    tiles_r, tiles_1 = tiles_macro(R), tiles_macro(1)
+
+    @T.macro
+    def row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB):
+        t = tb // ((M + R - 1) // R)
+        i0 = tb % ((M + R - 1) // R) * R
+        if i0 + R <= M:
+            tiles_r(Yf, EA, SA, EB, SB, t, i0, M, K, N, BA, BB)
+            for r in range(R):
+                rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i0 + r, M, K, N, BA, BB)
+        else:
+            for i in range(i0, M):
+                tiles_1(Yf, EA, SA, EB, SB, t, i, M, K, N, BA, BB)
+                rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB)
+
+    return row_block
 
 
 def _prepass_macros(T: Any, m: int) -> tuple[Any, Any]:
