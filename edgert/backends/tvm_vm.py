@@ -18,7 +18,7 @@ from edgert.artifact import Artifact
 from edgert.errors import ArtifactError, InputError, TargetError
 from edgert.hugepages import anonymous_mappings, back_by_huge_pages
 from edgert.targets import TARGETS, Target, check_can_run
-from edgert.threads import physical_cores
+from edgert.threads import AdaptiveThreads, physical_cores, thread_policy
 
 
 class TvmBackend:
@@ -45,11 +45,14 @@ class TvmBackend:
         self.huge_page_bytes = (back_by_huge_pages(before, len(library))
                                 if self.target.device != "cuda" else 0)
         self._main = self._vm["main"]
-        self._configured = threading.local()
+        # the "adaptive" thread policy: 1 thread instead of all while that runs faster
+        self._adaptive = (AdaptiveThreads(self.threads) if thread_policy() == "adaptive"
+                          and self.target.device != "cuda" else None)
         self._staging: dict[int, tuple[np.ndarray, object]] = {}
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        self._configure_threads()
+        count = self._adaptive.next_count() if self._adaptive else self.threads
+        self._configure_threads(count)
         if self.target.device == "cuda":
             args = [self._tvm.runtime.tensor(a, self.device) for a in inputs]
             result = self._main(*args)
@@ -62,7 +65,10 @@ class TvmBackend:
         # aligned_empty) are lent as they are: the copy would cost more than the DLPack call.
         # Callers serialize run() (Session holds a lock): the staging arrays are shared.
         args = [self._stage(i, a) for i, a in enumerate(inputs)]
+        start = time.perf_counter()
         outputs = as_list(self._main(*args))
+        if self._adaptive:
+            self._adaptive.record(count, time.perf_counter() - start)
         return [np.from_dlpack(r).copy() if any(r.same_as(t) for t in args)   # an input echoed
                 else np.from_dlpack(r) for r in outputs]
 
@@ -150,13 +156,19 @@ class TvmBackend:
         np.copyto(host, a)
         return tensor
 
-    def _configure_threads(self) -> None:
-        # TVM's thread pool is per calling thread: configure each thread on first use.
-        if getattr(self._configured, "done", False):
+    def _configure_threads(self, count: int | None = None) -> None:
+        # TVM's thread pool is per calling thread, shared by the sessions it runs: configure
+        # it whenever its count differs from what this run needs.
+        count = count or self.threads
+        if getattr(_POOL_COUNT, "count", None) == count:
             return
         config = self._tvm.get_global_func("runtime.config_threadpool")
-        config(1, self.threads)
-        self._configured.done = True
+        config(1, count)
+        _POOL_COUNT.count = count
+
+
+_POOL_COUNT = threading.local()
+"""The worker count TVM's pool of the calling thread was last configured with."""
 
 
 @dataclass(frozen=True)
