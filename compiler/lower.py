@@ -162,13 +162,14 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     and aarch64 NEON: see
     :mod:`edgert.compiler.schedule_intmatmul`; LutMatMul on x86 AVX2 and on aarch64 NEON: see
     :mod:`edgert.ops.lut_matmul.tvm_x86`, :mod:`edgert.ops.lut_matmul.tvm_arm`;
-    convolutions first become im2col + matmul: :mod:`edgert.compiler.schedule_conv`);
+    convolutions first become im2col + matmul: :mod:`edgert.compiler.schedule_conv`, float32
+    depthwise ones a kernel of their own: :mod:`edgert.compiler.schedule_depthwise`);
     everything else stays on TVM's default pipeline."""
-    from edgert.compiler import schedule_conv, schedule_intmatmul
+    from edgert.compiler import schedule_conv, schedule_depthwise, schedule_intmatmul
     from edgert.ops.lmul_matmul import tvm_cpu as lmul_cpu
 
     mod = lmul_cpu.schedule_lmul_matmuls(mod, target)      # LMulMatMul: the vector kernel
-    mod = schedule_conv.convs_as_matmuls(mod)
+    mod = schedule_conv.convs_as_matmuls(schedule_depthwise.depthwise_convs(mod))
     int_isa = schedule_intmatmul.target_isa(target)
     if int_isa is not None:
         mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=int_isa)

@@ -120,24 +120,31 @@ def _tile_macro(sh: _Shape) -> Any:
                 else:
                     acc[T.Ramp((r * NV + v) * L, 1, L)] = T.Broadcast(T.Cast(WORD, 0), L)
         for p in range(KG):
-            for v in T.unroll(NV):
+            if FLOAT:
+                # row outside: one broadcast of A live at a time (6 x 16 on AVX2: 12
+                # accumulators, 2 B vectors, 1 broadcast fit the 16 ymm registers; column
+                # outside kept all 6 broadcasts live and spilled accumulators every K step)
                 for r in T.unroll(rows):
-                    if FLOAT:
+                    for v in T.unroll(NV):
                         acc[T.Ramp((r * NV + v) * L, 1, L)] = \
                             acc[T.Ramp((r * NV + v) * L, 1, L)] \
                             + T.Broadcast(ap32[a0 + r * KG + p], L) \
                             * bsrc[T.Ramp(b0 + p * NR + v * L, 1, L)]
-                    elif ACCUMULATES:
-                        acc[T.Ramp((r * NV + v) * L, 1, L)] = T.call_llvm_pure_intrin(
-                            VEC, INTRIN, acc[T.Ramp((r * NV + v) * L, 1, L)],
-                            T.reinterpret(OPV, T.Broadcast(ap32[a0 + r * KG + p], L)),
-                            T.reinterpret(OPV, bsrc[T.Ramp(b0 + p * NR + v * L, 1, L)]))
-                    else:
-                        acc[T.Ramp((r * NV + v) * L, 1, L)] = \
-                            acc[T.Ramp((r * NV + v) * L, 1, L)] + T.call_llvm_pure_intrin(
-                                VEC, INTRIN,
+            else:
+                for v in T.unroll(NV):
+                    for r in T.unroll(rows):
+                        if ACCUMULATES:
+                            acc[T.Ramp((r * NV + v) * L, 1, L)] = T.call_llvm_pure_intrin(
+                                VEC, INTRIN, acc[T.Ramp((r * NV + v) * L, 1, L)],
                                 T.reinterpret(OPV, T.Broadcast(ap32[a0 + r * KG + p], L)),
                                 T.reinterpret(OPV, bsrc[T.Ramp(b0 + p * NR + v * L, 1, L)]))
+                        else:
+                            acc[T.Ramp((r * NV + v) * L, 1, L)] = \
+                                acc[T.Ramp((r * NV + v) * L, 1, L)] \
+                                + T.call_llvm_pure_intrin(
+                                    VEC, INTRIN,
+                                    T.reinterpret(OPV, T.Broadcast(ap32[a0 + r * KG + p], L)),
+                                    T.reinterpret(OPV, bsrc[T.Ramp(b0 + p * NR + v * L, 1, L)]))
         if cols >= NR:
             for r in T.unroll(rows):
                 if r < valid:

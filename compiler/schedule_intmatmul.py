@@ -202,6 +202,27 @@ def schedule_float_matmuls(mod: Any, tvm_target: Any, isa: DotIsa,
     return rewrite_calls(mod, lambda call: call.op.same_as(matmul_op), rewrite)
 
 
+def _transposed_constant(rw: Any, b: Any) -> Any | None:
+    """``b`` when it is ``permute_dims`` of a constant (ONNX ``Gemm(transB=1)``, a Linear
+    layer): the transposed constant, so that it is packed once at compile time like a MatMul
+    weight; else None."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    while isinstance(b, relax.Var):
+        bound = rw.lookup_binding(b)
+        if bound is None:
+            return None
+        b = bound
+    if not (isinstance(b, relax.Call) and b.op.same_as(tvm.ir.Op.get("relax.permute_dims"))
+            and isinstance(b.args[0], tvm.ir.GenericConst)):
+        return None
+    value = b.args[0].value.numpy()
+    axes = None if b.attrs.axes is None else [int(v) for v in b.attrs.axes]
+    return relax.const(np.ascontiguousarray(np.transpose(value, axes)))
+
+
 def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
                      isa: DotIsa) -> Callable[[Any, Any, Any, Any], Any | None]:
     """``emit(rw, a, b, out_ty)``: the kernel call replacing ``a @ b`` (or None to keep it): A
@@ -228,6 +249,9 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
         return rw.kernels[key]
 
     def emit(rw: Any, a: Any, b: Any, out_ty: Any) -> Any | None:
+        if isa.group == 1:                    # float: Gemm's transB of a constant weight
+            const_b = _transposed_constant(rw, b)
+            b = b if const_b is None else const_b
         a_ty, b_ty = a.ty, b.ty
         if not all(isinstance(t, relax.TensorType) and isinstance(t.shape, relax.ShapeExpr)
                    for t in (a_ty, b_ty, out_ty)):
