@@ -15,6 +15,7 @@ check                 ONNX file -> fp32 Graph                  :mod:`.stages.che
 [weights]             Graph -> Graph with LutMatMul            :mod:`.stages.weights`
 [calibrate]           Graph -> Calibrated (graph + ranges)     :mod:`.stages.calibrate`
 [quantize]            Calibrated -> integer Graph              :mod:`.stages.quantize`
+[binary_attention]    integer Graph -> integer binary codes     :mod:`.stages.binary_attention`
 [shift_linear]        Graph -> Graph with ShiftMatMul          :mod:`.stages.shift_linear`
 [kernels]             Graph -> Graph (lut or dequant / node)   :mod:`.stages.kernels`
 lower                 Graph -> Lowered (Relax IRModule)        :mod:`.stages.lower`
@@ -22,7 +23,8 @@ schedule              Lowered -> Library (shared library)      :mod:`.stages.sch
 package               Graph + Lowered + Library -> .edgert     :mod:`.stages.package`
 ====================  =======================================  ==============================
 
-``binary_attention`` runs with ``--binary-attention``; ``lmul`` with ``--lmul``; ``weights``
+``binary_attention`` runs with ``--binary-attention`` (after ``quantize`` with
+``--int-only``); ``lmul`` with ``--lmul``; ``weights``
 is the float variant of ``--weight-bits``;
 ``calibrate`` and ``quantize`` run with ``--int-only`` (the integer variant of
 ``--weight-bits`` chooses its weights in ``calibrate``); ``kernels`` with ``--weight-bits``;
@@ -42,7 +44,7 @@ from edgert.capture import released
 from edgert.compiler.build_log import BuildLog
 from edgert.compiler.options import CompileOptions
 from edgert.compiler.stages import prepare
-from edgert.compiler.stages.binary_attention import binary_attention
+from edgert.compiler.stages.binary_attention import binary_attention, binary_attention_int
 from edgert.compiler.stages.calibrate import calibrate
 from edgert.compiler.stages.check import check
 from edgert.compiler.stages.kernels import choose_kernels
@@ -94,7 +96,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
     with log.kept_on_failure(output):
         with log.stage("check"):                    # ONNX file -> checked fp32 graph
             graph = check(model_path, ctx)
-        if ctx.options.binary_attention:
+        if ctx.options.binary_attention and not ctx.options.int_only:
             with log.stage("binary_attention"):     # [--binary-attention] hashed attention
                 graph = binary_attention(graph, ctx)
         if ctx.options.lmul is not None:
@@ -108,6 +110,9 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
                 calibrated = calibrate(graph, ctx)
             with log.stage("quantize"):
                 graph = quantize(calibrated, ctx)
+            if ctx.options.binary_attention:
+                with log.stage("binary_attention"):  # integer codes on the quantized scores
+                    graph = binary_attention_int(graph, calibrated.graph, ctx)
             if ctx.options.shift_linear is not None:
                 with log.stage("shift_linear"):     # [--shift-linear] power-of-two weights
                     graph = shift_linears(graph, calibrated.graph, ctx)

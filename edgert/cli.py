@@ -122,9 +122,10 @@ LMulMantissaOpt = Annotated[Optional[int], typer.Option(
     "--lmul-mantissa", metavar="[2|3|4|5]", help="With --lmul: operand mantissa bits "
     "(default 4: as precise as float8_e4m3 products; 3 beats float8_e5m2).")]
 BinaryAttentionOpt = Annotated[bool, typer.Option(
-    "--binary-attention", help="fp32 compiles: attention (Q·Kᵀ, scale, mask, softmax, ·V) on "
-    "binary codes of queries and keys, scores by xor and popcount; the hash is fitted on "
-    "--calib DATA (post-training: expect an accuracy drop). `edgert inspect` shows the "
+    "--binary-attention", help="Attention (Q·Kᵀ, scale, mask, softmax, ·V) on binary codes "
+    "of queries and keys, scores by xor and popcount; the hash is fitted on --calib DATA "
+    "(post-training: expect an accuracy drop). With --int-only: the quadratic form on "
+    "integer codes (sign of an int8 projection) and Shiftmax. `edgert inspect` shows the "
     "attention replaced.")]
 HashBitsOpt = Annotated[Optional[int], typer.Option(
     "--hash-bits", metavar="[8|16|32]", help="With --binary-attention: code bits per query "
@@ -417,7 +418,8 @@ def inspect(
                   highlight=False)
     battn = info.get("binary_attention")
     if battn:
-        out.print(f"binary attention ({battn['bits']}-bit codes, {battn['form']} form): "
+        kind = ", integer" if battn.get("integer") else ""
+        out.print(f"binary attention ({battn['bits']}-bit codes, {battn['form']} form{kind}): "
                   f"{len(battn['replaced'])} of {battn['softmaxes']} softmaxes replaced"
                   + (f"; kept: {', '.join(battn['kept'])}" if battn["kept"] else ""),
                   highlight=False)

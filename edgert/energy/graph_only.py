@@ -21,7 +21,7 @@ def compile_graph(model_path: str | os.PathLike, **options: Any) -> Any:
     """
     from edgert.compiler.options import CompileOptions
     from edgert.compiler.stages import prepare
-    from edgert.compiler.stages.binary_attention import binary_attention
+    from edgert.compiler.stages.binary_attention import binary_attention, binary_attention_int
     from edgert.compiler.stages.calibrate import calibrate
     from edgert.compiler.stages.check import check
     from edgert.compiler.stages.kernels import choose_kernels
@@ -38,7 +38,10 @@ def compile_graph(model_path: str | os.PathLike, **options: Any) -> Any:
     if ctx.lowbit is not None and not ctx.options.int_only:
         graph = quantize_weights(graph, ctx)
     if ctx.options.int_only:
-        graph = quantize(calibrate(graph, ctx), ctx)
+        calibrated = calibrate(graph, ctx)
+        graph = quantize(calibrated, ctx)
+        if ctx.options.binary_attention:
+            graph = binary_attention_int(graph, calibrated.graph, ctx)
     if ctx.lowbit is not None:
         graph = choose_kernels(graph, ctx)
     return graph.model
