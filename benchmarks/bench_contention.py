@@ -21,7 +21,9 @@ quiet between processes so an idle pool's spinning does not land on the next one
 
 A cell is ``--calls`` timed calls after 10 untimed ones; its value is their median. Reported per
 policy and model: the alone median (µs, and its range over rounds) and for each scenario the
-ratio to the same round's alone time: median and range over rounds.
+ratio to the same round's alone time: median and range over rounds; and, per scenario, the
+thread count each round's cell ended with (the adaptive policy's choice; the session's count
+otherwise).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def gemv_onnx(path: Path) -> Path:
 
 def runtime_worker(conn: Any, artifacts: dict[str, str], vit_onnx: str, threads: int | None) -> None:
     """One policy's process: answers ("measure", (model, scenario, calls)) with the median
-    seconds of one edgert call."""
+    seconds of one edgert call and the thread count the session ended the cell with."""
     try:
         import onnxruntime as ort
 
@@ -95,7 +97,9 @@ def runtime_worker(conn: Any, artifacts: dict[str, str], vit_onnx: str, threads:
             sess.run(None, feed)
             if i >= 10:
                 times.append(time.perf_counter() - t0)
-        conn.send(("ok", statistics.median(times)))
+        chooser = getattr(sess._backend, "_adaptive", None)   # the adaptive policy's choice
+        used = chooser.best if chooser else sess._backend.threads
+        conn.send(("ok", (statistics.median(times), used)))
 
 
 def start_busy(n: int) -> list[subprocess.Popen]:
@@ -132,7 +136,8 @@ def summary(cells: dict, policies: list[str], models: list[str]) -> list[dict]:
             alone = cells[pol][model]["alone"]
             row = {"policy": pol, "model": model,
                    "alone_us": 1e6 * statistics.median(alone),
-                   "alone_us_range": [1e6 * min(alone), 1e6 * max(alone)]}
+                   "alone_us_range": [1e6 * min(alone), 1e6 * max(alone)],
+                   "threads": {sc: cells[pol][model][sc + "_threads"] for sc in SCENARIOS}}
             for sc in SCENARIOS[1:]:
                 ratios = [t / a for t, a in zip(cells[pol][model][sc], alone)]
                 row[sc] = statistics.median(ratios)
@@ -143,14 +148,15 @@ def summary(cells: dict, policies: list[str], models: list[str]) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'policy':<12}{'model':<6}{'alone us (range)':>24}"
-          + "".join(f"{sc + ' x (range)':>22}" for sc in SCENARIOS[1:]))
+          + "".join(f"{sc + ' x (range)':>22}" for sc in SCENARIOS[1:]) + "  threads at the end")
     for r in rows:
         lo, hi = r["alone_us_range"]
         line = f"{r['policy']:<12}{r['model']:<6}{r['alone_us']:>9.0f} ({lo:>5.0f}-{hi:>6.0f})"
         for sc in SCENARIOS[1:]:
             a, b = r[sc + "_range"]
             line += f"{r[sc]:>9.2f} ({a:>4.2f}-{b:>5.2f})"
-        print(line)
+        used = " ".join(f"{sc}:{''.join(map(str, r['threads'][sc]))}" for sc in SCENARIOS)
+        print(line + "  " + used)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compiled in {time.perf_counter() - t0:.0f} s; load {os.getloadavg()[0]:.2f}", flush=True)
         workers = {p: spawn(p, artifacts, vit_onnx) for p in policies}
         models = list(artifacts)
-        cells = {p: {m: {sc: [] for sc in SCENARIOS} for m in models} for p in policies}
+        cells = {p: {m: {key: [] for sc in SCENARIOS for key in (sc, sc + "_threads")}
+                     for m in models} for p in policies}
         try:
             for r in range(args.rounds):
                 for sc in SCENARIOS:
@@ -188,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                         order = policies[r % len(policies):] + policies[:r % len(policies)]
                         for pol in order:
                             for model in models:
-                                cells[pol][model][sc].append(
-                                    workers[pol].call("measure", (model, sc, args.calls)))
+                                median, used = workers[pol].call("measure", (model, sc, args.calls))
+                                cells[pol][model][sc].append(median)
+                                cells[pol][model][sc + "_threads"].append(used)
                             time.sleep(0.5)
                     finally:
                         stop_busy(busy)
