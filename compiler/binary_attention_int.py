@@ -93,8 +93,8 @@ def _shiftmax_of(site: Site, int_graph: onnx.GraphProto, g: GraphIndex
     while node is not None and node.op_type in _SCORE_NODES and g.private(node.output[0]):
         node = g.producer.get(node.input[0])
     if node is None or node.op_type != "MatMulInteger" or not g.private(node.output[0]):
-        return ("the integer scores are not a MatMulInteger of queries and keys (a bias that "
-                "is not a mask is added to them)")
+        return ("the quantizer adds the attention bias to the integer scores (integer codes "
+                "take a mask only where it became Shiftmax's exclude input)")
     return found[0], node
 
 

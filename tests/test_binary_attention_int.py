@@ -7,7 +7,9 @@ in the graph, the attention's scores from the codes (Shiftmax reads a Cast of th
 MatMulInteger), numba == TVM bit for bit on the 360 held-out digits, and their top-1 pinned
 exactly (the fit is deterministic numpy; the graph integer). Plus: the codes and scores of the
 graph equal numpy's integer arithmetic on the graph's own int8 queries and keys, and the linear
-form is refused with --int-only.
+form is refused with --int-only. On hand-built graphs (no TVM build): the SDPA and shared-hash
+(symbolic heads) layouts get integer codes too (float ops 0, the reference executor runs them),
+and a bias the quantizer adds to the scores keeps its integer softmax attention.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from edgert.errors import InputError
 from edgert.model_info import describe_model
 
 from ophelpers import assert_bit_exact
+from test_binary_attention_models import _feeds, _graph
 
 CALIB = 32
 VIT_INT_CORRECT = 94
@@ -114,3 +117,27 @@ def test_linear_form_is_refused_with_int_only(tmp_path):
         compile_model(demo_files()[0], tmp_path / "x.edgert", int_only=True,
                       binary_attention=True, attention_form="linear",
                       calib=demo_calib_file())
+
+
+@pytest.mark.parametrize("style,bias", [("sdpa", False), ("shared", False), ("minilm", True)])
+def test_hand_built_attention(tmp_path, style, bias):
+    from edgert.energy.graph_only import compile_graph
+
+    rng = np.random.default_rng(0)
+    model = _graph(style, rng)
+    feeds = _feeds(rng, 16, style)
+    if not bias:                                  # Softmax straight on the scaled scores
+        add = next(n for n in model.graph.node if n.op_type == "Add")
+        next(n for n in model.graph.node if n.op_type == "Softmax").input[0] = add.input[0]
+        model.graph.node.remove(add)
+        model.graph.input.remove(next(i for i in model.graph.input if i.name == "bias"))
+        del feeds["bias"]
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **feeds)
+    out = compile_graph(tmp_path / "m.onnx", int_only=True, binary_attention=True, hash_bits=8,
+                        calib=tmp_path / "calib.npz")
+    assert describe_model(out)["float_ops"] == 0
+    replaced = any(n.name.endswith("_scores32") for n in out.graph.node)
+    assert replaced == (not bias)
+    [y] = run_reference(out, feeds)
+    assert y.shape == (16, 2, 6, 4) and np.isfinite(y).all()
