@@ -136,6 +136,7 @@ CASES = [  # (a shape, b shape, mantissa bits, fraction of special values)
     ((1, 9, 40), (40, 72), 5, 0.0),            # row blocks + a row, column tiles + a vector
     ((6, 7), (7, 5), 3, 0.3),                  # fewer columns than lanes (scalar)
     ((2, 4, 17, 8), (2, 4, 8, 17), 4, 0.1),    # attention scores
+    ((1, 37, 260), (260, 150), 4, 0.01),       # panels of B: 3 of k, 2 of columns
 ]
 
 

@@ -12,12 +12,13 @@ That is the spec's bit-level L-Mul (``spec.lmul_bits``) re-arranged, not approxi
 2. Pre-pass over B: ``eb = |y| & mask``, a zero or denormal ``y`` gets :func:`b_zero`
    (``-max ea``: ``ea + eb <= 0`` for every normal ``x``); the sign word; per column the
    same flags and bounds.
-3. Main loop, per output row and tile of ``lanes x`` :data:`UNROLL` columns, ``k`` ascending
-   (serial: each column is its own accumulator, the spec's order):
+3. Main loop, per tile of :data:`ROWS` output rows x :data:`UNROLL` vectors of columns (the
+   rows share each load of B), ``k`` ascending (serial: each output is its own accumulator,
+   the spec's order):
    ``(max(ea + eb, 0) & nz(x)) ^ sign(x) ^ sign(y)`` read as float32 (``nz(x)`` all ones,
    or 0 where ``ea`` is the zero sentinel: a zero times a zero, which no additive code can
-   send below 0), added into the accumulators. A
-   column count that is not a multiple of the tile runs the same arithmetic on scalars.
+   send below 0), added into the accumulators. Rows and columns past the last full tile
+   run the same arithmetic one row at a time, on one vector, then on scalars.
 4. Fix-up, per output element: the fast form equals the spec wherever no product of it
    leaves the normal range and no operand is Inf or NaN. The row and column bounds decide
    that (``min ea + min eb >= 0x00800000`` and ``max ea + max eb <= 0x7F7FFFFF``, no
@@ -46,7 +47,13 @@ from edgert.ops.lmul_matmul.spec import (INF, MAGNITUDE, MAX_FINITE, MIN_NORMAL,
 UNROLL = 2
 """Vectors of columns per tile (independent accumulators: the float adds' latency hidden)."""
 ROWS = 4
-"""Output rows per task: they share each load of B."""
+"""Output rows per tile: they share each load of B."""
+GROUP = 32
+"""Output rows per parallel task (a multiple of :data:`ROWS`)."""
+PANEL_K, PANEL_TILES = 128, 8
+"""The task's rows go over B in panels of this many k by this many column tiles (with AVX2
+128 x 128 columns: 128 KiB of encoded B, kept in L2 while the task's row tiles use it); the
+accumulators of a tile go through the output between k panels (float32: the same bits)."""
 A_ZERO = 0x7FFFFFFF
 """``ea`` of a zero or denormal element of A (no normal element has it: ``ea < 2**30``)."""
 FAR = 1 << 40
@@ -99,32 +106,29 @@ def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, rows: int =
         SB = T.alloc_buffer((BB * K * N,), "int32")
         LOA = T.alloc_buffer((BA * M,), "int64")
         HIA = T.alloc_buffer((BA * M,), "int64")
-        LOB = T.alloc_buffer((BB * N,), "int64")
-        HIB = T.alloc_buffer((BB * N,), "int64")
+        LOB = T.alloc_buffer((BB * N + BB,), "int64")    # per column, then per batch
+        HIB = T.alloc_buffer((BB * N + BB,), "int64")
         if parallel:
             for r in T.parallel(BA * M):
                 prepass_a(Af, EA, SA, LOA, HIA, r, K)
             for bb in T.parallel(BB):
-                prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N)
-            for tb in T.parallel(BO * ((M + rows - 1) // rows)):
+                prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N, BB)
+            for tb in T.parallel(BO * ((M + GROUP - 1) // GROUP)):
                 row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB)
         else:
             for r in range(BA * M):
                 prepass_a(Af, EA, SA, LOA, HIA, r, K)
             for bb in range(BB):
-                prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N)
-            for tb in range(BO * ((M + rows - 1) // rows)):
+                prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N, BB)
+            for tb in range(BO * ((M + GROUP - 1) // GROUP)):
                 row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB)
 
     return lmul_matmul_cpu
 
 
-def _row_macros(T: Any, m: int, L: int, U: int, R: int) -> tuple[Any, Any]:
-    """The macros of the main loop: ``tiles(..., t, i0, rows)`` for ``rows`` (:data:`ROWS` or
-    1) output rows ``i0 ..`` of batch ``t``, their column tiles of ``L x U`` (the rows share
-    the loads of B), and ``rest(..., t, i)`` for one row: its vector tail, its scalar tail,
-    then the recomputation of the elements the bounds flag."""
-    W = L * U
+def _product_macro(T: Any, L: int) -> Any:
+    """The macro adding ``nv`` vectors of products of row ``a_at`` and column tile ``b_at``
+    at step ``k`` into ``acc`` (module docstring, step 3)."""
     I32, F32 = f"int32x{L}", f"float32x{L}"
 
     def vec(start: Any) -> Any:
@@ -140,22 +144,16 @@ def _row_macros(T: Any, m: int, L: int, U: int, R: int) -> tuple[Any, Any]:
                     EA[a_at + k] == T.uint32(A_ZERO), T.int32(0), T.int32(-1)), L))
                 ^ T.Broadcast(SA[a_at + k], L) ^ SB[vec(b_at + k * N + u * L)])
 
-    def tiles_macro(rows: int) -> Any:
-        @T.macro
-        def tiles(Yf, EA, SA, EB, SB, t, i0, M, K, N, BA, BB):
-            b_at = (t % BB) * K * N
-            acc = T.alloc_buffer((rows * W,), "float32", scope="local")
-            for jb in range(N // W):
-                for v in T.unroll(rows * U):
-                    acc[vec(v * L)] = T.Broadcast(T.float32(0), L)
-                for k in range(K):
-                    for r in T.unroll(rows):
-                        product_tile(EA, SA, EB, SB, acc, r * W, ((t % BA) * M + i0 + r) * K,
-                                     b_at + jb * W, k, N, U)
-                for r in T.unroll(rows):
-                    for u in T.unroll(U):
-                        Yf[vec((t * M + i0 + r) * N + jb * W + u * L)] = acc[vec(r * W + u * L)]
-        return tiles
+    return product_tile
+
+
+def _rest_macro(T: Any, m: int, L: int, U: int, product_tile: Any) -> Any:
+    """The macro finishing one output row: its vector tail, its scalar tail, then the
+    recomputation of the elements the bounds flag (module docstring, steps 3 and 4)."""
+    W = L * U
+
+    def vec(start: Any) -> Any:
+        return T.Ramp(start, 1, L)
 
     @T.macro
     def rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB):
@@ -183,28 +181,72 @@ def _row_macros(T: Any, m: int, L: int, U: int, R: int) -> tuple[Any, Any]:
                     s = T.reinterpret("int32", ea + EB[b_at + k * N + j])
                     one[0] = one[0] + T.reinterpret("float32", T.max(s, 0) ^ sgn)
             Yf[y_at + j] = one[0]
-        for j in range(N):
-            if (LOA[ra] + LOB[cb + j] < T.int64(MIN_NORMAL)
-                    or HIA[ra] + HIB[cb + j] > T.int64(MAX_FINITE)):
-                one[0] = T.float32(0)
-                for k in range(K):
-                    one[0] = one[0] + lmul_tir(Af[a_at + k], Bf[b_at + k * N + j], m)
-                Yf[y_at + j] = one[0]
+        if (LOA[ra] + LOB[BB * N + t % BB] < T.int64(MIN_NORMAL)
+                or HIA[ra] + HIB[BB * N + t % BB] > T.int64(MAX_FINITE)):
+            for j in range(N):        # the row may meet a column it cannot take fast
+                if (LOA[ra] + LOB[cb + j] < T.int64(MIN_NORMAL)
+                        or HIA[ra] + HIB[cb + j] > T.int64(MAX_FINITE)):
+                    one[0] = T.float32(0)
+                    for k in range(K):
+                        one[0] = one[0] + lmul_tir(Af[a_at + k], Bf[b_at + k * N + j], m)
+                    Yf[y_at + j] = one[0]
 
+    return rest
+
+
+def _row_macros(T: Any, m: int, L: int, U: int, R: int) -> Any:
+    """The macro of one parallel task, :data:`GROUP` output rows of one batch: over panels of
+    B (:data:`PANEL_K` x :data:`PANEL_TILES`), tiles of ``R`` rows x ``U`` vectors of ``L``
+    columns (the rows share the loads of B; leftover rows one at a time), then each row's
+    tails and recomputed elements (:func:`_rest_macro`)."""
+    W = L * U
+    product_tile = _product_macro(T, L)
+
+    def vec(start: Any) -> Any:
+        return T.Ramp(start, 1, L)
+
+    def tiles_macro(rows: int) -> Any:
+        @T.macro
+        def tiles(Yf, EA, SA, EB, SB, t, i0, M, K, N, BA, BB, k0, k1, jb0, jb1):
+            b_at = (t % BB) * K * N
+            acc = T.alloc_buffer((rows * W,), "float32", scope="local")
+            for jb in range(jb0, jb1):
+                for r in T.unroll(rows):
+                    for u in T.unroll(U):
+                        if k0 == 0:
+                            acc[vec(r * W + u * L)] = T.Broadcast(T.float32(0), L)
+                        else:
+                            acc[vec(r * W + u * L)] = Yf[vec((t * M + i0 + r) * N + jb * W
+                                                             + u * L)]
+                for k in range(k0, k1):
+                    for r in T.unroll(rows):
+                        product_tile(EA, SA, EB, SB, acc, r * W, ((t % BA) * M + i0 + r) * K,
+                                     b_at + jb * W, k, N, U)
+                for r in T.unroll(rows):
+                    for u in T.unroll(U):
+                        Yf[vec((t * M + i0 + r) * N + jb * W + u * L)] = acc[vec(r * W + u * L)]
+        return tiles
+
+    rest = _rest_macro(T, m, L, U, product_tile)
     tiles_r, tiles_1 = tiles_macro(R), tiles_macro(1)
 
     @T.macro
-    def row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB):
-        t = tb // ((M + R - 1) // R)
-        i0 = tb % ((M + R - 1) // R) * R
-        if i0 + R <= M:
-            tiles_r(Yf, EA, SA, EB, SB, t, i0, M, K, N, BA, BB)
-            for r in range(R):
-                rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i0 + r, M, K, N, BA, BB)
-        else:
-            for i in range(i0, M):
-                tiles_1(Yf, EA, SA, EB, SB, t, i, M, K, N, BA, BB)
-                rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB)
+    def row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, g, M, K, N, BA, BB):
+        t = g // ((M + GROUP - 1) // GROUP)
+        r0 = g % ((M + GROUP - 1) // GROUP) * GROUP
+        n_rows = T.min(GROUP, M - r0)
+        for nc in range((N // W + PANEL_TILES - 1) // PANEL_TILES):
+            for kc in range((K + PANEL_K - 1) // PANEL_K):
+                for rb in range(n_rows // R):
+                    tiles_r(Yf, EA, SA, EB, SB, t, r0 + rb * R, M, K, N, BA, BB, kc * PANEL_K,
+                            T.min(K, kc * PANEL_K + PANEL_K), nc * PANEL_TILES,
+                            T.min(N // W, nc * PANEL_TILES + PANEL_TILES))
+                for i in range(r0 + n_rows // R * R, r0 + n_rows):
+                    tiles_1(Yf, EA, SA, EB, SB, t, i, M, K, N, BA, BB, kc * PANEL_K,
+                            T.min(K, kc * PANEL_K + PANEL_K), nc * PANEL_TILES,
+                            T.min(N // W, nc * PANEL_TILES + PANEL_TILES))
+        for i in range(r0, r0 + n_rows):
+            rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB)
 
     return row_block
 
@@ -231,7 +273,7 @@ def _prepass_macros(T: Any, m: int) -> tuple[Any, Any]:
                 HIA[r] = T.max(HIA[r], e)
 
     @T.macro
-    def prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N):
+    def prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N, BB):
         for j in range(N):
             LOB[bb * N + j] = T.int64(FAR)
             HIB[bb * N + j] = T.int64(-FAR)
@@ -249,6 +291,11 @@ def _prepass_macros(T: Any, m: int) -> tuple[Any, Any]:
                     e = T.Cast("int64", ay & T.uint32(MASK))
                     LOB[bb * N + j] = T.min(LOB[bb * N + j], e)
                     HIB[bb * N + j] = T.max(HIB[bb * N + j], e)
+        LOB[BB * N + bb] = T.int64(FAR)
+        HIB[BB * N + bb] = T.int64(-FAR)
+        for j in range(N):
+            LOB[BB * N + bb] = T.min(LOB[BB * N + bb], LOB[bb * N + j])
+            HIB[BB * N + bb] = T.max(HIB[BB * N + bb], HIB[bb * N + j])
 
     return prepass_a, prepass_b
 
