@@ -164,7 +164,7 @@ def _tile_macro(sh: _Shape) -> Any:
 def _block_macros(sh: _Shape, tile: Any, a_word: Any) -> tuple[Any, Any]:
     from tvm.script import tirx as T
 
-    MR, MP, G, WORD = sh.MR, sh.MP, sh.G, sh.WORD
+    MR, MP, G, WORD, FLOAT = sh.MR, sh.MP, sh.G, sh.WORD, sh.FLOAT
 
     @T.macro
     def block(ap32, a0, bsrc, b0, Cf, row0, rows, ncol, KG, n):
@@ -175,7 +175,11 @@ def _block_macros(sh: _Shape, tile: Any, a_word: Any) -> tuple[Any, Any]:
         for mi in range(full):
             tile(MR, ap32, a0 + mi * MR * KG, bsrc, b0, Cf, (row0 + mi * MR) * n + ncol,
                  rows - mi * MR, cols, KG, n)
-        if tail * 2 > MR:      # a long row tail: the MR-row tile over zero rows
+        if FLOAT:              # A itself, no zero rows past the panel: row by row
+            for r in range(tail):
+                tile(1, ap32, a0 + (full * MR + r) * KG, bsrc, b0, Cf,
+                     (row0 + full * MR + r) * n + ncol, 1, cols, KG, n)
+        elif tail * 2 > MR:    # a long row tail: the MR-row tile over zero rows
             tile(MR, ap32, a0 + full * MR * KG, bsrc, b0, Cf, (row0 + full * MR) * n + ncol,
                  tail, cols, KG, n)
         else:                  # a short one: row by row
@@ -211,7 +215,7 @@ def _task_macro(sh: _Shape, block: Any, b_word: Any, b_word_ragged: Any, b_packe
     from tvm.script import tirx as T
 
     MP, NR, L, G, NV, WORD = sh.MP, sh.NR, sh.L, sh.G, sh.NV, sh.WORD
-    BSEL, EXTRA = sh.BSEL, sh.EXTRA
+    BSEL, EXTRA, FLOAT = sh.BSEL, sh.EXTRA, sh.FLOAT
 
     @T.macro
     def task(t, ap32, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH):
@@ -224,7 +228,8 @@ def _task_macro(sh: _Shape, block: Any, b_word: Any, b_word_ragged: Any, b_packe
         row0: T.let[T.int64] = bi * M + mp * MP           # first row of the panel in A and C
         rows: T.let[T.int32] = T.Cast("int32", T.min(T.int64(MP), M - mp * MP))
         nblocks: T.let[T.int64] = T.min(NBC, NBR - nc * NBC)
-        a0: T.let[T.int64] = (bi * MPN + mp) * (MP * KG)
+        # the panel's first word: in the packed panels, or (float32) in A itself
+        a0: T.let[T.int64] = row0 * KG if FLOAT else (bi * MPN + mp) * (MP * KG)
         if b_packed:
             for nbi in range(nblocks):
                 block(ap32, a0, Bf, (nc * NBC + nbi) * ((KG + EXTRA) * NR), Cf, row0, rows,
@@ -260,7 +265,7 @@ def _task_macro(sh: _Shape, block: Any, b_word: Any, b_word_ragged: Any, b_packe
 def _run_tasks_macro(sh: _Shape, pack_panel: Any, task: Any) -> Any:
     from tvm.script import tirx as T
 
-    MP, NR, G, WORD, PAR = sh.MP, sh.NR, sh.G, sh.WORD, sh.PAR
+    MP, NR, G, WORD, PAR, FLOAT = sh.MP, sh.NR, sh.G, sh.WORD, sh.PAR, sh.FLOAT
 
     @T.macro
     def run_tasks(Af, Bf, Cf, BA, M, k, n, NBC):
@@ -269,14 +274,23 @@ def _run_tasks_macro(sh: _Shape, pack_panel: Any, task: Any) -> Any:
         NCH: T.let[T.int64] = T.max((NBR + NBC - 1) // NBC, T.int64(1))   # (max: a divisor)
         MPN: T.let[T.int64] = (M + MP - 1) // MP
         # every A panel packed once, before the tasks (a task per panel and column chunk
-        # would pack its panel once per chunk: 6-24 times on MiniLM's matmuls)
-        ap32 = T.alloc_buffer((BA * MPN * MP * KG,), WORD)
-        if PAR:
+        # would pack its panel once per chunk: 6-24 times on MiniLM's matmuls). Float32
+        # panels would be plain copies of A's rows (one element per word): the tiles read A.
+        if FLOAT:
+            if PAR:
+                for t in T.parallel(BA * MPN * NCH):
+                    task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
+            else:
+                for t in range(BA * MPN * NCH):
+                    task(t, Af, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
+        elif PAR:
+            ap32 = T.alloc_buffer((BA * MPN * MP * KG,), WORD)
             for pi in T.parallel(BA * MPN):
                 pack_panel(pi, Af, ap32, M, MPN, k, KG)
             for t in T.parallel(BA * MPN * NCH):
                 task(t, ap32, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH)
         else:
+            ap32 = T.alloc_buffer((BA * MPN * MP * KG,), WORD)
             for pi in range(BA * MPN):
                 pack_panel(pi, Af, ap32, M, MPN, k, KG)
             for t in range(BA * MPN * NCH):
