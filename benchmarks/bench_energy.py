@@ -4,7 +4,7 @@
 
 For each model: fp32, ``--int-only``, ``--lmul attention`` and ``--binary-attention`` (16-bit
 codes, quadratic form), the graph that ``edgert compile`` builds (its graph stages only:
-:func:`edgert.energy.graph_only.compile_graph`; the energy model reads only the graph, so the
+:func:`edgert.compiler.compile_graph`; the energy model reads only the graph, so the
 TVM build is skipped), its modelled joules per inference (:func:`edgert.energy.modelled_energy`,
 the shipped 45 nm table unless ``--table``), the ratio to fp32, the arithmetic and memory parts,
 and for L-Mul the energy of the replaced matmuls (``edgert.LMulMatMul`` against the fp32
@@ -56,7 +56,7 @@ def minilm_case(tmp: Path, seq: int) -> tuple[Path, Path, dict[str, list[int]]]:
 
 def model_energy(name: str, case: Any, tmp: Path, seq: int, table: str | None) -> list[dict]:
     from edgert.energy import modelled_energy
-    from edgert.energy.graph_only import compile_graph
+    from edgert.compiler import compile_graph
 
     model, calib, shapes = case(tmp, seq)
     rows = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export", "compile_model", "CompileOptions", "load_model"]
+__all__ = ["export", "compile_model", "compile_graph", "CompileOptions", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,10 +16,10 @@ def __getattr__(name: str) -> Any:
         from edgert.compiler.exporter import export
 
         return export
-    if name == "compile_model":
-        from edgert.compiler.pipeline import compile_model
+    if name in ("compile_model", "compile_graph"):
+        from edgert.compiler import pipeline
 
-        return compile_model
+        return getattr(pipeline, name)
     if name == "CompileOptions":
         from edgert.compiler.options import CompileOptions
 

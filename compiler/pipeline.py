@@ -15,7 +15,7 @@ check                 ONNX file -> fp32 Graph                  :mod:`.stages.che
 [weights]             Graph -> Graph with LutMatMul            :mod:`.stages.weights`
 [calibrate]           Graph -> Calibrated (graph + ranges)     :mod:`.stages.calibrate`
 [quantize]            Calibrated -> integer Graph              :mod:`.stages.quantize`
-[binary_attention]    integer Graph -> integer binary codes     :mod:`.stages.binary_attention`
+[binary_attention]    integer Graph -> integer binary codes     :mod:`.stages.binary_attention_int`
 [shift_linear]        Graph -> Graph with ShiftMatMul          :mod:`.stages.shift_linear`
 [kernels]             Graph -> Graph (lut or dequant / node)   :mod:`.stages.kernels`
 lower                 Graph -> Lowered (Relax IRModule)        :mod:`.stages.lower`
@@ -43,8 +43,9 @@ from typing import Any
 from edgert.capture import released
 from edgert.compiler.build_log import BuildLog
 from edgert.compiler.options import CompileOptions
-from edgert.compiler.stages import prepare
-from edgert.compiler.stages.binary_attention import binary_attention, binary_attention_int
+from edgert.compiler.stages import Context, Graph, prepare
+from edgert.compiler.stages.binary_attention import binary_attention
+from edgert.compiler.stages.binary_attention_int import binary_attention_int
 from edgert.compiler.stages.calibrate import calibrate
 from edgert.compiler.stages.check import check
 from edgert.compiler.stages.kernels import choose_kernels
@@ -56,7 +57,7 @@ from edgert.compiler.stages.schedule import schedule
 from edgert.compiler.stages.shift_linear import shift_linears
 from edgert.compiler.stages.weights import quantize_weights
 
-__all__ = ["CompileOptions", "LIB_MEMBER", "compile_model"]
+__all__ = ["CompileOptions", "LIB_MEMBER", "compile_graph", "compile_model"]
 
 
 def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
@@ -94,34 +95,54 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike,
                   released(on_progress))           # the callbacks print to the real terminal
     log = BuildLog(on_stage_done)
     with log.kept_on_failure(output):
-        with log.stage("check"):                    # ONNX file -> checked fp32 graph
-            graph = check(model_path, ctx)
-        if ctx.options.binary_attention and not ctx.options.int_only:
-            with log.stage("binary_attention"):     # [--binary-attention] hashed attention
-                graph = binary_attention(graph, ctx)
-        if ctx.options.lmul is not None:
-            with log.stage("lmul"):                 # [--lmul] L-Mul matmuls
-                graph = lmul_matmuls(graph, ctx)
-        if ctx.lowbit is not None and not ctx.options.int_only:
-            with log.stage("weights"):              # [--weight-bits, float] LutMatMul weights
-                graph = quantize_weights(graph, ctx)
-        if ctx.options.int_only:                    # [--int-only] ranges -> integer graph
-            with log.stage("calibrate"):
-                calibrated = calibrate(graph, ctx)
-            with log.stage("quantize"):
-                graph = quantize(calibrated, ctx)
-            if ctx.options.binary_attention:
-                with log.stage("binary_attention"):  # integer codes on the quantized scores
-                    graph = binary_attention_int(graph, calibrated.graph, ctx)
-            if ctx.options.shift_linear is not None:
-                with log.stage("shift_linear"):     # [--shift-linear] power-of-two weights
-                    graph = shift_linears(graph, calibrated.graph, ctx)
-        if ctx.lowbit is not None:
-            with log.stage("kernels"):              # [--weight-bits] lookup or dequantize
-                graph = choose_kernels(graph, ctx)
+        graph = graph_stages(model_path, ctx, log)
         with log.stage("lower"):                    # ONNX -> Relax IRModule
             lowered = lower(graph, ctx)
         with log.stage("build"):                    # our kernels + TVM build -> library
             library = schedule(lowered, ctx)
         with log.stage("package"):
             return package(graph, lowered, library, ctx, output, build_log=log.text())
+
+
+def compile_graph(model_path: str | os.PathLike, options: CompileOptions | None = None,
+                  **fields: Any) -> Any:
+    """The ``onnx.ModelProto`` that :func:`compile_model` with these options would lower and
+    package: the graph stages only, no TVM lowering or build (seconds instead of tens of
+    seconds; what the energy model reads).
+
+    Raises:
+        ModelError, UnsupportedOpError, QuantizationError, InputError, TargetError.
+    """
+    ctx = prepare(model_path, CompileOptions.of(options, **fields))
+    return graph_stages(model_path, ctx, BuildLog(None)).model
+
+
+def graph_stages(model_path: str | os.PathLike, ctx: Context, log: BuildLog) -> Graph:
+    """The stages from ``check`` to ``kernels`` (those the options ask for), each timed and
+    captured by ``log``: the ONNX file -> the Graph that ``lower`` takes."""
+    with log.stage("check"):                        # ONNX file -> checked fp32 graph
+        graph = check(model_path, ctx)
+    if ctx.options.binary_attention and not ctx.options.int_only:
+        with log.stage("binary_attention"):         # [--binary-attention] hashed attention
+            graph = binary_attention(graph, ctx)
+    if ctx.options.lmul is not None:
+        with log.stage("lmul"):                     # [--lmul] L-Mul matmuls
+            graph = lmul_matmuls(graph, ctx)
+    if ctx.lowbit is not None and not ctx.options.int_only:
+        with log.stage("weights"):                  # [--weight-bits, float] LutMatMul weights
+            graph = quantize_weights(graph, ctx)
+    if ctx.options.int_only:                        # [--int-only] ranges -> integer graph
+        with log.stage("calibrate"):
+            calibrated = calibrate(graph, ctx)
+        with log.stage("quantize"):
+            graph = quantize(calibrated, ctx)
+        if ctx.options.binary_attention:
+            with log.stage("binary_attention"):     # integer codes on the quantized scores
+                graph = binary_attention_int(graph, calibrated.graph, ctx)
+        if ctx.options.shift_linear is not None:
+            with log.stage("shift_linear"):         # [--shift-linear] power-of-two weights
+                graph = shift_linears(graph, calibrated.graph, ctx)
+    if ctx.lowbit is not None:
+        with log.stage("kernels"):                  # [--weight-bits] lookup or dequantize
+            graph = choose_kernels(graph, ctx)
+    return graph

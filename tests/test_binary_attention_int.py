@@ -121,7 +121,7 @@ def test_linear_form_is_refused_with_int_only(tmp_path):
 
 @pytest.mark.parametrize("style,bias", [("sdpa", False), ("shared", False), ("minilm", True)])
 def test_hand_built_attention(tmp_path, style, bias):
-    from edgert.energy.graph_only import compile_graph
+    from edgert.compiler import compile_graph
 
     rng = np.random.default_rng(0)
     model = _graph(style, rng)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgert.demo import demo_calib_file, demo_files
 from edgert.energy import modelled_energy
 from edgert.energy.graph_counts import count_graph
-from edgert.energy.graph_only import compile_graph
+from edgert.compiler import compile_graph
 from edgert.energy.table import DEFAULT_TABLE, load_table
 from edgert.errors import InputError
 from edgert.ops import DOMAIN, OPSET_VERSION

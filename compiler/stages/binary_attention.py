@@ -1,8 +1,7 @@
 """Stage ``binary_attention`` (``--binary-attention``): attention subgraphs -> binary codes and
 popcount scores (:mod:`edgert.compiler.binary_attention`), fitted on the calibration samples,
 right after ``check``, so the later stages see the new nodes. With ``--int-only`` the integer
-form (:func:`binary_attention_int`, :mod:`edgert.compiler.binary_attention_int`) runs after
-``quantize`` instead, on the integer graph."""
+form (:mod:`.binary_attention_int`) runs after ``quantize`` instead, on the integer graph."""
 
 from __future__ import annotations
 
@@ -28,25 +27,4 @@ def binary_attention(graph: Graph, ctx: Context) -> Graph:
     ctx.stage("fitting binary attention hashes")
     model, section = binary_attention_model(graph.model, feeds, opts.hash_bits,
                                             opts.attention_form, progress=ctx.progress)
-    return graph.with_model(check_model(model, ctx.source), binary_attention=section)
-
-
-def binary_attention_int(graph: Graph, fp32: Graph, ctx: Context) -> Graph:
-    """``--int-only --binary-attention``: the integer ``graph`` (quantized from ``fp32``) with
-    its attention scores on integer binary codes, and the manifest's ``binary_attention``
-    section; ``graph`` itself without the option.
-
-    Raises:
-        InputError: calibration data that does not fit the model, an unsupported form.
-    """
-    opts = ctx.options
-    if not opts.binary_attention:
-        return graph
-    from edgert.compiler.binary_attention_int import integer_binary_attention
-    from edgert.compiler.calibrate import sample_feeds
-
-    feeds = sample_feeds(opts.calib, [v.name for v in graph_inputs(fp32.model)])
-    ctx.stage("fitting integer binary attention hashes")
-    model, section = integer_binary_attention(graph.model, fp32.model, feeds, opts.hash_bits,
-                                              opts.attention_form, progress=ctx.progress)
     return graph.with_model(check_model(model, ctx.source), binary_attention=section)
