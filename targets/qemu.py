@@ -140,19 +140,29 @@ def ensure_aarch64_env(*, log: Log | None = None) -> Path:
             message says which step and shows the tool's last output lines).
     """
     find_qemu()
-    root = cache_root()
-    env_dir = root / env_key()
-    if (env_dir / "env.json").is_file():
-        return env_dir
+    env_dir = cache_root() / env_key()
+    return built_once(env_dir, "env.json", lambda: _build(env_dir, log or (lambda _line: None)),
+                      "the aarch64 environment cache")
+
+
+def built_once(folder: Path, marker: str, build: Callable[[], None], what: str) -> Path:
+    """``folder`` of a cache, built by ``build()`` unless its ``marker`` file (written last by
+    ``build``) exists; concurrent processes build it once, under a lock file in its parent.
+
+    Raises:
+        TargetError: the parent folder cannot be created (``what`` names the cache); what
+            ``build`` raises.
+    """
+    if (folder / marker).is_file():
+        return folder
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise TargetError(f"cannot create the aarch64 environment cache {root}: {e}") from None
-    with _locked(root / ".lock"):
-        if (env_dir / "env.json").is_file():
-            return env_dir
-        _build(env_dir, log or (lambda _line: None))
-    return env_dir
+        raise TargetError(f"cannot create {what} {folder.parent}: {e}") from None
+    with _locked(folder.parent / ".lock"):
+        if not (folder / marker).is_file():
+            build()
+    return folder
 
 
 def run_under_qemu(artifact_path: str | os.PathLike, feeds: Mapping[str, np.ndarray], *,

@@ -95,20 +95,12 @@ def ensure_runtime_files(arch: str, python: str, *, cuda: bool = False,
         TargetError: pip cannot download the wheels (no network, no wheel for this Python or
             architecture), or this machine's TVM cannot be probed.
     """
-    from edgert.targets.qemu import _locked, cache_base
+    from edgert.targets.qemu import built_once, cache_base
 
-    root = (cache or cache_base()) / "runtime"
-    folder = root / runtime_key(arch, python, cuda)
-    if (folder / "files.json").is_file():
-        return folder
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TargetError(f"cannot create the runtime cache {root}: {e}") from None
-    with _locked(root / ".lock"):
-        if not (folder / "files.json").is_file():
-            _fetch(folder, arch, python, cuda, log or (lambda _line: None))
-    return folder
+    folder = (cache or cache_base()) / "runtime" / runtime_key(arch, python, cuda)
+    return built_once(folder, "files.json",
+                      lambda: _fetch(folder, arch, python, cuda, log or (lambda _line: None)),
+                      "the runtime cache")
 
 
 def imported_python_files() -> list[str]:
