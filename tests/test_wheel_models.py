@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -157,20 +158,10 @@ def test_nudenet_int_only(tmp_path):
     except InputError as e:
         pytest.skip(str(e))
     calib = np.random.default_rng(1).random((4, 3, 320, 320), dtype=np.float32)
-    np.savez(tmp_path / "calib.npz", images=calib)
-    art = compile_model(path, tmp_path / "nudenet-int.edgert", input_shapes={m.input: m.shape},
-                        int_only=True, calib=tmp_path / "calib.npz")
-    info = describe_model(onnx.load_from_string(read_artifact(art).members[MODEL_MEMBER]))
-    assert info["float_ops"] == 0, info["float_nodes"]
-    x = _input(m)
-    out = {b: edgert.Session(art, backend=b).run(None, {m.input: x})[0]
-           for b in ("tvm", "numba")}
-    assert np.array_equal(out["tvm"], out["numba"])
-    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {m.input: x})[0]
-    assert out["tvm"].shape == ref.shape == (2, 22, 2100)
-    box = rel_err(out["tvm"][:, :4], ref[:, :4])
-    cos = [_cosine(out["tvm"][i, 4:], ref[i, 4:]) for i in range(len(x))]
+    got, ref = _int_only_outputs(m, path, {m.input: calib}, tmp_path)
+    assert got.shape == ref.shape == (2, 22, 2100)
+    box = rel_err(got[:, :4], ref[:, :4])
+    cos = [_cosine(got[i, 4:], ref[i, 4:]) for i in range(len(got))]
     print(f"nudenet int-only: box rel_err {box:.4g}, class cosine {min(cos):.4f}")
     assert box <= INT_MAX_BOX_REL_ERR
     assert min(cos) >= INT_MIN_CLASS_COSINE
@@ -196,6 +187,24 @@ def _agreement(name: str, got: np.ndarray, want: np.ndarray) -> float:
     return float((got.argmax(-1) == want.argmax(-1)).mean())
 
 
+def _int_only_outputs(m, path: Path, calib: dict[str, np.ndarray],
+                      tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Model ``m`` (at ``path``) compiled ``--int-only`` on ``calib``: asserts no float op and
+    numba == TVM bit for bit on :func:`_input`; returns (its first output, onnxruntime fp32's)."""
+    np.savez(tmp_path / "calib.npz", **calib)
+    art = compile_model(path, tmp_path / "int.edgert", input_shapes={m.input: m.shape},
+                        int_only=True, calib=tmp_path / "calib.npz")
+    info = describe_model(onnx.load_from_string(read_artifact(art).members[MODEL_MEMBER]))
+    assert info["float_ops"] == 0, info["float_nodes"]
+    x = _input(m)
+    out = {b: edgert.Session(art, backend=b).run(None, {m.input: x})[0]
+           for b in ("tvm", "numba")}
+    assert np.array_equal(out["tvm"], out["numba"])
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {m.input: x})[0]
+    return out["tvm"], ref
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(PPOCR_INT))
 def test_ppocr_int_only(name, tmp_path):
@@ -211,19 +220,8 @@ def test_ppocr_int_only(name, tmp_path):
     except InputError as e:
         pytest.skip(str(e))
     page = tuple(1 if d is None else d for d in m.shape)
-    np.savez(tmp_path / "calib.npz",
-             **{m.input: np.concatenate([text_page(page, seed) for seed in (1, 2, 3, 4)])})
-    art = compile_model(path, tmp_path / f"{name}-int.edgert", input_shapes={m.input: m.shape},
-                        int_only=True, calib=tmp_path / "calib.npz")
-    info = describe_model(onnx.load_from_string(read_artifact(art).members[MODEL_MEMBER]))
-    assert info["float_ops"] == 0, info["float_nodes"]
-    x = _input(m)
-    out = {b: edgert.Session(art, backend=b).run(None, {m.input: x})[0]
-           for b in ("tvm", "numba")}
-    assert np.array_equal(out["tvm"], out["numba"])
-    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {m.input: x})[0]
-    got = out["tvm"]
+    pages = np.concatenate([text_page(page, seed) for seed in (1, 2, 3, 4)])
+    got, ref = _int_only_outputs(m, path, {m.input: pages}, tmp_path)
     assert got.shape == ref.shape
     cos, err, agree = _cosine(got, ref), rel_err(got, ref), _agreement(name, got, ref)
     print(f"{name} int-only: cosine {cos:.4f}, rel_err {err:.4g}, agreement {agree:.4f}")
