@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 import warnings
+from typing import Callable
 
 POLICIES: dict[str, dict[str, str]] = {
     # TVM's own behaviour: an idle worker calls sched_yield 300000 times (0.1-0.3 s) before it
@@ -93,6 +95,14 @@ class AdaptiveThreads:
     window's. ``gap`` is 32 after a switch and doubles (to 1024) each time a try loses; a try
     comes at once when the window's median grows past 1.5x what it was at the last decision
     (the machine got busy).
+
+    Slower runs say when the machine got busy; nothing in 1-thread runs says when it got quiet
+    again (their time hardly changes). ``idle`` (:func:`idle_cpu_seconds` where the OS tells)
+    answers that: while on 1 thread, every :attr:`PROBE_SECONDS` of wall time the chooser
+    reads the machine's idle CPU time, and when at least :attr:`IDLE_SHARE` of the other
+    workers' CPUs sat idle over that interval it tries all threads at the next run. Leaving
+    all threads for 1 takes a try that is :attr:`MARGIN` faster, so noise on a quiet machine
+    does not give away the parallel speed.
     """
 
     WINDOW = 5
@@ -100,9 +110,17 @@ class AdaptiveThreads:
     FIRST_GAP = 32
     MAX_GAP = 1024
     SLOWER = 1.5
+    MARGIN = 0.85
+    PROBE_SECONDS = 0.05
+    IDLE_SHARE = 0.75
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int,
+                 idle: Callable[[], float | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.full = threads
+        self.idle = idle
+        self.clock = clock
+        self.probed: tuple[float, float] | None = None   # (clock, idle CPU seconds) last read
         self.best = threads
         self.kept: list[float] = []          # the best count's recent run times
         self.trial: list[float] = []         # the other count's, during a try
@@ -114,6 +132,8 @@ class AdaptiveThreads:
         """The thread count for the next run."""
         if self.full == 1:
             return 1
+        if self.best == 1 and not self.trial and self._cores_idle():
+            self.until_try = 0
         if self.until_try <= 0:
             return 1 if self.best == self.full else self.full
         self.until_try -= 1
@@ -131,13 +151,48 @@ class AdaptiveThreads:
         self.trial.append(seconds)
         if len(self.trial) < self.TRIES:
             return
-        if not self.kept or _median(self.trial) < _median(self.kept):
+        needed = 1.0 if count == self.full else self.MARGIN
+        if not self.kept or _median(self.trial) < needed * _median(self.kept):
             self.best, self.kept, self.gap = count, self.trial, self.FIRST_GAP
         else:
             self.gap = max(self.FIRST_GAP, min(2 * self.gap, self.MAX_GAP))
         self.trial = []
         self.until_try = self.gap
         self.reference = _median(self.kept)
+        self.probed = None
+
+    def _cores_idle(self) -> bool:
+        """Whether the other workers' CPUs sat idle since the last probe (read at most every
+        :attr:`PROBE_SECONDS`; the first read after a decision only starts an interval)."""
+        if self.idle is None:
+            return False
+        now = self.clock()
+        if self.probed is not None and now - self.probed[0] < self.PROBE_SECONDS:
+            return False
+        seconds = self.idle()
+        if seconds is None:
+            self.idle = None
+            return False
+        last, self.probed = self.probed, (now, seconds)
+        if last is None:
+            return False
+        idle_cpus = (seconds - last[1]) / (now - last[0])
+        return idle_cpus >= self.IDLE_SHARE * (self.full - 1)
+
+
+def idle_cpu_seconds() -> float | None:
+    """The machine's idle CPU time so far, summed over CPUs (seconds; Linux ``/proc/stat``'s
+    idle and iowait, in clock ticks of usually 10 ms), or None where it cannot be read."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        return (int(fields[4]) + int(fields[5])) / _TICKS_PER_SECOND
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_TICKS_PER_SECOND = (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf")
+                     and "SC_CLK_TCK" in os.sysconf_names else 100)
 
 
 def _median(values: list[float]) -> float:

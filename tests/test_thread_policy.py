@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgert.threads import DEFAULT_POLICY, POLICIES, AdaptiveThreads
+from edgert.threads import DEFAULT_POLICY, POLICIES, AdaptiveThreads, idle_cpu_seconds
 
 TVM_VARS = ("TVM_NUM_THREADS", "TVM_BIND_THREADS", "TVM_THREAD_POOL_SPIN_COUNT",
             "TVM_EXCLUDE_WORKER0")
@@ -77,6 +77,70 @@ def test_adaptive_takes_one_thread_while_all_are_slower_and_comes_back():
     assert busy.count(4) <= 5 + 3 * 8              # the window, then tries with a growing gap
     _drive(chooser, 2100, {4: 1e-4, 1: 3e-4})
     assert chooser.best == 4
+
+
+class _Machine:
+    """A fake clock and /proc/stat: runs advance the clock; ``idle_cpus`` CPUs sit idle."""
+
+    def __init__(self) -> None:
+        self.now, self.idle_seconds, self.idle_cpus = 0.0, 0.0, 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.idle_seconds += self.idle_cpus * seconds
+
+
+def _drive_on(machine: _Machine, chooser: AdaptiveThreads, runs: int,
+              seconds: dict[int, float]) -> list[int]:
+    counts = []
+    for _ in range(runs):
+        count = chooser.next_count()
+        chooser.record(count, seconds[count])
+        machine.advance(seconds[count])
+        counts.append(count)
+    return counts
+
+
+def test_adaptive_goes_back_to_all_threads_once_the_other_cores_sit_idle():
+    machine = _Machine()
+    chooser = AdaptiveThreads(2, idle=lambda: machine.idle_seconds, clock=lambda: machine.now)
+    busy = {2: 4e-3, 1: 2.4e-4}                 # a GEMV beside a busy process
+    _drive_on(machine, chooser, 3000, busy)
+    assert chooser.best == 1 and chooser.gap == AdaptiveThreads.MAX_GAP
+    machine.idle_cpus = 1.0                     # the other process ends
+    quiet = _drive_on(machine, chooser, 1000, {2: 1.8e-4, 1: 2.4e-4})
+    # 1-thread runs of 0.24 ms: a probe every 50 ms finds the idle core within ~2 probes
+    assert chooser.best == 2 and 2 in quiet[:2 * 210 + AdaptiveThreads.TRIES]
+    assert quiet[-100:].count(2) >= 97
+
+
+def test_adaptive_without_idle_cores_tries_only_at_its_gaps():
+    machine = _Machine()                        # nothing idle: the probe never asks for a try
+    probes = []
+
+    def idle() -> float:
+        probes.append(machine.now)
+        return machine.idle_seconds
+
+    chooser = AdaptiveThreads(2, idle=idle, clock=lambda: machine.now)
+    counts = _drive_on(machine, chooser, 4000, {2: 4e-3, 1: 2.4e-4})
+    assert chooser.best == 1 and counts.count(2) <= 5 + 3 * 8
+    # at most one read per PROBE_SECONDS, plus the one that starts an interval after each try
+    tries = (counts.count(2) - 5) // AdaptiveThreads.TRIES + 1
+    assert 0 < len(probes) <= machine.now / AdaptiveThreads.PROBE_SECONDS + tries + 1
+
+
+def test_adaptive_keeps_all_threads_when_one_is_barely_faster():
+    chooser = AdaptiveThreads(2)
+    counts = _drive(chooser, 500, {2: 2.0e-4, 1: 1.9e-4})     # within the noise: keep both
+    assert chooser.best == 2 and counts[-100:].count(2) >= 97
+
+
+def test_the_idle_probe_reads_this_machine():
+    first = idle_cpu_seconds()
+    if first is None:
+        pytest.skip("no /proc/stat on this OS")
+    assert first >= 0 and idle_cpu_seconds() >= first
 
 
 def test_adaptive_with_one_thread_never_tries_more():

@@ -18,7 +18,7 @@ from edgert.artifact import Artifact
 from edgert.errors import ArtifactError, InputError, TargetError
 from edgert.hugepages import anonymous_mappings, back_by_huge_pages
 from edgert.targets import TARGETS, Target, check_can_run
-from edgert.threads import AdaptiveThreads, physical_cores, thread_policy
+from edgert.threads import AdaptiveThreads, idle_cpu_seconds, physical_cores, thread_policy
 
 
 class TvmBackend:
@@ -46,8 +46,9 @@ class TvmBackend:
                                 if self.target.device != "cuda" else 0)
         self._main = self._vm["main"]
         # the "adaptive" thread policy: 1 thread instead of all while that runs faster
-        self._adaptive = (AdaptiveThreads(self.threads) if thread_policy() == "adaptive"
-                          and self.target.device != "cuda" else None)
+        self._adaptive = (AdaptiveThreads(self.threads, idle_cpu_seconds)
+                          if thread_policy() == "adaptive" and self.target.device != "cuda"
+                          else None)
         self._staging: dict[int, tuple[np.ndarray, object]] = {}
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
