@@ -1,4 +1,4 @@
-"""``--int-only --binary-attention``: binary attention in an integer graph (the quadratic form,
+"""``--int-only --binary-attention``: binary attention in an integer graph (both forms,
 ``docs/methods/binary-attention.md``).
 
 The kernelized hash is float arithmetic (a norm, ``exp``), so the integer graph hashes with a
@@ -11,20 +11,28 @@ vectors instead of the RBF features, then rounded to int8 per bit.
 
 This pass runs after ``quantize``: it finds each attention site in the fp32 graph, its
 ``Shiftmax`` in the integer graph (named after the Softmax's output) and the
-``MatMulInteger(Q, Kᵀ)`` under it (through ``Requant``), and rewrites::
+``MatMulInteger(Q, Kᵀ)`` under it (through ``Requant``). The codes and their similarities are
+one node, ``edgert.IntBinaryAttention`` (``ops/int_binary_attention/``): the packed codes of
+Q and K (the signs of the int32 projections), then xor and popcount. The quadratic form
+rewrites::
 
-    zq = MatMulInteger(Q [B, H, S, D], Wᵀ [H, D, b])           int32
-    zk = MatMulInteger(Transpose(Kᵀ) [B, H, T, D], Wᵀ)         int32
-    cq = Where(Less(zq, 0), -1, 1)                             int8 ±1
-    ck = Where(Less(zk, 0), -m_h, m_h)                         int8 ±m_h (per head)
-    s  = Cast(MatMulInteger(cq, Transpose(ck)), int8)          m_h (b - 2 popcount(cq xor ck))
-    p  = Shiftmax(s, [exclude]; x0 = -X)                       logits m_h s / X
+    keys = Transpose(Kᵀ)                                  [B, H, T, D]
+    s    = IntBinaryAttention(Q, keys, W, m; quadratic)    int32 m_h (b - 2 popcount(cq ^ ck))
+    p    = Shiftmax(Cast(s, int8), [exclude]; x0 = -X)     logits m_h s / X
 
 so the score is the popcount similarity of the codes times the head's integer ``m_h``, and the
 fitted temperature τ_h becomes the ratio ``m_h / X`` (``X`` shared by the site's heads, the
 largest with every ``m_h = round(τ_h X)`` at most ``127 // b``). The probabilities then feed
-the quantizer's own integer probabilities · V (``MatMulInteger`` + ``Requant``). All of it is
-exact integer arithmetic: numpy, numba and TVM agree bit for bit.
+the quantizer's own integer probabilities · V (``MatMulInteger`` + ``Requant``).
+
+The linear form (``--attention-form linear``) replaces the Shiftmax and its product with V::
+
+    y = IntBinaryAttention(Q, keys, W, V; linear, frac = k - 1)   int32
+        = round(2**frac · Σ_j (s_ij + c) v_j / Σ_j (s_ij + c)),  c = b + 1
+
+which has the units of the k-bit Shiftmax probabilities times V, so the quantizer's Requant
+after that product stays as it is. All of it is exact integer arithmetic: numpy, numba and
+TVM agree bit for bit.
 """
 
 from __future__ import annotations
@@ -98,8 +106,10 @@ def _shiftmax_of(site: Site, int_graph: onnx.GraphProto, g: GraphIndex
     return found[0], node
 
 
-def _fit(data: Any, bits: int, shared: bool) -> tuple[np.ndarray, list[float], np.ndarray]:
-    """int8 W [G, b, D], each head's pair AUC and fitted temperature for one site."""
+def _fit(data: Any, bits: int, shared: bool, form: str
+         ) -> tuple[np.ndarray, list[float], np.ndarray | None]:
+    """int8 W [G, b, D], each head's pair AUC and (quadratic form) fitted temperature for one
+    site."""
     blk = stack(data)
     blk = blk.pooled() if shared else blk
     y = labels(blk.probs, blk.valid)
@@ -107,6 +117,8 @@ def _fit(data: Any, bits: int, shared: bool) -> tuple[np.ndarray, list[float], n
     sq = np.stack([codes(blk.q[h], w[h]) for h in range(len(w))])      # [G, N, S, b]
     sk = np.stack([codes(blk.k[h], w[h]) for h in range(len(w))])
     auc = [pair_auc(sq[h] @ np.swapaxes(sk[h], 1, 2), y[h]) for h in range(len(w))]
+    if form != "quadratic":
+        return w, auc, None
     heads = data.q[0].shape[1]
     pick = lambda a, h: None if a is None else a[:, h if a.shape[1] > 1 else 0]   # noqa: E731
     taus = []
@@ -128,24 +140,21 @@ def integer_binary_attention(int_model: onnx.ModelProto, fp32_model: onnx.ModelP
     """``int_model`` (the quantizer's integer graph of ``fp32_model``, shape-inferred) with its
     attention on integer binary codes (module docstring), and the manifest's
     ``binary_attention`` section: ``{"bits", "form", "method": "linear", "integer": True,
-    "softmaxes", "replaced": [{"name", "heads", "shared", "pair_auc", "temperature",
-    "multipliers", "x0"}], "kept": {name: why}}``.
+    "softmaxes", "replaced": [{"name", "heads", "shared", "pair_auc", and "temperature",
+    "multipliers", "x0" (quadratic) or "frac" (linear)}], "kept": {name: why}}``.
 
     Args:
         calib: calibration feeds of ``fp32_model`` (dicts input name -> array).
-        bits: code bits (16 by default); form: ``quadratic`` only.
+        bits: code bits (16 by default); form: ``quadratic`` (default) or ``linear``.
 
     Raises:
-        InputError: the linear form, fine-tuned (kernelized) hashes, bad calibration data.
+        InputError: fine-tuned (kernelized) hashes, bad calibration data.
     """
     from edgert.compiler.binary_attention import collect, find_sites
     from edgert.compiler.binary_attention_finetune import carried_hashes
     from edgert.compiler.quantize.driver import live_nodes
 
     bits, form, _ = check_options(bits, form)
-    if form != "quadratic":
-        raise InputError("--int-only --binary-attention builds the quadratic form only "
-                         "(Shiftmax on the popcount scores): drop --attention-form linear")
     if carried_hashes(fp32_model) is not None:
         raise InputError("the model carries fine-tuned kernelized hashes, which are float "
                          "arithmetic: compile it without --int-only")
@@ -156,6 +165,8 @@ def integer_binary_attention(int_model: onnx.ModelProto, fp32_model: onnx.ModelP
     matched = []
     for site in sites:
         found = _shiftmax_of(site, int_model.graph, g)
+        if form == "linear" and not isinstance(found, str):
+            found = _values_of(found, g)
         if isinstance(found, str):
             kept[site.name] = found
         else:
@@ -169,19 +180,24 @@ def integer_binary_attention(int_model: onnx.ModelProto, fp32_model: onnx.ModelP
     new_of: dict[str, list[onnx.NodeProto]] = {}
     inits: list[onnx.TensorProto] = []
     with one_blas_thread():
-        for i, ((site, sm, mm), d) in enumerate(zip(matched, data)):
+        for i, ((site, sm, mm, *pv), d) in enumerate(zip(matched, data)):
             shared = site.heads is None
-            w, auc, tau = _fit(d, bits, shared)
-            m, x = multipliers(tau, bits)
+            w, auc, tau = _fit(d, bits, shared, form)
             prefix = f"binary_attention_{i}"
-            nodes, new = _site_nodes(prefix, sm, mm, w, m, x, _row_len(fg, site), shared)
-            new_of[sm.output[0]] = nodes
+            entry = {"name": site.name, "heads": len(w), "shared": shared,
+                     "pair_auc": [round(a, 4) for a in auc]}
+            if form == "quadratic":
+                m, x = multipliers(tau, bits)
+                nodes, new = _site_nodes(prefix, sm, mm, w, m, x, _row_len(fg, site))
+                new_of[sm.output[0]] = nodes
+                entry.update({"temperature": [round(float(t), 5) for t in tau],
+                              "multipliers": [int(v) for v in m], "x0": -x})
+            else:
+                nodes, new, frac = _linear_nodes(prefix, sm, mm, pv[0], w)
+                new_of[sm.output[0]], new_of[pv[0].output[0]] = [], nodes
+                entry["frac"] = frac
             inits += new
-            section["replaced"].append({
-                "name": site.name, "heads": len(w), "shared": shared,
-                "pair_auc": [round(a, 4) for a in auc],
-                "temperature": [round(float(t), 5) for t in tau],
-                "multipliers": [int(v) for v in m], "x0": -x})
+            section["replaced"].append(entry)
     nodes = []
     for node in graph.node:
         nodes.extend(new_of.get(node.output[0], [node]) if node.output else [node])
@@ -202,40 +218,69 @@ def _row_len(g: GraphIndex, site: Site) -> int:
     return dims[-1] if isinstance(dims[-1], int) and dims[-1] > 0 else DEFAULT_ROW_LEN
 
 
+def _values_of(found: tuple[onnx.NodeProto, onnx.NodeProto], g: GraphIndex
+               ) -> tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto] | str:
+    """The Shiftmax, the scores' MatMulInteger and the product of the probabilities with
+    int8 V that the linear form replaces, or why it cannot."""
+    sm, mm = found
+    if len(sm.input) > 1 and sm.input[1]:
+        return "the linear integer form takes no mask (Shiftmax has an exclude input)"
+    users = g.consumers.get(sm.output[0], [])
+    if not g.private(sm.output[0]) or users[0].op_type not in ("MatMulInteger", "IntMatMul") \
+            or users[0].input[0] != sm.output[0] or len(users[0].input) != 2:
+        return "its integer probabilities are read by other than one product with V"
+    v = users[0].input[1]
+    t = g.types.get(v)
+    if t is None or t.tensor_type.elem_type != TensorProto.INT8:
+        return "its values are not int8 in the integer graph"
+    return sm, mm, users[0]
+
+
+def _hash_inits(prefix: str, w: np.ndarray, m: np.ndarray | None
+                ) -> list[onnx.TensorProto]:
+    """The projection [Hp, b, D] (int8) and the multipliers [Hp] (int32) as initializers."""
+    arrays = {"proj": w} if m is None else {"proj": w, "multipliers": m.astype(np.int32)}
+    return [numpy_helper.from_array(np.ascontiguousarray(a), f"{prefix}_{k}")
+            for k, a in arrays.items()]
+
+
+def _keys_node(prefix: str, mm: onnx.NodeProto) -> onnx.NodeProto:
+    """``Transpose(Kᵀ)``: the keys [..., T, D] that IntBinaryAttention hashes."""
+    return helper.make_node("Transpose", [mm.input[1]], [f"{prefix}_keys"], name=f"{prefix}_keys",
+                            perm=SWAP_LAST)
+
+
 def _site_nodes(prefix: str, sm: onnx.NodeProto, mm: onnx.NodeProto, w: np.ndarray,
-                m: np.ndarray, x: int, row_len: int, shared: bool
+                m: np.ndarray, x: int, row_len: int
                 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The nodes replacing Shiftmax ``sm`` (module docstring) and their initializers."""
-    q, kt = mm.input[0], mm.input[1]
-    # the constant is always MatMulInteger's second operand: TVM's importer wants
-    # rank(B) <= rank(A) and broadcasts a constant first operand's batch wrongly
-    wt = np.ascontiguousarray(w[0].T if shared else np.swapaxes(w, 1, 2))  # [H, D, b] / [D, b]
-    mul = m.reshape(()) if shared else m.reshape(-1, 1, 1)
-    arrays = {"proj_t": wt, "zero": np.array(0, np.int32),
-              "plus": np.array(1, np.int8), "minus": np.array(-1, np.int8),
-              "key_plus": mul.astype(np.int8), "key_minus": (-mul).astype(np.int8)}
-    inits = [numpy_helper.from_array(np.ascontiguousarray(a), f"{prefix}_{k}")
-             for k, a in arrays.items()]
+    """The quadratic form's nodes replacing Shiftmax ``sm`` (module docstring) and their
+    initializers (``w`` [Hp, b, D], ``m`` [Hp]; Hp = 1 for a shared hash)."""
     n = lambda s: f"{prefix}_{s}"                                         # noqa: E731
     p = shiftmax.params(1.0 / x, row_len, k=SHIFTMAX_BITS)
     p["x0"] = -x                                    # floor(-1 / (1 / x)) may round past -x
+    bits = w.shape[1]
     nodes = [
-        helper.make_node("MatMulInteger", [q, n("proj_t")], [n("zq")], name=n("zq")),
-        helper.make_node("Transpose", [kt], [n("keys")], name=n("keys"), perm=SWAP_LAST),
-        helper.make_node("MatMulInteger", [n("keys"), n("proj_t")], [n("zk")], name=n("zk")),
-        helper.make_node("Less", [n("zq"), n("zero")], [n("q_neg")], name=n("q_neg")),
-        helper.make_node("Less", [n("zk"), n("zero")], [n("k_neg")], name=n("k_neg")),
-        helper.make_node("Where", [n("q_neg"), n("minus"), n("plus")], [n("query_codes")],
-                         name=n("query_codes")),
-        helper.make_node("Where", [n("k_neg"), n("key_minus"), n("key_plus")],
-                         [n("key_codes")], name=n("key_codes")),
-        helper.make_node("Transpose", [n("key_codes")], [n("key_codes_t")],
-                         name=n("key_codes_t"), perm=SWAP_LAST),
-        helper.make_node("MatMulInteger", [n("query_codes"), n("key_codes_t")],
-                         [n("scores32")], name=n("scores32")),
+        _keys_node(prefix, mm),
+        helper.make_node("IntBinaryAttention", [mm.input[0], n("keys"), n("proj"),
+                                                n("multipliers")],
+                         [n("scores32")], name=n("scores32"), domain=DOMAIN, bits=bits,
+                         form="quadratic"),
         helper.make_node("Cast", [n("scores32")], [n("scores")], name=n("scores"),
                          to=TensorProto.INT8),
         helper.make_node("Shiftmax", [n("scores"), *sm.input[1:]], list(sm.output),
                          name=sm.name, domain=DOMAIN, **p),
     ]
-    return nodes, inits
+    return nodes, _hash_inits(prefix, w, m.reshape(-1))
+
+
+def _linear_nodes(prefix: str, sm: onnx.NodeProto, mm: onnx.NodeProto, pv: onnx.NodeProto,
+                  w: np.ndarray) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], int]:
+    """The linear form's nodes replacing Shiftmax ``sm`` and its product ``pv`` with V, their
+    initializers and ``frac`` (the units of the k-bit probabilities: ``k - 1``)."""
+    k = next((a.i for a in sm.attribute if a.name == "k"), SHIFTMAX_BITS)
+    frac = int(k) - 1
+    node = helper.make_node("IntBinaryAttention",
+                            [mm.input[0], f"{prefix}_keys", f"{prefix}_proj", "", pv.input[1]],
+                            list(pv.output), name=f"{prefix}_linear", domain=DOMAIN,
+                            bits=w.shape[1], form="linear", frac=frac)
+    return [_keys_node(prefix, mm), node], _hash_inits(prefix, w, None), frac

@@ -192,9 +192,6 @@ class CompileOptions:
             raise InputError("--hash-bits and --attention-form apply to binary attention: add "
                              "--binary-attention --calib DATA")
         check_options(self.hash_bits, self.attention_form)
-        if self.int_only and self.attention_form == "linear":
-            raise InputError("--int-only --binary-attention builds the quadratic form only "
-                             "(Shiftmax on the popcount scores): drop --attention-form linear")
         if self.calib is None:
             raise InputError("--binary-attention needs calibration data (--calib samples.npz "
                              "or a directory): the hash of queries and keys is fitted on the "

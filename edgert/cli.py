@@ -124,9 +124,9 @@ LMulMantissaOpt = Annotated[Optional[int], typer.Option(
 BinaryAttentionOpt = Annotated[bool, typer.Option(
     "--binary-attention", help="Attention (Q·Kᵀ, scale, mask, softmax, ·V) on binary codes "
     "of queries and keys, scores by xor and popcount; the hash is fitted on --calib DATA "
-    "(post-training: expect an accuracy drop). With --int-only: the quadratic form on "
-    "integer codes (sign of an int8 projection) and Shiftmax. `edgert inspect` shows the "
-    "attention replaced.")]
+    "(post-training: expect an accuracy drop). With --int-only: integer codes (sign of an "
+    "int8 projection) packed in words, popcount scores into Shiftmax (quadratic) or an "
+    "integer division per output (linear). `edgert inspect` shows the attention replaced.")]
 HashBitsOpt = Annotated[Optional[int], typer.Option(
     "--hash-bits", metavar="[8|16|32]", help="With --binary-attention: code bits per query "
     "and key (default 16).")]

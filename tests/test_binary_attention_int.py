@@ -1,18 +1,25 @@
-"""``edgert compile --int-only --binary-attention``: the integer quadratic form on the digits
-ViT (``compiler/binary_attention_int.py``, ``docs/methods/binary-attention.md``).
+"""``edgert compile --int-only --binary-attention``: the integer quadratic and linear forms on
+the digits ViT (``compiler/binary_attention_int.py``, ``docs/methods/binary-attention.md``).
 
-One compile (calibration: the first 32 of the 360 held-out digits, all 360 scored, as for the
-fp32 rows of the doc's table; 16-bit codes) serves the tests: no float op
-in the graph, the attention's scores from the codes (Shiftmax reads a Cast of the codes'
-MatMulInteger), numba == TVM bit for bit on the 360 held-out digits, and their top-1 pinned
-exactly (the fit is deterministic numpy; the graph integer). Plus: the codes and scores of the
-graph equal numpy's integer arithmetic on the graph's own int8 queries and keys, and the linear
-form is refused with --int-only. On hand-built graphs (no TVM build): the SDPA and shared-hash
-(symbolic heads) layouts get integer codes too (float ops 0, the reference executor runs them),
-and a bias the quantizer adds to the scores keeps its integer softmax attention.
+One compile of the quadratic form (calibration: the first 32 of the 360 held-out digits, all
+360 scored, as for the fp32 rows of the doc's table; 16-bit codes) serves the tests: no float
+op in the graph, the attention's scores from packed codes by xor and popcount (Shiftmax reads
+a Cast of ``IntBinaryAttention``), numba == TVM bit for bit on the 360 held-out digits, and
+their top-1 pinned exactly (the fit is deterministic numpy; the graph integer). Plus: the
+scores of the graph equal numpy's ±1 dot products of the signs of the graph's own int8
+queries and keys under the int8 projection (what the int8 multiply-adds of ±1 codes gave
+before). The linear form: its graph (no TVM build) has no float op, the numba backend equals
+the reference executor bit for bit, and its top-1 is pinned (the TVM build of it, and both
+forms on rpi5 under qemu, in ``tests/test_op_binary_attention_int.py`` and with
+``EDGERT_BINARY_ATTENTION=all``). On hand-built graphs (no TVM build): the SDPA and
+shared-hash (symbolic heads) layouts get integer codes too (float ops 0, the reference
+executor runs them), and a bias the quantizer adds to the scores keeps its integer softmax
+attention.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import onnx
@@ -23,8 +30,7 @@ from edgert.artifact import MODEL_MEMBER, read_artifact
 from edgert.backends.reference import run_reference
 from edgert.compiler import compile_model
 from edgert.compiler.binary_attention_int import multipliers
-from edgert.demo import demo_calib_file, demo_files
-from edgert.errors import InputError
+from edgert.demo import demo_files
 from edgert.model_info import describe_model
 
 from ophelpers import assert_bit_exact
@@ -32,7 +38,10 @@ from test_binary_attention_models import _feeds, _graph
 
 CALIB = 32
 VIT_INT_CORRECT = 94
-"""Top-1 of the 360 held-out digits, integer graph, 16-bit linear-hash codes (fp32: 353)."""
+"""Top-1 of the 360 held-out digits, integer graph, 16-bit linear-hash codes, quadratic form
+(fp32: 353; the same with the ±1 codes' int8 multiply-adds before the popcount op)."""
+VIT_INT_LINEAR_CORRECT = 60
+"""The same, linear form (measured 2026-12-07; fp32 graph's linear form: 71)."""
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +67,14 @@ def test_integer_graph_has_no_float_ops(vit_int):
         assert min(site["pair_auc"]) > 0.85          # the supervised linear hash (PCA: ~0.5)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Shiftmax") == 2 and "HashCodes" not in ops
+    assert ops.count("IntBinaryAttention") == 2
     producer = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
         if node.op_type == "Shiftmax":
             cast = producer[node.input[0]]
-            assert cast.op_type == "Cast" and producer[cast.input[0]].op_type == "MatMulInteger"
-            assert producer[cast.input[0]].output[0].endswith("_scores32")
+            assert cast.op_type == "Cast"
+            scores = producer[cast.input[0]]
+            assert scores.op_type == "IntBinaryAttention" and scores.output[0].endswith("_scores32")
 
 
 def test_numba_equals_tvm_and_accuracy(vit_int):
@@ -78,32 +89,29 @@ def test_numba_equals_tvm_and_accuracy(vit_int):
     assert correct == VIT_INT_CORRECT
 
 
-def test_codes_are_the_sign_of_the_integer_projection(vit_int):
-    """The graph's codes and scores equal numpy on its own int8 queries/keys and int8 W."""
+def test_scores_are_the_pm1_products_of_the_projection_signs(vit_int):
+    """The graph's popcount scores equal numpy's ±1 dot products of the signs of its own int8
+    queries and keys under its int8 projection, times the head's multiplier."""
     _artifact, manifest, model = vit_int
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     prefix = "binary_attention_0"
-    q_name = nodes[f"{prefix}_zq"].input[0]
-    keys = nodes[f"{prefix}_keys"].input[0]
-    wanted = [q_name, keys, f"{prefix}_query_codes", f"{prefix}_scores32"]
+    q_name, keys = nodes[f"{prefix}_scores32"].input[:2]
+    wanted = [q_name, keys, f"{prefix}_scores32"]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED,
                                                                  None) for n in wanted)
     images = np.load(demo_files()[1])["images"][:4]
-    q, kt, cq, scores = run_reference(probe, {"image": images})
-    wt = inits[f"{prefix}_proj_t"].astype(np.int64)                     # [H, D, b]
+    q, k, scores = run_reference(probe, {"image": images})
+    wt = np.swapaxes(inits[f"{prefix}_proj"].astype(np.int64), 1, 2)      # [H, D, b]
     m = manifest["binary_attention"]["replaced"][0]["multipliers"]
+    np.testing.assert_array_equal(inits[f"{prefix}_multipliers"], m)
     sign = lambda z: np.where(z < 0, -1, 1)                             # noqa: E731
-    want_cq = sign(q.astype(np.int64) @ wt)
-    want_ck = sign(np.swapaxes(kt, -1, -2).astype(np.int64) @ wt)
-    np.testing.assert_array_equal(cq, want_cq)
-    bits = wt.shape[-1]
-    popcount = ((want_cq[..., :, None, :] != want_ck[..., None, :, :]).sum(-1))
-    want_scores = np.asarray(m).reshape(-1, 1, 1) * (bits - 2 * popcount)
-    np.testing.assert_array_equal(scores, want_scores)
+    hq, hk = sign(q.astype(np.int64) @ wt), sign(k.astype(np.int64) @ wt)
+    want = np.asarray(m).reshape(-1, 1, 1) * (hq @ np.swapaxes(hk, -1, -2))
+    np.testing.assert_array_equal(scores, want)
 
 
 def test_multipliers_approximate_the_temperatures():
@@ -112,21 +120,42 @@ def test_multipliers_approximate_the_temperatures():
     np.testing.assert_allclose(m / x, [0.098, 0.079, 0.056], rtol=0.15)
 
 
-def test_linear_form_is_refused_with_int_only(tmp_path):
-    with pytest.raises(InputError, match="quadratic form only"):
-        compile_model(demo_files()[0], tmp_path / "x.edgert", int_only=True,
-                      binary_attention=True, attention_form="linear",
-                      calib=demo_calib_file())
-
-
-@pytest.mark.parametrize("style,bias", [("sdpa", False), ("shared", False), ("minilm", True)])
-def test_hand_built_attention(tmp_path, style, bias):
+def test_linear_form_graph_accuracy_and_numba(tmp_path):
+    """``--attention-form linear`` with --int-only: IntBinaryAttention replaces Shiftmax and
+    the product with V, the quantizer's Requant reads it unchanged; numba == reference
+    executor bit for bit on the 360 digits; top-1 pinned."""
+    from edgert.backends.numba_backend import Plan
     from edgert.compiler import compile_graph
 
+    data = np.load(demo_files()[1])
+    np.savez(tmp_path / "calib.npz", image=data["images"][:CALIB])
+    model = compile_graph(demo_files()[0], int_only=True, binary_attention=True, hash_bits=16,
+                          attention_form="linear", calib=tmp_path / "calib.npz")
+    info = describe_model(model)
+    assert info["float_ops"] == 0, info["float_nodes"]
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("IntBinaryAttention") == 2 and "Shiftmax" not in ops
+    consumer = {i: n for n in model.graph.node for i in n.input}
+    for node in model.graph.node:
+        if node.op_type == "IntBinaryAttention":
+            assert dict((a.name, a) for a in node.attribute)["frac"].i == 15
+            assert consumer[node.output[0]].op_type == "Requant"
+    feed = {"image": data["images"]}
+    [want] = run_reference(model, feed)
+    [got] = Plan(model).run([data["images"]])
+    assert_bit_exact("numba vs reference", got, want)
+    correct = int((want.argmax(1) == data["labels"]).sum())
+    print(f"\nViT --int-only --binary-attention --attention-form linear: {correct}/360")
+    assert correct == VIT_INT_LINEAR_CORRECT
+
+
+def _hand_built(tmp_path, style: str, bias: bool, n: int = 16):
+    """The attention test graph of ``test_binary_attention_models`` saved with its calibration
+    feeds (without its bias: Softmax straight on the scaled scores)."""
     rng = np.random.default_rng(0)
     model = _graph(style, rng)
-    feeds = _feeds(rng, 16, style)
-    if not bias:                                  # Softmax straight on the scaled scores
+    feeds = _feeds(rng, n, style)
+    if not bias:
         add = next(n for n in model.graph.node if n.op_type == "Add")
         next(n for n in model.graph.node if n.op_type == "Softmax").input[0] = add.input[0]
         model.graph.node.remove(add)
@@ -134,10 +163,48 @@ def test_hand_built_attention(tmp_path, style, bias):
         del feeds["bias"]
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "calib.npz", **feeds)
-    out = compile_graph(tmp_path / "m.onnx", int_only=True, binary_attention=True, hash_bits=8,
-                        calib=tmp_path / "calib.npz")
+    return tmp_path / "m.onnx", tmp_path / "calib.npz", feeds
+
+
+@pytest.mark.parametrize("style,bias,form", [("sdpa", False, "quadratic"),
+                                             ("shared", False, "quadratic"),
+                                             ("minilm", True, "quadratic"),
+                                             ("sdpa", False, "linear"),
+                                             ("shared", False, "linear")])
+def test_hand_built_attention(tmp_path, style, bias, form):
+    from edgert.compiler import compile_graph
+
+    path, calib, feeds = _hand_built(tmp_path, style, bias)
+    out = compile_graph(path, int_only=True, binary_attention=True, hash_bits=8,
+                        attention_form=form, calib=calib)
     assert describe_model(out)["float_ops"] == 0
-    replaced = any(n.name.endswith("_scores32") for n in out.graph.node)
-    assert replaced == (not bias)
+    found = [n for n in out.graph.node if n.op_type == "IntBinaryAttention"]
+    assert len(found) == (0 if bias else 1)
+    assert all(dict((a.name, a) for a in n.attribute)["form"].s == form.encode() for n in found)
     [y] = run_reference(out, feeds)
     assert y.shape == (16, 2, 6, 4) and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("form", ["quadratic", "linear"])
+def test_rpi5_under_qemu_matches_host_and_reference(qemu_env, tmp_path, form):
+    """An integer graph with IntBinaryAttention compiled for rpi5 and run under qemu
+    (aarch64, ``cnt`` popcounts) gives the bits of the numba backend and of the reference
+    executor (the op's numpy spec); the x86 build's bits are checked against numba on the
+    ViT above. The quadratic form always; the linear one (another 25 s) with
+    EDGERT_BINARY_ATTENTION=all (its x86 kernels are bit-exact against the spec in
+    tests/test_op_binary_attention_int.py)."""
+    if form == "linear" and os.environ.get("EDGERT_BINARY_ATTENTION") != "all":
+        pytest.skip("the linear form under qemu runs with EDGERT_BINARY_ATTENTION=all")
+    from edgert.targets.qemu import run_under_qemu
+
+    path, calib, feeds = _hand_built(tmp_path, "sdpa", False)
+    rpi5 = compile_model(path, tmp_path / "iba_rpi5.edgert", target="rpi5", int_only=True,
+                         binary_attention=True, hash_bits=16, attention_form=form,
+                         calib=str(calib))
+    model = onnx.load_from_string(read_artifact(rpi5).members[MODEL_MEMBER])
+    assert "IntBinaryAttention" in [n.op_type for n in model.graph.node]
+    feed = {k: v[:5] for k, v in feeds.items()}
+    [want] = run_reference(model, feed)
+    for name, got in (("numba", edgert.Session(rpi5, backend="numba").run(None, feed)[0]),
+                      ("rpi5 (qemu)", run_under_qemu(rpi5, feed)[0])):
+        assert_bit_exact(name, got, want)

@@ -15,7 +15,7 @@ def binary_attention_int(graph: Graph, fp32: Graph, ctx: Context) -> Graph:
     section; ``graph`` itself without the option.
 
     Raises:
-        InputError: calibration data that does not fit the model, an unsupported form.
+        InputError: calibration data that does not fit the model, fine-tuned hashes.
     """
     opts = ctx.options
     if not opts.binary_attention:
