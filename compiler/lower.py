@@ -23,7 +23,7 @@ from typing import Any
 
 import onnx
 
-from edgert.compiler import schedule_cpu, schedule_rows
+from edgert.compiler import schedule_cpu
 from edgert.compiler.fold import declared_shape
 from edgert.errors import CompileError, TargetError, last_line
 from edgert.onnx_graph import graph_inputs, node_label
@@ -166,17 +166,18 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     depthwise ones a kernel of their own: :mod:`edgert.compiler.schedule_depthwise`);
     everything else stays on TVM's default pipeline."""
     from edgert.compiler import schedule_conv, schedule_depthwise, schedule_intmatmul
+    from edgert.compiler.schedule_int_conv import int_grouped_convs
     from edgert.ops.lmul_matmul import tvm_cpu as lmul_cpu
 
     mod = lmul_cpu.schedule_lmul_matmuls(mod, target)      # LMulMatMul: the vector kernel
     mod = schedule_conv.convs_as_matmuls(schedule_depthwise.depthwise_convs(mod))
+    mod = int_grouped_convs(mod)          # integer grouped ones (depthwise too): a kernel
     int_isa = schedule_intmatmul.target_isa(target)
     if int_isa is not None:
         mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=int_isa)
     float_isa = schedule_intmatmul.float_isa(target)
     if float_isa is not None:
         mod = schedule_intmatmul.schedule_float_matmuls(mod, tvm_target, float_isa)
-    mod = schedule_rows.schedule_row_ops(mod, tvm_target, isa.vector_bits(target) // 32)
     mod = schedule_cpu.vectorizable_softmax(schedule_cpu.vectorizable_erf(mod))
     lut = isa.lut_isa(target)
     if lut in ("x86", "x86-vnni"):

@@ -1,0 +1,323 @@
+"""Integer grouped convolutions (depthwise included) as a kernel scheduled for CPUs.
+
+TVM 0.27's default CPU pipeline builds a grouped ``relax.nn.conv2d`` as a scalar loop nest on
+one thread; in an integer-only MobileNet-V2 its depthwise layers (``ConvInteger`` with
+``group = C``, lowered as int8 operands cast to int32, then ``conv2d``) took a quarter of the
+run. :func:`int_grouped_convs` rewrites each 2-D convolution with ``groups > 1``, int32 out,
+operands cast to int32 from int8 (or int16 data), a constant weight, NCHW data and OIHW
+weight, before the matmul rules run, into one kernel of its own (float32 ones are
+:mod:`edgert.compiler.schedule_depthwise`'s and :mod:`edgert.compiler.schedule_grouped`'s):
+
+- ``pad_int``: the narrow (int8/int16) input zero-padded, NCHW, as zeros then a copy of the
+  rows (both vectorized; with the bounds check in one pass it ran byte by byte, as long as
+  the convolution itself). For a depthwise convolution (one input channel a group) it is
+  computed per output channel, into a scratch plane; with several input channels a group
+  once, before the convolution (per output channel it would be copied once per output
+  channel of the group);
+- ``int_conv``: ``out[n, f, y, x] = sum_{c, i, j} int32(xp[n, g*CG + c, y*sh + i*dh,
+  x*sw + j*dw]) * int32(w[f, c, i, j])`` with ``g = f // (O/G)``, loops as (n*f parallel, y,
+  c, i, j, x): the innermost loop runs along an output row of int32 accumulators, which LLVM
+  vectorizes (sign-extending loads, ``vpmulld``, ``vpaddd`` on AVX2).
+
+The arithmetic is int32 modulo 2**32 like TVM's default build of the same conv2d, so results
+are bit-identical to it (and to the direct convolution in int64 wherever the int32 bound
+holds, which the quantizer proves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def int_conv_reference(x: np.ndarray, w: np.ndarray, groups: int, strides: tuple[int, int],
+                       padding: tuple[int, int, int, int],
+                       dilation: tuple[int, int]) -> np.ndarray:
+    """The grouped convolution of ``x`` [N, C, H, W] (int8/int16) with ``w`` [O, C/G, KH, KW]
+    (int8) as int32 [N, O, OH, OW] (numpy, summed in int64 then wrapped to int32; the spec of
+    :func:`int_conv_te`). ``padding``: (top, left, bottom, right) zeros."""
+    from edgert.compiler.schedule_conv import output_size
+
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    oh, ow = output_size(h, wd, (kh, kw), strides, padding, dilation)
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out = np.zeros((n, o, oh, ow), np.int64)
+    for f in range(o):
+        g = f // og
+        for ci in range(cg):
+            for i in range(kh):
+                for j in range(kw):
+                    rows = xp[:, g * cg + ci, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                              j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                    out[:, f] += rows * int(w[f, ci, i, j])
+    return out.astype(np.int32)
+
+
+def int_conv_te(x: Any, w: Any, groups: int, strides: tuple[int, int],
+                padding: tuple[int, int, int, int], dilation: tuple[int, int],
+                epilogue: Epilogue | None = None) -> Any:
+    """TVM TE: the grouped convolution of ``x`` [N, C, H, W] int8/int16 (static C, H, W) with
+    ``w`` [O, C/G, KH, KW] int8: int32 [N, O, OH, OW] (as :func:`int_conv_reference`), or with
+    an ``epilogue``, the Requant of it plus the bias (in ``epilogue.to``)."""
+    from tvm import te, tirx
+
+    from edgert.compiler.schedule_conv import output_size
+
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    n, c, h, wd = x.shape
+    c, h, wd = int(c), int(h), int(wd)
+    o, cg, kh, kw = (int(d) for d in w.shape)
+    og = o // groups
+    oh, ow = output_size(h, wd, (kh, kw), strides, padding, dilation)
+    zero = tirx.const(0, x.dtype)
+
+    def pad(b: Any, ci: Any, y: Any, z: Any) -> Any:
+        inside = []
+        if top or bottom:
+            inside += [y >= top, y < top + h]
+        if left or right:
+            inside += [z >= left, z < left + wd]
+        value = x[b, ci, y - top, z - left]
+        return tirx.if_then_else(tirx.all(*inside), value, zero) if inside else value
+
+    xp = te.compute((n, c, h + top + bottom, wd + left + right), pad, name="pad_int")
+    ch = te.reduce_axis((0, cg), name="ch")
+    i = te.reduce_axis((0, kh), name="i")
+    j = te.reduce_axis((0, kw), name="j")
+    acc = te.compute(
+        (n, o, oh, ow),
+        lambda b, f, y, z: te.sum(
+            xp[b, f // og * cg + ch, y * sh + i * dh, z * sw + j * dw].astype("int32")
+            * w[f, ch, i, j].astype("int32"), axis=[ch, i, j]),
+        name="int_conv")
+    if epilogue is None:
+        return acc
+    from edgert.ops.requant.tvm import requant_value
+
+    ep = epilogue
+
+    def requant(b: Any, f: Any, y: Any, z: Any) -> Any:
+        q = acc[b, f, y, z] if ep.bias is None else acc[b, f, y, z] + ep.bias[f]
+        c = f if ep.per_channel else 0
+        return requant_value(q, ep.m[c], ep.e[c], lo=ep.lo, hi=ep.hi, to=ep.to)
+
+    return te.compute((n, o, oh, ow), requant, name="int_conv_requant")
+
+
+def schedule_int_conv(func: Any, depthwise: bool, epilogue: bool) -> Any:
+    """``func`` (the PrimFunc of :func:`int_conv_te`) scheduled: output channels in parallel,
+    the reduction outside the output-row loop; a depthwise convolution's padded plane
+    computed per output channel; with an ``epilogue``, a row of accumulators per output row,
+    requantized after it."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    conv, pad = sch.get_sblock("int_conv"), sch.get_sblock("pad_int")
+    b, f, y, z, ch, i, j = sch.get_loops(conv)
+    planes = sch.fuse(b, f)
+    sch.reorder(ch, i, j, z)
+    sch.parallel(planes)          # before decompose_reduction: TVM checks the reduction block
+    if epilogue:
+        sch.reverse_compute_at(sch.get_sblock("int_conv_requant"), y)
+    if depthwise:
+        sch.compute_at(pad, planes)
+    else:
+        pb, pc, _, _ = sch.get_loops(pad)
+        sch.parallel(sch.fuse(pb, pc))
+    rows = sch.get_loops(pad)[1]
+    if sch.can_decompose_padding(pad, rows):   # zeros, then a plain copy of the rows (one
+        sch.decompose_padding(pad, rows)       # pass with a bounds check per byte: scalar)
+    sch.decompose_reduction(conv, ch)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def int_grouped_convs(mod: Any) -> Any:
+    """Rewrite the integer grouped 2-D convolutions of a Relax module (before legalization)
+    as the kernel of :func:`int_conv_te` (see the module docstring), with the Requant that
+    follows one (after a constant bias) as its epilogue; others are left alone."""
+    import tvm
+    from tvm import tirx
+
+    from edgert.compiler.relax_rewrite import rewrite_calls
+    from edgert.ops.requant.tvm import OP_ATTR, OP_NAME
+
+    requants = {gv.name_hint: {k: f.attrs[f"edgert.requant.{k}"] for k in _REQUANT_KWARGS}
+                for gv, f in mod.functions_items()
+                if isinstance(f, tirx.PrimFunc) and f.attrs is not None
+                and str(f.attrs.get(OP_ATTR, "")) == OP_NAME}
+    conv_op = tvm.ir.Op.get("relax.nn.conv2d")
+    call_tir_op = tvm.ir.Op.get("relax.call_tir")
+    geometries: dict[str, _Geometry] = {}     # kernel symbol -> its convolution
+
+    def match(call: Any) -> bool:
+        return call.op.same_as(conv_op) or (
+            call.op.same_as(call_tir_op) and isinstance(call.args[0], tvm.ir.GlobalVar)
+            and call.args[0].name_hint in requants)
+
+    def rewrite(rw: Any, call: Any) -> Any | None:
+        if call.op.same_as(conv_op):
+            return _rewrite_conv(rw, call, geometries)
+        return _rewrite_requant(rw, call, requants[call.args[0].name_hint], geometries)
+
+    new = rewrite_calls(mod, match, rewrite)
+    return _without_unused(new, geometries) if new is not mod else mod
+
+
+def _without_unused(mod: Any, names: Any) -> Any:
+    """``mod`` without the kernels of ``names`` that no Relax function calls any more (those
+    a Requant epilogue replaced; dead-code elimination keeps PrimFuncs with a global symbol)."""
+    from tvm import relax
+
+    used = {gv.name_hint for _, f in mod.functions_items() if isinstance(f, relax.Function)
+            for gv in relax.analysis.all_global_vars(f)}
+    for gv, _ in list(mod.functions_items()):
+        if gv.name_hint in names and gv.name_hint not in used:
+            del mod[gv]
+    return mod
+
+
+_REQUANT_KWARGS = ("lo", "hi", "to", "axis")
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """A grouped convolution's attributes (padding: top, left, bottom, right)."""
+
+    groups: int
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """A Requant after the convolution (TE placeholders; ``bias`` int32 [O] or None, ``m``
+    int32/int64 and ``e`` int64 of [O] when ``per_channel``, else [1])."""
+
+    bias: Any
+    m: Any
+    e: Any
+    per_channel: bool
+    lo: int
+    hi: int
+    to: str
+
+
+def _rewrite_conv(rw: Any, call: Any, geometries: dict[str, _Geometry]) -> Any | None:
+    """The kernel call replacing ``call`` (a ``relax.nn.conv2d``), or None to keep it."""
+    from tvm import relax, tirx
+
+    from edgert.compiler.schedule_conv import _constant, _fits, _narrow_source
+
+    attrs = call.attrs
+    groups = int(attrs.groups)
+    if (groups == 1 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+            or attrs.out_layout != "NCHW" or str(call.ty.dtype) != "int32"):
+        return None
+    x, w = call.args
+    weight = _constant(rw, w)
+    if weight is None or weight.ndim != 4 or weight.dtype.kind != "i" or not _fits(weight, np.int8):
+        return None
+    narrow = _narrow_source(rw, x)
+    if narrow is None:
+        return None
+    x_ty = narrow.ty
+    if not isinstance(x_ty.shape, relax.ShapeExpr) or any(
+            not isinstance(d, tirx.IntImm) for d in x_ty.shape.values[1:]):
+        return None
+    c = int(x_ty.shape.values[1])
+    o, cg = weight.shape[:2]
+    if c % groups or o % groups or cg != c // groups:
+        return None
+    geometry = _Geometry(groups, tuple(int(v) for v in attrs.strides),
+                         tuple(int(p) for p in attrs.padding),
+                         tuple(int(v) for v in attrs.dilation))
+    return _emit(rw, narrow, weight.astype(np.int8), geometry, None, geometries)
+
+
+def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any],
+                     geometries: dict[str, _Geometry]) -> Any | None:
+    """The convolution kernel with ``call`` (a Requant ``call_tir`` of ``q``, or of ``q`` plus
+    a constant bias, where ``q`` is one of this module's kernels without epilogue) as its
+    epilogue, or None to keep it."""
+    import tvm
+    from tvm import relax
+
+    from edgert.compiler.schedule_conv import _bound, _constant
+
+    q, m_expr, e_expr = call.args[1].fields
+    m, e = _constant(rw, m_expr), _constant(rw, e_expr)
+    if m is None or e is None or m.size != e.size:
+        return None
+    q = _bound(rw, q)
+    bias = None
+    if isinstance(q, relax.Call) and q.op.same_as(tvm.ir.Op.get("relax.add")):
+        for conv_side, bias_side in ((0, 1), (1, 0)):
+            bias = _constant(rw, q.args[bias_side])
+            if bias is not None:
+                q = _bound(rw, q.args[conv_side])
+                break
+        else:
+            return None
+    if not (isinstance(q, relax.Call) and isinstance(q.args[0], tvm.ir.GlobalVar)
+            and q.args[0].name_hint in geometries):
+        return None
+    narrow, w_const = q.args[1].fields
+    weight = _constant(rw, w_const)
+    o = weight.shape[0]
+    if bias is not None:
+        if bias.dtype != np.int32 or not (bias.size == 1 or (
+                bias.size == o and bias.ndim >= 3 and bias.shape[-3] == o)):
+            return None                     # not one value per output channel
+        bias = np.broadcast_to(bias.reshape(-1), (o,)).astype(np.int32)
+    per_channel = m.size != 1
+    if per_channel and (m.size != o or int(kwargs["axis"]) not in (1, -3)):
+        return None
+    lo, hi, to = int(kwargs["lo"]), int(kwargs["hi"]), str(kwargs["to"])
+    return _emit(rw, narrow, weight, geometries[q.args[0].name_hint],
+                 (bias, m.reshape(-1), e.reshape(-1).astype(np.int64), lo, hi, to), geometries)
+
+
+def _emit(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
+          epilogue: tuple | None, geometries: dict[str, _Geometry]) -> Any:
+    """``call_tir`` of the kernel (added once per signature) on ``narrow`` and the constant
+    int8 ``weight``, with the ``epilogue`` (numpy bias or None, m, e; lo, hi, to) or not."""
+    from tvm import relax, te
+
+    g = geometry
+    x_ty = narrow.ty
+    dtype = str(x_ty.dtype)
+    data = te.placeholder(x_ty.shape.values, dtype, name="x")
+    kernel = te.placeholder(weight.shape, "int8", name="w")
+    inputs, consts, ep_key = [data, kernel], [weight], None
+    ep = None
+    if epilogue is not None:
+        bias, m, e, lo, hi, to = epilogue
+        b_ph = None if bias is None else te.placeholder((bias.size,), "int32", name="bias")
+        m_ph = te.placeholder((m.size,), str(m.dtype), name="m")
+        e_ph = te.placeholder((e.size,), "int64", name="e")
+        ep = Epilogue(b_ph, m_ph, e_ph, m.size != 1, lo, hi, to)
+        inputs += [p for p in (b_ph, m_ph, e_ph) if p is not None]
+        consts += [v for v in (bias, m, e) if v is not None]
+        ep_key = (bias is not None, str(m.dtype), m.size, lo, hi, to)
+    out = int_conv_te(data, kernel, g.groups, g.strides, g.padding, g.dilation, ep)
+    key = ("int_conv", dtype, tuple(int(d) for d in x_ty.shape.values[1:]), weight.shape, g,
+           ep_key)
+    if key not in rw.kernels:
+        symbol = f"int_conv{sum(k[0] == 'int_conv' for k in rw.kernels) or ''}"
+        func = te.create_prim_func([*inputs, out]).with_attr("global_symbol", symbol)
+        rw.add_kernel(key, schedule_int_conv(func, depthwise=weight.shape[1] == 1,
+                                             epilogue=ep is not None), symbol)
+        if ep is None:           # a Requant after it may become its epilogue
+            geometries[rw.kernels[key].name_hint] = g
+    shape = [x_ty.shape.values[0], *(int(d) for d in out.shape[1:])]
+    args = [narrow, *(relax.const(v, str(v.dtype)) for v in consts)]   # (int64 stays int64)
+    return relax.call_tir(rw.kernels[key], args,
+                          relax.TensorType(shape, str(out.dtype)))

@@ -1,0 +1,153 @@
+"""Integer grouped convolutions (``compiler/schedule_int_conv.py``): ``ConvInteger`` with
+``group > 1`` leaves TVM's default conv2d for its own kernel, and compiled models match the
+direct convolution bit for bit over depthwise and grouped geometries, strides, padding,
+dilation, a channel multiplier and a symbolic batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# (C, O, groups, kernel, strides, pads (top, left, bottom, right), dilations)
+GEOMETRIES = [
+    (8, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),      # MobileNet 3x3 depthwise
+    (6, 6, 6, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1)),      # MobileNetV3 5x5 stride 2
+    (4, 8, 4, (3, 2), (2, 1), (0, 1, 2, 0), (2, 1)),      # multiplier 2, ragged, dilated
+    (8, 6, 2, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),      # RegNet-like: 4 channels a group
+]
+H, W = 11, 9
+
+
+def _model():
+    """One int8 input ``x`` [n, 8, H, W] feeding one ConvInteger per geometry (on its first C
+    channels, through a Slice), with full-range int8 weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, outputs, inits, weights = [], [], [], []
+    for k, (c, o, groups, kernel, strides, pads, dilations) in enumerate(GEOMETRIES):
+        weight = rng.integers(-128, 128, (o, c // groups, *kernel)).astype(np.int8)
+        weights.append(weight)
+        inits += [numpy_helper.from_array(weight, f"w{k}"),
+                  numpy_helper.from_array(np.array([0], np.int64), f"start{k}"),
+                  numpy_helper.from_array(np.array([c], np.int64), f"end{k}"),
+                  numpy_helper.from_array(np.array([1], np.int64), f"axis{k}")]
+        nodes.append(helper.make_node("Slice", ["x", f"start{k}", f"end{k}", f"axis{k}"],
+                                      [f"x{k}"]))
+        nodes.append(helper.make_node("ConvInteger", [f"x{k}", f"w{k}"], [f"y{k}"],
+                                      group=groups, strides=list(strides), pads=list(pads),
+                                      dilations=list(dilations)))
+        outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.INT32,
+                                                     ["n", o, None, None]))
+    graph = helper.make_graph(nodes, "int_grouped",
+                              [helper.make_tensor_value_info("x", TensorProto.INT8,
+                                                             ["n", 8, H, W])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model, weights
+
+
+def test_reference_matches_a_plain_loop():
+    from edgert.compiler.schedule_int_conv import int_conv_reference
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, (1, 4, 5, 6)).astype(np.int8)
+    w = rng.integers(-128, 128, (4, 2, 3, 3)).astype(np.int8)
+    got = int_conv_reference(x, w, 2, (1, 1), (1, 1, 1, 1), (1, 1))
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((1, 4, 5, 6), np.int64)
+    for f in range(4):
+        for y in range(5):
+            for z in range(6):
+                want[0, f, y, z] = (xp[0, f // 2 * 2:f // 2 * 2 + 2, y:y + 3, z:z + 3]
+                                    * w[f]).sum()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_integer_grouped_convolutions_get_their_kernel_and_are_exact(tmp_path):
+    import onnx
+    import tvm
+
+    import edgert
+    from edgert.compiler import compile_model, lower
+    from edgert.compiler.schedule_int_conv import int_conv_reference
+    from edgert.targets import TARGETS
+
+    model, weights = _model()
+    target = TARGETS["x86-avx2"]
+    tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=2))
+    scheduled = lower._schedule_for_cpu(lower.to_relax(model), target, tvm_target)
+    names = [gv.name_hint for gv, _ in scheduled.functions_items()]
+    assert sum(n.startswith("int_conv") for n in names) == len(GEOMETRIES), names
+    assert "relax.nn.conv2d" not in scheduled.script()
+
+    onnx.save(model, tmp_path / "g.onnx")
+    sess = edgert.Session(compile_model(tmp_path / "g.onnx", tmp_path / "g.edgert"))
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).integers(-128, 128, (batch, 8, H, W)).astype(np.int8)
+        got = sess.run(None, {"x": x})
+        for k, (c, _, groups, _, strides, pads, dilations) in enumerate(GEOMETRIES):
+            want = int_conv_reference(x[:, :c], weights[k], groups, strides, pads, dilations)
+            assert got[k].dtype == np.int32 and got[k].shape == want.shape
+            np.testing.assert_array_equal(got[k], want)
+
+
+def _requant_model():
+    """int8 ``x`` [n, 8, H, W] -> ConvInteger (depthwise 3x3, then grouped) -> Add(int32 bias)
+    -> edgert.Requant (per channel, ReLU-clamped int8; then per tensor, no bias, int16)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgert.ops import DOMAIN
+    from edgert.ops.requant import params
+
+    rng = np.random.default_rng(2)
+    w0 = rng.integers(-128, 128, (8, 1, 3, 3)).astype(np.int8)
+    w1 = rng.integers(-128, 128, (8, 2, 3, 3)).astype(np.int8)
+    bias = rng.integers(-2000, 2000, (8, 1, 1)).astype(np.int32)
+    m0, e0 = params(rng.uniform(1e-4, 1e-2, 8) * rng.choice([-1.0, 1.0], 8))
+    m1, e1 = params(np.array([3e-3]))
+    inits = [numpy_helper.from_array(v, name) for v, name in
+             ((w0, "w0"), (w1, "w1"), (bias, "bias"), (m0, "m0"), (e0, "e0"), (m1, "m1"),
+              (e1, "e1"))]
+    nodes = [helper.make_node("ConvInteger", ["x", "w0"], ["c0"], group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c0", "bias"], ["b0"]),
+             helper.make_node("Requant", ["b0", "m0", "e0"], ["r0"], domain=DOMAIN,
+                              to=TensorProto.INT8, lo=0, hi=127, axis=1),
+             helper.make_node("ConvInteger", ["r0", "w1"], ["c1"], group=4, strides=[2, 2]),
+             helper.make_node("Requant", ["c1", "m1", "e1"], ["y"], domain=DOMAIN,
+                              to=TensorProto.INT16, lo=-32768, hi=32767, axis=1)]
+    graph = helper.make_graph(
+        nodes, "int_conv_requant",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, ["n", 8, H, W])],
+        [helper.make_tensor_value_info("y", TensorProto.INT16, ["n", 8, None, None])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid(DOMAIN, 1)])
+
+
+def test_a_requant_after_the_convolution_becomes_its_epilogue_exactly(tmp_path):
+    import onnx
+    import tvm
+
+    import edgert
+    from edgert.compiler import compile_model, lower
+    from edgert.targets import TARGETS
+
+    model = _requant_model()
+    target = TARGETS["x86-avx2"]
+    tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=2))
+    scheduled = lower._schedule_for_cpu(lower.to_relax(model), target, tvm_target)
+    kernels = [f for gv, f in scheduled.functions_items() if gv.name_hint.startswith("int_conv")]
+    assert len(kernels) == 2 and not any(gv.name_hint.startswith("requant")
+                                         for gv, _ in scheduled.functions_items())
+    assert "relax.nn.conv2d" not in scheduled.script()
+
+    onnx.save(model, tmp_path / "r.onnx")
+    art = compile_model(tmp_path / "r.onnx", tmp_path / "r.edgert")
+    sess, ref = edgert.Session(art), edgert.Session(art, backend="numba")
+    for batch in (1, 2):
+        x = np.random.default_rng(batch).integers(-128, 128, (batch, 8, H, W)).astype(np.int8)
+        got, want = sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0]
+        assert got.dtype == np.int16 and np.abs(want).max() > 0
+        np.testing.assert_array_equal(got, want)
