@@ -9,12 +9,13 @@ their top-1 pinned exactly (the fit is deterministic numpy; the graph integer). 
 scores of the graph equal numpy's ±1 dot products of the signs of the graph's own int8
 queries and keys under the int8 projection (what the int8 multiply-adds of ±1 codes gave
 before). The linear form: its graph (no TVM build) has no float op, the numba backend equals
-the reference executor bit for bit, and its top-1 is pinned (the TVM build of it, and both
-forms on rpi5 under qemu, in ``tests/test_op_binary_attention_int.py`` and with
-``EDGERT_BINARY_ATTENTION=all``). On hand-built graphs (no TVM build): the SDPA and
-shared-hash (symbolic heads) layouts get integer codes too (float ops 0, the reference
-executor runs them), and a bias the quantizer adds to the scores keeps its integer softmax
-attention.
+the reference executor bit for bit, and its top-1 is pinned; with
+``EDGERT_BINARY_ATTENTION=all`` also its TVM build (its kernels are checked against the spec
+in ``tests/test_op_binary_attention_int.py``). An rpi5 build under qemu against numba and the
+reference executor: the quadratic form, and the linear one with that variable. On
+hand-built graphs (no TVM build), both forms: the SDPA and shared-hash (symbolic heads)
+layouts get integer codes too (float ops 0, the reference executor runs them), and a bias the
+quantizer adds to the scores keeps its integer softmax attention.
 """
 
 from __future__ import annotations
@@ -147,6 +148,12 @@ def test_linear_form_graph_accuracy_and_numba(tmp_path):
     correct = int((want.argmax(1) == data["labels"]).sum())
     print(f"\nViT --int-only --binary-attention --attention-form linear: {correct}/360")
     assert correct == VIT_INT_LINEAR_CORRECT
+    if os.environ.get("EDGERT_BINARY_ATTENTION") == "all":      # the TVM build: ~40 s more
+        artifact = compile_model(demo_files()[0], tmp_path / "lin.edgert", int_only=True,
+                                 binary_attention=True, hash_bits=16, attention_form="linear",
+                                 calib=tmp_path / "calib.npz")
+        assert_bit_exact("tvm vs reference",
+                         edgert.Session(artifact, backend="tvm").run(None, feed)[0], want)
 
 
 def _hand_built(tmp_path, style: str, bias: bool, n: int = 16):

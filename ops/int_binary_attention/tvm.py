@@ -16,9 +16,13 @@ Schedule (:func:`schedule`, the same for x86 and aarch64):
   ``H^T V`` (keys outside, the value columns vectorized), the key sums, then per query row its
   code, the signed sums over bits and the division.
 
+CUDA (:func:`gpu_func`): the codes one thread per vector (the projection sums in registers),
+each a kernel of its own; then the quadratic form one thread per score (``__popc`` of the
+codes' xor), the linear form one thread per (batch, head), its bit sums in local memory, then
+its rows. Integer arithmetic only, so the GPU gives the spec's bits whatever the flags.
+
 Each kernel is marked ``tirx.is_scheduled`` (the CPU pipeline's rules leave it alone) and
-opaque to operator fusion (``op_pattern`` 8). No CUDA kernel yet (``gpu_func`` is not
-defined: a CUDA build of a graph with this op stops at TVM's build).
+opaque to operator fusion (``op_pattern`` 8).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 from tvm import te, tirx
 
+from edgert.ops._common.gpu import mark
 from edgert.ops._common.relax_util import EdgertConverter, attrs_of
 from edgert.ops.binary_attention.tvm import (PARALLEL_MIN_WORK, _bit, _extent_product, _score,
                                              _static, _vectorize_inner)
@@ -179,6 +184,54 @@ def schedule(func: Any, form: str) -> Any:
     return sch.mod["main"].with_attrs({"tirx.is_scheduled": True, "op_pattern": 8})
 
 
+def _codes_on_threads(sch: Any, name: str) -> None:
+    """The codes block ``<name>_codes`` one thread per vector, its sums in registers."""
+    from edgert.ops._common import gpu
+
+    codes = sch.get_sblock(f"{name}_codes")
+    *spatial, _bits = sch.get_loops(codes)
+    thread = gpu.bind_threads(sch, sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
+    z = sch.get_sblock(f"{name}_z")
+    sch.compute_at(z, thread)
+    sch.set_scope(z, 0, "local")
+
+
+def gpu_func(func: Any) -> Any:
+    """The CUDA kernels for a kernel of this op (module docstring)."""
+    from tvm import s_tir
+
+    from edgert.ops._common import gpu
+
+    kwargs = gpu.kwargs_of(func)
+    has_mult, has_v = kwargs.pop("has_multiplier"), kwargs.pop("has_v")
+
+    def compute(q: Any, k: Any, proj: Any, *rest: Any) -> Any:
+        it = iter(rest)
+        mult = next(it) if has_mult else None
+        v = next(it) if has_v else None
+        return te_compute(q, k, proj, mult, v, **kwargs)
+
+    sch = s_tir.Schedule(gpu.rebuild(func, compute))
+    out = sch.get_sblock("int_binary_attention")
+    if kwargs["form"] == "quadratic":
+        loops = sch.get_loops(out)
+        gpu.bind_threads(sch, sch.fuse(*loops))
+    else:
+        *outer, row, _col = sch.get_loops(out)
+        thread = gpu.bind_threads(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        for name in ("iba_num", "iba_den"):
+            block = sch.get_sblock(name)
+            sch.compute_at(block, row)
+            sch.set_scope(block, 0, "local")
+        for name in ("iba_g", "iba_ksum", "iba_vsum"):
+            block = sch.get_sblock(name)
+            sch.compute_at(block, thread)
+            sch.set_scope(block, 0, "local")
+    _codes_on_threads(sch, "iba_q")
+    _codes_on_threads(sch, "iba_k")
+    return gpu.finish(sch)
+
+
 class Converter(EdgertConverter):
     """``edgert.IntBinaryAttention``: the TE compute of the node's form, replaced by its
     :func:`schedule`. Absent optional inputs keep their places (the linear form has V but no
@@ -204,5 +257,6 @@ class Converter(EdgertConverter):
         gv = bb.lookup_binding(out).args[0]
         func = bb.get()[gv]
         if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            bb.update_func(gv, schedule(func, kwargs["form"]))
+            marks = {**kwargs, "has_multiplier": mult is not None, "has_v": v is not None}
+            bb.update_func(gv, mark(schedule(func, kwargs["form"]), OP.folder, marks))
         return out
