@@ -82,7 +82,8 @@ class CompileOptions:
             become binary codes and popcount scores (``edgert.HashCodes`` +
             ``edgert.BinaryAttention``), the hash fitted on ``calib`` (see
             :mod:`edgert.compiler.binary_attention`); the manifest's ``binary_attention``
-            section lists them.
+            section lists them. With ``int_only``: ``edgert.IntBinaryAttention`` on the
+            integer graph, both forms (:mod:`edgert.compiler.binary_attention_int`).
         hash_bits: with ``binary_attention``: code bits, 8, 16 or 32 (default 16).
         attention_form: with ``binary_attention``: ``"quadratic"`` (softmax on the scores,
             default) or ``"linear"`` (the associative kernel form, linear in the sequence).
