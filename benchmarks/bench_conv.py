@@ -1,11 +1,13 @@
 """Convolutions: edgert's im2col + matmul kernels vs TVM's default build vs onnxruntime.
 
-    python benchmarks/bench_conv.py [--threads 2] [--repeats 50] [--json out.json]
+    python benchmarks/bench_conv.py [--threads 2] [--repeats 50] [--layers NAME ...]
+                                    [--json out.json]
 
-One-Conv models at batch 1 (typical CNN / ViT layers), float32 ``Conv`` and int8
-``ConvInteger`` (int8 data and weight, int32 out). For each, timed interleaved in one
-process: edgert as it compiles now (``compiler/schedule_conv.py``), edgert without the
-rewrite (``default``: TVM's conv2d loop nest, the "before"), and onnxruntime's float32 Conv
+One-Conv models at batch 1 (typical CNN / ViT layers, regnet_x_400mf's grouped 3x3 layers),
+float32 ``Conv`` and int8 ``ConvInteger`` (int8 data and weight, int32 out; float32 only for
+the grouped layers). For each, timed interleaved in one process: edgert as it compiles now
+(``compiler/schedule_conv.py``, ``compiler/schedule_grouped.py``), edgert without those
+rewrites (``default``: TVM's conv2d loop nest, the "before"), and onnxruntime's float32 Conv
 (the int8 rows too: onnxruntime's ConvInteger takes uint8 data only). Ratios edgert/ORT
 (lower is better for edgert) are what to compare across runs.
 """
@@ -22,12 +24,16 @@ import numpy as np
 
 from common import emit
 
-# name: (C, O, H/W, kernel, stride, pad)
+# name: (C, O, H/W, kernel, stride, pad, groups)
 LAYERS = {
-    "resnet 3x3 64->64 @56": (64, 64, 56, 3, 1, 1),
-    "resnet 1x1 256->64 @56": (256, 64, 56, 1, 1, 0),
-    "stem 3x3 s2 3->32 @224": (3, 32, 224, 3, 2, 1),
-    "deit patchify 16x16 3->192 @224": (3, 192, 224, 16, 16, 0),
+    "resnet 3x3 64->64 @56": (64, 64, 56, 3, 1, 1, 1),
+    "resnet 1x1 256->64 @56": (256, 64, 56, 1, 1, 0, 1),
+    "stem 3x3 s2 3->32 @224": (3, 32, 224, 3, 2, 1, 1),
+    "deit patchify 16x16 3->192 @224": (3, 192, 224, 16, 16, 0, 1),
+    "regnet g2 3x3 s2 32->32 @112": (32, 32, 112, 3, 2, 1, 2),
+    "regnet g4 3x3 64->64 @28": (64, 64, 28, 3, 1, 1, 4),
+    "regnet g10 3x3 160->160 @14": (160, 160, 14, 3, 1, 1, 10),
+    "regnet g25 3x3 400->400 @7": (400, 400, 7, 3, 1, 1, 25),
 }
 
 
@@ -35,14 +41,15 @@ def conv_model(path: Path, layer: tuple, integer: bool) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    c, o, hw, k, s, p = layer
+    c, o, hw, k, s, p, g = layer
     rng = np.random.default_rng(0)
-    w = (rng.integers(-128, 128, (o, c, k, k)).astype(np.int8) if integer
-         else (rng.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32))
+    w = (rng.integers(-128, 128, (o, c // g, k, k)).astype(np.int8) if integer
+         else (rng.standard_normal((o, c // g, k, k)) / np.sqrt(c // g * k * k))
+         .astype(np.float32))
     op, xt, yt = (("ConvInteger", TensorProto.INT8, TensorProto.INT32) if integer
                   else ("Conv", TensorProto.FLOAT, TensorProto.FLOAT))
     graph = helper.make_graph(
-        [helper.make_node(op, ["x", "w"], ["y"], strides=[s, s], pads=[p] * 4)], "conv",
+        [helper.make_node(op, ["x", "w"], ["y"], strides=[s, s], pads=[p] * 4, group=g)], "conv",
         [helper.make_tensor_value_info("x", xt, [1, c, hw, hw])],
         [helper.make_tensor_value_info("y", yt, [1, o, None, None])],
         [numpy_helper.from_array(w, "w")])
@@ -71,29 +78,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=list(LAYERS))
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
     import edgert
-    from edgert.compiler import compile_model, schedule_conv
+    from edgert.compiler import compile_model, schedule_conv, schedule_grouped
     from edgert.peers import onnxruntime_session
     from edgert.timing import interleaved_latencies, summarize
 
-    rewrite = schedule_conv.convs_as_matmuls
+    rewrites = ((schedule_conv, "convs_as_matmuls"), (schedule_grouped, "grouped_convs"))
+    ours = [getattr(m, f) for m, f in rewrites]
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for name, layer in LAYERS.items():
-            for integer in (False, True):
+        for name in args.layers:
+            layer = LAYERS[name]
+            for integer in (False, True) if layer[6] == 1 else (False,):
                 label = f"{name} {'int8' if integer else 'fp32'}"
                 path = conv_model(tmp / "conv.onnx", layer, integer)
                 sessions = {}
                 for variant in ("edgert", "default"):
-                    schedule_conv.convs_as_matmuls = rewrite if variant == "edgert" else (
-                        lambda mod: mod)
+                    for (module, fn), own in zip(rewrites, ours):
+                        setattr(module, fn, own if variant == "edgert" else (lambda mod: mod))
                     art = compile_model(path, tmp / f"{variant}.edgert", threads=args.threads)
                     sessions[variant] = edgert.Session(art, threads=args.threads)
-                schedule_conv.convs_as_matmuls = rewrite
+                for (module, fn), own in zip(rewrites, ours):
+                    setattr(module, fn, own)
                 ort = onnxruntime_session(float_twin(path, tmp) if integer else path,
                                           args.threads)
                 c, _, hw = layer[:3]

@@ -2,7 +2,9 @@
 
     python benchmarks/bench_zoo.py [--models resnet18 mobilenet_v2 ...] [--size 224]
                                    [--threads 2] [--rounds 10] [--repeats 20] [--calib 8]
-                                   [--images 4] [--json out.json]
+                                   [--images 4] [--runtimes edgert-fp32 ort-fp32 ...]
+                                   [--without schedule_grouped.grouped_convs ...]
+                                   [--json out.json]
 
 For each model of ``edgert.models.torchvision_zoo.ZOO`` (random weights that behave like trained
 ones, BatchNorm statistics measured at ``--size``), exported by ``torch.onnx.export``
@@ -24,6 +26,11 @@ no allocator or cache state is shared); one process works at a time. A round tim
 once (``--repeats`` calls, median), in alternating order (forward, then backward) so no runtime
 always runs first; a ratio is computed within each round and reported as the median over the
 rounds with its range (min-max). A compile that fails is reported as a row with its error.
+
+``--runtimes`` picks the runtimes (onnxruntime fp32, the reference, always runs);
+``edgert-fp32-before`` is edgert fp32 compiled with the rewrites named by ``--without``
+(``module.function`` of ``edgert.compiler``) replaced by the identity: a before/after of one
+rewrite, timed in the same rounds.
 
 ``--size 224``: the input size these classifiers are built and benchmarked at; at 64x64 most of
 them end in a 2x2 feature map and a call takes well under a millisecond, which measures the
@@ -49,20 +56,28 @@ from common import emit
 from processes import Worker, in_child, one_line
 
 RUNTIMES = ("edgert-fp32", "edgert-int", "ort-fp32", "ort-int8-static")
+BEFORE = "edgert-fp32-before"
 REFERENCE = "ort-fp32"
 
 
 # --- work done in child processes ---------------------------------------------------------------
 
-def compile_child(onnx_path: str, out: str, threads: int,
-                  calib: str | None) -> tuple[float, int]:
-    """``compile_model`` (``--int-only`` when ``calib`` is given); returns its wall time in s
-    and the number of float ops inside the compiled graph (``edgert inspect``'s count)."""
+def compile_child(onnx_path: str, out: str, threads: int, calib: str | None,
+                  without: tuple[str, ...] = ()) -> tuple[float, int]:
+    """``compile_model`` (``--int-only`` when ``calib`` is given, the rewrites ``without``
+    (``module.function`` of ``edgert.compiler``) replaced by the identity); returns its wall time
+    in s and the number of float ops inside the compiled graph (``edgert inspect``'s count)."""
+    import importlib
+
     import onnx
 
     from edgert.artifact import MODEL_MEMBER, read_artifact
     from edgert.compiler import compile_model
     from edgert.model_info import describe_model
+
+    for name in without:
+        module, function = name.rsplit(".", 1)
+        setattr(importlib.import_module(f"edgert.compiler.{module}"), function, lambda mod: mod)
 
     t0 = time.perf_counter()
     if calib:
@@ -99,10 +114,12 @@ def quantize_child(onnx_path: str, out: str, calib: str) -> tuple[float, None]:
     return time.perf_counter() - t0, None
 
 
-def runtime_worker(conn: Any, runtime: str, path: str, threads: int) -> None:
+def runtime_worker(conn: Any, runtime: str, path: str, threads: int,
+                   input_name: str = "x") -> None:
     """Serve one runtime in this process: ``("logits", images)`` -> the logits of each image
     (batch 1), ``("time", (image, repeats, warmup))`` -> call times in s, ``("stop", None)``.
-    Every answer is ``("ok", value)`` or ``("error", message)``."""
+    Every answer is ``("ok", value)`` or ``("error", message)``. The model's one input is
+    ``input_name``."""
     try:
         if runtime.startswith("edgert"):
             import edgert
@@ -122,11 +139,11 @@ def runtime_worker(conn: Any, runtime: str, path: str, threads: int) -> None:
             return
         try:
             if cmd == "logits":
-                conn.send(("ok", np.concatenate([runner.run(None, {"x": im[None]})[0]
+                conn.send(("ok", np.concatenate([runner.run(None, {input_name: im[None]})[0]
                                                  for im in arg])))
             else:
                 image, repeats, warmup = arg
-                feed = {"x": image[None]}
+                feed = {input_name: image[None]}
                 for _ in range(warmup):
                     runner.run(None, feed)
                 times = np.empty(repeats)
@@ -157,7 +174,10 @@ def build(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, dict[str,
             "edgert-int": (compile_child, str(onnx_path), str(tmp / f"{name}_int.edgert"),
                            args.threads, str(calib)),
             "ort-int8-static": (quantize_child, str(onnx_path),
-                                str(tmp / f"{name}_ort_int8.onnx"), str(calib))}
+                                str(tmp / f"{name}_ort_int8.onnx"), str(calib)),
+            BEFORE: (compile_child, str(onnx_path), str(tmp / f"{name}_before.edgert"),
+                     args.threads, None, tuple(args.without))}
+    jobs = {r: job for r, job in jobs.items() if r in args.runtimes}
     built = {"ort-fp32": {"path": onnx_path, "compile_s": None, "float_ops": None, "error": None}}
     for runtime, (fn, *fn_args) in jobs.items():
         result, error = in_child(fn, *fn_args)
@@ -208,13 +228,14 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> list[dict[str
         built = build(name, args, tmp)
     except Exception as e:  # noqa: BLE001 - an export that fails is a row too
         traceback.print_exc()
-        return [{"model": name, "runtime": r, "error": f"export: {one_line(e)}"} for r in RUNTIMES]
+        return [{"model": name, "runtime": r, "error": f"export: {one_line(e)}"}
+                for r in args.runtimes]
     rows = {r: {"model": name, "runtime": r, **{k: built[r][k] for k in
                                                  ("compile_s", "float_ops", "error")}}
-            for r in RUNTIMES}
+            for r in args.runtimes}
     workers: dict[str, Worker] = {}
     try:
-        for r in RUNTIMES:
+        for r in args.runtimes:
             if rows[r]["error"] is None:
                 try:
                     workers[r] = Worker(runtime_worker, r, built[r]["path"], args.threads)
@@ -285,8 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before round 1")
     parser.add_argument("--calib", type=int, default=8, help="calibration images")
     parser.add_argument("--images", type=int, default=4, help="images the cosines are taken on")
+    parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES),
+                        choices=[*RUNTIMES, BEFORE])
+    parser.add_argument("--without", nargs="*", default=[],
+                        help=f"{BEFORE}: rewrites replaced by the identity (module.function)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    args.runtimes = [REFERENCE] + [r for r in args.runtimes if r != REFERENCE]
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,12 +16,16 @@ constant weight (NCHW data, OIHW weight, one group) before the matmul rules run:
    whose operands are int8 (or int16 data) cast to int32, which is how ``ConvInteger`` is
    lowered, become the IntMatMul compute on the narrow operands (the ``vpmaddwd`` /
    ``vpdpbusd`` / ``sdot`` kernels);
-3. ``to_nchw``: the ``[N, OH*OW, O]`` result as the convolution's ``[N, O, OH, OW]``.
+3. ``to_nchw``: the ``[N, OH*OW, O]`` result as the convolution's ``[N, O, OH, OW]``; for
+   float32, a kernel that TVM's operator fusion merges with the bias, activation (Relu, Clip,
+   x * Sigmoid(x)) and residual add after it, so the output is written once, not once by
+   to_nchw and again by a ``fused_add_relu`` kernel.
 
 Integer results are exact; float ones equal the direct convolution within rounding (the
 products are summed in (kh, kw, c) order). Float32 depthwise convolutions get a kernel of
-their own (:mod:`edgert.compiler.schedule_depthwise`); other grouped convolutions (and integer
-depthwise ones), other layouts and activations as weights keep TVM's default build.
+their own (:mod:`edgert.compiler.schedule_depthwise`), other float32 grouped ones a batched
+matmul (:mod:`edgert.compiler.schedule_grouped`); integer grouped convolutions, other layouts
+and activations as weights are not rewritten here.
 Measured (``benchmarks/bench_conv.py``, 2-core Zen 4, 2 threads, batch 1; TVM default ->
 im2col, and onnxruntime fp32):
 
@@ -172,15 +176,17 @@ def _rewrite(rw: Any, call: Any) -> Any | None:
         from edgert.compiler.lower_int import emit_int_matmul
 
         out = emit_int_matmul(bb, cols, w_t)
-    return _kernel_call(rw, "to_nchw", to_nchw_te, out, int(ow), schedule=_rows_outside)
+    return _kernel_call(rw, "to_nchw", to_nchw_te, out, int(ow), schedule=_rows_outside,
+                        fusable=w_dtype == np.float32)
 
 
 def to_nchw_te(y: Any, ow: int) -> Any:
     """TVM TE: the matmul's [N, OH * OW, O] as the convolution's [N, O, OH, OW]."""
-    from tvm import te
+    from tvm import te, tirx
 
     n, p, o = y.shape
-    return te.compute((n, o, int(p) // ow, ow), lambda b, c, i, j: y[b, i * ow + j, c],
+    rows, cols = (tirx.const(v, "int64") for v in (int(p) // ow, ow))  # int64 like Relax's
+    return te.compute((n, o, rows, cols), lambda b, c, i, j: y[b, i * ow + j, c],
                       name="to_nchw")
 
 
@@ -216,11 +222,14 @@ def _rows_outside(sch: Any) -> None:
 
 
 def _kernel_call(rw: Any, name: str, compute: Any, x: Any, *args: Any,
-                 schedule: Any = None) -> Any:
+                 schedule: Any = None, shape: list | None = None, fusable: bool = False) -> Any:
     """``call_tir`` of ``compute(x_placeholder, *args)`` as a kernel of its own (one PrimFunc
     per name, input type and ``args``), opaque to operator fusion: fused with the reshape
     after it, im2col's loops would index through divisions of the flattened position, and
-    the padding would be inlined into im2col."""
+    the padding would be inlined into im2col. ``shape``: the output's, when its first dim is
+    not the input's. ``fusable``: an injective kernel that operator fusion may merge with the
+    elementwise ops after it (to_nchw with a convolution's bias, activation and residual add:
+    one pass over the output instead of two)."""
     from tvm import relax, te
 
     key = (name, str(x.ty.dtype), tuple(int(d) for d in x.ty.shape.values[1:]), args)
@@ -238,7 +247,10 @@ def _kernel_call(rw: Any, name: str, compute: Any, x: Any, *args: Any,
             if complete:
                 func = func.with_attr("tirx.is_scheduled", True)
         rw.add_kernel(key, func, symbol)
-    shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
+        if fusable:                # kInjective instead of add_kernel's kOpaque
+            rw.builder_.update_func(rw.kernels[key], func.with_attr("op_pattern", 2))
+    if shape is None:
+        shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
     return relax.call_tir(rw.kernels[key], [x], relax.TensorType(shape, str(x.ty.dtype)))
 
 

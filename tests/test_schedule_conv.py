@@ -140,22 +140,55 @@ def test_convolutions_run_on_the_matmul_kernels(integer):
     assert "relax.nn.conv2d" not in scheduled.script()
 
 
-def test_grouped_convolution_keeps_the_default_build(tmp_path):
-    import onnx
-
-    import edgert
-    from edgert.compiler import compile_model
+def test_grouped_convolutions_are_left_to_schedule_grouped():
     from edgert.compiler.lower import to_relax
     from edgert.compiler.schedule_conv import convs_as_matmuls
 
     geometry = (4, 6, 7, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None)
-    rng = np.random.default_rng(3)
-    weight = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
-    model = _conv_model(geometry, weight, False, group=2)
-    mod = to_relax(model)
-    assert convs_as_matmuls(mod) is mod
-    onnx.save(model, tmp_path / "grouped.onnx")
-    sess = edgert.Session(compile_model(tmp_path / "grouped.onnx", tmp_path / "g.edgert"))
-    x = rng.standard_normal((1, 4, 7, 7)).astype(np.float32)
-    np.testing.assert_allclose(sess.run(None, {"x": x})[0], _ort_conv(geometry, weight, x, 2),
-                               rtol=1e-5, atol=1e-5)
+    weight = np.ones((6, 2, 3, 3), np.float32)
+    mod = to_relax(_conv_model(geometry, weight, False, group=2))
+    assert convs_as_matmuls(mod) is mod       # tests/test_schedule_grouped.py: its kernels
+
+
+def test_bias_activation_and_residual_add_fuse_into_to_nchw(tmp_path):
+    """Conv + bias -> Relu, Conv + bias -> + residual -> Clip, Conv -> x * Sigmoid(x) (SiLU):
+    each convolution's to_nchw kernel absorbs what follows it (one pass over the output), and
+    the results match onnxruntime (rtol 1e-5)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import edgert
+    from edgert.compiler import compile_model
+
+    rng = np.random.default_rng(4)
+    c, hw = 8, 6
+    inits = [numpy_helper.from_array(rng.standard_normal((c, c, 3, 3)).astype(np.float32) / 8,
+                                     f"w{k}") for k in range(3)]
+    inits += [numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), f"b{k}")
+              for k in range(2)]
+    inits += [numpy_helper.from_array(np.float32(v), name) for v, name in ((0, "lo"), (6, "hi"))]
+    conv = {"pads": [1, 1, 1, 1]}
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], **conv),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], **conv),
+             helper.make_node("Add", ["c1", "x"], ["s1"]),
+             helper.make_node("Clip", ["s1", "lo", "hi"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], **conv),
+             helper.make_node("Sigmoid", ["c2"], ["g2"]),
+             helper.make_node("Mul", ["c2", "g2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, hw, hw])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "fused.onnx")
+    sess = edgert.Session(compile_model(tmp_path / "fused.onnx", tmp_path / "fused.edgert"))
+    x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+    names = [k.name for k in sess.kernel_times({"x": x}, repeats=1)]
+    fused = [n for n in names if n.startswith("fused_to_nchw")]
+    assert len(fused) == 3, names
+    assert not any(n.startswith(("to_nchw", "fused_add", "relu", "sigmoid")) for n in names), names
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
