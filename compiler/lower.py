@@ -23,7 +23,7 @@ from typing import Any
 
 import onnx
 
-from edgert.compiler import schedule_cpu
+from edgert.compiler import schedule_cpu, schedule_rows
 from edgert.compiler.fold import declared_shape
 from edgert.errors import CompileError, TargetError, last_line
 from edgert.onnx_graph import graph_inputs, node_label
@@ -181,6 +181,7 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     float_isa = schedule_intmatmul.float_isa(target)
     if float_isa is not None:
         mod = schedule_intmatmul.schedule_float_matmuls(mod, tvm_target, float_isa)
+    mod = schedule_rows.schedule_row_ops(mod, tvm_target, isa.vector_bits(target) // 32)
     mod = schedule_cpu.vectorizable_softmax(schedule_cpu.vectorizable_erf(mod))
     lut = isa.lut_isa(target)
     if lut in ("x86", "x86-vnni"):

@@ -221,30 +221,38 @@ def vectorizable_softmax(mod: Any) -> Any:
 
 
 def exp_te(x: Any) -> Any:
-    """TE: float32 exp, elementwise, as Cephes' ``expf``: x = n ln2 + r with |r| <= ln2/2
-    (ln2 split in two constants for an exact reduction), exp(r) by a degree-7 polynomial, times
-    2**n built in the exponent bits. Inputs are clamped to [-87.3, 88.37] (below, 1.2e-38 instead
-    of a denormal or 0; above, 2.5e38 instead of up to 3.4e38 or inf). Max relative error
-    against float64 over the range: 7.9e-8 (measured; libm's 6e-8)."""
-    from tvm import te, tirx
+    """TE: float32 exp, elementwise, as :func:`exp_expr`."""
+    from tvm import te
 
-    def f(v: float) -> Any:
-        return tirx.const(v, "float32")
+    return te.compute(x.shape, lambda *i: exp_expr(x(*i)), name="exp_poly")
 
-    def compute(*i: Any) -> Any:
-        v = tirx.max(tirx.min(x(*i), f(88.37)), f(-87.3))    # 2**n stays a normal float
-        n = tirx.floor(v * f(1.44269504088896341) + f(0.5))
-        r = v - n * f(0.693359375) - n * f(-2.12194440e-4)
-        p = f(1.9875691500e-4)
-        for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-                  5.0000001201e-1):
-            p = p * r + f(c)
-        y = p * r * r + r + f(1.0)
-        scale = tirx.reinterpret("float32", tirx.shift_left(
-            tirx.Cast("int32", n) + tirx.const(127, "int32"), tirx.const(23, "int32")))
-        return y * scale
 
-    return te.compute(x.shape, compute, name="exp_poly")
+def exp_expr(v: Any) -> Any:
+    """TIR: float32 exp of ``v`` (a float32 scalar or vector PrimExpr), as Cephes' ``expf``:
+    x = n ln2 + r with |r| <= ln2/2 (ln2 split in two constants for an exact reduction), exp(r)
+    by a degree-7 polynomial, times 2**n built in the exponent bits. Inputs are clamped to
+    [-87.3, 88.37] (below, 1.2e-38 instead of a denormal or 0; above, 2.5e38 instead of up to
+    3.4e38 or inf). Max relative error against float64 over the range: 7.9e-8 (measured;
+    libm's 6e-8)."""
+    from tvm import tirx
+
+    lanes = int(v.ty.dtype.lanes)
+    suffix = f"x{lanes}" if lanes > 1 else ""
+
+    def f(value: float) -> Any:
+        return tirx.const(value, "float32")
+
+    v = tirx.max(tirx.min(v, f(88.37)), f(-87.3))          # 2**n stays a normal float
+    n = tirx.floor(v * f(1.44269504088896341) + f(0.5))
+    r = v - n * f(0.693359375) - n * f(-2.12194440e-4)
+    p = f(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+              5.0000001201e-1):
+        p = p * r + f(c)
+    y = p * r * r + r + f(1.0)
+    scale = tirx.reinterpret("float32" + suffix, tirx.shift_left(
+        tirx.Cast("int32" + suffix, n) + tirx.const(127, "int32"), tirx.const(23, "int32")))
+    return y * scale
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,8 +158,9 @@ def test_fast_erf_accuracy():
 
 
 def test_softmax_and_erf_graph_vectorizable_and_close(tmp_path):
-    """An fp32 graph with Softmax and Erf compiles to the polynomial kernels, within 1e-6 of
-    onnxruntime (including saturating inputs)."""
+    """An fp32 graph with Softmax and Erf compiles to the polynomial kernels (the softmax as
+    the row kernel of compiler/schedule_rows.py), within 1e-6 of onnxruntime (including
+    saturating inputs)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto as TP
@@ -178,7 +179,7 @@ def test_softmax_and_erf_graph_vectorizable_and_close(tmp_path):
               tmp_path / "m.onnx")
     art = compile_model(tmp_path / "m.onnx", tmp_path / "m.edgert", threads=1)
     lib = read_artifact(art).members["lib/model.so"]
-    assert b"softmax_poly" in lib and b"fast_erf" in lib
+    assert b"softmax_rows" in lib and b"fast_erf" in lib
     x = np.random.default_rng(0).standard_normal((2, 12, 128)).astype(np.float32) * 8
     x[0, 0, :5] = [-1e4, 1e4, 0, 30, -30]
     ours = edgert.Session(art).run(None, {"x": x})
