@@ -112,8 +112,9 @@ def build_library(mod: Any, target: Target, *, threads: int | None = None,
             mod = schedule_cuda_ops.schedule_edgert_ops(mod)    # LMul, Shift, hash, binary attn
             executable = tvm.compile(_schedule_for_gpu(mod, tvm_target), target=tvm_target)
         else:
-            executable = tvm.compile(_schedule_for_cpu(mod, target, tvm_target),
-                                     target=tvm_target,
+            from edgert.compiler.build_parallel import compile_cpu   # kernels on threads
+
+            executable = compile_cpu(_schedule_for_cpu(mod, target, tvm_target), tvm_target,
                                      tir_pipeline=schedule_cpu.register_tir_pipeline(),
                                      relax_pipeline=_cpu_relax_pipeline(target, tvm_target,
                                                                         tuning_db, tuned))

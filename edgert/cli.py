@@ -167,6 +167,9 @@ def compile_cmd(
     hash_bits: HashBitsOpt = None,
     attention_form: AttentionFormOpt = None,
     shift_linear: ShiftLinearOpt = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Compile even if the compile cache holds this exact compile, and "
+        "do not store it (also EDGERT_NO_COMPILE_CACHE=1; see docs/design.md).")] = False,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also print the build log: what TVM and the other libraries "
         "printed during each stage (kept in the artifact; `edgert inspect --build-log` "
@@ -181,6 +184,8 @@ def compile_cmd(
     weights (--weight-bits, with or without --int-only), lowered with TVM and
     packaged into one file that `edgert run` and `edgert.Session` load. The file is written
     atomically. Each stage is shown with its time; library messages go to the build log.
+    An identical earlier compile (same model, options, target and edgert) is reused from the
+    compile cache (shown as "cached"; --no-cache to compile anyway).
     """
     from edgert.compiler.options import CompileOptions
 
@@ -195,7 +200,8 @@ def compile_cmd(
     output = output or model.with_suffix(".edgert")
     term = _terminal_console()
     try:
-        path = _compile_with_progress(term, model, output, options)
+        path = _compile_with_progress(term, model, output, options,
+                                      cache=False if no_cache else None)
     except EdgertError as e:
         if verbose and getattr(e, "build_log", None):
             term.print(Path(e.build_log).read_text(encoding="utf-8"), highlight=False,
@@ -217,7 +223,8 @@ def _terminal_console(fd: int = 2) -> Console:
     return Console(file=terminal_stream(fd))
 
 
-def _compile_with_progress(term: Console, model: Path, output: Path, options: Any) -> Path:
+def _compile_with_progress(term: Console, model: Path, output: Path, options: Any,
+                           cache: bool | None = None) -> Path:
     """Run the compile showing the current step (on stderr), each finished stage with its
     time (on stdout, so that a failure stays one line on stderr) and the calibration samples
     done."""
@@ -238,7 +245,7 @@ def _compile_with_progress(term: Console, model: Path, output: Path, options: An
             stages.print(f"  {name:<10} {seconds:7.2f} s", highlight=False)
 
         return compile_model(model, output, options, on_stage=lambda s: status.update(s),
-                             on_progress=progress, on_stage_done=stage_done)
+                             on_progress=progress, on_stage_done=stage_done, cache=cache)
 
 
 @app.command()

@@ -34,6 +34,21 @@ def _kernel_choice_cache(tmp_path_factory):
         os.environ["EDGERT_KERNEL_CHOICE"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_compile_cache():
+    """Every compile of the session compiles (subprocesses inherit the variable): none reads
+    or fills the user's compile cache, and none gets another test's build, which the source
+    digest in the cache key would not tell from its own where a test patches the compiler.
+    ``tests/test_compile_cache.py`` turns the cache on, in folders of its own."""
+    old = os.environ.get("EDGERT_NO_COMPILE_CACHE")
+    os.environ["EDGERT_NO_COMPILE_CACHE"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("EDGERT_NO_COMPILE_CACHE", None)
+    else:
+        os.environ["EDGERT_NO_COMPILE_CACHE"] = old
+
+
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m edgert ARGS`` in a fresh process."""
     return subprocess.run([sys.executable, "-m", "edgert", *args], capture_output=True, text=True,
