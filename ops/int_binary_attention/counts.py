@@ -39,7 +39,7 @@ def counts(input_shapes: Sequence[Sequence[int] | None], input_dtypes: Sequence[
     form = form.decode() if isinstance(form, bytes) else form
     n = int(np.prod(q[:-2], dtype=np.int64))
     s, t, d = int(q[-2]), int(k[-2]), int(q[-1])
-    code = OpCounts(int8_mul=bits * d, int32_add=2 * bits, compares=bits, shifts=bits)
+    code = OpCounts(int8_mul=bits * d, int32_add=bits * d + bits, compares=bits, shifts=bits)
     codes = code.times(s + t)
     if form == "quadratic":
         per_score = SCORE + OpCounts(int32_mul=int(has_mult))
