@@ -17,6 +17,7 @@ qemu, and the error study of ``docs/methods/lmul.md``.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -140,9 +141,10 @@ CASES = [  # (a shape, b shape, mantissa bits, fraction of special values)
 ]
 
 
+@lru_cache(maxsize=None)
 def _tvm_kernel(m: int, target: str | None = None) -> Any:
     """The CPU kernel (:func:`edgert.ops.lmul_matmul.tvm_cpu.kernel`) built for the host (or
-    the edgert target ``target``) with that target's vector width."""
+    the edgert target ``target``) with that target's vector width (built once a process)."""
     import tvm
 
     from edgert.ops.lmul_matmul import tvm_cpu
@@ -204,6 +206,29 @@ def test_fast_path_zeros_and_range_edges():
     _same("range edges", _run_rank3(lib, a, b), want)
 
 
+def test_plain_and_masked_tiles_per_panel():
+    """Zeros in a few (row, k panel) and (column, k panel) places only, so that the kernel
+    takes the plain form (one add per product) in some tiles and panels and the masked form
+    in others, on a shape with edge tiles everywhere: a row group of 6 (a tile of 4 and 2
+    single rows), 4 column tiles then a vector and a scalar tail, 3 panels of k (the last
+    partial, and not a whole number of vectors: the encoding's scalar tail)."""
+    rng = np.random.default_rng(23)
+    lib = _tvm_kernel(4)
+    a = rng.standard_normal((2, 38, 301)).astype(np.float32)
+    b = rng.standard_normal((2, 301, 75)).astype(np.float32)
+    want_plain = L.reference(a, b, mantissa_bits=4)
+    _same("no zeros: plain tiles only", _run_rank3(lib, a, b), want_plain)
+    a[0, 5, 10] = 0.0                       # row tile 1, first panel
+    a[1, 36, 290] = -1e-40                  # a single row, last panel, in the scalar tail
+    a[1, 33, 130] = -0.0                    # the second group's row tile, second panel
+    b[0, 200, 20] = 1e-41                   # column tile 1, second panel
+    b[1, 5, 69] = -0.0                      # the vector tail
+    b[1, 260, 73] = 0.0                     # the scalar tail
+    want = L.reference(a, b, mantissa_bits=4)
+    assert not np.array_equal(want.view(np.uint32), want_plain.view(np.uint32))
+    _same("zeros in some panels", _run_rank3(lib, a, b), want)
+
+
 def test_symbolic_batch_rows_and_columns():
     """One kernel for every (batch, M, K, N): a dynamic sequence length needs no rebuild."""
     lib = _tvm_kernel(3)
@@ -227,17 +252,18 @@ def test_the_products_are_summed_in_order():
     _same("TVM", _run_rank3(_tvm_kernel(5), a, b), got)
 
 
-VECTOR_INSTRUCTIONS = {  # target -> the inner loop's integer add, max and float add
-    "x86-avx2": (r"vpaddd\s.*%ymm", r"vpmaxsd\s.*%ymm", r"vaddps\s.*%ymm"),
-    "x86-avx512": (r"vpaddd\s.*%zmm", r"vpmaxsd\s.*%zmm", r"vaddps\s.*%zmm"),
-    "rpi5": (r"\badd\s+v\d+\.4s", r"\bsmax\s+v\d+\.4s", r"\bfadd\s+v\d+\.4s"),
+VECTOR_INSTRUCTIONS = {  # target -> the inner loop's integer add, mask and float add
+    "x86-avx2": (r"vpaddd\s.*%ymm", r"vpand\s.*%ymm", r"vaddps\s.*%ymm"),
+    "x86-avx512": (r"vpaddd\s.*%zmm", r"vpand[dq]?\s.*%zmm", r"vaddps\s.*%zmm"),
+    "rpi5": (r"\badd\s+v\d+\.4s", r"\band\s+v\d+\.16b", r"\bfadd\s+v\d+\.4s"),
 }
 
 
 @pytest.mark.parametrize("target", list(VECTOR_INSTRUCTIONS))
 def test_kernel_is_vectorized(target):
-    """The built kernel's assembly has the vector integer add, max and float add of the inner
-    loop at the target's width (AVX-512 and rpi5: built only; neither runs here)."""
+    """The built kernel's assembly has the vector integer add, the and of the zero masks and
+    the float add of the inner loops at the target's width (AVX-512 and rpi5: built only;
+    neither runs here)."""
     asm = _tvm_kernel(4, target).mod.inspect_source("asm")
     for pattern in VECTOR_INSTRUCTIONS[target]:
         assert len(re.findall(pattern, asm)) >= 4, (target, pattern)

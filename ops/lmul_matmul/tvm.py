@@ -6,7 +6,7 @@ of the two truncated magnitudes is below 2**32, and the range checks compare it 
 uint32 operation wraps. The reduction is a float32 ``te.sum`` over k.
 
 The converter hands the compute rank-3 operands ``[B, M, K] @ [B, K, N]`` (reshaped, batch
-broadcast expanded: :func:`edgert.ops.lmul_matmul.tvm_cpu.batched_operands`) and marks it with
+broadcast expanded: :func:`batched_operands`) and marks it with
 the mantissa; CPU builds replace it by the vector kernel of :mod:`edgert.ops.lmul_matmul.tvm_cpu`
 (``compiler/lower.py``), CUDA builds by :func:`gpu_func`. The generic schedule below is the
 form the converter emits (and the reference for :func:`gpu_func`'s rebuild).

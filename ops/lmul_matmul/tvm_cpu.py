@@ -2,33 +2,38 @@
 
 :func:`kernel` is one PrimFunc ``(A [BA, M, K], B [BB, K, N], Y [BO, M, N])`` (float32, every
 dim symbolic; ``BA`` and ``BB`` are 1 or ``BO``: the converter reshapes the operands to
-this form) whose inner loop spends six vector instructions per ``lanes`` products: an
-integer add, a signed max, an and, two xors and the float add of the accumulation.
-That is the spec's bit-level L-Mul (``spec.lmul_bits``) re-arranged, not approximated:
+this form) whose inner loop spends two vector instructions per ``lanes`` products, an
+integer add and the float add of the accumulation. That is the spec's bit-level L-Mul
+(``spec.lmul_bits``) re-arranged, not approximated:
 
-1. Pre-pass over A, per element: ``ea = (|x| & mask) - C`` (uint32, wrapping) and its sign
-   word; a zero or denormal ``x`` gets the sentinel :data:`A_ZERO` instead. Per row: whether
-   it holds an Inf or NaN, and the least and greatest ``ea`` of its normal elements (int64).
-2. Pre-pass over B: ``eb = |y| & mask``, a zero or denormal ``y`` gets :func:`b_zero`
-   (``-max ea``: ``ea + eb <= 0`` for every normal ``x``); the sign word; per column the
-   same flags and bounds.
-3. Main loop, per tile of :data:`ROWS` output rows x :data:`UNROLL` vectors of columns (the
-   rows share each load of B), ``k`` ascending (serial: each output is its own accumulator,
-   the spec's order):
-   ``(max(ea + eb, 0) & nz(x)) ^ sign(x) ^ sign(y)`` read as float32 (``nz(x)`` all ones,
-   or 0 where ``ea`` is the zero sentinel: a zero times a zero, which no additive code can
-   send below 0), added into the accumulators. Rows and columns past the last full tile
-   run the same arithmetic one row at a time, on one vector, then on scalars.
-4. Fix-up, per output element: the fast form equals the spec wherever no product of it
+1. Encoding, once per element (vectorized pre-passes, rows of A and batches of B in
+   parallel): ``ea = ((|x| & mask) - C) xor sign(x)`` and ``eb = (|y| & mask) | sign(y)``
+   (uint32). Where the product of ``x`` and ``y`` is in the normal range, its magnitude
+   ``s = (|x| & mask) + (|y| & mask) - C`` is in ``[2**23, 2**31)``, so the wrapping sum
+   ``ea + eb = s + 2**31 (sign(x) + sign(y))`` is ``s`` with the sign bit
+   ``sign(x) xor sign(y)``: the product's bit pattern in one add. A zero or denormal ``x``
+   gets the code :func:`a_zero`, a zero or denormal ``y`` a 0 in the mask ``mb`` (all ones
+   otherwise). Per row of A and per column of B: the least and greatest ``|.| & mask`` of
+   the normal elements and whether an Inf or NaN is there; per row of A and per column of B
+   and per :data:`PANEL_K` of k: whether a zero or denormal is there.
+2. Main loop, per tile of :data:`ROWS` output rows x :data:`UNROLL` vectors of columns (the
+   rows share each load of B) and per panel of k, ``k`` ascending (each output is its own
+   accumulator, the spec's order): where neither the tile's rows nor its columns hold a
+   zero in that panel, ``acc += ea + eb`` read as float32; elsewhere the masked form
+   ``acc += (ea + eb) & mb & (ea != a_zero ? ~0 : 0)``, a zero product read as +0 (the
+   spec's product there is +0 or -0, and the two sums agree: the accumulator starts at +0
+   and is never -0, since a round-to-nearest sum is -0 only when both terms are). Rows and
+   columns past the last full tile take the masked form one row at a time, on one vector,
+   then on scalars.
+3. Fix-up, per output element: the fast form equals the spec wherever no product of it
    leaves the normal range and no operand is Inf or NaN. The row and column bounds decide
-   that (``min ea + min eb >= 0x00800000`` and ``max ea + max eb <= 0x7F7FFFFF``, no
-   Inf/NaN flag); every other element is recomputed in scalar code by the spec's full
-   formula (:func:`edgert.ops.lmul_matmul.tvm.lmul_tir`), from 0 in ascending k.
+   that (``min ea + min eb >= 0x00800000`` and ``max ea + max eb <= 0x7F7FFFFF`` with the
+   signs cleared, no Inf/NaN flag); every other element is recomputed in scalar code by the
+   spec's full formula (:func:`edgert.ops.lmul_matmul.tvm.lmul_tir`), from 0 in ascending k.
 
-The sum of ``ea`` and ``eb`` is formed in uint32 (no signed-overflow rules): for products in
-the normal range it is the exact integer, for the rest its value is discarded by the fix-up;
-zero products land in ``[-2**31, 0]`` as int32, which the max turns into 0. Rows run in
-parallel; the pre-passes and the fix-up are O(M K + K N + M N) against the O(M N K) products.
+The sums are formed in uint32 (no signed-overflow rules); for products outside the normal
+range the fix-up discards them. Rows run in parallel; the pre-passes and the fix-up are
+O(M K + K N + M N) against the O(M N K) products.
 
 :func:`schedule_lmul_matmuls` puts this kernel, with the target's vector width (16 lanes with
 AVX-512, 8 with AVX2, 4 on NEON and SSE), in place of every PrimFunc the converter marked
@@ -52,22 +57,29 @@ GROUP = 32
 """Output rows per parallel task (a multiple of :data:`ROWS`)."""
 PANEL_K, PANEL_TILES = 128, 8
 """The task's rows go over B in panels of this many k by this many column tiles (with AVX2
-128 x 128 columns: 128 KiB of encoded B, kept in L2 while the task's row tiles use it); the
-accumulators of a tile go through the output between k panels (float32: the same bits)."""
-A_ZERO = 0x7FFFFFFF
-"""``ea`` of a zero or denormal element of A (no normal element has it: ``ea < 2**30``)."""
+128 x 128 columns: 64 KiB of encoded B, kept in L2 while the task's row tiles use it); the
+accumulators of a tile go through the output between k panels (float32: the same bits).
+The zero flags are kept per panel of k too. A multiple of every vector width."""
 FAR = 1 << 40
 """Bound sentinel (int64): a row or column with no normal element has ``min = FAR``,
 ``max = -FAR``; one with an Inf or NaN has ``min = -FAR`` (always recomputed)."""
+NONE = 0x7FFFFFFF
+"""int32 start of a least-magnitude reduction (above every ``|.| & mask`` of a normal)."""
 
 
-def b_zero(mantissa_bits: int) -> int:
-    """``eb`` of a zero or denormal element of B as uint32: ``-(max ea)``, so that
-    ``ea + eb`` is in ``[-2**31, 0]`` (as int32) for every normal element of A."""
+def a_zero(mantissa_bits: int) -> int:
+    """``ea`` of a zero or denormal element of A (uint32): one past the greatest
+    ``(|x| & mask) - C``, a code no normal ``x`` of either sign has (the codes of normals
+    span less than 2**31 either way)."""
     hi_a = (MAX_FINITE & truncation_mask(mantissa_bits)) - constant(mantissa_bits)
     lo_a = MIN_NORMAL - constant(mantissa_bits)
-    assert hi_a - lo_a < 1 << 31
-    return (-hi_a) & 0xFFFFFFFF
+    assert hi_a - lo_a + 1 < 1 << 31
+    return hi_a + 1
+
+
+def _panels(depth: Any) -> Any:
+    """The number of k panels (:data:`PANEL_K`) of a depth (an expression)."""
+    return (depth + PANEL_K - 1) // PANEL_K
 
 
 def lanes_for(target: Any) -> int:
@@ -86,8 +98,11 @@ def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, rows: int =
     from tvm.script import tirx as T
 
     m = check_mantissa_bits(mantissa_bits)
+    assert PANEL_K % lanes == 0 and GROUP % rows == 0
     row_block = _row_macros(T, m, lanes, unroll, rows)
-    prepass_a, prepass_b = _prepass_macros(T, m)
+    prepass_a, prepass_b = _prepass_macros(T, m, lanes)
+    loop = T.parallel if parallel else T.serial
+    PK = PANEL_K
 
     @T.prim_func
     def lmul_matmul_cpu(a_h: T.handle, b_h: T.handle, y_h: T.handle):
@@ -101,62 +116,59 @@ def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, rows: int =
         Bf = T.decl_buffer((BB * K * N,), "float32", data=B.data)
         Yf = T.decl_buffer((BO * M * N,), "float32", data=Y.data)
         EA = T.alloc_buffer((BA * M * K,), "uint32")
-        SA = T.alloc_buffer((BA * M * K,), "int32")
         EB = T.alloc_buffer((BB * K * N,), "uint32")
-        SB = T.alloc_buffer((BB * K * N,), "int32")
+        MB = T.alloc_buffer((BB * K * N,), "uint32")
+        ZA = T.alloc_buffer((BA * M * ((K + PK - 1) // PK) + 1,), "int32")    # 1: a zero in (row, k panel)
+        ZB = T.alloc_buffer((BB * ((K + PK - 1) // PK) * N + 1,), "int32")    # least |y| per (k panel, column)
         LOA = T.alloc_buffer((BA * M,), "int64")
         HIA = T.alloc_buffer((BA * M,), "int64")
         LOB = T.alloc_buffer((BB * N + BB,), "int64")    # per column, then per batch
         HIB = T.alloc_buffer((BB * N + BB,), "int64")
-        if parallel:
-            for r in T.parallel(BA * M):
-                prepass_a(Af, EA, SA, LOA, HIA, r, K)
-            for bb in T.parallel(BB):
-                prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N, BB)
-            for tb in T.parallel(BO * ((M + GROUP - 1) // GROUP)):
-                row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB)
-        else:
-            for r in range(BA * M):
-                prepass_a(Af, EA, SA, LOA, HIA, r, K)
-            for bb in range(BB):
-                prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N, BB)
-            for tb in range(BO * ((M + GROUP - 1) // GROUP)):
-                row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB)
+        for r in loop(BA * M):
+            prepass_a(Af, EA, ZA, LOA, HIA, r, K)
+        for bb in loop(BB):
+            prepass_b(Bf, EB, MB, ZB, LOB, HIB, bb, K, N, BB)
+        for tb in loop(BO * ((M + GROUP - 1) // GROUP)):
+            row_block(Af, Bf, Yf, EA, EB, MB, ZA, ZB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB)
 
     return lmul_matmul_cpu
 
 
-def _product_macro(T: Any, L: int) -> Any:
-    """The macro adding ``nv`` vectors of products of row ``a_at`` and column tile ``b_at``
-    at step ``k`` into ``acc`` (module docstring, step 3)."""
-    I32, F32 = f"int32x{L}", f"float32x{L}"
+def _product(T: Any, m: int, L: int, masked: bool) -> Any:
+    """The product macro: ``nv`` vectors of products of row ``a_at`` and column tile
+    ``b_at`` at step ``k``, added into ``acc`` (module docstring, step 2): plain, or masked
+    for zeros."""
+    F32 = f"float32x{L}"
+    AZ = a_zero(m)
 
     def vec(start: Any) -> Any:
         return T.Ramp(start, 1, L)
 
     @T.macro
-    def product_tile(EA, SA, EB, SB, acc, acc_at, a_at, b_at, k, N, nv):
+    def product_tile(EA, EB, MB, acc, acc_at, a_at, b_at, k, N, nv):
+        ea = EA[a_at + k]
         for u in T.unroll(nv):
-            acc[vec(acc_at + u * L)] = acc[vec(acc_at + u * L)] + T.reinterpret(F32, (T.max(
-                T.reinterpret(I32, T.Broadcast(EA[a_at + k], L)
-                              + EB[vec(b_at + k * N + u * L)]),
-                T.Broadcast(T.int32(0), L)) & T.Broadcast(T.Select(
-                    EA[a_at + k] == T.uint32(A_ZERO), T.int32(0), T.int32(-1)), L))
-                ^ T.Broadcast(SA[a_at + k], L) ^ SB[vec(b_at + k * N + u * L)])
+            s = T.Broadcast(ea, L) + EB[vec(b_at + k * N + u * L)]
+            if masked:
+                s = s & MB[vec(b_at + k * N + u * L)] & T.Broadcast(
+                    T.Select(ea == T.uint32(AZ), T.uint32(0), T.uint32(0xFFFFFFFF)), L)
+            acc[vec(acc_at + u * L)] = acc[vec(acc_at + u * L)] + T.reinterpret(F32, s)
 
     return product_tile
 
 
-def _rest_macro(T: Any, m: int, L: int, U: int, product_tile: Any) -> Any:
-    """The macro finishing one output row: its vector tail, its scalar tail, then the
-    recomputation of the elements the bounds flag (module docstring, steps 3 and 4)."""
+def _rest_macro(T: Any, m: int, L: int, U: int) -> Any:
+    """The macro finishing one output row: its vector tail, its scalar tail (masked form),
+    then the recomputation of the elements the bounds flag (module docstring, steps 2, 3)."""
     W = L * U
+    AZ = a_zero(m)
+    product_tile = _product(T, m, L, masked=True)
 
     def vec(start: Any) -> Any:
         return T.Ramp(start, 1, L)
 
     @T.macro
-    def rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB):
+    def rest(Af, Bf, Yf, EA, EB, MB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB):
         ra = (t % BA) * M + i
         cb = (t % BB) * N
         a_at = ra * K
@@ -167,19 +179,15 @@ def _rest_macro(T: Any, m: int, L: int, U: int, product_tile: Any) -> Any:
             j0 = N // W * W + jv * L
             acc[vec(0)] = T.Broadcast(T.float32(0), L)
             for k in range(K):
-                product_tile(EA, SA, EB, SB, acc, 0, a_at, b_at + j0, k, N, 1)
+                product_tile(EA, EB, MB, acc, 0, a_at, b_at + j0, k, N, 1)
             Yf[vec(y_at + j0)] = acc[vec(0)]
         one = T.alloc_buffer((1,), "float32", scope="local")
         for j in range(N // L * L, N):
             one[0] = T.float32(0)
             for k in range(K):
-                ea = EA[a_at + k]
-                sgn = SA[a_at + k] ^ SB[b_at + k * N + j]
-                if ea == T.uint32(A_ZERO):
-                    one[0] = one[0] + T.reinterpret("float32", sgn)
-                else:
-                    s = T.reinterpret("int32", ea + EB[b_at + k * N + j])
-                    one[0] = one[0] + T.reinterpret("float32", T.max(s, 0) ^ sgn)
+                if EA[a_at + k] != T.uint32(AZ):
+                    one[0] = one[0] + T.reinterpret("float32", (
+                        EA[a_at + k] + EB[b_at + k * N + j]) & MB[b_at + k * N + j])
             Yf[y_at + j] = one[0]
         if (LOA[ra] + LOB[BB * N + t % BB] < T.int64(MIN_NORMAL)
                 or HIA[ra] + HIB[BB * N + t % BB] > T.int64(MAX_FINITE)):
@@ -194,110 +202,225 @@ def _rest_macro(T: Any, m: int, L: int, U: int, product_tile: Any) -> Any:
     return rest
 
 
-def _row_macros(T: Any, m: int, L: int, U: int, R: int) -> Any:
-    """The macro of one parallel task, :data:`GROUP` output rows of one batch: over panels of
-    B (:data:`PANEL_K` x :data:`PANEL_TILES`), tiles of ``R`` rows x ``U`` vectors of ``L``
-    columns (the rows share the loads of B; leftover rows one at a time), then each row's
-    tails and recomputed elements (:func:`_rest_macro`)."""
+def _tiles_macro(T: Any, m: int, L: int, U: int, rows: int, masked: bool) -> Any:
+    """The macro of one tile of ``rows`` output rows x ``U`` vectors (column tile ``jb``)
+    over ``k0 <= k < k1``: accumulators from 0 (first panel) or from the output, the
+    products (:func:`_product`), back to the output."""
     W = L * U
-    product_tile = _product_macro(T, L)
+    product_tile = _product(T, m, L, masked)
 
     def vec(start: Any) -> Any:
         return T.Ramp(start, 1, L)
 
-    def tiles_macro(rows: int) -> Any:
-        @T.macro
-        def tiles(Yf, EA, SA, EB, SB, t, i0, M, K, N, BA, BB, k0, k1, jb0, jb1):
-            b_at = (t % BB) * K * N
-            acc = T.alloc_buffer((rows * W,), "float32", scope="local")
-            for jb in range(jb0, jb1):
-                for r in T.unroll(rows):
-                    for u in T.unroll(U):
-                        if k0 == 0:
-                            acc[vec(r * W + u * L)] = T.Broadcast(T.float32(0), L)
-                        else:
-                            acc[vec(r * W + u * L)] = Yf[vec((t * M + i0 + r) * N + jb * W
-                                                             + u * L)]
-                for k in range(k0, k1):
-                    for r in T.unroll(rows):
-                        product_tile(EA, SA, EB, SB, acc, r * W, ((t % BA) * M + i0 + r) * K,
-                                     b_at + jb * W, k, N, U)
-                for r in T.unroll(rows):
-                    for u in T.unroll(U):
-                        Yf[vec((t * M + i0 + r) * N + jb * W + u * L)] = acc[vec(r * W + u * L)]
-        return tiles
+    @T.macro
+    def tiles(Yf, EA, EB, MB, t, i0, M, K, N, BA, BB, k0, k1, jb):
+        b_at = (t % BB) * K * N + jb * W
+        acc = T.alloc_buffer((rows * W,), "float32", scope="local")
+        for r in T.unroll(rows):
+            for u in T.unroll(U):
+                if k0 == 0:
+                    acc[vec(r * W + u * L)] = T.Broadcast(T.float32(0), L)
+                else:
+                    acc[vec(r * W + u * L)] = Yf[vec((t * M + i0 + r) * N + jb * W + u * L)]
+        for k in range(k0, k1):
+            for r in T.unroll(rows):
+                product_tile(EA, EB, MB, acc, r * W, ((t % BA) * M + i0 + r) * K, b_at, k,
+                             N, U)
+        for r in T.unroll(rows):
+            for u in T.unroll(U):
+                Yf[vec((t * M + i0 + r) * N + jb * W + u * L)] = acc[vec(r * W + u * L)]
 
-    rest = _rest_macro(T, m, L, U, product_tile)
-    tiles_r, tiles_1 = tiles_macro(R), tiles_macro(1)
+    return tiles
+
+
+def _row_macros(T: Any, m: int, L: int, U: int, R: int) -> Any:
+    """The macro of one parallel task, :data:`GROUP` output rows of one batch: over panels of
+    B (:data:`PANEL_K` x :data:`PANEL_TILES`), tiles of ``R`` rows x ``U`` vectors of ``L``
+    columns, plain or masked as the zero flags say (leftover rows one at a time), then each
+    row's tails and recomputed elements (:func:`_rest_macro`)."""
+    W, PK, PT = L * U, PANEL_K, PANEL_TILES
+    rest = _rest_macro(T, m, L, U)
+    plain_r, masked_r = _tiles_macro(T, m, L, U, R, False), _tiles_macro(T, m, L, U, R, True)
+    plain_1, masked_1 = _tiles_macro(T, m, L, U, 1, False), _tiles_macro(T, m, L, U, 1, True)
 
     @T.macro
-    def row_block(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, g, M, K, N, BA, BB):
+    def tile_zeros(ZA, ZB, zero, t, i0, rows, M, K, N, BA, BB, kc, jb):
+        """``zero[0]``: 1 where a zero or denormal meets the tile in panel ``kc``."""
+        NKP = _panels(K)
+        zero[0] = 0
+        for r in range(rows):
+            zero[0] = zero[0] | ZA[((t % BA) * M + i0 + r) * NKP + kc]
+        for j in range(W):
+            if ZB[((t % BB) * NKP + kc) * N + jb * W + j] < MIN_NORMAL:
+                zero[0] = 1
+
+    @T.macro
+    def row_block(Af, Bf, Yf, EA, EB, MB, ZA, ZB, LOA, HIA, LOB, HIB, g, M, K, N, BA, BB):
         t = g // ((M + GROUP - 1) // GROUP)
         r0 = g % ((M + GROUP - 1) // GROUP) * GROUP
         n_rows = T.min(GROUP, M - r0)
-        for nc in range((N // W + PANEL_TILES - 1) // PANEL_TILES):
-            for kc in range((K + PANEL_K - 1) // PANEL_K):
+        zero = T.alloc_buffer((1,), "int32", scope="local")
+        for nc in range((N // W + PT - 1) // PT):
+            for kc in range((K + PK - 1) // PK):
+                k0, k1 = kc * PK, T.min(K, kc * PK + PK)
                 for rb in range(n_rows // R):
-                    tiles_r(Yf, EA, SA, EB, SB, t, r0 + rb * R, M, K, N, BA, BB, kc * PANEL_K,
-                            T.min(K, kc * PANEL_K + PANEL_K), nc * PANEL_TILES,
-                            T.min(N // W, nc * PANEL_TILES + PANEL_TILES))
+                    for jb in range(nc * PT, T.min(N // W, nc * PT + PT)):
+                        tile_zeros(ZA, ZB, zero, t, r0 + rb * R, R, M, K, N, BA, BB, kc, jb)
+                        if zero[0] == 0:
+                            plain_r(Yf, EA, EB, MB, t, r0 + rb * R, M, K, N, BA, BB, k0, k1, jb)
+                        else:
+                            masked_r(Yf, EA, EB, MB, t, r0 + rb * R, M, K, N, BA, BB, k0, k1,
+                                     jb)
                 for i in range(r0 + n_rows // R * R, r0 + n_rows):
-                    tiles_1(Yf, EA, SA, EB, SB, t, i, M, K, N, BA, BB, kc * PANEL_K,
-                            T.min(K, kc * PANEL_K + PANEL_K), nc * PANEL_TILES,
-                            T.min(N // W, nc * PANEL_TILES + PANEL_TILES))
+                    for jb in range(nc * PT, T.min(N // W, nc * PT + PT)):
+                        tile_zeros(ZA, ZB, zero, t, i, 1, M, K, N, BA, BB, kc, jb)
+                        if zero[0] == 0:
+                            plain_1(Yf, EA, EB, MB, t, i, M, K, N, BA, BB, k0, k1, jb)
+                        else:
+                            masked_1(Yf, EA, EB, MB, t, i, M, K, N, BA, BB, k0, k1, jb)
         for i in range(r0, r0 + n_rows):
-            rest(Af, Bf, Yf, EA, SA, EB, SB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB)
+            rest(Af, Bf, Yf, EA, EB, MB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB)
 
     return row_block
 
 
-def _prepass_macros(T: Any, m: int) -> tuple[Any, Any]:
-    """The pre-pass macros over a row of A and over one batch of B (module docstring)."""
-    C, MASK, BZ = constant(m), truncation_mask(m), b_zero(m)
+class _Values:
+    """PrimExpr builders on a float32 element ``x`` (closures for the encoding macros, which
+    are written without bindings: a value bound inside a vectorized loop stays scalar)."""
+
+    def __init__(self, T: Any, m: int) -> None:
+        self.T, self.mask = T, truncation_mask(m)
+
+    def bits(self, x: Any) -> Any:
+        return self.T.reinterpret("uint32", x)
+
+    def magnitude(self, x: Any) -> Any:
+        """|x| as int32."""
+        return self.T.reinterpret("int32", self.bits(x) & self.T.uint32(MAGNITUDE))
+
+    def cut(self, x: Any) -> Any:
+        """|x| with the mantissa cut, uint32."""
+        return self.bits(x) & self.T.uint32(MAGNITUDE & self.mask)
+
+    def normal(self, x: Any) -> Any:
+        return self.T.And(self.magnitude(x) >= MIN_NORMAL, self.magnitude(x) < INF)
+
+    def cut_or(self, x: Any, other: int) -> Any:
+        """The cut magnitude as int32 where ``x`` is normal, else ``other``."""
+        return self.T.Select(self.normal(x), self.T.reinterpret("int32", self.cut(x)), other)
+
+    def sign(self, x: Any) -> Any:
+        return self.bits(x) & self.T.uint32(SIGN)
+
+
+def _prepass_macros(T: Any, m: int, L: int) -> tuple[Any, Any]:
+    """The encoding macros over a row of A and over one batch of B (module docstring,
+    step 1), vectorized over k (A) and over columns (B), with scalar tails."""
+    return _prepass_a_macro(T, m, L), _prepass_b_macro(T, m, L)
+
+
+def _prepass_a_macro(T: Any, m: int, L: int) -> Any:
+    """The encoding of one row of A: ``EA``, the zero flags ``ZA`` per panel of k and the
+    bounds ``LOA``, ``HIA`` (int64, ``- C`` applied; see :data:`FAR`)."""
+    C, AZ, PK, v = constant(m), a_zero(m), PANEL_K, _Values(T, m)
 
     @T.macro
-    def prepass_a(Af, EA, SA, LOA, HIA, r, K):
-        LOA[r] = T.int64(FAR)
-        HIA[r] = T.int64(-FAR)
-        for k in range(K):
-            x = T.reinterpret("uint32", Af[r * K + k])
-            ax = x & T.uint32(MAGNITUDE)
-            SA[r * K + k] = T.reinterpret("int32", x & T.uint32(SIGN))
-            EA[r * K + k] = T.uint32(A_ZERO)
-            if ax >= T.uint32(INF):
-                LOA[r] = T.int64(-FAR)
-            elif ax >= T.uint32(MIN_NORMAL):
-                e = T.Cast("int64", ax & T.uint32(MASK)) - T.int64(C)
-                EA[r * K + k] = T.Cast("uint32", e & T.int64(0xFFFFFFFF))
-                LOA[r] = T.min(LOA[r], e)
-                HIA[r] = T.max(HIA[r], e)
+    def encode_a(Af, EA, acc, at, lane):
+        """Encode A's element ``at`` into ``EA``; fold it into the lane's reductions
+        (``acc``: least and greatest cut magnitude, greatest and least |x|)."""
+        EA[at] = T.Select(v.normal(Af[at]), (v.cut(Af[at]) - T.uint32(C)) ^ v.sign(Af[at]),
+                          T.uint32(AZ))
+        acc[lane] = T.min(acc[lane], v.cut_or(Af[at], NONE))
+        acc[L + lane] = T.max(acc[L + lane], v.cut_or(Af[at], 0))
+        acc[2 * L + lane] = T.max(acc[2 * L + lane], v.magnitude(Af[at]))
+        acc[3 * L + lane] = T.min(acc[3 * L + lane], v.magnitude(Af[at]))
 
     @T.macro
-    def prepass_b(Bf, EB, SB, LOB, HIB, bb, K, N, BB):
+    def prepass_a(Af, EA, ZA, LOA, HIA, r, K):
+        NKP = _panels(K)
+        acc = T.alloc_buffer((4 * L,), "int32", scope="local")
+        red = T.alloc_buffer((4,), "int32", scope="local")
+        for lane in T.vectorized(L):
+            acc[lane] = NONE
+            acc[L + lane] = 0
+            acc[2 * L + lane] = 0
+        for kc in range(NKP):
+            k0, k1 = kc * PK, T.min(K, kc * PK + PK)
+            for lane in T.vectorized(L):
+                acc[3 * L + lane] = NONE
+            for kv in range((k1 - k0) // L):
+                for lane in T.vectorized(L):
+                    encode_a(Af, EA, acc, r * K + k0 + kv * L + lane, lane)
+            for k in range(k0 + (k1 - k0) // L * L, k1):
+                encode_a(Af, EA, acc, r * K + k, 0)
+            red[3] = NONE
+            for lane in range(L):
+                red[3] = T.min(red[3], acc[3 * L + lane])
+            ZA[r * NKP + kc] = T.Select(red[3] < MIN_NORMAL, 1, 0)
+        red[0] = NONE
+        red[1] = 0
+        red[2] = 0
+        for lane in range(L):
+            red[0] = T.min(red[0], acc[lane])
+            red[1] = T.max(red[1], acc[L + lane])
+            red[2] = T.max(red[2], acc[2 * L + lane])
+        LOA[r] = T.Select(red[2] >= INF, T.int64(-FAR),
+                          T.Select(red[0] == NONE, T.int64(FAR),
+                                   T.Cast("int64", red[0]) - T.int64(C)))
+        HIA[r] = T.Select(red[1] == 0, T.int64(-FAR), T.Cast("int64", red[1]) - T.int64(C))
+
+    return prepass_a
+
+
+def _prepass_b_macro(T: Any, m: int, L: int) -> Any:
+    """The encoding of one batch of B: ``EB``, ``MB``, the least |y| per (panel of k,
+    column) ``ZB`` and the bounds ``LOB``, ``HIB`` per column, then per batch (int64)."""
+    PK, v = PANEL_K, _Values(T, m)
+
+    @T.macro
+    def encode_b(Bf, EB, MB, ZB, LB, HB, SB, at, j, zat):
+        """Encode B's element ``at`` (column ``j``) into ``EB``, ``MB``; fold it into the
+        column's reductions (``LB``, ``HB``, ``SB``: least and greatest cut magnitude,
+        greatest |y|) and into the (panel, column) least |y| ``ZB[zat]``."""
+        EB[at] = v.cut(Bf[at]) | v.sign(Bf[at])
+        MB[at] = T.Select(v.magnitude(Bf[at]) >= MIN_NORMAL, T.uint32(0xFFFFFFFF), T.uint32(0))
+        LB[j] = T.min(LB[j], v.cut_or(Bf[at], NONE))
+        HB[j] = T.max(HB[j], v.cut_or(Bf[at], 0))
+        SB[j] = T.max(SB[j], v.magnitude(Bf[at]))
+        ZB[zat] = T.min(ZB[zat], v.magnitude(Bf[at]))
+
+    @T.macro
+    def prepass_b(Bf, EB, MB, ZB, LOB, HIB, bb, K, N, BB):
+        NKP = _panels(K)
+        LB = T.alloc_buffer((N,), "int32")
+        HB = T.alloc_buffer((N,), "int32")
+        SB = T.alloc_buffer((N,), "int32")
         for j in range(N):
-            LOB[bb * N + j] = T.int64(FAR)
-            HIB[bb * N + j] = T.int64(-FAR)
-        for k in range(K):
+            LB[j] = NONE
+            HB[j] = 0
+            SB[j] = 0
+        for kc in range(NKP):
             for j in range(N):
-                at = (bb * K + k) * N + j
-                y = T.reinterpret("uint32", Bf[at])
-                ay = y & T.uint32(MAGNITUDE)
-                SB[at] = T.reinterpret("int32", y & T.uint32(SIGN))
-                EB[at] = T.uint32(BZ)
-                if ay >= T.uint32(INF):
-                    LOB[bb * N + j] = T.int64(-FAR)
-                elif ay >= T.uint32(MIN_NORMAL):
-                    EB[at] = ay & T.uint32(MASK)
-                    e = T.Cast("int64", ay & T.uint32(MASK))
-                    LOB[bb * N + j] = T.min(LOB[bb * N + j], e)
-                    HIB[bb * N + j] = T.max(HIB[bb * N + j], e)
+                ZB[(bb * NKP + kc) * N + j] = NONE
+        for k in range(K):
+            for jv in range(N // L):
+                for lane in T.vectorized(L):
+                    encode_b(Bf, EB, MB, ZB, LB, HB, SB, (bb * K + k) * N + jv * L + lane,
+                             jv * L + lane, (bb * NKP + k // PK) * N + jv * L + lane)
+            for j in range(N // L * L, N):
+                encode_b(Bf, EB, MB, ZB, LB, HB, SB, (bb * K + k) * N + j, j,
+                         (bb * NKP + k // PK) * N + j)
         LOB[BB * N + bb] = T.int64(FAR)
         HIB[BB * N + bb] = T.int64(-FAR)
         for j in range(N):
+            LOB[bb * N + j] = T.Select(SB[j] >= INF, T.int64(-FAR),
+                                       T.Select(LB[j] == NONE, T.int64(FAR),
+                                                T.Cast("int64", LB[j])))
+            HIB[bb * N + j] = T.Select(HB[j] == 0, T.int64(-FAR), T.Cast("int64", HB[j]))
             LOB[BB * N + bb] = T.min(LOB[BB * N + bb], LOB[bb * N + j])
             HIB[BB * N + bb] = T.max(HIB[BB * N + bb], HIB[bb * N + j])
 
-    return prepass_a, prepass_b
+    return prepass_b
 
 
 # ---------------------------------------------------------------- the swap-in pass
