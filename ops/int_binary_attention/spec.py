@@ -52,7 +52,8 @@ DEFAULT_FRAC = 15
 """The units of a 16-bit Shiftmax's probabilities (2**-15) times V."""
 
 __all__ = ["OP_TYPE", "FORMS", "MAX_FRAC", "DEFAULT_FRAC", "check_inputs", "codes",
-           "kernel_sums", "linear_sums", "max_keys", "reference", "round_div", "example"]
+           "kernel_sums", "linear_sums", "max_keys", "random_inputs", "reference", "round_div",
+           "example"]
 
 
 def max_keys(bits: int) -> int:
