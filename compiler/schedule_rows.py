@@ -13,7 +13,8 @@ parallel.
 
 - softmax (:func:`softmax_kernel`): row max; ``exp(x - max)`` by
   :func:`edgert.compiler.schedule_cpu.exp_expr` (Cephes' polynomial) stored and summed; times
-  ``1 / sum``. Within 4 ulp of float64 softmax (``tests/test_schedule_rows.py``).
+  ``1 / sum``. Within 1e-5 relative of float64 softmax on rows up to 512 (measured 2.4e-6, the
+  rounding of the float32 sum; ``tests/test_schedule_rows.py``).
 - layer norm (:func:`layer_norm_kernel`): mean, then the mean of squared deviations (two
   passes, as numpy), ``(x - mean) / sqrt(var + eps) * gamma + beta``.
 
