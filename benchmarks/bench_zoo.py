@@ -80,10 +80,11 @@ def compile_child(onnx_path: str, out: str, threads: int, calib: str | None,
         setattr(importlib.import_module(f"edgert.compiler.{module}"), function, lambda mod: mod)
 
     t0 = time.perf_counter()
+    cache = False if without else None       # the compile cache keys the source, not patches
     if calib:
-        compile_model(onnx_path, out, threads=threads, int_only=True, calib=calib)
+        compile_model(onnx_path, out, threads=threads, int_only=True, calib=calib, cache=cache)
     else:
-        compile_model(onnx_path, out, threads=threads)
+        compile_model(onnx_path, out, threads=threads, cache=cache)
     seconds = time.perf_counter() - t0
     graph = onnx.load_from_string(read_artifact(out).members[MODEL_MEMBER])
     return seconds, int(describe_model(graph)["float_ops"])

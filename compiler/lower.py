@@ -168,7 +168,7 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     float32 grouped ones a batched matmul: :mod:`edgert.compiler.schedule_grouped`);
     everything else stays on TVM's default pipeline."""
     from edgert.compiler import (schedule_conv, schedule_depthwise, schedule_grouped,
-                                 schedule_intmatmul)
+                                 schedule_intmatmul, schedule_sigmoid)
     from edgert.compiler.schedule_int_conv import int_grouped_convs
     from edgert.ops.lmul_matmul import tvm_cpu as lmul_cpu
 
@@ -184,6 +184,7 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
         mod = schedule_intmatmul.schedule_float_matmuls(mod, tvm_target, float_isa)
     mod = schedule_rows.schedule_row_ops(mod, tvm_target, isa.vector_bits(target) // 32)
     mod = schedule_cpu.vectorizable_softmax(schedule_cpu.vectorizable_erf(mod))
+    mod = schedule_sigmoid.vectorizable_sigmoid(mod)      # float32 sigmoid: polynomial exp
     lut = isa.lut_isa(target)
     if lut in ("x86", "x86-vnni"):
         from edgert.ops.lut_matmul import tvm_x86    # pshufb (and VNNI) LutMatMul kernels
