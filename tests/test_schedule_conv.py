@@ -137,7 +137,7 @@ def test_convolutions_run_on_the_matmul_kernels(integer):
     kernel_prefix = "int_matmul_x86_int8" if integer else "matmul_fma_x86"
     assert any(n.startswith(kernel_prefix) for n in names), names
     assert "im2col" in names
-    assert "relax.nn.conv2d" not in scheduled.script()
+    assert "R.nn.conv2d(" not in scheduled.script()
 
 
 def test_grouped_convolutions_are_left_to_schedule_grouped():

@@ -119,7 +119,7 @@ def test_grouped_convolutions_get_the_batched_matmul_and_match_onnxruntime_and_t
     names = [gv.name_hint for gv, _ in scheduled.functions_items()]
     assert sum(n.startswith("matmul_fma_x86_float32_float32_batched") for n in names) >= 3, names
     assert "im2col_grouped" in names and "to_nchw_grouped" in names
-    assert "relax.nn.conv2d" not in scheduled.script()
+    assert "R.nn.conv2d(" not in scheduled.script()
 
     feed = {f"x{k}": rng.standard_normal((1, *g[:1], *g[3:5])).astype(np.float32)
             for k, g in enumerate(GEOMETRIES)}
