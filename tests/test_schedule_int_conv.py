@@ -1,7 +1,8 @@
-"""Integer grouped convolutions (``compiler/schedule_int_conv.py``): ``ConvInteger`` with
-``group > 1`` leaves TVM's default conv2d for its own kernel, and compiled models match the
-direct convolution bit for bit over depthwise and grouped geometries, strides, padding,
-dilation, a channel multiplier and a symbolic batch."""
+"""Integer depthwise convolutions (``compiler/schedule_int_conv.py``): ``ConvInteger`` with
+``group = C`` leaves TVM's default conv2d for its own kernel (other grouped ones keep it), a
+Requant after it becomes its epilogue, and compiled models match the direct convolution and
+the numba backend bit for bit over strides, padding, dilation, a channel multiplier and a
+symbolic batch."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ GEOMETRIES = [
     (8, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),      # MobileNet 3x3 depthwise
     (6, 6, 6, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1)),      # MobileNetV3 5x5 stride 2
     (4, 8, 4, (3, 2), (2, 1), (0, 1, 2, 0), (2, 1)),      # multiplier 2, ragged, dilated
-    (8, 6, 2, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),      # RegNet-like: 4 channels a group
 ]
+GROUPED = [(8, 6, 2, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1))]     # 4 channels a group
 H, W = 11, 9
 
 
-def _model():
+def _model(geometries=GEOMETRIES):
     """One int8 input ``x`` [n, 8, H, W] feeding one ConvInteger per geometry (on its first C
     channels, through a Slice), with full-range int8 weights."""
     import onnx
@@ -25,7 +26,7 @@ def _model():
 
     rng = np.random.default_rng(0)
     nodes, outputs, inits, weights = [], [], [], []
-    for k, (c, o, groups, kernel, strides, pads, dilations) in enumerate(GEOMETRIES):
+    for k, (c, o, groups, kernel, strides, pads, dilations) in enumerate(geometries):
         weight = rng.integers(-128, 128, (o, c // groups, *kernel)).astype(np.int8)
         weights.append(weight)
         inits += [numpy_helper.from_array(weight, f"w{k}"),
@@ -65,7 +66,7 @@ def test_reference_matches_a_plain_loop():
     np.testing.assert_array_equal(got, want)
 
 
-def test_integer_grouped_convolutions_get_their_kernel_and_are_exact(tmp_path):
+def test_integer_depthwise_convolutions_get_their_kernel_and_are_exact(tmp_path):
     import onnx
     import tvm
 
@@ -94,8 +95,10 @@ def test_integer_grouped_convolutions_get_their_kernel_and_are_exact(tmp_path):
 
 
 def _requant_model():
-    """int8 ``x`` [n, 8, H, W] -> ConvInteger (depthwise 3x3, then grouped) -> Add(int32 bias)
-    -> edgert.Requant (per channel, ReLU-clamped int8; then per tensor, no bias, int16)."""
+    """int8 ``x`` [2, 8, H, W] (a static batch: the padding in two passes) -> ConvInteger 3x3
+    (im2col + matmul) -> Add(int32 bias) -> edgert.Requant (per channel, int8) -> ConvInteger
+    depthwise -> Add -> Requant (per channel, ReLU-clamped int8) -> ConvInteger depthwise
+    stride 2 -> Requant (per tensor, no bias, int16)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -103,25 +106,33 @@ def _requant_model():
     from edgert.ops.requant import params
 
     rng = np.random.default_rng(2)
-    w0 = rng.integers(-128, 128, (8, 1, 3, 3)).astype(np.int8)
-    w1 = rng.integers(-128, 128, (8, 2, 3, 3)).astype(np.int8)
-    bias = rng.integers(-2000, 2000, (8, 1, 1)).astype(np.int32)
-    m0, e0 = params(rng.uniform(1e-4, 1e-2, 8) * rng.choice([-1.0, 1.0], 8))
-    m1, e1 = params(np.array([3e-3]))
-    inits = [numpy_helper.from_array(v, name) for v, name in
-             ((w0, "w0"), (w1, "w1"), (bias, "bias"), (m0, "m0"), (e0, "e0"), (m1, "m1"),
-              (e1, "e1"))]
-    nodes = [helper.make_node("ConvInteger", ["x", "w0"], ["c0"], group=8, pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["c0", "bias"], ["b0"]),
-             helper.make_node("Requant", ["b0", "m0", "e0"], ["r0"], domain=DOMAIN,
-                              to=TensorProto.INT8, lo=0, hi=127, axis=1),
-             helper.make_node("ConvInteger", ["r0", "w1"], ["c1"], group=4, strides=[2, 2]),
-             helper.make_node("Requant", ["c1", "m1", "e1"], ["y"], domain=DOMAIN,
-                              to=TensorProto.INT16, lo=-32768, hi=32767, axis=1)]
+    ws = [rng.integers(-128, 128, shape).astype(np.int8)
+          for shape in ((8, 8, 3, 3), (8, 1, 3, 3), (8, 1, 3, 3))]
+    biases = [rng.integers(-2000, 2000, (8, 1, 1)).astype(np.int32) for _ in range(2)]
+    requants = [params(rng.uniform(1e-4, 1e-3, 8) * rng.choice([-1.0, 1.0], 8)),
+                params(rng.uniform(1e-4, 1e-2, 8) * rng.choice([-1.0, 1.0], 8)),
+                params(np.array([3e-3]))]
+    inits = [numpy_helper.from_array(v, f"{name}{k}") for name, values in
+             (("w", ws), ("bias", biases), ("m", [m for m, _ in requants]),
+              ("e", [e for _, e in requants])) for k, v in enumerate(values)]
+    clamps = [(TensorProto.INT8, -128, 127), (TensorProto.INT8, 0, 127),
+              (TensorProto.INT16, -32768, 32767)]
+    nodes, x = [], "x"
+    for k, (group, stride) in enumerate(((1, 1), (8, 1), (8, 2))):
+        nodes.append(helper.make_node("ConvInteger", [x, f"w{k}"], [f"c{k}"], group=group,
+                                      pads=[1, 1, 1, 1], strides=[stride, stride]))
+        q = f"c{k}"
+        if k < 2:
+            nodes.append(helper.make_node("Add", [q, f"bias{k}"], [f"b{k}"]))
+            q = f"b{k}"
+        to, lo, hi = clamps[k]
+        x = "y" if k == 2 else f"r{k}"
+        nodes.append(helper.make_node("Requant", [q, f"m{k}", f"e{k}"], [x], domain=DOMAIN,
+                                      to=to, lo=lo, hi=hi, axis=1))
     graph = helper.make_graph(
         nodes, "int_conv_requant",
-        [helper.make_tensor_value_info("x", TensorProto.INT8, ["n", 8, H, W])],
-        [helper.make_tensor_value_info("y", TensorProto.INT16, ["n", 8, None, None])], inits)
+        [helper.make_tensor_value_info("x", TensorProto.INT8, [2, 8, H, W])],
+        [helper.make_tensor_value_info("y", TensorProto.INT16, [2, 8, None, None])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                    helper.make_opsetid(DOMAIN, 1)])
 
@@ -138,16 +149,26 @@ def test_a_requant_after_the_convolution_becomes_its_epilogue_exactly(tmp_path):
     target = TARGETS["x86-avx2"]
     tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=2))
     scheduled = lower._schedule_for_cpu(lower.to_relax(model), target, tvm_target)
-    kernels = [f for gv, f in scheduled.functions_items() if gv.name_hint.startswith("int_conv")]
-    assert len(kernels) == 2 and not any(gv.name_hint.startswith("requant")
-                                         for gv, _ in scheduled.functions_items())
+    names = [gv.name_hint for gv, _ in scheduled.functions_items()]
+    assert sum(n.startswith("int_conv") for n in names) == 2, names
+    assert sum(n.startswith("to_nchw_requant") for n in names) == 1, names
+    assert not any(n.startswith("requant") or n.rstrip("0123456789") == "to_nchw"
+                   for n in names), names
     assert "relax.nn.conv2d" not in scheduled.script()
 
     onnx.save(model, tmp_path / "r.onnx")
     art = compile_model(tmp_path / "r.onnx", tmp_path / "r.edgert")
     sess, ref = edgert.Session(art), edgert.Session(art, backend="numba")
-    for batch in (1, 2):
-        x = np.random.default_rng(batch).integers(-128, 128, (batch, 8, H, W)).astype(np.int8)
+    for seed in (1, 2):
+        x = np.random.default_rng(seed).integers(-128, 128, (2, 8, H, W)).astype(np.int8)
         got, want = sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0]
         assert got.dtype == np.int16 and np.abs(want).max() > 0
         np.testing.assert_array_equal(got, want)
+
+
+def test_other_grouped_integer_convolutions_keep_the_default_build():
+    from edgert.compiler.lower import to_relax
+    from edgert.compiler.schedule_int_conv import int_grouped_convs
+
+    mod = to_relax(_model(GROUPED)[0])
+    assert int_grouped_convs(mod) is mod
