@@ -12,7 +12,9 @@ Two variants:
   zero_points])`` with int8 tables (``table_bits = 8``), group size ``--group-size`` (default
   128). A Gemm's ``transB`` is applied and ``alpha`` folded into the weight before it is
   quantized; its bias ``C`` becomes an ``Add(Y, beta * C)`` after (``Mul`` by beta for a
-  non-constant C with beta != 1).
+  non-constant C with beta != 1). The group scales are rounded to float16 numbers
+  (:func:`edgert.ops.lut_matmul.spec.half_scales`, a relative change <= 2**-11, far below
+  the quantization step), so the x86 kernels read them in half the bytes.
 - integer (``--int-only``, :func:`plan_weights` + :mod:`edgert.compiler.quantize`): the
   Linear's int8 activations go into ``LutMatMul(A: int8, W, , [zero_points])`` with exact int16
   tables (``table_bits = 16``); its int32 accumulator is at scale ``s_x * s_w[n] / 2`` and the
@@ -62,6 +64,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgert.errors import InputError, QuantizationError
+from edgert.ops.lut_matmul.spec import half_scales
 from edgert.onnx_graph import iter_nodes, node_label
 
 WEIGHT_BITS = ("1", "2", "3", "4", "ternary")
@@ -415,7 +418,7 @@ def lowbit_model(model: onnx.ModelProto, bits: int | str, group_size: int | str 
             p = names.fresh(f"{base}_lut{qw.layout.bits}")
             s = names.fresh(f"{base}_lut_scales")
             g.initializer.extend([numpy_helper.from_array(qw.planes, p),
-                                  numpy_helper.from_array(qw.scales, s)])
+                                  numpy_helper.from_array(half_scales(qw.scales), s)])
             z = None
             if qw.zero_points is not None:
                 z = names.fresh(f"{base}_lut_zero_points")

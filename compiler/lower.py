@@ -190,7 +190,8 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     if lut in ("x86", "x86-vnni"):
         from edgert.ops.lut_matmul import tvm_x86    # pshufb (and VNNI) LutMatMul kernels
 
-        mod = tvm_x86.schedule_lut_matmuls(mod, tvm_target, vnni=lut == "x86-vnni")
+        mod = tvm_x86.schedule_lut_matmuls(mod, tvm_target, vnni=lut == "x86-vnni",
+                                           zmm="avx512bw" in target.cpu_features)
     elif lut == "neon":
         from edgert.ops.lut_matmul import tvm_arm    # NEON tbl LutMatMul kernels
 

@@ -267,6 +267,26 @@ def test_bad_group_size_names_node_k_and_working_sizes(tmp_path):
     assert rep["nodes"]["proj"]["group_size"] == 32
 
 
+def test_float_variant_scales_are_float16_numbers(files):
+    """The float variant stores its group scales rounded to float16 numbers (the x86 kernels
+    read them as float16), within 2**-11 of the quantizer's; out of float16's normal range they
+    stay as they are."""
+    from edgert.ops.lut_matmul.spec import half_exact, half_scales
+
+    model = load_model(files["mlp"])
+    plan = plan_weights(model, make_config(2, 32))
+    new, _ = lowbit_model(model, 2, 32)
+    inits = {i.name: numpy_helper.to_array(i) for i in new.graph.initializer}
+    scales = [inits[n.input[2]] for n in new.graph.node if n.op_type == "LutMatMul"]
+    assert len(scales) == 2 and all(half_exact(s) for s in scales)
+    for lw, got in zip(sorted(plan.weights.values(), key=lambda lw: lw.label), scales):
+        want = lw.qw.scales
+        assert got.dtype == np.float32 and not half_exact(want)
+        assert np.all(np.abs(got - want) <= np.abs(want) * 2.0**-11)
+    tiny = np.array([[1e-6, 0.5]], np.float32)
+    np.testing.assert_array_equal(half_scales(tiny), tiny)        # a subnormal: kept float32
+
+
 def test_supported_ops_lists():
     from edgert.backends.numba_backend import supported_ops as numba_ops
     from edgert.compiler.lower import supported_ops

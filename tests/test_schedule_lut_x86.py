@@ -1,4 +1,4 @@
-"""The x86 AVX2 LutMatMul kernels (``ops/lut_matmul/tvm_x86.py``) equal the reference.
+"""The x86 LutMatMul kernels (``ops/lut_matmul/tvm_x86.py``: AVX2, zmm, VNNI) equal the reference.
 
 Table + lookup kernels are compared with ``lut_matmul.reference`` bit for bit over a grid of
 layouts (every bit width and ternary, ragged N, odd 4-group counts per K tile, zero points,
@@ -43,6 +43,7 @@ CASES = [
     (4, 120, 120, 31, False, 16, True, 20),
 ]
 MS = (1, 8, 64)
+HALF_CASES = (1, 4)            # float activations: 2 bits symmetric, 4 bits exact-min
 # dequantize-then-multiply kernel (float32 activations): (bits, group_size, K, N, zero points)
 DEQUANT_CASES = [
     (1, 32, 128, 70, False),
@@ -89,6 +90,10 @@ def lib():
         funcs[f"m{j}"] = sl.lookup_kernel(qw.layout, fa, tb, bool(zp), 2, f"m{j}")
     for j, case in enumerate(DEQUANT_CASES):
         funcs[f"d{j}"] = sd.dequant_kernel(_dequant_weight(case, j).layout, 2, name=f"d{j}")
+    for j in HALF_CASES:                                 # float16 group scales
+        qw = _weight(CASES[j], j)
+        funcs[f"mh{j}"] = sl.lookup_kernel(qw.layout, True, 8, bool(CASES[j][6]), 2, f"mh{j}",
+                                           half_scales=True)
     return tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(TVM_TARGET)).mod
 
 
@@ -104,6 +109,7 @@ def test_kernels_use_avx2_lookups_only(lib):
     assert "vpmovzxbd" in asm and "vcvtdq2ps" in asm and "vfmadd" in asm
     assert "zmm" not in asm                    # AVX2 only: the reference machine has no AVX-512
     assert "prefetcht2" in asm                 # weight words prefetched, toward L2
+    assert "vcvtph2ps" in asm                  # float16 group scales widened
 
 
 @needs_avx2
@@ -142,13 +148,14 @@ def test_repack_codes_round_trip():
         assert not u[:, layout.N:].any()
 
 
-def _check_kernel(lib, prefix: str, case, seed: int, vnni: bool = False) -> None:
+def _check_kernel(lib, prefix: str, case, seed: int, vnni: bool = False,
+                  zmm: bool = False) -> None:
     import tvm
 
     qw = _weight(case, seed)
     layout, fa, tb = qw.layout, case[4], case[5]
     ops = sl.LutOperands(layout, qw.planes, qw.scales if fa else None, qw.zero_points, fa,
-                         vnni=vnni)
+                         vnni=vnni, zmm=zmm)
     rng = np.random.default_rng(100 + seed)
     for m in MS:
         x = _acts(rng, case, m)
@@ -162,13 +169,42 @@ def _check_kernel(lib, prefix: str, case, seed: int, vnni: bool = False) -> None
         lib[f"m{prefix}{seed}"](*tables, *[tvm.runtime.tensor(c) for c in consts], out)
         want = lut_matmul.reference(x, qw.planes, qw.scales if fa else None, qw.zero_points,
                                     layout=layout, table_bits=None if fa else tb)
-        assert_bit_exact(f"case {case} M={m}{' vnni' if vnni else ''}", out.numpy(), want)
+        assert_bit_exact(f"case {case} M={m}{' vnni' if vnni else ''}{' zmm' if zmm else ''}",
+                         out.numpy(), want)
 
 
 @needs_avx2
 @pytest.mark.parametrize("j", range(len(CASES)))
 def test_kernel_bit_exact_with_reference(lib, j):
     _check_kernel(lib, "", CASES[j], j)
+
+
+@needs_avx2
+@pytest.mark.parametrize("j", HALF_CASES)
+def test_half_scales_kernel_bit_exact_with_reference(lib, j):
+    """Scales that are float16 numbers are stored as float16 (half the scale bytes) and
+    widened exactly: the results equal the reference's on the same scales."""
+    import tvm
+
+    case = CASES[j]
+    qw = _weight(case, j)
+    layout, scales = qw.layout, lut_matmul.spec.half_scales(qw.scales)
+    ops = sl.LutOperands(layout, qw.planes, scales, qw.zero_points, True)
+    full = sl.LutOperands(layout, qw.planes, qw.scales, qw.zero_points, True)
+    assert ops.half_scales and ops.scales.dtype == np.float16 and not full.half_scales
+    assert ops.scales.nbytes * 2 == full.scales.nbytes
+    rng = np.random.default_rng(300 + j)
+    for m in MS:
+        x = _acts(rng, case, m)
+        inter = [tvm.runtime.tensor(np.zeros(s, d))
+                 for s, d in sl.intermediate_shapes(layout, m, True, 8)]
+        xt = tvm.runtime.tensor(x)
+        lib[f"t{j}"](xt, xt, *inter)
+        out = tvm.runtime.tensor(np.zeros((m, layout.N), np.float32))
+        lib[f"mh{j}"](inter[2], inter[0], inter[1],
+                      *[tvm.runtime.tensor(c) for c in (ops.w2, ops.scales, ops.zc)], out)
+        want = lut_matmul.reference(x, qw.planes, scales, qw.zero_points, layout=layout)
+        assert_bit_exact(f"case {case} M={m} half scales", out.numpy(), want)
 
 
 @needs_avx2
@@ -246,7 +282,7 @@ def test_vnni_kernel_only_for_static_rows_from_8():
 
 
 @needs_avx2
-def test_compiled_vnni_target_picks_the_kernel_by_rows(tmp_path):
+def test_compiled_avx512_target_picks_the_kernel_by_rows(tmp_path):
     from edgert.artifact import read_artifact
     from edgert.compiler import compile_model
     from edgert.compiler.pipeline import LIB_MEMBER
@@ -257,6 +293,7 @@ def test_compiled_vnni_target_picks_the_kernel_by_rows(tmp_path):
                             group_size=32, threads=2, lut="always")
         lib = read_artifact(art).members[LIB_MEMBER]
         assert b"lut_matmul_x86" in lib and (b"_vnni" in lib) == vnni, rows
+        assert (b"_zmm" in lib) == (not vnni), rows          # otherwise the zmm lookups
 
 
 @pytest.mark.skipif(not HOST_VNNI, reason="needs an x86-64 CPU with AVX-512 VNNI")
@@ -297,6 +334,65 @@ def test_repack_weight_keeps_every_nibble():
             layout.bits * layout.K * layout.N
         assert int(np.unpackbits(w2).sum()) == int(np.unpackbits(
             lut_matmul.plane_nibbles(qw.planes, layout)).sum())
+
+
+# ---------------------------------------------------------------- the zmm variant (AVX-512BW)
+
+ZMM_CASES = [0, 1, 3, 4, 7, 9, 10]   # every width, zero points, int16 and int8 tables
+HOST_AVX512BW = HOST_AVX2 and "avx512bw" in host_cpu_features()
+
+
+@pytest.fixture(scope="module")
+def zmm_lib():
+    import tvm
+
+    funcs = {}
+    for j in ZMM_CASES:
+        case = CASES[j]
+        layout, fa, tb, zp = _weight(case, j).layout, case[4], case[5], case[6]
+        funcs[f"tz{j}"] = sl.table_kernel(layout, fa, tb, 2, f"tz{j}")
+        funcs[f"mz{j}"] = sl.lookup_kernel(layout, fa, tb, bool(zp), 2, f"mz{j}", zmm=True)
+    return tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target(
+        {**TVM_TARGET, "mcpu": "skylake-avx512"})).mod
+
+
+def test_zmm_kernel_looks_up_on_zmm(zmm_lib):
+    """Built for AVX-512BW (this test runs on any x86 host): every lookup and plane merge is a
+    zmm ``vpshufb`` / ``vpmaddubsw``, none is left on ymm."""
+    import re
+
+    asm = zmm_lib.inspect_source("asm")
+    assert all(sl.uses_zmm(_weight(CASES[j], j).layout) for j in ZMM_CASES)
+    assert len(re.findall(r"vpshufb\s+%zmm", asm)) >= len(ZMM_CASES)
+    assert len(re.findall(r"vpmaddubsw\s+%zmm", asm)) >= len(ZMM_CASES)
+    assert not re.findall(r"vpshufb\s+%ymm", asm) and not re.findall(r"vpmaddubsw\s+%ymm", asm)
+
+
+@pytest.mark.skipif(not HOST_AVX512BW, reason="needs an x86-64 CPU with AVX-512BW to run the "
+                    "zmm kernel (its build is checked by test_zmm_kernel_looks_up_on_zmm)")
+@pytest.mark.parametrize("j", ZMM_CASES)
+def test_zmm_kernel_bit_exact_with_reference(zmm_lib, j):
+    _check_kernel(zmm_lib, "z", CASES[j], j, zmm=True)
+
+
+def test_zmm_variant_needs_an_even_pair_count():
+    odd = _weight(CASES[6], 6).layout                   # tile_k 20: 5 4-groups, 3 pairs
+    assert not sl.uses_zmm(odd)
+    with pytest.raises(ValueError, match="even count"):
+        sl.lookup_kernel(odd, True, 8, False, 2, "m", zmm=True)
+
+
+def test_repack_weight_zmm_puts_two_pairs_side_by_side():
+    for j in ZMM_CASES[:4]:
+        qw = _weight(CASES[j], j)
+        layout = qw.layout
+        kt, _, tk2, _, _, nv = sl.geometry(layout)
+        ymm = sl.repack_weight(qw.planes, layout)
+        zmm = sl.repack_weight_zmm(qw.planes, layout).reshape(
+            layout.n_tiles, kt, tk2 // 2, nv, 64)
+        for v in range(nv):
+            np.testing.assert_array_equal(zmm[:, :, :, v, :32], ymm[:, :, 0::2, v])
+            np.testing.assert_array_equal(zmm[:, :, :, v, 32:], ymm[:, :, 1::2, v])
 
 
 # ---------------------------------------------------------------- the whole pipeline

@@ -109,6 +109,23 @@ def zero_constant(layout: LutLayout, zero_points: np.ndarray | None) -> np.ndarr
     return ((1 << b) - 1 - 2 * zero_points.astype(np.int32)).astype(np.int32)
 
 
+def half_exact(values: np.ndarray) -> bool:
+    """Whether float32 ``values`` are all float16 numbers (zero or normal: converting them to
+    float16 and back changes nothing)."""
+    v = np.asarray(values, np.float32)
+    mag = np.abs(v)
+    return bool(np.isfinite(v).all() and ((mag == 0) | ((mag >= 2.0**-14) & (mag <= 65504))).all()
+                and (v.astype(np.float16).astype(np.float32) == v).all())
+
+
+def half_scales(scales: np.ndarray) -> np.ndarray:
+    """Float32 group scales rounded to the nearest float16 numbers (still float32), which the
+    x86 kernels store in half the bytes; unchanged when a rounded scale would fall outside
+    float16's normal range (a subnormal or an overflow would lose more than rounding)."""
+    rounded = np.asarray(scales, np.float32).astype(np.float16).astype(np.float32)
+    return rounded if half_exact(rounded) else np.asarray(scales, np.float32)
+
+
 def plane_nibbles(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
     """Unpack the packed weight into nibbles, uint8 [bits, K/4, N] (``nibble_i(f, n)``)."""
     nt, kt, b, tk4, tn2 = layout.planes_shape

@@ -24,27 +24,34 @@ from edgert.ops.lut_matmul.tvm_pack_x86 import TN
 @lru_cache(maxsize=None)
 def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tuple[int, ...],
                      k_tile: Any, store: Any, fence: Any, KT: int, TK2: int, NB: int, NT: int,
-                     NG: int, GK: int, N: int, ZC0: int, PAR: bool, span: int = 1) -> Any:
+                     NG: int, GK: int, N: int, ZC0: int, PAR: bool, span: int = 1,
+                     scale_dtype: str = "float32") -> Any:
     """The lookup PrimFunc around an ISA's macros, shared by the x86 and the aarch64 kernels:
     per column tile ``nt`` (parallel when ``PAR``) and row ``r``, ``k_tile(..., kt, ...)`` adds
     the lookups of K tiles ``kt .. kt + span - 1`` (float activations; one K tile for int8)
     into ``TN`` int32 accumulators; the group epilogue (float: the reference's fenced
     ``s * (ts * acc + zc * rs) / 2`` per weight group; int: ``acc + zc * rs``) runs on vectors
-    of ``lanes``; ``store`` writes a row of the tile. Signatures: see
+    of ``lanes``; ``store`` writes a row of the tile. ``scale_dtype``: the stored group scales,
+    float32 or float16 (scales that are float16 values, widened exactly before use: half the
+    bytes). Signatures: see
     :func:`edgert.ops.lut_matmul.tvm_x86.lookup_kernel`."""
     from tvm.script import tirx as T
 
     p = SimpleNamespace(has_zp=has_zp, L=lanes, V=TN // lanes, FVEC=f"float32x{lanes}",
                         W_SHAPE=w_shape, W_SIZE=int(np.prod(w_shape)), k_tile=k_tile,
                         store=store, fence=fence, KT=KT, TK2=TK2, NB=NB, NT=NT, NG=NG, GK=GK,
-                        N=N, ZC0=ZC0, PAR=PAR, span=span)
+                        N=N, ZC0=ZC0, PAR=PAR, span=span, SD=scale_dtype)
     return _float_lookup_func(T, p) if float_acts else _int_lookup_func(T, p)
 
 
 def _float_lookup_func(T: Any, p: SimpleNamespace) -> Any:
     """Float32 activations: ``(QT, TS, RS, W2, S, ZC, OUT f32 [R, N])``."""
     has_zp, L, V, FVEC, W_SHAPE, W_SIZE = p.has_zp, p.L, p.V, p.FVEC, p.W_SHAPE, p.W_SIZE
-    k_tile, store, fence, span = p.k_tile, p.store, p.fence, p.span
+    k_tile, store, fence, span, SD = p.k_tile, p.store, p.fence, p.span, p.SD
+
+    def scale(v):
+        # lanes of stored group scales as float32 (float16 widens exactly)
+        return v if SD == "float32" else T.Cast(FVEC, v)
     KT, TK2, NB, NT, NG, GK, N, ZC0, PAR = p.KT, p.TK2, p.NB, p.NT, p.NG, p.GK, p.N, p.ZC0, p.PAR
 
     @T.macro
@@ -72,7 +79,7 @@ def _float_lookup_func(T: Any, p: SimpleNamespace) -> Any:
                     inner: T.let = fence(ts * T.Cast(FVEC, acc32[T.Ramp(a * L, 1, L)])) \
                         + fence(zc * rs)
                     y[T.Ramp(a * L, 1, L)] = y[T.Ramp(a * L, 1, L)] + fence(
-                        Sf[T.Ramp(c0, 1, L)] * (inner * T.Broadcast(T.float32(0.5), L)))
+                        scale(Sf[T.Ramp(c0, 1, L)]) * (inner * T.Broadcast(T.float32(0.5), L)))
             store(Of, y, r, nt)
 
     @T.prim_func
@@ -84,14 +91,14 @@ def _float_lookup_func(T: Any, p: SimpleNamespace) -> Any:
         TS = T.match_buffer(ts_h, (R, NG), "float32")
         RS = T.match_buffer(rs_h, (R, NG), "float32")
         W = T.match_buffer(w_h, W_SHAPE, "uint8")
-        S = T.match_buffer(s_h, (NT, NG, TN), "float32")
+        S = T.match_buffer(s_h, (NT, NG, TN), SD)
         ZC = T.match_buffer(zc_h, (NT, NG, TN), "float32")
         OUT = T.match_buffer(out_h, (R, N), "float32")
         Qf = T.decl_buffer((R * KT * TK2 * NB * 32,), "int8", data=Q.data)
         TSf = T.decl_buffer((R * NG,), "float32", data=TS.data)
         RSf = T.decl_buffer((R * NG,), "float32", data=RS.data)
         Wf = T.decl_buffer((W_SIZE,), "uint8", data=W.data)
-        Sf = T.decl_buffer((NT * NG * TN,), "float32", data=S.data)
+        Sf = T.decl_buffer((NT * NG * TN,), SD, data=S.data)
         ZCf = T.decl_buffer((NT * NG * TN,), "float32", data=ZC.data)
         Of = T.decl_buffer((R * N,), "float32", data=OUT.data)
         if PAR:

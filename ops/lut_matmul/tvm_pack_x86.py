@@ -8,6 +8,8 @@ lane ``l`` = 4-group ``2*fi2 + l`` of the K tile (``TK2 = ceil(tile_k / 8)`` pai
 odd bit count, the nibble of that plane of column ``8e + j`` (low) and ``16 + 8e + j`` (high)
 in one word (``NV = 2 * (bits // 2) + bits % 2`` words per 4-group pair).
 VNNI words (:func:`repack_weight_vnni`, 4-bit weights): a dword holds one column's four planes.
+zmm words (:func:`repack_weight_zmm`, AVX-512BW): the ymm words of two consecutive 4-group pairs
+side by side, ``[NT, KT, TK2 / 2, NV, 2, 32]``, so that one 64-byte load holds four 4-groups.
 Per-(group, column) values (scales, zero terms) become ``[NT, NG, 32]`` (:func:`repack_columns`).
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgert.ops.lut_matmul.layout import G, LutLayout
-from edgert.ops.lut_matmul.spec import plane_nibbles, zero_constant
+from edgert.ops.lut_matmul.spec import half_exact, plane_nibbles, zero_constant
 
 TN = 32                 # columns per tile (one tile: 4 int32 ymm accumulators)
 VNNI_MIN_ROWS = 8
@@ -90,6 +92,24 @@ def repack_weight_vnni(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(nt, kt, tk2, 4, 32))
 
 
+def repack_weight_zmm(planes: np.ndarray, layout: LutLayout) -> np.ndarray:
+    """The layout-v1 packed weight re-packed for the zmm lookups: uint8 ``[NT, KT, TK2, NV,
+    32]`` in memory order ``[NT, KT, TK2 / 2, NV, 2, 32]``: word ``v`` of step ``s`` is the ymm
+    word ``v`` of 4-group pair ``2s`` (bytes 0-31) then of pair ``2s + 1`` (bytes 32-63)."""
+    if not uses_zmm(layout):
+        raise ValueError(f"the zmm lookups need an even count of 4-group pairs: {layout}")
+    w = repack_weight(planes, layout)
+    nt, kt, tk2, nv, _ = w.shape
+    steps = w.reshape(nt, kt, tk2 // 2, 2, nv, 32).transpose(0, 1, 2, 4, 3, 5)
+    return np.ascontiguousarray(steps.reshape(nt, kt, tk2, nv, 32))
+
+
+def uses_zmm(layout: LutLayout) -> bool:
+    """Whether the zmm lookups (AVX-512BW) serve ``layout``: 32-column tiles and an even
+    count of 4-group pairs per K tile (a step takes two)."""
+    return layout.tile_n == TN and geometry(layout)[2] % 2 == 0
+
+
 def uses_vnni(layout: LutLayout, vnni: bool) -> bool:
     """Whether the VNNI lookup kernel serves ``layout`` on a target with AVX-512 VNNI (4-bit
     weights: a dword holds one column's four planes; fewer bits would waste lookups)."""
@@ -123,17 +143,22 @@ def repack_columns(values: np.ndarray, layout: LutLayout, dtype: str) -> np.ndar
 
 
 class LutOperands:
-    """Compile-time operands of one LutMatMul for the kernels (numpy)."""
+    """Compile-time operands of one LutMatMul for the kernels (numpy). ``half_scales``: the
+    group scales (float activations) are float16 numbers and are stored as float16."""
 
     def __init__(self, layout: LutLayout, planes: np.ndarray, scales: np.ndarray | None,
-                 zero_points: np.ndarray | None, float_acts: bool, vnni: bool = False) -> None:
+                 zero_points: np.ndarray | None, float_acts: bool, vnni: bool = False,
+                 zmm: bool = False) -> None:
         self.layout = layout
-        self.w2 = (repack_weight_vnni if uses_vnni(layout, vnni) else repack_weight)(
-            planes, layout)
+        repack = (repack_weight_vnni if uses_vnni(layout, vnni)
+                  else repack_weight_zmm if zmm else repack_weight)
+        self.w2 = repack(planes, layout)
         self.has_zp = zero_points is not None
         zc = zero_constant(layout, zero_points)
+        self.half_scales = bool(float_acts and half_exact(scales))
         if float_acts:
-            self.scales = repack_columns(scales, layout, "float32")
+            self.scales = repack_columns(scales, layout,
+                                         "float16" if self.half_scales else "float32")
             self.zc = repack_columns(zc.astype(np.float32), layout, "float32")
         else:
             self.scales = None

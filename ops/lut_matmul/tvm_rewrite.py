@@ -52,9 +52,10 @@ class LutKernels:
             the generic compute): a module with ``dequant_kernel(layout, cores, name=...)``,
             ``accepts(layout)`` and ``operands(planes, scales, zero_points, layout)``, as
             :mod:`edgert.ops.lut_matmul.tvm_dequant`.
-        wants_vnni: on targets with AVX-512 VNNI (x86), whether a call of ``(layout, rows)``
-            gets the ``vpdpbusd`` lookups (``lookup_kernel`` and ``operands`` then take
-            ``vnni=True``); None elsewhere.
+        variant: the lookup variant a call of ``(layout, rows)`` gets, as keyword arguments
+            of ``lookup_kernel`` and ``operands`` (x86: ``{"vnni": True}``, the ``vpdpbusd``
+            lookups on AVX-512 VNNI targets; ``{"zmm": True}``, the zmm lookups on AVX-512BW
+            targets; ``{}``: the plain kernel); None: always the plain kernel.
     """
 
     isa: str
@@ -63,7 +64,7 @@ class LutKernels:
     operands: type
     accepts: Callable[[LutLayout], bool]
     dequant: Any = None
-    wants_vnni: Callable[[LutLayout, Any], bool] | None = None
+    variant: Callable[[LutLayout, Any], dict[str, bool]] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,14 +126,14 @@ class _CallRewriter:
         self.kernels, self.cores, self.specs = kernels, cores, specs
 
     def kernel(self, rw: Any, kind: str, layout: LutLayout, float_acts: bool, tb: int,
-               has_zp: bool, **vnni: bool) -> Any:
+               has_zp: bool, **variant: bool) -> Any:
         """The global var of kernel ``kind`` (``tables``, ``matmul``, ``dequant``) for these
         parameters, added to the module once."""
-        key = (kind, layout, float_acts, tb, has_zp, bool(vnni))
+        key = (kind, layout, float_acts, tb, has_zp, tuple(sorted(variant)))
         if key not in rw.kernels:
             tag = (f"{'f32' if float_acts else 'i8'}_b{layout.bits}_k{layout.K}_n{layout.N}"
                    f"_g{layout.group_size}_t{tb}{'_zp' if has_zp else ''}"
-                   f"{'_vnni' if vnni else ''}")
+                   + "".join(f"_{v}" for v in sorted(variant)))
             name = f"lut_{kind}_{self.kernels.isa}_{tag}"
             if kind == "tables":
                 func = self.kernels.table_kernel(layout, float_acts, tb, self.cores, name)
@@ -140,7 +141,7 @@ class _CallRewriter:
                 func = self.kernels.dequant.dequant_kernel(layout, self.cores, name=name)
             else:
                 func = self.kernels.lookup_kernel(layout, float_acts, tb, has_zp, self.cores,
-                                                  name, **vnni)
+                                                  name, **variant)
             rw.add_kernel(key, func, name)
         return rw.kernels[key]
 
@@ -204,9 +205,11 @@ class _CallRewriter:
         from tvm import relax
 
         bb, layout, tb = rw.builder_, spec.layout, spec.table_bits
-        wants = self.kernels.wants_vnni
-        vnni = {"vnni": True} if wants is not None and wants(layout, rows) else {}
-        ops = self.kernels.operands(layout, w, scales, zps, float_acts, **vnni)
+        choose = self.kernels.variant
+        variant = choose(layout, rows) if choose is not None else {}
+        ops = self.kernels.operands(layout, w, scales, zps, float_acts, **variant)
+        if getattr(ops, "half_scales", False):                # float16 group scales
+            variant = {**variant, "half_scales": True}
         outs = intermediate_shapes(layout, rows, float_acts, tb)
         tabs = bb.emit(relax.call_tir(
             self.kernel(rw, "tables", layout, float_acts, tb, False), [a2, a2],  # see table_kernel
@@ -218,6 +221,6 @@ class _CallRewriter:
             consts.append(relax.const(ops.scales))
         consts.append(relax.const(ops.zc))
         return bb.emit(relax.call_tir(
-            self.kernel(rw, "matmul", layout, float_acts, tb, ops.has_zp, **vnni),
+            self.kernel(rw, "matmul", layout, float_acts, tb, ops.has_zp, **variant),
             [*parts, *consts],
             relax.TensorType([rows, layout.N], "float32" if float_acts else "int32")))

@@ -51,14 +51,14 @@ from edgert.ops.lut_matmul.spec import zero_constant
 from edgert.ops.lut_matmul.tvm_lookup import lookup_prim_func
 from edgert.ops.lut_matmul.tvm_pack_x86 import (
     TN, VNNI_MIN_ROWS, LutOperands, geometry, lookup_span, repack_columns, repack_weight,
-    repack_weight_vnni, uses_vnni, wants_vnni)
+    repack_weight_vnni, repack_weight_zmm, uses_vnni, uses_zmm, wants_vnni)
 from edgert.ops.lut_matmul.tvm_rewrite import LutKernels, rewrite_lut_matmuls
 from edgert.ops.lut_matmul.tvm_tables import intermediate_shapes, table_kernel
 
 __all__ = ["PREFETCH", "PREFETCH_LOCALITY", "TN", "VNNI_MIN_ROWS", "LutOperands", "geometry",
            "intermediate_shapes", "lookup_kernel", "lookup_span", "repack_columns",
-           "repack_weight", "repack_weight_vnni", "schedule_lut_matmuls", "table_kernel",
-           "uses_vnni", "wants_vnni"]
+           "repack_weight", "repack_weight_vnni", "repack_weight_zmm", "schedule_lut_matmuls",
+           "table_kernel", "uses_vnni", "uses_zmm", "wants_vnni"]
 
 PREFETCH = 16384
 """Bytes ahead of the K tile in hand at which the lookup kernel prefetches weight words (every
@@ -84,26 +84,35 @@ PREFETCH_LOCALITY = 1
 KiB ahead would evict the tables from L1, whose miss buffers are fewer). 4-bit, one thread,
 16 KiB ahead, one process: ``prefetcht2`` 444 us, ``prefetcht1`` 443, ``prefetcht0`` 770,
 ``prefetchnta`` 781."""
-PSHUF = "llvm.x86.avx2.pshuf.b"
+PSHUF = {32: "llvm.x86.avx2.pshuf.b", 64: "llvm.x86.avx512.pshuf.b.512"}
+"""``vpshufb`` by vector bytes: ymm (AVX2), zmm (AVX-512BW)."""
 DPBUSD = "llvm.x86.avx512.vpdpbusd.256"
-MADDUBS = "llvm.x86.avx2.pmadd.ub.sw"
+MADDUBS = {32: "llvm.x86.avx2.pmadd.ub.sw", 64: "llvm.x86.avx512.pmaddubs.w.512"}
+"""``vpmaddubsw`` by vector bytes."""
 MULT = 0x08040201
 """``vpdpbusd`` multipliers of the VNNI kernel: byte (plane) ``e`` of a dword times ``2**e``."""
 
 
-def schedule_lut_matmuls(mod: Any, tvm_target: Any, vnni: bool = False) -> Any:
+def schedule_lut_matmuls(mod: Any, tvm_target: Any, vnni: bool = False,
+                         zmm: bool = False) -> Any:
     """Replace the generic LutMatMul calls of a Relax module by the AVX2 kernels (the caller
     checks that the target has AVX2; ``vnni``: it has AVX-512 VNNI, and 4-bit weights with
-    enough static rows get the ``vpdpbusd`` lookups, :func:`wants_vnni`); see
+    enough static rows get the ``vpdpbusd`` lookups, :func:`wants_vnni`; ``zmm``: it has
+    AVX-512BW, and the other lookups run on zmm registers where :func:`uses_zmm`); see
     :func:`~edgert.ops.lut_matmul.tvm_rewrite.rewrite_lut_matmuls`."""
+    def variant(layout: LutLayout, rows: Any) -> dict[str, bool]:
+        if vnni and wants_vnni(layout, rows):
+            return {"vnni": True}
+        return {"zmm": True} if zmm and uses_zmm(layout) else {}
+
     return rewrite_lut_matmuls(mod, tvm_target, LutKernels(
         "x86", table_kernel, lookup_kernel, LutOperands, lambda layout: layout.tile_n == TN,
-        tvm_dequant, wants_vnni=wants_vnni if vnni else None))
+        tvm_dequant, variant=variant))
 
 
 def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: bool,
                   cores: int, name: str = "lut_matmul_x86", prefetch: int | None = None,
-                  vnni: bool = False) -> Any:
+                  vnni: bool = False, zmm: bool = False, half_scales: bool = False) -> Any:
     """Lookup PrimFunc. Float: ``(QT, TS, RS, W2, S [NT, NG, 32] f32, [ZC [NT, NG, 32] f32],
     OUT f32 [R, N])``; int8: ``(QT, SH, RSUM, W2, [ZC [NT, NG, 32] i32], OUT i32 [R, N])``
     (``ZC`` is read only with zero points; otherwise the symmetric constant). ``prefetch``:
@@ -112,11 +121,21 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     ``vnni`` (AVX-512 VNNI targets; 4-bit weights, see :func:`uses_vnni`): the weight comes
     from :func:`repack_weight_vnni` and each lookup is merged over its four planes and added
     into int32 by one ``vpdpbusd`` against the multipliers ``(1, 2, 4, 8)`` (the table
-    broadcast to both lanes), instead of ``vpmaddubsw`` + ``vpaddw`` and the widening."""
+    broadcast to both lanes), instead of ``vpmaddubsw`` + ``vpaddw`` and the widening.
+
+    ``zmm`` (AVX-512BW targets, :func:`uses_zmm`): the same lookups on 64-byte vectors, two
+    4-group pairs per ``vpshufb`` (four tables, one per 128-bit lane), on the weight from
+    :func:`repack_weight_zmm`; the four lanes are added when the int16 sums are widened.
+
+    ``half_scales`` (float activations): ``S`` is float16 (:attr:`LutOperands.half_scales`),
+    widened by ``vcvtph2ps``: the same values, half the scale bytes a call reads."""
     from tvm.script import tirx as T
 
-    p = _lookup_params(layout, float_acts, table_bits, cores, prefetch, vnni)
-    nibbles = _nibbles(T)
+    if zmm and not uses_zmm(layout):
+        raise ValueError(f"the zmm lookups need an even count of 4-group pairs per K tile: "
+                         f"{layout}")
+    p = _lookup_params(layout, float_acts, table_bits, cores, prefetch, vnni and not zmm, zmm)
+    nibbles = _nibbles(T, p.VB)
     prefetch_words = _prefetch_words(T, p)
     k_tile = (_k_tile_vnni(T, p, nibbles, prefetch_words) if p.use_vnni
               else _k_tile(T, p, nibbles, prefetch_words))
@@ -129,17 +148,20 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
         w_shape=(p.NT, p.KT, p.TK2, 4 if p.use_vnni else p.NV, 32),
         k_tile=k_tile, store=_masked_store(T, p), fence=fence, KT=p.KT, TK2=p.TK2,
         NB=p.NB, NT=p.NT, NG=p.NG, GK=p.GK, N=p.N, ZC0=p.ZC0, PAR=p.PAR,
-        span=p.SPAN).with_attr("global_symbol", name)
+        span=p.SPAN, scale_dtype="float16" if half_scales else "float32",
+    ).with_attr("global_symbol", name)
 
 
 def _lookup_params(layout: LutLayout, float_acts: bool, table_bits: int, cores: int,
-                   prefetch: int | None, vnni: bool) -> SimpleNamespace:
-    """The lookup kernel's constants (names as in the TIR macros)."""
+                   prefetch: int | None, vnni: bool, zmm: bool = False) -> SimpleNamespace:
+    """The lookup kernel's constants (names as in the TIR macros); ``VB``: bytes a vector
+    (32 ymm, 64 zmm), ``PAIRS``: 4-group pairs a vector (one per two 128-bit lanes)."""
     KT, TK4, TK2, NP, ODD, NV = geometry(layout)
     use_vnni = uses_vnni(layout, vnni)
     OI = layout.bits - 1                             # the odd plane
     return SimpleNamespace(
         KT=KT, TK2=TK2, NP=NP, ODD=ODD, NV=NV, N=layout.N, NT=layout.n_tiles,
+        VB=64 if zmm else 32, PAIRS=2 if zmm else 1,
         NG=layout.n_groups, GK=layout.group_size // layout.tile_k,   # K tiles per weight group
         NB=2 if (not float_acts and table_bits == 16) else 1,
         SHIFTED=not float_acts and table_bits == 8,
@@ -150,13 +172,14 @@ def _lookup_params(layout: LutLayout, float_acts: bool, table_bits: int, cores: 
         prefetch=PREFETCH if prefetch is None else prefetch, LOC=PREFETCH_LOCALITY)
 
 
-def _nibbles(T: Any) -> Any:
-    """``nibbles(w, h)``: the vpshufb indices of a uint8x32 word's low (h = 0) or high nibbles."""
+def _nibbles(T: Any, vb: int = 32) -> Any:
+    """``nibbles(w, h)``: the vpshufb indices of a uint8 x ``vb`` word's low (h = 0) or high
+    nibbles."""
 
     def nibbles(w, h):
         # the 4-bit fields at bit 4h of a word's bytes, as vpshufb indices
-        return T.reinterpret("int8x32", T.bitwise_and(
-            T.shift_right(w, T.Broadcast(T.uint8(4 * h), 32)), T.Broadcast(T.uint8(15), 32)))
+        return T.reinterpret(f"int8x{vb}", T.bitwise_and(
+            T.shift_right(w, T.Broadcast(T.uint8(4 * h), vb)), T.Broadcast(T.uint8(15), vb)))
 
     return nibbles
 
@@ -178,74 +201,95 @@ def _prefetch_words(T: Any, p: SimpleNamespace) -> Any:
 
 def _pair_lookups(T: Any, prm: SimpleNamespace, nibbles: Any, unsigned: bool) -> Any:
     """Macro ``lookups(acc16, base, tab, Wf, w0)``: the ``vpshufb`` + ``vpmaddubsw`` lookups of
-    one 4-group pair (every word of one column tile) into int16 accumulators; ``unsigned``: the
-    table bytes are the unsigned low byte plane of int16 tables."""
-    NP, ODD, NV, M_ODD0, M_ODD1 = prm.NP, prm.ODD, prm.NV, prm.M_ODD0, prm.M_ODD1
+    one step (``PAIRS`` 4-group pairs, every word of one column tile) into int16 accumulators
+    of ``VB / 2`` lanes; ``unsigned``: the table bytes are the unsigned low byte plane of int16
+    tables."""
+    NP, ODD, NV, M_ODD0, M_ODD1, VB = prm.NP, prm.ODD, prm.NV, prm.M_ODD0, prm.M_ODD1, prm.VB
+    H = VB // 2                                      # int16 lanes of an accumulator
+    i8, i16, ps, ma = f"int8x{VB}", f"int16x{H}", PSHUF[VB], MADDUBS[VB]
 
     @T.macro
     def lookups(acc16, base, tab, Wf, w0):
-        # one 4-group pair, every word (all planes) of one tile; lookups into acc16[base..]
+        # one step, every word (all planes) of one tile; lookups into acc16[base..]
         for p in T.unroll(NP):
-            mult: T.let[T.int8x32] = T.reinterpret("int8x32", T.Broadcast(
-                T.shift_left(T.int16(513), T.Cast("int16", 2 * p)), 16))
+            mult = T.reinterpret(i8, T.Broadcast(
+                T.shift_left(T.int16(513), T.Cast("int16", 2 * p)), H))
             for v in T.unroll(2):
-                w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (2 * p + v) * 32, 1, 32)]
+                w = Wf[T.Ramp(w0 + (2 * p + v) * VB, 1, VB)]
                 for h in T.unroll(2):
-                    idx: T.let[T.int8x32] = nibbles(w, h)
-                    look: T.let[T.int8x32] = T.call_llvm_pure_intrin("int8x32", PSHUF, tab, idx)
-                    a0: T.let[T.int32] = base + (2 * v + h) * 16
+                    idx = nibbles(w, h)
+                    look = T.call_llvm_pure_intrin(i8, ps, tab, idx)
+                    a0: T.let[T.int32] = base + (2 * v + h) * H
                     if unsigned:
-                        acc16[T.Ramp(a0, 1, 16)] = acc16[T.Ramp(a0, 1, 16)] + \
-                            T.call_llvm_pure_intrin("int16x16", MADDUBS, look, mult)
+                        acc16[T.Ramp(a0, 1, H)] = acc16[T.Ramp(a0, 1, H)] + \
+                            T.call_llvm_pure_intrin(i16, ma, look, mult)
                     else:
-                        acc16[T.Ramp(a0, 1, 16)] = acc16[T.Ramp(a0, 1, 16)] + \
-                            T.call_llvm_pure_intrin("int16x16", MADDUBS, mult, look)
+                        acc16[T.Ramp(a0, 1, H)] = acc16[T.Ramp(a0, 1, H)] + \
+                            T.call_llvm_pure_intrin(i16, ma, mult, look)
         if ODD == 1:
-            w: T.let[T.uint8x32] = Wf[T.Ramp(w0 + (NV - 1) * 32, 1, 32)]
+            w = Wf[T.Ramp(w0 + (NV - 1) * VB, 1, VB)]
             for h in T.unroll(2):
-                idx: T.let[T.int8x32] = nibbles(w, h)
-                look: T.let[T.int8x32] = T.call_llvm_pure_intrin("int8x32", PSHUF, tab, idx)
+                idx = nibbles(w, h)
+                look = T.call_llvm_pure_intrin(i8, ps, tab, idx)
                 for e in T.unroll(2):
-                    mult: T.let[T.int8x32] = T.reinterpret("int8x32", T.Broadcast(
-                        T.Select(e == 0, T.int16(M_ODD0), T.int16(M_ODD1)), 16))
-                    a0: T.let[T.int32] = base + (2 * h + e) * 16
+                    mult = T.reinterpret(i8, T.Broadcast(
+                        T.Select(e == 0, T.int16(M_ODD0), T.int16(M_ODD1)), H))
+                    a0: T.let[T.int32] = base + (2 * h + e) * H
                     if unsigned:
-                        acc16[T.Ramp(a0, 1, 16)] = acc16[T.Ramp(a0, 1, 16)] + \
-                            T.call_llvm_pure_intrin("int16x16", MADDUBS, look, mult)
+                        acc16[T.Ramp(a0, 1, H)] = acc16[T.Ramp(a0, 1, H)] + \
+                            T.call_llvm_pure_intrin(i16, ma, look, mult)
                     else:
-                        acc16[T.Ramp(a0, 1, 16)] = acc16[T.Ramp(a0, 1, 16)] + \
-                            T.call_llvm_pure_intrin("int16x16", MADDUBS, mult, look)
+                        acc16[T.Ramp(a0, 1, H)] = acc16[T.Ramp(a0, 1, H)] + \
+                            T.call_llvm_pure_intrin(i16, ma, mult, look)
     return lookups
 
 
 def _k_tile(T: Any, p: SimpleNamespace, nibbles: Any, prefetch_words: Any) -> Any:
     """Macro ``k_tile(nt, r, kt0, Qf, SHf, Wf, acc32)``: ``SPAN`` K tiles of lookups in int16,
-    then widened into the int32 accumulators."""
+    then widened into the int32 accumulators (the ``VB / 16`` 128-bit lanes, each a different
+    4-group of the same 8 columns, added in int32)."""
     NB, SPAN, KT, TK2, NV, SHIFTED = p.NB, p.SPAN, p.KT, p.TK2, p.NV, p.SHIFTED
+    VB, PAIRS = p.VB, p.PAIRS
+    H, LANES = VB // 2, VB // 16
     look_signed = _pair_lookups(T, p, nibbles, False)
     look_unsigned = _pair_lookups(T, p, nibbles, True)
 
+    def tables(Qf, q0, nb):
+        # the tables of PAIRS 4-group pairs from q0, byte plane nb (a pair's 32 bytes: two)
+        if PAIRS == 1:
+            return Qf[T.Ramp(q0 + nb * 32, 1, 32)]
+        return T.Shuffle([Qf[T.Ramp(q0 + nb * 32, 1, 32)],
+                          Qf[T.Ramp(q0 + (NB + nb) * 32, 1, 32)]], list(range(64)))
+
+    def lane_sum(acc16, base):
+        # the LANES 128-bit lanes of the int16 accumulator at base, widened and added
+        total = T.Cast("int32x8", acc16[T.Ramp(base, 1, 8)])
+        for ln in range(1, LANES):
+            total = total + T.Cast("int32x8", acc16[T.Ramp(base + ln * 8, 1, 8)])
+        return total
+
     @T.macro
     def k_tile(nt, r, kt0, Qf, SHf, Wf, acc32):
-        acc16 = T.alloc_buffer((NB * 64,), "int16")
+        acc16 = T.alloc_buffer((NB * 4 * H,), "int16")
         for i in T.unroll(NB * 4):
-            acc16[T.Ramp(i * 16, 1, 16)] = T.Broadcast(T.int16(0), 16)
+            acc16[T.Ramp(i * H, 1, H)] = T.Broadcast(T.int16(0), H)
         for kk in range(SPAN):
             kt: T.let[T.int32] = kt0 + kk
             prefetch_words(Wf, nt, kt)
-            for fi2 in range(TK2):
-                q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fi2) * NB * 32
-                w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fi2) * NV * 32
+            for fs in range(TK2 // PAIRS):
+                q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fs * PAIRS) * NB * 32
+                w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fs * PAIRS) * NV * 32
                 if NB == 2:
-                    look_unsigned(acc16, 0, Qf[T.Ramp(q0, 1, 32)], Wf, w0)
-                    look_signed(acc16, 64, Qf[T.Ramp(q0 + 32, 1, 32)], Wf, w0)
+                    tab0 = tables(Qf, q0, 0)
+                    look_unsigned(acc16, 0, tab0, Wf, w0)
+                    tab1 = tables(Qf, q0, 1)
+                    look_signed(acc16, 4 * H, tab1, Wf, w0)
                 else:
-                    look_signed(acc16, 0, Qf[T.Ramp(q0, 1, 32)], Wf, w0)
+                    tab = tables(Qf, q0, 0)
+                    look_signed(acc16, 0, tab, Wf, w0)
         for nb in T.unroll(NB):
             for a in T.unroll(4):
-                both: T.let[T.int32x8] = \
-                    T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16, 1, 8)]) \
-                    + T.Cast("int32x8", acc16[T.Ramp((nb * 4 + a) * 16 + 8, 1, 8)])
+                both: T.let[T.int32x8] = lane_sum(acc16, (nb * 4 + a) * H)
                 if SHIFTED:                          # (SPAN = 1)
                     acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + T.shift_left(
                         both, T.Broadcast(SHf[r * KT + kt0], 8))
@@ -283,7 +327,7 @@ def _k_tile_vnni(T: Any, p: SimpleNamespace, nibbles: Any, prefetch_words: Any) 
                                 t16: T.let[T.int8x16] = Qf[T.Ramp(q0 + nb * 32 + g * 16, 1, 16)]
                                 tab: T.let[T.int8x32] = T.Shuffle([t16, t16], list(range(16)) * 2)
                                 look: T.let[T.int8x32] = T.call_llvm_pure_intrin(
-                                    "int8x32", PSHUF, tab, idx)
+                                    "int8x32", PSHUF[32], tab, idx)
                                 s_: T.let[T.int32] = g * (2 - NB) + nb * (NB - 1)   # g, or nb
                                 a0: T.let[T.int32] = ((s_ * 2 + j) * 2 + h) * 8
                                 if NB == 2 and nb == 0:      # the unsigned low byte plane
