@@ -6,16 +6,19 @@ this form) whose inner loop spends two vector instructions per ``lanes`` product
 integer add and the float add of the accumulation. That is the spec's bit-level L-Mul
 (``spec.lmul_bits``) re-arranged, not approximated:
 
-1. Encoding, once per element (vectorized pre-passes, rows of A and batches of B in
-   parallel): ``ea = ((|x| & mask) - C) xor sign(x)`` and ``eb = (|y| & mask) | sign(y)``
-   (uint32). Where the product of ``x`` and ``y`` is in the normal range, its magnitude
-   ``s = (|x| & mask) + (|y| & mask) - C`` is in ``[2**23, 2**31)``, so the wrapping sum
-   ``ea + eb = s + 2**31 (sign(x) + sign(y))`` is ``s`` with the sign bit
-   ``sign(x) xor sign(y)``: the product's bit pattern in one add. A zero or denormal ``x``
-   gets the code :func:`a_zero`, a zero or denormal ``y`` a 0 in the mask ``mb`` (all ones
-   otherwise). Per row of A and per column of B: the least and greatest ``|.| & mask`` of
-   the normal elements and whether an Inf or NaN is there; per row of A and per column of B
-   and per :data:`PANEL_K` of k: whether a zero or denormal is there.
+1. Encoding, once per element (vectorized): ``ea = ((|x| & mask) - C) xor sign(x)`` and
+   ``eb = (|y| & mask) | sign(y)`` (uint32). Where the product of ``x`` and ``y`` is in the
+   normal range, its magnitude ``s = (|x| & mask) + (|y| & mask) - C`` is in
+   ``[2**23, 2**31)``, so the wrapping sum ``ea + eb = s + 2**31 (sign(x) + sign(y))`` is
+   ``s`` with the sign bit ``sign(x) xor sign(y)``: the product's bit pattern in one add. A
+   zero or denormal ``x`` gets the code :func:`a_zero`, a zero or denormal ``y`` a 0 in the
+   mask ``mb`` (all ones otherwise). Per row of A and per column of B: the least and greatest
+   ``|.| & mask`` of the normal elements and whether an Inf or NaN is there; per row of A
+   and per column of B and per :data:`PANEL_K` of k: whether a zero or denormal is there.
+   B is encoded once per call (batches in parallel), packed by column tiles (``K x W`` words
+   a tile, then the tail columns row by row), so a tile reads its panel contiguously. A is
+   encoded by each parallel task for its own :data:`GROUP` rows, into a task buffer that
+   stays in cache (an n x n operand is read once, not written back encoded).
 2. Main loop, per tile of :data:`ROWS` output rows x :data:`UNROLL` vectors of columns (the
    rows share each load of B) and per panel of k, ``k`` ascending (each output is its own
    accumulator, the spec's order): where neither the tile's rows nor its columns hold a
@@ -100,7 +103,7 @@ def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, rows: int =
     m = check_mantissa_bits(mantissa_bits)
     assert PANEL_K % lanes == 0 and GROUP % rows == 0
     row_block = _row_macros(T, m, lanes, unroll, rows)
-    prepass_a, prepass_b = _prepass_macros(T, m, lanes)
+    prepass_b = _prepass_b_macro(T, m, lanes, unroll)
     loop = T.parallel if parallel else T.serial
     PK = PANEL_K
 
@@ -115,28 +118,22 @@ def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, rows: int =
         Af = T.decl_buffer((BA * M * K,), "float32", data=A.data)
         Bf = T.decl_buffer((BB * K * N,), "float32", data=B.data)
         Yf = T.decl_buffer((BO * M * N,), "float32", data=Y.data)
-        EA = T.alloc_buffer((BA * M * K,), "uint32")
         EB = T.alloc_buffer((BB * K * N,), "uint32")
         MB = T.alloc_buffer((BB * K * N,), "uint32")
-        ZA = T.alloc_buffer((BA * M * ((K + PK - 1) // PK) + 1,), "int32")    # 1: a zero in (row, k panel)
         ZB = T.alloc_buffer((BB * ((K + PK - 1) // PK) * N + 1,), "int32")    # least |y| per (k panel, column)
-        LOA = T.alloc_buffer((BA * M,), "int64")
-        HIA = T.alloc_buffer((BA * M,), "int64")
         LOB = T.alloc_buffer((BB * N + BB,), "int64")    # per column, then per batch
         HIB = T.alloc_buffer((BB * N + BB,), "int64")
-        for r in loop(BA * M):
-            prepass_a(Af, EA, ZA, LOA, HIA, r, K)
         for bb in loop(BB):
             prepass_b(Bf, EB, MB, ZB, LOB, HIB, bb, K, N, BB)
         for tb in loop(BO * ((M + GROUP - 1) // GROUP)):
-            row_block(Af, Bf, Yf, EA, EB, MB, ZA, ZB, LOA, HIA, LOB, HIB, tb, M, K, N, BA, BB)
+            row_block(Af, Bf, Yf, EB, MB, ZB, LOB, HIB, tb, M, K, N, BA, BB)
 
     return lmul_matmul_cpu
 
 
 def _product(T: Any, m: int, L: int, masked: bool) -> Any:
-    """The product macro: ``nv`` vectors of products of row ``a_at`` and column tile
-    ``b_at`` at step ``k``, added into ``acc`` (module docstring, step 2): plain, or masked
+    """The product macro: ``nv`` vectors of products of row ``a_at`` and the encoded B at
+    ``b_at + k * stride`` (step ``k``), added into ``acc`` (module docstring, step 2): plain, or masked
     for zeros."""
     F32 = f"float32x{L}"
     AZ = a_zero(m)
@@ -145,12 +142,12 @@ def _product(T: Any, m: int, L: int, masked: bool) -> Any:
         return T.Ramp(start, 1, L)
 
     @T.macro
-    def product_tile(EA, EB, MB, acc, acc_at, a_at, b_at, k, N, nv):
+    def product_tile(EA, EB, MB, acc, acc_at, a_at, b_at, k, stride, nv):
         ea = EA[a_at + k]
         for u in T.unroll(nv):
-            s = T.Broadcast(ea, L) + EB[vec(b_at + k * N + u * L)]
+            s = T.Broadcast(ea, L) + EB[vec(b_at + k * stride + u * L)]
             if masked:
-                s = s & MB[vec(b_at + k * N + u * L)] & T.Broadcast(
+                s = s & MB[vec(b_at + k * stride + u * L)] & T.Broadcast(
                     T.Select(ea == T.uint32(AZ), T.uint32(0), T.uint32(0xFFFFFFFF)), L)
             acc[vec(acc_at + u * L)] = acc[vec(acc_at + u * L)] + T.reinterpret(F32, s)
 
@@ -168,18 +165,20 @@ def _rest_macro(T: Any, m: int, L: int, U: int) -> Any:
         return T.Ramp(start, 1, L)
 
     @T.macro
-    def rest(Af, Bf, Yf, EA, EB, MB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB):
-        ra = (t % BA) * M + i
+    def rest(Af, Bf, Yf, EA, EB, MB, LOA, HIA, LOB, HIB, t, i, ia, M, K, N, BA, BB):
         cb = (t % BB) * N
-        a_at = ra * K
+        a_at = ia * K                                 # the task's encoded row
+        x_at = ((t % BA) * M + i) * K                 # the row of A
         b_at = (t % BB) * K * N
         y_at = (t * M + i) * N
+        nw = N % W                                    # the tail's columns (packed_at)
+        e_at = BB * K * (N - nw) + (t % BB) * K * nw - (N - nw)
         acc = T.alloc_buffer((L,), "float32", scope="local")
-        for jv in range(N % W // L):
-            j0 = N // W * W + jv * L
+        for jv in range(nw // L):
+            j0 = N - nw + jv * L
             acc[vec(0)] = T.Broadcast(T.float32(0), L)
             for k in range(K):
-                product_tile(EA, EB, MB, acc, 0, a_at, b_at + j0, k, N, 1)
+                product_tile(EA, EB, MB, acc, 0, a_at, e_at + j0, k, nw, 1)
             Yf[vec(y_at + j0)] = acc[vec(0)]
         one = T.alloc_buffer((1,), "float32", scope="local")
         for j in range(N // L * L, N):
@@ -187,24 +186,24 @@ def _rest_macro(T: Any, m: int, L: int, U: int) -> Any:
             for k in range(K):
                 if EA[a_at + k] != T.uint32(AZ):
                     one[0] = one[0] + T.reinterpret("float32", (
-                        EA[a_at + k] + EB[b_at + k * N + j]) & MB[b_at + k * N + j])
+                        EA[a_at + k] + EB[e_at + k * nw + j]) & MB[e_at + k * nw + j])
             Yf[y_at + j] = one[0]
-        if (LOA[ra] + LOB[BB * N + t % BB] < T.int64(MIN_NORMAL)
-                or HIA[ra] + HIB[BB * N + t % BB] > T.int64(MAX_FINITE)):
+        if (LOA[ia] + LOB[BB * N + t % BB] < T.int64(MIN_NORMAL)
+                or HIA[ia] + HIB[BB * N + t % BB] > T.int64(MAX_FINITE)):
             for j in range(N):        # the row may meet a column it cannot take fast
-                if (LOA[ra] + LOB[cb + j] < T.int64(MIN_NORMAL)
-                        or HIA[ra] + HIB[cb + j] > T.int64(MAX_FINITE)):
+                if (LOA[ia] + LOB[cb + j] < T.int64(MIN_NORMAL)
+                        or HIA[ia] + HIB[cb + j] > T.int64(MAX_FINITE)):
                     one[0] = T.float32(0)
                     for k in range(K):
-                        one[0] = one[0] + lmul_tir(Af[a_at + k], Bf[b_at + k * N + j], m)
+                        one[0] = one[0] + lmul_tir(Af[x_at + k], Bf[b_at + k * N + j], m)
                     Yf[y_at + j] = one[0]
 
     return rest
 
 
 def _tiles_macro(T: Any, m: int, L: int, U: int, rows: int, masked: bool) -> Any:
-    """The macro of one tile of ``rows`` output rows x ``U`` vectors (column tile ``jb``)
-    over ``k0 <= k < k1``: accumulators from 0 (first panel) or from the output, the
+    """The macro of one tile of ``rows`` output rows from ``i0`` (the task's encoded rows
+    from ``ia``) x ``U`` vectors (column tile ``jb``) over ``k0 <= k < k1``: accumulators from 0 (first panel) or from the output, the
     products (:func:`_product`), back to the output."""
     W = L * U
     product_tile = _product(T, m, L, masked)
@@ -213,8 +212,8 @@ def _tiles_macro(T: Any, m: int, L: int, U: int, rows: int, masked: bool) -> Any
         return T.Ramp(start, 1, L)
 
     @T.macro
-    def tiles(Yf, EA, EB, MB, t, i0, M, K, N, BA, BB, k0, k1, jb):
-        b_at = (t % BB) * K * N + jb * W
+    def tiles(Yf, EA, EB, MB, t, i0, ia, M, K, N, BB, k0, k1, jb):
+        b_at = ((t % BB) * (N // W) + jb) * K * W           # the packed tile (packed_at)
         acc = T.alloc_buffer((rows * W,), "float32", scope="local")
         for r in T.unroll(rows):
             for u in T.unroll(U):
@@ -224,8 +223,7 @@ def _tiles_macro(T: Any, m: int, L: int, U: int, rows: int, masked: bool) -> Any
                     acc[vec(r * W + u * L)] = Yf[vec((t * M + i0 + r) * N + jb * W + u * L)]
         for k in range(k0, k1):
             for r in T.unroll(rows):
-                product_tile(EA, EB, MB, acc, r * W, ((t % BA) * M + i0 + r) * K, b_at, k,
-                             N, U)
+                product_tile(EA, EB, MB, acc, r * W, (ia + r) * K, b_at, k, W, U)
         for r in T.unroll(rows):
             for u in T.unroll(U):
                 Yf[vec((t * M + i0 + r) * N + jb * W + u * L)] = acc[vec(r * W + u * L)]
@@ -236,50 +234,54 @@ def _tiles_macro(T: Any, m: int, L: int, U: int, rows: int, masked: bool) -> Any
 def _row_macros(T: Any, m: int, L: int, U: int, R: int) -> Any:
     """The macro of one parallel task, :data:`GROUP` output rows of one batch: over panels of
     B (:data:`PANEL_K` x :data:`PANEL_TILES`), tiles of ``R`` rows x ``U`` vectors of ``L``
-    columns, plain or masked as the zero flags say (leftover rows one at a time), then each
-    row's tails and recomputed elements (:func:`_rest_macro`)."""
+    columns, plain or masked as the zero flags say (leftover rows one at a time, masked),
+    then each row's tails and recomputed elements (:func:`_rest_macro`)."""
     W, PK, PT = L * U, PANEL_K, PANEL_TILES
     rest = _rest_macro(T, m, L, U)
     plain_r, masked_r = _tiles_macro(T, m, L, U, R, False), _tiles_macro(T, m, L, U, R, True)
-    plain_1, masked_1 = _tiles_macro(T, m, L, U, 1, False), _tiles_macro(T, m, L, U, 1, True)
+    masked_1 = _tiles_macro(T, m, L, U, 1, True)      # leftover rows: fewer than R a group
+    prepass_a = _prepass_a_macro(T, m, L)
 
     @T.macro
-    def tile_zeros(ZA, ZB, zero, t, i0, rows, M, K, N, BA, BB, kc, jb):
+    def tile_zeros(ZA, ZB, zero, t, ia, K, N, BB, kc, jb):
         """``zero[0]``: 1 where a zero or denormal meets the tile in panel ``kc``."""
         NKP = _panels(K)
         zero[0] = 0
-        for r in range(rows):
-            zero[0] = zero[0] | ZA[((t % BA) * M + i0 + r) * NKP + kc]
+        for r in range(R):
+            zero[0] = zero[0] | ZA[(ia + r) * NKP + kc]
         for j in range(W):
             if ZB[((t % BB) * NKP + kc) * N + jb * W + j] < MIN_NORMAL:
                 zero[0] = 1
 
     @T.macro
-    def row_block(Af, Bf, Yf, EA, EB, MB, ZA, ZB, LOA, HIA, LOB, HIB, g, M, K, N, BA, BB):
+    def row_block(Af, Bf, Yf, EB, MB, ZB, LOB, HIB, g, M, K, N, BA, BB):
         t = g // ((M + GROUP - 1) // GROUP)
         r0 = g % ((M + GROUP - 1) // GROUP) * GROUP
         n_rows = T.min(GROUP, M - r0)
+        EA = T.alloc_buffer((GROUP * K,), "uint32")          # the task's rows, encoded
+        ZA = T.alloc_buffer((GROUP * _panels(K) + 1,), "int32")    # 1: a zero in the panel
+        LOA = T.alloc_buffer((GROUP,), "int64")
+        HIA = T.alloc_buffer((GROUP,), "int64")
+        for i in range(n_rows):
+            prepass_a(Af, EA, ZA, LOA, HIA, (t % BA) * M + r0 + i, i, K)
         zero = T.alloc_buffer((1,), "int32", scope="local")
         for nc in range((N // W + PT - 1) // PT):
             for kc in range((K + PK - 1) // PK):
                 k0, k1 = kc * PK, T.min(K, kc * PK + PK)
                 for rb in range(n_rows // R):
                     for jb in range(nc * PT, T.min(N // W, nc * PT + PT)):
-                        tile_zeros(ZA, ZB, zero, t, r0 + rb * R, R, M, K, N, BA, BB, kc, jb)
+                        tile_zeros(ZA, ZB, zero, t, rb * R, K, N, BB, kc, jb)
                         if zero[0] == 0:
-                            plain_r(Yf, EA, EB, MB, t, r0 + rb * R, M, K, N, BA, BB, k0, k1, jb)
+                            plain_r(Yf, EA, EB, MB, t, r0 + rb * R, rb * R, M, K, N, BB, k0, k1,
+                                    jb)
                         else:
-                            masked_r(Yf, EA, EB, MB, t, r0 + rb * R, M, K, N, BA, BB, k0, k1,
-                                     jb)
-                for i in range(r0 + n_rows // R * R, r0 + n_rows):
+                            masked_r(Yf, EA, EB, MB, t, r0 + rb * R, rb * R, M, K, N, BB, k0,
+                                     k1, jb)
+                for i in range(n_rows // R * R, n_rows):
                     for jb in range(nc * PT, T.min(N // W, nc * PT + PT)):
-                        tile_zeros(ZA, ZB, zero, t, i, 1, M, K, N, BA, BB, kc, jb)
-                        if zero[0] == 0:
-                            plain_1(Yf, EA, EB, MB, t, i, M, K, N, BA, BB, k0, k1, jb)
-                        else:
-                            masked_1(Yf, EA, EB, MB, t, i, M, K, N, BA, BB, k0, k1, jb)
-        for i in range(r0, r0 + n_rows):
-            rest(Af, Bf, Yf, EA, EB, MB, LOA, HIA, LOB, HIB, t, i, M, K, N, BA, BB)
+                        masked_1(Yf, EA, EB, MB, t, r0 + i, i, M, K, N, BB, k0, k1, jb)
+        for i in range(n_rows):
+            rest(Af, Bf, Yf, EA, EB, MB, LOA, HIA, LOB, HIB, t, r0 + i, i, M, K, N, BA, BB)
 
     return row_block
 
@@ -313,22 +315,16 @@ class _Values:
         return self.bits(x) & self.T.uint32(SIGN)
 
 
-def _prepass_macros(T: Any, m: int, L: int) -> tuple[Any, Any]:
-    """The encoding macros over a row of A and over one batch of B (module docstring,
-    step 1), vectorized over k (A) and over columns (B), with scalar tails."""
-    return _prepass_a_macro(T, m, L), _prepass_b_macro(T, m, L)
-
-
 def _prepass_a_macro(T: Any, m: int, L: int) -> Any:
     """The encoding of one row of A: ``EA``, the zero flags ``ZA`` per panel of k and the
     bounds ``LOA``, ``HIA`` (int64, ``- C`` applied; see :data:`FAR`)."""
     C, AZ, PK, v = constant(m), a_zero(m), PANEL_K, _Values(T, m)
 
     @T.macro
-    def encode_a(Af, EA, acc, at, lane):
-        """Encode A's element ``at`` into ``EA``; fold it into the lane's reductions
+    def encode_a(Af, EA, acc, at, to, lane):
+        """Encode A's element ``at`` into ``EA[to]``; fold it into the lane's reductions
         (``acc``: least and greatest cut magnitude, greatest and least |x|)."""
-        EA[at] = T.Select(v.normal(Af[at]), (v.cut(Af[at]) - T.uint32(C)) ^ v.sign(Af[at]),
+        EA[to] = T.Select(v.normal(Af[at]), (v.cut(Af[at]) - T.uint32(C)) ^ v.sign(Af[at]),
                           T.uint32(AZ))
         acc[lane] = T.min(acc[lane], v.cut_or(Af[at], NONE))
         acc[L + lane] = T.max(acc[L + lane], v.cut_or(Af[at], 0))
@@ -336,7 +332,7 @@ def _prepass_a_macro(T: Any, m: int, L: int) -> Any:
         acc[3 * L + lane] = T.min(acc[3 * L + lane], v.magnitude(Af[at]))
 
     @T.macro
-    def prepass_a(Af, EA, ZA, LOA, HIA, r, K):
+    def prepass_a(Af, EA, ZA, LOA, HIA, r, d, K):
         NKP = _panels(K)
         acc = T.alloc_buffer((4 * L,), "int32", scope="local")
         red = T.alloc_buffer((4,), "int32", scope="local")
@@ -350,13 +346,14 @@ def _prepass_a_macro(T: Any, m: int, L: int) -> Any:
                 acc[3 * L + lane] = NONE
             for kv in range((k1 - k0) // L):
                 for lane in T.vectorized(L):
-                    encode_a(Af, EA, acc, r * K + k0 + kv * L + lane, lane)
+                    encode_a(Af, EA, acc, r * K + k0 + kv * L + lane,
+                             d * K + k0 + kv * L + lane, lane)
             for k in range(k0 + (k1 - k0) // L * L, k1):
-                encode_a(Af, EA, acc, r * K + k, 0)
+                encode_a(Af, EA, acc, r * K + k, d * K + k, 0)
             red[3] = NONE
             for lane in range(L):
                 red[3] = T.min(red[3], acc[3 * L + lane])
-            ZA[r * NKP + kc] = T.Select(red[3] < MIN_NORMAL, 1, 0)
+            ZA[d * NKP + kc] = T.Select(red[3] < MIN_NORMAL, 1, 0)
         red[0] = NONE
         red[1] = 0
         red[2] = 0
@@ -364,26 +361,26 @@ def _prepass_a_macro(T: Any, m: int, L: int) -> Any:
             red[0] = T.min(red[0], acc[lane])
             red[1] = T.max(red[1], acc[L + lane])
             red[2] = T.max(red[2], acc[2 * L + lane])
-        LOA[r] = T.Select(red[2] >= INF, T.int64(-FAR),
+        LOA[d] = T.Select(red[2] >= INF, T.int64(-FAR),
                           T.Select(red[0] == NONE, T.int64(FAR),
                                    T.Cast("int64", red[0]) - T.int64(C)))
-        HIA[r] = T.Select(red[1] == 0, T.int64(-FAR), T.Cast("int64", red[1]) - T.int64(C))
+        HIA[d] = T.Select(red[1] == 0, T.int64(-FAR), T.Cast("int64", red[1]) - T.int64(C))
 
     return prepass_a
 
 
-def _prepass_b_macro(T: Any, m: int, L: int) -> Any:
+def _prepass_b_macro(T: Any, m: int, L: int, U: int) -> Any:
     """The encoding of one batch of B: ``EB``, ``MB``, the least |y| per (panel of k,
     column) ``ZB`` and the bounds ``LOB``, ``HIB`` per column, then per batch (int64)."""
-    PK, v = PANEL_K, _Values(T, m)
+    PK, W, v = PANEL_K, L * U, _Values(T, m)
 
     @T.macro
-    def encode_b(Bf, EB, MB, ZB, LB, HB, SB, at, j, zat):
-        """Encode B's element ``at`` (column ``j``) into ``EB``, ``MB``; fold it into the
-        column's reductions (``LB``, ``HB``, ``SB``: least and greatest cut magnitude,
+    def encode_b(Bf, EB, MB, ZB, LB, HB, SB, at, to, j, zat):
+        """Encode B's element ``at`` (column ``j``) into ``EB[to]``, ``MB[to]``; fold it into
+        the column's reductions (``LB``, ``HB``, ``SB``: least and greatest cut magnitude,
         greatest |y|) and into the (panel, column) least |y| ``ZB[zat]``."""
-        EB[at] = v.cut(Bf[at]) | v.sign(Bf[at])
-        MB[at] = T.Select(v.magnitude(Bf[at]) >= MIN_NORMAL, T.uint32(0xFFFFFFFF), T.uint32(0))
+        EB[to] = v.cut(Bf[at]) | v.sign(Bf[at])
+        MB[to] = T.Select(v.magnitude(Bf[at]) >= MIN_NORMAL, T.uint32(0xFFFFFFFF), T.uint32(0))
         LB[j] = T.min(LB[j], v.cut_or(Bf[at], NONE))
         HB[j] = T.max(HB[j], v.cut_or(Bf[at], 0))
         SB[j] = T.max(SB[j], v.magnitude(Bf[at]))
@@ -402,13 +399,23 @@ def _prepass_b_macro(T: Any, m: int, L: int) -> Any:
         for kc in range(NKP):
             for j in range(N):
                 ZB[(bb * NKP + kc) * N + j] = NONE
+        nw = N % W
         for k in range(K):
-            for jv in range(N // L):
+            for jv in range(N // W * U):               # full column tiles: packed
                 for lane in T.vectorized(L):
                     encode_b(Bf, EB, MB, ZB, LB, HB, SB, (bb * K + k) * N + jv * L + lane,
+                             ((bb * (N // W) + jv // U) * K + k) * W + jv % U * L + lane,
                              jv * L + lane, (bb * NKP + k // PK) * N + jv * L + lane)
+            for jv in range(nw // L):                  # the tail's vector, then its scalars
+                for lane in T.vectorized(L):
+                    encode_b(Bf, EB, MB, ZB, LB, HB, SB,
+                             (bb * K + k) * N + N - nw + jv * L + lane,
+                             BB * K * (N - nw) + (bb * K + k) * nw + jv * L + lane,
+                             N - nw + jv * L + lane,
+                             (bb * NKP + k // PK) * N + N - nw + jv * L + lane)
             for j in range(N // L * L, N):
-                encode_b(Bf, EB, MB, ZB, LB, HB, SB, (bb * K + k) * N + j, j,
+                encode_b(Bf, EB, MB, ZB, LB, HB, SB, (bb * K + k) * N + j,
+                         BB * K * (N - nw) + (bb * K + k) * nw + j - (N - nw), j,
                          (bb * NKP + k // PK) * N + j)
         LOB[BB * N + bb] = T.int64(FAR)
         HIB[BB * N + bb] = T.int64(-FAR)
