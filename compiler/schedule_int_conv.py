@@ -384,7 +384,9 @@ def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple) -> Any:
     """``call_tir`` of :func:`to_nchw_requant_te` on ``y`` (the int32 matmul result) with the
     ``epilogue``: one pass from the matmul's [N, P, O] to the narrow NCHW output, where
     ``to_nchw`` then the Requant wrote and read the int32 NCHW result once more. Loops as
-    (n, output row, channel, column), like ``to_nchw``; TVM's CPU rules do the rest."""
+    (n * output row in parallel, channel, column), like ``to_nchw``: a row's block of the
+    matmul result stays in cache while its channels are written; LLVM vectorizes the columns
+    (TVM's elementwise rule left this loop nest on one thread)."""
     from tvm import s_tir, te
 
     ep, placeholders, values, ep_key = _epilogue(epilogue)
@@ -397,6 +399,7 @@ def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple) -> Any:
                              .with_attr("global_symbol", symbol))
         b, c, i, j = sch.get_loops(sch.get_sblock("to_nchw_requant"))
         sch.reorder(b, i, c, j)
-        rw.add_kernel(key, sch.mod["main"], symbol)
+        sch.parallel(sch.fuse(b, i))
+        rw.add_kernel(key, sch.mod["main"].with_attr("tirx.is_scheduled", True), symbol)
     shape = [y.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
     return _call(rw, key, [y], values, shape, str(out.dtype))
