@@ -15,7 +15,7 @@ integer add and the float add of the accumulation. That is the spec's bit-level 
    mask ``mb`` (all ones otherwise). Per row of A and per column of B: the least and greatest
    ``|.| & mask`` of the normal elements and whether an Inf or NaN is there; per row of A
    and per column of B and per :data:`PANEL_K` of k: whether a zero or denormal is there.
-   B is encoded once per call (batches in parallel), packed by column tiles (``K x W`` words
+   B is encoded once per call (on one thread), packed by column tiles (``K x W`` words
    a tile, then the tail columns row by row), so a tile reads its panel contiguously. A is
    encoded by each parallel task for its own :data:`GROUP` rows, into a task buffer that
    stays in cache (an n x n operand is read once, not written back encoded).
@@ -120,10 +120,11 @@ def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, rows: int =
         Yf = T.decl_buffer((BO * M * N,), "float32", data=Y.data)
         EB = T.alloc_buffer((BB * K * N,), "uint32")
         MB = T.alloc_buffer((BB * K * N,), "uint32")
-        ZB = T.alloc_buffer((BB * ((K + PK - 1) // PK) * N + 1,), "int32")    # least |y| per (k panel, column)
+        # the least |y| per (k panel, column): below MIN_NORMAL where a zero is there
+        ZB = T.alloc_buffer((BB * ((K + PK - 1) // PK) * N + 1,), "int32")
         LOB = T.alloc_buffer((BB * N + BB,), "int64")    # per column, then per batch
         HIB = T.alloc_buffer((BB * N + BB,), "int64")
-        for bb in loop(BB):
+        for bb in range(BB):     # O(K N) a batch: not worth a parallel launch (a barrier)
             prepass_b(Bf, EB, MB, ZB, LOB, HIB, bb, K, N, BB)
         for tb in loop(BO * ((M + GROUP - 1) // GROUP)):
             row_block(Af, Bf, Yf, EB, MB, ZB, LOB, HIB, tb, M, K, N, BA, BB)
@@ -133,8 +134,8 @@ def kernel(mantissa_bits: int, lanes: int = 8, unroll: int = UNROLL, rows: int =
 
 def _product(T: Any, m: int, L: int, masked: bool) -> Any:
     """The product macro: ``nv`` vectors of products of row ``a_at`` and the encoded B at
-    ``b_at + k * stride`` (step ``k``), added into ``acc`` (module docstring, step 2): plain, or masked
-    for zeros."""
+    ``b_at + k * stride`` (step ``k``), added into ``acc`` (module docstring, step 2):
+    plain, or masked for zeros."""
     F32 = f"float32x{L}"
     AZ = a_zero(m)
 
@@ -203,8 +204,9 @@ def _rest_macro(T: Any, m: int, L: int, U: int) -> Any:
 
 def _tiles_macro(T: Any, m: int, L: int, U: int, rows: int, masked: bool) -> Any:
     """The macro of one tile of ``rows`` output rows from ``i0`` (the task's encoded rows
-    from ``ia``) x ``U`` vectors (column tile ``jb``) over ``k0 <= k < k1``: accumulators from 0 (first panel) or from the output, the
-    products (:func:`_product`), back to the output."""
+    from ``ia``) x ``U`` vectors (column tile ``jb``) over ``k0 <= k < k1``: accumulators
+    from 0 (first panel) or from the output, the products (:func:`_product`), back to the
+    output."""
     W = L * U
     product_tile = _product(T, m, L, masked)
 
