@@ -206,14 +206,20 @@ def test_fast_path_zeros_and_range_edges():
     _same("range edges", _run_rank3(lib, a, b), want)
 
 
-def test_plain_and_masked_tiles_per_panel():
+@pytest.mark.parametrize("target", [None, "x86-avx2"])
+def test_plain_and_masked_tiles_per_panel(target):
     """Zeros in a few (row, k panel) and (column, k panel) places only, so that the kernel
     takes the plain form (one add per product) in some tiles and panels and the masked form
     in others, on a shape with edge tiles everywhere: a row group of 6 (a tile of 4 and 2
-    single rows), 4 column tiles then a vector and a scalar tail, 3 panels of k (the last
-    partial, and not a whole number of vectors: the encoding's scalar tail)."""
+    single rows), column tiles then a vector and a scalar tail, 3 panels of k (the last
+    partial, and not a whole number of vectors: the encoding's scalar tail). The host's
+    kernel (AVX-512 where the CPU has it), and the AVX2 one on any x86 CPU with AVX2."""
+    from edgert.targets import can_run_here, get_target
+
+    if target is not None and not can_run_here(get_target(target))[0]:
+        pytest.skip(f"{target} does not run here: {can_run_here(get_target(target))[1]}")
     rng = np.random.default_rng(23)
-    lib = _tvm_kernel(4)
+    lib = _tvm_kernel(4, target)
     a = rng.standard_normal((2, 38, 301)).astype(np.float32)
     b = rng.standard_normal((2, 301, 75)).astype(np.float32)
     want_plain = L.reference(a, b, mantissa_bits=4)
