@@ -3,49 +3,73 @@
     python examples/llm_decode.py --bits 4            # compiles (and caches) the artifacts
     python benchmarks/bench_llm.py ~/.cache/edgert/llm/*-4-*.edgert [--threads 2]
 
-Each round, every runner in turn: a fresh KV cache, a prefill of the first ``--prefill``
-tokens of ``edgert/data/llm_eval.txt`` (timed), then ``--steps`` greedy decode steps (timed).
-Runners alternate round by round, so the load of this shared machine moves them alike; the
-medians over ``--rounds`` and their ratios to llama.cpp (llama-cpp-python, when installed; > 1:
-edgert faster) are printed and written as JSON.
+Every runner (each edgert artifact, llama.cpp through llama-cpp-python when installed) runs in
+a process of its own (``processes.Worker``). Each round, every runner in turn (the order
+reversed every other round): a fresh KV cache, a prefill of the first ``--prefill`` tokens of
+``edgert/data/llm_eval.txt`` (timed), then ``--steps`` greedy decode steps (timed). Printed and
+written as JSON: the medians over ``--rounds`` and their ranges, and the ratios to llama.cpp
+(> 1: edgert faster) taken within each round, median [min-max].
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
+from typing import Any
 
 from common import emit
-
-from edgert import Session
-from edgert.models import llama
-from edgert.peers import llama_cpp_generate, llama_cpp_model
-from edgert.threads import physical_cores
+from processes import Worker, one_line
 
 
-class EdgertRunner:
-    def __init__(self, path: Path, config: llama.LlamaConfig, threads: int | None) -> None:
-        self.name = f"edgert {path.name}"
-        self.session, self.config = Session(path, threads=threads), config
+def runner_worker(conn: Any, kind: str, path: str, gguf: str, threads: int,
+                  prefill: list[int]) -> None:
+    """Serve one runner in this process: ``("round", steps)`` -> (prefill s, decode s);
+    ``("stop", None)``. Answers ``("ok", value)`` or ``("error", message)``."""
+    try:
+        from edgert.models import llama
 
-    def round(self, prefill: list[int], steps: int) -> tuple[float, float]:
-        gen = llama.generate(self.session.run, self.config, prefill, steps + 1)
-        return gen.prefill_s, gen.decode_s
+        model = llama.read_gguf(Path(gguf))
+        if kind == "edgert":
+            from edgert import Session
+
+            session = Session(path, threads=threads)
+
+            def one_round(steps: int) -> tuple[float, float]:
+                gen = llama.generate(session.run, model.config, prefill, steps + 1)
+                return gen.prefill_s, gen.decode_s
+        else:
+            from edgert.peers import llama_cpp_generate, llama_cpp_model
+
+            llm = llama_cpp_model(Path(gguf), threads)
+
+            def one_round(steps: int) -> tuple[float, float]:
+                _, prefill_s, decode_s = llama_cpp_generate(llm, prefill, steps + 1)
+                return prefill_s, decode_s
+        one_round(2)                                                  # warm up
+        conn.send(("ok", None))
+    except Exception as e:  # noqa: BLE001 - reported as the runner's error
+        conn.send(("error", one_line(e)))
+        return
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "stop":
+            return
+        try:
+            conn.send(("ok", one_round(arg)))
+        except Exception as e:  # noqa: BLE001 - reported as the runner's error
+            conn.send(("error", one_line(e)))
 
 
-class LlamaCppRunner:
-    name = "llama.cpp"
-
-    def __init__(self, gguf: Path, threads: int) -> None:
-        self.llm = llama_cpp_model(gguf, threads)
-
-    def round(self, prefill: list[int], steps: int) -> tuple[float, float]:
-        _, prefill_s, decode_s = llama_cpp_generate(self.llm, prefill, steps + 1)
-        return prefill_s, decode_s
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:
+    from edgert.models import llama
+    from edgert.threads import physical_cores
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+", type=Path, help="compiled Llama artifacts")
     parser.add_argument("--gguf", type=Path, help="the GGUF file (default: SmolLM2-135M)")
@@ -53,6 +77,8 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=64)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="seconds between two runners' turns (TVM's pool stops spinning)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -60,34 +86,48 @@ def main() -> None:
     gguf = args.gguf or llama.smollm2_gguf()
     model = llama.read_gguf(gguf)
     prefill = llama.eval_tokens(llama.tokenizer(model), model.config, args.prefill)
-    runners = [EdgertRunner(p, model.config, args.threads) for p in args.artifacts]
+    workers: dict[str, Worker] = {}
+    for p in args.artifacts:
+        workers[f"edgert {p.name}"] = Worker(runner_worker, "edgert", str(p), str(gguf),
+                                             args.threads, prefill)
     try:
-        runners.append(LlamaCppRunner(gguf, args.threads))
-    except ImportError:
-        print("llama-cpp-python is not installed: edgert only")
-    times = {r.name: ([], []) for r in runners}
-    for r in runners:
-        r.round(prefill, 2)                                           # warm up
-    for _ in range(args.rounds):
-        for r in runners:
-            p, d = r.round(prefill, args.steps)
-            times[r.name][0].append(len(prefill) / p)
-            times[r.name][1].append(args.steps / d)
-    rows = [{"runner": name, "prefill_tok_s": statistics.median(p),
-             "decode_tok_s": statistics.median(d)} for name, (p, d) in times.items()]
-    peer = next((r for r in rows if r["runner"] == "llama.cpp"), None)
-    print(f"\n{'runner':>60} {'prefill tok/s':>14} {'decode tok/s':>13} {'vs llama.cpp':>14}")
-    for row in rows:
+        workers["llama.cpp"] = Worker(runner_worker, "llama.cpp", "", str(gguf), args.threads,
+                                      prefill)
+    except RuntimeError as e:
+        print(f"llama.cpp not run ({e}): edgert only")
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in workers}
+    for k in range(args.rounds):
+        order = list(workers) if k % 2 == 0 else list(workers)[::-1]
+        for name in order:
+            p, d = workers[name].call("round", args.steps)
+            times[name][0].append(len(prefill) / p)
+            times[name][1].append(args.steps / d)
+            time.sleep(args.settle)
+    for w in workers.values():
+        w.close()
+    peer = times.get("llama.cpp")
+    rows = []
+    for name, (p, d) in times.items():
+        row: dict[str, Any] = {"runner": name, "prefill_tok_s": _stats(p),
+                               "decode_tok_s": _stats(d)}
         if peer is not None:
-            row["prefill_vs_llama_cpp"] = row["prefill_tok_s"] / peer["prefill_tok_s"]
-            row["decode_vs_llama_cpp"] = row["decode_tok_s"] / peer["decode_tok_s"]
-        ratio = (f"{row['prefill_vs_llama_cpp']:.2f}x / {row['decode_vs_llama_cpp']:.2f}x"
-                 if peer is not None else "")
-        print(f"{row['runner']:>60} {row['prefill_tok_s']:14.1f} {row['decode_tok_s']:13.1f}"
-              f" {ratio:>14}")
-    emit({"benchmark": "llm prefill/decode tokens per second", "gguf": gguf.name,
-          "threads": args.threads, "prefill_tokens": len(prefill), "decode_steps": args.steps,
-          "rounds": args.rounds, "rows": rows}, args.json)
+            row["prefill_vs_llama_cpp"] = _stats([a / b for a, b in zip(p, peer[0])])
+            row["decode_vs_llama_cpp"] = _stats([a / b for a, b in zip(d, peer[1])])
+        rows.append(row)
+    print(f"\n{'runner':>60} {'prefill tok/s':>14} {'decode tok/s':>13} "
+          f"{'vs llama.cpp (prefill, decode)':>34}")
+    for row in rows:
+        ratio = ""
+        if "decode_vs_llama_cpp" in row:
+            rp, rd = row["prefill_vs_llama_cpp"], row["decode_vs_llama_cpp"]
+            ratio = (f"{rp['median']:.2f}x [{rp['min']:.2f}-{rp['max']:.2f}], "
+                     f"{rd['median']:.2f}x [{rd['min']:.2f}-{rd['max']:.2f}]")
+        print(f"{row['runner']:>60} {row['prefill_tok_s']['median']:14.1f} "
+              f"{row['decode_tok_s']['median']:13.1f} {ratio:>34}")
+    emit({"benchmark": "llm prefill/decode tokens per second, a process per runner",
+          "gguf": Path(gguf).name, "threads": args.threads, "prefill_tokens": len(prefill),
+          "decode_steps": args.steps, "rounds": args.rounds,
+          "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "rows": rows}, args.json)
 
 
 if __name__ == "__main__":
