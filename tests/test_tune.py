@@ -10,26 +10,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from conftest import free_port, rel_err, run_cli
 
-KERNEL = "fused_conv2d_add_relu"
+KERNEL = "fused_max_pool2d_relu"
 X_SHAPE = (1, 8, 16, 16)
 
 
-def _conv_model(path: Path) -> Path:
-    """y = relu(conv3x3(x, w) + b) with two groups, static shapes: one fused fp32 kernel left
-    on TVM's generic compute (matmuls, and convolutions of one group as im2col + matmul, run
-    our own kernels, which MetaSchedule does not tune)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["h"], pads=[1, 1, 1, 1], group=2),
+def _pool_model(path: Path) -> Path:
+    """y = relu(maxpool3x3(x)), static shapes: one fused fp32 kernel left on TVM's generic
+    compute (matmuls and convolutions, grouped ones too, run edgert's own kernels, which
+    MetaSchedule does not tune)."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["h"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["h"], ["y"])]
     graph = helper.make_graph(
-        nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(X_SHAPE))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(X_SHAPE))], inits)
+        nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(X_SHAPE))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(X_SHAPE))])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -40,7 +37,7 @@ def tuned(tmp_path_factory):
     from edgert.compiler.tune import tune_model
 
     tmp = tmp_path_factory.mktemp("tune")
-    model = _conv_model(tmp / "conv.onnx")
+    model = _pool_model(tmp / "pool.onnx")
     progress = []
     report = tune_model(model, trials=8, db=tmp / "db", search="random", trials_per_batch=8,
                         seed=0, on_progress=lambda *a: progress.append(a))
@@ -57,7 +54,7 @@ def test_tune_writes_records(tuned):
     (k,) = [k for k in report.kernels if k.name == KERNEL]
     assert k.status == "tuned" and k.trials == 8 and k.new_trials == 8
     assert k.default_ms > 0 and k.tuned_ms > 0
-    assert k.signature == "float32 1x8x16x16, 8x4x3x3, 1x8x1x1 -> 1x8x16x16"
+    assert k.signature == "float32 1x8x16x16 -> 1x8x16x16"
     folder = Path(report.db_dir) / k.key
     assert Path(report.db_dir).parent == db
     records = (folder / "database_tuning_record.json").read_text().splitlines()
@@ -165,7 +162,7 @@ def test_rerun_resumes(tuned):
 
 
 def test_cli_budget_end(tmp_path):
-    model = _conv_model(tmp_path / "conv.onnx")
+    model = _pool_model(tmp_path / "pool.onnx")
     r = run_cli("tune", str(model), "--trials", "8", "--budget-minutes", "0",
                 "--tuning-db", str(tmp_path / "db"))
     assert r.returncode == 0, r.stderr
@@ -179,7 +176,7 @@ def test_errors(tmp_path):
     from edgert.compiler.tune import tune_model
     from edgert.errors import InputError, TargetError
 
-    model = _conv_model(tmp_path / "conv.onnx")
+    model = _pool_model(tmp_path / "pool.onnx")
     with pytest.raises(TargetError, match="CPU targets only"):
         tune_model(model, target="cuda-sm90", db=tmp_path / "db")
     with pytest.raises(InputError, match="no such directory"):
@@ -190,7 +187,7 @@ def test_tune_through_a_boards_rpc_server(rpc_server, tmp_path):
     """Candidates built here, timed by the RPC server (here on 127.0.0.1, as a board's)."""
     from edgert.compiler.tune import KERNEL_META, tune_model
 
-    model = _conv_model(tmp_path / "conv.onnx")
+    model = _pool_model(tmp_path / "pool.onnx")
     report = tune_model(model, trials=4, db=tmp_path / "db", search="random",
                         trials_per_batch=4, seed=0, rpc=rpc_server)
     assert report.measured_on == f"rpc {rpc_server}"
@@ -204,7 +201,7 @@ def test_tune_rpc_errors(tmp_path):
     from edgert.compiler.tune import tune_model
     from edgert.errors import InputError, TargetError
 
-    model = _conv_model(tmp_path / "conv.onnx")
+    model = _pool_model(tmp_path / "pool.onnx")
     with pytest.raises(TargetError, match="cannot reach the RPC server"):
         tune_model(model, trials=1, db=tmp_path / "db", rpc=f"127.0.0.1:{free_port()}")
     with pytest.raises(InputError, match="HOST:PORT"):
