@@ -189,9 +189,11 @@ def test_half_scales_kernel_bit_exact_with_reference(lib, j):
     case = CASES[j]
     qw = _weight(case, j)
     layout, scales = qw.layout, lut_matmul.spec.half_scales(qw.scales)
-    ops = sl.LutOperands(layout, qw.planes, scales, qw.zero_points, True)
+    ops = sl.LutOperands(layout, qw.planes, scales, qw.zero_points, True, half_scales=True)
     full = sl.LutOperands(layout, qw.planes, qw.scales, qw.zero_points, True)
-    assert ops.half_scales and ops.scales.dtype == np.float16 and not full.half_scales
+    assert ops.scales.dtype == np.float16 and full.scales.dtype == np.float32
+    with pytest.raises(ValueError, match="float16-exact"):
+        sl.LutOperands(layout, qw.planes, qw.scales, qw.zero_points, True, half_scales=True)
     assert ops.scales.nbytes * 2 == full.scales.nbytes
     rng = np.random.default_rng(300 + j)
     for m in MS:
@@ -408,6 +410,7 @@ def test_compile_model_weight_bits_2_uses_the_kernel(tmp_path):
                         group_size=32, threads=2, lut="always")
     lib_bytes = read_artifact(art).members[LIB_MEMBER]
     assert b"lut_matmul_x86" in lib_bytes and b"lut_tables_x86" in lib_bytes
+    assert b"_half_scales" in lib_bytes                  # the float variant's float16 scales
     tvm_s = edgert.Session(art, threads=2)
     numba_s = edgert.Session(art, backend="numba")
     rng = np.random.default_rng(5)

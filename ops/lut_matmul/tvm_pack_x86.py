@@ -143,19 +143,22 @@ def repack_columns(values: np.ndarray, layout: LutLayout, dtype: str) -> np.ndar
 
 
 class LutOperands:
-    """Compile-time operands of one LutMatMul for the kernels (numpy). ``half_scales``: the
-    group scales (float activations) are float16 numbers and are stored as float16."""
+    """Compile-time operands of one LutMatMul for the kernels (numpy). ``half_scales`` (float
+    activations; scales that are float16 numbers, :func:`~edgert.ops.lut_matmul.spec.half_exact`):
+    the group scales are stored as float16, for a kernel built with ``half_scales``."""
 
     def __init__(self, layout: LutLayout, planes: np.ndarray, scales: np.ndarray | None,
                  zero_points: np.ndarray | None, float_acts: bool, vnni: bool = False,
-                 zmm: bool = False) -> None:
+                 zmm: bool = False, half_scales: bool = False) -> None:
         self.layout = layout
         repack = (repack_weight_vnni if uses_vnni(layout, vnni)
                   else repack_weight_zmm if zmm else repack_weight)
         self.w2 = repack(planes, layout)
         self.has_zp = zero_points is not None
         zc = zero_constant(layout, zero_points)
-        self.half_scales = bool(float_acts and half_exact(scales))
+        if half_scales and not (float_acts and half_exact(scales)):
+            raise ValueError("half_scales needs float activations and float16-exact scales")
+        self.half_scales = half_scales
         if float_acts:
             self.scales = repack_columns(scales, layout,
                                          "float16" if self.half_scales else "float32")

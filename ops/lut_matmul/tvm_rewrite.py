@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgert.ops.lut_matmul.layout import LutLayout
+from edgert.ops.lut_matmul.spec import half_exact
 from edgert.ops.lut_matmul.tvm_tables import intermediate_shapes
 
 OP_ATTR = "edgert.op"
@@ -56,6 +57,8 @@ class LutKernels:
             of ``lookup_kernel`` and ``operands`` (x86: ``{"vnni": True}``, the ``vpdpbusd``
             lookups on AVX-512 VNNI targets; ``{"zmm": True}``, the zmm lookups on AVX-512BW
             targets; ``{}``: the plain kernel); None: always the plain kernel.
+        half_scales: ``lookup_kernel`` and ``operands`` take ``half_scales=True`` (float16
+            group scales) for float activations whose scales are float16 numbers.
     """
 
     isa: str
@@ -65,6 +68,7 @@ class LutKernels:
     accepts: Callable[[LutLayout], bool]
     dequant: Any = None
     variant: Callable[[LutLayout, Any], dict[str, bool]] | None = None
+    half_scales: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,9 +211,9 @@ class _CallRewriter:
         bb, layout, tb = rw.builder_, spec.layout, spec.table_bits
         choose = self.kernels.variant
         variant = choose(layout, rows) if choose is not None else {}
+        if self.kernels.half_scales and float_acts and half_exact(scales):
+            variant = {**variant, "half_scales": True}        # float16 group scales
         ops = self.kernels.operands(layout, w, scales, zps, float_acts, **variant)
-        if getattr(ops, "half_scales", False):                # float16 group scales
-            variant = {**variant, "half_scales": True}
         outs = intermediate_shapes(layout, rows, float_acts, tb)
         tabs = bb.emit(relax.call_tir(
             self.kernel(rw, "tables", layout, float_acts, tb, False), [a2, a2],  # see table_kernel

@@ -107,7 +107,7 @@ def schedule_lut_matmuls(mod: Any, tvm_target: Any, vnni: bool = False,
 
     return rewrite_lut_matmuls(mod, tvm_target, LutKernels(
         "x86", table_kernel, lookup_kernel, LutOperands, lambda layout: layout.tile_n == TN,
-        tvm_dequant, variant=variant))
+        tvm_dequant, variant=variant, half_scales=True))
 
 
 def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: bool,
