@@ -265,7 +265,10 @@ def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any],
 
     from edgert.compiler.schedule_conv import _constant
 
-    _, m_expr, e_expr = call.args[1].fields
+    fields = call.args[1].fields
+    if len(fields) != 3:                # (q, multiplier, shift) only; not a fused Requant
+        return None
+    _, m_expr, e_expr = fields
     m, e = _constant(rw, m_expr), _constant(rw, e_expr)
     if m is None or e is None or m.size != e.size:
         return None
