@@ -82,23 +82,32 @@ def pad_nhwc_te(x: Any, padding: tuple[int, int, int, int]) -> Any:
     """TVM TE: ``x`` [N, C, H, W] (static C, H, W) zero-padded and transposed to
     [N, H + top + bottom, W + left + right, C]: one pass over the input, so that
     :func:`im2col_te` copies contiguous runs without bounds checks."""
-    from tvm import te, tirx
+    from tvm import te
 
     top, left, bottom, right = padding
     n, c, h, w = x.shape
     h, w = int(h), int(w)
-    zero = tirx.const(0, x.dtype)
+    return te.compute((n, h + top + bottom, w + left + right, c),
+                      lambda b, y, z, ci: padded_read(x, padding, b, ci, y, z), name="pad_nhwc")
 
-    def body(b: Any, y: Any, z: Any, ci: Any) -> Any:
-        inside = []
-        if top or bottom:
-            inside += [y >= top, y < top + h]
-        if left or right:
-            inside += [z >= left, z < left + w]
-        value = x[b, ci, y - top, z - left]
-        return tirx.if_then_else(tirx.all(*inside), value, zero) if inside else value
 
-    return te.compute((n, h + top + bottom, w + left + right, c), body, name="pad_nhwc")
+def padded_read(x: Any, padding: tuple[int, int, int, int], b: Any, ci: Any, y: Any,
+                z: Any) -> Any:
+    """TIR: element (y, z) of ``x`` [N, C, H, W] (static H, W; any dtype) padded with zeros by
+    ``padding`` (top, left, bottom, right): ``x[b, ci, y - top, z - left]`` inside, 0 on the
+    border (bounds tested only on the sides that have padding)."""
+    from tvm import tirx
+
+    top, left, bottom, right = padding
+    h, w = int(x.shape[2]), int(x.shape[3])
+    inside = []
+    if top or bottom:
+        inside += [y >= top, y < top + h]
+    if left or right:
+        inside += [z >= left, z < left + w]
+    value = x[b, ci, y - top, z - left]
+    return (tirx.if_then_else(tirx.all(*inside), value, tirx.const(0, x.dtype)) if inside
+            else value)
 
 
 def im2col_te(xp: Any, kernel: tuple[int, int], strides: tuple[int, int],
@@ -252,6 +261,27 @@ def _kernel_call(rw: Any, name: str, compute: Any, x: Any, *args: Any,
     if shape is None:
         shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
     return relax.call_tir(rw.kernels[key], [x], relax.TensorType(shape, str(x.ty.dtype)))
+
+
+def float32_conv_operands(rw: Any, call: Any, kernel_layout: str = "OIHW",
+                          static_batch: bool = False) -> tuple[Any, np.ndarray] | None:
+    """``(x, weight)`` of a float32 NCHW convolution ``call`` (``relax.nn.conv2d`` or
+    ``conv2d_transpose``) whose weight is a constant float32 4-D array in ``kernel_layout`` and
+    whose input has static C, H, W (and N with ``static_batch``); None for any other."""
+    from tvm import relax, tirx
+
+    attrs = call.attrs
+    if (attrs.data_layout != "NCHW" or attrs.kernel_layout != kernel_layout
+            or attrs.out_layout != "NCHW" or str(call.ty.dtype) != "float32"):
+        return None
+    x, w = call.args
+    weight = _constant(rw, w)
+    dims = x.ty.shape.values if isinstance(x.ty.shape, relax.ShapeExpr) else None
+    if (weight is None or weight.ndim != 4 or weight.dtype != np.float32
+            or str(x.ty.dtype) != "float32" or dims is None
+            or any(not isinstance(d, tirx.IntImm) for d in dims[0 if static_batch else 1:])):
+        return None
+    return x, weight
 
 
 def _constant(rw: Any, expr: Any) -> np.ndarray | None:

@@ -54,28 +54,24 @@ def transposed_convs(mod: Any) -> Any:
 
 def _rewrite(rw: Any, call: Any) -> Any | None:
     """The kernels replacing ``call`` (a ``relax.nn.conv2d_transpose``), or None to keep it."""
-    from tvm import relax, tirx
+    from tvm import relax
 
-    from edgert.compiler.schedule_conv import _constant, _kernel_call, _tiles, pad_nhwc_te
+    from edgert.compiler.schedule_conv import (_kernel_call, _tiles, float32_conv_operands,
+                                               pad_nhwc_te)
 
     attrs = call.attrs
-    if (int(attrs.groups) != 1 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "IOHW"
-            or attrs.out_layout != "NCHW" or str(call.ty.dtype) != "float32"):
+    operands = (float32_conv_operands(rw, call, kernel_layout="IOHW")
+                if int(attrs.groups) == 1 else None)
+    if operands is None:
         return None
-    x, w = call.args
-    weight = _constant(rw, w)
-    x_ty = x.ty
-    if (weight is None or weight.ndim != 4 or weight.dtype != np.float32
-            or str(x_ty.dtype) != "float32" or not isinstance(x_ty.shape, relax.ShapeExpr)
-            or any(not isinstance(d, tirx.IntImm) for d in x_ty.shape.values[1:])):
-        return None
+    x, weight = operands
     c, o, kh, kw = weight.shape
     strides = tuple(int(v) for v in attrs.strides)
     if (strides != (kh, kw) or any(int(p) for p in attrs.padding)
             or any(int(p) for p in attrs.output_padding)
             or any(int(d) != 1 for d in attrs.dilation)):
         return None
-    n, _, h, wd = x_ty.shape.values
+    n, _, h, wd = x.ty.shape.values
     bb = rw.builder_
     rows = bb.emit(_kernel_call(rw, "to_nhwc", pad_nhwc_te, x, (0, 0, 0, 0),
                                 schedule=_tiles if c % 8 == 0 else None))

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 
 def depthwise_te(x: Any, w: Any, strides: tuple[int, int], padding: tuple[int, int, int, int],
                  dilation: tuple[int, int]) -> Any:
     """TVM TE: the depthwise convolution of ``x`` [N, C, H, W] float32 (static C, H, W) with
     ``w`` [O, 1, KH, KW] (O a multiple of C): [N, O, OH, OW]. ``padding``: (top, left, bottom,
     right) zeros."""
-    from tvm import te, tirx
+    from tvm import te
 
-    from edgert.compiler.schedule_conv import output_size
+    from edgert.compiler.schedule_conv import output_size, padded_read
 
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
@@ -42,18 +40,8 @@ def depthwise_te(x: Any, w: Any, strides: tuple[int, int], padding: tuple[int, i
     o, _, kh, kw = (int(d) for d in w.shape)
     mult = o // c
     oh, ow = output_size(h, wd, (kh, kw), strides, padding, dilation)
-    zero = tirx.const(0, x.dtype)
-
-    def pad(b: Any, ci: Any, y: Any, z: Any) -> Any:
-        inside = []
-        if top or bottom:
-            inside += [y >= top, y < top + h]
-        if left or right:
-            inside += [z >= left, z < left + wd]
-        value = x[b, ci, y - top, z - left]
-        return tirx.if_then_else(tirx.all(*inside), value, zero) if inside else value
-
-    xp = te.compute((n, c, h + top + bottom, wd + left + right), pad, name="pad_nchw")
+    xp = te.compute((n, c, h + top + bottom, wd + left + right),
+                    lambda b, ci, y, z: padded_read(x, padding, b, ci, y, z), name="pad_nchw")
     i = te.reduce_axis((0, kh), name="i")
     j = te.reduce_axis((0, kw), name="j")
     return te.compute(
@@ -92,37 +80,31 @@ def depthwise_convs(mod: Any) -> Any:
 
 def _rewrite(rw: Any, call: Any) -> Any | None:
     """The kernel call replacing ``call`` (a ``relax.nn.conv2d``), or None to keep it."""
-    from tvm import relax, te, tirx
+    from tvm import relax, te
 
-    from edgert.compiler.schedule_conv import _constant
+    from edgert.compiler.schedule_conv import float32_conv_operands
 
     attrs = call.attrs
-    if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
-            or attrs.out_layout != "NCHW" or str(call.ty.dtype) != "float32"):
+    operands = float32_conv_operands(rw, call)
+    if operands is None:
         return None
-    x, w = call.args
-    weight = _constant(rw, w)
-    x_ty = x.ty
-    if (weight is None or weight.ndim != 4 or weight.dtype != np.float32
-            or str(x_ty.dtype) != "float32" or not isinstance(x_ty.shape, relax.ShapeExpr)
-            or any(not isinstance(d, tirx.IntImm) for d in x_ty.shape.values[1:])):
-        return None
-    c = int(x_ty.shape.values[1])
+    x, weight = operands
+    c = int(x.ty.shape.values[1])
     groups = int(attrs.groups)
     if groups == 1 or groups != c or weight.shape[1] != 1 or weight.shape[0] % c:
         return None
     strides = tuple(int(v) for v in attrs.strides)
     dilation = tuple(int(v) for v in attrs.dilation)
     padding = tuple(int(p) for p in attrs.padding)
-    key = ("depthwise", tuple(int(d) for d in x_ty.shape.values[1:]), weight.shape, strides,
+    key = ("depthwise", tuple(int(d) for d in x.ty.shape.values[1:]), weight.shape, strides,
            padding, dilation)
-    data = te.placeholder(x_ty.shape.values, "float32", name="x")
+    data = te.placeholder(x.ty.shape.values, "float32", name="x")
     kernel = te.placeholder(weight.shape, "float32", name="w")
     out = depthwise_te(data, kernel, strides, padding, dilation)
     if key not in rw.kernels:
         symbol = f"depthwise{sum(k[0] == 'depthwise' for k in rw.kernels) or ''}"
         func = te.create_prim_func([data, kernel, out]).with_attr("global_symbol", symbol)
         rw.add_kernel(key, schedule_depthwise(func), symbol)
-    shape = [x_ty.shape.values[0], *(int(d) for d in out.shape[1:])]
+    shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
     return relax.call_tir(rw.kernels[key], [x, relax.const(weight)],
                           relax.TensorType(shape, "float32"))

@@ -96,23 +96,18 @@ def grouped_convs(mod: Any) -> Any:
 
 def _rewrite(rw: Any, call: Any) -> Any | None:
     """The kernels replacing ``call`` (a ``relax.nn.conv2d``), or None to keep it."""
-    from tvm import relax, tirx
+    from tvm import relax
 
-    from edgert.compiler.schedule_conv import _constant, _kernel_call, _tiles, pad_nhwc_te
+    from edgert.compiler.schedule_conv import (_kernel_call, _tiles, float32_conv_operands,
+                                               pad_nhwc_te)
 
     attrs = call.attrs
     groups = int(attrs.groups)
-    if (groups == 1 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
-            or attrs.out_layout != "NCHW" or str(call.ty.dtype) != "float32"):
+    operands = float32_conv_operands(rw, call, static_batch=True) if groups > 1 else None
+    if operands is None:
         return None
-    x, w = call.args
-    weight = _constant(rw, w)
-    x_ty = x.ty
-    if (weight is None or weight.ndim != 4 or weight.dtype != np.float32
-            or str(x_ty.dtype) != "float32" or not isinstance(x_ty.shape, relax.ShapeExpr)
-            or any(not isinstance(d, tirx.IntImm) for d in x_ty.shape.values)):
-        return None
-    n, c = (int(d) for d in x_ty.shape.values[:2])
+    x, weight = operands
+    n, c = (int(d) for d in x.ty.shape.values[:2])
     o, cg, kh, kw = weight.shape
     if c != cg * groups or o % groups:
         return None

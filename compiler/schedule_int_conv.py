@@ -77,9 +77,9 @@ def int_conv_te(x: Any, w: Any, groups: int, strides: tuple[int, int],
     """TVM TE: the grouped convolution of ``x`` [N, C, H, W] int8/int16 (static C, H, W) with
     ``w`` [O, C/G, KH, KW] int8: int32 [N, O, OH, OW] (as :func:`int_conv_reference`), or with
     an ``epilogue``, the Requant of it plus the bias (in ``epilogue.to``)."""
-    from tvm import te, tirx
+    from tvm import te
 
-    from edgert.compiler.schedule_conv import output_size
+    from edgert.compiler.schedule_conv import output_size, padded_read
 
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
@@ -88,18 +88,8 @@ def int_conv_te(x: Any, w: Any, groups: int, strides: tuple[int, int],
     o, cg, kh, kw = (int(d) for d in w.shape)
     og = o // groups
     oh, ow = output_size(h, wd, (kh, kw), strides, padding, dilation)
-    zero = tirx.const(0, x.dtype)
-
-    def pad(b: Any, ci: Any, y: Any, z: Any) -> Any:
-        inside = []
-        if top or bottom:
-            inside += [y >= top, y < top + h]
-        if left or right:
-            inside += [z >= left, z < left + wd]
-        value = x[b, ci, y - top, z - left]
-        return tirx.if_then_else(tirx.all(*inside), value, zero) if inside else value
-
-    xp = te.compute((n, c, h + top + bottom, wd + left + right), pad, name="pad_int")
+    xp = te.compute((n, c, h + top + bottom, wd + left + right),
+                    lambda b, ci, y, z: padded_read(x, padding, b, ci, y, z), name="pad_int")
     ch = te.reduce_axis((0, cg), name="ch")
     i = te.reduce_axis((0, kh), name="i")
     j = te.reduce_axis((0, kw), name="j")
