@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from common import emit
-from processes import Worker, in_child, one_line
+from processes import Worker, call_times, in_child, open_runtime, serve
 
 D = 64
 CALIB_N, CALIB_SAMPLES = 256, 8
@@ -108,38 +108,17 @@ def energy_child(artifact: str, lengths: list[int]) -> dict[int, float]:
 
 
 def runtime_worker(conn: Any, runtime: str, path: str, threads: int) -> None:
-    """Serve one runtime in this process: ``("time", (n, repeats))`` -> call times in s,
-    ``("stop", None)``. Every answer is ``("ok", value)`` or ``("error", message)``."""
-    try:
-        if runtime.startswith("edgert"):
-            import edgert
-
-            runner = edgert.Session(path, threads=threads)
-        else:
-            from edgert.peers import onnxruntime_session
-
-            runner = onnxruntime_session(path, threads)
-        conn.send(("ok", None))
-    except Exception as e:  # noqa: BLE001 - reported as the runtime's error
-        conn.send(("error", one_line(e)))
-        return
+    """Serve one runtime in this process: ``("time", (n, repeats))`` -> call times in s
+    (after one untimed call), ``("stop", None)`` (:func:`processes.serve`)."""
     feeds: dict[int, dict] = {}
-    while True:
-        cmd, arg = conn.recv()
-        if cmd == "stop":
-            return
-        try:
-            n, repeats = arg
-            x = feeds.setdefault(n, feed(n, seed=1))
-            runner.run(None, x)                                   # warm-up, untimed
-            times = np.empty(repeats)
-            for i in range(repeats):
-                t0 = time.perf_counter()
-                runner.run(None, x)
-                times[i] = time.perf_counter() - t0
-            conn.send(("ok", times))
-        except Exception as e:  # noqa: BLE001 - reported as the runtime's error
-            conn.send(("error", one_line(e)))
+
+    def handle(runner: Any, cmd: str, arg: tuple[int, int]) -> np.ndarray:
+        n, repeats = arg
+        x = feeds.setdefault(n, feed(n, seed=1))
+        runner.run(None, x)                                       # warm-up, untimed
+        return call_times(lambda: runner.run(None, x), repeats)
+
+    serve(conn, lambda: open_runtime(runtime, path, threads), handle)
 
 
 # --- the parent: build, time, compare -----------------------------------------------------------

@@ -41,10 +41,9 @@ from typing import Any
 import numpy as np
 
 from common import emit
-from processes import Worker
+from processes import Worker, serve
 
 SCENARIOS = ("alone", "busy1", "busy2", "ort")
-TVM_VARS = ("TVM_BIND_THREADS", "TVM_THREAD_POOL_SPIN_COUNT", "TVM_EXCLUDE_WORKER0")
 USER_ENV = dict(os.environ)          # before edgert's import sets its TVM defaults
 K = N = 4096
 
@@ -66,40 +65,38 @@ def gemv_onnx(path: Path) -> Path:
 
 def runtime_worker(conn: Any, artifacts: dict[str, str], vit_onnx: str, threads: int | None) -> None:
     """One policy's process: answers ("measure", (model, scenario, calls)) with the median
-    seconds of one edgert call and the thread count the session ended the cell with."""
-    try:
+    seconds of one edgert call and the thread count the session ended the cell with
+    (:func:`processes.serve`)."""
+    rng = np.random.default_rng(1)
+    feeds = {"vit": {"image": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)},
+             "gemv": {"x": rng.standard_normal((1, K)).astype(np.float32)}}
+
+    def load() -> tuple[dict[str, Any], Any]:
         import onnxruntime as ort
 
         import edgert
 
         sessions = {name: edgert.Session(path, threads=threads) for name, path in artifacts.items()}
-        rng = np.random.default_rng(1)
-        feeds = {"vit": {"image": rng.standard_normal((1, 1, 8, 8)).astype(np.float32)},
-                 "gemv": {"x": rng.standard_normal((1, K)).astype(np.float32)}}
-        peer = ort.InferenceSession(vit_onnx, providers=["CPUExecutionProvider"])
-        peer_feed = feeds["vit"]
-        env = {k: os.environ.get(k) for k in ("EDGERT_THREAD_POLICY", "TVM_NUM_THREADS", *TVM_VARS)}
-        conn.send(("ok", env))
-    except Exception as e:  # noqa: BLE001 - reported to the parent as one line
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    while True:
-        cmd, arg = conn.recv()
-        if cmd == "stop":
-            return
+        return sessions, ort.InferenceSession(vit_onnx, providers=["CPUExecutionProvider"])
+
+    def measure(loaded: tuple[dict[str, Any], Any], cmd: str,
+                arg: tuple[str, str, int]) -> tuple[float, int]:
+        sessions, peer = loaded
         model, scenario, calls = arg
         sess, feed = sessions[model], feeds[model]
         times = []
         for i in range(calls + 10):
             if scenario == "ort":
-                peer.run(None, peer_feed)
+                peer.run(None, feeds["vit"])
             t0 = time.perf_counter()
             sess.run(None, feed)
             if i >= 10:
                 times.append(time.perf_counter() - t0)
         chooser = getattr(sess._backend, "_adaptive", None)   # the adaptive policy's choice
         used = chooser.best if chooser else sess._backend.threads
-        conn.send(("ok", (statistics.median(times), used)))
+        return statistics.median(times), used
+
+    serve(conn, load, measure)
 
 
 def start_busy(n: int) -> list[subprocess.Popen]:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from common import emit
-from processes import Worker, one_line
+from processes import Worker, call_times, open_runtime, serve
 
 RUNTIMES = ("edgert", "onnxruntime")
 ENCODERS = {                 # name -> (d_model, heads, feed-forward, batch, tokens, dynamic batch)
@@ -102,41 +102,22 @@ def build_models(tmp: Path, names: list[str]) -> dict[str, tuple[Path, dict[str,
 def runtime_worker(conn: Any, runtime: str, path: str, feed_path: str, threads: int) -> None:
     """Serve one runtime on one model: ``("time", repeats)`` -> call times in s,
     ``("kernels", top)`` -> edgert's slowest kernels as (name, calls, ms) rows, ``("stop",
-    None)``. Every answer is ``("ok", value)`` or ``("error", message)``."""
-    try:
-        feed = dict(np.load(feed_path))
-        if runtime.startswith("edgert"):
-            import edgert
+    None)`` (:func:`processes.serve`)."""
+    feed = dict(np.load(feed_path))
 
-            runner = edgert.Session(path, threads=threads)
-        else:
-            from edgert.peers import onnxruntime_session
-
-            runner = onnxruntime_session(path, threads)
+    def load() -> Any:
+        runner = open_runtime(runtime, path, threads)
         for _ in range(3):
             runner.run(None, feed)                                 # warm-up, untimed
-        conn.send(("ok", None))
-    except Exception as e:  # noqa: BLE001 - reported as the runtime's error
-        conn.send(("error", one_line(e)))
-        return
-    while True:
-        cmd, arg = conn.recv()
-        if cmd == "stop":
-            return
-        try:
-            if cmd == "kernels":
-                rows = runner.kernel_times(feed, repeats=20)[:arg]
-                conn.send(("ok", [(t.name, t.calls, t.ms) for t in rows]))
-                continue
-            runner.run(None, feed)
-            times = np.empty(arg)
-            for i in range(arg):
-                t0 = time.perf_counter()
-                runner.run(None, feed)
-                times[i] = time.perf_counter() - t0
-            conn.send(("ok", times))
-        except Exception as e:  # noqa: BLE001 - reported as the runtime's error
-            conn.send(("error", one_line(e)))
+        return runner
+
+    def handle(runner: Any, cmd: str, arg: int) -> Any:
+        if cmd == "kernels":
+            return [(t.name, t.calls, t.ms) for t in runner.kernel_times(feed, repeats=20)[:arg]]
+        runner.run(None, feed)
+        return call_times(lambda: runner.run(None, feed), arg)
+
+    serve(conn, load, handle)
 
 
 # --- the parent: build, time, compare -----------------------------------------------------------

@@ -16,50 +16,46 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from common import emit
-from processes import Worker, one_line
+from processes import Worker, serve
+
+
+def round_runner(kind: str, path: str, gguf: str, threads: int,
+                 prefill: list[int]) -> Callable[[int], tuple[float, float]]:
+    """One runner, warmed up: ``steps`` -> (prefill s, decode s) of a fresh generation."""
+    from edgert.models import llama
+
+    model = llama.read_gguf(Path(gguf))
+    if kind == "edgert":
+        from edgert import Session
+
+        session = Session(path, threads=threads)
+
+        def one_round(steps: int) -> tuple[float, float]:
+            gen = llama.generate(session.run, model.config, prefill, steps + 1)
+            return gen.prefill_s, gen.decode_s
+    else:
+        from edgert.peers import llama_cpp_generate, llama_cpp_model
+
+        llm = llama_cpp_model(Path(gguf), threads)
+
+        def one_round(steps: int) -> tuple[float, float]:
+            _, prefill_s, decode_s = llama_cpp_generate(llm, prefill, steps + 1)
+            return prefill_s, decode_s
+    one_round(2)                                                  # warm up
+    return one_round
 
 
 def runner_worker(conn: Any, kind: str, path: str, gguf: str, threads: int,
                   prefill: list[int]) -> None:
     """Serve one runner in this process: ``("round", steps)`` -> (prefill s, decode s);
-    ``("stop", None)``. Answers ``("ok", value)`` or ``("error", message)``."""
-    try:
-        from edgert.models import llama
-
-        model = llama.read_gguf(Path(gguf))
-        if kind == "edgert":
-            from edgert import Session
-
-            session = Session(path, threads=threads)
-
-            def one_round(steps: int) -> tuple[float, float]:
-                gen = llama.generate(session.run, model.config, prefill, steps + 1)
-                return gen.prefill_s, gen.decode_s
-        else:
-            from edgert.peers import llama_cpp_generate, llama_cpp_model
-
-            llm = llama_cpp_model(Path(gguf), threads)
-
-            def one_round(steps: int) -> tuple[float, float]:
-                _, prefill_s, decode_s = llama_cpp_generate(llm, prefill, steps + 1)
-                return prefill_s, decode_s
-        one_round(2)                                                  # warm up
-        conn.send(("ok", None))
-    except Exception as e:  # noqa: BLE001 - reported as the runner's error
-        conn.send(("error", one_line(e)))
-        return
-    while True:
-        cmd, arg = conn.recv()
-        if cmd == "stop":
-            return
-        try:
-            conn.send(("ok", one_round(arg)))
-        except Exception as e:  # noqa: BLE001 - reported as the runner's error
-            conn.send(("error", one_line(e)))
+    ``("stop", None)`` (:func:`processes.serve`)."""
+    serve(conn, lambda: round_runner(kind, path, gguf, threads, prefill),
+          lambda one_round, cmd, steps: one_round(steps))
 
 
 def _stats(values: list[float]) -> dict[str, float]:

@@ -83,7 +83,7 @@ from typing import Any
 import numpy as np
 
 from common import emit
-from processes import Worker, one_line
+from processes import Worker, serve
 
 SHAPES = {"llama2-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
           "bitnet-3b": [(3200, 3200), (3200, 8640), (8640, 3200)]}
@@ -314,39 +314,26 @@ RUNNERS = {"lut": LutRunner, "ort": OrtRunner, "ggml": GgmlRunner}
 
 
 def runtime_worker(conn: Any, kind: str, spec: dict[str, Any]) -> None:
-    """Serve one candidate in this process. Requests: ``("run", x)`` -> y; ``("time", (xs,
-    burst, repeats))`` -> ``{m: {mode: seconds per call}}``; ``("kernels", x)`` (LUT) ->
-    ``[(kernel, ms)]``; ``("ggml_bytes", m)`` -> (weight bytes, copies); ``("stop", None)``.
-    Every answer is ``("ok", value)`` or ``("error", message)``, the first one after loading."""
+    """Serve one candidate in this process (:func:`processes.serve`). Requests: ``("run", x)``
+    -> y; ``("time", (xs, burst, repeats))`` -> ``{m: {mode: seconds per call}}``;
+    ``("kernels", x)`` (LUT) -> ``[(kernel, ms)]``; ``("ggml_bytes", m)`` -> (weight bytes,
+    copies); ``("stop", None)``."""
     os.environ["EDGERT_THREAD_POLICY"] = spec.get("policy", "tvm")   # before edgert's import
-    try:
-        runner = RUNNERS[kind](spec)
-        conn.send(("ok", None))
-    except Exception as e:  # noqa: BLE001 - reported as the candidate's error
-        conn.send(("error", one_line(e)))
-        return
-    while True:
-        cmd, arg = conn.recv()
-        if cmd == "stop":
-            return
-        try:
-            if cmd == "run":
-                value: Any = runner.run(arg)
-            elif cmd == "time":
-                xs, burst, repeats = arg
-                value = {}
-                for x in xs:
-                    modes = runner.modes(x)
-                    value[len(x)] = time_modes(modes, burst, repeats, runner.after)
-            elif cmd == "kernels":
-                value = runner.kernels(arg)
-            elif cmd == "ggml_bytes":
-                value = runner.weight_bytes(arg)
-            else:
-                raise ValueError(f"unknown request {cmd!r}")
-            conn.send(("ok", value))
-        except Exception as e:  # noqa: BLE001 - reported as the candidate's error
-            conn.send(("error", one_line(e)))
+
+    def handle(runner: Any, cmd: str, arg: Any) -> Any:
+        if cmd == "run":
+            return runner.run(arg)
+        if cmd == "time":
+            xs, burst, repeats = arg
+            return {len(x): time_modes(runner.modes(x), burst, repeats, runner.after)
+                    for x in xs}
+        if cmd == "kernels":
+            return runner.kernels(arg)
+        if cmd == "ggml_bytes":
+            return runner.weight_bytes(arg)
+        raise ValueError(f"unknown request {cmd!r}")
+
+    serve(conn, lambda: RUNNERS[kind](spec), handle)
 
 
 # ---------------------------------------------------------------- one shape

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from common import emit
-from processes import Worker, in_child, one_line
+from processes import Worker, call_times, in_child, one_line, open_runtime, serve
 
 RUNTIMES = ("edgert-fp32", "edgert-int", "ort-fp32", "ort-int8-static")
 BEFORE = "edgert-fp32-before"
@@ -118,43 +118,19 @@ def quantize_child(onnx_path: str, out: str, calib: str) -> tuple[float, None]:
 def runtime_worker(conn: Any, runtime: str, path: str, threads: int,
                    input_name: str = "x") -> None:
     """Serve one runtime in this process: ``("logits", images)`` -> the logits of each image
-    (batch 1), ``("time", (image, repeats, warmup))`` -> call times in s, ``("stop", None)``.
-    Every answer is ``("ok", value)`` or ``("error", message)``. The model's one input is
-    ``input_name``."""
-    try:
-        if runtime.startswith("edgert"):
-            import edgert
+    (batch 1), ``("time", (image, repeats, warmup))`` -> call times in s, ``("stop", None)``
+    (:func:`processes.serve`). The model's one input is ``input_name``."""
 
-            runner = edgert.Session(path, threads=threads)
-        else:
-            from edgert.peers import onnxruntime_session
+    def handle(runner: Any, cmd: str, arg: Any) -> np.ndarray:
+        if cmd == "logits":
+            return np.concatenate([runner.run(None, {input_name: im[None]})[0] for im in arg])
+        image, repeats, warmup = arg
+        feed = {input_name: image[None]}
+        for _ in range(warmup):
+            runner.run(None, feed)
+        return call_times(lambda: runner.run(None, feed), repeats)
 
-            runner = onnxruntime_session(path, threads)
-        conn.send(("ok", None))
-    except Exception as e:  # noqa: BLE001 - reported as the runtime's error
-        conn.send(("error", one_line(e)))
-        return
-    while True:
-        cmd, arg = conn.recv()
-        if cmd == "stop":
-            return
-        try:
-            if cmd == "logits":
-                conn.send(("ok", np.concatenate([runner.run(None, {input_name: im[None]})[0]
-                                                 for im in arg])))
-            else:
-                image, repeats, warmup = arg
-                feed = {input_name: image[None]}
-                for _ in range(warmup):
-                    runner.run(None, feed)
-                times = np.empty(repeats)
-                for i in range(repeats):
-                    t0 = time.perf_counter()
-                    runner.run(None, feed)
-                    times[i] = time.perf_counter() - t0
-                conn.send(("ok", times))
-        except Exception as e:  # noqa: BLE001 - reported as the runtime's error
-            conn.send(("error", one_line(e)))
+    serve(conn, lambda: open_runtime(runtime, path, threads), handle)
 
 
 # --- the parent: build, time, compare -----------------------------------------------------------
