@@ -164,9 +164,9 @@ def test_tune_rpi5_through_an_emulated_boards_rpc_server(qemu_env, tmp_path):
     from edgert.targets.qemu import rpc_server_command
 
     from conftest import free_port, rpc_server_process
-    from test_tune import KERNEL, X_SHAPE, _conv_model
+    from test_tune import KERNEL, X_SHAPE, _pool_model
 
-    model = _conv_model(tmp_path / "conv.onnx")
+    model = _pool_model(tmp_path / "pool.onnx")
     port = free_port()
     cmd, env = rpc_server_command(port)
     with rpc_server_process(cmd, port, env=env, timeout=120) as address:
