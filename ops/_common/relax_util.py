@@ -7,6 +7,7 @@ TVM; only the ``tvm.py`` modules (themselves imported on demand) import this one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import tvm
@@ -64,3 +65,34 @@ class EdgertConverter(OnnxOpConverter):
     def tables(cls, args: list, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Constant lookup tables the TE compute takes as keyword arguments (default: none)."""
         return {}
+
+
+def optional_inputs(bb: Any, inputs: list[Any], required: int,
+                    optional: int) -> tuple[list[Any], list[Any]]:
+    """A node's inputs, normalized, as (the ``required`` first ones, the ``optional`` ones after
+    them with None where absent: an absent input may sit before a given one)."""
+    given = [None if x is None else bb.normalize(x) for x in inputs]
+    given += [None] * (required + optional - len(given))
+    return given[:required], given[required:required + optional]
+
+
+def emit_scheduled(bb: Any, te_compute: Callable[..., Any], required: list[Any],
+                   optional: list[Any], name: str, schedule: Callable[[Any], Any],
+                   **kwargs: Any) -> Any:
+    """Emit ``te_compute(*required, *optional, **kwargs)`` (absent optional inputs passed as
+    None, only the given ones becoming parameters) as the PrimFunc ``name`` and replace it by
+    ``schedule(func)`` unless it is already scheduled (``emit_te`` reuses an identical function
+    emitted before). Returns the output variable."""
+
+    def compute(*tensors: Any) -> Any:
+        given = iter(tensors[len(required):])
+        return te_compute(*tensors[:len(required)],
+                          *(None if x is None else next(given) for x in optional), **kwargs)
+
+    args = [*required, *(x for x in optional if x is not None)]
+    out = bb.emit_te(compute, *args, primfunc_name_hint=name)
+    gv = bb.lookup_binding(out).args[0]
+    func = bb.get()[gv]
+    if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
+        bb.update_func(gv, schedule(func))
+    return out

@@ -34,7 +34,8 @@ from typing import Any
 from tvm import te, tirx
 
 from edgert.ops._common.gpu import mark
-from edgert.ops._common.relax_util import EdgertConverter, attrs_of
+from edgert.ops._common.relax_util import (EdgertConverter, attrs_of, emit_scheduled,
+                                           optional_inputs)
 from edgert.ops._floatmath.tvm import div, exp_neg_tir, fence, in_cuda
 from edgert.ops.binary_attention import OP
 from edgert.ops.binary_attention.spec import check_form
@@ -304,23 +305,10 @@ class Converter(EdgertConverter):
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):  # noqa: D102 (the frontend's entry point)
-        cq, ck, v, *rest = [None if x is None else bb.normalize(x) for x in inputs]
-        rest += [None] * (2 - len(rest))
-        temp, bias = rest
+        required, (temp, bias) = optional_inputs(bb, inputs, 3, 2)
         kwargs = OP.node_kwargs(attrs_of(attr))
-        args = [cq, ck, v] + [x for x in (temp, bias) if x is not None]
-
-        def compute(*tensors: Any) -> Any:
-            it = iter(tensors[3:])
-            t = next(it) if temp is not None else None
-            b = next(it) if bias is not None else None
-            return te_compute(*tensors[:3], t, b, **kwargs)
-
-        out = bb.emit_te(compute, *args, primfunc_name_hint=OP.folder)
-        gv = bb.lookup_binding(out).args[0]
-        func = bb.get()[gv]
-        if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            marks = {**kwargs, "has_temperature": temp is not None, "has_bias": bias is not None}
-            bb.update_func(gv, mark(schedule(func, kwargs["form"], bias is not None), OP.folder,
-                                    marks))
-        return out
+        marks = {**kwargs, "has_temperature": temp is not None, "has_bias": bias is not None}
+        return emit_scheduled(
+            bb, te_compute, required, [temp, bias], OP.folder,
+            lambda func: mark(schedule(func, kwargs["form"], bias is not None), OP.folder, marks),
+            **kwargs)

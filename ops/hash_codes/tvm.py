@@ -23,7 +23,7 @@ from typing import Any
 from tvm import te, tirx
 
 from edgert.ops._common.gpu import mark
-from edgert.ops._common.relax_util import EdgertConverter, attrs_of
+from edgert.ops._common.relax_util import EdgertConverter, attrs_of, emit_scheduled
 from edgert.ops._floatmath.tvm import div, exp_neg_tir, fence, sqrt
 from edgert.ops.hash_codes import OP
 from edgert.ops.hash_codes.spec import code_dtype
@@ -147,11 +147,6 @@ class Converter(EdgertConverter):
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):  # noqa: D102 (the frontend's entry point)
-        args = [bb.normalize(x) for x in inputs]
         kwargs = OP.node_kwargs(attrs_of(attr))
-        out = bb.emit_te(te_compute, *args, **kwargs, primfunc_name_hint=OP.folder)
-        gv = bb.lookup_binding(out).args[0]
-        func = bb.get()[gv]
-        if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            bb.update_func(gv, mark(schedule(func), OP.folder, kwargs))
-        return out
+        return emit_scheduled(bb, te_compute, [bb.normalize(x) for x in inputs], [], OP.folder,
+                              lambda func: mark(schedule(func), OP.folder, kwargs), **kwargs)

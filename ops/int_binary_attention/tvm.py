@@ -32,7 +32,8 @@ from typing import Any
 from tvm import te, tirx
 
 from edgert.ops._common.gpu import mark
-from edgert.ops._common.relax_util import EdgertConverter, attrs_of
+from edgert.ops._common.relax_util import (EdgertConverter, attrs_of, emit_scheduled,
+                                           optional_inputs)
 from edgert.ops.binary_attention.tvm import (PARALLEL_MIN_WORK, _bit, _extent_product, _score,
                                              _static, _vectorize_inner)
 from edgert.ops.hash_codes.spec import code_dtype
@@ -241,22 +242,9 @@ class Converter(EdgertConverter):
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):  # noqa: D102 (the frontend's entry point)
-        q, k, proj, *rest = [None if x is None else bb.normalize(x) for x in inputs]
-        rest += [None] * (2 - len(rest))
-        mult, v = rest
+        required, (mult, v) = optional_inputs(bb, inputs, 3, 2)
         kwargs = OP.node_kwargs(attrs_of(attr))
-        args = [q, k, proj] + [x for x in (mult, v) if x is not None]
-
-        def compute(*tensors: Any) -> Any:
-            it = iter(tensors[3:])
-            m = next(it) if mult is not None else None
-            vv = next(it) if v is not None else None
-            return te_compute(*tensors[:3], m, vv, **kwargs)
-
-        out = bb.emit_te(compute, *args, primfunc_name_hint=OP.folder)
-        gv = bb.lookup_binding(out).args[0]
-        func = bb.get()[gv]
-        if not (func.attrs is not None and func.attrs.get("tirx.is_scheduled", False)):
-            marks = {**kwargs, "has_multiplier": mult is not None, "has_v": v is not None}
-            bb.update_func(gv, mark(schedule(func, kwargs["form"]), OP.folder, marks))
-        return out
+        marks = {**kwargs, "has_multiplier": mult is not None, "has_v": v is not None}
+        return emit_scheduled(
+            bb, te_compute, required, [mult, v], OP.folder,
+            lambda func: mark(schedule(func, kwargs["form"]), OP.folder, marks), **kwargs)
