@@ -31,9 +31,21 @@ The arithmetic is int32 modulo 2**32 like TVM's default build of the same conv2d
 Requant's int64 arithmetic, so results are bit-identical to it (and to the direct
 convolution in int64 wherever the int32 bound holds, which the quantizer proves).
 
-Grouped convolutions with several input channels a group keep TVM's default build: this
-kernel (groups along output rows) measured no faster on regnet_x_400mf, whose 16-channel
-groups run at 7x7-28x28 (rows too short to vectorize); they want a matmul per group.
+Grouped convolutions with several input channels a group (regnet's 16-channel groups) are a
+matmul per group instead (the depthwise kernel above, groups along output rows, ran them no
+faster than TVM's default build: rows of 7-28 outputs are too short to vectorize):
+
+- ``pad_nhwc_grouped``: the input zero-padded and transposed to NHWC (``schedule_conv``'s
+  ``pad_nhwc``), then ``im2col_groups``: each group's patches as ``cols[G, N, OH, OW, KH, KW,
+  C/G]`` (:func:`im2col_groups_te`), viewed as ``[G, N*OH*OW, KH*KW*C/G]``: groups first, so
+  that the batch may stay symbolic and the weight is one ``[G, K, O/G]`` constant;
+- the batched IntMatMul ``cols @ Wg`` (``Wg[g]`` the group's weight, rows in (kh, kw, c)
+  order: ``schedule_grouped.grouped_weight``), which
+  :mod:`edgert.compiler.schedule_intmatmul` runs on its ``vpmaddwd`` / ``sdot`` kernel with
+  the groups as the batch (tasks over groups and row panels, in parallel);
+- ``to_nchw_grouped_int`` of the ``[G, N, OH*OW, O/G]`` result (:func:`to_nchw_requant_te`
+  without epilogue), or with the bias and Requant after it, ``to_nchw_requant`` (one pass from
+  the int32 matmul result to the narrow NCHW output).
 """
 
 from __future__ import annotations
@@ -137,9 +149,10 @@ def schedule_int_conv(func: Any, epilogue: bool) -> Any:
 
 
 def int_grouped_convs(mod: Any) -> Any:
-    """Rewrite the integer grouped 2-D convolutions of a Relax module (before legalization)
-    as the kernel of :func:`int_conv_te` (see the module docstring), with the Requant that
-    follows one (after a constant bias) as its epilogue; others are left alone."""
+    """Rewrite the integer grouped 2-D convolutions of a Relax module (before legalization):
+    depthwise ones as the kernel of :func:`int_conv_te`, others as a batched matmul over the
+    groups (see the module docstring), with the Requant that follows one (after a constant
+    bias) as its epilogue; others are left alone."""
     import tvm
     from tvm import tirx
 
@@ -153,6 +166,7 @@ def int_grouped_convs(mod: Any) -> Any:
     conv_op = tvm.ir.Op.get("relax.nn.conv2d")
     call_tir_op = tvm.ir.Op.get("relax.call_tir")
     geometries: dict[str, _Geometry] = {}     # kernel symbol -> its convolution
+    grouped: dict[str, int] = {}              # to_nchw_grouped_int symbol -> its groups
     consumed: set[str] = set()                # kernels an epilogue took the place of
 
     def match(call: Any) -> bool:
@@ -162,8 +176,9 @@ def int_grouped_convs(mod: Any) -> Any:
 
     def rewrite(rw: Any, call: Any) -> Any | None:
         if call.op.same_as(conv_op):
-            return _rewrite_conv(rw, call, geometries)
-        new = _rewrite_requant(rw, call, requants[call.args[0].name_hint], geometries)
+            return _rewrite_conv(rw, call, geometries, grouped)
+        new = _rewrite_requant(rw, call, requants[call.args[0].name_hint], geometries,
+                               grouped)
         if new is not None:
             consumed.add(_source(rw, call)[0].args[0].name_hint)
         return new
@@ -212,7 +227,8 @@ class Epilogue:
     to: str
 
 
-def _rewrite_conv(rw: Any, call: Any, geometries: dict[str, _Geometry]) -> Any | None:
+def _rewrite_conv(rw: Any, call: Any, geometries: dict[str, _Geometry],
+                  grouped: dict[str, int]) -> Any | None:
     """The kernel call replacing ``call`` (a ``relax.nn.conv2d``), or None to keep it."""
     from tvm import relax, tirx
 
@@ -236,20 +252,22 @@ def _rewrite_conv(rw: Any, call: Any, geometries: dict[str, _Geometry]) -> Any |
         return None
     c = int(x_ty.shape.values[1])
     o, cg = weight.shape[:2]
-    if groups != c or cg != 1 or o % c:    # depthwise only (see the module docstring)
+    if cg * groups != c or o % groups:
         return None
     geometry = _Geometry(groups, tuple(int(v) for v in attrs.strides),
                          tuple(int(p) for p in attrs.padding),
                          tuple(int(v) for v in attrs.dilation))
-    return _emit(rw, narrow, weight.astype(np.int8), geometry, None, geometries)
+    if cg == 1:                            # depthwise (a channel multiplier O / C)
+        return _emit(rw, narrow, weight.astype(np.int8), geometry, None, geometries)
+    return _emit_grouped(rw, narrow, weight.astype(np.int8), geometry, grouped)
 
 
 def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any],
-                     geometries: dict[str, _Geometry]) -> Any | None:
+                     geometries: dict[str, _Geometry], grouped: dict[str, int]) -> Any | None:
     """The kernel with ``call`` (a Requant ``call_tir`` of ``q``, or of ``q`` plus a constant
-    bias) as its epilogue, where ``q`` is one of this module's depthwise kernels without
-    epilogue or :mod:`edgert.compiler.schedule_conv`'s ``to_nchw`` of an int32 matmul; or
-    None to keep it."""
+    bias) as its epilogue, where ``q`` is one of this module's depthwise kernels or
+    ``to_nchw_grouped_int`` without epilogue, or :mod:`edgert.compiler.schedule_conv`'s
+    ``to_nchw`` of an int32 matmul; or None to keep it."""
     import tvm
     from tvm import relax
 
@@ -267,8 +285,9 @@ def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any],
             and len(q.ty.shape.values) == 4):
         return None
     name = q.args[0].name_hint
-    if name not in geometries and not (name.startswith("to_nchw") and len(q.args[1].fields) == 1
-                                       and str(q.args[1].fields[0].ty.dtype) == "int32"):
+    if name not in geometries and name not in grouped and not (
+            name.startswith("to_nchw") and len(q.args[1].fields) == 1
+            and str(q.args[1].fields[0].ty.dtype) == "int32"):
         return None
     o = int(q.ty.shape.values[1])
     if bias is not None:
@@ -283,7 +302,8 @@ def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any],
     if name in geometries:
         narrow, w_const = q.args[1].fields
         return _emit(rw, narrow, _constant(rw, w_const), geometries[name], epilogue, geometries)
-    return _emit_to_nchw(rw, q.args[1].fields[0], int(q.ty.shape.values[3]), epilogue)
+    return _emit_to_nchw(rw, q.args[1].fields[0], int(q.ty.shape.values[3]), epilogue,
+                         grouped.get(name, 1))
 
 
 def _source(rw: Any, call: Any) -> tuple[Any, np.ndarray | None]:
@@ -356,43 +376,129 @@ def _emit(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
     return _call(rw, key, [narrow], consts, shape, str(out.dtype))
 
 
-def to_nchw_requant_te(y: Any, ow: int, ep: Epilogue) -> Any:
-    """TVM TE: the int32 matmul result ``y`` [N, OH * OW, O] of an im2col convolution as
-    [N, O, OH, OW], plus the bias and requantized (``ep``; as ``to_nchw`` then the Requant)."""
+def im2col_groups_te(xp: Any, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
+                     dilation: tuple[int, int]) -> Any:
+    """TVM TE: the patches of each group of a padded NHWC input ``xp`` [N, HP, WP, C] (static
+    HP, WP, C): [G, N, OH, OW, KH, KW, C/G], groups first (``im2col_grouped_reference(...)``
+    of :mod:`edgert.compiler.schedule_grouped` with its first two axes swapped)."""
+    from tvm import te
+
+    from edgert.compiler.schedule_conv import output_size
+
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    n, hp, wp, c = xp.shape
+    cg = int(c) // groups
+    oh, ow = output_size(int(hp), int(wp), kernel, strides, (0, 0, 0, 0), dilation)
+    return te.compute(
+        (groups, n, oh, ow, kh, kw, cg),
+        lambda g, b, y, z, i, j, ci: xp[b, y * sh + i * dh, z * sw + j * dw, g * cg + ci],
+        name="im2col_groups")
+
+
+def _group_patch_rows(sch: Any) -> bool:
+    """im2col_groups as (group * image * output row parallel, column, i, j, channels), the
+    channels of a group copied as vectors (16 int8 a group: one xmm); TVM's elementwise rule
+    would fuse all six outer loops into one and index through divisions of it. Complete:
+    returns True."""
+    g, b, y, z, i, j, ci = sch.get_loops(sch.get_sblock("im2col_groups"))
+    sch.parallel(sch.fuse(g, b, y))
+    extent = int(sch.get(ci).extent)
+    for lanes in (16, 8, 4):
+        if extent % lanes == 0:
+            sch.vectorize(sch.split(ci, factors=[None, lanes])[1])
+            break
+    return True
+
+
+def to_nchw_requant_te(y: Any, ow: int, ep: Epilogue | None, groups: int = 1) -> Any:
+    """TVM TE: the int32 matmul result ``y`` of an im2col convolution as [N, O, OH, OW], plus
+    the bias and requantized (``ep``; as ``to_nchw`` then the Requant), or int32 as it is
+    (``ep`` None). ``y``: [N, OH * OW, O] (``groups`` 1), or [G, N, OH * OW, O/G] (a grouped
+    convolution's batched matmul, groups first)."""
     from tvm import te
 
     from edgert.ops.requant.tvm import requant_value
 
-    n, p, o = y.shape
+    if groups == 1:
+        n, p, o = y.shape
+
+        def at(b: Any, c: Any, r: Any) -> Any:
+            return y[b, r, c]
+    else:
+        _, n, p, og = y.shape
+        o, og = groups * int(og), int(og)
+
+        def at(b: Any, c: Any, r: Any) -> Any:
+            return y[c // og, b, r, c % og]
 
     def body(b: Any, c: Any, i: Any, j: Any) -> Any:
-        q = y[b, i * ow + j, c] if ep.bias is None else y[b, i * ow + j, c] + ep.bias[c]
+        q = at(b, c, i * ow + j)
+        if ep is None:
+            return q
+        q = q if ep.bias is None else q + ep.bias[c]
         k = c if ep.per_channel else 0
         return requant_value(q, ep.m[k], ep.e[k], lo=ep.lo, hi=ep.hi, to=ep.to)
 
-    return te.compute((n, o, int(p) // ow, ow), body, name="to_nchw_requant")
+    return te.compute((n, o, int(p) // ow, ow), body,
+                      name="to_nchw_requant" if ep is not None else "to_nchw_grouped_int")
 
 
-def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple) -> Any:
+def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int = 1) -> Any:
     """``call_tir`` of :func:`to_nchw_requant_te` on ``y`` (the int32 matmul result) with the
-    ``epilogue``: one pass from the matmul's [N, P, O] to the narrow NCHW output, where
-    ``to_nchw`` then the Requant wrote and read the int32 NCHW result once more. Loops as
-    (n * output row in parallel, channel, column), like ``to_nchw``: a row's block of the
-    matmul result stays in cache while its channels are written; LLVM vectorizes the columns
-    (TVM's elementwise rule left this loop nest on one thread)."""
+    ``epilogue`` (or without: int32 out): one pass from the matmul's result to the narrow NCHW
+    output, where ``to_nchw`` then the Requant wrote and read the int32 NCHW result once more.
+    Loops as (n * output row in parallel, channel, column), like ``to_nchw``: a row's block of
+    the matmul result stays in cache while its channels are written; LLVM vectorizes the
+    columns (TVM's elementwise rule left this loop nest on one thread)."""
     from tvm import s_tir, te
 
-    ep, placeholders, values, ep_key = _epilogue(epilogue)
+    ep, placeholders, values, ep_key = (None, [], [], None) if epilogue is None else \
+        _epilogue(epilogue)
     data = te.placeholder(y.ty.shape.values, "int32", name="y")
-    out = to_nchw_requant_te(data, ow, ep)
-    key = ("to_nchw_requant", tuple(int(d) for d in y.ty.shape.values[1:]), ow, ep_key)
+    out = to_nchw_requant_te(data, ow, ep, groups)
+    name = out.op.name
+    batch_axis = 0 if groups == 1 else 1
+    dims = y.ty.shape.values
+    key = (name, tuple(int(d) for a, d in enumerate(dims) if a != batch_axis), ow, ep_key,
+           groups)
     if key not in rw.kernels:
-        symbol = f"to_nchw_requant{sum(k[0] == 'to_nchw_requant' for k in rw.kernels) or ''}"
+        symbol = f"{name}{sum(k[0] == name for k in rw.kernels) or ''}"
         sch = s_tir.Schedule(te.create_prim_func([data, *placeholders, out])
                              .with_attr("global_symbol", symbol))
-        b, c, i, j = sch.get_loops(sch.get_sblock("to_nchw_requant"))
+        b, c, i, j = sch.get_loops(sch.get_sblock(name))
         sch.reorder(b, i, c, j)
         sch.parallel(sch.fuse(b, i))
         rw.add_kernel(key, sch.mod["main"].with_attr("tirx.is_scheduled", True), symbol)
-    shape = [y.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
-    return _call(rw, key, [y], values, shape, str(out.dtype))
+    n = dims[batch_axis]
+    return _call(rw, key, [y], values, [n, *(int(d) for d in out.shape[1:])], str(out.dtype))
+
+
+def _emit_grouped(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
+                  grouped: dict[str, int]) -> Any:
+    """The kernels of a grouped (not depthwise) convolution of ``narrow`` (int8/int16 NCHW,
+    static C, H, W) with the constant int8 ``weight`` [O, C/G, KH, KW]: padded NHWC input,
+    ``im2col_groups``, the batched IntMatMul over the groups, ``to_nchw_grouped_int`` (see the
+    module docstring); its symbol goes into ``grouped`` so that a Requant after it becomes
+    ``to_nchw_requant``."""
+    from tvm import relax
+
+    from edgert.compiler.lower_int import emit_int_matmul
+    from edgert.compiler.schedule_conv import _kernel_call, output_size, pad_nhwc_te
+    from edgert.compiler.schedule_grouped import grouped_weight
+
+    g = geometry
+    o, cg, kh, kw = weight.shape
+    n, _, h, w = narrow.ty.shape.values
+    oh, ow = output_size(int(h), int(w), (kh, kw), g.strides, g.padding, g.dilation)
+    bb = rw.builder_
+    padded = bb.emit(_kernel_call(rw, "pad_nhwc_grouped", pad_nhwc_te, narrow, g.padding))
+    cols = bb.emit(_kernel_call(rw, "im2col_groups", im2col_groups_te, padded, g.groups,
+                                (kh, kw), g.strides, g.dilation, schedule=_group_patch_rows,
+                                shape=[g.groups, n, oh, ow, kh, kw, cg]))
+    cols = bb.emit(relax.op.reshape(cols, [g.groups, n * oh * ow, kh * kw * cg]))
+    out = emit_int_matmul(bb, cols, relax.const(grouped_weight(weight, g.groups, 1)))
+    out = bb.emit(relax.op.memory.view(out, relax.ShapeExpr([g.groups, n, oh * ow,
+                                                             o // g.groups])))
+    call = _emit_to_nchw(rw, out, ow, None, g.groups)
+    grouped[call.args[0].name_hint] = g.groups
+    return call

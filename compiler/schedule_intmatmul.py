@@ -178,10 +178,13 @@ def schedule_int_matmuls(mod: Any, tvm_target: Any, config: MatmulConfig = DEFAU
 
     def rewrite(rw: Any, call: Any) -> Any | None:
         args = call.args[1]
-        if not isinstance(args, relax.Tuple) or len(args.fields) != 2 or len(call.args) > 2:
+        # (a, b), then perhaps the symbolic dims of A's shape expressions (a grouped
+        # convolution's [G, N * OH * OW, K] with a symbolic N), which the kernel binds itself
+        if (not isinstance(args, relax.Tuple) or len(args.fields) < 2 or len(call.args) > 2
+                or any(isinstance(f.ty, relax.TensorType) for f in args.fields[2:])):
             return None
         for emit in emitters:
-            new = emit(rw, *args.fields, call.ty)
+            new = emit(rw, *args.fields[:2], call.ty)
             if new is not None:
                 return new
         return None
@@ -251,6 +254,25 @@ def _transposed_activation(rw: Any, b: Any) -> Any | None:
     return b.args[0] if axes == [*range(ndim - 2), ndim - 1, ndim - 2] else None
 
 
+def _serial(config: MatmulConfig, k: int | None, n: int | None,
+            b_count: int) -> tuple[bool, bool]:
+    """(whether a kernel runs serially, whether it runs in parallel only thanks to its
+    ``b_count`` B matrices): a constant batched B (a grouped convolution's groups) makes a
+    call's work ``b_count * K * N`` a row, not ``K * N``."""
+    if k is None or n is None:
+        return False, False
+    small = b_count * k * n < config.parallel_min_kn
+    return small, not small and k * n < config.parallel_min_kn
+
+
+def _one_constant(b: Any) -> bool:
+    """Whether ``b`` is one constant matrix (all batch dims 1), what VNNI kernels pack."""
+    import tvm
+
+    return isinstance(b, tvm.ir.GenericConst) and all(
+        static_int(d) == 1 for d in b.ty.shape.values[:-2])
+
+
 def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
                      isa: DotIsa) -> Callable[[Any, Any, Any, Any], Any | None]:
     """``emit(rw, a, b, out_ty)``: the kernel call replacing ``a @ b`` (or None to keep it): A
@@ -264,14 +286,14 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
     cores = num_cores(tvm_target)
 
     def kernel(rw: Any, a_dtype: str, b_dtype: str, k: int | None, n: int | None,
-               packed: bool, batched: bool, bt: bool = False) -> Any:
-        key = (isa.name, a_dtype, b_dtype, k, n, packed, batched, bt)
+               packed: bool, batched: bool, bt: bool = False, b_count: int = 1) -> Any:
+        small, par = _serial(config, k, n, b_count)
+        key = (isa.name, a_dtype, b_dtype, k, n, packed, batched, bt, small)
         if key not in rw.kernels:
             prefix = "matmul" if isa.group == 1 else "int_matmul"
             name = (f"{prefix}_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
                     f"{'_batched' if batched else ''}{'_bt' if bt else ''}"
-                    f"_k{k or 'var'}_n{n or 'var'}")
-            small = k is not None and n is not None and k * n < config.parallel_min_kn
+                    f"_k{k or 'var'}_n{n or 'var'}{'_par' if par else ''}")
             func = int_matmul_kernel(a_dtype, b_dtype, k, n, b_packed=packed,
                                      b_batched=batched, config=config,
                                      cores=1 if small else cores, isa=isa, name=name,
@@ -289,8 +311,8 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
             return None
         a_dtype, b_dtype = str(a_ty.dtype), str(b_ty.dtype)
         a_shape, b_shape = list(a_ty.shape.values), list(b_ty.shape.values)
-        if isa.a_offset and not isinstance(b, tvm.ir.GenericConst):
-            return None                                    # VNNI: constant B only
+        if isa.a_offset and not _one_constant(b):
+            return None                     # VNNI: one constant B only (packed at compile time)
         if (a_dtype not in isa.operands or b_dtype not in isa.operands or len(a_shape) < 2
                 or len(b_shape) < 2 or len(b_shape) > len(a_shape)
                 or not same_dims(a_shape[-1:], b_shape[-2:-1])):
@@ -314,9 +336,10 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
                                                    isa.group, isa.a_offset))
             else:
                 b3 = src if len(b_shape) == 3 else bb.emit(relax.op.reshape(src, [one, *last2]))
-        elif same_dims(a_batch, b_batch):                   # batched activations
+        elif same_dims(a_batch, b_batch):      # batched activations (or constants: groups)
             batch = dims_product(a_batch)
-            gv = kernel(rw, a_dtype, b_dtype, k, n, False, True, bt is not None)
+            count = static_int(batch) if b_const else None
+            gv = kernel(rw, a_dtype, b_dtype, k, n, False, True, bt is not None, count or 1)
             b3 = src if len(b_shape) == 3 else bb.emit(relax.op.reshape(src, [batch, *last2]))
         else:
             return None
