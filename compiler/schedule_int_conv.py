@@ -1,5 +1,5 @@
-"""Integer depthwise convolutions as a kernel scheduled for CPUs, and the Requant after an
-integer convolution as its epilogue.
+"""Integer grouped and depthwise convolutions as kernels scheduled for CPUs, and the Requant
+after an integer convolution as its epilogue.
 
 TVM 0.27's default CPU pipeline builds a grouped ``relax.nn.conv2d`` as a scalar loop nest on
 one thread; in an integer-only MobileNet-V2 its depthwise layers (``ConvInteger`` with
@@ -25,7 +25,8 @@ into one kernel of its own (float32 ones are :mod:`edgert.compiler.schedule_dept
 The same Requant after an im2col convolution (:mod:`edgert.compiler.schedule_conv`: its
 ``to_nchw`` of the int32 matmul result, then the bias ``Add`` and the Requant, two passes over
 an int32 NCHW tensor) becomes one kernel, ``to_nchw_requant``, which reads the matmul result
-and writes the narrow NCHW output (:func:`to_nchw_requant_te`).
+and writes the narrow NCHW output
+(:func:`edgert.compiler.schedule_int_nhwc.to_nchw_requant_te`).
 
 The arithmetic is int32 modulo 2**32 like TVM's default build of the same conv2d, then the
 Requant's int64 arithmetic, so results are bit-identical to it (and to the direct
@@ -35,22 +36,24 @@ Grouped convolutions with several input channels a group (regnet's 16-channel gr
 matmul per group instead (the depthwise kernel above, groups along output rows, ran them no
 faster than TVM's default build: rows of 7-28 outputs are too short to vectorize):
 
-- ``pad_nhwc_grouped``: the input zero-padded and transposed to NHWC (``schedule_conv``'s
-  ``pad_nhwc``), then ``im2col_groups``: each group's patches as ``cols[G, N, OH, OW, KH, KW,
-  C/G]`` (:func:`im2col_groups_te`), viewed as ``[G, N*OH*OW, KH*KW*C/G]``: groups first, so
-  that the batch may stay symbolic and the weight is one ``[G, K, O/G]`` constant;
-- the batched IntMatMul ``cols @ Wg`` (``Wg[g]`` the group's weight, rows in (kh, kw, c)
-  order: ``schedule_grouped.grouped_weight``), which
-  :mod:`edgert.compiler.schedule_intmatmul` runs on its ``vpmaddwd`` / ``sdot`` kernel with
-  the groups as the batch (tasks over groups and row panels, in parallel);
-- ``to_nchw_grouped_int`` of the ``[G, N, OH*OW, O/G]`` result (:func:`to_nchw_requant_te`
-  without epilogue), or with the bias and Requant after it, ``to_nchw_requant`` (one pass from
-  the int32 matmul result to the narrow NCHW output).
+- ``pad_nhwc_grouped`` (``schedule_conv``'s ``pad_nhwc``), then ``im2col_groups``: each
+  group's patches as ``cols[G, N, OH, OW, KH, KW, C/G]``
+  (:func:`~edgert.compiler.schedule_int_nhwc.im2col_groups_te`) viewed as ``[G, N*OH*OW,
+  KH*KW*C/G]``: groups first, so the batch may stay symbolic and the weight is one
+  ``[G, K, O/G]`` constant (``schedule_grouped.grouped_weight``);
+- the batched IntMatMul ``cols @ Wg``, which :mod:`edgert.compiler.schedule_intmatmul` runs
+  on its ``vpmaddwd`` / ``sdot`` kernel with the groups as the batch (in parallel);
+- ``to_nchw_grouped_int`` of the ``[G, N, OH*OW, O/G]`` result, or with the bias and Requant
+  after it, ``to_nchw_requant`` (one pass to the narrow NCHW output).
+
+A depthwise convolution (multiplier 1) that reads a pointwise convolution's requantized
+matmul result runs on NHWC data instead, between the two matmuls
+(:mod:`edgert.compiler.schedule_int_nhwc`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -158,26 +161,26 @@ def int_grouped_convs(mod: Any) -> Any:
                 and str(f.attrs.get(OP_ATTR, "")) == OP_NAME}
     conv_op = tvm.ir.Op.get("relax.nn.conv2d")
     call_tir_op = tvm.ir.Op.get("relax.call_tir")
-    geometries: dict[str, _Geometry] = {}     # kernel symbol -> its convolution
-    grouped: dict[str, int] = {}              # to_nchw_grouped_int symbol -> its groups
-    consumed: set[str] = set()                # kernels an epilogue took the place of
+    found = _Found()
 
     def match(call: Any) -> bool:
         return call.op.same_as(conv_op) or (
             call.op.same_as(call_tir_op) and isinstance(call.args[0], tvm.ir.GlobalVar)
-            and call.args[0].name_hint in requants)
+            and (call.args[0].name_hint in requants
+                 or call.args[0].name_hint.startswith("pad_nhwc")))
 
     def rewrite(rw: Any, call: Any) -> Any | None:
         if call.op.same_as(conv_op):
-            return _rewrite_conv(rw, call, geometries, grouped)
-        new = _rewrite_requant(rw, call, requants[call.args[0].name_hint], geometries,
-                               grouped)
+            return _rewrite_conv(rw, call, found)
+        if call.args[0].name_hint not in requants:
+            return _nhwc_for_pointwise(rw, call, found)
+        new = _rewrite_requant(rw, call, requants[call.args[0].name_hint], found)
         if new is not None:
-            consumed.add(_source(rw, call)[0].args[0].name_hint)
+            found.consumed.add(_source(rw, call)[0].args[0].name_hint)
         return new
 
     new = rewrite_calls(mod, match, rewrite)
-    return _without_unused(new, consumed) if new is not mod else mod
+    return _without_unused(new, found.consumed) if new is not mod else mod
 
 
 def _without_unused(mod: Any, names: Any) -> Any:
@@ -204,6 +207,17 @@ class _Geometry:
     strides: tuple[int, int]
     padding: tuple[int, int, int, int]
     dilation: tuple[int, int]
+
+
+@dataclass
+class _Found:
+    """The kernels one rewrite emitted, by symbol, that a later call may build on."""
+
+    geometries: dict[str, _Geometry] = field(default_factory=dict)  # depthwise, no epilogue
+    grouped: dict[str, int] = field(default_factory=dict)   # to_nchw_grouped_int: groups
+    rows: dict[str, tuple] = field(default_factory=dict)    # to_nchw_requant: (ow, ep_key)
+    nhwc: dict[str, tuple] = field(default_factory=dict)    # int_dw_nhwc: (geometry, ep_key,
+    consumed: set[str] = field(default_factory=set)         # NHWC out); kernels replaced
 
 
 @dataclass(frozen=True)
@@ -235,8 +249,7 @@ class Epilogue:
         return requant_value(q, self.m[k], self.e[k], lo=self.lo, hi=self.hi, to=self.to)
 
 
-def _rewrite_conv(rw: Any, call: Any, geometries: dict[str, _Geometry],
-                  grouped: dict[str, int]) -> Any | None:
+def _rewrite_conv(rw: Any, call: Any, found: _Found) -> Any | None:
     """The kernel call replacing ``call`` (a ``relax.nn.conv2d``), or None to keep it."""
     from tvm import relax, tirx
 
@@ -265,13 +278,19 @@ def _rewrite_conv(rw: Any, call: Any, geometries: dict[str, _Geometry],
     geometry = _Geometry(groups, tuple(int(v) for v in attrs.strides),
                          tuple(int(p) for p in attrs.padding),
                          tuple(int(v) for v in attrs.dilation))
+    if cg == 1 and o == c and _bound_kernel(rw, narrow, found.rows) is not None:
+        # the requantized matmul result of a pointwise convolution: read it NHWC
+        source = _bound_kernel(rw, narrow, found.rows)
+        found.consumed.add(source.args[0].name_hint)
+        w32 = relax.const(np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0)).astype(np.int32))
+        return _emit_dw_nhwc(rw, [_emit_requant_nhwc(rw, source, found), w32], geometry, None,
+                             False, found)
     if cg == 1:                            # depthwise (a channel multiplier O / C)
-        return _emit(rw, narrow, weight.astype(np.int8), geometry, None, geometries)
-    return _emit_grouped(rw, narrow, weight.astype(np.int8), geometry, grouped)
+        return _emit(rw, narrow, weight.astype(np.int8), geometry, None, found)
+    return _emit_grouped(rw, narrow, weight.astype(np.int8), geometry, found)
 
 
-def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any],
-                     geometries: dict[str, _Geometry], grouped: dict[str, int]) -> Any | None:
+def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any], found: _Found) -> Any | None:
     """The kernel with ``call`` (a Requant ``call_tir`` of ``q``, or of ``q`` plus a constant
     bias) as its epilogue, where ``q`` is one of this module's depthwise kernels or
     ``to_nchw_grouped_int`` without epilogue, or :mod:`edgert.compiler.schedule_conv`'s
@@ -293,7 +312,8 @@ def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any],
             and len(q.ty.shape.values) == 4):
         return None
     name = q.args[0].name_hint
-    if name not in geometries and name not in grouped and not (
+    geometries, grouped = found.geometries, found.grouped
+    if name not in geometries and name not in grouped and name not in found.nhwc and not (
             name.startswith("to_nchw") and len(q.args[1].fields) == 1
             and str(q.args[1].fields[0].ty.dtype) == "int32"):
         return None
@@ -309,9 +329,13 @@ def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any],
                 int(kwargs["hi"]), str(kwargs["to"]))
     if name in geometries:
         narrow, w_const = q.args[1].fields
-        return _emit(rw, narrow, _constant(rw, w_const), geometries[name], epilogue, geometries)
+        return _emit(rw, narrow, _constant(rw, w_const), geometries[name], epilogue, found)
+    if name in found.nhwc:
+        _, _, values, ep_key = _epilogue(epilogue)
+        return _emit_dw_nhwc(rw, [*q.args[1].fields[:2], *map(_const, values)],
+                             found.nhwc[name][0], ep_key, False, found)
     return _emit_to_nchw(rw, q.args[1].fields[0], int(q.ty.shape.values[3]), epilogue,
-                         grouped.get(name, 1))
+                         grouped.get(name, 1), found)
 
 
 def _source(rw: Any, call: Any) -> tuple[Any, np.ndarray | None]:
@@ -333,29 +357,41 @@ def _source(rw: Any, call: Any) -> tuple[Any, np.ndarray | None]:
 
 def _epilogue(epilogue: tuple) -> tuple[Epilogue, list, list, tuple]:
     """The TE placeholders of ``epilogue`` (numpy bias or None, m, e; lo, hi, to): the
-    :class:`Epilogue`, the placeholders and constants to pass, and a kernel key."""
+    :class:`Epilogue`, the placeholders and constants to pass, and a kernel key (what
+    :func:`_placeholders` builds them from)."""
+    bias, m, e, lo, hi, to = epilogue
+    key = (None if bias is None else bias.size, str(m.dtype), m.size, lo, hi, to)
+    return (*_placeholders(key), [v for v in (bias, m, e) if v is not None], key)
+
+
+def _placeholders(ep_key: tuple) -> tuple[Epilogue, list]:
+    """The :class:`Epilogue` of a kernel key of :func:`_epilogue` and its placeholders."""
     from tvm import te
 
-    bias, m, e, lo, hi, to = epilogue
-    b_ph = None if bias is None else te.placeholder((bias.size,), "int32", name="bias")
-    m_ph = te.placeholder((m.size,), str(m.dtype), name="m")
-    e_ph = te.placeholder((e.size,), "int64", name="e")
-    return (Epilogue(b_ph, m_ph, e_ph, m.size != 1, lo, hi, to),
-            [p for p in (b_ph, m_ph, e_ph) if p is not None],
-            [v for v in (bias, m, e) if v is not None],
-            (bias is not None, str(m.dtype), m.size, lo, hi, to))
+    bias_size, m_dtype, m_size, lo, hi, to = ep_key
+    b_ph = None if bias_size is None else te.placeholder((bias_size,), "int32", name="bias")
+    m_ph = te.placeholder((m_size,), m_dtype, name="m")
+    e_ph = te.placeholder((m_size,), "int64", name="e")
+    return (Epilogue(b_ph, m_ph, e_ph, m_size != 1, lo, hi, to),
+            [p for p in (b_ph, m_ph, e_ph) if p is not None])
 
 
 def _call(rw: Any, key: tuple, args: list, consts: list, shape: list, dtype: str) -> Any:
     """``call_tir`` of the kernel ``rw.kernels[key]`` on ``args`` then the ``consts``."""
     from tvm import relax
 
-    consts = [relax.const(v, str(v.dtype)) for v in consts]    # (int64 stays int64)
-    return relax.call_tir(rw.kernels[key], [*args, *consts], relax.TensorType(shape, dtype))
+    return relax.call_tir(rw.kernels[key], [*args, *map(_const, consts)],
+                          relax.TensorType(shape, dtype))
+
+
+def _const(value: np.ndarray) -> Any:
+    from tvm import relax
+
+    return relax.const(value, str(value.dtype))              # (int64 stays int64)
 
 
 def _emit(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
-          epilogue: tuple | None, geometries: dict[str, _Geometry]) -> Any:
+          epilogue: tuple | None, found: _Found) -> Any:
     """``call_tir`` of the kernel (added once per signature) on ``narrow`` and the constant
     int8 ``weight``, with the ``epilogue`` (numpy bias or None, m, e; lo, hi, to) or not."""
     from tvm import te, tirx
@@ -379,72 +415,14 @@ def _emit(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
         func = te.create_prim_func([*inputs, out]).with_attr("global_symbol", symbol)
         rw.add_kernel(key, schedule_int_conv(func, epilogue=ep is not None), symbol)
         if ep is None:           # a Requant after it may become its epilogue
-            geometries[rw.kernels[key].name_hint] = g
+            found.geometries[rw.kernels[key].name_hint] = g
     shape = [x_ty.shape.values[0], *(int(d) for d in out.shape[1:])]
     return _call(rw, key, [narrow], consts, shape, str(out.dtype))
 
 
-def im2col_groups_te(xp: Any, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
-                     dilation: tuple[int, int]) -> Any:
-    """TVM TE: the patches of each group of a padded NHWC input ``xp`` [N, HP, WP, C] (static
-    HP, WP, C): [G, N, OH, OW, KH, KW, C/G], groups first (``im2col_grouped_reference(...)``
-    of :mod:`edgert.compiler.schedule_grouped` with its first two axes swapped)."""
-    from tvm import te
-
-    from edgert.compiler.schedule_conv import output_size
-
-    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
-    n, hp, wp, c = xp.shape
-    cg = int(c) // groups
-    oh, ow = output_size(int(hp), int(wp), kernel, strides, (0, 0, 0, 0), dilation)
-    return te.compute(
-        (groups, n, oh, ow, kh, kw, cg),
-        lambda g, b, y, z, i, j, ci: xp[b, y * sh + i * dh, z * sw + j * dw, g * cg + ci],
-        name="im2col_groups")
-
-
-def _group_patch_rows(sch: Any) -> bool:
-    """im2col_groups as (group * image * output row parallel, column, i, j, channels), the
-    channels of a group copied as vectors (16 int8 a group: one xmm); TVM's elementwise rule
-    would fuse all six outer loops into one and index through divisions of it. Complete:
-    returns True."""
-    g, b, y, z, i, j, ci = sch.get_loops(sch.get_sblock("im2col_groups"))
-    sch.parallel(sch.fuse(g, b, y))
-    extent = int(sch.get(ci).extent)
-    for lanes in (16, 8, 4):
-        if extent % lanes == 0:
-            sch.vectorize(sch.split(ci, factors=[None, lanes])[1])
-            break
-    return True
-
-
-def to_nchw_requant_te(y: Any, ow: int, ep: Epilogue | None, groups: int = 1) -> Any:
-    """TVM TE: the int32 matmul result ``y`` of an im2col convolution as [N, O, OH, OW], plus
-    the bias and requantized (``ep``; as ``to_nchw`` then the Requant), or int32 as it is
-    (``ep`` None). ``y``: [N, OH * OW, O] (``groups`` 1), or [G, N, OH * OW, O/G] (a grouped
-    convolution's batched matmul, groups first). With ``ep``, two stages: ``requant_rows``
-    in ``y``'s own layout (channels contiguous), then the transpose of its narrow result."""
-    from tvm import te
-
-    if groups == 1:
-        n, p, o = y.shape
-        og = int(o)
-    else:
-        _, n, p, og = y.shape
-        o, og = groups * int(og), int(og)
-    if ep is not None:
-        y = te.compute(y.shape, lambda *idx: ep.value(y(*idx), (
-            idx[-1] if groups == 1 else idx[0] * og + idx[-1])), name="requant_rows")
-
-    def at(b: Any, c: Any, r: Any) -> Any:
-        return y[b, r, c] if groups == 1 else y[c // og, b, r, c % og]
-
-    return te.compute((n, o, int(p) // ow, ow), lambda b, c, i, j: at(b, c, i * ow + j),
-                      name="to_nchw_requant" if ep is not None else "to_nchw_grouped_int")
-
-
-def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int = 1) -> Any:
-    """``call_tir`` of :func:`to_nchw_requant_te` on ``y`` (the int32 matmul result) with the
+def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int,
+                  found: _Found) -> Any:
+    """``call_tir`` of :func:`~edgert.compiler.schedule_int_nhwc.to_nchw_requant_te` on ``y`` (the int32 matmul result) with the
     ``epilogue`` (or without: int32 out): one pass from the matmul's result to the narrow NCHW
     output, where ``to_nchw`` then the Requant wrote and read the int32 NCHW result once more.
     Loops as (n * output row in parallel, channel, column), like ``to_nchw``: a row's block of
@@ -455,10 +433,12 @@ def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int 
     112 x 112 took 1.2-2x as long)."""
     from tvm import s_tir, te
 
+    from edgert.compiler import schedule_int_nhwc as nhwc
+
     ep, placeholders, values, ep_key = (None, [], [], None) if epilogue is None else \
         _epilogue(epilogue)
     data = te.placeholder(y.ty.shape.values, "int32", name="y")
-    out = to_nchw_requant_te(data, ow, ep, groups)
+    out = nhwc.to_nchw_requant_te(data, ow, ep, groups)
     name = out.op.name
     batch_axis = 0 if groups == 1 else 1
     dims = y.ty.shape.values
@@ -479,19 +459,22 @@ def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int 
             if int(sch.get(channels).extent) % 8 == 0:
                 sch.vectorize(sch.split(channels, factors=[None, 8])[1])
         rw.add_kernel(key, sch.mod["main"].with_attr("tirx.is_scheduled", True), symbol)
+        if ep is not None and groups == 1:   # a depthwise convolution may read it NHWC
+            found.rows[rw.kernels[key].name_hint] = (ow, ep_key)
     n = dims[batch_axis]
     return _call(rw, key, [y], values, [n, *(int(d) for d in out.shape[1:])], str(out.dtype))
 
 
 def _emit_grouped(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
-                  grouped: dict[str, int]) -> Any:
+                  found: _Found) -> Any:
     """The kernels of a grouped (not depthwise) convolution of ``narrow`` (int8/int16 NCHW,
     static C, H, W) with the constant int8 ``weight`` [O, C/G, KH, KW]: padded NHWC input,
     ``im2col_groups``, the batched IntMatMul over the groups, ``to_nchw_grouped_int`` (see the
-    module docstring); its symbol goes into ``grouped`` so that a Requant after it becomes
+    module docstring); its symbol goes into ``found.grouped`` so that a Requant after it becomes
     ``to_nchw_requant``."""
     from tvm import relax
 
+    from edgert.compiler import schedule_int_nhwc as nhwc
     from edgert.compiler.lower_int import emit_int_matmul
     from edgert.compiler.schedule_conv import _kernel_call, output_size, pad_nhwc_te
     from edgert.compiler.schedule_grouped import grouped_weight
@@ -502,13 +485,97 @@ def _emit_grouped(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
     oh, ow = output_size(int(h), int(w), (kh, kw), g.strides, g.padding, g.dilation)
     bb = rw.builder_
     padded = bb.emit(_kernel_call(rw, "pad_nhwc_grouped", pad_nhwc_te, narrow, g.padding))
-    cols = bb.emit(_kernel_call(rw, "im2col_groups", im2col_groups_te, padded, g.groups,
-                                (kh, kw), g.strides, g.dilation, schedule=_group_patch_rows,
+    cols = bb.emit(_kernel_call(rw, "im2col_groups", nhwc.im2col_groups_te, padded, g.groups,
+                                (kh, kw), g.strides, g.dilation,
+                                schedule=nhwc.group_patch_rows,
                                 shape=[g.groups, n, oh, ow, kh, kw, cg]))
     cols = bb.emit(relax.op.reshape(cols, [g.groups, n * oh * ow, kh * kw * cg]))
     out = emit_int_matmul(bb, cols, relax.const(grouped_weight(weight, g.groups, 1)))
     out = bb.emit(relax.op.memory.view(out, relax.ShapeExpr([g.groups, n, oh * ow,
                                                              o // g.groups])))
-    call = _emit_to_nchw(rw, out, ow, None, g.groups)
-    grouped[call.args[0].name_hint] = g.groups
+    call = _emit_to_nchw(rw, out, ow, None, g.groups, found)
+    found.grouped[call.args[0].name_hint] = g.groups
     return call
+
+
+def _bound_kernel(rw: Any, expr: Any, symbols: Any) -> Any | None:
+    """The ``call_tir`` that ``expr`` is bound to where it calls a kernel named in
+    ``symbols``, else None."""
+    import tvm
+    from tvm import relax
+
+    from edgert.compiler.schedule_conv import _bound
+
+    bound = _bound(rw, expr)
+    if (isinstance(bound, relax.Call) and bound.op.same_as(tvm.ir.Op.get("relax.call_tir"))
+            and isinstance(bound.args[0], tvm.ir.GlobalVar)
+            and bound.args[0].name_hint in symbols):
+        return bound
+    return None
+
+
+def _emit_requant_nhwc(rw: Any, source: Any, found: _Found) -> Any:
+    """The variable of ``requant_nhwc`` on the arguments of ``source`` (a ``to_nchw_requant``
+    call: the int32 matmul result [N, OH * OW, C] and the epilogue's constants): the same
+    narrow values as [N, OH, OW, C]."""
+    from tvm import relax, te
+
+    from edgert.compiler.schedule_int_nhwc import requant_nhwc_te, schedule_requant_nhwc
+
+    y, *consts = source.args[1].fields
+    ow, ep_key = found.rows[source.args[0].name_hint]
+    ep, placeholders = _placeholders(ep_key)
+    data = te.placeholder(y.ty.shape.values, "int32", name="y")
+    out = requant_nhwc_te(data, ow, ep)
+    key = ("requant_nhwc", tuple(int(d) for d in y.ty.shape.values[1:]), ow, ep_key)
+    if key not in rw.kernels:
+        symbol = f"requant_nhwc{sum(k[0] == 'requant_nhwc' for k in rw.kernels) or ''}"
+        func = te.create_prim_func([data, *placeholders, out]).with_attr("global_symbol", symbol)
+        rw.add_kernel(key, schedule_requant_nhwc(func), symbol)
+    shape = [y.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
+    return rw.builder_.emit(relax.call_tir(rw.kernels[key], [y, *consts],
+                                           relax.TensorType(shape, ep.to)))
+
+
+def _emit_dw_nhwc(rw: Any, args: list, geometry: _Geometry, ep_key: tuple | None,
+                  nhwc_out: bool, found: _Found) -> Any:
+    """``call_tir`` of the NHWC depthwise kernel (:func:`edgert.compiler.schedule_int_nhwc.
+    int_dw_nhwc_te`) on ``args``: the NHWC input, the int32 [KH, KW, C] weight constant,
+    then the epilogue's constants (``ep_key`` of :func:`_epilogue`, or None); output NHWC
+    where ``nhwc_out``, else NCHW."""
+    from tvm import relax, te, tirx
+
+    from edgert.compiler.schedule_int_nhwc import int_dw_nhwc_te, schedule_int_dw_nhwc
+
+    g, (x, w) = geometry, args[:2]
+    dims = [int(d) if isinstance(d, tirx.IntImm) else d for d in x.ty.shape.values]
+    data = te.placeholder(dims, str(x.ty.dtype), name="x")
+    kernel = te.placeholder([int(d) for d in w.ty.shape.values], "int32", name="w")
+    ep, placeholders = (None, []) if ep_key is None else _placeholders(ep_key)
+    out = int_dw_nhwc_te(data, kernel, g.strides, g.padding, g.dilation, ep, nhwc_out)
+    key = ("int_dw_nhwc", str(x.ty.dtype), tuple(dims[1:]), tuple(kernel.shape), g, ep_key,
+           nhwc_out)
+    if key not in rw.kernels:
+        symbol = f"int_dw_nhwc{sum(k[0] == 'int_dw_nhwc' for k in rw.kernels) or ''}"
+        func = te.create_prim_func([data, kernel, *placeholders, out])
+        rw.add_kernel(key, schedule_int_dw_nhwc(func.with_attr("global_symbol", symbol)), symbol)
+        found.nhwc[rw.kernels[key].name_hint] = (g, ep_key, nhwc_out)
+    shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
+    return relax.call_tir(rw.kernels[key], args, relax.TensorType(shape, str(out.dtype)))
+
+
+def _nhwc_for_pointwise(rw: Any, call: Any, found: _Found) -> Any | None:
+    """``call`` (a ``pad_nhwc`` call_tir) replaced by the NHWC-output variant of the depthwise
+    kernel whose NCHW output it transposes, where it pads nothing (a pointwise convolution's
+    input: the depthwise output is its matrix); else None."""
+    args = call.args[1].fields
+    source = _bound_kernel(rw, args[0], found.nhwc) if len(args) == 1 else None
+    if source is None:
+        return None
+    geometry, ep_key, nhwc_out = found.nhwc[source.args[0].name_hint]
+    _, c, oh, ow = source.ty.shape.values
+    if nhwc_out or ep_key is None or [int(d) for d in call.ty.shape.values[1:]] != [
+            int(oh), int(ow), int(c)]:
+        return None
+    found.consumed.add(source.args[0].name_hint)
+    return _emit_dw_nhwc(rw, list(source.args[1].fields), geometry, ep_key, True, found)

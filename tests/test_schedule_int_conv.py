@@ -106,49 +106,75 @@ def test_integer_grouped_convolutions_get_their_kernels_and_are_exact(tmp_path):
             np.testing.assert_array_equal(got[k], want)
 
 
-def _requant_model():
-    """int8 ``x`` [2, 8, H, W] (a static batch: the padding in two passes) -> ConvInteger 3x3
-    (im2col + matmul) -> Add(int32 bias) -> edgert.Requant (per channel, int8) -> ConvInteger
-    3x3 in 2 groups (batched matmul) -> Add -> Requant (per channel, int8) -> ConvInteger
-    depthwise -> Add -> Requant (per channel, ReLU-clamped int8) -> ConvInteger depthwise
-    stride 2 -> Requant (per tensor, no bias, int16)."""
+def _chain_model(layers, c_in=8, seed=2):
+    """int8 ``x`` [2, c_in, H, W] (a static batch) through one ConvInteger per layer
+    ``(out channels, group, kernel, stride, pad, bias, (to, lo, hi), multiplier scale)``, each
+    followed by an int32 bias Add (where ``bias``) and an edgert.Requant (per channel, or per
+    tensor where the scale is a float): the output ``y`` is the last Requant's."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from edgert.ops import DOMAIN
     from edgert.ops.requant import params
 
-    rng = np.random.default_rng(2)
-    ws = [rng.integers(-128, 128, shape).astype(np.int8)
-          for shape in ((8, 8, 3, 3), (8, 4, 3, 3), (8, 1, 3, 3), (8, 1, 3, 3))]
-    biases = [rng.integers(-2000, 2000, (8, 1, 1)).astype(np.int32) for _ in range(3)]
-    requants = [params(rng.uniform(1e-4, 1e-3, 8) * rng.choice([-1.0, 1.0], 8)),
-                params(rng.uniform(1e-4, 1e-3, 8) * rng.choice([-1.0, 1.0], 8)),
-                params(rng.uniform(1e-4, 1e-2, 8) * rng.choice([-1.0, 1.0], 8)),
-                params(np.array([3e-3]))]
-    inits = [numpy_helper.from_array(v, f"{name}{k}") for name, values in
-             (("w", ws), ("bias", biases), ("m", [m for m, _ in requants]),
-              ("e", [e for _, e in requants])) for k, v in enumerate(values)]
-    clamps = [(TensorProto.INT8, -128, 127), (TensorProto.INT8, -128, 127),
-              (TensorProto.INT8, 0, 127), (TensorProto.INT16, -32768, 32767)]
-    nodes, x = [], "x"
-    for k, (group, stride) in enumerate(((1, 1), (2, 1), (8, 1), (8, 2))):
+    rng = np.random.default_rng(seed)
+    nodes, inits, x, c = [], [], "x", c_in
+    for k, (o, group, kernel, stride, pad, bias, (to, lo, hi), scale) in enumerate(layers):
+        w = rng.integers(-128, 128, (o, c // group, kernel, kernel)).astype(np.int8)
+        m, e = params(np.array([scale]) if isinstance(scale, float)
+                      else rng.uniform(*scale, o) * rng.choice([-1.0, 1.0], o))
+        inits += [numpy_helper.from_array(w, f"w{k}"), numpy_helper.from_array(m, f"m{k}"),
+                  numpy_helper.from_array(e, f"e{k}")]
         nodes.append(helper.make_node("ConvInteger", [x, f"w{k}"], [f"c{k}"], group=group,
-                                      pads=[1, 1, 1, 1], strides=[stride, stride]))
+                                      pads=[pad] * 4, strides=[stride, stride]))
         q = f"c{k}"
-        if k < 3:
+        if bias:
+            inits.append(numpy_helper.from_array(
+                rng.integers(-2000, 2000, (o, 1, 1)).astype(np.int32), f"bias{k}"))
             nodes.append(helper.make_node("Add", [q, f"bias{k}"], [f"b{k}"]))
             q = f"b{k}"
-        to, lo, hi = clamps[k]
-        x = "y" if k == 3 else f"r{k}"
+        x, c = ("y" if k == len(layers) - 1 else f"r{k}"), o
+        to = helper.np_dtype_to_tensor_dtype(np.dtype(to))
         nodes.append(helper.make_node("Requant", [q, f"m{k}", f"e{k}"], [x], domain=DOMAIN,
                                       to=to, lo=lo, hi=hi, axis=1))
     graph = helper.make_graph(
-        nodes, "int_conv_requant",
-        [helper.make_tensor_value_info("x", TensorProto.INT8, [2, 8, H, W])],
-        [helper.make_tensor_value_info("y", TensorProto.INT16, [2, 8, None, None])], inits)
+        nodes, "int_conv_chain",
+        [helper.make_tensor_value_info("x", TensorProto.INT8, [2, c_in, H, W])],
+        [helper.make_tensor_value_info("y", to, [2, c, None, None])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                    helper.make_opsetid(DOMAIN, 1)])
+
+
+INT8 = ("int8", -128, 127)
+RELU8 = ("int8", 0, 127)
+
+
+def _requant_model():
+    """ConvInteger 3x3 (im2col + matmul) -> Requant -> 3x3 in 2 groups (batched matmul) ->
+    Requant -> depthwise -> Requant (ReLU-clamped) -> depthwise stride 2 -> Requant (per
+    tensor, no bias, int16); biases before the first three Requants."""
+    return _chain_model([(8, 1, 3, 1, 1, True, INT8, (1e-4, 1e-3)),
+                         (8, 2, 3, 1, 1, True, INT8, (1e-4, 1e-3)),
+                         (8, 8, 3, 1, 1, True, RELU8, (1e-4, 1e-2)),
+                         (8, 8, 3, 2, 1, False, ("int16", -32768, 32767), 3e-3)])
+
+
+def _exact_against_numba(model, tmp_path, batch=2):
+    """Compile ``model`` and compare its output with the numba backend's on two inputs."""
+    import onnx
+
+    import edgert
+    from edgert.compiler import compile_model
+
+    onnx.save(model, tmp_path / "m.onnx")
+    art = compile_model(tmp_path / "m.onnx", tmp_path / "m.edgert")
+    sess, ref = edgert.Session(art), edgert.Session(art, backend="numba")
+    c = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    for seed in (1, 2):
+        x = np.random.default_rng(seed).integers(-128, 128, (batch, c, H, W)).astype(np.int8)
+        got, want = sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0]
+        assert got.dtype == want.dtype and np.abs(want).max() > 0
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_requant_after_the_convolution_becomes_its_epilogue_exactly(tmp_path):
@@ -170,14 +196,32 @@ def test_a_requant_after_the_convolution_becomes_its_epilogue_exactly(tmp_path):
         "to_nchw", "to_nchw_grouped_int") for n in names), names
     assert "R.nn.conv2d(" not in scheduled.script()
 
-    onnx.save(model, tmp_path / "r.onnx")
-    art = compile_model(tmp_path / "r.onnx", tmp_path / "r.edgert")
-    sess, ref = edgert.Session(art), edgert.Session(art, backend="numba")
-    for seed in (1, 2):
-        x = np.random.default_rng(seed).integers(-128, 128, (2, 8, H, W)).astype(np.int8)
-        got, want = sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0]
-        assert got.dtype == np.int16 and np.abs(want).max() > 0
-        np.testing.assert_array_equal(got, want)
+    _exact_against_numba(model, tmp_path)
+
+
+def test_a_depthwise_convolution_between_pointwise_ones_runs_nhwc_exactly(tmp_path):
+    """1x1 -> depthwise (stride 1; then stride 2, 5x5) -> 1x1, as in a MobileNet block: the
+    depthwise kernels read the requantized matmul result NHWC (requant_nhwc, no
+    to_nchw_requant) and write NHWC for the pointwise convolution after them (no pad_nhwc)."""
+    import tvm
+
+    from edgert.compiler import lower
+    from edgert.targets import TARGETS
+
+    model = _chain_model([(16, 1, 1, 1, 0, True, RELU8, (1e-4, 1e-3)),
+                          (16, 16, 3, 1, 1, True, RELU8, (1e-4, 1e-2)),
+                          (24, 1, 1, 1, 0, True, INT8, (1e-4, 1e-3)),
+                          (24, 24, 5, 2, 2, False, INT8, (1e-4, 1e-2)),
+                          (8, 1, 1, 1, 0, True, INT8, (1e-4, 1e-3))])
+    target = TARGETS["x86-avx2"]
+    tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=2))
+    scheduled = lower._schedule_for_cpu(lower.to_relax(model), target, tvm_target)
+    names = [gv.name_hint for gv, _ in scheduled.functions_items()]
+    main = scheduled["main"].script()
+    assert main.count("requant_nhwc") == 2 and main.count("int_dw_nhwc") == 2, names
+    assert main.count("pad_nhwc") == 1, main          # the input's only
+    assert main.count("to_nchw_requant") == 1, main   # the output's only
+    _exact_against_numba(model, tmp_path)
 
 
 def test_on_a_vnni_target_the_grouped_matmul_takes_the_vpmaddwd_kernel():
