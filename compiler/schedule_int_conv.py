@@ -215,7 +215,8 @@ class _Found:
 
     geometries: dict[str, _Geometry] = field(default_factory=dict)  # depthwise, no epilogue
     grouped: dict[str, int] = field(default_factory=dict)   # to_nchw_grouped_int: groups
-    rows: dict[str, tuple] = field(default_factory=dict)    # to_nchw_requant: (ow, ep_key)
+    rows: dict[str, tuple] = field(default_factory=dict)    # to_nchw_requant: (ow, ep_key,
+    #                                                         groups)
     nhwc: dict[str, tuple] = field(default_factory=dict)    # int_dw_nhwc: (geometry, ep_key,
     consumed: set[str] = field(default_factory=set)         # NHWC out); kernels replaced
 
@@ -278,9 +279,9 @@ def _rewrite_conv(rw: Any, call: Any, found: _Found) -> Any | None:
     geometry = _Geometry(groups, tuple(int(v) for v in attrs.strides),
                          tuple(int(p) for p in attrs.padding),
                          tuple(int(v) for v in attrs.dilation))
-    if cg == 1 and o == c and _bound_kernel(rw, narrow, found.rows) is not None:
+    source = _bound_kernel(rw, narrow, found.rows)
+    if cg == 1 and o == c and source is not None and found.rows[source.args[0].name_hint][2] == 1:
         # the requantized matmul result of a pointwise convolution: read it NHWC
-        source = _bound_kernel(rw, narrow, found.rows)
         found.consumed.add(source.args[0].name_hint)
         w32 = relax.const(np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0)).astype(np.int32))
         return _emit_dw_nhwc(rw, [_emit_requant_nhwc(rw, source, found), w32], geometry, None,
@@ -459,8 +460,8 @@ def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int,
             if int(sch.get(channels).extent) % 8 == 0:
                 sch.vectorize(sch.split(channels, factors=[None, 8])[1])
         rw.add_kernel(key, sch.mod["main"].with_attr("tirx.is_scheduled", True), symbol)
-        if ep is not None and groups == 1:   # a depthwise convolution may read it NHWC
-            found.rows[rw.kernels[key].name_hint] = (ow, ep_key)
+        if ep is not None:       # a convolution after it may read its result NHWC
+            found.rows[rw.kernels[key].name_hint] = (ow, ep_key, groups)
     n = dims[batch_axis]
     return _call(rw, key, [y], values, [n, *(int(d) for d in out.shape[1:])], str(out.dtype))
 
@@ -484,7 +485,12 @@ def _emit_grouped(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
     n, _, h, w = narrow.ty.shape.values
     oh, ow = output_size(int(h), int(w), (kh, kw), g.strides, g.padding, g.dilation)
     bb = rw.builder_
-    padded = bb.emit(_kernel_call(rw, "pad_nhwc_grouped", pad_nhwc_te, narrow, g.padding))
+    source = _bound_kernel(rw, narrow, found.rows)
+    if source is not None:      # a requantized matmul result: padded NHWC in one pass
+        found.consumed.add(source.args[0].name_hint)
+        padded = _emit_requant_nhwc(rw, source, found, g.padding)
+    else:
+        padded = bb.emit(_kernel_call(rw, "pad_nhwc_grouped", pad_nhwc_te, narrow, g.padding))
     cols = bb.emit(_kernel_call(rw, "im2col_groups", nhwc.im2col_groups_te, padded, g.groups,
                                 (kh, kw), g.strides, g.dilation,
                                 schedule=nhwc.group_patch_rows,
@@ -514,25 +520,27 @@ def _bound_kernel(rw: Any, expr: Any, symbols: Any) -> Any | None:
     return None
 
 
-def _emit_requant_nhwc(rw: Any, source: Any, found: _Found) -> Any:
+def _emit_requant_nhwc(rw: Any, source: Any, found: _Found,
+                       padding: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Any:
     """The variable of ``requant_nhwc`` on the arguments of ``source`` (a ``to_nchw_requant``
-    call: the int32 matmul result [N, OH * OW, C] and the epilogue's constants): the same
-    narrow values as [N, OH, OW, C]."""
+    call: the int32 matmul result and the epilogue's constants): the same narrow values as
+    [N, OH, OW, C], zero-padded by ``padding``."""
     from tvm import relax, te
 
     from edgert.compiler.schedule_int_nhwc import requant_nhwc_te, schedule_requant_nhwc
 
     y, *consts = source.args[1].fields
-    ow, ep_key = found.rows[source.args[0].name_hint]
+    ow, ep_key, groups = found.rows[source.args[0].name_hint]
     ep, placeholders = _placeholders(ep_key)
     data = te.placeholder(y.ty.shape.values, "int32", name="y")
-    out = requant_nhwc_te(data, ow, ep)
-    key = ("requant_nhwc", tuple(int(d) for d in y.ty.shape.values[1:]), ow, ep_key)
+    out = requant_nhwc_te(data, ow, ep, groups, padding)
+    dims = [d for a, d in enumerate(y.ty.shape.values) if a != (0 if groups == 1 else 1)]
+    key = ("requant_nhwc", tuple(int(d) for d in dims), ow, ep_key, groups, padding)
     if key not in rw.kernels:
         symbol = f"requant_nhwc{sum(k[0] == 'requant_nhwc' for k in rw.kernels) or ''}"
         func = te.create_prim_func([data, *placeholders, out]).with_attr("global_symbol", symbol)
         rw.add_kernel(key, schedule_requant_nhwc(func), symbol)
-    shape = [y.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
+    shape = [y.ty.shape.values[0 if groups == 1 else 1], *(int(d) for d in out.shape[1:])]
     return rw.builder_.emit(relax.call_tir(rw.kernels[key], [y, *consts],
                                            relax.TensorType(shape, ep.to)))
 
@@ -565,17 +573,27 @@ def _emit_dw_nhwc(rw: Any, args: list, geometry: _Geometry, ep_key: tuple | None
 
 
 def _nhwc_for_pointwise(rw: Any, call: Any, found: _Found) -> Any | None:
-    """``call`` (a ``pad_nhwc`` call_tir) replaced by the NHWC-output variant of the depthwise
-    kernel whose NCHW output it transposes, where it pads nothing (a pointwise convolution's
-    input: the depthwise output is its matrix); else None."""
+    """``call`` (a ``pad_nhwc`` call_tir that pads nothing: a pointwise convolution's input)
+    replaced by the NHWC-output variant of the depthwise kernel whose NCHW output it
+    transposes (the depthwise output is the matrix), or by ``requant_nhwc`` where it
+    transposes a ``to_nchw_requant``; else None."""
+    from tvm import relax
+
     args = call.args[1].fields
-    source = _bound_kernel(rw, args[0], found.nhwc) if len(args) == 1 else None
-    if source is None:
+    if len(args) != 1:
         return None
-    geometry, ep_key, nhwc_out = found.nhwc[source.args[0].name_hint]
+    source = _bound_kernel(rw, args[0], {**found.nhwc, **found.rows})
+    if source is None or not isinstance(source.ty.shape, relax.ShapeExpr):
+        return None
     _, c, oh, ow = source.ty.shape.values
-    if nhwc_out or ep_key is None or [int(d) for d in call.ty.shape.values[1:]] != [
-            int(oh), int(ow), int(c)]:
+    if [int(d) for d in call.ty.shape.values[1:]] != [int(oh), int(ow), int(c)]:
+        return None                                   # padded: not a pointwise input
+    name = source.args[0].name_hint
+    if name in found.rows:         # a requantized matmul result: requantized NHWC instead
+        found.consumed.add(name)
+        return _emit_requant_nhwc(rw, source, found)
+    geometry, ep_key, nhwc_out = found.nhwc[name]
+    if nhwc_out or ep_key is None:
         return None
-    found.consumed.add(source.args[0].name_hint)
+    found.consumed.add(name)
     return _emit_dw_nhwc(rw, list(source.args[1].fields), geometry, ep_key, True, found)

@@ -29,15 +29,31 @@ from __future__ import annotations
 from typing import Any
 
 
-def requant_nhwc_te(y: Any, ow: int, ep: Any) -> Any:
-    """TVM TE: the int32 matmul result ``y`` [N, OH * OW, C] plus the bias and requantized
-    (``ep``, an :class:`edgert.compiler.schedule_int_conv.Epilogue`) as [N, OH, OW, C]."""
-    from tvm import te
+def requant_nhwc_te(y: Any, ow: int, ep: Any, groups: int = 1,
+                    padding: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Any:
+    """TVM TE: the int32 matmul result ``y`` plus the bias and requantized (``ep``, an
+    :class:`edgert.compiler.schedule_int_conv.Epilogue`) as [N, OH, OW, C], zero-padded by
+    ``padding`` (top, left, bottom, right) for a convolution that reads it. ``y``: [N, OH *
+    OW, C] (``groups`` 1) or a grouped convolution's [G, N, OH * OW, C/G]."""
+    from tvm import te, tirx
 
-    n, p, c = y.shape
-    return te.compute((n, int(p) // ow, ow, c),
-                      lambda b, i, j, ci: ep.value(y[b, i * ow + j, ci], ci),
-                      name="requant_nhwc")
+    if groups == 1:
+        n, p, c = y.shape
+    else:
+        _, n, p, og = y.shape
+        c, og = groups * int(og), int(og)
+    oh = int(p) // ow
+    top, left, bottom, right = padding
+
+    def body(b: Any, i: Any, j: Any, ci: Any) -> Any:
+        r = (i - top) * ow + j - left
+        q = ep.value(y[b, r, ci] if groups == 1 else y[ci // og, b, r, ci % og], ci)
+        if not any(padding):
+            return q
+        inside = tirx.all(i >= top, i < top + oh, j >= left, j < left + ow)
+        return tirx.if_then_else(inside, q, tirx.const(0, ep.to))
+
+    return te.compute((n, oh + top + bottom, ow + left + right, c), body, name="requant_nhwc")
 
 
 def to_nchw_requant_te(y: Any, ow: int, ep: Any, groups: int = 1) -> Any:

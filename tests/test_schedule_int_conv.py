@@ -178,11 +178,9 @@ def _exact_against_numba(model, tmp_path, batch=2):
 
 
 def test_a_requant_after_the_convolution_becomes_its_epilogue_exactly(tmp_path):
-    import onnx
     import tvm
 
-    import edgert
-    from edgert.compiler import compile_model, lower
+    from edgert.compiler import lower
     from edgert.targets import TARGETS
 
     model = _requant_model()
@@ -191,18 +189,23 @@ def test_a_requant_after_the_convolution_becomes_its_epilogue_exactly(tmp_path):
     scheduled = lower._schedule_for_cpu(lower.to_relax(model), target, tvm_target)
     names = [gv.name_hint for gv, _ in scheduled.functions_items()]
     assert sum(n.startswith("int_conv") for n in names) == 2, names
-    assert sum(n.startswith("to_nchw_requant") for n in names) == 2, names
-    assert not any(n.startswith("requant") or n.rstrip("0123456789") in (
-        "to_nchw", "to_nchw_grouped_int") for n in names), names
+    # the 3x3 convolution's result reaches the grouped one requantized NHWC (padded), the
+    # grouped one's the depthwise one NCHW
+    assert sum(n.startswith("requant_nhwc") for n in names) == 1, names
+    assert sum(n.startswith("to_nchw_requant") for n in names) == 1, names
+    assert not any(n.rstrip("0123456789") in ("requant", "to_nchw", "to_nchw_grouped_int")
+                   for n in names), names
     assert "R.nn.conv2d(" not in scheduled.script()
 
     _exact_against_numba(model, tmp_path)
 
 
-def test_a_depthwise_convolution_between_pointwise_ones_runs_nhwc_exactly(tmp_path):
-    """1x1 -> depthwise (stride 1; then stride 2, 5x5) -> 1x1, as in a MobileNet block: the
-    depthwise kernels read the requantized matmul result NHWC (requant_nhwc, no
-    to_nchw_requant) and write NHWC for the pointwise convolution after them (no pad_nhwc)."""
+def test_convolutions_between_pointwise_ones_run_nhwc_exactly(tmp_path):
+    """1x1 -> depthwise (stride 1; then stride 2, 5x5) -> 1x1, as in a MobileNet block, then
+    3x3 in 2 groups -> 1x1, as in a RegNet block: the depthwise kernels and the grouped im2col
+    read the requantized matmul result NHWC (requant_nhwc, padded for the grouped one; no
+    to_nchw_requant), the depthwise kernels write NHWC for the pointwise convolution after
+    them and the grouped matmul's result is requantized NHWC for it (no pad_nhwc)."""
     import tvm
 
     from edgert.compiler import lower
@@ -212,13 +215,15 @@ def test_a_depthwise_convolution_between_pointwise_ones_runs_nhwc_exactly(tmp_pa
                           (16, 16, 3, 1, 1, True, RELU8, (1e-4, 1e-2)),
                           (24, 1, 1, 1, 0, True, INT8, (1e-4, 1e-3)),
                           (24, 24, 5, 2, 2, False, INT8, (1e-4, 1e-2)),
+                          (8, 1, 1, 1, 0, True, INT8, (1e-4, 1e-3)),
+                          (8, 2, 3, 1, 1, True, RELU8, (1e-4, 1e-3)),
                           (8, 1, 1, 1, 0, True, INT8, (1e-4, 1e-3))])
     target = TARGETS["x86-avx2"]
     tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=2))
     scheduled = lower._schedule_for_cpu(lower.to_relax(model), target, tvm_target)
     names = [gv.name_hint for gv, _ in scheduled.functions_items()]
     main = scheduled["main"].script()
-    assert main.count("requant_nhwc") == 2 and main.count("int_dw_nhwc") == 2, names
+    assert main.count("requant_nhwc") == 4 and main.count("int_dw_nhwc") == 2, names
     assert main.count("pad_nhwc") == 1, main          # the input's only
     assert main.count("to_nchw_requant") == 1, main   # the output's only
     _exact_against_numba(model, tmp_path)
