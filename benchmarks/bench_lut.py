@@ -4,6 +4,7 @@
                                    [--kernels lut dequant] [--m 1 8] [--threads 1 2]
                                    [--rounds 5] [--repeats 5] [--burst 8] [--rotate-mb 64]
                                    [--max-copies 64] [--policy tvm] [--json out.json]
+                                   [--build-only DIR] [--before-artifacts DIR]
 
 Shapes (K x N, ``y[M, N] = x[M, K] @ W[K, N]``): Llama-2-7B projections 4096x4096, 4096x11008,
 11008x4096 and BitNet-b1.58-3B 3200x3200, 3200x8640, 8640x3200 (``--quick``: 4096x4096 only).
@@ -59,6 +60,11 @@ Roofline: the read bandwidth is measured once per round (best of several numpy r
 plus float16 group scales for LUT; 4-bit codes plus float32 scales for MatMulNBits; float32 for
 fp32) over that round's bandwidth. ``%roof`` = roofline time / rotated time, the share of the
 machine's read bandwidth the kernel reached (median over rounds).
+
+Before / after: ``--build-only DIR`` compiles the LUT artifacts into ``DIR`` and stops (run it
+with an earlier edgert on the path); ``--before-artifacts DIR`` then times them as extra
+candidates (``<bits>-before``) in the same rounds, and prints this build's time over the
+earlier one's, taken within each round.
 
 Ratios are ``peer time / edgert time`` (> 1: edgert faster), rotated and cached, Session vs
 ``InferenceSession.run`` (both include their Python call overhead). The machine may be shared:
@@ -351,13 +357,23 @@ def build_candidates(k: int, n: int, threads: int, args: argparse.Namespace, tmp
         t0 = time.perf_counter()
         c0 = time.process_time()
         compile_model(fp_path, out, weight_bits=bits, group_size=group_size(k), threads=threads,
-                      lut="always" if kern == "lut" else "never")
+                      lut="always" if kern == "lut" else "never", cache=False)
         built.append(f"{label}: {time.perf_counter() - t0:.1f} s "
                      f"(cpu {time.process_time() - c0:.1f} s)")
         copies = copies_for(lut_bytes(k, n, bits, kern), args.rotate_mb, args.max_copies)
         cands[f"lut{label}"] = ("lut", {**common, "artifact": str(out), "copies": copies,
                                         "bits": bits, "kernel": kern, "label": label})
     print(f"  {k}x{n} t={threads}: built " + ", ".join(built), flush=True)
+    if args.before_artifacts:
+        for label, (bits, kern) in variants(args).items():
+            before = args.before_artifacts / f"lut_{k}x{n}_{label}_t{threads}.edgert"
+            if not before.exists():
+                print(f"  {before.name}: no earlier build in {args.before_artifacts}", flush=True)
+                continue
+            spec = dict(cands[f"lut{label}"][1], artifact=str(before), label=f"{label}-before")
+            cands[f"lut{label}-before"] = ("lut", spec)
+    if args.build_only:
+        return cands
     cands["ort-nbits4"] = ("ort", {**common, "model": str(nb_path), "copies": copies_for(
         nbits_bytes(k, n), args.rotate_mb, args.max_copies)})
     cands["ort-fp32"] = ("ort", {**common, "model": str(fp_path), "copies": copies_for(
@@ -396,6 +412,8 @@ def stats(values: list[float]) -> dict[str, float]:
 
 def bench_shape(k: int, n: int, args: argparse.Namespace, tmp: Path,
                 rng: np.random.Generator) -> list[dict]:
+    """Time every candidate of one shape (``--build-only``: compile the LUT artifacts into
+    that folder and return no rows)."""
     w = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
     np.save(tmp / f"w_{k}x{n}.npy", w)
     fp_path, nb_path = tmp / f"mm_{k}x{n}.onnx", tmp / f"mm_{k}x{n}_nbits.onnx"
@@ -407,7 +425,9 @@ def bench_shape(k: int, n: int, args: argparse.Namespace, tmp: Path,
     xs = [rng.standard_normal((m, k)).astype(np.float32) for m in args.m]
     rows = []
     for threads in args.threads:
-        cands = build_candidates(k, n, threads, args, tmp, fp_path, nb_path)
+        cands = build_candidates(k, n, threads, args, args.build_only or tmp, fp_path, nb_path)
+        if args.build_only:
+            continue
         workers: dict[str, Worker] = {}
         try:
             for name, (kind, spec) in cands.items():
@@ -460,6 +480,13 @@ def cell_rows(k: int, n: int, m: int, i: int, threads: int, cands: dict, per_rou
                "rel_err_vs_fp32": errors[name][i],
                "kernels_cached_ms": kernels.get(name, [[]] * (i + 1))[i][:3],
                "loadavg": loads}
+        after = name.removesuffix("-before")
+        if after != name and after in per_round:
+            # this build's time over the earlier build's, within each round (< 1: faster now)
+            for key in ("session_rotated", "vm_rotated", "session_cached", "vm_cached"):
+                api, _, mode = key.partition("_")
+                row[f"now_over_before_{key}"] = stats(list(times(after, f"{api}/{mode}")
+                                                           / t[key]))
         for peer, pt in peers.items():
             key = peer.replace("-", "_")
             row[f"{key}_rotated_ms"] = stats(list(pt["rotated"]))
@@ -523,6 +550,12 @@ def print_table(rows: list[dict]) -> None:
           "over rounds; t/t4 = vm rotated time / 4-bit LUT's; err = relative error vs fp32 "
           "x @ W; bits '4dq' = the dequantize kernel on the same 4-bit weights; q4_0 / tq2 = "
           "ggml's Q4_0 and TQ2_0 kernels (rotated), x q4_0 / x tq2 = their time / edgert's")
+    for r in rows:
+        if "now_over_before_session_rotated" in r:
+            print(f"  {r['K']}x{r['N']} M={r['M']} t={r['threads']} bits {r['bits']}: this "
+                  "build's time / the earlier build's, per round, median [min-max]: "
+                  + ", ".join(f"{key} {_ratio(r, 'now_over_before_' + key)}" for key in (
+                      "session_rotated", "vm_rotated", "session_cached", "vm_cached")))
     print("kernels of one cached LUT call (edgert Session.kernel_times, ms):")
     for r in rows:
         ks = ", ".join(f"{name} {ms:.3f}" for name, ms in r["kernels_cached_ms"])
@@ -551,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight bytes the rotated copies hold together, at least")
     parser.add_argument("--max-copies", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--build-only", type=Path, metavar="DIR",
+                        help="compile the LUT artifacts into DIR and stop (run it with an "
+                             "earlier edgert to make --before-artifacts)")
+    parser.add_argument("--before-artifacts", type=Path, metavar="DIR",
+                        help="also time the artifacts an earlier build left in DIR "
+                             "(--build-only) as '<bits>-before' rows, in the same rounds")
     args = parser.parse_args(argv)
     shapes = ([(4096, 4096)] if args.quick else
               [parse_shape(s) for s in args.shapes] if args.shapes else ALL_SHAPES)
@@ -571,9 +610,14 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     rng = np.random.default_rng(0)
     rows: list[dict] = []
+    if args.build_only:
+        args.build_only.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-lut-") as tmp_dir:
         for k, n in shapes:
             rows += bench_shape(k, n, args, Path(tmp_dir), rng)
+    if args.build_only:
+        print(f"artifacts in {args.build_only}")
+        return 0
     print()
     print_table(rows)
     import onnxruntime

@@ -41,6 +41,8 @@ CASES = [
     (3, 128, 128, 96, False, 16, True, None),
     (4, 256, 256, 40, False, 8, False, None),
     (4, 120, 120, 31, False, 16, True, 20),
+    (1, 240, 240, 50, True, 8, True, 20),        # 1 bit (biased lookups): padded, zero points
+    (1, 128, 256, 40, False, 8, False, None),    # 1 bit, int8 tables with shifts (biased)
 ]
 MS = (1, 8, 64)
 HALF_CASES = (1, 4)            # float activations: 2 bits symmetric, 4 bits exact-min

@@ -121,7 +121,9 @@ def lookup_span(layout: LutLayout, float_acts: bool, vnni: bool) -> int:
     activations (int16 tables, per-tile shifts); for float32 activations (int8 tables, |q| <=
     127) the most K tiles of a weight group that keep every int16 sum in range: a lookup
     merged over plane pair ``p`` adds at most ``127 * 3 * 4**p`` (the odd plane ``127 *
-    2**(b-1)``), ``ceil(tile_k / 8)`` of them per K tile and lane. The VNNI kernel adds into
+    2**(b-1)``), ``ceil(tile_k / 8)`` of them per K tile and lane; at 1 bit the biased
+    lookups of a span's ``2 * ceil(tile_k / 8)`` 4-groups a K tile add at most 255 each to
+    an unsigned 16-bit sum of the two lanes. The VNNI kernel adds into
     int32 and spans the whole group. At group 128 every width spans both K tiles: half the
     widening."""
     gk = layout.group_size // layout.tile_k
@@ -130,6 +132,8 @@ def lookup_span(layout: LutLayout, float_acts: bool, vnni: bool) -> int:
     if vnni:
         return gk
     _, _, tk2, np_, odd, _ = geometry(layout)
+    if layout.bits == 1:            # biased lookups (u = q + 128 <= 255), lanes added in uint16
+        return max(s for s in range(1, gk + 1) if gk % s == 0 and 2 * s * tk2 * 255 < 2**16)
     most = 127 * max(3 * 4 ** (np_ - 1) if np_ else 0, 2 ** (layout.bits - 1) if odd else 0)
     return max(s for s in range(1, gk + 1) if gk % s == 0 and s * tk2 * most < 2**15)
 
