@@ -168,11 +168,13 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     float32 grouped ones a batched matmul: :mod:`edgert.compiler.schedule_grouped`);
     everything else stays on TVM's default pipeline."""
     from edgert.compiler import (schedule_conv, schedule_conv_transpose, schedule_depthwise,
-                                 schedule_grouped, schedule_intmatmul, schedule_sigmoid)
+                                 schedule_grouped, schedule_intmatmul, schedule_nhwc,
+                                 schedule_sigmoid)
     from edgert.compiler.schedule_int_conv import int_grouped_convs
     from edgert.ops.lmul_matmul import tvm_cpu as lmul_cpu
 
     mod = lmul_cpu.schedule_lmul_matmuls(mod, target)      # LMulMatMul: the vector kernel
+    mod = schedule_nhwc.nhwc_convs(mod)           # float32 convolution chains kept NHWC
     mod = schedule_conv.convs_as_matmuls(schedule_depthwise.depthwise_convs(mod))
     mod = schedule_grouped.grouped_convs(mod)     # other float32 grouped ones: batched matmul
     mod = schedule_conv_transpose.transposed_convs(mod)   # float32, kernel == stride: a matmul

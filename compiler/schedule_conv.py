@@ -96,17 +96,37 @@ def padded_read(x: Any, padding: tuple[int, int, int, int], b: Any, ci: Any, y: 
     """TIR: element (y, z) of ``x`` [N, C, H, W] (static H, W; any dtype) padded with zeros by
     ``padding`` (top, left, bottom, right): ``x[b, ci, y - top, z - left]`` inside, 0 on the
     border (bounds tested only on the sides that have padding)."""
+    top, left = padding[:2]
+    h, w = int(x.shape[2]), int(x.shape[3])
+    return _zero_outside(x[b, ci, y - top, z - left], padding, h, w, y, z)
+
+
+def pad_te(x: Any, padding: tuple[int, int, int, int]) -> Any:
+    """TVM TE: ``x`` [N, H, W, C] (NHWC, static H, W) zero-padded to
+    [N, H + top + bottom, W + left + right, C] (the layout :func:`im2col_te` reads)."""
+    from tvm import te
+
+    top, left, bottom, right = padding
+    n, h, w, c = x.shape
+    h, w = int(h), int(w)
+    return te.compute((n, h + top + bottom, w + left + right, c),
+                      lambda b, y, z, ci: _zero_outside(x[b, y - top, z - left, ci], padding,
+                                                        h, w, y, z), name="pad")
+
+
+def _zero_outside(value: Any, padding: tuple[int, int, int, int], h: int, w: int, y: Any,
+                  z: Any) -> Any:
+    """TIR: ``value`` (the read at padded position (y, z) of an H x W plane) where (y, z) lies
+    inside the plane, 0 on the ``padding`` border (tested only on sides that have padding)."""
     from tvm import tirx
 
     top, left, bottom, right = padding
-    h, w = int(x.shape[2]), int(x.shape[3])
     inside = []
     if top or bottom:
         inside += [y >= top, y < top + h]
     if left or right:
         inside += [z >= left, z < left + w]
-    value = x[b, ci, y - top, z - left]
-    return (tirx.if_then_else(tirx.all(*inside), value, tirx.const(0, x.dtype)) if inside
+    return (tirx.if_then_else(tirx.all(*inside), value, tirx.const(0, value.dtype)) if inside
             else value)
 
 
@@ -161,14 +181,49 @@ def _rewrite(rw: Any, call: Any) -> Any | None:
     else:
         return None
 
-    o, c, kh, kw = weight.shape
-    bb = rw.builder_
     strides, dilation = (tuple(int(v) for v in attrs.strides),
                          tuple(int(v) for v in attrs.dilation))
-    padded = bb.emit(_kernel_call(rw, "pad_nhwc", pad_nhwc_te, narrow,
-                                  tuple(int(p) for p in attrs.padding),
-                                  schedule=_tiles if w_dtype == np.float32 and c % 8 == 0
-                                  else None))
+    padding = tuple(int(p) for p in attrs.padding)
+    padded = rw.builder_.emit(_kernel_call(
+        rw, "pad_nhwc", pad_nhwc_te, narrow, padding,
+        schedule=_tiles if w_dtype == np.float32 and weight.shape[1] % 8 == 0 else None))
+    out, ow = patch_matmul(rw, padded, weight.astype(w_dtype), strides, dilation)
+    return _kernel_call(rw, "to_nchw", to_nchw_te, out, ow, schedule=_rows_outside,
+                        fusable=w_dtype == np.float32)
+
+
+def conv_nhwc(rw: Any, x: Any, weight: np.ndarray, strides: tuple[int, int],
+              padding: tuple[int, int, int, int], dilation: tuple[int, int],
+              nhwc: bool) -> Any:
+    """Emit a float32 convolution (one group) whose result stays NHWC: ``x`` [N, H, W, C] when
+    ``nhwc`` (zero-padded by the ``pad`` kernel when ``padding`` has any, used as it is
+    otherwise), else [N, C, H, W] (``pad_nhwc``); ``weight`` [O, C, KH, KW] float32. Returns
+    the [N, OH, OW, O] result (a view of the matmul's [N, OH*OW, O])."""
+    from tvm import relax
+
+    bb = rw.builder_
+    if not nhwc:
+        padded = bb.emit(_kernel_call(rw, "pad_nhwc", pad_nhwc_te, x, padding,
+                                      schedule=_tiles if weight.shape[1] % 8 == 0 else None))
+    elif any(padding):
+        padded = bb.emit(_kernel_call(rw, "pad", pad_te, x, padding, fusable=True))
+    else:
+        padded = x
+    out, ow = patch_matmul(rw, padded, weight, strides, dilation)
+    n, p, o = out.ty.shape.values
+    return relax.op.reshape(out, [n, int(p) // ow, ow, o])
+
+
+def patch_matmul(rw: Any, padded: Any, weight: np.ndarray, strides: tuple[int, int],
+                 dilation: tuple[int, int]) -> tuple[Any, int]:
+    """Emit ``im2col(padded) @ Wt`` for a padded NHWC input ``padded`` [N, HP, WP, C] (float32,
+    or int8 / int16 with an int8 ``weight``) and ``weight`` [O, C, KH, KW] (its dtype: the
+    matmul's right operand): the [N, OH*OW, O] result (float32 or int32) and OW. A pointwise
+    convolution (1x1, stride 1) uses ``padded`` itself as the matrix."""
+    from tvm import relax
+
+    o, c, kh, kw = weight.shape
+    bb = rw.builder_
     if (kh, kw, *strides) == (1, 1, 1, 1):          # pointwise: the NHWC input is the matrix
         cols = padded
     else:
@@ -177,16 +232,12 @@ def _rewrite(rw: Any, call: Any) -> Any | None:
     n, oh, ow = cols.ty.shape.values[:3]
     cols = bb.emit(relax.op.reshape(cols, [n, oh * ow, kh * kw * c]))
     # weight rows in the (kh, kw, c) order of the columns
-    w_t = relax.const(np.ascontiguousarray(
-        weight.transpose(0, 2, 3, 1).reshape(o, -1).T.astype(w_dtype)))
-    if w_dtype == np.float32:
-        out = bb.emit(relax.op.matmul(cols, w_t))
-    else:
-        from edgert.compiler.lower_int import emit_int_matmul
+    w_t = relax.const(np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(o, -1).T))
+    if weight.dtype == np.float32:
+        return bb.emit(relax.op.matmul(cols, w_t)), int(ow)
+    from edgert.compiler.lower_int import emit_int_matmul
 
-        out = emit_int_matmul(bb, cols, w_t)
-    return _kernel_call(rw, "to_nchw", to_nchw_te, out, int(ow), schedule=_rows_outside,
-                        fusable=w_dtype == np.float32)
+    return emit_int_matmul(bb, cols, w_t), int(ow)
 
 
 def to_nchw_te(y: Any, ow: int) -> Any:
@@ -257,7 +308,8 @@ def _kernel_call(rw: Any, name: str, compute: Any, x: Any, *args: Any,
                 func = func.with_attr("tirx.is_scheduled", True)
         rw.add_kernel(key, func, symbol)
         if fusable:                # kInjective instead of add_kernel's kOpaque
-            rw.builder_.update_func(rw.kernels[key], func.with_attr("op_pattern", 2))
+            gv = rw.kernels[key]
+            rw.builder_.update_func(gv, rw.builder_.get()[gv].with_attr("op_pattern", 2))
     if shape is None:
         shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
     return relax.call_tir(rw.kernels[key], [x], relax.TensorType(shape, str(x.ty.dtype)))

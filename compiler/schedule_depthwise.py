@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def depthwise_te(x: Any, w: Any, strides: tuple[int, int], padding: tuple[int, int, int, int],
                  dilation: tuple[int, int]) -> Any:
@@ -107,4 +109,97 @@ def _rewrite(rw: Any, call: Any) -> Any | None:
         rw.add_kernel(key, schedule_depthwise(func), symbol)
     shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
     return relax.call_tir(rw.kernels[key], [x, relax.const(weight)],
+                          relax.TensorType(shape, "float32"))
+
+
+LANES = 8
+"""Channels per vector of the NHWC depthwise kernel (one AVX2 / two NEON registers of float32)."""
+
+
+def depthwise_nhwc_te(xp: Any, w: Any, bias: Any, strides: tuple[int, int],
+                      dilation: tuple[int, int], clamp: tuple[float, float]) -> Any:
+    """TVM TE: the depthwise convolution of a zero-padded NHWC input ``xp`` [N, HP, WP, C]
+    float32 with ``w`` [KH, KW, C] (one output channel per input channel), plus ``bias`` [C],
+    clamped to ``clamp`` (lo, hi; +-inf for no bound): [N, OH, OW, C]."""
+    from tvm import te, tirx
+
+    from edgert.compiler.schedule_conv import output_size
+
+    (sh, sw), (dh, dw) = strides, dilation
+    n, hp, wp, c = xp.shape
+    kh, kw = (int(d) for d in w.shape[:2])
+    oh, ow = output_size(int(hp), int(wp), (kh, kw), strides, (0, 0, 0, 0), dilation)
+    i = te.reduce_axis((0, kh), name="i")
+    j = te.reduce_axis((0, kw), name="j")
+    acc = te.compute(
+        (n, oh, ow, c),
+        lambda b, y, z, f: te.sum(xp[b, y * sh + i * dh, z * sw + j * dw, f] * w[i, j, f],
+                                  axis=[i, j]),
+        name="depthwise_nhwc")
+    lo, hi = (tirx.const(v, "float32") for v in clamp)
+    return te.compute((n, oh, ow, c),
+                      lambda b, y, z, f: tirx.min(tirx.max(acc[b, y, z, f] + bias[f], lo), hi),
+                      name="epilogue")
+
+
+def schedule_depthwise_nhwc(func: Any, block: str = "depthwise_nhwc") -> Any:
+    """``func`` (the PrimFunc of :func:`depthwise_nhwc_te`, C a multiple of :data:`LANES`, or
+    another NHWC window reduction ``block`` over (i, j) followed by a block ``epilogue``)
+    scheduled: output rows (image * row) in parallel, then a tile of ``t`` output columns x
+    :data:`LANES` channels held in registers over the KH x KW taps (the weight vector of a tap
+    loaded once for the tile), the epilogue applied to the tile before it is stored."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    conv, epi = sch.get_sblock(block), sch.get_sblock("epilogue")
+    b, y, z, f, i, j = sch.get_loops(conv)
+    ow = int(sch.get(z).extent)
+    t = next(d for d in (4, 7, 3, 2, 1) if ow % d == 0)
+    zo, zi = sch.split(z, factors=[None, t])
+    fo, fi = sch.split(f, factors=[None, LANES])
+    rows = sch.fuse(b, y)
+    sch.reorder(rows, zo, fo, i, j, zi, fi)
+    sch.parallel(rows)
+    sch.reverse_compute_at(epi, fo)
+    sch.set_scope(conv, 0, "local")
+    sch.unroll(zi)
+    sch.vectorize(fi)             # before decompose_reduction: TVM checks the reduction block
+    init = sch.decompose_reduction(conv, i)
+    sch.vectorize(sch.get_loops(init)[-1])
+    ez, ef = sch.get_loops(epi)[-2:]
+    sch.unroll(ez)
+    sch.vectorize(ef)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def depthwise_nhwc(rw: Any, x: Any, weight: Any, strides: tuple[int, int],
+                   padding: tuple[int, int, int, int], dilation: tuple[int, int],
+                   bias: Any = None, clamp: tuple[float, float] = (-np.inf, np.inf)) -> Any:
+    """Emit the NHWC depthwise convolution of ``x`` [N, H, W, C] float32 (static H, W, C; C a
+    multiple of :data:`LANES`) with ``weight`` [C, 1, KH, KW] (numpy float32), ``bias`` [C]
+    (numpy, or None) and the ``clamp`` of its activation fused in: zero-padded by
+    :func:`edgert.compiler.schedule_conv.pad_te` first when ``padding`` has any. Returns the
+    ``call_tir`` of the [N, OH, OW, C] result."""
+    from tvm import relax, te
+
+    from edgert.compiler.schedule_conv import _kernel_call, pad_te
+
+    if any(padding):
+        x = rw.builder_.emit(_kernel_call(rw, "pad", pad_te, x, padding, fusable=True))
+    c = int(x.ty.shape.values[3])
+    w = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0).astype(np.float32))
+    b = np.zeros(c, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(c)
+    clamp = tuple(float(v) for v in clamp)
+    key = ("depthwise_nhwc", tuple(int(d) for d in x.ty.shape.values[1:]), w.shape, strides,
+           dilation, clamp)
+    data = te.placeholder(x.ty.shape.values, "float32", name="x")
+    kernel = te.placeholder(w.shape, "float32", name="w")
+    shift = te.placeholder((c,), "float32", name="bias")
+    out = depthwise_nhwc_te(data, kernel, shift, strides, dilation, clamp)
+    if key not in rw.kernels:
+        symbol = f"depthwise{sum(k[0] == 'depthwise_nhwc' for k in rw.kernels) or ''}"
+        func = te.create_prim_func([data, kernel, shift, out]).with_attr("global_symbol", symbol)
+        rw.add_kernel(key, schedule_depthwise_nhwc(func), symbol)
+    shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
+    return relax.call_tir(rw.kernels[key], [x, relax.const(w), relax.const(b)],
                           relax.TensorType(shape, "float32"))

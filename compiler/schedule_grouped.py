@@ -149,3 +149,44 @@ def _group_rows(sch: Any, og: int) -> None:
     b, c, i, j = sch.get_loops(sch.get_sblock("to_nchw_grouped"))
     g, co = sch.split(c, factors=[None, og])
     sch.reorder(b, g, i, co, j)
+
+
+def to_nhwc_grouped_te(y: Any, groups: int, ow: int) -> Any:
+    """TVM TE: the batched matmul's [N*G, OH*OW, O/G] (static) as the NHWC [N, OH, OW, O]."""
+    from tvm import te, tirx
+
+    ng, p, og = (int(d) for d in y.shape)
+    shape = (tirx.const(v, "int64") for v in (ng // groups, p // ow, ow, groups * og))
+    return te.compute(tuple(shape),
+                      lambda b, i, j, c: y[b * groups + c // og, i * ow + j, c % og],
+                      name="to_nhwc_grouped")
+
+
+def grouped_nhwc(rw: Any, x: Any, weight: np.ndarray, groups: int, strides: tuple[int, int],
+                 padding: tuple[int, int, int, int], dilation: tuple[int, int],
+                 nhwc: bool) -> Any:
+    """Emit a grouped float32 convolution whose result is NHWC: ``x`` [N, H, W, C] when
+    ``nhwc`` (else [N, C, H, W]; static dims), ``weight`` [O, C/G, KH, KW]; the same grouped
+    im2col and batched matmul as the NCHW rewrite (see the module docstring). Returns the
+    ``call_tir`` of the [N, OH, OW, O] result, which operator fusion merges with the bias and
+    activation after it."""
+    from tvm import relax
+
+    from edgert.compiler.schedule_conv import _kernel_call, _tiles, pad_nhwc_te, pad_te
+
+    bb = rw.builder_
+    n = int(x.ty.shape.values[0])
+    c = int(x.ty.shape.values[3 if nhwc else 1])
+    o, cg, kh, kw = weight.shape
+    if not nhwc:
+        x = bb.emit(_kernel_call(rw, "pad_nhwc_grouped", pad_nhwc_te, x, padding,
+                                 schedule=_tiles if c % 8 == 0 else None))
+    elif any(padding):
+        x = bb.emit(_kernel_call(rw, "pad", pad_te, x, padding, fusable=True))
+    cols = bb.emit(_kernel_call(rw, "im2col_grouped", im2col_grouped_te, x, groups,
+                                (kh, kw), strides, dilation, schedule=_patch_rows))
+    oh, ow = (int(d) for d in cols.ty.shape.values[2:4])
+    cols = bb.emit(relax.op.reshape(cols, [n * groups, oh * ow, kh * kw * cg]))
+    out = bb.emit(relax.op.matmul(cols, relax.const(grouped_weight(weight, groups, n))))
+    return _kernel_call(rw, "to_nhwc_grouped", to_nhwc_grouped_te, out, groups, ow,
+                        shape=[n, oh, ow, o], fusable=True)

@@ -62,7 +62,10 @@ def test_depthwise_convolutions_get_their_kernel_and_match_onnxruntime(tmp_path)
     tvm_target = tvm.target.Target(target.tvm_target_dict(num_cores=2))
     scheduled = lower._schedule_for_cpu(lower.to_relax(model), target, tvm_target)
     names = [gv.name_hint for gv, _ in scheduled.functions_items()]
-    assert sum(n.startswith("depthwise") for n in names) == len(GEOMETRIES), names
+    # the 8-channel one as schedule_nhwc's NHWC kernel, the others as the NCHW one
+    assert sum(n.startswith(("depthwise", "nhwc_depthwise")) for n in names) \
+        == len(GEOMETRIES), names
+    assert sum(n.startswith("nhwc_depthwise") for n in names) == 1, names
     assert "R.nn.conv2d(" not in scheduled.script()
 
     onnx.save(model, tmp_path / "dw.onnx")

@@ -106,7 +106,7 @@ def test_grouped_convolutions_get_the_batched_matmul_and_match_onnxruntime_and_t
         tmp_path, monkeypatch):
     import tvm
 
-    from edgert.compiler import lower, schedule_grouped
+    from edgert.compiler import lower, schedule_grouped, schedule_nhwc
     from edgert.targets import TARGETS
 
     rng = np.random.default_rng(2)
@@ -117,15 +117,18 @@ def test_grouped_convolutions_get_the_batched_matmul_and_match_onnxruntime_and_t
     scheduled = lower._schedule_for_cpu(lower.to_relax(model), target, tvm.target.Target(
         target.tvm_target_dict(num_cores=2)))
     names = [gv.name_hint for gv, _ in scheduled.functions_items()]
-    assert sum(n.startswith("matmul_fma_x86_float32_float32_batched") for n in names) >= 3, names
-    assert "im2col_grouped" in names and "to_nchw_grouped" in names
-    assert "R.nn.conv2d(" not in scheduled.script()
+    script = scheduled.script()
+    assert script.count("R.call_tir(cls.matmul_fma_x86_float32_float32_batched") >= 3, names
+    # schedule_nhwc's NHWC variant (the batch is static)
+    assert "nhwc_im2col_grouped" in names and "nhwc_to_nhwc_grouped" in names
+    assert "R.nn.conv2d(" not in script
 
     feed = {f"x{k}": rng.standard_normal((1, *g[:1], *g[3:5])).astype(np.float32)
             for k, g in enumerate(GEOMETRIES)}
     ours = _compile(model, tmp_path, "ours").run(None, feed)
     with monkeypatch.context() as m:        # TVM's default loop nest
         m.setattr(schedule_grouped, "grouped_convs", lambda mod: mod)
+        m.setattr(schedule_nhwc, "nhwc_convs", lambda mod: mod)
         default = _compile(model, tmp_path, "default", cache=False).run(None, feed)
     for got, ort_y, tvm_y in zip(ours, _ort(model, feed), default):
         assert got.shape == ort_y.shape

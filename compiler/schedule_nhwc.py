@@ -1,0 +1,520 @@
+"""Float32 convolution chains kept NHWC: no transpose between consecutive convolutions.
+
+The NCHW rewrites of :mod:`edgert.compiler.schedule_conv` transpose every convolution's input
+to NHWC (``pad_nhwc``) and its matmul result back to NCHW (``to_nchw``, fused with the bias and
+activation after it). On MobileNet-V2 those transposes were the largest kernels of a batch-1 run
+(the fused ``to_nchw`` over a 96 x 112 x 112 result writes NCHW rows while reading the NHWC
+result with a stride of 96 floats: 6 ms of a 44 ms run at 1 thread, loaded machine).
+:func:`nhwc_convs` runs before those rewrites and gives each float32 convolution with a
+constant weight and static C, H, W an NHWC result:
+
+- one group: ``pad`` (when padded; a pointwise convolution reads its input as it is) + im2col
+  + the FMA matmul, its [N, OH*OW, O] result viewed as [N, OH, OW, O]
+  (:func:`edgert.compiler.schedule_conv.conv_nhwc`);
+- depthwise (C a multiple of 8, one output channel per input channel): the vector kernel of
+  :func:`edgert.compiler.schedule_depthwise.depthwise_nhwc`, with the bias add and a
+  following Relu / Clip / Max / Min by constants folded into its epilogue;
+- other groups: :func:`edgert.compiler.schedule_grouped.grouped_nhwc`.
+
+Ops between convolutions follow the NHWC layout when they are elementwise (unary ops, and
+binary ops whose other operand is a scalar, an [N, C, 1, 1] channel vector, which is
+transposed (constants at compile time), or another value of the same shape, transposed once
+if it is NCHW), the spatial ``mean`` (global average pooling), max pooling (a vector kernel:
+:func:`max_pool_nhwc_te`), ``concat`` and ``split`` along the channels and ``resize2d`` (YOLO
+necks). Any other consumer of an NHWC value gets it back as
+NCHW through one ``to_nchw`` kernel, emitted once per value before its first such use; the
+graph's inputs and outputs stay NCHW. A convolution whose input is NCHW (the first one) reads
+it through ``pad_nhwc`` as before. Results equal the NCHW rewrites' up to float rounding (the
+same products, summed in the same (kh, kw, c) order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+UNARY = frozenset({"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh",
+                   "relax.nn.silu", "relax.nn.gelu", "relax.exp", "relax.negative",
+                   "relax.abs", "relax.sqrt", "relax.nn.leakyrelu"})
+"""Elementwise Relax ops of one tensor (other arguments: attributes or scalars)."""
+BINARY = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide",
+                    "relax.maximum", "relax.minimum", "relax.power"})
+"""Broadcasting elementwise Relax ops of two tensors."""
+CLAMPS = {"maximum": 0, "minimum": 1}
+"""``call_tir`` PrimFuncs of TVM's ONNX Clip (``maximum`` / ``minimum`` with a scalar): the
+clamp bound each sets (0: lower, 1: upper)."""
+
+
+def nhwc_convs(mod: Any) -> Any:
+    """Rewrite the float32 convolutions of a Relax module (before legalization, before the
+    NCHW convolution rewrites) and the elementwise ops between them to NHWC (see the module
+    docstring); ``mod`` itself when it has no such convolution."""
+    from tvm import relax
+
+    mutator = _Nhwc(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.prepare(func)
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    if not mutator.convs:
+        return mod
+    return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+
+
+def _make_mutator() -> type:
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Nhwc(relax.PyExprMutator):
+        """The rewrite of :func:`nhwc_convs`: ``nhwc`` maps a variable of the source function to
+        its NHWC value, ``nchw`` to its NCHW one once needed; ``fused`` holds the bias and
+        activation bindings folded into a depthwise kernel's epilogue."""
+
+        def __init__(self, module: Any) -> None:
+            super().__init__(module)
+            self.kernels: dict[tuple, Any] = {}
+            self.convs = 0
+
+        def prepare(self, func: Any) -> None:
+            self.bindings: dict[Any, Any] = {}
+            self.users: dict[Any, list] = {}
+            self.nhwc: dict[Any, Any] = {}
+            self.nchw: set = set()
+            self.fused: set = set()
+            for block in func.body.blocks:
+                for binding in block.bindings:
+                    if isinstance(binding, relax.VarBinding):
+                        self.bindings[binding.var] = binding.value
+                        for v in relax.analysis.free_vars(binding.value):
+                            self.users.setdefault(v, []).append(binding.var)
+            for v in relax.analysis.free_vars(func.body.body):
+                self.users.setdefault(v, []).append(None)        # the function's result
+
+        def add_kernel(self, key: tuple, func: Any, name: str) -> None:
+            name = f"nhwc_{name}"    # apart from the NCHW rewrites' kernels, which run later
+            self.kernels[key] = self.builder_.add_func(
+                func.with_attr("op_pattern", 8).with_attr("global_symbol", name), name)
+
+        def lookup_binding(self, var: Any) -> Any:
+            return self.bindings.get(var)
+
+        def visit_var_binding_(self, binding: Any) -> None:
+            var, value = binding.var, binding.value
+            if var in self.fused:
+                return
+            if isinstance(var, relax.DataflowVar) and isinstance(value, (relax.Call,
+                                                                         relax.TupleGetItem)):
+                new = _nhwc_value(self, var, value)
+                if new is not None:
+                    expr, is_nhwc, *target = new
+                    var = target[0] if target else var   # a fused epilogue's last binding
+                    emitted = self.builder_.emit(expr, var.name)
+                    if is_nhwc:
+                        self.nhwc[var] = emitted
+                    else:
+                        self.set_var_remap(var, emitted)
+                    return
+            for v in relax.analysis.free_vars(value):
+                if v in self.nhwc and v not in self.nchw:
+                    self.set_var_remap(v, self.builder_.emit(_to_nchw(self, self.nhwc[v])))
+                    self.nchw.add(v)
+            super().visit_var_binding_(binding)
+
+    return Nhwc
+
+
+def _Nhwc(mod: Any) -> Any:
+    return _make_mutator()(mod)
+
+
+def _to_nchw(rw: Any, x: Any) -> Any:
+    """The ``to_nchw`` kernel call of an NHWC value ``x`` [N, H, W, C] (static H, W, C), or
+    the tuple of those of a tuple of NHWC values (a channel split)."""
+    from tvm import relax
+
+    from edgert.compiler.schedule_conv import _kernel_call, _rows_outside, to_nchw_te
+
+    if isinstance(x.ty, relax.TupleType):
+        return relax.Tuple([rw.builder_.emit(_to_nchw(rw, rw.builder_.emit(
+            relax.TupleGetItem(x, i)))) for i in range(len(x.ty.fields))])
+    n, h, w, c = x.ty.shape.values
+    rows = rw.builder_.emit(relax.op.reshape(x, [n, h * w, c]))
+    return _kernel_call(rw, "to_nchw", to_nchw_te, rows, int(w), schedule=_rows_outside)
+
+
+def _to_nhwc(rw: Any, x: Any) -> Any:
+    """The NHWC value of ``x`` [N, C, H, W] (static), transposed once (``pad_nhwc`` without
+    padding) and remembered for later uses."""
+    from edgert.compiler.schedule_conv import _kernel_call, _tiles, pad_nhwc_te
+
+    if x not in rw.nhwc:
+        c = int(x.ty.shape.values[1])
+        rw.nhwc[x] = rw.builder_.emit(_kernel_call(
+            rw, "pad_nhwc", pad_nhwc_te, rw.visit_expr(x), (0, 0, 0, 0),
+            schedule=_tiles if c % 8 == 0 else None))
+        rw.nchw.add(x)                       # its NCHW value exists
+    return rw.nhwc[x]
+
+
+def _nhwc_value(rw: Any, var: Any, call: Any) -> tuple | None:
+    """``(expr, is_nhwc)`` computing ``var = call`` from NHWC values (``expr`` NHWC when
+    ``is_nhwc``, else the value itself), ``(expr, True, last)`` when ``expr`` is the value of
+    a later binding ``last`` (a depthwise kernel with its epilogue), or None when ``call`` is
+    not rewritten."""
+    import tvm
+    from tvm import relax
+
+    if isinstance(call, relax.TupleGetItem):
+        if call.tuple_value not in rw.nhwc:
+            return None
+        return relax.TupleGetItem(rw.nhwc[call.tuple_value], call.index), True
+    op = call.op
+    if isinstance(op, tvm.ir.Op):
+        name = op.name
+        if name in ("relax.concat", "relax.split", "relax.image.resize2d"):
+            return _channels_or_resize(rw, call)
+        if name == "relax.nn.conv2d":
+            return _conv(rw, var, call)
+        if name in UNARY and call.args and call.args[0] in rw.nhwc:
+            args = [rw.nhwc[call.args[0]], *(rw.visit_expr(a) for a in call.args[1:])]
+            return relax.Call(op, args, call.attrs), True
+        if name in BINARY:
+            args = _binary_operands(rw, call.args)
+            return None if args is None else (relax.Call(op, args, call.attrs), True)
+        if name == "relax.mean" and call.args[0] in rw.nhwc and call.attrs.axis is not None \
+                and sorted(int(a) % 4 for a in call.attrs.axis) == [2, 3]:
+            keep = bool(call.attrs.keepdims)
+            return relax.op.mean(rw.nhwc[call.args[0]], axis=[1, 2], keepdims=keep), keep
+        if name == "relax.nn.max_pool2d" and str(call.ty.dtype) == "float32":
+            pooled = _max_pool(rw, call)
+            return None if pooled is None else (pooled, True)
+    clamp = _call_tir_clamp(rw, call)
+    if clamp is not None:
+        x, which, bound = clamp
+        fn = relax.op.maximum if which == 0 else relax.op.minimum
+        return fn(rw.nhwc[x], rw.visit_expr(bound)), True
+    return None
+
+
+def _channels_or_resize(rw: Any, call: Any) -> tuple[Any, bool] | None:
+    """NHWC ``concat`` / ``split`` along the channels (of 4-D values, at least one NHWC; the
+    others transposed once) and NHWC ``resize2d`` of an NHWC value; None for others."""
+    from tvm import relax
+
+    name, attrs = call.op.name, call.attrs
+    if name == "relax.concat":
+        fields = getattr(call.args[0], "fields", None)
+        shapes = [_static_shape(f) for f in fields or ()]
+        if (not fields or attrs.axis is None or int(attrs.axis) % 4 != 1
+                or any(s is None or len(s) != 4 for s in shapes)
+                or not any(f in rw.nhwc for f in fields)):
+            return None
+        return relax.op.concat([rw.nhwc[f] if f in rw.nhwc else _to_nhwc(rw, f)
+                                for f in fields], axis=3), True
+    x = call.args[0]
+    if x not in rw.nhwc or len(_static_shape(x) or ()) != 4:
+        return None
+    if name == "relax.split":
+        if int(attrs.axis) % 4 != 1:
+            return None
+        parts = attrs.indices_or_sections
+        parts = [int(v) for v in parts] if hasattr(parts, "__len__") else int(parts)
+        return relax.op.split(rw.nhwc[x], parts, axis=3), True
+    if attrs.layout != "NCHW":
+        return None
+    return relax.op.image.resize2d(
+        rw.nhwc[x], rw.visit_expr(call.args[1]), roi=[float(v) for v in attrs.roi],
+        layout="NHWC", method=attrs.method,
+        coordinate_transformation_mode=attrs.coordinate_transformation_mode,
+        rounding_method=attrs.rounding_method, cubic_alpha=float(attrs.cubic_alpha),
+        cubic_exclude=int(attrs.cubic_exclude),
+        extrapolation_value=float(attrs.extrapolation_value),
+        out_dtype=None if attrs.out_dtype is None else str(attrs.out_dtype)), True
+
+
+def _binary_operands(rw: Any, args: Any) -> list | None:
+    """The NHWC operands of a broadcasting binary op: at least one an NHWC value, the other
+    an NHWC value, a scalar or a channel vector ([N, C, 1, 1] or fewer leading dims); None
+    otherwise."""
+    from tvm import relax
+
+    if len(args) != 2 or not any(a in rw.nhwc for a in args):
+        return None
+    out = []
+    for a in args:
+        if a in rw.nhwc:
+            out.append(rw.nhwc[a])
+            continue
+        shape = _static_shape(a)
+        if shape is None or len(shape) > 4:
+            return None
+        full = [1] * (4 - len(shape)) + shape
+        if full[2:] != [1, 1]:
+            other = _static_shape(next(b for b in args if b in rw.nhwc))
+            if full != other:
+                return None
+            out.append(_to_nhwc(rw, a))      # e.g. a residual from the graph's NCHW input
+            continue
+        if all(d == 1 for d in full):           # a scalar broadcasts alike in both layouts
+            out.append(rw.visit_expr(a))
+            continue
+        value = _constant_value(rw, a)
+        if value is not None:
+            out.append(relax.const(np.ascontiguousarray(
+                value.reshape(full).transpose(0, 2, 3, 1))))
+        else:
+            four = rw.builder_.emit(relax.op.reshape(rw.visit_expr(a), full))
+            out.append(rw.builder_.emit(relax.op.permute_dims(four, [0, 2, 3, 1])))
+    return out
+
+
+def _conv(rw: Any, var: Any, call: Any) -> tuple | None:
+    """The NHWC kernels of a float32 convolution ``var = call`` as ``(expr, True)``, or
+    ``(expr, True, last)`` (:func:`_nhwc_value`), or None when its operands or groups do not
+    fit them."""
+    from edgert.compiler.schedule_conv import conv_nhwc, float32_conv_operands
+    from edgert.compiler.schedule_depthwise import LANES, depthwise_nhwc
+    from edgert.compiler.schedule_grouped import grouped_nhwc
+
+    operands = float32_conv_operands(rw, call)
+    if operands is None:
+        return None
+    x, weight = operands
+    nhwc = x in rw.nhwc
+    data = rw.nhwc[x] if nhwc else rw.visit_expr(x)
+    attrs = call.attrs
+    groups = int(attrs.groups)
+    c = int(x.ty.shape.values[1])
+    o, cg = weight.shape[:2]
+    strides = tuple(int(v) for v in attrs.strides)
+    dilation = tuple(int(v) for v in attrs.dilation)
+    padding = tuple(int(p) for p in attrs.padding)
+    if groups == 1:
+        expr = conv_nhwc(rw, data, weight, strides, padding, dilation, nhwc)
+    elif groups == c == o and cg == 1 and c % LANES == 0:
+        bias, clamp, last = _epilogue(rw, var, c)
+        if not nhwc:            # the NCHW input transposed and padded in one pass
+            from edgert.compiler.schedule_conv import _kernel_call, _tiles, pad_nhwc_te
+
+            data = rw.builder_.emit(_kernel_call(rw, "pad_nhwc", pad_nhwc_te, data, padding,
+                                                 schedule=_tiles))
+            padding = (0, 0, 0, 0)
+        rw.convs += 1
+        return depthwise_nhwc(rw, data, weight, strides, padding, dilation, bias,
+                              clamp), True, last
+    elif c == cg * groups and o % groups == 0 and _static_shape(x) is not None:
+        expr = grouped_nhwc(rw, data, weight, groups, strides, padding, dilation, nhwc)
+    else:
+        return None
+    rw.convs += 1
+    return expr, True
+
+
+def _epilogue(rw: Any, var: Any, channels: int) -> tuple[np.ndarray | None, tuple, Any]:
+    """The bias and clamp that a depthwise convolution's kernel can apply: a following add of
+    a constant channel vector, then Relu / Clip / ``maximum`` / ``minimum`` by constants, each
+    the only user of the one before. Returns ``(bias [C] or None, (lo, hi), last variable)``
+    and marks the folded bindings in ``rw.fused``."""
+    import tvm
+    from tvm import relax
+
+    bias, lo, hi, last = None, -np.inf, np.inf, var
+    folded = []
+
+    def only_user(v: Any) -> Any:
+        users = rw.users.get(v, [])
+        return users[0] if len(users) == 1 and isinstance(users[0], relax.DataflowVar) else None
+
+    nxt = only_user(last)
+    value = rw.bindings.get(nxt) if nxt is not None else None
+    if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+            and value.op.name == "relax.add" and len(value.args) == 2):
+        other = value.args[1] if value.args[0].same_as(last) else value.args[0]
+        vec = _constant_value(rw, other)
+        shape = _static_shape(other)
+        if vec is not None and shape is not None and vec.size == channels and (
+                [1] * (4 - len(shape)) + shape)[2:] == [1, 1]:
+            bias, last = vec.reshape(channels), nxt
+            folded.append(nxt)
+    while True:
+        nxt = only_user(last)
+        value = rw.bindings.get(nxt) if nxt is not None else None
+        bounds = _clamp_of(rw, value, last)
+        if bounds is None:
+            break
+        new_lo, new_hi = max(lo, bounds[0]), min(hi, bounds[1])
+        if new_lo > new_hi:
+            break
+        lo, hi, last = new_lo, new_hi, nxt
+        folded.append(nxt)
+    rw.fused.update(folded)
+    return bias, (lo, hi), last
+
+
+def _clamp_of(rw: Any, value: Any, x: Any) -> tuple[float, float] | None:
+    """``(lo, hi)`` when ``value`` clamps ``x`` by constants (Relu, Clip, ``call_tir``
+    maximum / minimum of a scalar), else None."""
+    import tvm
+    from tvm import relax
+
+    if not isinstance(value, relax.Call) or not value.args:
+        return None
+    clamp = _call_tir_clamp(rw, value, require_nhwc=False)
+    if clamp is not None:
+        bound = _scalar_value(rw, clamp[2]) if clamp[0].same_as(x) else None
+        if bound is None:
+            return None
+        return (bound, np.inf) if clamp[1] == 0 else (-np.inf, bound)
+    if isinstance(value.op, tvm.ir.Op):
+        if not value.args[0].same_as(x):
+            return None
+        if value.op.name == "relax.nn.relu":
+            return 0.0, np.inf
+        if value.op.name == "relax.clip" and len(value.args) == 3:
+            bounds = [_prim_float(a) for a in value.args[1:]]
+            return None if None in bounds else (bounds[0], bounds[1])
+    return None
+
+
+def _call_tir_clamp(rw: Any, call: Any, require_nhwc: bool = True) -> tuple | None:
+    """``(x, 0 or 1, bound)`` for ``call_tir(maximum* / minimum*, (x, bound))`` with a 0-d
+    ``bound`` and the result shaped as ``x`` (TVM's ONNX Clip), else None."""
+    import tvm
+    from tvm import relax
+
+    if not call.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+        return None
+    gv, args = call.args[0], call.args[1]
+    if not isinstance(gv, tvm.ir.GlobalVar) or len(getattr(args, "fields", ())) != 2:
+        return None
+    which = next((k for name, k in CLAMPS.items()
+                  if gv.name_hint.rstrip("0123456789") == name), None)
+    x, bound = args.fields
+    if which is None or (require_nhwc and x not in rw.nhwc) or _static_shape(bound) != []:
+        return None
+    if _static_shape(x) is None or _static_shape(x) != _static_shape_of(call.ty):
+        return None
+    return x, which, bound
+
+
+def _prim_float(expr: Any) -> float | None:
+    """The number of a ``relax.PrimValue`` holding a constant, else None."""
+    from tvm import relax, tirx
+
+    if isinstance(expr, relax.PrimValue) and isinstance(expr.value, (tirx.IntImm,
+                                                                     tirx.FloatImm)):
+        return float(expr.value.value)
+    return None
+
+
+def _scalar_value(rw: Any, expr: Any) -> float | None:
+    """The value of a 0-d float expression built from constants by ``where`` and ``isnan``
+    (TVM's ONNX Clip bounds), else None."""
+    import tvm
+    from tvm import relax
+
+    expr = rw.bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
+    if isinstance(expr, tvm.ir.GenericConst):
+        value = expr.value.numpy()
+        return float(value) if value.size == 1 else None
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        args = [_scalar_value(rw, a) for a in expr.args]
+        if None in args:
+            return None
+        if expr.op.name == "relax.isnan":
+            return float(np.isnan(args[0]))
+        if expr.op.name == "relax.where":
+            return args[1] if args[0] else args[2]
+    return None
+
+
+def _constant_value(rw: Any, expr: Any) -> np.ndarray | None:
+    """The numpy value of a constant, possibly through variables bound to ``reshape`` of it
+    (the ONNX importer's bias vectors), else None."""
+    import tvm
+    from tvm import relax
+
+    from edgert.compiler.schedule_conv import _constant
+
+    value = _constant(rw, expr)
+    if value is not None:
+        return value
+    bound = rw.bindings.get(expr) if isinstance(expr, relax.Var) else None
+    if isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op) \
+            and bound.op.name == "relax.reshape":
+        inner = _constant_value(rw, bound.args[0])
+        shape = _static_shape(expr)
+        if inner is not None and shape is not None:
+            return inner.reshape(shape)
+    return None
+
+
+def _static_shape(expr: Any) -> list[int] | None:
+    """The static shape of a tensor expression, else None."""
+    return _static_shape_of(getattr(expr, "ty", None))
+
+
+def _static_shape_of(ty: Any) -> list[int] | None:
+    from tvm import relax, tirx
+
+    shape = getattr(ty, "shape", None)
+    if not isinstance(shape, relax.ShapeExpr) or any(
+            not isinstance(d, tirx.IntImm) for d in shape.values):
+        return None
+    return [int(d) for d in shape.values]
+
+
+def max_pool_nhwc_te(x: Any, pool: tuple[int, int], strides: tuple[int, int],
+                     padding: tuple[int, int, int, int], dilation: tuple[int, int]) -> Any:
+    """TVM TE: the max pooling of ``x`` [N, H, W, C] float32 (static H, W) over ``pool``
+    windows, ``padding`` (top, left, bottom, right) read as -inf: [N, OH, OW, C] (floor
+    rounding of the output size)."""
+    from tvm import te, tirx
+
+    from edgert.compiler.schedule_conv import output_size
+
+    (kh, kw), (sh, sw), (dh, dw) = pool, strides, dilation
+    top, left, bottom, right = padding
+    n, h, w, c = x.shape
+    h, w = int(h), int(w)
+    oh, ow = output_size(h, w, pool, strides, padding, dilation)
+    i = te.reduce_axis((0, kh), name="i")
+    j = te.reduce_axis((0, kw), name="j")
+
+    def tap(b: Any, y: Any, z: Any, f: Any) -> Any:
+        yy, zz = y * sh + i * dh, z * sw + j * dw
+        inside = tirx.all(yy >= top, yy < top + h, zz >= left, zz < left + w)
+        return tirx.if_then_else(inside, x[b, yy - top, zz - left, f],
+                                 tirx.min_value("float32"))
+
+    acc = te.compute((n, oh, ow, c), lambda b, y, z, f: te.max(tap(b, y, z, f), axis=[i, j]),
+                     name="max_pool_nhwc")
+    return te.compute((n, oh, ow, c), lambda b, y, z, f: acc[b, y, z, f], name="epilogue")
+
+
+def _max_pool(rw: Any, call: Any) -> Any | None:
+    """The NHWC max-pooling kernel for ``call`` (``relax.nn.max_pool2d``, NCHW, of an NHWC
+    value with C a multiple of 8, floor rounding), or None."""
+    from tvm import relax, te
+
+    from edgert.compiler.schedule_depthwise import LANES, schedule_depthwise_nhwc
+
+    attrs = call.attrs
+    x = rw.nhwc.get(call.args[0])
+    shape = _static_shape(x) if x is not None else None
+    if (shape is None or attrs.layout != "NCHW" or attrs.out_layout != "NCHW"
+            or bool(attrs.ceil_mode) or shape[3] % LANES):
+        return None
+    pool, strides, dilation = (tuple(int(v) for v in getattr(attrs, a))
+                               for a in ("pool_size", "strides", "dilation"))
+    padding = tuple(int(v) for v in attrs.padding)
+    key = ("max_pool_nhwc", tuple(shape), pool, strides, padding, dilation)
+    data = te.placeholder(shape, "float32", name="x")
+    out = max_pool_nhwc_te(data, pool, strides, padding, dilation)
+    if key not in rw.kernels:
+        symbol = f"max_pool{sum(k[0] == 'max_pool_nhwc' for k in rw.kernels) or ''}"
+        func = te.create_prim_func([data, out]).with_attr("global_symbol", symbol)
+        rw.add_kernel(key, schedule_depthwise_nhwc(func, "max_pool_nhwc"), symbol)
+    return relax.call_tir(rw.kernels[key], [x],
+                          relax.TensorType([int(d) for d in out.shape], "float32"))

@@ -1,0 +1,111 @@
+"""Float32 convolution chains kept NHWC (``compiler/schedule_nhwc.py``): a small MobileNet-like
+graph (stem, max pooling, pointwise, depthwise with a foldable bias + Clip, squeeze-excite,
+a grouped convolution with a residual add, a channel Split and Concat, a nearest Resize, a
+strided 5x5 depthwise with hard-swish) loses every NCHW convolution and all but the needed
+transposes, and the compiled model matches onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BATCH, H, W = 2, 20, 20
+
+
+def _model():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def conv(x: str, out: str, o: int, c: int, k: int, stride: int = 1, group: int = 1) -> str:
+        w = const(f"{out}_w", rng.standard_normal((o, c // group, k, k)) / np.sqrt(c * k * k))
+        b = const(f"{out}_b", rng.standard_normal(o) * 0.1)
+        nodes.append(helper.make_node("Conv", [x, w, b], [out], kernel_shape=[k, k],
+                                      strides=[stride, stride], pads=[k // 2] * 4, group=group))
+        return out
+
+    def const_i64(name: str, value: list[int]) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
+    def node(op: str, inputs: list[str], out: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    lo, hi, three, six = (const(n, np.array(v)) for n, v in
+                          (("lo", 0.0), ("hi", 6.0), ("three", 3.0), ("six", 6.0)))
+    x = node("Relu", [conv("x", "stem", 16, 3, 3, stride=2)], "stem_relu")
+    x = node("MaxPool", [x], "pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    x = node("Clip", [conv(x, "pw", 32, 16, 1), lo, hi], "pw_act")
+    dw = node("Clip", [conv(x, "dw", 32, 32, 3, group=32), lo, hi], "dw_act")   # folded
+    se = node("GlobalAveragePool", [dw], "se_pool")
+    se = node("Relu", [conv(se, "se1", 8, 32, 1)], "se_relu")
+    se = node("HardSigmoid", [conv(se, "se2", 32, 8, 1)], "se_gate", alpha=1 / 6, beta=0.5)
+    x = node("Mul", [dw, se], "se_out")
+    g = node("Relu", [conv(x, "grouped", 32, 32, 3, group=4)], "grouped_relu")
+    x = node("Add", [g, x], "residual")
+    nodes.append(helper.make_node("Split", [x, const_i64("halves", [16, 16])],
+                                  ["half0", "half1"], axis=1))
+    x = node("Concat", ["half1", "half0"], "swapped", axis=1)
+    x = node("Resize", [x, "", const("scales", [1, 1, 2, 2])], "up", mode="nearest")
+    d5 = conv(x, "dw5", 32, 32, 5, stride=2, group=32)
+    gate = node("Clip", [node("Add", [d5, three], "hs_add"), lo, hi], "hs_clip")
+    x = node("Mul", [d5, node("Div", [gate, six], "hs_div")], "hswish")
+    y = node("Flatten", [node("GlobalAveragePool", [x], "head_pool")], "y")
+    graph = helper.make_graph(
+        nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 3, H, W])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 32]),
+         helper.make_tensor_value_info("dw_act", TensorProto.FLOAT, [BATCH, 32, H // 2, W // 2])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_convolution_chain_stays_nhwc_and_matches_onnxruntime(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    import edgert
+    from edgert.compiler import compile_model
+    from edgert.compiler.lower import to_relax
+    from edgert.compiler.schedule_nhwc import nhwc_convs
+
+    model = _model()
+    mod = nhwc_convs(to_relax(model))
+    script = mod.script()
+    assert "R.nn.conv2d(" not in script and "R.nn.max_pool2d(" not in script
+    lines = script.splitlines()
+    for op, nhwc in (("R.split(", "axis=3"), ("R.concat(", "axis=3"),
+                     ("R.image.resize2d(", 'layout="NHWC"')):
+        assert any(op in line and nhwc in line for line in lines), op
+    # back to NCHW only where the graph needs it: its two outputs
+    assert script.count("R.call_tir(cls.nhwc_to_nchw") == 2, script
+    kernels = {gv.name_hint: f for gv, f in mod.functions_items()}
+    assert sum(n.startswith("nhwc_depthwise") for n in kernels) == 2
+    assert "nhwc_max_pool" in kernels
+    # the first depthwise kernel applies its bias and Clip(0, 6) itself
+    assert "T.float32(6.0)" in kernels["nhwc_depthwise"].script()
+
+    onnx.save(model, tmp_path / "m.onnx")
+    sess = edgert.Session(compile_model(tmp_path / "m.onnx", tmp_path / "m.edgert"))
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((BATCH, 3, H, W)).astype(np.float32)
+    for got, want in zip(sess.run(None, {"x": x}), ref.run(None, {"x": x})):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_integer_graphs_are_left_alone():
+    from test_schedule_depthwise import _model as depthwise_model
+
+    from edgert.compiler.lower import to_relax
+    from edgert.compiler.schedule_nhwc import nhwc_convs
+
+    mod = to_relax(depthwise_model(integer=True))
+    assert nhwc_convs(mod) is mod
