@@ -2,7 +2,7 @@
 
     python benchmarks/bench_real.py [--models nudenet-320n ppocrv4-det ...] [--threads 2]
                                     [--rounds 10] [--repeats 10] [--kernels 8]
-                                    [--json out.json]
+                                    [--without schedule_nhwc.nhwc_convs ...] [--json out.json]
 
 The models of ``tests/test_wheel_models.py`` (fetched once by
 :func:`edgert.models.wheels.wheel_file`) at batch 1 and the sizes they are used at: nudenet's
@@ -11,7 +11,9 @@ YOLOv8n-style detector at 320x320, PP-OCRv4's text detector at 320x320 and recog
 and timed against onnxruntime fp32 as in ``bench_zoo.py`` (each runtime in its own process,
 rounds alternating the order, ratios within a round: median [min-max]). ``--kernels N``: also
 print edgert's N slowest kernels (``Session.kernel_times``: ms per run, calls) per model, to
-see what dominates.
+see what dominates. ``--without``: also time ``edgert-fp32-before``, edgert fp32 compiled with
+those rewrites (``module.function`` of ``edgert.compiler``) replaced by the identity, in the
+same rounds (a before/after of one rewrite). Compiles bypass the compile cache.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench_zoo import fmt_ratio, ratio, runtime_worker, time_rounds
+from bench_zoo import BEFORE, disable_rewrites, fmt_ratio, ratio, runtime_worker, time_rounds
 from common import emit
 from processes import Worker, in_child
 
@@ -47,14 +49,18 @@ RUNTIMES = ("ort-fp32", "edgert-fp32")
 
 
 def compile_child(onnx_path: str, out: str, input_name: str, shape: tuple[int, ...],
-                  threads: int, kernels: int) -> tuple[float, list[tuple[str, int, float]]]:
-    """``compile_model`` with ``--input-shape``; returns its wall time in s and the ``kernels``
-    slowest kernels of a run on noise (name, calls, ms per run)."""
+                  threads: int, kernels: int, without: tuple[str, ...] = ()
+                  ) -> tuple[float, list[tuple[str, int, float]]]:
+    """``compile_model`` with ``--input-shape`` (the rewrites ``without`` replaced by the
+    identity); returns its wall time in s and the ``kernels`` slowest kernels of a run on noise
+    (name, calls, ms per run)."""
     import edgert
     from edgert.compiler import compile_model
 
+    disable_rewrites(without)
     t0 = time.perf_counter()
-    compile_model(onnx_path, out, threads=threads, input_shapes={input_name: shape})
+    compile_model(onnx_path, out, threads=threads, input_shapes={input_name: shape},
+                  cache=False)
     seconds = time.perf_counter() - t0
     if not kernels:
         return seconds, []
@@ -78,21 +84,33 @@ def bench_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         return row
     row["compile_s"], row["kernels"] = result
     paths = {"ort-fp32": path, "edgert-fp32": art}
+    runtimes = list(RUNTIMES)
+    if args.without:
+        paths[BEFORE] = tmp / f"{name}_before.edgert"
+        _, error = in_child(compile_child, str(path), str(paths[BEFORE]), input_name, shape,
+                            args.threads, 0, tuple(args.without))
+        if error:
+            row["error"] = f"{BEFORE}: {error}"
+            return row
+        runtimes.append(BEFORE)
     workers = {r: Worker(runtime_worker, r, paths[r], args.threads, input_name)
-               for r in RUNTIMES}
+               for r in runtimes}
     try:
         image = np.random.default_rng(1).random(shape[1:], dtype=np.float32)
-        errors: dict[str, dict] = {r: {} for r in RUNTIMES}
+        errors: dict[str, dict] = {r: {} for r in runtimes}
         medians = time_rounds(workers, image, args, errors)
     finally:
         for w in workers.values():
             w.close()
-    if len(medians) < len(RUNTIMES):
+    if len(medians) < len(runtimes):
         row["error"] = "; ".join(f"{r}: {e['error']}" for r, e in errors.items() if e)
         return row
     for r, m in medians.items():
         row[f"{r}_p50_ms"] = float(np.median(m) * 1e3)
     row["edgert_over_ort"] = ratio(medians["edgert-fp32"], medians["ort-fp32"])
+    if BEFORE in medians:
+        row["before_over_ort"] = ratio(medians[BEFORE], medians["ort-fp32"])
+        row["after_over_before"] = ratio(medians["edgert-fp32"], medians[BEFORE])
     return row
 
 
@@ -104,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="calls per runtime per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before round 1")
     parser.add_argument("--kernels", type=int, default=8, help="slowest kernels to list")
+    parser.add_argument("--without", nargs="*", default=[],
+                        help="also time edgert fp32 built without these rewrites")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -120,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['compile_s']:.1f} s  ORT {row['ort-fp32_p50_ms']:.2f} ms  edgert "
                   f"{row['edgert-fp32_p50_ms']:.2f} ms  edgert/ORT "
                   f"{fmt_ratio(row['edgert_over_ort'])}", flush=True)
+            if "after_over_before" in row:
+                print(f"{'':<14} before {row[f'{BEFORE}_p50_ms']:.2f} ms  before/ORT "
+                      f"{fmt_ratio(row['before_over_ort'])}  after/before "
+                      f"{fmt_ratio(row['after_over_before'])}", flush=True)
             for kname, calls, ms in row["kernels"]:
                 print(f"    {kname:<58} {ms:8.3f} ms  x{calls}")
     emit({"benchmark": "pretrained wheel models, fp32, batch 1 (ratios < 1: edgert faster)",

@@ -67,17 +67,13 @@ def compile_child(onnx_path: str, out: str, threads: int, calib: str | None,
     """``compile_model`` (``--int-only`` when ``calib`` is given, the rewrites ``without``
     (``module.function`` of ``edgert.compiler``) replaced by the identity); returns its wall time
     in s and the number of float ops inside the compiled graph (``edgert inspect``'s count)."""
-    import importlib
-
     import onnx
 
     from edgert.artifact import MODEL_MEMBER, read_artifact
     from edgert.compiler import compile_model
     from edgert.model_info import describe_model
 
-    for name in without:
-        module, function = name.rsplit(".", 1)
-        setattr(importlib.import_module(f"edgert.compiler.{module}"), function, lambda mod: mod)
+    disable_rewrites(without)
 
     t0 = time.perf_counter()
     cache = False if without else None       # the compile cache keys the source, not patches
@@ -88,6 +84,16 @@ def compile_child(onnx_path: str, out: str, threads: int, calib: str | None,
     seconds = time.perf_counter() - t0
     graph = onnx.load_from_string(read_artifact(out).members[MODEL_MEMBER])
     return seconds, int(describe_model(graph)["float_ops"])
+
+
+def disable_rewrites(names: tuple[str, ...]) -> None:
+    """Replace the rewrites ``names`` (``module.function`` of ``edgert.compiler``) by the
+    identity in this process (the "before" build of a before/after comparison)."""
+    import importlib
+
+    for name in names:
+        module, function = name.rsplit(".", 1)
+        setattr(importlib.import_module(f"edgert.compiler.{module}"), function, lambda mod: mod)
 
 
 def quantize_child(onnx_path: str, out: str, calib: str) -> tuple[float, None]:

@@ -7,6 +7,7 @@ transposes, and the compiled model matches onnxruntime."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 BATCH, H, W = 2, 20, 20
 
@@ -109,3 +110,57 @@ def test_integer_graphs_are_left_alone():
 
     mod = to_relax(depthwise_model(integer=True))
     assert nhwc_convs(mod) is mod
+
+
+def _targets() -> list:
+    """The host's target (AVX-512 where the CPU has it) and, on an x86 CPU with AVX2, the
+    x86-avx2 one (the AVX2 path forced)."""
+    from edgert.targets import TARGETS, host_arch, host_cpu_features
+
+    avx2 = host_arch() == "x86_64" and "avx2" in host_cpu_features()
+    return ["host", pytest.param("x86-avx2", marks=pytest.mark.skipif(
+        not avx2 or "x86-avx2" not in TARGETS, reason="needs an x86-64 CPU with AVX2"))]
+
+
+@pytest.mark.parametrize("target", _targets())
+def test_depthwise_and_max_pool_kernels_match_numpy(target):
+    """The NHWC depthwise kernel (bias and Clip(0, 6) folded in; 3x3 stride 1 and 5x5
+    stride 2, output widths 12 and 5 for the 4- and 1-column tiles) and the max-pooling
+    kernel, against numpy."""
+    import tvm
+    from tvm import te
+
+    from edgert.compiler.schedule_depthwise import depthwise_nhwc_te, schedule_depthwise_nhwc
+    from edgert.compiler.schedule_nhwc import max_pool_nhwc_te
+    from edgert.targets import TARGETS, resolve_host
+
+    tvm_target = tvm.target.Target((resolve_host() if target == "host" else TARGETS[target])
+                                   .tvm_target_dict(num_cores=2))
+    rng = np.random.default_rng(5)
+
+    def run(func, arrays, shape):
+        out = tvm.runtime.tensor(np.zeros(shape, np.float32))
+        tvm.compile(func, target=tvm_target)(*map(tvm.runtime.tensor, arrays), out)
+        return out.numpy()
+
+    for k, s, ow in ((3, 1, 12), (5, 2, 5)):
+        c, oh = 16, 3
+        x = rng.standard_normal((1, s * (oh - 1) + k, s * (ow - 1) + k, c)).astype(np.float32)
+        w = rng.standard_normal((k, k, c)).astype(np.float32)
+        b = rng.standard_normal(c).astype(np.float32)
+        ph = [te.placeholder(a.shape, "float32", name=n) for a, n in ((x, "x"), (w, "w"),
+                                                                      (b, "b"))]
+        out = depthwise_nhwc_te(*ph, (s, s), (1, 1), (0.0, 6.0))
+        func = schedule_depthwise_nhwc(te.create_prim_func([*ph, out]))
+        want = sum(x[:, i:i + s * (oh - 1) + 1:s, j:j + s * (ow - 1) + 1:s] * w[i, j]
+                   for i in range(k) for j in range(k))
+        np.testing.assert_allclose(run(func, [x, w, b], (1, oh, ow, c)),
+                                   np.clip(want + b, 0, 6), rtol=1e-5, atol=1e-5)
+
+    x = rng.standard_normal((2, 9, 7, 16)).astype(np.float32)
+    data = te.placeholder(x.shape, "float32", name="x")
+    out = max_pool_nhwc_te(data, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1))
+    func = schedule_depthwise_nhwc(te.create_prim_func([data, out]), "max_pool_nhwc")
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    want = np.max([padded[:, i:i + 9:2, j:j + 7:2] for i in range(3) for j in range(3)], 0)
+    np.testing.assert_array_equal(run(func, [x], (2, 5, 4, 16)), want)
