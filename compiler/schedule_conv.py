@@ -126,8 +126,8 @@ def _zero_outside(value: Any, padding: tuple[int, int, int, int], h: int, w: int
         inside += [y >= top, y < top + h]
     if left or right:
         inside += [z >= left, z < left + w]
-    return (tirx.if_then_else(tirx.all(*inside), value, tirx.const(0, value.dtype)) if inside
-            else value)
+    zero = tirx.const(0, getattr(value, "dtype", None) or str(value.ty))
+    return tirx.if_then_else(tirx.all(*inside), value, zero) if inside else value
 
 
 def im2col_te(xp: Any, kernel: tuple[int, int], strides: tuple[int, int],

@@ -117,23 +117,40 @@ LANES = 8
 
 
 def depthwise_nhwc_te(xp: Any, w: Any, bias: Any, strides: tuple[int, int],
-                      dilation: tuple[int, int], clamp: tuple[float, float]) -> Any:
+                      dilation: tuple[int, int], clamp: tuple[float, float],
+                      prologue: tuple[Any, tuple[float, float], tuple[int, ...]] | None = None
+                      ) -> Any:
     """TVM TE: the depthwise convolution of a zero-padded NHWC input ``xp`` [N, HP, WP, C]
     float32 with ``w`` [KH, KW, C] (one output channel per input channel), plus ``bias`` [C],
-    clamped to ``clamp`` (lo, hi; +-inf for no bound): [N, OH, OW, C]."""
+    clamped to ``clamp`` (lo, hi; +-inf for no bound): [N, OH, OW, C]. With ``prologue``
+    ``(in_bias [C], (lo, hi), padding)``, ``xp`` is the previous layer's result before its
+    bias and activation: each tap reads ``clamp(xp + in_bias)`` inside the input and 0 on the
+    ``padding`` border (top, left, bottom, right), so that neither the activated input nor its
+    padded copy is written."""
     from tvm import te, tirx
 
-    from edgert.compiler.schedule_conv import output_size
+    from edgert.compiler.schedule_conv import _zero_outside, output_size
 
     (sh, sw), (dh, dw) = strides, dilation
     n, hp, wp, c = xp.shape
+    hp, wp = int(hp), int(wp)
     kh, kw = (int(d) for d in w.shape[:2])
-    oh, ow = output_size(int(hp), int(wp), (kh, kw), strides, (0, 0, 0, 0), dilation)
+    pad = (0, 0, 0, 0) if prologue is None else prologue[2]
+    oh, ow = output_size(hp, wp, (kh, kw), strides, pad, dilation)
+
+    def tap(b: Any, yy: Any, zz: Any, f: Any) -> Any:
+        if prologue is None:
+            return xp[b, yy, zz, f]
+        in_bias, (ilo, ihi), (top, left) = prologue[0], prologue[1], pad[:2]
+        value = tirx.min(tirx.max(xp[b, yy - top, zz - left, f] + in_bias[f],
+                                  tirx.const(ilo, "float32")), tirx.const(ihi, "float32"))
+        return _zero_outside(value, pad, hp, wp, yy, zz)
+
     i = te.reduce_axis((0, kh), name="i")
     j = te.reduce_axis((0, kw), name="j")
     acc = te.compute(
         (n, oh, ow, c),
-        lambda b, y, z, f: te.sum(xp[b, y * sh + i * dh, z * sw + j * dw, f] * w[i, j, f],
+        lambda b, y, z, f: te.sum(tap(b, y * sh + i * dh, z * sw + j * dw, f) * w[i, j, f],
                                   axis=[i, j]),
         name="depthwise_nhwc")
     lo, hi = (tirx.const(v, "float32") for v in clamp)
@@ -174,32 +191,45 @@ def schedule_depthwise_nhwc(func: Any, block: str = "depthwise_nhwc") -> Any:
 
 def depthwise_nhwc(rw: Any, x: Any, weight: Any, strides: tuple[int, int],
                    padding: tuple[int, int, int, int], dilation: tuple[int, int],
-                   bias: Any = None, clamp: tuple[float, float] = (-np.inf, np.inf)) -> Any:
+                   bias: Any = None, clamp: tuple[float, float] = (-np.inf, np.inf),
+                   prologue: tuple[Any, tuple[float, float]] | None = None) -> Any:
     """Emit the NHWC depthwise convolution of ``x`` [N, H, W, C] float32 (static H, W, C; C a
     multiple of :data:`LANES`) with ``weight`` [C, 1, KH, KW] (numpy float32), ``bias`` [C]
     (numpy, or None) and the ``clamp`` of its activation fused in: zero-padded by
-    :func:`edgert.compiler.schedule_conv.pad_te` first when ``padding`` has any. Returns the
-    ``call_tir`` of the [N, OH, OW, C] result."""
+    :func:`edgert.compiler.schedule_conv.pad_te` first when ``padding`` has any, or, with
+    ``prologue`` ``(in_bias [C] or None, (lo, hi))``, ``x`` taken before the previous layer's
+    bias and clamp, which each tap applies (padding inside the kernel: see
+    :func:`depthwise_nhwc_te`). Returns the ``call_tir`` of the [N, OH, OW, C] result."""
     from tvm import relax, te
 
     from edgert.compiler.schedule_conv import _kernel_call, pad_te
 
-    if any(padding):
+    if any(padding) and prologue is None:
         x = rw.builder_.emit(_kernel_call(rw, "pad", pad_te, x, padding, fusable=True))
     c = int(x.ty.shape.values[3])
     w = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0).astype(np.float32))
-    b = np.zeros(c, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(c)
+
+    def vector(v: Any) -> np.ndarray:
+        return np.zeros(c, np.float32) if v is None else np.asarray(v, np.float32).reshape(c)
+
     clamp = tuple(float(v) for v in clamp)
+    in_clamp = None if prologue is None else tuple(float(v) for v in prologue[1])
     key = ("depthwise_nhwc", tuple(int(d) for d in x.ty.shape.values[1:]), w.shape, strides,
-           dilation, clamp)
+           dilation, clamp, in_clamp, padding if prologue is not None else None)
     data = te.placeholder(x.ty.shape.values, "float32", name="x")
     kernel = te.placeholder(w.shape, "float32", name="w")
     shift = te.placeholder((c,), "float32", name="bias")
-    out = depthwise_nhwc_te(data, kernel, shift, strides, dilation, clamp)
+    params, args = [data, kernel, shift], [x, relax.const(w), relax.const(vector(bias))]
+    pro = None
+    if prologue is not None:
+        in_shift = te.placeholder((c,), "float32", name="in_bias")
+        pro = (in_shift, in_clamp, padding)
+        params.append(in_shift)
+        args.append(relax.const(vector(prologue[0])))
+    out = depthwise_nhwc_te(data, kernel, shift, strides, dilation, clamp, pro)
     if key not in rw.kernels:
         symbol = f"depthwise{sum(k[0] == 'depthwise_nhwc' for k in rw.kernels) or ''}"
-        func = te.create_prim_func([data, kernel, shift, out]).with_attr("global_symbol", symbol)
+        func = te.create_prim_func([*params, out]).with_attr("global_symbol", symbol)
         rw.add_kernel(key, schedule_depthwise_nhwc(func), symbol)
     shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]
-    return relax.call_tir(rw.kernels[key], [x, relax.const(w), relax.const(b)],
-                          relax.TensorType(shape, "float32"))
+    return relax.call_tir(rw.kernels[key], args, relax.TensorType(shape, "float32"))

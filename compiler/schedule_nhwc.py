@@ -294,6 +294,11 @@ def _conv(rw: Any, var: Any, call: Any) -> tuple | None:
         expr = conv_nhwc(rw, data, weight, strides, padding, dilation, nhwc)
     elif groups == c == o and cg == 1 and c % LANES == 0:
         bias, clamp, last = _epilogue(rw, var, c)
+        pro = _prologue(rw, var, x, c) if nhwc else None
+        if pro is not None:     # the input's bias and clamp applied by each tap
+            rw.convs += 1
+            return depthwise_nhwc(rw, rw.nhwc[pro[0]], weight, strides, padding, dilation,
+                                  bias, clamp, pro[1:]), True, last
         if not nhwc:            # the NCHW input transposed and padded in one pass
             from edgert.compiler.schedule_conv import _kernel_call, _tiles, pad_nhwc_te
 
@@ -355,26 +360,74 @@ def _epilogue(rw: Any, var: Any, channels: int) -> tuple[np.ndarray | None, tupl
 def _clamp_of(rw: Any, value: Any, x: Any) -> tuple[float, float] | None:
     """``(lo, hi)`` when ``value`` clamps ``x`` by constants (Relu, Clip, ``call_tir``
     maximum / minimum of a scalar), else None."""
-    import tvm
+    found = _clamp_input(rw, value)
+    return found[1] if found is not None and found[0].same_as(x) else None
+
+
+def _clamp_input(rw: Any, value: Any) -> tuple[Any, tuple[float, float]] | None:
+    """``(x, (lo, hi))`` when ``value`` clamps a variable ``x`` by constants, else None."""
     from tvm import relax
 
     if not isinstance(value, relax.Call) or not value.args:
         return None
     clamp = _call_tir_clamp(rw, value, require_nhwc=False)
     if clamp is not None:
-        bound = _scalar_value(rw, clamp[2]) if clamp[0].same_as(x) else None
+        bound = _scalar_value(rw, clamp[2])
         if bound is None:
             return None
-        return (bound, np.inf) if clamp[1] == 0 else (-np.inf, bound)
-    if isinstance(value.op, tvm.ir.Op):
-        if not value.args[0].same_as(x):
-            return None
-        if value.op.name == "relax.nn.relu":
-            return 0.0, np.inf
-        if value.op.name == "relax.clip" and len(value.args) == 3:
-            bounds = [_prim_float(a) for a in value.args[1:]]
-            return None if None in bounds else (bounds[0], bounds[1])
+        return clamp[0], ((bound, np.inf) if clamp[1] == 0 else (-np.inf, bound))
+    if not isinstance(value.args[0], relax.Var):
+        return None
+    if _is_op(value, "relax.nn.relu"):
+        return value.args[0], (0.0, np.inf)
+    if _is_op(value, "relax.clip") and len(value.args) == 3:
+        bounds = [_prim_float(a) for a in value.args[1:]]
+        return None if None in bounds else (value.args[0], (bounds[0], bounds[1]))
     return None
+
+
+def _prologue(rw: Any, conv: Any, x: Any, channels: int) -> tuple | None:
+    """``(source, bias [C] or None, (lo, hi))`` when the input ``x`` of the depthwise
+    convolution ``conv`` is ``clamp(source + bias)`` (an add of a constant channel vector and/or
+    clamps by constants, each binding used only by the next one and ``x`` only by ``conv``),
+    ``source`` an NHWC value: the depthwise kernel can apply them to its taps. Else None."""
+    from tvm import relax
+
+    def single(v: Any, user: Any) -> bool:
+        return isinstance(v, relax.DataflowVar) and rw.users.get(v) == [user]
+
+    bounds, cur, user = [], x, conv
+    while single(cur, user):
+        found = _clamp_input(rw, rw.bindings.get(cur))
+        if found is None:
+            break
+        bounds.append(found[1])
+        cur, user = found[0], cur
+    bias = None
+    value = rw.bindings.get(cur)
+    if single(cur, user) and _is_op(value, "relax.add") and len(value.args) == 2:
+        for k in (0, 1):
+            vec, shape = _constant_value(rw, value.args[1 - k]), _static_shape(value.args[1 - k])
+            if vec is not None and shape is not None and vec.size == channels and (
+                    [1] * (4 - len(shape)) + shape)[2:] == [1, 1]:
+                bias, cur = vec.reshape(channels), value.args[k]
+                break
+    if (bias is None and not bounds) or cur not in rw.nhwc:
+        return None
+    lo, hi = -np.inf, np.inf
+    for a, b in reversed(bounds):       # in the order they are applied
+        lo, hi = max(lo, a), min(hi, b)
+        if lo > hi:
+            return None
+    return cur, bias, (lo, hi)
+
+
+def _is_op(value: Any, name: str) -> bool:
+    import tvm
+    from tvm import relax
+
+    return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+            and value.op.name == name)
 
 
 def _call_tir_clamp(rw: Any, call: Any, require_nhwc: bool = True) -> tuple | None:

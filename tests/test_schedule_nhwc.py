@@ -90,8 +90,10 @@ def test_convolution_chain_stays_nhwc_and_matches_onnxruntime(tmp_path):
     kernels = {gv.name_hint: f for gv, f in mod.functions_items()}
     assert sum(n.startswith("nhwc_depthwise") for n in kernels) == 2
     assert "nhwc_max_pool" in kernels
-    # the first depthwise kernel applies its bias and Clip(0, 6) itself
+    # the first depthwise kernel applies its bias and Clip(0, 6) itself, and the pointwise
+    # convolution's bias and Clip to its taps (x, w, bias, in_bias, out)
     assert "T.float32(6.0)" in kernels["nhwc_depthwise"].script()
+    assert len(kernels["nhwc_depthwise"].params) == 5
 
     onnx.save(model, tmp_path / "m.onnx")
     sess = edgert.Session(compile_model(tmp_path / "m.onnx", tmp_path / "m.edgert"))
@@ -125,8 +127,9 @@ def _targets() -> list:
 @pytest.mark.parametrize("target", _targets())
 def test_depthwise_and_max_pool_kernels_match_numpy(target):
     """The NHWC depthwise kernel (bias and Clip(0, 6) folded in; 3x3 stride 1 and 5x5
-    stride 2, output widths 12 and 5 for the 4- and 1-column tiles) and the max-pooling
-    kernel, against numpy."""
+    stride 2, output widths 12 and 5 for the 4- and 1-column tiles; and with the previous
+    layer's bias and Clip applied to its taps, padding inside) and the max-pooling kernel,
+    against numpy."""
     import tvm
     from tvm import te
 
@@ -156,6 +159,19 @@ def test_depthwise_and_max_pool_kernels_match_numpy(target):
                    for i in range(k) for j in range(k))
         np.testing.assert_allclose(run(func, [x, w, b], (1, oh, ow, c)),
                                    np.clip(want + b, 0, 6), rtol=1e-5, atol=1e-5)
+
+    # with a prologue: the unpadded input before its bias and Clip(0, 6), padded inside
+    x = rng.standard_normal((1, 6, 8, 16)).astype(np.float32)
+    b_in = rng.standard_normal(16).astype(np.float32)
+    ph = [te.placeholder(a.shape, "float32", name=n) for a, n in ((x, "x"), (w, "w"), (b, "b"),
+                                                                  (b_in, "b_in"))]
+    out = depthwise_nhwc_te(*ph[:3], (2, 2), (1, 1), (-np.inf, np.inf),
+                            (ph[3], (0.0, 6.0), (2, 2, 2, 2)))
+    func = schedule_depthwise_nhwc(te.create_prim_func([*ph, out]))
+    act = np.pad(np.clip(x + b_in, 0, 6), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    want = sum(act[:, i:i + 5:2, j:j + 7:2] * w[i, j] for i in range(5) for j in range(5)) + b
+    np.testing.assert_allclose(run(func, [x, w, b, b_in], (1, 3, 4, 16)), want, rtol=1e-5,
+                               atol=1e-5)
 
     x = rng.standard_normal((2, 9, 7, 16)).astype(np.float32)
     data = te.placeholder(x.shape, "float32", name="x")
