@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from edgert.compiler.int_epilogue import Epilogue, epilogue_of, placeholders
+
 
 def int_conv_reference(x: np.ndarray, w: np.ndarray, groups: int, strides: tuple[int, int],
                        padding: tuple[int, int, int, int],
@@ -221,51 +223,6 @@ class _Found:
     consumed: set[str] = field(default_factory=set)         # NHWC out); kernels replaced
 
 
-@dataclass(frozen=True)
-class Epilogue:
-    """A Requant after the convolution (TE placeholders; ``bias`` int32 [O] or None, ``m``
-    int32/int64 and ``e`` int64 of [O] when ``per_channel``, else [1]). ``high_word``: every
-    multiplier is int32 and every shift within [32, 62] (what :func:`_epilogue` checks)."""
-
-    bias: Any
-    m: Any
-    e: Any
-    per_channel: bool
-    lo: int
-    hi: int
-    to: str
-    high_word: bool = False
-
-    def value(self, q: Any, c: Any) -> Any:
-        """TIR: the int32 ``q`` of output channel ``c`` plus the bias, requantized. The bias
-        is added modulo 2**32 like the graph's int32 ``Add``, as an unsigned add: a signed
-        one LLVM widens to ``sext(q) + sext(bias)``, a 33-bit value whose product with the
-        multiplier takes a 64 x 64 multiply emulation (3 ``vpmuludq`` a vector on AVX2);
-        the wrapped sum stays 32-bit and the product one ``vpmuldq``.
-
-        With ``high_word``, ``(x >> e)`` of the rounded int64 product ``x`` is taken as
-        ``(x >> 32) >> (e - 32)``, the second shift and the clamp on int32 lanes (AVX2 has
-        ``vpsravd``, ``vpminsd``, ``vpmaxsd``; on int64 lanes it has no arithmetic shift nor
-        min/max, and the narrowing from int64 costs shuffles): the same floor, exactly, since
-        ``|x| < 2**62`` leaves ``x >> 32`` within int32."""
-        from tvm import tirx
-
-        from edgert.ops.requant.tvm import requant_value
-
-        if self.bias is not None:
-            q = tirx.reinterpret("int32", q.astype("uint32") + self.bias[c].astype("uint32"))
-        k = c if self.per_channel else 0
-        m, e = self.m[k], self.e[k]
-        if not self.high_word:
-            return requant_value(q, m, e, lo=self.lo, hi=self.hi, to=self.to)
-        one = tirx.const(1, "int64")
-        x = q.astype("int64") * m.astype("int64") + tirx.shift_left(one, e - 1)
-        v = tirx.shift_right(tirx.shift_right(x, tirx.const(32, "int64")).astype("int32"),
-                             (e - 32).astype("int32"))
-        return tirx.max(tirx.min(v, tirx.const(self.hi, "int32")),
-                        tirx.const(self.lo, "int32")).astype(self.to)
-
-
 def _rewrite_conv(rw: Any, call: Any, found: _Found) -> Any | None:
     """The kernel call replacing ``call`` (a ``relax.nn.conv2d``), or None to keep it."""
     from tvm import relax, tirx
@@ -348,7 +305,7 @@ def _rewrite_requant(rw: Any, call: Any, kwargs: dict[str, Any], found: _Found) 
         narrow, w_const = q.args[1].fields
         return _emit(rw, narrow, _constant(rw, w_const), geometries[name], epilogue, found)
     if name in found.nhwc:
-        _, _, values, ep_key = _epilogue(epilogue)
+        _, _, values, ep_key = epilogue_of(epilogue)
         return _emit_dw_nhwc(rw, [*q.args[1].fields[:2], *map(_const, values)],
                              found.nhwc[name][0], ep_key, False, found)
     return _emit_to_nchw(rw, q.args[1].fields[0], int(q.ty.shape.values[3]), epilogue,
@@ -370,28 +327,6 @@ def _source(rw: Any, call: Any) -> tuple[Any, np.ndarray | None]:
             if bias is not None:
                 return _bound(rw, q.args[conv_side]), bias
     return q, None
-
-
-def _epilogue(epilogue: tuple) -> tuple[Epilogue, list, list, tuple]:
-    """The TE placeholders of ``epilogue`` (numpy bias or None, m, e; lo, hi, to): the
-    :class:`Epilogue`, the placeholders and constants to pass, and a kernel key (what
-    :func:`_placeholders` builds them from)."""
-    bias, m, e, lo, hi, to = epilogue
-    high = m.dtype == np.int32 and e.size > 0 and 32 <= int(e.min()) and int(e.max()) <= 62
-    key = (None if bias is None else bias.size, str(m.dtype), m.size, lo, hi, to, high)
-    return (*_placeholders(key), [v for v in (bias, m, e) if v is not None], key)
-
-
-def _placeholders(ep_key: tuple) -> tuple[Epilogue, list]:
-    """The :class:`Epilogue` of a kernel key of :func:`_epilogue` and its placeholders."""
-    from tvm import te
-
-    bias_size, m_dtype, m_size, lo, hi, to, high = ep_key
-    b_ph = None if bias_size is None else te.placeholder((bias_size,), "int32", name="bias")
-    m_ph = te.placeholder((m_size,), m_dtype, name="m")
-    e_ph = te.placeholder((m_size,), "int64", name="e")
-    return (Epilogue(b_ph, m_ph, e_ph, m_size != 1, lo, hi, to, high),
-            [p for p in (b_ph, m_ph, e_ph) if p is not None])
 
 
 def _call(rw: Any, key: tuple, args: list, consts: list, shape: list, dtype: str) -> Any:
@@ -423,8 +358,8 @@ def _emit(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
     kernel = te.placeholder(weight.shape, "int8", name="w")
     inputs, consts, ep, ep_key = [data, kernel], [weight.astype(np.int8)], None, None
     if epilogue is not None:
-        ep, placeholders, values, ep_key = _epilogue(epilogue)
-        inputs, consts = inputs + placeholders, consts + values
+        ep, phs, values, ep_key = epilogue_of(epilogue)
+        inputs, consts = inputs + phs, consts + values
     out = int_conv_te(data, kernel, g.groups, g.strides, g.padding, g.dilation, ep)
     key = ("int_conv", dtype, tuple(int(d) for d in x_ty.shape.values[1:]), weight.shape, g,
            ep_key)
@@ -440,8 +375,8 @@ def _emit(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
 
 def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int,
                   found: _Found) -> Any:
-    """``call_tir`` of :func:`~edgert.compiler.schedule_int_nhwc.to_nchw_requant_te` on ``y`` (the int32 matmul result) with the
-    ``epilogue`` (or without: int32 out): one pass from the matmul's result to the narrow NCHW
+    """``call_tir`` of :func:`~edgert.compiler.schedule_int_nhwc.to_nchw_requant_te` on ``y``
+    (the int32 matmul result) with the ``epilogue`` (or without: int32 out): one pass from the matmul's result to the narrow NCHW
     output, where ``to_nchw`` then the Requant wrote and read the int32 NCHW result once more.
     Loops as (n * output row in parallel, channel, column), like ``to_nchw``: a row's block of
     the matmul result stays in cache while its channels are written (TVM's elementwise rule
@@ -453,8 +388,8 @@ def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int,
 
     from edgert.compiler import schedule_int_nhwc as nhwc
 
-    ep, placeholders, values, ep_key = (None, [], [], None) if epilogue is None else \
-        _epilogue(epilogue)
+    ep, phs, values, ep_key = (None, [], [], None) if epilogue is None else \
+        epilogue_of(epilogue)
     data = te.placeholder(y.ty.shape.values, "int32", name="y")
     out = nhwc.to_nchw_requant_te(data, ow, ep, groups)
     name = out.op.name
@@ -464,7 +399,7 @@ def _emit_to_nchw(rw: Any, y: Any, ow: int, epilogue: tuple | None, groups: int,
            groups)
     if key not in rw.kernels:
         symbol = f"{name}{sum(k[0] == name for k in rw.kernels) or ''}"
-        sch = s_tir.Schedule(te.create_prim_func([data, *placeholders, out])
+        sch = s_tir.Schedule(te.create_prim_func([data, *phs, out])
                              .with_attr("global_symbol", symbol))
         b, c, i, j = sch.get_loops(sch.get_sblock(name))
         sch.reorder(b, i, c, j)
@@ -548,14 +483,14 @@ def _emit_requant_nhwc(rw: Any, source: Any, found: _Found,
 
     y, *consts = source.args[1].fields
     ow, ep_key, groups = found.rows[source.args[0].name_hint]
-    ep, placeholders = _placeholders(ep_key)
+    ep, phs = placeholders(ep_key)
     data = te.placeholder(y.ty.shape.values, "int32", name="y")
     out = requant_nhwc_te(data, ow, ep, groups, padding)
     dims = [d for a, d in enumerate(y.ty.shape.values) if a != (0 if groups == 1 else 1)]
     key = ("requant_nhwc", tuple(int(d) for d in dims), ow, ep_key, groups, padding)
     if key not in rw.kernels:
         symbol = f"requant_nhwc{sum(k[0] == 'requant_nhwc' for k in rw.kernels) or ''}"
-        func = te.create_prim_func([data, *placeholders, out]).with_attr("global_symbol", symbol)
+        func = te.create_prim_func([data, *phs, out]).with_attr("global_symbol", symbol)
         rw.add_kernel(key, schedule_requant_nhwc(func), symbol)
     shape = [y.ty.shape.values[0 if groups == 1 else 1], *(int(d) for d in out.shape[1:])]
     return rw.builder_.emit(relax.call_tir(rw.kernels[key], [y, *consts],
@@ -566,7 +501,8 @@ def _emit_dw_nhwc(rw: Any, args: list, geometry: _Geometry, ep_key: tuple | None
                   nhwc_out: bool, found: _Found) -> Any:
     """``call_tir`` of the NHWC depthwise kernel (:func:`edgert.compiler.schedule_int_nhwc.
     int_dw_nhwc_te`) on ``args``: the NHWC input, the int32 [KH, KW, C] weight constant,
-    then the epilogue's constants (``ep_key`` of :func:`_epilogue`, or None); output NHWC
+    then the epilogue's constants (``ep_key`` of
+    :func:`~edgert.compiler.int_epilogue.epilogue_of`, or None); output NHWC
     where ``nhwc_out``, else NCHW."""
     from tvm import relax, te, tirx
 
@@ -576,13 +512,13 @@ def _emit_dw_nhwc(rw: Any, args: list, geometry: _Geometry, ep_key: tuple | None
     dims = [int(d) if isinstance(d, tirx.IntImm) else d for d in x.ty.shape.values]
     data = te.placeholder(dims, str(x.ty.dtype), name="x")
     kernel = te.placeholder([int(d) for d in w.ty.shape.values], "int32", name="w")
-    ep, placeholders = (None, []) if ep_key is None else _placeholders(ep_key)
+    ep, phs = (None, []) if ep_key is None else placeholders(ep_key)
     out = int_dw_nhwc_te(data, kernel, g.strides, g.padding, g.dilation, ep, nhwc_out)
     key = ("int_dw_nhwc", str(x.ty.dtype), tuple(dims[1:]), tuple(kernel.shape), g, ep_key,
            nhwc_out)
     if key not in rw.kernels:
         symbol = f"int_dw_nhwc{sum(k[0] == 'int_dw_nhwc' for k in rw.kernels) or ''}"
-        func = te.create_prim_func([data, kernel, *placeholders, out])
+        func = te.create_prim_func([data, kernel, *phs, out])
         rw.add_kernel(key, schedule_int_dw_nhwc(func.with_attr("global_symbol", symbol)), symbol)
         found.nhwc[rw.kernels[key].name_hint] = (g, ep_key, nhwc_out)
     shape = [x.ty.shape.values[0], *(int(d) for d in out.shape[1:])]

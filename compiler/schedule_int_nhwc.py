@@ -32,7 +32,7 @@ from typing import Any
 def requant_nhwc_te(y: Any, ow: int, ep: Any, groups: int = 1,
                     padding: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Any:
     """TVM TE: the int32 matmul result ``y`` plus the bias and requantized (``ep``, an
-    :class:`edgert.compiler.schedule_int_conv.Epilogue`) as [N, OH, OW, C], zero-padded by
+    :class:`edgert.compiler.int_epilogue.Epilogue`) as [N, OH, OW, C], zero-padded by
     ``padding`` (top, left, bottom, right) for a convolution that reads it. ``y``: [N, OH *
     OW, C] (``groups`` 1) or a grouped convolution's [G, N, OH * OW, C/G]."""
     from tvm import te, tirx
@@ -58,7 +58,7 @@ def requant_nhwc_te(y: Any, ow: int, ep: Any, groups: int = 1,
 
 def to_nchw_requant_te(y: Any, ow: int, ep: Any, groups: int = 1) -> Any:
     """TVM TE: the int32 matmul result ``y`` of an im2col convolution as [N, O, OH, OW], plus
-    the bias and requantized (``ep``, an :class:`edgert.compiler.schedule_int_conv.Epilogue`;
+    the bias and requantized (``ep``, an :class:`edgert.compiler.int_epilogue.Epilogue`;
     as ``to_nchw`` then the Requant), or int32 as it is (``ep`` None). ``y``: [N, OH * OW, O]
     (``groups`` 1), or [G, N, OH * OW, O/G] (a grouped convolution's batched matmul, groups
     first). With ``ep``, two stages: ``requant_rows``
