@@ -2,7 +2,7 @@
 
 Table + lookup kernels are compared with ``lut_matmul.reference`` bit for bit over a grid of
 layouts (every bit width and ternary, ragged N, odd 4-group counts per K tile, zero points,
-M = 1, 8, 64), for float32 activations (int8 tables, group scales) and int8 activations
+M = 1, 9, 64), for float32 activations (int8 tables, group scales) and int8 activations
 (exact int16 tables, and int8 tables with shifts); then a whole ``compile_model(...,
 weight_bits=2)`` artifact must use the kernels (names and ``vpshufb`` in its library) and
 match the numba backend. All kernels of the grid share one ``tvm.compile``.
@@ -44,7 +44,7 @@ CASES = [
     (1, 240, 240, 50, True, 8, True, 20),        # 1 bit (biased lookups): padded, zero points
     (1, 128, 256, 40, False, 8, False, None),    # 1 bit, int8 tables with shifts (biased)
 ]
-MS = (1, 8, 64)
+MS = (1, 9, 64)                 # 9: rows by pairs, then one left (float activations)
 HALF_CASES = (1, 4)            # float activations: 2 bits symmetric, 4 bits exact-min
 # dequantize-then-multiply kernel (float32 activations): (bits, group_size, K, N, zero points)
 DEQUANT_CASES = [

@@ -146,6 +146,12 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     prefetch_words = _prefetch_words(T, p)
     k_tile = (_k_tile_vnni(T, p, nibbles, prefetch_words) if p.use_vnni
               else _k_tile(T, p, nibbles, prefetch_words))
+    # rows by pairs (1-bit, float activations, ymm): a weight word loaded and split once for
+    # two rows. Wider weights keep one row at a time: their two-row loop spills accumulators,
+    # and at 2 bits it ran 0.84-1.42x the one-row kernel's time depending on where the
+    # buffers fell (M = 8, one thread, CPU time, Zen 3, 2026-12-08)
+    k_tile2 = (_k_tile(T, p, nibbles, prefetch_words, rows=2)
+               if p.BIASED and float_acts else None)
 
     def fence(x):
         return T.call_llvm_pure_intrin("float32x8", "llvm.arithmetic.fence", x)
@@ -155,7 +161,7 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
         w_shape=(p.NT, p.KT, p.TK2, 4 if p.use_vnni else p.NV, 32),
         k_tile=k_tile, store=_masked_store(T, p), fence=fence, KT=p.KT, TK2=p.TK2,
         NB=p.NB, NT=p.NT, NG=p.NG, GK=p.GK, N=p.N, ZC0=p.ZC0, PAR=p.PAR,
-        span=p.SPAN, scale_dtype="float16" if half_scales else "float32",
+        span=p.SPAN, scale_dtype="float16" if half_scales else "float32", k_tile2=k_tile2,
     ).with_attr("global_symbol", name)
 
 
@@ -253,31 +259,33 @@ def _pair_lookups(T: Any, prm: SimpleNamespace, nibbles: Any, unsigned: bool) ->
 
 
 def _biased_lookups(T: Any, prm: SimpleNamespace, nibbles: Any) -> Any:
-    """Macro ``lookups(acc16, tab, Wf, w0)`` of 1-bit weights (int8 tables): the table bytes
+    """Macro ``lookups(acc16, base, tab, Wf, w0)`` of 1-bit weights (int8 tables): the table bytes
     biased to ``u = q + 128`` (``q ^ 0x80``, 1..255), then per nibble half one ``vpshufb``
     whose result is added twice into uint16 accumulators: as it is (words ``256 u_odd +
-    u_even``, wrapping) at ``acc16[2h]`` and shifted right by 8 (``u_odd``) at
-    ``acc16[2h + 1]``: no ``vpmaddubsw`` (one a cycle on Zen 3, four a word in the plain
+    u_even``, wrapping) at ``acc16[base + 2h H]`` and shifted right by 8 (``u_odd``) at
+    ``acc16[base + (2h + 1) H]``: no ``vpmaddubsw`` (one a cycle on Zen 3, four a word in the plain
     kernel). :func:`_biased_sums` recovers the exact sums."""
     VB = prm.VB
     H = VB // 2
     i8, u16, ps = f"int8x{VB}", f"uint16x{H}", PSHUF[VB]
 
     @T.macro
-    def lookups(acc16, tab, Wf, w0):
+    def lookups(acc16, base, tab, Wf, w0):
         ub = T.bitwise_xor(tab, T.Broadcast(T.int8(-128), VB))
         w = Wf[T.Ramp(w0, 1, VB)]
         for h in T.unroll(2):
             look = T.reinterpret(u16, T.call_llvm_pure_intrin(i8, ps, ub, nibbles(w, h)))
-            acc16[T.Ramp(2 * h * H, 1, H)] = acc16[T.Ramp(2 * h * H, 1, H)] + look
-            acc16[T.Ramp((2 * h + 1) * H, 1, H)] = acc16[T.Ramp((2 * h + 1) * H, 1, H)] + \
+            a0: T.let[T.int32] = base + 2 * h * H
+            acc16[T.Ramp(a0, 1, H)] = acc16[T.Ramp(a0, 1, H)] + look
+            acc16[T.Ramp(a0 + H, 1, H)] = acc16[T.Ramp(a0 + H, 1, H)] + \
                 T.shift_right(look, T.Broadcast(T.uint16(8), H))
     return lookups
 
 
 def _biased_sums(T: Any, p: SimpleNamespace) -> Any:
-    """Macro ``sums(acc16, shift, acc32)``: the biased lookups' uint16 accumulators of one span
-    (:func:`_biased_lookups`) added into the int32 accumulators. ``sum u_odd`` is the shifted
+    """Macro ``sums(acc16, base, shift, acc32, c0)``: the biased lookups' uint16 accumulators
+    of one span (:func:`_biased_lookups`, from ``base``) added into the int32 accumulators
+    (from ``c0``). ``sum u_odd`` is the shifted
     sum, ``sum u_even = raw - 256 sum u_odd`` modulo ``2**16``, exact; the two 128-bit lanes
     (4-groups ``2 fs`` and ``2 fs + 1`` of the same 8 columns) are added in uint16 (two
     ``vperm2i128`` put columns ``16h .. 16h + 15`` in order), zero-extended, and the bias, 128
@@ -293,27 +301,31 @@ def _biased_sums(T: Any, p: SimpleNamespace) -> Any:
         return T.shift_left(v - T.Broadcast(T.int32(BIAS), 8), T.Broadcast(shift, 8))
 
     @T.macro
-    def sums(acc16, shift, acc32):
+    def sums(acc16, base, shift, acc32, c0):
         for h in T.unroll(2):
-            odd: T.let[T.uint16x16] = acc16[T.Ramp((2 * h + 1) * H, 1, H)]
-            even: T.let[T.uint16x16] = acc16[T.Ramp(2 * h * H, 1, H)] - T.shift_left(
+            odd: T.let[T.uint16x16] = acc16[T.Ramp(base + (2 * h + 1) * H, 1, H)]
+            even: T.let[T.uint16x16] = acc16[T.Ramp(base + 2 * h * H, 1, H)] - T.shift_left(
                 odd, T.Broadcast(T.uint16(8), H))
             z: T.let[T.uint16x16] = T.Shuffle([even, odd], list(range(8)) + list(range(16, 24))) \
                 + T.Shuffle([even, odd], list(range(8, 16)) + list(range(24, 32)))
-            acc32[T.Ramp(16 * h, 1, 8)] = acc32[T.Ramp(16 * h, 1, 8)] + widened(z, 0, shift)
-            acc32[T.Ramp(16 * h + 8, 1, 8)] = acc32[T.Ramp(16 * h + 8, 1, 8)] + widened(
-                z, 1, shift)
+            a0: T.let[T.int32] = c0 + 16 * h
+            acc32[T.Ramp(a0, 1, 8)] = acc32[T.Ramp(a0, 1, 8)] + widened(z, 0, shift)
+            acc32[T.Ramp(a0 + 8, 1, 8)] = acc32[T.Ramp(a0 + 8, 1, 8)] + widened(z, 1, shift)
     return sums
 
 
-def _k_tile(T: Any, p: SimpleNamespace, nibbles: Any, prefetch_words: Any) -> Any:
+def _k_tile(T: Any, p: SimpleNamespace, nibbles: Any, prefetch_words: Any,
+            rows: int = 1) -> Any:
     """Macro ``k_tile(nt, r, kt0, Qf, SHf, Wf, acc32)``: ``SPAN`` K tiles of lookups in int16,
     then widened into the int32 accumulators (the ``VB / 16`` 128-bit lanes, each a different
-    4-group of the same 8 columns, added in int32)."""
+    4-group of the same 8 columns, added in int32). ``rows`` activation rows ``r ..`` at once
+    (each weight word loaded and split into nibbles once for all of them), row ``r + i``
+    into ``acc32[i * TN ..]``."""
     NB, SPAN, KT, TK2, NV, SHIFTED = p.NB, p.SPAN, p.KT, p.TK2, p.NV, p.SHIFTED
     VB, PAIRS, BIASED = p.VB, p.PAIRS, p.BIASED
     H, LANES = VB // 2, VB // 16
     ACC = "uint16" if BIASED else "int16"
+    ACCS = NB * 4                                    # accumulators a row
     look_signed = _pair_lookups(T, p, nibbles, False)
     look_unsigned = _pair_lookups(T, p, nibbles, True)
     look_biased = _biased_lookups(T, p, nibbles)
@@ -334,44 +346,47 @@ def _k_tile(T: Any, p: SimpleNamespace, nibbles: Any, prefetch_words: Any) -> An
         return total
 
     @T.macro
-    def widen(acc16, kt0, r, SHf, acc32):
+    def widen(acc16, base, kt0, r, SHf, acc32, c0):
         for nb in T.unroll(NB):
             for a in T.unroll(4):
-                both: T.let[T.int32x8] = lane_sum(acc16, (nb * 4 + a) * H)
+                both: T.let[T.int32x8] = lane_sum(acc16, base + (nb * 4 + a) * H)
                 if SHIFTED:                          # (SPAN = 1)
-                    acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + T.shift_left(
-                        both, T.Broadcast(SHf[r * KT + kt0], 8))
+                    acc32[T.Ramp(c0 + a * 8, 1, 8)] = acc32[T.Ramp(c0 + a * 8, 1, 8)] + \
+                        T.shift_left(both, T.Broadcast(SHf[r * KT + kt0], 8))
                 else:
-                    acc32[T.Ramp(a * 8, 1, 8)] = acc32[T.Ramp(a * 8, 1, 8)] + T.shift_left(
-                        both, T.Broadcast(T.int32(8) * nb, 8))
+                    acc32[T.Ramp(c0 + a * 8, 1, 8)] = acc32[T.Ramp(c0 + a * 8, 1, 8)] + \
+                        T.shift_left(both, T.Broadcast(T.int32(8) * nb, 8))
 
     @T.macro
     def k_tile(nt, r, kt0, Qf, SHf, Wf, acc32):
-        acc16 = T.alloc_buffer((NB * 4 * H,), ACC)
-        for i in T.unroll(NB * 4):
+        acc16 = T.alloc_buffer((rows * ACCS * H,), ACC)
+        for i in T.unroll(rows * ACCS):
             acc16[T.Ramp(i * H, 1, H)] = T.Broadcast(T.Cast(ACC, 0), H)
         for kk in range(SPAN):
             kt: T.let[T.int32] = kt0 + kk
             prefetch_words(Wf, nt, kt)
             for fs in range(TK2 // PAIRS):
-                q0: T.let[T.int64] = ((r * KT + kt) * TK2 + fs * PAIRS) * NB * 32
                 w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fs * PAIRS) * NV * 32
-                if NB == 2:
-                    tab0 = tables(Qf, q0, 0)
-                    look_unsigned(acc16, 0, tab0, Wf, w0)
-                    tab1 = tables(Qf, q0, 1)
-                    look_signed(acc16, 4 * H, tab1, Wf, w0)
-                elif BIASED:
-                    look_biased(acc16, tables(Qf, q0, 0), Wf, w0)
-                else:
-                    tab = tables(Qf, q0, 0)
-                    look_signed(acc16, 0, tab, Wf, w0)
-        if BIASED and SHIFTED:                       # (SPAN = 1)
-            biased_sums(acc16, SHf[r * KT + kt0], acc32)
-        elif BIASED:
-            biased_sums(acc16, 0, acc32)
-        else:
-            widen(acc16, kt0, r, SHf, acc32)
+                for i in T.unroll(rows):
+                    q0: T.let[T.int64] = (((r + i) * KT + kt) * TK2 + fs * PAIRS) * NB * 32
+                    b0: T.let[T.int32] = i * ACCS * H
+                    if NB == 2:
+                        tab0 = tables(Qf, q0, 0)
+                        look_unsigned(acc16, b0, tab0, Wf, w0)
+                        tab1 = tables(Qf, q0, 1)
+                        look_signed(acc16, b0 + 4 * H, tab1, Wf, w0)
+                    elif BIASED:
+                        look_biased(acc16, b0, tables(Qf, q0, 0), Wf, w0)
+                    else:
+                        tab = tables(Qf, q0, 0)
+                        look_signed(acc16, b0, tab, Wf, w0)
+        for i in T.unroll(rows):
+            if BIASED and SHIFTED:                   # (SPAN = 1)
+                biased_sums(acc16, i * ACCS * H, SHf[(r + i) * KT + kt0], acc32, i * TN)
+            elif BIASED:
+                biased_sums(acc16, i * ACCS * H, 0, acc32, i * TN)
+            else:
+                widen(acc16, i * ACCS * H, kt0, r + i, SHf, acc32, i * TN)
 
     return k_tile
 
