@@ -48,16 +48,17 @@ def lookup_prim_func(*, float_acts: bool, has_zp: bool, lanes: int, w_shape: tup
     return _float_lookup_func(T, p) if float_acts else _int_lookup_func(T, p)
 
 
-def _float_lookup_func(T: Any, p: SimpleNamespace) -> Any:
-    """Float32 activations: ``(QT, TS, RS, W2, S, ZC, OUT f32 [R, N])``."""
-    has_zp, L, V, FVEC, W_SHAPE, W_SIZE = p.has_zp, p.L, p.V, p.FVEC, p.W_SHAPE, p.W_SIZE
-    k_tile, store, fence, span, SD = p.k_tile, p.store, p.fence, p.span, p.SD
-    k_tile2, PAIRED = p.k_tile2, p.k_tile2 is not None
+def _float_rows(T: Any, p: SimpleNamespace) -> tuple[Any, Any]:
+    """Macros ``one_row`` and ``two_rows`` ``(nt, r, Qf, TSf, RSf, Wf, Sf, ZCf, Of)``: the
+    lookups and the fenced group epilogue of row ``r`` (and ``r + 1``) over column tile
+    ``nt``, stored (``two_rows`` needs ``p.k_tile2``)."""
+    has_zp, L, V, FVEC = p.has_zp, p.L, p.V, p.FVEC
+    k_tile, k_tile2, store, fence, span, SD = p.k_tile, p.k_tile2, p.store, p.fence, p.span, p.SD
+    NG, GK, ZC0 = p.NG, p.GK, p.ZC0
 
     def scale(v):
         # lanes of stored group scales as float32 (float16 widens exactly)
         return v if SD == "float32" else T.Cast(FVEC, v)
-    KT, TK2, NB, NT, NG, GK, N, ZC0, PAR = p.KT, p.TK2, p.NB, p.NT, p.NG, p.GK, p.N, p.ZC0, p.PAR
 
     @T.macro
     def group_end(nt, r, g, acc32, a0, y, TSf, RSf, Sf, ZCf):
@@ -109,6 +110,15 @@ def _float_lookup_func(T: Any, p: SimpleNamespace) -> Any:
         for a in T.unroll(V):
             y1[T.Ramp(a * L, 1, L)] = y[T.Ramp(TN + a * L, 1, L)]
         store(Of, y1, r + 1, nt)
+
+    return one_row, two_rows
+
+
+def _float_lookup_func(T: Any, p: SimpleNamespace) -> Any:
+    """Float32 activations: ``(QT, TS, RS, W2, S, ZC, OUT f32 [R, N])``."""
+    W_SHAPE, W_SIZE, SD, PAIRED = p.W_SHAPE, p.W_SIZE, p.SD, p.k_tile2 is not None
+    KT, TK2, NB, NT, NG, N, PAR = p.KT, p.TK2, p.NB, p.NT, p.NG, p.N, p.PAR
+    one_row, two_rows = _float_rows(T, p)
 
     @T.macro
     def task(nt, R, Qf, TSf, RSf, Wf, Sf, ZCf, Of):
