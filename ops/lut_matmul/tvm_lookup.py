@@ -4,7 +4,7 @@ An ISA supplies three pieces: ``k_tile`` (a macro adding the table lookups of on
 tiles of one activation row and one 32-column tile into int32 accumulators), ``store`` (a macro
 writing a row of the tile, masked or scalar for a ragged last tile) and ``fence`` (an
 ``llvm.arithmetic.fence`` of a float vector), and optionally ``k_tile2`` (the lookups of two
-rows at once, float activations: x86 1-bit). This module wraps them in the loops over column
+rows at once, float activations: x86 at 1, 2 and 4 bits). This module wraps them in the loops over column
 tiles (parallel) and rows (by pairs where ``k_tile2`` is given, then the odd row left), and in
 the epilogue per weight group: float activations the
 reference's ``s * ((ts * acc + zc * rs) * 0.5)`` with every product fenced (no FMA

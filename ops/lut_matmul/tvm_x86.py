@@ -146,12 +146,14 @@ def lookup_kernel(layout: LutLayout, float_acts: bool, table_bits: int, has_zp: 
     prefetch_words = _prefetch_words(T, p)
     k_tile = (_k_tile_vnni(T, p, nibbles, prefetch_words) if p.use_vnni
               else _k_tile(T, p, nibbles, prefetch_words))
-    # rows by pairs (1-bit, float activations, ymm): a weight word loaded and split once for
-    # two rows. Wider weights keep one row at a time: their two-row loop spills accumulators,
-    # and at 2 bits it ran 0.84-1.42x the one-row kernel's time depending on where the
-    # buffers fell (M = 8, one thread, CPU time, Zen 3, 2026-12-08)
-    k_tile2 = (_k_tile(T, p, nibbles, prefetch_words, rows=2)
-               if p.BIASED and float_acts else None)
+    # rows by pairs (float activations, ymm): a weight word loaded and split once for two
+    # rows; 2 and 4 bits in two column passes (_k_tile_halves): with all eight int16
+    # accumulators live the two-row loop spilled and ran 0.84-1.42x the one-row kernel's
+    # time at 2 bits, M = 8, depending on where the buffers fell (one thread, CPU time, Zen 3,
+    # 2026-12-08); 3 bits (an odd plane word serving every column) keeps one row at a time
+    k_tile2 = (_k_tile(T, p, nibbles, prefetch_words, rows=2) if p.BIASED and float_acts
+               else _k_tile_halves(T, p, nibbles, prefetch_words)
+               if float_acts and not (p.use_vnni or zmm) and p.ODD == 0 else None)
 
     def fence(x):
         return T.call_llvm_pure_intrin("float32x8", "llvm.arithmetic.fence", x)
@@ -387,6 +389,50 @@ def _k_tile(T: Any, p: SimpleNamespace, nibbles: Any, prefetch_words: Any,
                 biased_sums(acc16, i * ACCS * H, 0, acc32, i * TN)
             else:
                 widen(acc16, i * ACCS * H, kt0, r + i, SHf, acc32, i * TN)
+
+    return k_tile
+
+
+def _k_tile_halves(T: Any, p: SimpleNamespace, nibbles: Any, prefetch_words: Any) -> Any:
+    """Macro ``k_tile(nt, r, kt0, Qf, SHf, Wf, acc32)`` of two rows ``r``, ``r + 1`` (float
+    activations, int8 tables, an even bit count): the tile's columns in two passes (``v``:
+    columns ``16 v .. 16 v + 15``, the words ``2p + v`` of every plane pair), each word loaded
+    and split into nibbles once for both rows, two int16 accumulators a row and pass. Keeping
+    all four a row for both rows live at once spills them (about 200 stack accesses a loop at
+    2 bits); a pass needs four in all."""
+    NP, SPAN, KT, TK2, NV, VB = p.NP, p.SPAN, p.KT, p.TK2, p.NV, p.VB
+    H = VB // 2
+    i8, i16, ps, ma = f"int8x{VB}", f"int16x{H}", PSHUF[VB], MADDUBS[VB]
+
+    @T.macro
+    def k_tile(nt, r, kt0, Qf, SHf, Wf, acc32):
+        for v in T.unroll(2):
+            acc16 = T.alloc_buffer((4 * H,), "int16")
+            for i in T.unroll(4):
+                acc16[T.Ramp(i * H, 1, H)] = T.Broadcast(T.int16(0), H)
+            for kk in range(SPAN):
+                kt: T.let[T.int32] = kt0 + kk
+                prefetch_words(Wf, nt, kt)
+                for fs in range(TK2):
+                    w0: T.let[T.int32] = ((nt * KT + kt) * TK2 + fs) * NV * 32
+                    for pp in T.unroll(NP):
+                        mult = T.reinterpret(i8, T.Broadcast(
+                            T.shift_left(T.int16(513), T.Cast("int16", 2 * pp)), H))
+                        w = Wf[T.Ramp(w0 + (2 * pp + v) * VB, 1, VB)]
+                        for h in T.unroll(2):
+                            idx = nibbles(w, h)
+                            for i in T.unroll(2):
+                                tab = Qf[T.Ramp((((r + i) * KT + kt) * TK2 + fs) * 32, 1, 32)]
+                                a0: T.let[T.int32] = (2 * i + h) * H
+                                acc16[T.Ramp(a0, 1, H)] = acc16[T.Ramp(a0, 1, H)] + \
+                                    T.call_llvm_pure_intrin(i16, ma, mult, T.call_llvm_pure_intrin(
+                                        i8, ps, tab, idx))
+            for i in T.unroll(2):
+                for h in T.unroll(2):
+                    c0: T.let[T.int32] = i * TN + (2 * v + h) * 8
+                    acc32[T.Ramp(c0, 1, 8)] = acc32[T.Ramp(c0, 1, 8)] + \
+                        T.Cast("int32x8", acc16[T.Ramp((2 * i + h) * H, 1, 8)]) + \
+                        T.Cast("int32x8", acc16[T.Ramp((2 * i + h) * H + 8, 1, 8)])
 
     return k_tile
 
