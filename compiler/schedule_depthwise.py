@@ -118,15 +118,16 @@ LANES = 8
 
 def depthwise_nhwc_te(xp: Any, w: Any, bias: Any, strides: tuple[int, int],
                       dilation: tuple[int, int], clamp: tuple[float, float],
-                      prologue: tuple[Any, tuple[float, float], tuple[int, ...]] | None = None
-                      ) -> Any:
+                      prologue: tuple[Any, tuple[float, float], tuple[int, ...]] | None = None,
+                      hardswish: tuple[float, float, float, float] | None = None) -> Any:
     """TVM TE: the depthwise convolution of a zero-padded NHWC input ``xp`` [N, HP, WP, C]
     float32 with ``w`` [KH, KW, C] (one output channel per input channel), plus ``bias`` [C],
     clamped to ``clamp`` (lo, hi; +-inf for no bound): [N, OH, OW, C]. With ``prologue``
     ``(in_bias [C], (lo, hi), padding)``, ``xp`` is the previous layer's result before its
     bias and activation: each tap reads ``clamp(xp + in_bias)`` inside the input and 0 on the
     ``padding`` border (top, left, bottom, right), so that neither the activated input nor its
-    padded copy is written."""
+    padded copy is written. ``hardswish`` ``(shift, lo, hi, scale)``: the clamped result ``e``
+    becomes ``e * (clamp(e + shift, lo, hi) / scale)`` (PyTorch's hard-swish, in its order)."""
     from tvm import te, tirx
 
     from edgert.compiler.schedule_conv import _zero_outside, output_size
@@ -154,9 +155,15 @@ def depthwise_nhwc_te(xp: Any, w: Any, bias: Any, strides: tuple[int, int],
                                   axis=[i, j]),
         name="depthwise_nhwc")
     lo, hi = (tirx.const(v, "float32") for v in clamp)
-    return te.compute((n, oh, ow, c),
-                      lambda b, y, z, f: tirx.min(tirx.max(acc[b, y, z, f] + bias[f], lo), hi),
-                      name="epilogue")
+
+    def activation(b: Any, y: Any, z: Any, f: Any) -> Any:
+        e = tirx.min(tirx.max(acc[b, y, z, f] + bias[f], lo), hi)
+        if hardswish is None:
+            return e
+        shift, slo, shi, scale = (tirx.const(v, "float32") for v in hardswish)
+        return e * (tirx.min(tirx.max(e + shift, slo), shi) / scale)
+
+    return te.compute((n, oh, ow, c), activation, name="epilogue")
 
 
 def schedule_depthwise_nhwc(func: Any, block: str = "depthwise_nhwc") -> Any:
@@ -192,14 +199,16 @@ def schedule_depthwise_nhwc(func: Any, block: str = "depthwise_nhwc") -> Any:
 def depthwise_nhwc(rw: Any, x: Any, weight: Any, strides: tuple[int, int],
                    padding: tuple[int, int, int, int], dilation: tuple[int, int],
                    bias: Any = None, clamp: tuple[float, float] = (-np.inf, np.inf),
-                   prologue: tuple[Any, tuple[float, float]] | None = None) -> Any:
+                   prologue: tuple[Any, tuple[float, float]] | None = None,
+                   hardswish: tuple[float, float, float, float] | None = None) -> Any:
     """Emit the NHWC depthwise convolution of ``x`` [N, H, W, C] float32 (static H, W, C; C a
     multiple of :data:`LANES`) with ``weight`` [C, 1, KH, KW] (numpy float32), ``bias`` [C]
     (numpy, or None) and the ``clamp`` of its activation fused in: zero-padded by
     :func:`edgert.compiler.schedule_conv.pad_te` first when ``padding`` has any, or, with
     ``prologue`` ``(in_bias [C] or None, (lo, hi))``, ``x`` taken before the previous layer's
     bias and clamp, which each tap applies (padding inside the kernel: see
-    :func:`depthwise_nhwc_te`). Returns the ``call_tir`` of the [N, OH, OW, C] result."""
+    :func:`depthwise_nhwc_te`), and a ``hardswish`` after it. Returns the ``call_tir`` of the
+    [N, OH, OW, C] result."""
     from tvm import relax, te
 
     from edgert.compiler.schedule_conv import _kernel_call, pad_te
@@ -215,7 +224,8 @@ def depthwise_nhwc(rw: Any, x: Any, weight: Any, strides: tuple[int, int],
     clamp = tuple(float(v) for v in clamp)
     in_clamp = None if prologue is None else tuple(float(v) for v in prologue[1])
     key = ("depthwise_nhwc", tuple(int(d) for d in x.ty.shape.values[1:]), w.shape, strides,
-           dilation, clamp, in_clamp, padding if prologue is not None else None)
+           dilation, clamp, in_clamp, padding if prologue is not None else None,
+           None if hardswish is None else tuple(float(v) for v in hardswish))
     data = te.placeholder(x.ty.shape.values, "float32", name="x")
     kernel = te.placeholder(w.shape, "float32", name="w")
     shift = te.placeholder((c,), "float32", name="bias")
@@ -226,7 +236,7 @@ def depthwise_nhwc(rw: Any, x: Any, weight: Any, strides: tuple[int, int],
         pro = (in_shift, in_clamp, padding)
         params.append(in_shift)
         args.append(relax.const(vector(prologue[0])))
-    out = depthwise_nhwc_te(data, kernel, shift, strides, dilation, clamp, pro)
+    out = depthwise_nhwc_te(data, kernel, shift, strides, dilation, clamp, pro, hardswish)
     if key not in rw.kernels:
         symbol = f"depthwise{sum(k[0] == 'depthwise_nhwc' for k in rw.kernels) or ''}"
         func = te.create_prim_func([*params, out]).with_attr("global_symbol", symbol)

@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from edgert.compiler.schedule_nhwc_fold import (call_tir_clamp, constant_value, epilogue,
+                                               prologue, static_shape)
+
 UNARY = frozenset({"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh",
                    "relax.nn.silu", "relax.nn.gelu", "relax.exp", "relax.negative",
                    "relax.abs", "relax.sqrt", "relax.nn.leakyrelu"})
@@ -41,11 +44,6 @@ UNARY = frozenset({"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh",
 BINARY = frozenset({"relax.add", "relax.subtract", "relax.multiply", "relax.divide",
                     "relax.maximum", "relax.minimum", "relax.power"})
 """Broadcasting elementwise Relax ops of two tensors."""
-CLAMPS = {"maximum": 0, "minimum": 1}
-"""``call_tir`` PrimFuncs of TVM's ONNX Clip (``maximum`` / ``minimum`` with a scalar): the
-clamp bound each sets (0: lower, 1: upper)."""
-
-
 def nhwc_convs(mod: Any) -> Any:
     """Rewrite the float32 convolutions of a Relax module (before legalization, before the
     NCHW convolution rewrites) and the elementwise ops between them to NHWC (see the module
@@ -189,7 +187,7 @@ def _nhwc_value(rw: Any, var: Any, call: Any) -> tuple | None:
         if name == "relax.nn.max_pool2d" and str(call.ty.dtype) == "float32":
             pooled = _max_pool(rw, call)
             return None if pooled is None else (pooled, True)
-    clamp = _call_tir_clamp(rw, call)
+    clamp = call_tir_clamp(rw, call)
     if clamp is not None:
         x, which, bound = clamp
         fn = relax.op.maximum if which == 0 else relax.op.minimum
@@ -205,7 +203,7 @@ def _channels_or_resize(rw: Any, call: Any) -> tuple[Any, bool] | None:
     name, attrs = call.op.name, call.attrs
     if name == "relax.concat":
         fields = getattr(call.args[0], "fields", None)
-        shapes = [_static_shape(f) for f in fields or ()]
+        shapes = [static_shape(f) for f in fields or ()]
         if (not fields or attrs.axis is None or int(attrs.axis) % 4 != 1
                 or any(s is None or len(s) != 4 for s in shapes)
                 or not any(f in rw.nhwc for f in fields)):
@@ -213,7 +211,7 @@ def _channels_or_resize(rw: Any, call: Any) -> tuple[Any, bool] | None:
         return relax.op.concat([rw.nhwc[f] if f in rw.nhwc else _to_nhwc(rw, f)
                                 for f in fields], axis=3), True
     x = call.args[0]
-    if x not in rw.nhwc or len(_static_shape(x) or ()) != 4:
+    if x not in rw.nhwc or len(static_shape(x) or ()) != 4:
         return None
     if name == "relax.split":
         if int(attrs.axis) % 4 != 1:
@@ -246,12 +244,12 @@ def _binary_operands(rw: Any, args: Any) -> list | None:
         if a in rw.nhwc:
             out.append(rw.nhwc[a])
             continue
-        shape = _static_shape(a)
+        shape = static_shape(a)
         if shape is None or len(shape) > 4:
             return None
         full = [1] * (4 - len(shape)) + shape
         if full[2:] != [1, 1]:
-            other = _static_shape(next(b for b in args if b in rw.nhwc))
+            other = static_shape(next(b for b in args if b in rw.nhwc))
             if full != other:
                 return None
             out.append(_to_nhwc(rw, a))      # e.g. a residual from the graph's NCHW input
@@ -259,7 +257,7 @@ def _binary_operands(rw: Any, args: Any) -> list | None:
         if all(d == 1 for d in full):           # a scalar broadcasts alike in both layouts
             out.append(rw.visit_expr(a))
             continue
-        value = _constant_value(rw, a)
+        value = constant_value(rw, a)
         if value is not None:
             out.append(relax.const(np.ascontiguousarray(
                 value.reshape(full).transpose(0, 2, 3, 1))))
@@ -293,12 +291,12 @@ def _conv(rw: Any, var: Any, call: Any) -> tuple | None:
     if groups == 1:
         expr = conv_nhwc(rw, data, weight, strides, padding, dilation, nhwc)
     elif groups == c == o and cg == 1 and c % LANES == 0:
-        bias, clamp, last = _epilogue(rw, var, c)
-        pro = _prologue(rw, var, x, c) if nhwc else None
+        bias, clamp, last, swish = epilogue(rw, var, c)
+        pro = prologue(rw, var, x, c) if nhwc else None
         if pro is not None:     # the input's bias and clamp applied by each tap
             rw.convs += 1
             return depthwise_nhwc(rw, rw.nhwc[pro[0]], weight, strides, padding, dilation,
-                                  bias, clamp, pro[1:]), True, last
+                                  bias, clamp, pro[1:], swish), True, last
         if not nhwc:            # the NCHW input transposed and padded in one pass
             from edgert.compiler.schedule_conv import _kernel_call, _tiles, pad_nhwc_te
 
@@ -307,215 +305,13 @@ def _conv(rw: Any, var: Any, call: Any) -> tuple | None:
             padding = (0, 0, 0, 0)
         rw.convs += 1
         return depthwise_nhwc(rw, data, weight, strides, padding, dilation, bias,
-                              clamp), True, last
-    elif c == cg * groups and o % groups == 0 and _static_shape(x) is not None:
+                              clamp, hardswish=swish), True, last
+    elif c == cg * groups and o % groups == 0 and static_shape(x) is not None:
         expr = grouped_nhwc(rw, data, weight, groups, strides, padding, dilation, nhwc)
     else:
         return None
     rw.convs += 1
     return expr, True
-
-
-def _epilogue(rw: Any, var: Any, channels: int) -> tuple[np.ndarray | None, tuple, Any]:
-    """The bias and clamp that a depthwise convolution's kernel can apply: a following add of
-    a constant channel vector, then Relu / Clip / ``maximum`` / ``minimum`` by constants, each
-    the only user of the one before. Returns ``(bias [C] or None, (lo, hi), last variable)``
-    and marks the folded bindings in ``rw.fused``."""
-    import tvm
-    from tvm import relax
-
-    bias, lo, hi, last = None, -np.inf, np.inf, var
-    folded = []
-
-    def only_user(v: Any) -> Any:
-        users = rw.users.get(v, [])
-        return users[0] if len(users) == 1 and isinstance(users[0], relax.DataflowVar) else None
-
-    nxt = only_user(last)
-    value = rw.bindings.get(nxt) if nxt is not None else None
-    if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-            and value.op.name == "relax.add" and len(value.args) == 2):
-        other = value.args[1] if value.args[0].same_as(last) else value.args[0]
-        vec = _constant_value(rw, other)
-        shape = _static_shape(other)
-        if vec is not None and shape is not None and vec.size == channels and (
-                [1] * (4 - len(shape)) + shape)[2:] == [1, 1]:
-            bias, last = vec.reshape(channels), nxt
-            folded.append(nxt)
-    while True:
-        nxt = only_user(last)
-        value = rw.bindings.get(nxt) if nxt is not None else None
-        bounds = _clamp_of(rw, value, last)
-        if bounds is None:
-            break
-        new_lo, new_hi = max(lo, bounds[0]), min(hi, bounds[1])
-        if new_lo > new_hi:
-            break
-        lo, hi, last = new_lo, new_hi, nxt
-        folded.append(nxt)
-    rw.fused.update(folded)
-    return bias, (lo, hi), last
-
-
-def _clamp_of(rw: Any, value: Any, x: Any) -> tuple[float, float] | None:
-    """``(lo, hi)`` when ``value`` clamps ``x`` by constants (Relu, Clip, ``call_tir``
-    maximum / minimum of a scalar), else None."""
-    found = _clamp_input(rw, value)
-    return found[1] if found is not None and found[0].same_as(x) else None
-
-
-def _clamp_input(rw: Any, value: Any) -> tuple[Any, tuple[float, float]] | None:
-    """``(x, (lo, hi))`` when ``value`` clamps a variable ``x`` by constants, else None."""
-    from tvm import relax
-
-    if not isinstance(value, relax.Call) or not value.args:
-        return None
-    clamp = _call_tir_clamp(rw, value, require_nhwc=False)
-    if clamp is not None:
-        bound = _scalar_value(rw, clamp[2])
-        if bound is None:
-            return None
-        return clamp[0], ((bound, np.inf) if clamp[1] == 0 else (-np.inf, bound))
-    if not isinstance(value.args[0], relax.Var):
-        return None
-    if _is_op(value, "relax.nn.relu"):
-        return value.args[0], (0.0, np.inf)
-    if _is_op(value, "relax.clip") and len(value.args) == 3:
-        bounds = [_prim_float(a) for a in value.args[1:]]
-        return None if None in bounds else (value.args[0], (bounds[0], bounds[1]))
-    return None
-
-
-def _prologue(rw: Any, conv: Any, x: Any, channels: int) -> tuple | None:
-    """``(source, bias [C] or None, (lo, hi))`` when the input ``x`` of the depthwise
-    convolution ``conv`` is ``clamp(source + bias)`` (an add of a constant channel vector and/or
-    clamps by constants, each binding used only by the next one and ``x`` only by ``conv``),
-    ``source`` an NHWC value: the depthwise kernel can apply them to its taps. Else None."""
-    from tvm import relax
-
-    def single(v: Any, user: Any) -> bool:
-        return isinstance(v, relax.DataflowVar) and rw.users.get(v) == [user]
-
-    bounds, cur, user = [], x, conv
-    while single(cur, user):
-        found = _clamp_input(rw, rw.bindings.get(cur))
-        if found is None:
-            break
-        bounds.append(found[1])
-        cur, user = found[0], cur
-    bias = None
-    value = rw.bindings.get(cur)
-    if single(cur, user) and _is_op(value, "relax.add") and len(value.args) == 2:
-        for k in (0, 1):
-            vec, shape = _constant_value(rw, value.args[1 - k]), _static_shape(value.args[1 - k])
-            if vec is not None and shape is not None and vec.size == channels and (
-                    [1] * (4 - len(shape)) + shape)[2:] == [1, 1]:
-                bias, cur = vec.reshape(channels), value.args[k]
-                break
-    if (bias is None and not bounds) or cur not in rw.nhwc:
-        return None
-    lo, hi = -np.inf, np.inf
-    for a, b in reversed(bounds):       # in the order they are applied
-        lo, hi = max(lo, a), min(hi, b)
-        if lo > hi:
-            return None
-    return cur, bias, (lo, hi)
-
-
-def _is_op(value: Any, name: str) -> bool:
-    import tvm
-    from tvm import relax
-
-    return (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-            and value.op.name == name)
-
-
-def _call_tir_clamp(rw: Any, call: Any, require_nhwc: bool = True) -> tuple | None:
-    """``(x, 0 or 1, bound)`` for ``call_tir(maximum* / minimum*, (x, bound))`` with a 0-d
-    ``bound`` and the result shaped as ``x`` (TVM's ONNX Clip), else None."""
-    import tvm
-    from tvm import relax
-
-    if not call.op.same_as(tvm.ir.Op.get("relax.call_tir")):
-        return None
-    gv, args = call.args[0], call.args[1]
-    if not isinstance(gv, tvm.ir.GlobalVar) or len(getattr(args, "fields", ())) != 2:
-        return None
-    which = next((k for name, k in CLAMPS.items()
-                  if gv.name_hint.rstrip("0123456789") == name), None)
-    x, bound = args.fields
-    if which is None or (require_nhwc and x not in rw.nhwc) or _static_shape(bound) != []:
-        return None
-    if _static_shape(x) is None or _static_shape(x) != _static_shape_of(call.ty):
-        return None
-    return x, which, bound
-
-
-def _prim_float(expr: Any) -> float | None:
-    """The number of a ``relax.PrimValue`` holding a constant, else None."""
-    from tvm import relax, tirx
-
-    if isinstance(expr, relax.PrimValue) and isinstance(expr.value, (tirx.IntImm,
-                                                                     tirx.FloatImm)):
-        return float(expr.value.value)
-    return None
-
-
-def _scalar_value(rw: Any, expr: Any) -> float | None:
-    """The value of a 0-d float expression built from constants by ``where`` and ``isnan``
-    (TVM's ONNX Clip bounds), else None."""
-    import tvm
-    from tvm import relax
-
-    expr = rw.bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
-    if isinstance(expr, tvm.ir.GenericConst):
-        value = expr.value.numpy()
-        return float(value) if value.size == 1 else None
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        args = [_scalar_value(rw, a) for a in expr.args]
-        if None in args:
-            return None
-        if expr.op.name == "relax.isnan":
-            return float(np.isnan(args[0]))
-        if expr.op.name == "relax.where":
-            return args[1] if args[0] else args[2]
-    return None
-
-
-def _constant_value(rw: Any, expr: Any) -> np.ndarray | None:
-    """The numpy value of a constant, possibly through variables bound to ``reshape`` of it
-    (the ONNX importer's bias vectors), else None."""
-    import tvm
-    from tvm import relax
-
-    from edgert.compiler.schedule_conv import _constant
-
-    value = _constant(rw, expr)
-    if value is not None:
-        return value
-    bound = rw.bindings.get(expr) if isinstance(expr, relax.Var) else None
-    if isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op) \
-            and bound.op.name == "relax.reshape":
-        inner = _constant_value(rw, bound.args[0])
-        shape = _static_shape(expr)
-        if inner is not None and shape is not None:
-            return inner.reshape(shape)
-    return None
-
-
-def _static_shape(expr: Any) -> list[int] | None:
-    """The static shape of a tensor expression, else None."""
-    return _static_shape_of(getattr(expr, "ty", None))
-
-
-def _static_shape_of(ty: Any) -> list[int] | None:
-    from tvm import relax, tirx
-
-    shape = getattr(ty, "shape", None)
-    if not isinstance(shape, relax.ShapeExpr) or any(
-            not isinstance(d, tirx.IntImm) for d in shape.values):
-        return None
-    return [int(d) for d in shape.values]
 
 
 def max_pool_nhwc_te(x: Any, pool: tuple[int, int], strides: tuple[int, int],
@@ -555,7 +351,7 @@ def _max_pool(rw: Any, call: Any) -> Any | None:
 
     attrs = call.attrs
     x = rw.nhwc.get(call.args[0])
-    shape = _static_shape(x) if x is not None else None
+    shape = static_shape(x) if x is not None else None
     if (shape is None or attrs.layout != "NCHW" or attrs.out_layout != "NCHW"
             or bool(attrs.ceil_mode) or shape[3] % LANES):
         return None

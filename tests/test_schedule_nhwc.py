@@ -1,8 +1,9 @@
 """Float32 convolution chains kept NHWC (``compiler/schedule_nhwc.py``): a small MobileNet-like
 graph (stem, max pooling, pointwise, depthwise with a foldable bias + Clip, squeeze-excite,
 a grouped convolution with a residual add, a channel Split and Concat, a nearest Resize, a
-strided 5x5 depthwise with hard-swish) loses every NCHW convolution and all but the needed
-transposes, and the compiled model matches onnxruntime."""
+strided 5x5 depthwise with PyTorch's hard-swish, a depthwise with ONNX HardSwish) loses every
+NCHW convolution and all but the needed transposes, and the compiled model matches
+onnxruntime."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def _model():
     x = node("Resize", [x, "", const("scales", [1, 1, 2, 2])], "up", mode="nearest")
     d5 = conv(x, "dw5", 32, 32, 5, stride=2, group=32)
     gate = node("Clip", [node("Add", [d5, three], "hs_add"), lo, hi], "hs_clip")
-    x = node("Mul", [d5, node("Div", [gate, six], "hs_div")], "hswish")
+    x = node("Mul", [d5, node("Div", [gate, six], "hs_div")], "hswish")   # folded
+    x = node("HardSwish", [conv(x, "dw6", 32, 32, 3, group=32)], "hswish6")   # relax.clip
     y = node("Flatten", [node("GlobalAveragePool", [x], "head_pool")], "y")
     graph = helper.make_graph(
         nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 3, H, W])],
@@ -88,7 +90,9 @@ def test_convolution_chain_stays_nhwc_and_matches_onnxruntime(tmp_path):
     # back to NCHW only where the graph needs it: its two outputs
     assert script.count("R.call_tir(cls.nhwc_to_nchw") == 2, script
     kernels = {gv.name_hint: f for gv, f in mod.functions_items()}
-    assert sum(n.startswith("nhwc_depthwise") for n in kernels) == 2
+    assert sum(n.startswith("nhwc_depthwise") for n in kernels) == 3
+    # the 5x5 one applies the hard-swish after it (x * (clip(x + 3, 0, 6) / 6))
+    assert "T.float32(3.0)" in kernels["nhwc_depthwise1"].script()
     assert "nhwc_max_pool" in kernels
     # the first depthwise kernel applies its bias and Clip(0, 6) itself, and the pointwise
     # convolution's bias and Clip to its taps (x, w, bias, in_bias, out)
