@@ -125,6 +125,18 @@ def test_kernel_names_to_onnx_types():
     got = ops.map_calls_to_nodes(["im2col", "matmul_k9_n8", "to_nchw", "fused_add_relu"],
                                  [("c", "Conv"), ("r", "Relu")])
     assert got == [["c"], ["c"], ["c"], ["r"]]
+    # NHWC chains: numbered kernels, a padding kernel and a matmul split in two belong to the
+    # convolution after them; a 1x1 convolution is a bare matmul; TVM's spelling of HardSwish
+    calls = ["nhwc_pad_nhwc", "nhwc_im2col3", "matmul_fma_x86_float32_packed_serial_c4",
+             "matmul_fma_x86_float32_packed_serial_c4", "fused_reshape2_add_add1_tir_clip_divide_multiply",
+             "matmul_fma_x86_float32_packed_parallel_c2", "nhwc_depthwise4"]
+    nodes = [("c1", "Conv"), ("h", "HardSwish"), ("c2", "Conv"), ("dw", "Conv")]
+    assert ops.map_calls_to_nodes(calls, nodes) == [["c1"]] * 4 + [["h"], ["c2"], ["dw"]]
+    # integer-only graphs: ConvInteger, the Requant after it found by name
+    calls = ["pad_nhwc2", "im2col_groups1", "int_matmul_x86_int8_int8_batched_k144_n16_par",
+             "requant_nhwc4", "int_dw_nhwc5"]
+    nodes = [("g", "ConvInteger"), ("q", "Requant"), ("d", "ConvInteger")]
+    assert ops.map_calls_to_nodes(calls, nodes) == [["g"]] * 3 + [["q"], ["d"]]
 
 
 def test_random_feed_shapes_dtypes_and_errors():

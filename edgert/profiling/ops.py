@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+CONV = ("Conv", "ConvInteger")
+"""The ONNX types of a convolution (fp32 and integer-only graphs)."""
+
 ALIASES: dict[str, tuple[str, ...]] = {
-    "matmul": ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"),
+    "matmul": ("MatMul", "Gemm", "MatMulInteger", "QLinearMatMul") + CONV,
     "dense": ("Gemm", "MatMul"), "add": ("Add", "Sum"), "multiply": ("Mul",),
     "subtract": ("Sub",), "divide": ("Div",), "gelu": ("Gelu",),
     "layer_norm": ("LayerNormalization",), "rms_norm": ("RMSNormalization",),
@@ -27,7 +30,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "strided_slice": ("Slice", "Split", "Gather"), "split": ("Split",),
     "squeeze": ("Squeeze",), "expand_dims": ("Unsqueeze",), "concatenate": ("Concat",),
     "broadcast_to": ("Expand",), "take": ("Gather",), "where": ("Where",),
-    "im2col": ("Conv",), "to_nchw": ("Conv",), "conv2d": ("Conv",), "conv1d": ("Conv",),
+    "im2col": CONV, "to_nchw": CONV, "conv2d": CONV, "conv1d": CONV, "conv": CONV,
+    "depthwise": CONV, "dw": CONV,
+    "add_clip_divide_multiply": ("HardSwish",), "multiply_add_clip": ("HardSigmoid",),
     "relu": ("Relu",), "tanh": ("Tanh",), "sigmoid": ("Sigmoid",), "erf": ("Erf",),
     "exp": ("Exp",), "sqrt": ("Sqrt",), "rsqrt": ("Sqrt",), "power": ("Pow",),
     "max_pool2d": ("MaxPool",), "avg_pool2d": ("AveragePool",),
@@ -39,7 +44,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "TVMTensorCreateView": ("Reshape", "Flatten", "Squeeze", "Unsqueeze"),
 }
 """TVM / Relax op names (after ``fused_`` and the numeric suffix are dropped) -> the ONNX op
-types they come from, most likely first."""
+types they come from, most likely first (a matmul may be a 1x1 convolution; the
+decomposed forms of HardSwish and HardSigmoid as TVM spells them)."""
+
+CONV_PADDING = re.compile(r"^(nhwc_)?pad(_nhwc)?\d*$")
+"""A kernel that only pads a convolution's input: part of the convolution after it."""
 
 _NOISE = re.compile(r"^(k\d+|n\d+|[a-z]*\d+bit|float\d+|int\d+|uint\d+|x86|fma|avx\d*|neon|sdot|"
                     r"packed|batched|tir|poly|runtime|compute|nt|nn|relax)$")
@@ -122,23 +131,33 @@ def map_calls_to_nodes(calls: Sequence[str], nodes: Sequence[tuple[str, str]]
     spelled); the slots of all calls, in call order, are aligned with the graph's ``nodes``
     ((name, op_type), topological order) by a longest common subsequence in which a slot
     matches a node of one of the ONNX types its name may stand for. A convolution lowered to
-    im2col, a matmul and ``to_nchw`` maps all three to its Conv node. A call whose slots found
-    no node maps to no node."""
+    padding, im2col, one or more matmuls and ``to_nchw`` maps all of them to its Conv node. A
+    call whose slots found no node maps to no node."""
     graph_types = {t for _, t in nodes}
     slots: list[tuple[int, tuple[str, ...]]] = []
     conv_parts: dict[int, int] = {}                 # call -> the im2col call of its Conv
+    paddings = [c for c, kernel in enumerate(calls) if CONV_PADDING.match(_base(kernel))]
     for c, kernel in enumerate(calls):
-        if c and ("matmul" in kernel or "to_nchw" in kernel) and \
-                calls[conv_parts.get(c - 1, c - 1)].endswith("im2col"):
-            conv_parts[c] = conv_parts.get(c - 1, c - 1)
+        head = conv_parts.get(c - 1, c - 1)
+        if c and ("matmul" in kernel or _base(kernel) == "to_nchw") and "im2col" in calls[head]:
+            conv_parts[c] = head
             continue
-        slots.extend((c, types) for types in _candidates(kernel, graph_types))
+        if c not in paddings:
+            slots.extend((c, types) for types in _candidates(kernel, graph_types))
     out: list[list[str]] = [[] for _ in calls]
     for s, j in _lcs([t for _, t in slots], [t for _, t in nodes]):
         out[slots[s][0]].append(nodes[j][0])
     for c, first in conv_parts.items():
         out[c] = list(out[first])
+    for c in reversed(paddings):
+        out[c] = list(out[c + 1]) if c + 1 < len(calls) else []
     return out
+
+
+def _base(kernel: str) -> str:
+    """A kernel's name without its module prefix and numeric suffix (``nhwc_im2col3`` ->
+    ``nhwc_im2col``)."""
+    return re.sub(r"\d+$", "", kernel.rsplit(".", 1)[-1])
 
 
 def _lcs(slots: Sequence[tuple[str, ...]], types: Sequence[str]) -> list[tuple[int, int]]:
