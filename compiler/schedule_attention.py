@@ -48,6 +48,10 @@ ROWS = 24
 MR = 6
 """Rows of the score tile (with 2 vectors of keys: 12 accumulators, 15 vector registers)."""
 MAX_HEAD_DIM = 128
+MAX_FUSED_KEYS = 1024
+"""Longer static key sequences stay on the unfused kernels: the fused kernel keeps a whole
+score row per query and does not block over keys, and at 2048 keys it ran 1.3x slower than
+the matmul + softmax + matmul path (bench_attention, Zen 3, 2 threads)."""
 LAYOUTS = ("bshd", "bhsd", "bhds")
 
 
@@ -578,6 +582,8 @@ def fused_attentions(mod: Any, tvm_target: Any, lanes: int) -> Any:
         out_layout = "bshd" if len(qs) == 4 and any(call.same_as(c) for c in merge) \
             else "bhsd"
         work = [static_int(x) for x in logical]
+        if work[3] is not None and work[3] > MAX_FUSED_KEYS:
+            return None
         par = cores > 1 and (None in work or work[0] * work[1] * work[2] * work[3] * d
                              >= PARALLEL_MIN_WORK)
         spec = AttentionSpec(d, ops[0][1], ops[1][1], ops[2][1], out_layout, flags,

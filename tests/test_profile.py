@@ -121,6 +121,7 @@ def test_kernel_names_to_onnx_types():
     assert t("matmul_fma_x86_float32_packed_k32_n96") == ["MatMul"]
     assert t("fused_add3_add4", repeats=True) == ["Add", "Add"]
     assert t("lut_matmul", ["LutMatMul", "Shiftmax"]) == ["LutMatMul"]
+    assert t("attention_d32_bshd_bshd_bshd_bshd_0", repeats=True) == ["MatMul", "Softmax", "MatMul"]
     # a convolution lowered to im2col + matmul + to_nchw maps all three to its Conv
     got = ops.map_calls_to_nodes(["im2col", "matmul_k9_n8", "to_nchw", "fused_add_relu"],
                                  [("c", "Conv"), ("r", "Relu")])

@@ -71,8 +71,8 @@ def test_transposed_b_kernel_avx512():
     assert np.abs(out.numpy() - want).max() <= MATMUL_RTOL * np.abs(want).max()
 
 
-def _attention_onnx(path, d: int = 32):
-    """q, k, v [batch, 2, n, d] -> softmax(q k^T / sqrt(d)) v, n symbolic."""
+def _attention_onnx(path, d: int = 32, n: int | str = "n"):
+    """q, k, v [batch, 2, n, d] -> softmax(q k^T / sqrt(d)) v, n symbolic by default."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -82,9 +82,9 @@ def _attention_onnx(path, d: int = 32):
              helper.make_node("Mul", ["qk", "scale"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
              helper.make_node("MatMul", ["p", "v"], ["out"])]
-    inputs = [helper.make_tensor_value_info(x, f, ["batch", 2, "n", d]) for x in "qkv"]
+    inputs = [helper.make_tensor_value_info(x, f, ["batch", 2, n, d]) for x in "qkv"]
     graph = helper.make_graph(nodes, "attention", inputs,
-                              [helper.make_tensor_value_info("out", f, ["batch", 2, "n", d])],
+                              [helper.make_tensor_value_info("out", f, ["batch", 2, n, d])],
                               [numpy_helper.from_array(np.float32(d ** -0.5), "scale")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
@@ -275,3 +275,16 @@ def test_attention_graph_is_fused_and_matches_onnxruntime(tmp_path):
                        for name in names), names
         got, want = sess.run(None, feed)[0], ref.run(None, feed)[0]
         assert np.abs(got - want).max() <= FUSED_TOL * max(1.0, np.abs(want).max())
+
+
+def test_long_static_key_sequences_stay_unfused(tmp_path):
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgert.compiler.schedule_attention import MAX_FUSED_KEYS, fused_attentions
+
+    def fused(n):
+        mod = from_onnx(onnx.load(_attention_onnx(tmp_path / f"a{n}.onnx", n=n)))
+        return "attention_d32" in fused_attentions(mod, _target(), 8).script()
+
+    assert fused(MAX_FUSED_KEYS) and not fused(MAX_FUSED_KEYS + 1)

@@ -47,6 +47,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
 types they come from, most likely first (a matmul may be a 1x1 convolution; the
 decomposed forms of HardSwish and HardSigmoid as TVM spells them)."""
 
+FUSED: dict[str, tuple[str, ...]] = {"attention": ("MatMul", "Softmax", "MatMul")}
+"""Kernel name tokens that stand for several ONNX nodes in a row (the fused attention
+kernel: scores, softmax, times V; its scale and mask nodes are not spelled)."""
+
 CONV_PADDING = re.compile(r"^(nhwc_)?pad(_nhwc)?\d*$")
 """A kernel that only pads a convolution's input: part of the convolution after it."""
 
@@ -102,9 +106,9 @@ def kernel_op_types(kernel: str, graph_types: Iterable[str] = (), *,
             joined = "_".join(tokens[i:i + n])
             hit = normal.get(joined.replace("_", "")) or (
                 ALIASES[joined][0] if joined in ALIASES else None)
-            if hit:
-                if repeats or hit not in found:
-                    found.append(hit)
+            hits = FUSED.get(joined, (hit,) if hit else ())
+            if hits:
+                found.extend(h for h in hits if repeats or h not in found)
                 i += n
                 break
         else:
