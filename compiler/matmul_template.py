@@ -198,7 +198,7 @@ def _block_macros(sh: _Shape, tile: Any, a_word: Any) -> tuple[Any, Any]:
         # KG int32 words of G elements (zero past K); zero rows up to a multiple of MR.
         # (Every buffer the kernel writes is accessed with its own dtype only: TVM
         # miscompiled stores through a view of another dtype.)
-        bi: T.let[T.int64] = pi // MPN
+        bi: T.let[T.int64] = T.truncdiv(pi, MPN)
         mp: T.let[T.int64] = pi - bi * MPN
         row0: T.let[T.int64] = bi * M + mp * MP
         rows: T.let[T.int32] = T.Cast("int32", T.min(T.int64(MP), M - mp * MP))
@@ -225,10 +225,12 @@ def _task_macro(sh: _Shape, block: Any, b_word: Any, b_word_ragged: Any, b_packe
     @T.macro
     def task(t, ap32, Bf, Cf, M, MPN, k, n, KG, NBR, NBC, NCH):
         # task t: batch bi, rows [mp*MP, +MP) of it (packed A panel bi * MPN + mp), column
-        # blocks [nc*NBC, +NBC)
-        bi: T.let[T.int64] = t // (MPN * NCH)
+        # blocks [nc*NBC, +NBC). (truncdiv: the operands are never negative; TVM's floordiv
+        # by a run-time divisor lowers to sign fix-ups that made a kernel with a symbolic n
+        # 2x slower to compile.)
+        bi: T.let[T.int64] = T.truncdiv(t, MPN * NCH)
         rest: T.let[T.int64] = t - bi * (MPN * NCH)
-        mp: T.let[T.int64] = rest // NCH
+        mp: T.let[T.int64] = T.truncdiv(rest, NCH)
         nc: T.let[T.int64] = rest - mp * NCH
         row0: T.let[T.int64] = bi * M + mp * MP           # first row of the panel in A and C
         rows: T.let[T.int32] = T.Cast("int32", T.min(T.int64(MP), M - mp * MP))

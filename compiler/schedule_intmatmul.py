@@ -50,6 +50,12 @@ the generic compute.
 Not rewritten (left on the generic compute): batch dims of B that are neither absent/all 1
 nor equal to A's (a broadcast between different batch shapes). A symbolic K or N (activation
 B only) is handled by the unspecialized kernel, which takes it as an argument.
+
+Float32 kernels are shared between shapes: K and N are arguments of the call, so one kernel
+serves every matmul of a signature (B packed or not, batched, transposed; serial or parallel;
+the column blocks per task, 1 to ``max_chunk``). A CNN's convolutions then build a handful of
+matmul kernels instead of one per (K, N) (mobilenet_v3_small: 5 instead of 33; its compile
+took 26 s of CPU time instead of 40, docs/benchmarks.md "Compile time"). Integer kernels stay specialized per (K, N).
 """
 
 from __future__ import annotations
@@ -99,7 +105,8 @@ def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, 
                       b_packed: bool, b_batched: bool = False,
                       config: MatmulConfig = DEFAULT_CONFIG, cores: int = 1,
                       isa: DotIsa = AVX2, name: str = "int_matmul_x86",
-                      b_transposed: bool = False) -> Any:
+                      b_transposed: bool = False, shared: bool = False,
+                      nbc: int = 1) -> Any:
     """The ``isa`` kernel (integer, or float32 for the FMA ISAs) as a TIR PrimFunc
     ``(A, B, C)``, specialized to ``k`` and ``n``.
 
@@ -115,14 +122,21 @@ def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, 
         isa: :data:`AVX2`, :data:`SDOT` or :data:`DP4A` (the CUDA kernel; ``cores`` unused).
         b_transposed: (float32 ISAs, unpacked B) B is given as ``[BB, n, k]``, its transpose
             (attention's ``Q K^T`` without a transpose kernel).
+        shared: one kernel for many shapes: ``k`` and ``n`` (both None) are int64 arguments
+            after B (``(A, B, k, n, C)``), a packed B included, and ``nbc`` (column blocks
+            per task, see :func:`chunk_blocks`) is fixed; one build serves every matmul of a
+            signature (a CNN's convolutions). (``nbc`` as an argument too made the kernel
+            ~6x slower to compile.)
 
     A is ``[BA, M, k]`` (BA, M symbolic), C is ``[BA, M, n]`` int32.
     """
     if a_dtype not in isa.operands or (not b_packed and b_dtype not in isa.operands):
         raise ValueError(f"{'/'.join(isa.operands)} operands expected for {isa.name}, got "
                          f"{a_dtype} and {b_dtype}")
-    if b_packed and (k is None or n is None):
-        raise ValueError("a packed (constant) B needs static k and n")
+    if shared and (k is not None or n is not None or isa is DP4A):
+        raise ValueError("a shared kernel takes k and n as arguments (CPU ISAs only)")
+    if b_packed and (k is None or n is None) and not shared:
+        raise ValueError("a packed (constant) B needs static k and n (or a shared kernel)")
     if isa.a_offset and not b_packed:
         raise ValueError(f"{isa.name} takes a constant (packed) B only")
     if config.nr % isa.lanes:
@@ -140,13 +154,13 @@ def int_matmul_kernel(a_dtype: str, b_dtype: str, k: int | None, n: int | None, 
     from tvm import tirx
 
     k_var, n_var, nbc_var = template.params[2:5]
+    nbc = nbc if shared else chunk_blocks(n, config, cores)
     bind = {v: tirx.IntImm("int64", int(value))     # int64 like the params (not Python ints)
-            for v, value in ((k_var, k), (n_var, n), (nbc_var, _chunk_blocks(n, config, cores)))
-            if value is not None}
+            for v, value in ((k_var, k), (n_var, n), (nbc_var, nbc)) if value is not None}
     return template.specialize(bind).with_attr("global_symbol", name)
 
 
-def _chunk_blocks(n: int | None, cfg: MatmulConfig, cores: int) -> int:
+def chunk_blocks(n: int | None, cfg: MatmulConfig, cores: int) -> int:
     """Column blocks per task: enough chunks for ``2 * cores`` tasks at M = 1, at most
     ``cfg.max_chunk`` blocks (1 when n is symbolic)."""
     if n is None:
@@ -285,21 +299,34 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
 
     cores = num_cores(tvm_target)
 
-    def kernel(rw: Any, a_dtype: str, b_dtype: str, k: int | None, n: int | None,
-               packed: bool, batched: bool, bt: bool = False, b_count: int = 1) -> Any:
+    shared = isa.group == 1      # float32: one kernel per signature, shapes as arguments
+
+    def kernel(rw: Any, a_dtype: str, b_dtype: str, k_dim: Any, n_dim: Any,
+               packed: bool, batched: bool, bt: bool = False,
+               b_count: int = 1) -> tuple[Any, list]:
+        """The kernel's GlobalVar and the shape arguments of its call (float32: k and n of
+        the shared kernel; integer: the symbolic ones of k, n)."""
+        k, n = static_int(k_dim), static_int(n_dim)
         small, par = _serial(config, k, n, b_count)
-        key = (isa.name, a_dtype, b_dtype, k, n, packed, batched, bt, small)
+        # (a serial kernel's tasks run in order: the most blocks a task, its A rows reused)
+        nbc = config.max_chunk if small else chunk_blocks(n, config, cores)
+        key = (isa.name, a_dtype, b_dtype, nbc if shared else k, None if shared else n,
+               packed, batched, bt, small)
         if key not in rw.kernels:
             prefix = "matmul" if isa.group == 1 else "int_matmul"
+            shape = (f"_{'serial' if small else 'parallel'}_c{nbc}" if shared
+                     else f"_k{k or 'var'}_n{n or 'var'}{'_par' if par else ''}")
             name = (f"{prefix}_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
-                    f"{'_batched' if batched else ''}{'_bt' if bt else ''}"
-                    f"_k{k or 'var'}_n{n or 'var'}{'_par' if par else ''}")
-            func = int_matmul_kernel(a_dtype, b_dtype, k, n, b_packed=packed,
+                    f"{'_batched' if batched else ''}{'_bt' if bt else ''}{shape}")
+            func = int_matmul_kernel(a_dtype, b_dtype, None if shared else k,
+                                     None if shared else n, b_packed=packed,
                                      b_batched=batched, config=config,
                                      cores=1 if small else cores, isa=isa, name=name,
-                                     b_transposed=bt)
+                                     b_transposed=bt, shared=shared, nbc=nbc)
             rw.add_kernel(key, func, name)
-        return rw.kernels[key]
+        if not shared:
+            return rw.kernels[key], [d for d, v in ((k_dim, k), (n_dim, n)) if v is None]
+        return rw.kernels[key], [k_dim, n_dim]
 
     def emit(rw: Any, a: Any, b: Any, out_ty: Any) -> Any | None:
         if isa.group == 1:                    # float: Gemm's transB of a constant weight
@@ -329,8 +356,8 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
         src, last2 = (b, [k_dim, n_dim]) if bt is None else (bt, [n_dim, k_dim])
         if all(static_int(d) == 1 for d in b_batch):          # one B for every row of A
             batch, m = one, dims_product(a_shape[:-1])
-            gv = kernel(rw, a_dtype, isa.word if b_const else b_dtype, k, n, b_const, False,
-                        bt is not None)
+            gv, dims = kernel(rw, a_dtype, isa.word if b_const else b_dtype, k_dim, n_dim,
+                              b_const, False, bt is not None)
             if b_const:                                    # packed now, once
                 b3 = relax.const(pack_weight_words(b.value.numpy().reshape(k, n), config.nr,
                                                    isa.group, isa.a_offset))
@@ -339,14 +366,14 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
         elif same_dims(a_batch, b_batch):      # batched activations (or constants: groups)
             batch = dims_product(a_batch)
             count = static_int(batch) if b_const else None
-            gv = kernel(rw, a_dtype, b_dtype, k, n, False, True, bt is not None, count or 1)
+            gv, dims = kernel(rw, a_dtype, b_dtype, k_dim, n_dim, False, True, bt is not None,
+                              count or 1)
             b3 = src if len(b_shape) == 3 else bb.emit(relax.op.reshape(src, [batch, *last2]))
         else:
             return None
         a3 = a if len(a_shape) == 3 and batch is not one else bb.emit(
             relax.op.reshape(a, [batch, m, k_dim]))
-        dims = [relax.prim_value(d) for d, v in ((k_dim, k), (n_dim, n)) if v is None]
-        out = bb.emit(relax.call_tir(gv, [a3, b3, *dims],
+        out = bb.emit(relax.call_tir(gv, [a3, b3, *map(relax.prim_value, dims)],
                                      relax.TensorType([batch, m, n_dim], isa.word)))
         # a view, not a reshape: the reshape after the kernel is legalized into a copy kernel
         return relax.op.memory.view(out, out_ty.shape)
