@@ -299,34 +299,11 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
 
     cores = num_cores(tvm_target)
 
-    shared = isa.group == 1      # float32: one kernel per signature, shapes as arguments
-
     def kernel(rw: Any, a_dtype: str, b_dtype: str, k_dim: Any, n_dim: Any,
                packed: bool, batched: bool, bt: bool = False,
                b_count: int = 1) -> tuple[Any, list]:
-        """The kernel's GlobalVar and the shape arguments of its call (float32: k and n of
-        the shared kernel; integer: the symbolic ones of k, n)."""
-        k, n = static_int(k_dim), static_int(n_dim)
-        small, par = _serial(config, k, n, b_count)
-        # (a serial kernel's tasks run in order: the most blocks a task, its A rows reused)
-        nbc = config.max_chunk if small else chunk_blocks(n, config, cores)
-        key = (isa.name, a_dtype, b_dtype, nbc if shared else k, None if shared else n,
-               packed, batched, bt, small)
-        if key not in rw.kernels:
-            prefix = "matmul" if isa.group == 1 else "int_matmul"
-            shape = (f"_{'serial' if small else 'parallel'}_c{nbc}" if shared
-                     else f"_k{k or 'var'}_n{n or 'var'}{'_par' if par else ''}")
-            name = (f"{prefix}_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
-                    f"{'_batched' if batched else ''}{'_bt' if bt else ''}{shape}")
-            func = int_matmul_kernel(a_dtype, b_dtype, None if shared else k,
-                                     None if shared else n, b_packed=packed,
-                                     b_batched=batched, config=config,
-                                     cores=1 if small else cores, isa=isa, name=name,
-                                     b_transposed=bt, shared=shared, nbc=nbc)
-            rw.add_kernel(key, func, name)
-        if not shared:
-            return rw.kernels[key], [d for d, v in ((k_dim, k), (n_dim, n)) if v is None]
-        return rw.kernels[key], [k_dim, n_dim]
+        return _kernel(rw, isa, config, cores, (a_dtype, b_dtype, packed, batched, bt),
+                       k_dim, n_dim, b_count)
 
     def emit(rw: Any, a: Any, b: Any, out_ty: Any) -> Any | None:
         if isa.group == 1:                    # float: Gemm's transB of a constant weight
@@ -379,3 +356,35 @@ def _matmul_rewriter(tvm_target: Any, config: MatmulConfig,
         return relax.op.memory.view(out, out_ty.shape)
 
     return emit
+
+
+def _kernel(rw: Any, isa: DotIsa, config: MatmulConfig, cores: int, signature: tuple,
+            k_dim: Any, n_dim: Any, b_count: int) -> tuple[Any, list]:
+    """The kernel's GlobalVar (added to ``rw`` once per key) and the shape arguments of its
+    call: float32, k and n of the shared kernel; integer, the symbolic ones of k, n.
+    ``signature``: (a_dtype, b_dtype, packed, batched, bt); ``b_count``: B matrices of a
+    constant batched B (a grouped convolution's groups): the work of one call is
+    b_count * K * N per row, not K * N."""
+    a_dtype, b_dtype, packed, batched, bt = signature
+    shared = isa.group == 1      # float32: one kernel per signature, shapes as arguments
+    k, n = static_int(k_dim), static_int(n_dim)
+    small, par = _serial(config, k, n, b_count)
+    # (a serial kernel's tasks run in order: the most blocks a task, its A rows reused)
+    nbc = config.max_chunk if small else chunk_blocks(n, config, cores)
+    key = (isa.name, a_dtype, b_dtype, nbc if shared else k, None if shared else n,
+           packed, batched, bt, small)
+    if key not in rw.kernels:
+        prefix = "matmul" if isa.group == 1 else "int_matmul"
+        shape = (f"_{'serial' if small else 'parallel'}_c{nbc}" if shared
+                 else f"_k{k or 'var'}_n{n or 'var'}{'_par' if par else ''}")
+        name = (f"{prefix}_{isa.name}_{a_dtype}_{'packed' if packed else b_dtype}"
+                f"{'_batched' if batched else ''}{'_bt' if bt else ''}{shape}")
+        func = int_matmul_kernel(a_dtype, b_dtype, None if shared else k,
+                                 None if shared else n, b_packed=packed,
+                                 b_batched=batched, config=config,
+                                 cores=1 if small else cores, isa=isa, name=name,
+                                 b_transposed=bt, shared=shared, nbc=nbc)
+        rw.add_kernel(key, func, name)
+    if not shared:
+        return rw.kernels[key], [d for d, v in ((k_dim, k), (n_dim, n)) if v is None]
+    return rw.kernels[key], [k_dim, n_dim]
