@@ -47,6 +47,38 @@ def same_dims(xs: list, ys: list) -> bool:
         x.same_as(y) or analyzer.can_prove_equal(x, y) for x, y in zip(xs, ys))
 
 
+def bound_value(rw: Any, expr: Any) -> Any:
+    """What a dataflow variable is bound to in the rewriter ``rw``, following Var-to-Var
+    bindings (``expr`` itself when it is not a bound Var)."""
+    from tvm import relax
+
+    while isinstance(expr, relax.Var):
+        value = rw.lookup_binding(expr)
+        if value is None:
+            break
+        expr = value
+    return expr
+
+
+def bound_call(rw: Any, expr: Any, op_name: str) -> Any | None:
+    """The call of the Relax op ``op_name`` (e.g. ``"relax.permute_dims"``) that ``expr`` is
+    bound to, else None."""
+    import tvm
+    from tvm import relax
+
+    value = bound_value(rw, expr)
+    if isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get(op_name)):
+        return value
+    return None
+
+
+def permute_axes(call: Any, ndim: int) -> list[int]:
+    """The axes of a ``permute_dims`` call on an ``ndim``-D tensor (None: all reversed)."""
+    if call.attrs.axes is None:
+        return list(range(ndim))[::-1]
+    return [int(a) % ndim for a in call.attrs.axes]
+
+
 def rewrite_call_tirs(mod: Any, names: Container[str],
                       rewrite: Callable[[Any, Any], Any | None]) -> Any:
     """Rewrite every ``call_tir`` of a PrimFunc named in ``names`` in the Relax functions of

@@ -27,8 +27,9 @@ D is not a multiple), head dims up to 128 that are multiples of L:
 - the output rows: tiles of up to 4 rows x up to 4 vectors of D, ``Σ_j p_j V_j`` over the N
   keys, times ``1 / sum`` at the store.
 
-The full row of scores is kept (no online softmax): N up to a few thousand fits the task's
-buffer. Results differ from the unfused graph by float rounding only (sums in another order,
+The full row of scores is kept (no online softmax, no blocking over keys): attentions over
+more than :data:`MAX_FUSED_KEYS` static keys stay unfused (at 2048 keys the fused kernel took
+1.3x the time of the unfused matmul, softmax and matmul kernels). Results differ from the unfused graph by float rounding only (sums in another order,
 ``x * (1 / c)`` for ``x / c``): within 1e-5 relative of numpy's float64 attention in
 ``tests/test_schedule_attention.py``.
 """
@@ -39,7 +40,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from edgert.compiler.relax_rewrite import num_cores, rewrite_calls, same_dims, static_int
+from edgert.compiler.relax_rewrite import (bound_call, num_cores, permute_axes, rewrite_calls,
+                                           same_dims, static_int)
 from edgert.compiler.schedule_cpu import PARALLEL_MIN_WORK, exp_expr
 from edgert.compiler.schedule_rows import NEG_LARGE
 
@@ -49,9 +51,6 @@ MR = 6
 """Rows of the score tile (with 2 vectors of keys: 12 accumulators, 15 vector registers)."""
 MAX_HEAD_DIM = 128
 MAX_FUSED_KEYS = 1024
-"""Longer static key sequences stay on the unfused kernels: the fused kernel keeps a whole
-score row per query and does not block over keys, and at 2048 keys it ran 1.3x slower than
-the matmul + softmax + matmul path (bench_attention, Zen 3, 2 threads)."""
 LAYOUTS = ("bshd", "bhsd", "bhds")
 
 
@@ -378,24 +377,11 @@ def _var_uses(mod: Any) -> tuple[dict, list]:
     merge = []
     for value in values.values():
         if isinstance(value, relax.Call) and value.op.same_as(permute) \
-                and _axes(value) == [0, 2, 1, 3] and counts.get(value.args[0], 0) == 1:
+                and permute_axes(value, 4) == [0, 2, 1, 3] and counts.get(value.args[0], 0) == 1:
             inner = values.get(value.args[0])
             if isinstance(inner, relax.Call) and inner.op.same_as(matmul):
                 merge.append(inner)
     return counts, merge
-
-
-def _call_of(rw: Any, expr: Any, op_name: str) -> Any | None:
-    """The call of ``op_name`` that the Var ``expr`` is bound to, else None."""
-    import tvm
-    from tvm import relax
-
-    if not isinstance(expr, relax.Var):
-        return None
-    bound = rw.lookup_binding(expr)
-    if isinstance(bound, relax.Call) and bound.op.same_as(tvm.ir.Op.get(op_name)):
-        return bound
-    return None
 
 
 def _shape_of(expr: Any) -> list | None:
@@ -407,12 +393,6 @@ def _shape_of(expr: Any) -> list | None:
             and str(ty.dtype) == "float32"):
         return None
     return list(ty.shape.values)
-
-
-def _axes(call: Any) -> list[int] | None:
-    if call is None or call.attrs.axes is None:
-        return None
-    return [int(a) for a in call.attrs.axes]
 
 
 def _scalar_const(expr: Any) -> float | None:
@@ -435,14 +415,14 @@ def _operand(rw: Any, x: Any, perm_bshd: list[int], perm_other: list[int] | None
     shape = _shape_of(x)
     if shape is None or len(shape) not in (3, 4):
         return None
-    p = _call_of(rw, x, "relax.permute_dims")
+    p = bound_call(rw, x, "relax.permute_dims")
     src = p.args[0] if p is not None else None
     src_shape = _shape_of(src) if src is not None else None
     logical = [*shape[:-2], shape[-1], shape[-2]] if other == "bhds" else shape
-    if src_shape is not None and len(src_shape) == 4 and _axes(p) == perm_bshd:
+    if src_shape is not None and len(src_shape) == 4 and permute_axes(p, 4) == perm_bshd:
         return src, "bshd", src_shape, logical
     if perm_other is not None and src_shape is not None \
-            and len(src_shape) == len(shape) == 4 and _axes(p) == perm_other:
+            and len(src_shape) == len(shape) == 4 and permute_axes(p, 4) == perm_other:
         return src, "bhsd", src_shape, logical
     return x, other, shape, logical
 
@@ -462,7 +442,7 @@ def _scores(rw: Any, x: Any, once: Any) -> tuple | None:
     divided by scalar constants, every step used ``once``; else None."""
     scale = 1.0
     for op in ("relax.multiply", "relax.divide"):
-        sc = _call_of(rw, x, op)
+        sc = bound_call(rw, x, op)
         if sc is not None and once(x):
             a, b = sc.args
             c_a, c_b = _scalar_const(a), _scalar_const(b)
@@ -470,14 +450,14 @@ def _scores(rw: Any, x: Any, once: Any) -> tuple | None:
                 scale, x = scale * (c_b if op == "relax.multiply" else 1.0 / c_b), a
             elif c_a is not None and op == "relax.multiply":
                 scale, x = scale * c_a, b
-    qk = _call_of(rw, x, "relax.matmul")
+    qk = bound_call(rw, x, "relax.matmul")
     return (qk, scale) if qk is not None and once(x) else None
 
 
 def _chain(rw: Any, p_var: Any, once: Any) -> tuple | None:
     """(``matmul(q, kt)``, scale, mask or None) of the probabilities ``p_var`` =
     ``softmax(scores [+ mask], axis=-1)``, else None."""
-    soft = _call_of(rw, p_var, "relax.nn.softmax")
+    soft = bound_call(rw, p_var, "relax.nn.softmax")
     if soft is None or not once(p_var):
         return None
     x = soft.args[0]
@@ -487,7 +467,7 @@ def _chain(rw: Any, p_var: Any, once: Any) -> tuple | None:
     found = _scores(rw, x, once)
     if found is not None:
         return (*found, None)
-    add = _call_of(rw, x, "relax.add")
+    add = bound_call(rw, x, "relax.add")
     if add is None or not once(x):
         return None
     for xs, mask in (add.args, add.args[::-1]):
@@ -551,8 +531,8 @@ def fused_attentions(mod: Any, tvm_target: Any, lanes: int) -> Any:
 
     def rewrite(rw: Any, call: Any) -> Any | None:
         if call.op.same_as(permute):             # the merge of heads after a bshd output
-            inner = _call_of(rw, call.args[0], "relax.permute_dims")
-            if inner is not None and _axes(call) == [0, 2, 1, 3]:
+            inner = bound_call(rw, call.args[0], "relax.permute_dims")
+            if inner is not None and permute_axes(call, 4) == [0, 2, 1, 3]:
                 return next((o for o in outputs if inner.args[0].same_as(o)), None)
             return None
         found = _chain(rw, call.args[0], once)

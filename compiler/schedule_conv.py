@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from edgert.compiler.relax_rewrite import bound_value
+
 
 def im2col_reference(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
                      padding: tuple[int, int, int, int],
@@ -341,7 +343,7 @@ def _constant(rw: Any, expr: Any) -> np.ndarray | None:
     cast's dtype), else None."""
     import tvm
 
-    expr = _bound(rw, expr)
+    expr = bound_value(rw, expr)
     if isinstance(expr, tvm.ir.GenericConst):
         return expr.value.numpy()
     if _is_astype(expr):
@@ -352,22 +354,10 @@ def _constant(rw: Any, expr: Any) -> np.ndarray | None:
 
 def _narrow_source(rw: Any, expr: Any) -> Any | None:
     """The int8 or int16 tensor that ``expr`` (int32) was cast from, else None."""
-    bound = _bound(rw, expr)
+    bound = bound_value(rw, expr)
     if _is_astype(bound) and str(bound.args[0].ty.dtype) in ("int8", "int16"):
         return bound.args[0]
     return None
-
-
-def _bound(rw: Any, expr: Any) -> Any:
-    """What a dataflow variable is bound to (``expr`` itself otherwise)."""
-    from tvm import relax
-
-    while isinstance(expr, relax.Var):
-        value = rw.lookup_binding(expr)
-        if value is None:
-            break
-        expr = value
-    return expr
 
 
 def _is_astype(expr: Any) -> bool:

@@ -318,14 +318,15 @@ def _source(rw: Any, call: Any) -> tuple[Any, np.ndarray | None]:
     import tvm
     from tvm import relax
 
-    from edgert.compiler.schedule_conv import _bound, _constant
+    from edgert.compiler.relax_rewrite import bound_value
+    from edgert.compiler.schedule_conv import _constant
 
-    q = _bound(rw, call.args[1].fields[0])
+    q = bound_value(rw, call.args[1].fields[0])
     if isinstance(q, relax.Call) and q.op.same_as(tvm.ir.Op.get("relax.add")):
         for conv_side, bias_side in ((0, 1), (1, 0)):
             bias = _constant(rw, q.args[bias_side])
             if bias is not None:
-                return _bound(rw, q.args[conv_side]), bias
+                return bound_value(rw, q.args[conv_side]), bias
     return q, None
 
 
@@ -462,9 +463,9 @@ def _bound_kernel(rw: Any, expr: Any, symbols: Any) -> Any | None:
     import tvm
     from tvm import relax
 
-    from edgert.compiler.schedule_conv import _bound
+    from edgert.compiler.relax_rewrite import bound_value
 
-    bound = _bound(rw, expr)
+    bound = bound_value(rw, expr)
     if (isinstance(bound, relax.Call) and bound.op.same_as(tvm.ir.Op.get("relax.call_tir"))
             and isinstance(bound.args[0], tvm.ir.GlobalVar)
             and bound.args[0].name_hint in symbols):

@@ -65,8 +65,9 @@ from typing import Any
 
 from edgert.compiler.matmul_pack import (DEFAULT_CONFIG, FLOAT_CONFIG, FLOAT_CONFIG_AVX512,
                                          MatmulConfig, pack_weight, pack_weight_words, pack_word)
-from edgert.compiler.relax_rewrite import (dims_product, num_cores, rewrite_call_tirs,
-                                           rewrite_calls, same_dims, static_int)
+from edgert.compiler.relax_rewrite import (bound_call, dims_product, num_cores, permute_axes,
+                                           rewrite_call_tirs, rewrite_calls, same_dims,
+                                           static_int)
 from edgert.targets import isa as _isa
 from edgert.targets.isa import (AVX2, DP4A, FMA_AVX512, FMA_NEON, FMA_X86, INT_DTYPES, SDOT,
                                 VNNI, DotIsa)
@@ -234,17 +235,11 @@ def _transposed_constant(rw: Any, b: Any) -> Any | None:
     import tvm
     from tvm import relax
 
-    while isinstance(b, relax.Var):
-        bound = rw.lookup_binding(b)
-        if bound is None:
-            return None
-        b = bound
-    if not (isinstance(b, relax.Call) and b.op.same_as(tvm.ir.Op.get("relax.permute_dims"))
-            and isinstance(b.args[0], tvm.ir.GenericConst)):
+    b = bound_call(rw, b, "relax.permute_dims")
+    if b is None or not isinstance(b.args[0], tvm.ir.GenericConst):
         return None
     value = b.args[0].value.numpy()
-    axes = None if b.attrs.axes is None else [int(v) for v in b.attrs.axes]
-    return relax.const(np.ascontiguousarray(np.transpose(value, axes)))
+    return relax.const(np.ascontiguousarray(np.transpose(value, permute_axes(b, value.ndim))))
 
 
 def _transposed_activation(rw: Any, b: Any) -> Any | None:
@@ -253,19 +248,12 @@ def _transposed_activation(rw: Any, b: Any) -> Any | None:
     import tvm
     from tvm import relax
 
-    while isinstance(b, relax.Var):
-        bound = rw.lookup_binding(b)
-        if bound is None:
-            return None
-        b = bound
-    if not (isinstance(b, relax.Call) and b.op.same_as(tvm.ir.Op.get("relax.permute_dims"))
-            and not isinstance(b.args[0], tvm.ir.GenericConst)
-            and isinstance(b.args[0].ty, relax.TensorType) and b.args[0].ty.ndim >= 2):
+    b = bound_call(rw, b, "relax.permute_dims")
+    if b is None or isinstance(b.args[0], tvm.ir.GenericConst) \
+            or not (isinstance(b.args[0].ty, relax.TensorType) and b.args[0].ty.ndim >= 2):
         return None
     ndim = b.args[0].ty.ndim
-    axes = (list(range(ndim))[::-1] if b.attrs.axes is None
-            else [int(v) % ndim for v in b.attrs.axes])
-    return b.args[0] if axes == [*range(ndim - 2), ndim - 1, ndim - 2] else None
+    return b.args[0] if permute_axes(b, ndim) == [*range(ndim - 2), ndim - 1, ndim - 2] else None
 
 
 def _serial(config: MatmulConfig, k: int | None, n: int | None,
