@@ -44,9 +44,11 @@ def im2col_grouped_reference(x: np.ndarray, groups: int, kernel: tuple[int, int]
 
 
 def im2col_grouped_te(xp: Any, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
-                      dilation: tuple[int, int]) -> Any:
-    """TVM TE: the grouped im2col of a padded NHWC input ``xp`` [N, HP, WP, C]:
-    [N, G, OH, OW, KH, KW, C/G] (as :func:`im2col_grouped_reference`)."""
+                      dilation: tuple[int, int], *, groups_first: bool = False) -> Any:
+    """TVM TE: the grouped im2col of a padded NHWC input ``xp`` [N, HP, WP, C] (static HP, WP,
+    C): [N, G, OH, OW, KH, KW, C/G] (as :func:`im2col_grouped_reference`), or with
+    ``groups_first`` [G, N, OH, OW, KH, KW, C/G] (the groups as a batched matmul's batch while
+    N may stay symbolic)."""
     from tvm import te
 
     from edgert.compiler.schedule_conv import output_size
@@ -55,10 +57,15 @@ def im2col_grouped_te(xp: Any, groups: int, kernel: tuple[int, int], strides: tu
     n, hp, wp, c = xp.shape
     cg = int(c) // groups
     oh, ow = output_size(int(hp), int(wp), kernel, strides, (0, 0, 0, 0), dilation)
-    return te.compute(
-        (n, groups, oh, ow, kh, kw, cg),
-        lambda b, g, y, z, i, j, ci: xp[b, y * sh + i * dh, z * sw + j * dw, g * cg + ci],
-        name="im2col_grouped")
+
+    def patch(b: Any, g: Any, y: Any, z: Any, i: Any, j: Any, ci: Any) -> Any:
+        return xp[b, y * sh + i * dh, z * sw + j * dw, g * cg + ci]
+
+    if groups_first:
+        return te.compute((groups, n, oh, ow, kh, kw, cg),
+                          lambda g, b, y, z, i, j, ci: patch(b, g, y, z, i, j, ci),
+                          name="im2col_groups")
+    return te.compute((n, groups, oh, ow, kh, kw, cg), patch, name="im2col_grouped")
 
 
 def to_nchw_grouped_te(y: Any, groups: int, ow: int) -> Any:
@@ -96,8 +103,6 @@ def grouped_convs(mod: Any) -> Any:
 
 def _rewrite(rw: Any, call: Any) -> Any | None:
     """The kernels replacing ``call`` (a ``relax.nn.conv2d``), or None to keep it."""
-    from tvm import relax
-
     from edgert.compiler.schedule_conv import (_kernel_call, _tiles, float32_conv_operands,
                                                pad_nhwc_te)
 
@@ -118,11 +123,7 @@ def _rewrite(rw: Any, call: Any) -> Any | None:
     padded = bb.emit(_kernel_call(rw, "pad_nhwc_grouped", pad_nhwc_te, x,
                                   tuple(int(p) for p in attrs.padding),
                                   schedule=_tiles if c % 8 == 0 else None))
-    cols = bb.emit(_kernel_call(rw, "im2col_grouped", im2col_grouped_te, padded, groups,
-                                (kh, kw), strides, dilation, schedule=_patch_rows))
-    oh, ow = (int(d) for d in cols.ty.shape.values[2:4])
-    cols = bb.emit(relax.op.reshape(cols, [n * groups, oh * ow, kh * kw * cg]))
-    out = bb.emit(relax.op.matmul(cols, relax.const(grouped_weight(weight, groups, n))))
+    out, oh, ow = _grouped_matmul(rw, padded, weight, groups, strides, dilation)
     return _kernel_call(rw, "to_nchw_grouped", to_nchw_grouped_te, out, groups, ow,
                         schedule=lambda sch: _group_rows(sch, o // groups), shape=[n, o, oh, ow],
                         fusable=True)
@@ -170,8 +171,6 @@ def grouped_nhwc(rw: Any, x: Any, weight: np.ndarray, groups: int, strides: tupl
     im2col and batched matmul as the NCHW rewrite (see the module docstring). Returns the
     ``call_tir`` of the [N, OH, OW, O] result, which operator fusion merges with the bias and
     activation after it."""
-    from tvm import relax
-
     from edgert.compiler.schedule_conv import _kernel_call, _tiles, pad_nhwc_te, pad_te
 
     bb = rw.builder_
@@ -183,10 +182,24 @@ def grouped_nhwc(rw: Any, x: Any, weight: np.ndarray, groups: int, strides: tupl
                                  schedule=_tiles if c % 8 == 0 else None))
     elif any(padding):
         x = bb.emit(_kernel_call(rw, "pad", pad_te, x, padding, fusable=True))
-    cols = bb.emit(_kernel_call(rw, "im2col_grouped", im2col_grouped_te, x, groups,
+    out, oh, ow = _grouped_matmul(rw, x, weight, groups, strides, dilation)
+    return _kernel_call(rw, "to_nhwc_grouped", to_nhwc_grouped_te, out, groups, ow,
+                        shape=[n, oh, ow, o], fusable=True)
+
+
+def _grouped_matmul(rw: Any, padded: Any, weight: np.ndarray, groups: int,
+                    strides: tuple[int, int], dilation: tuple[int, int]) -> tuple[Any, int, int]:
+    """Emit the grouped im2col of the padded NHWC ``padded`` [N, HP, WP, C] (static) and its
+    batched matmul with ``weight`` [O, C/G, KH, KW]: ([N*G, OH*OW, O/G] float32, OH, OW)."""
+    from tvm import relax
+
+    from edgert.compiler.schedule_conv import _kernel_call
+
+    bb = rw.builder_
+    n = int(padded.ty.shape.values[0])
+    _, cg, kh, kw = weight.shape
+    cols = bb.emit(_kernel_call(rw, "im2col_grouped", im2col_grouped_te, padded, groups,
                                 (kh, kw), strides, dilation, schedule=_patch_rows))
     oh, ow = (int(d) for d in cols.ty.shape.values[2:4])
     cols = bb.emit(relax.op.reshape(cols, [n * groups, oh * ow, kh * kw * cg]))
-    out = bb.emit(relax.op.matmul(cols, relax.const(grouped_weight(weight, groups, n))))
-    return _kernel_call(rw, "to_nhwc_grouped", to_nhwc_grouped_te, out, groups, ow,
-                        shape=[n, oh, ow, o], fusable=True)
+    return bb.emit(relax.op.matmul(cols, relax.const(grouped_weight(weight, groups, n)))), oh, ow

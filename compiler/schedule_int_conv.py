@@ -38,7 +38,7 @@ faster than TVM's default build: rows of 7-28 outputs are too short to vectorize
 
 - ``pad_nhwc_grouped`` (``schedule_conv``'s ``pad_nhwc``), then ``im2col_groups``: each
   group's patches as ``cols[G, N, OH, OW, KH, KW, C/G]``
-  (:func:`~edgert.compiler.schedule_int_nhwc.im2col_groups_te`) viewed as ``[G, N*OH*OW,
+  (:func:`~edgert.compiler.schedule_grouped.im2col_grouped_te`, groups first) viewed as ``[G, N*OH*OW,
   KH*KW*C/G]``: groups first, so the batch may stay symbolic and the weight is one
   ``[G, K, O/G]`` constant (``schedule_grouped.grouped_weight``);
 - the batched IntMatMul ``cols @ Wg``, which :mod:`edgert.compiler.schedule_intmatmul` runs
@@ -431,7 +431,10 @@ def _emit_grouped(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
     from edgert.compiler import schedule_int_nhwc as nhwc
     from edgert.compiler.lower_int import emit_int_matmul
     from edgert.compiler.schedule_conv import _kernel_call, output_size, pad_nhwc_te
-    from edgert.compiler.schedule_grouped import grouped_weight
+    from edgert.compiler.schedule_grouped import grouped_weight, im2col_grouped_te
+
+    def im2col_groups_te(*args: Any) -> Any:
+        return im2col_grouped_te(*args, groups_first=True)
 
     g = geometry
     o, cg, kh, kw = weight.shape
@@ -444,7 +447,7 @@ def _emit_grouped(rw: Any, narrow: Any, weight: np.ndarray, geometry: _Geometry,
         padded = _emit_requant_nhwc(rw, source, found, g.padding)
     else:
         padded = bb.emit(_kernel_call(rw, "pad_nhwc_grouped", pad_nhwc_te, narrow, g.padding))
-    cols = bb.emit(_kernel_call(rw, "im2col_groups", nhwc.im2col_groups_te, padded, g.groups,
+    cols = bb.emit(_kernel_call(rw, "im2col_groups", im2col_groups_te, padded, g.groups,
                                 (kh, kw), g.strides, g.dilation,
                                 schedule=nhwc.group_patch_rows,
                                 shape=[g.groups, n, oh, ow, kh, kw, cg]))

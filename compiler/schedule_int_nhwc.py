@@ -154,23 +154,6 @@ def schedule_int_dw_nhwc(func: Any) -> Any:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def im2col_groups_te(xp: Any, groups: int, kernel: tuple[int, int], strides: tuple[int, int],
-                     dilation: tuple[int, int]) -> Any:
-    """TVM TE: the patches of each group of a padded NHWC input ``xp`` [N, HP, WP, C] (static
-    HP, WP, C): [G, N, OH, OW, KH, KW, C/G], groups first (``im2col_grouped_reference(...)``
-    of :mod:`edgert.compiler.schedule_grouped` with its first two axes swapped)."""
-    from tvm import te
-
-    from edgert.compiler.schedule_conv import output_size
-
-    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
-    n, hp, wp, c = xp.shape
-    cg = int(c) // groups
-    oh, ow = output_size(int(hp), int(wp), kernel, strides, (0, 0, 0, 0), dilation)
-    return te.compute(
-        (groups, n, oh, ow, kh, kw, cg),
-        lambda g, b, y, z, i, j, ci: xp[b, y * sh + i * dh, z * sw + j * dw, g * cg + ci],
-        name="im2col_groups")
 
 
 def group_patch_rows(sch: Any) -> bool:
