@@ -113,7 +113,7 @@ def _rewrite(rw: Any, call: Any) -> Any | None:
         return None
     x, weight = operands
     n, c = (int(d) for d in x.ty.shape.values[:2])
-    o, cg, kh, kw = weight.shape
+    o, cg = weight.shape[:2]
     if c != cg * groups or o % groups:
         return None
     strides = tuple(int(v) for v in attrs.strides)
@@ -176,7 +176,7 @@ def grouped_nhwc(rw: Any, x: Any, weight: np.ndarray, groups: int, strides: tupl
     bb = rw.builder_
     n = int(x.ty.shape.values[0])
     c = int(x.ty.shape.values[3 if nhwc else 1])
-    o, cg, kh, kw = weight.shape
+    o = weight.shape[0]
     if not nhwc:
         x = bb.emit(_kernel_call(rw, "pad_nhwc_grouped", pad_nhwc_te, x, padding,
                                  schedule=_tiles if c % 8 == 0 else None))
